@@ -1,0 +1,50 @@
+//! Knobs of the session machine, with safe defaults (mechanism vs policy).
+
+use std::time::Duration;
+
+/// What to do with a 227/229 whose address is not the control connection's
+/// server address (a NAT'd server announcing a private address, or a hostile
+/// server trying to make the gateway listen on a third host's address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassiveAddressPolicy {
+    /// Listen on the control server address instead and rewrite the reply.
+    Rewrite,
+    /// Refuse the reply: the client gets an error, nothing is opened.
+    Refuse,
+}
+
+/// Limits and rules of one session. Shared by all sessions of a daemon.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long a data listener waits for its one connection.
+    pub data_accept_timeout: Duration,
+    /// How long a foreign-source data connect may take.
+    pub data_connect_timeout: Duration,
+    /// How long the server may take to connect and send its greeting.
+    pub greeting_timeout: Duration,
+    /// A control connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Allow PORT/EPRT/227/229 ports below 1024 (off: ATTACKS.md 2 and 6).
+    pub allow_privileged_data_ports: bool,
+    /// See [`PassiveAddressPolicy`].
+    pub passive_address_mismatch: PassiveAddressPolicy,
+    /// Cap on the lines of one multi-line reply (ATTACKS.md 17).
+    pub max_reply_lines: usize,
+    /// Cap on data channels open at once per session (ATTACKS.md 20).
+    pub max_data_channels: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_accept_timeout: Duration::from_secs(30),
+            data_connect_timeout: Duration::from_secs(10),
+            greeting_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(900),
+            allow_privileged_data_ports: false,
+            passive_address_mismatch: PassiveAddressPolicy::Rewrite,
+            max_reply_lines: 1000,
+            max_data_channels: 1,
+        }
+    }
+}
