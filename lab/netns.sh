@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# ftpgate lab: three network namespaces (client, gateway, server) with
+# documentation addresses only, vsftpd in the server namespace, and the
+# TPROXY rule set in the gateway namespace. Never touches the root
+# namespace's routes or firewall. Needs root.
+#
+# Usage:
+#   netns.sh up NAME [nft|iptables|none]   create lab NAME (default: nft rules)
+#   netns.sh down NAME                     stop what the lab started, remove it
+#   netns.sh rules NAME add|del nft|iptables
+#   netns.sh vsftpd NAME                   start vsftpd in NAME-s (foreground
+#                                          process, PID in the run dir)
+#   netns.sh gateway NAME BIN [ARGS...]    start BIN in NAME-g, stderr to
+#                                          RUN/ftpgate.log (default args:
+#                                          --listen 0.0.0.0:2121 --log-level info)
+#   netns.sh stop-gateway NAME             SIGTERM the gateway, wait, report rc
+#   netns.sh fetch-vsftpd                  fetch + unpack vsftpd into lab/.cache
+#   netns.sh exec NAME c|g|s CMD...        run CMD in one of the namespaces
+#   netns.sh rundir NAME                   print the lab's run directory
+#   netns.sh list                          labs with a run directory
+#
+# Run directory (RUN = /tmp/ftpgate-lab/NAME, or $FTPGATE_LAB_RUN/NAME):
+#   *.pid, vsftpd.conf, vsftpd.log, xferlog, ftpgate.log,
+#   ftproot/pub (downloads), ftproot/upload (uploads, owned by 'ftp').
+set -Eeuo pipefail
+# shellcheck source=lab/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+VSFTPD_ROOT=$LAB_CACHE/vsftpd/root
+VSFTPD_BIN=$VSFTPD_ROOT/usr/sbin/vsftpd
+
+# -- vsftpd from Debian's package, unpacked (never installed: its maintainer
+#    scripts would start a system-wide daemon) --------------------------------
+fetch_vsftpd() {
+    if [ -x "$VSFTPD_BIN" ] && [ -f "$LAB_CACHE/vsftpd/.complete" ]; then return 0; fi
+    command -v apt-get >/dev/null || die "apt-get missing: cannot fetch vsftpd"
+    mkdir -p "$LAB_CACHE/vsftpd"
+    (
+        flock -w 300 9 || die "timeout waiting for vsftpd fetch lock"
+        [ -f "$LAB_CACHE/vsftpd/.complete" ] && exit 0
+        local dl=$LAB_CACHE/vsftpd/debs
+        rm -rf "$dl" "$VSFTPD_ROOT"; mkdir -p "$dl" "$VSFTPD_ROOT"
+        # libwrap0 is a dependency the base system usually lacks; unpack it too
+        local pkgs=(vsftpd libwrap0)
+        if ! (cd "$dl" && apt-get -q -o APT::Sandbox::User=root download "${pkgs[@]}" >&2); then
+            log "apt-get download failed; running apt-get update once"
+            apt-get -q update >&2
+            (cd "$dl" && apt-get -q -o APT::Sandbox::User=root download "${pkgs[@]}" >&2)
+        fi
+        local deb
+        for deb in "$dl"/*.deb; do dpkg -x "$deb" "$VSFTPD_ROOT"; done
+        [ -x "$VSFTPD_BIN" ] || die "vsftpd binary not found after unpacking"
+        touch "$LAB_CACHE/vsftpd/.complete"
+    ) 9>"$LAB_CACHE/vsftpd.lock"
+}
+
+vsftpd_libpath() {
+    local d out=""
+    for d in "$VSFTPD_ROOT"/lib/x86_64-linux-gnu "$VSFTPD_ROOT"/usr/lib/x86_64-linux-gnu \
+             "$VSFTPD_ROOT"/lib/*-linux-gnu* "$VSFTPD_ROOT"/usr/lib/*-linux-gnu* "$VSFTPD_ROOT"/lib; do
+        [ -d "$d" ] && out="$out${out:+:}$d"
+    done
+    echo "$out"
+}
+
+ensure_ftp_user() {
+    local home
+    # vsftpd changes into the ftp user's home before going to anon_root
+    home=$(getent passwd ftp | cut -d: -f6 || true)
+    if [ -n "$home" ]; then
+        [ -d "$home" ] || { mkdir -p "$home"; chmod 755 "$home"; }
+        return 0
+    fi
+    (
+        flock -w 60 9 || true
+        getent passwd ftp >/dev/null && exit 0
+        log "creating system user 'ftp' (vsftpd anonymous user)"
+        useradd --system --home-dir /srv/ftp --no-create-home \
+            --shell /usr/sbin/nologin ftp 2>/dev/null \
+            || useradd -r -d /srv/ftp -M -s /bin/false ftp
+        [ -d /srv/ftp ] || { mkdir -p /srv/ftp; chmod 755 /srv/ftp; }
+    ) 9>/tmp/.ftpgate-lab-useradd.lock
+}
+
+# -- rules -------------------------------------------------------------------
+rules() {
+    local name=$1 op=$2 form=$3 g
+    g=$(ns_g "$name")
+    case "$form" in
+    nft)
+        command -v nft >/dev/null || die "nft not installed (apt-get install nftables)"
+        if [ "$op" = add ]; then
+            sed -e "s/@CLIENT_IF@/$GW_CLIENT_IF/g" -e "s/@PORT@/$GW_PORT/g" \
+                "$LAB_DIR/rules/ruleset.nft" >"$(run_dir "$name")/ruleset.nft"
+            ip netns exec "$g" nft -f "$(run_dir "$name")/ruleset.nft"
+        else
+            ip netns exec "$g" nft delete table ip ftpgate 2>/dev/null || true
+        fi
+        ;;
+    iptables)
+        command -v iptables >/dev/null || die "iptables not installed (apt-get install iptables)"
+        ip netns exec "$g" bash "$LAB_DIR/rules/iptables.sh" "$op" "$GW_CLIENT_IF" "$GW_PORT"
+        ;;
+    none) ;;
+    *) die "rule form must be nft, iptables or none (got '$form')" ;;
+    esac
+}
+
+# -- up / down ---------------------------------------------------------------
+up() {
+    local name=$1 form=${2:-nft} c g s run
+    c=$(ns_c "$name"); g=$(ns_g "$name"); s=$(ns_s "$name"); run=$(run_dir "$name")
+    case "$form" in nft | iptables | none) ;; *) die "bad rule form '$form'" ;; esac
+    if ns_exists "$c" || ns_exists "$g" || ns_exists "$s"; then
+        die "lab '$name' already exists (run: $0 down $name)"
+    fi
+    mkdir -p "$LAB_RUN_BASE"; chmod 755 "$LAB_RUN_BASE"
+    rm -rf "$run"; mkdir -p "$run"; chmod 755 "$run"
+    echo "$form" >"$run/form"
+    # from here on, a failure tears down what was built
+    trap 'log "up failed; tearing down $name"; down "$name"' ERR
+
+    ip netns add "$c"; ip netns add "$g"; ip netns add "$s"
+    local ns
+    for ns in "$c" "$g" "$s"; do ip -n "$ns" link set lo up; done
+    # veth pairs created directly inside the namespaces
+    ip -n "$c" link add eth0 type veth peer name "$GW_CLIENT_IF" netns "$g"
+    ip -n "$s" link add eth0 type veth peer name "$GW_SERVER_IF" netns "$g"
+
+    ip -n "$c" addr add "$CLIENT_IP/24" dev eth0
+    ip -n "$c" link set eth0 up
+    ip -n "$c" route add default via "$GW_CLIENT_IP"
+
+    ip -n "$s" addr add "$SERVER_IP/24" dev eth0
+    ip -n "$s" link set eth0 up
+    ip -n "$s" route add default via "$GW_SERVER_IP"
+
+    ip -n "$g" addr add "$GW_CLIENT_IP/24" dev "$GW_CLIENT_IF"
+    ip -n "$g" addr add "$GW_SERVER_IP/24" dev "$GW_SERVER_IF"
+    ip -n "$g" link set "$GW_CLIENT_IF" up
+    ip -n "$g" link set "$GW_SERVER_IF" up
+    ns_sysctl "$g" net.ipv4.ip_forward 1
+    local k
+    for k in all default lo "$GW_CLIENT_IF" "$GW_SERVER_IF"; do
+        ns_sysctl "$g" "net.ipv4.conf.$k.rp_filter" 0
+    done
+    # TPROXY policy routing: marked packets are delivered locally
+    ip -n "$g" rule add fwmark 1 lookup 100
+    ip -n "$g" route add local 0.0.0.0/0 dev lo table 100
+
+    rules "$name" add "$form"
+
+    # server files
+    mkdir -p "$run/empty" "$run/ftproot/pub" "$run/ftproot/upload"
+    chmod 755 "$run/empty" "$run/ftproot" "$run/ftproot/pub"
+    ensure_ftp_user
+    chown ftp "$run/ftproot/upload"; chmod 755 "$run/ftproot/upload"
+    echo "hello from the ftpgate lab server" >"$run/ftproot/pub/hello.txt"
+    chmod 644 "$run/ftproot/pub/hello.txt"
+    trap - ERR
+    log "lab '$name' up (rules: $form, run dir: $run)"
+}
+
+down() {
+    local name=$1 run ns f
+    run=$(run_dir "$name")
+    if [ -d "$run" ]; then
+        # every process this lab started has a pidfile here
+        for f in "$run"/*.pid; do
+            [ -e "$f" ] && stop_pidfile "$f" 50
+        done
+    fi
+    for ns in "$(ns_c "$name")" "$(ns_g "$name")" "$(ns_s "$name")"; do
+        if ns_exists "$ns"; then ip netns del "$ns" || log "could not delete netns $ns"; fi
+    done
+    if [ -d "$run" ] && [ "${FTPGATE_LAB_KEEP:-0}" != 1 ]; then rm -rf "$run"; fi
+    return 0
+}
+
+# -- daemons -----------------------------------------------------------------
+start_vsftpd() {
+    local name=$1 run s pid
+    run=$(run_dir "$name"); s=$(ns_s "$name")
+    ns_exists "$s" || die "lab '$name' is not up"
+    fetch_vsftpd
+    ensure_ftp_user
+    sed -e "s#@RUN@#$run#g" -e "s#@SERVER_IP@#$SERVER_IP#g" \
+        "$LAB_DIR/vsftpd.conf.in" >"$run/vsftpd.conf"
+    chmod 600 "$run/vsftpd.conf"   # vsftpd wants its config owned by root
+    : >"$run/vsftpd.log"; : >"$run/xferlog"
+    LD_LIBRARY_PATH=$(vsftpd_libpath) \
+        ip netns exec "$s" "$VSFTPD_BIN" "$run/vsftpd.conf" \
+        </dev/null >>"$run/vsftpd.out" 2>&1 &
+    pid=$!
+    echo "$pid" >"$run/vsftpd.pid"
+    if ! wait_tcp_listen "$s" 21 "$SERVER_IP" 100; then
+        cat "$run/vsftpd.out" >&2 || true
+        die "vsftpd did not listen on $SERVER_IP:21 within 10 s"
+    fi
+    log "vsftpd listening on $SERVER_IP:21 (pid $pid)"
+}
+
+start_gateway() {
+    local name=$1 bin=$2 run g pid
+    shift 2
+    run=$(run_dir "$name"); g=$(ns_g "$name")
+    ns_exists "$g" || die "lab '$name' is not up"
+    [ -x "$bin" ] || die "gateway binary '$bin' not found/executable"
+    [ $# -gt 0 ] || set -- --listen "0.0.0.0:$GW_PORT" --log-level info
+    ip netns exec "$g" "$bin" "$@" </dev/null >>"$run/ftpgate.out" 2>>"$run/ftpgate.log" &
+    pid=$!
+    echo "$pid" >"$run/ftpgate.pid"
+    if ! wait_tcp_listen "$g" "$GW_PORT" "" 100; then
+        log "gateway log:"; cat "$run/ftpgate.log" >&2 || true
+        pid_alive "$pid" || die "gateway exited at start"
+        die "gateway did not listen on :$GW_PORT within 10 s"
+    fi
+    log "ftpgate listening on :$GW_PORT in $g (pid $pid)"
+}
+
+stop_gateway() {
+    local name=$1 run pid i rc=0
+    run=$(run_dir "$name")
+    [ -f "$run/ftpgate.pid" ] || { log "no gateway running"; return 0; }
+    pid=$(cat "$run/ftpgate.pid")
+    # the gateway is a child of a previous shell: wait(1) can't reap it, so
+    # poll; its exit status comes from the process' own record, if any
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do pid_alive "$pid" || break; sleep 0.1; done
+    if pid_alive "$pid"; then
+        log "gateway pid $pid still running 10 s after SIGTERM; killing"
+        kill -KILL "$pid" 2>/dev/null || true
+        rc=1
+    fi
+    rm -f "$run/ftpgate.pid"
+    return $rc
+}
+
+cmd=${1:-}
+[ -n "$cmd" ] || { sed -n '2,30p' "$0" >&2; exit 2; }
+shift
+case "$cmd" in
+up)      need_root; check_name "${1:?NAME}"; up "$1" "${2:-nft}" ;;
+down)    need_root; check_name "${1:?NAME}"; down "$1" ;;
+rules)   need_root; check_name "${1:?NAME}"; rules "$1" "${2:?add|del}" "${3:?nft|iptables}" ;;
+vsftpd)  need_root; check_name "${1:?NAME}"; start_vsftpd "$1" ;;
+gateway) need_root; check_name "${1:?NAME}"; start_gateway "$@" ;;
+stop-gateway) need_root; check_name "${1:?NAME}"; stop_gateway "$1" ;;
+fetch-vsftpd) need_root; fetch_vsftpd; echo "$VSFTPD_BIN" ;;
+exec)
+    need_root; check_name "${1:?NAME}"
+    name=$1; which=${2:?c|g|s}; shift 2
+    case "$which" in c|g|s) ;; *) die "namespace must be c, g or s" ;; esac
+    exec ip netns exec "$name-$which" "$@"
+    ;;
+rundir)  check_name "${1:?NAME}"; run_dir "$1" ;;
+list)    ls -1 "$LAB_RUN_BASE" 2>/dev/null || true ;;
+*) die "unknown command '$cmd' (up|down|rules|vsftpd|gateway|stop-gateway|fetch-vsftpd|exec|rundir|list)" ;;
+esac
