@@ -1,1 +1,56 @@
-fn main() {}
+//! ftpgate: a transparent FTP application-layer gateway for Linux (TPROXY).
+//!
+//! The protocol lives in the `ftpgate-proto` crate; this binary executes what
+//! it asks for: transparent sockets, the splice relay, the event loop.
+
+mod audit;
+mod cli;
+mod conn;
+mod log;
+mod relay;
+mod server;
+mod timers;
+mod tproxy;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use ftpgate_proto::Config;
+use slog::{crit, info};
+
+use crate::cli::Args;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let log = log::build(args.log_level, args.log_format);
+    let config = Config {
+        data_accept_timeout: Args::secs(args.data_timeout),
+        data_connect_timeout: Args::secs(args.connect_timeout),
+        greeting_timeout: Args::secs(args.connect_timeout.max(1) * 3),
+        idle_timeout: Args::secs(args.idle_timeout),
+        allow_privileged_data_ports: args.allow_privileged_data_ports,
+        ..Config::default()
+    };
+    let opts = server::Options {
+        listen: args.listen.clone(),
+        config: Arc::new(config),
+        max_sessions: args.max_sessions.max(1),
+        drain_timeout: Args::secs(args.drain_timeout),
+    };
+    let mut server = match server::Server::new(opts, log.clone()) {
+        Ok(server) => server,
+        Err(e) => {
+            crit!(log, "cannot start"; "error" => %e);
+            return ExitCode::from(2);
+        }
+    };
+    info!(log, "ftpgate started"; "version" => env!("CARGO_PKG_VERSION"));
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            crit!(log, "event loop failed"; "error" => %e);
+            ExitCode::from(1)
+        }
+    }
+}

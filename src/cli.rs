@@ -1,0 +1,75 @@
+//! Command line.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Transparent FTP gateway for Linux routers (TPROXY).
+///
+/// Accepts FTP control connections redirected by the TPROXY target, connects
+/// to the real server from the client's own address, and opens every data
+/// channel transparently (listen on / connect from foreign addresses).
+#[derive(Debug, Parser)]
+#[command(name = "ftpgate", version, about, long_about)]
+pub(crate) struct Args {
+    /// Address of the TPROXY port (the `--on-port` / `tproxy to` target).
+    /// Repeat for several.
+    #[arg(long = "listen", value_name = "ADDR:PORT", default_value = "0.0.0.0:2121")]
+    pub(crate) listen: Vec<SocketAddr>,
+
+    /// Seconds a data listener waits for its one connection.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub(crate) data_timeout: u64,
+
+    /// Seconds a connect to the server or a data peer may take.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub(crate) connect_timeout: u64,
+
+    /// Seconds without control traffic before a session is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    pub(crate) idle_timeout: u64,
+
+    /// Seconds running transfers get to finish after SIGTERM/SIGINT.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub(crate) drain_timeout: u64,
+
+    /// Most control sessions at once; further clients wait in the backlog.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub(crate) max_sessions: usize,
+
+    /// Allow data ports below 1024 in PORT/EPRT/227/229 (unsafe: see ATTACKS.md 2, 6).
+    #[arg(long)]
+    pub(crate) allow_privileged_data_ports: bool,
+
+    /// Log level.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub(crate) log_level: LogLevel,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Full)]
+    pub(crate) log_format: LogFormat,
+}
+
+impl Args {
+    pub(crate) fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One line per record, every key-value pair on it.
+    Full,
+    /// Records grouped under their session's keys.
+    Compact,
+}

@@ -1,0 +1,120 @@
+//! The transparent-proxy system calls: IP_TRANSPARENT listeners, the original
+//! destination of an intercepted connection, and connects from a foreign
+//! source address. The only place in ftpgate that knows these tricks.
+//!
+//! Reading list: ../shared/reference/kernel-tproxy-nft.txt (socket match,
+//! TPROXY target, policy routing) and tproxy-explained.md (getsockname()).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+use mio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// A set-up step of a transparent socket that failed, with what to check.
+#[derive(Debug)]
+pub(crate) enum TproxyError {
+    Socket(io::Error),
+    SetTransparent(io::Error),
+    Bind { addr: SocketAddr, error: io::Error },
+    Listen { addr: SocketAddr, error: io::Error },
+    Connect { from: SocketAddr, to: SocketAddr, error: io::Error },
+}
+
+impl TproxyError {
+    /// The errno kind, as the protocol core wants it.
+    pub(crate) fn kind(&self) -> io::ErrorKind {
+        self.io().kind()
+    }
+
+    pub(crate) fn io(&self) -> &io::Error {
+        match self {
+            Self::Socket(error) | Self::SetTransparent(error) => error,
+            Self::Bind { error, .. } | Self::Listen { error, .. } | Self::Connect { error, .. } => error,
+        }
+    }
+}
+
+impl fmt::Display for TproxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Socket(e) => write!(f, "cannot create a TCP socket: {e}"),
+            Self::SetTransparent(e) => write!(
+                f,
+                "cannot set IP_TRANSPARENT: {e} (it needs CAP_NET_ADMIN: run as root or grant the capability)"
+            ),
+            Self::Bind { addr, error } => write!(
+                f,
+                "cannot bind {addr}: {error} (is another process using it? for a foreign address, is IP_TRANSPARENT allowed?)"
+            ),
+            Self::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            Self::Connect { from, to, error } => write!(
+                f,
+                "cannot connect from {from} to {to}: {error} (is the `ip rule fwmark 1 lookup 100` / `local 0.0.0.0/0 dev lo table 100` route present so replies come back?)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TproxyError {}
+
+fn transparent_socket(addr: SocketAddr) -> Result<Socket, TproxyError> {
+    let domain = Domain::for_address(addr);
+    let socket =
+        Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP)).map_err(TproxyError::Socket)?;
+    let transparent = match addr {
+        SocketAddr::V4(_) => socket.set_ip_transparent_v4(true),
+        SocketAddr::V6(_) => socket.set_ip_transparent_v6(true),
+    };
+    transparent.map_err(TproxyError::SetTransparent)?;
+    // A data listener's port may still have connections in TIME_WAIT from the
+    // previous transfer on the same announced port.
+    socket.set_reuse_address(true).map_err(TproxyError::Socket)?;
+    socket.set_nonblocking(true).map_err(TproxyError::Socket)?;
+    Ok(socket)
+}
+
+/// A non-blocking IP_TRANSPARENT listener on `addr`, which may be foreign:
+/// the socket-match divert rule brings connections for it here.
+pub(crate) fn listen(addr: SocketAddr, backlog: i32) -> Result<TcpListener, TproxyError> {
+    let socket = transparent_socket(addr)?;
+    socket.bind(&SockAddr::from(addr)).map_err(|error| TproxyError::Bind { addr, error })?;
+    socket.listen(backlog).map_err(|error| TproxyError::Listen { addr, error })?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Starts a non-blocking connect to `to` from the (foreign) address `from`.
+/// Completion is reported by a WRITABLE event; see [`connect_result`].
+pub(crate) fn connect_from(from: SocketAddr, to: SocketAddr) -> Result<TcpStream, TproxyError> {
+    let socket = transparent_socket(from)?;
+    socket.bind(&SockAddr::from(from)).map_err(|error| TproxyError::Bind { addr: from, error })?;
+    let _ = socket.set_tcp_nodelay(true);
+    match socket.connect(&SockAddr::from(to)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(error) => return Err(TproxyError::Connect { from, to, error }),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+/// The outcome of a non-blocking connect after a WRITABLE event, following
+/// mio's advice: `take_error()`, then `peer_addr()`. `Ok(false)`: still
+/// connecting (a spurious event).
+pub(crate) fn connect_result(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(error) = stream.take_error()? {
+        return Err(error);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The original destination of a connection redirected by TPROXY: TPROXY
+/// does not rewrite the packet, so the accepted socket's own address is the
+/// address the client wanted.
+pub(crate) fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    stream.local_addr()
+}
