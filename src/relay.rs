@@ -37,6 +37,8 @@ struct Pump {
     moved: u64,
     source_eof: bool,
     sink_shut: bool,
+    /// The direction ended by a reset rather than a FIN.
+    reset: bool,
 }
 
 impl Pump {
@@ -45,7 +47,7 @@ impl Pump {
         // A bigger pipe means fewer wakeups per MiB; the kernel may refuse
         // (pipe-max-size), which only costs speed.
         let _ = nix::fcntl::fcntl(&pipe_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
-        Ok(Self { pipe_r, pipe_w, in_pipe: 0, moved: 0, source_eof: false, sink_shut: false })
+        Ok(Self { pipe_r, pipe_w, in_pipe: 0, moved: 0, source_eof: false, sink_shut: false, reset: false })
     }
 
     fn done(&self) -> bool {
@@ -77,6 +79,13 @@ impl Pump {
                     // case can stall.
                     Err(Errno::EAGAIN) => src_ready.readable = false,
                     Err(Errno::EINTR) => {}
+                    // A reset source ends this direction like EOF: what is
+                    // already in the pipe still goes out. Whether the transfer
+                    // failed is the server's reply to say (426).
+                    Err(Errno::ECONNRESET | Errno::ETIMEDOUT) => {
+                        self.source_eof = true;
+                        self.reset = true;
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -90,6 +99,13 @@ impl Pump {
                     }
                     Err(Errno::EAGAIN) => dst_ready.writable = false,
                     Err(Errno::EINTR) => {}
+                    // The sink is gone: nothing more can reach it.
+                    Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ETIMEDOUT) => {
+                        self.in_pipe = 0;
+                        self.source_eof = true;
+                        self.sink_shut = true;
+                        self.reset = true;
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -99,7 +115,7 @@ impl Pump {
                 match dst.shutdown(Shutdown::Write) {
                     Ok(()) => {}
                     // The peer is already gone; every byte it took is counted.
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => self.reset = true,
                     Err(e) => return Err(e),
                 }
             }
@@ -165,5 +181,106 @@ impl Relay {
     /// Bytes written so far, toward (client, server).
     pub(crate) fn counts(&self) -> (u64, u64) {
         (self.to_client.moved, self.to_server.moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::time::{Duration, Instant};
+
+    /// A connected pair on loopback: (the far end, our non-blocking end).
+    fn pair() -> (StdStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let far = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (near, _) = listener.accept().unwrap();
+        near.set_nonblocking(true).unwrap();
+        (far, TcpStream::from_std(near))
+    }
+
+    /// Runs the relay until it is done, marking every leg ready each round
+    /// (a stand-in for epoll), bounded by rounds and time.
+    fn run_to_end(relay: &mut Relay, client: &TcpStream, server: &TcpStream) -> RelayStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for _ in 0..100_000 {
+            let mut c = Readiness { readable: true, writable: true };
+            let mut s = Readiness { readable: true, writable: true };
+            let status = relay.run(client, &mut c, server, &mut s).unwrap();
+            if matches!(status, RelayStatus::Done { .. }) || Instant::now() > deadline {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("relay did not finish");
+    }
+
+    #[test]
+    fn retr_relays_every_byte_then_half_closes_both_ways() {
+        let (mut client_far, client) = pair();
+        let (mut server_far, server) = pair();
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = std::thread::spawn(move || {
+            server_far.write_all(&sent).unwrap();
+            server_far.shutdown(Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            server_far.read_to_end(&mut rest).unwrap();
+            rest
+        });
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            client_far.read_to_end(&mut got).unwrap();
+            client_far.shutdown(Shutdown::Write).unwrap();
+            got
+        });
+        let mut relay = Relay::new().unwrap();
+        let status = run_to_end(&mut relay, &client, &server);
+        assert_eq!(status, RelayStatus::Done { to_client: payload.len() as u64, to_server: 0 });
+        assert_eq!(reader.join().unwrap(), payload);
+        assert!(writer.join().unwrap().is_empty());
+    }
+
+    #[test]
+    fn stor_with_client_fin_first_delivers_everything_to_server() {
+        let (mut client_far, client) = pair();
+        let (mut server_far, server) = pair();
+        let payload = vec![0xffu8; 700_000];
+        let sent = payload.clone();
+        let writer = std::thread::spawn(move || {
+            client_far.write_all(&sent).unwrap();
+            client_far.shutdown(Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            client_far.read_to_end(&mut rest).unwrap();
+        });
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            server_far.read_to_end(&mut got).unwrap();
+            drop(server_far);
+            got
+        });
+        let mut relay = Relay::new().unwrap();
+        let status = run_to_end(&mut relay, &client, &server);
+        assert_eq!(status, RelayStatus::Done { to_client: 0, to_server: payload.len() as u64 });
+        assert_eq!(reader.join().unwrap(), payload);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn empty_transfer_completes() {
+        let (client_far, client) = pair();
+        let (server_far, server) = pair();
+        drop(server_far);
+        let mut relay = Relay::new().unwrap();
+        let closer = std::thread::spawn(move || {
+            let mut c = client_far;
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).unwrap();
+            got
+        });
+        let status = run_to_end(&mut relay, &client, &server);
+        assert_eq!(status, RelayStatus::Done { to_client: 0, to_server: 0 });
+        assert!(closer.join().unwrap().is_empty());
     }
 }
