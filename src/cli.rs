@@ -38,6 +38,16 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub(crate) max_sessions: usize,
 
+    /// Most control sessions from one client address; more get a 421.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub(crate) max_sessions_per_client: usize,
+
+    /// What to do when a 227/229 names another address than the control
+    /// connection's server: listen on the server's address and rewrite the
+    /// reply (NAT'd servers), or refuse the reply.
+    #[arg(long, value_enum, default_value_t = PassiveMismatch::Rewrite)]
+    pub(crate) passive_address_mismatch: PassiveMismatch,
+
     /// Allow data ports below 1024 in PORT/EPRT/227/229 (unsafe: see ATTACKS.md 2, 6).
     #[arg(long)]
     pub(crate) allow_privileged_data_ports: bool,
@@ -72,4 +82,10 @@ pub(crate) enum LogFormat {
     Full,
     /// Records grouped under their session's keys.
     Compact,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PassiveMismatch {
+    Rewrite,
+    Refuse,
 }

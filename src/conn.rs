@@ -135,6 +135,7 @@ struct DataChan {
 
 pub(crate) struct Conn {
     key: usize,
+    pub(crate) client_ip: std::net::IpAddr,
     pub(crate) log: Logger,
     session: Session,
     client: Control,
@@ -166,6 +167,7 @@ impl Conn {
         )?;
         let mut conn = Self {
             key,
+            client_ip: client_addr.ip(),
             log,
             session,
             client: Control::new(Some(Leg { stream: client, token, ready: Readiness::default() }), false),

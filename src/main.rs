@@ -16,10 +16,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use ftpgate_proto::Config;
+use ftpgate_proto::{Config, PassiveAddressPolicy};
 use slog::{crit, info};
 
-use crate::cli::Args;
+use crate::cli::{Args, PassiveMismatch};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -30,12 +30,17 @@ fn main() -> ExitCode {
         greeting_timeout: Args::secs(args.connect_timeout.max(1) * 3),
         idle_timeout: Args::secs(args.idle_timeout),
         allow_privileged_data_ports: args.allow_privileged_data_ports,
+        passive_address_mismatch: match args.passive_address_mismatch {
+            PassiveMismatch::Rewrite => PassiveAddressPolicy::Rewrite,
+            PassiveMismatch::Refuse => PassiveAddressPolicy::Refuse,
+        },
         ..Config::default()
     };
     let opts = server::Options {
         listen: args.listen.clone(),
         config: Arc::new(config),
         max_sessions: args.max_sessions.max(1),
+        max_sessions_per_client: args.max_sessions_per_client.max(1),
         drain_timeout: Args::secs(args.drain_timeout),
     };
     let mut server = match server::Server::new(opts, log.clone()) {

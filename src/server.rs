@@ -1,8 +1,9 @@
 //! The event loop: one mio `Poll`, the control listeners, every session's
 //! sockets, the timer heap and graceful shutdown.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +48,7 @@ pub(crate) struct Options {
     pub(crate) listen: Vec<SocketAddr>,
     pub(crate) config: Arc<Config>,
     pub(crate) max_sessions: usize,
+    pub(crate) max_sessions_per_client: usize,
     pub(crate) drain_timeout: Duration,
 }
 
@@ -69,6 +71,8 @@ pub(crate) struct Server {
     opts: Options,
     log: Logger,
     next_session: u64,
+    /// Open sessions per client address (ATTACKS.md 22).
+    per_client: HashMap<IpAddr, usize>,
     accept_paused_until: Option<Instant>,
     drain_until: Option<Instant>,
 }
@@ -109,6 +113,7 @@ impl Server {
             opts,
             log,
             next_session: 1,
+            per_client: HashMap::new(),
             accept_paused_until: None,
             drain_until: None,
         })
@@ -185,6 +190,7 @@ impl Server {
                     for key in keys {
                         let mut conn = self.conns.remove(key);
                         conn.abort(&mut self.ctx(now));
+                        self.forget_client(conn.client_ip);
                     }
                     return Ok(());
                 }
@@ -208,6 +214,7 @@ impl Server {
         let more = conn.drive(&mut self.ctx(now));
         if conn.finished() {
             conn.abort(&mut self.ctx(now));
+            self.forget_client(conn.client_ip);
             // The slot is free again only now, after this session's tokens
             // were retired.
             return;
@@ -219,6 +226,15 @@ impl Server {
         self.conns.insert(conn);
         if more {
             self.again.push(key);
+        }
+    }
+
+    fn forget_client(&mut self, ip: IpAddr) {
+        if let Some(count) = self.per_client.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_client.remove(&ip);
+            }
         }
     }
 
@@ -315,6 +331,13 @@ impl Server {
             );
             return None;
         }
+        let count = self.per_client.entry(peer.ip()).or_insert(0);
+        if *count >= self.opts.max_sessions_per_client {
+            warn!(log, "refused: too many sessions from this client"; "limit" => self.opts.max_sessions_per_client);
+            let _ = io::Write::write(&mut stream, b"421 ftpgate: too many sessions from your address.\r\n");
+            return None;
+        }
+        *count += 1;
         info!(log, "session start");
         let ends = ControlEnds { client: peer, server };
         let session = Session::new(self.opts.config.clone(), ends, now);
@@ -327,6 +350,7 @@ impl Server {
             }
             Err(e) => {
                 error!(log, "session set-up failed"; "error" => %e);
+                self.forget_client(peer.ip());
                 None
             }
         }
