@@ -14,8 +14,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod addr;
 pub mod audit;
+pub mod command;
+pub mod error;
+pub mod line;
 pub mod policy;
+pub mod reply;
 mod session;
 
 pub use audit::{AuditEvent, DataMode, TransferResult};

@@ -1,12 +1,20 @@
 //! The FTP session machine: one intercepted control connection.
 
+mod control;
+mod data;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use self::control::{ActiveHold, Login, Pending, Phase, ServerHold, REPLY_SHUTTING_DOWN, REPLY_UNREACHABLE};
+use self::data::DataChan;
 use crate::audit::AuditEvent;
+use crate::line::LineReader;
 use crate::policy::Config;
+use crate::reply::ReplyAssembler;
 
 /// One end of the control connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -173,59 +181,266 @@ pub enum Action {
     Audit(AuditEvent),
 }
 
+/// Outgoing control bytes above this stop reading from the side that
+/// produces them (back-pressure instead of unbounded buffering).
+const HIGH_WATER: usize = 64 * 1024;
+
+/// Commands sent to the server and not yet answered, at most. A client that
+/// pipelines more is simply not read until replies come back.
+const MAX_PENDING: usize = 64;
+
 /// Protocol state of one intercepted FTP control connection.
+///
+/// The methods come in three kinds, used in this order (see the crate docs):
+///
+/// - **Facts in:** [`handle_input`](Self::handle_input), one
+///   [`Input`] at a time, with the current time.
+/// - **Work out:** [`poll_action`](Self::poll_action) until `None`, then
+///   [`pending`](Self::pending)/[`consume`](Self::consume) per control socket.
+/// - **Getters for interest and timers:** [`read_budget`](Self::read_budget),
+///   [`poll_timeout`](Self::poll_timeout), [`is_closed`](Self::is_closed).
+///
+/// The session never panics on peer input and never returns an error: bad
+/// input becomes a reply to the offending side, an [`AuditEvent`], and
+/// possibly a [`Action::Shutdown`].
 #[derive(Debug)]
 pub struct Session {
-    _config: Arc<Config>,
-    _ends: ControlEnds,
+    config: Arc<Config>,
+    ends: ControlEnds,
+    phase: Phase,
+    /// When the control connection counts as idle (while no transfer runs).
+    idle_at: Instant,
+    /// Framers, indexed by the side the bytes come from.
+    readers: [LineReader; 2],
+    /// Output buffers, indexed by the side the bytes go to.
+    out: [Vec<u8>; 2],
+    actions: VecDeque<Action>,
+    replies: ReplyAssembler,
+    /// Commands forwarded to the server (or answered locally), FIFO.
+    pending: VecDeque<Pending>,
+    /// A client line taken from the framer that must wait (a data-setup
+    /// command while a transfer is outstanding).
+    stash: Option<Vec<u8>>,
+    /// A PORT/EPRT held until its listener is up.
+    client_hold: Option<ActiveHold>,
+    /// A server reply held (227/229 until Listening, final reply until
+    /// Relayed); later server lines wait behind it.
+    server_hold: Option<ServerHold>,
+    data: BTreeMap<DataId, DataChan>,
+    /// The data channel the next transfer command will use.
+    current_data: Option<DataId>,
+    next_data: u32,
+    login: Login,
+    epsv_all: bool,
+    server_eof: bool,
+    server_spoke: bool,
+    draining: bool,
+    shutdown: [bool; 2],
+    /// The `now` of the input being handled.
+    now: Instant,
+}
+
+fn idx(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Server => 1,
+    }
 }
 
 impl Session {
     /// A session for a control connection just accepted; the shell is
     /// connecting to `ends.server` from `ends.client`.
     pub fn new(config: Arc<Config>, ends: ControlEnds, now: Instant) -> Self {
-        let _ = now;
-        Self { _config: config, _ends: ends }
+        Self {
+            phase: Phase::ExpectGreeting { expires_at: now + config.greeting_timeout },
+            idle_at: now + config.idle_timeout,
+            readers: [LineReader::new(), LineReader::new()],
+            out: [Vec::new(), Vec::new()],
+            actions: VecDeque::new(),
+            replies: ReplyAssembler::new(config.max_reply_lines),
+            pending: VecDeque::new(),
+            stash: None,
+            client_hold: None,
+            server_hold: None,
+            data: BTreeMap::new(),
+            current_data: None,
+            next_data: 0,
+            login: Login::default(),
+            epsv_all: false,
+            server_eof: false,
+            server_spoke: false,
+            draining: false,
+            shutdown: [false; 2],
+            now,
+            config,
+            ends,
+        }
     }
 
-    /// Feed one fact.
+    /// Feed one fact. Then drain [`poll_action`](Self::poll_action).
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
-        let _ = (now, input);
-        todo!()
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.now = self.now.max(now);
+        match input {
+            Input::Received { from, data } => {
+                if self.shutdown[idx(from)] || (from == Side::Server && self.server_eof) {
+                    return;
+                }
+                self.idle_at = now + self.config.idle_timeout;
+                if from == Side::Server && !data.is_empty() {
+                    self.server_spoke = true;
+                }
+                let reader = &mut self.readers[idx(from)];
+                reader.feed(data);
+                let answers = reader.take_answers();
+                self.out[idx(from)].extend_from_slice(&answers);
+            }
+            Input::Closed { from: Side::Client } => {
+                self.teardown(Side::Server, "client closed");
+                return;
+            }
+            Input::Closed { from: Side::Server } => self.server_eof = true,
+            Input::ServerUnreachable { .. } => {
+                self.send_client_now(REPLY_UNREACHABLE);
+                self.teardown(Side::Client, "server unreachable");
+                return;
+            }
+            Input::Listening { data, local } => self.on_listening(now, data, local),
+            Input::Accepted { data, peer } => self.on_accepted(now, data, peer),
+            Input::Connected { data } => self.on_connected(data),
+            Input::Failed { data, step, error } => self.on_failed(now, data, step, error),
+            Input::Relayed { data, to_client, to_server } => self.on_relayed(now, data, to_client, to_server),
+            Input::Timeout => self.on_timeout(now),
+            Input::Drain => self.draining = true,
+        }
+        self.pump(now);
+    }
+
+    /// Process whatever became processable, then check the end conditions.
+    fn pump(&mut self, now: Instant) {
+        self.process_server(now);
+        self.process_client(now);
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if self.server_eof && self.server_hold.is_none() {
+            // Every complete server line is processed: nothing more can come.
+            if matches!(self.phase, Phase::ExpectGreeting { .. }) && !self.server_spoke {
+                self.send_client_now(REPLY_UNREACHABLE);
+            }
+            self.teardown(Side::Client, "server closed");
+        } else if self.draining && !self.transfer_running() {
+            self.send_client_now(REPLY_SHUTTING_DOWN);
+            self.teardown(Side::Client, "gateway shutting down");
+        }
     }
 
     /// The next action, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
-        todo!()
+        self.actions.pop_front()
     }
 
-    /// When to feed `Input::Timeout` next.
+    /// When to feed `Input::Timeout` next: the earliest live deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        todo!()
+        let control = match self.phase {
+            Phase::ExpectGreeting { expires_at } => Some(expires_at),
+            Phase::Relaying if !self.transfer_running() => Some(self.idle_at),
+            Phase::Relaying | Phase::Closed => None,
+        };
+        self.data.values().filter_map(DataChan::deadline).chain(control).min()
     }
 
     /// Bytes ready to be written to that control socket.
     pub fn pending(&self, to: Side) -> &[u8] {
-        let _ = to;
-        todo!()
+        &self.out[idx(to)]
     }
 
     /// `n` bytes of `pending(to)` were written.
     pub fn consume(&mut self, to: Side, n: usize) {
-        let _ = (to, n);
-        todo!()
+        let out = &mut self.out[idx(to)];
+        let n = n.min(out.len());
+        out.drain(..n);
+        if out.is_empty() && out.capacity() > 1024 {
+            *out = Vec::new();
+        }
     }
 
     /// How many bytes the core takes from that side now (0: stop reading).
     pub fn read_budget(&self, from: Side) -> usize {
-        let _ = from;
-        todo!()
+        if self.phase == Phase::Closed || self.shutdown[idx(from)] {
+            return 0;
+        }
+        if self.out[idx(from.peer())].len() > HIGH_WATER || self.out[idx(from)].len() > HIGH_WATER {
+            return 0;
+        }
+        let blocked = match from {
+            Side::Client => {
+                matches!(self.phase, Phase::ExpectGreeting { .. })
+                    || self.client_hold.is_some()
+                    || self.stash.is_some()
+                    || self.pending.len() >= MAX_PENDING
+                    || self.server_eof
+            }
+            Side::Server => self.server_hold.is_some() || self.server_eof,
+        };
+        if blocked {
+            0
+        } else {
+            self.readers[idx(from)].space()
+        }
     }
 
     /// True when the session is over: both sides got `Shutdown` and every data
     /// channel got `CloseData`. The shell drops the session once `pending` of
     /// both sides is written (or can no longer be).
     pub fn is_closed(&self) -> bool {
-        todo!()
+        self.shutdown == [true, true] && self.data.values().all(|d| d.closed)
+    }
+
+    /// Queue bytes for the client now, ahead of anything still owed.
+    fn send_client_now(&mut self, text: &str) {
+        self.out[idx(Side::Client)].extend_from_slice(text.as_bytes());
+    }
+
+    /// End the session: shut both control sockets (`first` first), close
+    /// every data channel, log.
+    fn teardown(&mut self, first: Side, reason: &'static str) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.phase = Phase::Closed;
+        self.actions.push_back(Action::Shutdown { side: first });
+        if first == Side::Client {
+            self.actions.push_back(Action::Shutdown { side: Side::Server });
+        }
+        let ids: Vec<DataId> = self.data.keys().copied().collect();
+        for id in ids {
+            self.abort_data(id);
+        }
+        if first == Side::Server {
+            self.actions.push_back(Action::Shutdown { side: Side::Client });
+        }
+        self.shutdown = [true, true];
+        self.actions.push_back(Action::Audit(AuditEvent::SessionEnded { reason }));
+        self.client_hold = None;
+        self.server_hold = None;
+        self.stash = None;
+        self.pending.clear();
+        self.readers = [LineReader::new(), LineReader::new()];
     }
 }
+
+/// Printable, truncated copy of peer bytes for audit records.
+fn printable(bytes: &[u8], max: usize) -> String {
+    let mut s: String =
+        bytes.iter().take(max).map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { '?' }).collect();
+    if bytes.len() > max {
+        s.push_str("...");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

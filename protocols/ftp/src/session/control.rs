@@ -1,0 +1,488 @@
+//! The control channel: client commands in, server replies in, pairing them
+//! FIFO, and the holds that keep replies in order with the data channels.
+//!
+//! Read first: RFC 959 §5.4 (command-reply sequences), RFC 2428, RFC 2577
+//! (FTP security considerations), RFC 1579 (firewall-friendly FTP),
+//! LIFECYCLE.md beside this crate.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use super::{idx, printable, Action, DataId, Session, Side, MAX_PENDING};
+use crate::addr::{canonical_ip, AddrError, ExtAddr, HostPort};
+use crate::audit::{AuditEvent, DataMode};
+use crate::command::{parse_command, Command, CommandError, EpsvArg};
+use crate::error::Violation;
+use crate::line::{write_line, LineError};
+use crate::policy::PassiveAddressPolicy;
+use crate::reply::{Code, Reply, ReplyError};
+
+pub(super) const REPLY_UNREACHABLE: &str =
+    "421 Service not available: ftpgate could not reach the server.\r\n";
+pub(super) const REPLY_NO_GREETING: &str = "421 Service not available: the server sent no greeting.\r\n";
+pub(super) const REPLY_SHUTTING_DOWN: &str = "421 ftpgate is shutting down.\r\n";
+pub(super) const REPLY_IDLE: &str = "421 Control connection idle for too long, closing.\r\n";
+pub(super) const REPLY_SERVER_BROKEN: &str = "421 ftpgate: the server broke the protocol, closing.\r\n";
+pub(super) const REPLY_CANT_OPEN: &str = "425 Can't open data connection.\r\n";
+const REPLY_LINE_TOO_LONG: &str = "500 Line too long.\r\n";
+const REPLY_BAD_LINE: &str = "500 Line refused: NUL or bare CR.\r\n";
+const REPLY_SYNTAX: &str = "500 Syntax error, command unrecognized.\r\n";
+const REPLY_BAD_ADDRESS: &str = "501 Syntax error in data address.\r\n";
+const REPLY_FOREIGN_ADDRESS: &str = "501 ftpgate: the data address must be the client's own.\r\n";
+const REPLY_PRIVILEGED: &str = "501 ftpgate: privileged data port refused.\r\n";
+const REPLY_FAMILY: &str = "522 Network protocol not supported, use (1,2)\r\n";
+const REPLY_LONG_ADDRESS: &str = "502 ftpgate: LPRT/LPSV not supported, use EPRT/EPSV.\r\n";
+const REPLY_SECURITY: &str = "534 ftpgate: AUTH/TLS on the control channel refused by policy.\r\n";
+const REPLY_LOGIN_FIRST: &str = "530 Please login first.\r\n";
+const REPLY_EPSV_ALL: &str = "503 ftpgate: EPSV ALL in effect, use EPSV.\r\n";
+const REPLY_PASSIVE_REFUSED: &str = "425 ftpgate: passive reply refused by gateway policy.\r\n";
+const REPLY_TOO_MANY: &str = "425 ftpgate: too many data connections.\r\n";
+
+/// What the control channel waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// The server's 220 (a 120 may come first). Client lines wait.
+    ExpectGreeting { expires_at: Instant },
+    /// Lines pass through, commands paired with replies FIFO.
+    Relaying,
+    /// Both sides shut down.
+    Closed,
+}
+
+/// Who is logged in. The password is never stored.
+#[derive(Debug, Default)]
+pub(super) struct Login {
+    pub(super) user: Option<String>,
+    pub(super) pending_user: Option<String>,
+    pub(super) logged_in: bool,
+}
+
+/// One entry of the command FIFO.
+#[derive(Debug)]
+pub(super) enum Pending {
+    /// A reply the gateway made, owed after the replies before it.
+    Local(Vec<u8>),
+    /// PASV/EPSV forwarded: its 227/229 sets up a data channel.
+    Passive,
+    /// PORT/EPRT forwarded with its listener up.
+    Active { data: DataId },
+    /// A transfer command; its data channel is bound at its first reply.
+    Transfer { label: String, bound: Option<Option<DataId>> },
+    /// Anything else.
+    Other,
+}
+
+/// A PORT/EPRT waiting for its listener.
+#[derive(Debug)]
+pub(super) struct ActiveHold {
+    pub(super) data: DataId,
+    pub(super) line: Vec<u8>,
+    pub(super) ip: IpAddr,
+    pub(super) port: u16,
+    pub(super) extended: bool,
+}
+
+/// A server reply the client may not see yet.
+#[derive(Debug)]
+pub(super) enum ServerHold {
+    /// 227/229 until `Listening`.
+    Listener { data: DataId, reply: Reply, announced: SocketAddr, extended: bool },
+    /// The final reply of a transfer until `Relayed`.
+    Transfer { data: DataId, reply: Reply },
+}
+
+impl Session {
+    /// Take client lines while nothing holds them back.
+    pub(super) fn process_client(&mut self, now: Instant) {
+        loop {
+            if self.phase != Phase::Relaying
+                || self.client_hold.is_some()
+                || self.server_eof
+                || self.pending.len() >= MAX_PENDING
+            {
+                return;
+            }
+            let line = match self.stash.take() {
+                Some(line) => line,
+                None => match self.readers[idx(Side::Client)].next_line() {
+                    None => return,
+                    Some(Ok(line)) => line,
+                    Some(Err(LineError::TooLong)) => {
+                        self.refuse(Violation::LineTooLong { side: Side::Client }, b"");
+                        self.send_client_now(REPLY_LINE_TOO_LONG);
+                        self.teardown(Side::Client, "client line too long");
+                        return;
+                    }
+                    Some(Err(LineError::Nul | LineError::BareCr)) => {
+                        self.refuse(Violation::BadLineEnd { side: Side::Client }, b"");
+                        self.reply_local(REPLY_BAD_LINE);
+                        continue;
+                    }
+                },
+            };
+            let cmd = parse_command(&line);
+            let data_setup = matches!(
+                cmd,
+                Ok(Command::Port(_)
+                    | Command::Eprt(_)
+                    | Command::Pasv
+                    | Command::Epsv(EpsvArg::Any | EpsvArg::Proto(_)))
+            );
+            if data_setup && self.transfer_outstanding() {
+                // The previous transfer's data channel must not be replaced
+                // before that transfer ends.
+                self.stash = Some(line);
+                return;
+            }
+            self.handle_command(now, &line, cmd);
+        }
+    }
+
+    fn transfer_outstanding(&self) -> bool {
+        self.pending.iter().any(|p| matches!(p, Pending::Transfer { .. })) || self.transfer_running()
+    }
+
+    fn handle_command(&mut self, now: Instant, line: &[u8], cmd: Result<Command<'_>, CommandError>) {
+        let cmd = match cmd {
+            Ok(cmd) => cmd,
+            Err(CommandError::Syntax) => {
+                return self.refuse_local(Violation::CommandSyntax, line, REPLY_SYNTAX)
+            }
+            Err(CommandError::Address(AddrError::Family)) => {
+                return self.refuse_local(Violation::AddressFamily, line, REPLY_FAMILY)
+            }
+            Err(CommandError::Address(_)) => {
+                return self.refuse_local(Violation::AddressSyntax, line, REPLY_BAD_ADDRESS)
+            }
+        };
+        match cmd {
+            Command::User(name) => {
+                self.login.logged_in = false;
+                self.login.pending_user = Some(printable(name, 64));
+                self.forward(line, Pending::Other);
+            }
+            Command::Port(hp) => self.active(now, line, IpAddr::V4(hp.ip), hp.port, false),
+            Command::Eprt(ExtAddr { ip: Some(ip), port }) => self.active(now, line, ip, port, true),
+            Command::Eprt(ExtAddr { ip: None, .. }) => {
+                self.refuse_local(Violation::AddressSyntax, line, REPLY_BAD_ADDRESS)
+            }
+            Command::Pasv | Command::Epsv(_) if !self.login.logged_in => {
+                self.refuse_local(Violation::NotLoggedIn, line, REPLY_LOGIN_FIRST)
+            }
+            Command::Pasv if self.epsv_all => {
+                self.refuse_local(Violation::EpsvAllInEffect, line, REPLY_EPSV_ALL)
+            }
+            Command::Epsv(EpsvArg::All) => {
+                self.epsv_all = true;
+                self.forward(line, Pending::Other);
+            }
+            Command::Pasv | Command::Epsv(_) => self.forward(line, Pending::Passive),
+            Command::LongPassive => {
+                self.refuse_local(Violation::LongAddressUnsupported, line, REPLY_LONG_ADDRESS)
+            }
+            Command::Security => self.refuse_local(Violation::SecurityRefused, line, REPLY_SECURITY),
+            Command::Rein => {
+                self.login = Login::default();
+                self.epsv_all = false;
+                self.forward(line, Pending::Other);
+            }
+            Command::Transfer { verb, arg } => {
+                let mut label = printable(verb, 4).to_ascii_uppercase();
+                if !arg.is_empty() {
+                    label.push(' ');
+                    label.push_str(&printable(arg, 120));
+                }
+                self.forward(line, Pending::Transfer { label, bound: None });
+            }
+            Command::Pass | Command::Other { .. } => self.forward(line, Pending::Other),
+        }
+    }
+
+    /// PORT/EPRT: check it, ask for a listener on the client's address and
+    /// hold the command until the listener is up.
+    fn active(&mut self, now: Instant, line: &[u8], ip: IpAddr, port: u16, extended: bool) {
+        let client_ip = self.ends.client.ip();
+        if !self.login.logged_in {
+            return self.refuse_local(Violation::NotLoggedIn, line, REPLY_LOGIN_FIRST);
+        }
+        if self.epsv_all {
+            return self.refuse_local(Violation::EpsvAllInEffect, line, REPLY_EPSV_ALL);
+        }
+        if canonical_ip(ip) != canonical_ip(client_ip) {
+            let v = Violation::PortAddressMismatch { announced: ip, control_peer: client_ip };
+            return self.refuse_local(v, line, REPLY_FOREIGN_ADDRESS);
+        }
+        if port < 1024 && !self.config.allow_privileged_data_ports {
+            let v = Violation::PrivilegedPort { side: Side::Client };
+            return self.refuse_local(v, line, REPLY_PRIVILEGED);
+        }
+        let local = SocketAddr::new(client_ip, port);
+        let Some(data) = self.open_data(now, DataMode::Active, local, self.ends.server.ip(), port) else {
+            return self.refuse_local(Violation::TooManyDataChannels, line, REPLY_TOO_MANY);
+        };
+        self.client_hold = Some(ActiveHold { data, line: line.to_vec(), ip, port, extended });
+    }
+
+    /// Send a command line to the server and remember what answers it.
+    pub(super) fn forward(&mut self, line: &[u8], kind: Pending) {
+        write_line(line, &mut self.out[idx(Side::Server)]);
+        self.pending.push_back(kind);
+    }
+
+    /// A local reply to a client command, kept in order behind the replies
+    /// the server still owes.
+    pub(super) fn reply_local(&mut self, text: &str) {
+        if self.pending.is_empty() && self.server_hold.is_none() {
+            self.send_client_now(text);
+        } else {
+            self.pending.push_back(Pending::Local(text.as_bytes().to_vec()));
+        }
+    }
+
+    fn refuse_local(&mut self, v: Violation, line: &[u8], text: &str) {
+        self.refuse(v, line);
+        self.reply_local(text);
+    }
+
+    pub(super) fn refuse(&mut self, v: Violation, what: &[u8]) {
+        self.actions.push_back(Action::Audit(AuditEvent::Refused {
+            side: v.side(),
+            reason: v.reason(),
+            what: printable(what, 64),
+        }));
+    }
+
+    /// Send the local replies that reached the front of the FIFO.
+    pub(super) fn flush_local(&mut self) {
+        while self.server_hold.is_none() {
+            let Some(Pending::Local(_)) = self.pending.front() else { return };
+            if let Some(Pending::Local(bytes)) = self.pending.pop_front() {
+                self.out[idx(Side::Client)].extend_from_slice(&bytes);
+            }
+        }
+    }
+
+    pub(super) fn send_reply(&mut self, reply: &Reply) {
+        reply.write(&mut self.out[idx(Side::Client)]);
+    }
+
+    /// Take server lines while no reply is held.
+    pub(super) fn process_server(&mut self, now: Instant) {
+        loop {
+            self.flush_local();
+            if self.phase == Phase::Closed || self.server_hold.is_some() {
+                return;
+            }
+            let line = match self.readers[idx(Side::Server)].next_line() {
+                None => return,
+                Some(Ok(line)) => line,
+                Some(Err(LineError::TooLong)) => {
+                    return self.server_broke(Violation::LineTooLong { side: Side::Server })
+                }
+                Some(Err(_)) => return self.server_broke(Violation::BadLineEnd { side: Side::Server }),
+            };
+            match self.replies.push(line) {
+                Ok(None) => {}
+                Ok(Some(reply)) => self.handle_reply(now, reply),
+                Err(ReplyError::Malformed) => return self.server_broke(Violation::ReplyMalformed),
+                Err(ReplyError::TooManyLines) => return self.server_broke(Violation::ReplyTooLong),
+            }
+        }
+    }
+
+    fn server_broke(&mut self, v: Violation) {
+        self.refuse(v, b"");
+        self.send_client_now(REPLY_SERVER_BROKEN);
+        self.teardown(Side::Client, v.reason());
+    }
+
+    fn handle_reply(&mut self, now: Instant, reply: Reply) {
+        let code = reply.code;
+        if let Phase::ExpectGreeting { .. } = self.phase {
+            self.send_reply(&reply);
+            if code.is_success() {
+                self.phase = Phase::Relaying;
+            } else if !code.is_preliminary() {
+                self.teardown(Side::Client, "server refused the session");
+            }
+            return;
+        }
+        if code == Code::NOT_AVAILABLE {
+            self.send_reply(&reply);
+            return self.teardown(Side::Client, "server closing (421)");
+        }
+        if code.is_preliminary() {
+            if let Some(Pending::Transfer { label, bound: bound @ None }) = self.pending.front_mut() {
+                let data = self.current_data.take();
+                *bound = Some(data);
+                let label = label.clone();
+                self.bind_transfer(data, label);
+            }
+            return self.send_reply(&reply);
+        }
+        match self.pending.pop_front() {
+            Some(Pending::Passive) => self.passive_reply(now, reply),
+            Some(Pending::Active { data }) => {
+                if !code.is_success() {
+                    // The server will not connect: the listener is useless.
+                    self.close_data(now, data);
+                }
+                self.send_reply(&reply);
+            }
+            Some(Pending::Transfer { label, bound }) => {
+                let data = match bound {
+                    Some(data) => data,
+                    None => {
+                        let data = self.current_data.take();
+                        self.bind_transfer(data, label);
+                        data
+                    }
+                };
+                self.transfer_reply(now, reply, data);
+            }
+            Some(Pending::Local(bytes)) => {
+                // Cannot happen (locals are flushed first); keep order anyway.
+                self.out[idx(Side::Client)].extend_from_slice(&bytes);
+                self.send_reply(&reply);
+            }
+            Some(Pending::Other) | None => {
+                if code == Code::LOGGED_IN {
+                    self.logged_in();
+                }
+                self.send_reply(&reply);
+            }
+        }
+    }
+
+    fn logged_in(&mut self) {
+        self.login.logged_in = true;
+        self.login.user = self.login.pending_user.clone();
+        let user = self.login.user.clone().unwrap_or_default();
+        self.actions.push_back(Action::Audit(AuditEvent::LoggedIn { user }));
+    }
+
+    /// The final reply of a transfer command: release it now, or hold it
+    /// until the data relay ends (ATTACKS.md 25).
+    fn transfer_reply(&mut self, now: Instant, reply: Reply, data: Option<DataId>) {
+        let Some(ch) = data.and_then(|id| self.data.get_mut(&id)) else {
+            return self.send_reply(&reply);
+        };
+        ch.final_code = Some(reply.code.0);
+        let id = ch.id;
+        if ch.is_connecting_or_relaying() {
+            self.server_hold = Some(ServerHold::Transfer { data: id, reply });
+        } else {
+            // Never connected (e.g. 425) or already over.
+            self.send_reply(&reply);
+            self.close_data(now, id);
+        }
+    }
+
+    /// A 227/229 answering our PASV/EPSV: check it, ask for the listener and
+    /// hold the reply until it is up.
+    fn passive_reply(&mut self, now: Instant, reply: Reply) {
+        let server_ip = self.ends.server.ip();
+        let (announced, extended) = match reply.code {
+            Code::ENTERING_PASSIVE => (
+                reply
+                    .texts()
+                    .find_map(HostPort::parse_227)
+                    .map(|hp| SocketAddr::new(IpAddr::V4(hp.ip), hp.port)),
+                false,
+            ),
+            Code::ENTERING_EXT_PASSIVE => (
+                reply.texts().find_map(ExtAddr::parse_229).map(|port| SocketAddr::new(server_ip, port)),
+                true,
+            ),
+            _ => (None, false),
+        };
+        let Some(announced) = announced else {
+            // Not a passive reply we understand: relay it, open nothing.
+            return self.send_reply(&reply);
+        };
+        let code = format!("{}", reply.code.0);
+        let same_ip = canonical_ip(announced.ip()) == canonical_ip(server_ip);
+        if !same_ip && self.config.passive_address_mismatch == PassiveAddressPolicy::Refuse
+            || !extended && !matches!(canonical_ip(server_ip), IpAddr::V4(_))
+        {
+            return self.refuse_passive(Violation::PassiveAddressMismatch, &code);
+        }
+        if announced.port() < 1024 && !self.config.allow_privileged_data_ports {
+            return self.refuse_passive(Violation::PrivilegedPort { side: Side::Server }, &code);
+        }
+        let local = SocketAddr::new(server_ip, announced.port());
+        let accept_from = self.ends.client.ip();
+        let Some(data) = self.open_data(now, DataMode::Passive, local, accept_from, announced.port()) else {
+            return self.refuse_passive(Violation::TooManyDataChannels, &code);
+        };
+        self.server_hold = Some(ServerHold::Listener { data, reply, announced, extended });
+    }
+
+    fn refuse_passive(&mut self, v: Violation, code: &str) {
+        self.refuse(v, code.as_bytes());
+        self.send_client_now(REPLY_PASSIVE_REFUSED);
+    }
+
+    /// The listener of a held PASV reply or PORT command is up: release it,
+    /// rewritten if the bound address differs from the announced one.
+    pub(super) fn listener_up(&mut self, data: DataId, local: SocketAddr) {
+        match self.server_hold.take() {
+            Some(ServerHold::Listener { data: held, reply, announced, extended }) if held == data => {
+                if canonical_ip(local.ip()) == canonical_ip(announced.ip())
+                    && local.port() == announced.port()
+                {
+                    self.send_reply(&reply);
+                } else if let Some(rewritten) = self.passive_rewrite(local, extended) {
+                    self.send_reply(&rewritten);
+                    self.audit_rewrite(data, announced, local);
+                } else {
+                    self.send_client_now(REPLY_CANT_OPEN);
+                    self.data_failed(self.now, data);
+                }
+            }
+            other => self.server_hold = other,
+        }
+        match self.client_hold.take() {
+            Some(hold) if hold.data == data => {
+                if local.port() == hold.port {
+                    self.forward(&hold.line, Pending::Active { data });
+                } else {
+                    let mut line = Vec::new();
+                    match (hold.extended, canonical_ip(hold.ip)) {
+                        (false, IpAddr::V4(ip)) => {
+                            line.extend_from_slice(b"PORT ");
+                            HostPort { ip, port: local.port() }.write(&mut line);
+                        }
+                        _ => {
+                            line.extend_from_slice(b"EPRT ");
+                            ExtAddr { ip: Some(hold.ip), port: local.port() }.write(&mut line);
+                        }
+                    }
+                    self.forward(&line, Pending::Active { data });
+                    self.audit_rewrite(data, SocketAddr::new(hold.ip, hold.port), local);
+                }
+            }
+            other => self.client_hold = other,
+        }
+    }
+
+    fn audit_rewrite(&mut self, data: DataId, announced: SocketAddr, local: SocketAddr) {
+        self.actions.push_back(Action::Audit(AuditEvent::ReplyRewritten { data, announced, local }));
+    }
+
+    /// A canonical 227/229 naming `local`.
+    fn passive_rewrite(&self, local: SocketAddr, extended: bool) -> Option<Reply> {
+        if extended {
+            let text = format!("229 Entering Extended Passive Mode (|||{}|)", local.port());
+            return Some(Reply::local(229, &text));
+        }
+        let pair = (canonical_ip(local.ip()), canonical_ip(self.ends.server.ip()));
+        let ((IpAddr::V4(ip), _) | (_, IpAddr::V4(ip))) = pair else {
+            return None;
+        };
+        let mut text = b"227 Entering Passive Mode (".to_vec();
+        HostPort { ip, port: local.port() }.write(&mut text);
+        text.extend_from_slice(b").");
+        Some(Reply { code: Code::ENTERING_PASSIVE, lines: vec![text] })
+    }
+}

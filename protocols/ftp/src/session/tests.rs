@@ -1,0 +1,1033 @@
+//! Transcript tests: fixture state, bytes in, actions and bytes out, time
+//! advanced by hand. Names say `<state>_<event>_<outcome>`.
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::audit::{DataMode, TransferResult};
+use crate::policy::PassiveAddressPolicy;
+
+const CLIENT: &str = "192.0.2.10:40000";
+const SERVER: &str = "198.51.100.10:21";
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+struct T {
+    s: Session,
+    now: Instant,
+}
+
+impl T {
+    fn with(config: Config) -> Self {
+        let now = Instant::now();
+        let ends = ControlEnds { client: sa(CLIENT), server: sa(SERVER) };
+        Self { s: Session::new(Arc::new(config), ends, now), now }
+    }
+
+    fn new() -> Self {
+        Self::with(Config::default())
+    }
+
+    /// Greeted and logged in as `anna`; outputs drained.
+    fn logged_in() -> Self {
+        Self::logged_in_with(Config::default())
+    }
+
+    fn logged_in_with(config: Config) -> Self {
+        let mut t = Self::with(config);
+        t.input(Input::Received { from: Side::Server, data: b"220 ready\r\n" });
+        t.input(Input::Received { from: Side::Client, data: b"USER anna\r\nPASS secret\r\n" });
+        t.input(Input::Received { from: Side::Server, data: b"331 pw\r\n230 ok\r\n" });
+        t.take(Side::Client);
+        t.take(Side::Server);
+        t.actions();
+        t
+    }
+
+    fn input(&mut self, input: Input<'_>) {
+        self.s.handle_input(self.now, input);
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+
+    fn take(&mut self, side: Side) -> Vec<u8> {
+        let out = self.s.pending(side).to_vec();
+        self.s.consume(side, out.len());
+        out
+    }
+
+    fn actions(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.s.poll_action()).collect()
+    }
+
+    /// Actions without audit records.
+    fn work(&mut self) -> Vec<Action> {
+        self.actions().into_iter().filter(|a| !matches!(a, Action::Audit(_))).collect()
+    }
+
+    fn audits(&mut self) -> Vec<AuditEvent> {
+        self.actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Audit(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+macro_rules! client {
+    ($t:expr, $bytes:expr) => {
+        $t.input(Input::Received { from: Side::Client, data: $bytes })
+    };
+}
+
+macro_rules! server {
+    ($t:expr, $bytes:expr) => {
+        $t.input(Input::Received { from: Side::Server, data: $bytes })
+    };
+}
+
+/// `expect!(t, to_client: b"..")`, `expect!(t, to_server: b"..")`: the
+/// pending bytes toward that side, which are then consumed.
+macro_rules! expect {
+    ($t:expr, to_client: $bytes:expr) => {
+        assert_eq!(
+            String::from_utf8_lossy(&$t.take(Side::Client)),
+            String::from_utf8_lossy($bytes),
+            "bytes to the client"
+        )
+    };
+    ($t:expr, to_server: $bytes:expr) => {
+        assert_eq!(
+            String::from_utf8_lossy(&$t.take(Side::Server)),
+            String::from_utf8_lossy($bytes),
+            "bytes to the server"
+        )
+    };
+    ($t:expr, work: $actions:expr) => {
+        assert_eq!($t.work(), $actions, "actions")
+    };
+}
+
+fn listen(data: u32, local: &str, from: &str, peer: Side) -> Action {
+    Action::Listen { data: DataId(data), local: sa(local), accept_from: ip(from), peer }
+}
+
+fn shutdown_all(data: &[u32]) -> Vec<Action> {
+    let mut v = vec![Action::Shutdown { side: Side::Client }, Action::Shutdown { side: Side::Server }];
+    v.extend(data.iter().map(|&d| Action::CloseData { data: DataId(d) }));
+    v
+}
+
+/// Logged in, PASV answered, listener up, 227 released.
+fn passive_listening() -> T {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    expect!(t, to_server: b"PASV\r\n");
+    server!(t, b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+    expect!(t, to_client: b"");
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
+    t
+}
+
+/// Passive channel relaying, RETR forwarded and 150 relayed.
+fn passive_relaying_retr() -> T {
+    let mut t = passive_listening();
+    client!(t, b"RETR file.bin\r\n");
+    expect!(t, to_server: b"RETR file.bin\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    t.input(Input::Connected { data: DataId(0) });
+    t.work();
+    server!(t, b"150 Opening\r\n");
+    expect!(t, to_client: b"150 Opening\r\n");
+    t
+}
+
+/// Logged in, PORT accepted and forwarded, 200 relayed.
+fn active_listening() -> T {
+    let mut t = T::logged_in();
+    client!(t, b"PORT 192,0,2,10,156,65\r\n");
+    expect!(t, work: vec![listen(0, "192.0.2.10:40001", "198.51.100.10", Side::Server)]);
+    expect!(t, to_server: b"");
+    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:40001") });
+    expect!(t, to_server: b"PORT 192,0,2,10,156,65\r\n");
+    server!(t, b"200 PORT ok\r\n");
+    expect!(t, to_client: b"200 PORT ok\r\n");
+    t
+}
+
+// ---- 1. control relay -------------------------------------------------------
+
+#[test]
+fn relaying_command_forwarded_canonical_and_reply_relayed() {
+    let mut t = T::logged_in();
+    client!(t, b"cwd /pub\n");
+    expect!(t, to_server: b"cwd /pub\r\n");
+    server!(t, b"250 ok\r\n");
+    expect!(t, to_client: b"250 ok\r\n");
+    assert!(t.s.read_budget(Side::Client) > 0);
+    assert!(t.s.read_budget(Side::Server) > 0);
+}
+
+#[test]
+fn relaying_output_above_high_water_stops_reading() {
+    let mut t = T::logged_in();
+    let big = format!("211-{}\r\n", "x".repeat(1000));
+    for _ in 0..70 {
+        server!(t, big.as_bytes());
+    }
+    server!(t, b"211 end\r\n");
+    assert_eq!(t.s.read_budget(Side::Server), 0);
+    t.take(Side::Client);
+    assert!(t.s.read_budget(Side::Server) > 0);
+}
+
+#[test]
+fn relaying_partial_line_waits_for_rest() {
+    let mut t = T::logged_in();
+    client!(t, b"NO");
+    expect!(t, to_server: b"");
+    client!(t, b"OP\r");
+    client!(t, b"\n");
+    expect!(t, to_server: b"NOOP\r\n");
+}
+
+// ---- 2. greeting ------------------------------------------------------------
+
+#[test]
+fn expect_greeting_server_unreachable_421_and_close() {
+    let mut t = T::new();
+    t.input(Input::ServerUnreachable { error: ErrorKind::ConnectionRefused });
+    expect!(t, to_client: b"421 Service not available: ftpgate could not reach the server.\r\n");
+    assert_eq!(
+        t.actions(),
+        vec![
+            Action::Shutdown { side: Side::Client },
+            Action::Shutdown { side: Side::Server },
+            Action::Audit(AuditEvent::SessionEnded { reason: "server unreachable" }),
+        ]
+    );
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn expect_greeting_deadline_passes_421_and_close() {
+    let mut t = T::new();
+    let deadline = t.s.poll_timeout().unwrap();
+    assert_eq!(deadline, t.now + Config::default().greeting_timeout);
+    t.now = deadline;
+    t.input(Input::Timeout);
+    expect!(t, to_client: b"421 Service not available: ftpgate could not reach the server.\r\n");
+    expect!(t, work: shutdown_all(&[]));
+    assert!(t.s.is_closed());
+    assert_eq!(t.s.poll_timeout(), None);
+}
+
+#[test]
+fn expect_greeting_server_closed_silently_421_and_close() {
+    let mut t = T::new();
+    t.input(Input::Closed { from: Side::Server });
+    expect!(t, to_client: b"421 Service not available: ftpgate could not reach the server.\r\n");
+    expect!(t, work: shutdown_all(&[]));
+}
+
+#[test]
+fn expect_greeting_client_lines_wait_for_220() {
+    let mut t = T::new();
+    assert_eq!(t.s.read_budget(Side::Client), 0);
+    client!(t, b"USER anna\r\n");
+    expect!(t, to_server: b"");
+    server!(t, b"120 wait\r\n");
+    expect!(t, to_client: b"120 wait\r\n");
+    expect!(t, to_server: b"");
+    assert_eq!(t.s.read_budget(Side::Client), 0);
+    server!(t, b"220 ready\r\n");
+    expect!(t, to_client: b"220 ready\r\n");
+    expect!(t, to_server: b"USER anna\r\n");
+    assert!(t.s.read_budget(Side::Client) > 0);
+}
+
+#[test]
+fn expect_greeting_multiline_220_forwarded_whole() {
+    let mut t = T::new();
+    server!(t, b"220-Welcome\r\n220-");
+    expect!(t, to_client: b"");
+    server!(t, b"more\r\n220 go\r\n");
+    expect!(t, to_client: b"220-Welcome\r\n220-more\r\n220 go\r\n");
+}
+
+// ---- 3. pipelining and multi-line replies --------------------------------------
+
+#[test]
+fn relaying_pipelined_commands_pair_replies_fifo() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\nLIST\r\n");
+    expect!(t, to_server: b"PASV\r\nLIST\r\n");
+    server!(t, b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n150 here\r\n226 done\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+    expect!(t, to_client: b"");
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    // 150 passes; 226 is the final reply of LIST and waits for the data
+    // channel, which never connected: released at once and closed.
+    expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n150 here\r\n226 done\r\n");
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+}
+
+#[test]
+fn relaying_pipelined_pasv_list_transfer_completes_in_order() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\nLIST\r\n");
+    server!(t, b"227 (198,51,100,10,195,80)\r\n");
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    t.input(Input::Connected { data: DataId(0) });
+    server!(t, b"150 here\r\n226 done\r\n221 bye\r\n");
+    expect!(t, to_client: b"227 (198,51,100,10,195,80)\r\n150 here\r\n");
+    t.input(Input::Relayed { data: DataId(0), to_client: 10, to_server: 0 });
+    expect!(t, to_client: b"226 done\r\n221 bye\r\n");
+}
+
+#[test]
+fn relaying_port_and_retr_before_200_work() {
+    let mut t = T::logged_in();
+    client!(t, b"PORT 192,0,2,10,156,65\r\nRETR f\r\n");
+    expect!(t, to_server: b"");
+    t.work();
+    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:40001") });
+    expect!(t, to_server: b"PORT 192,0,2,10,156,65\r\nRETR f\r\n");
+    server!(t, b"200 ok\r\n150 go\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
+    t.input(Input::Connected { data: DataId(0) });
+    server!(t, b"226 done\r\n");
+    expect!(t, to_client: b"200 ok\r\n150 go\r\n");
+    t.input(Input::Relayed { data: DataId(0), to_client: 5, to_server: 0 });
+    expect!(t, to_client: b"226 done\r\n");
+}
+
+#[test]
+fn relaying_multiline_with_digit_continuations_forwarded_whole() {
+    let mut t = T::logged_in();
+    client!(t, b"HELP\r\n");
+    server!(t, b"214-help\r\n123 not the end\r\n214-still\r\n");
+    expect!(t, to_client: b"");
+    server!(t, b"214 end\r\n");
+    expect!(t, to_client: b"214-help\r\n123 not the end\r\n214-still\r\n214 end\r\n");
+}
+
+#[test]
+fn relaying_multiline_over_cap_421_and_close() {
+    let config = Config { max_reply_lines: 3, ..Config::default() };
+    let mut t = T::logged_in_with(config);
+    client!(t, b"HELP\r\n");
+    server!(t, b"214-a\r\nb\r\nc\r\nd\r\n");
+    expect!(t, to_client: b"421 ftpgate: the server broke the protocol, closing.\r\n");
+    expect!(t, work: shutdown_all(&[]));
+    assert!(t.s.is_closed());
+}
+
+// ---- 4. login ---------------------------------------------------------------
+
+#[test]
+fn relaying_230_logs_in_user_without_password() {
+    let mut t = T::new();
+    server!(t, b"220 ready\r\n");
+    client!(t, b"USER anna\r\nPASS s3cret\r\n");
+    expect!(t, to_server: b"USER anna\r\nPASS s3cret\r\n");
+    server!(t, b"331 pw\r\n230 ok\r\n");
+    assert_eq!(t.audits(), vec![AuditEvent::LoggedIn { user: "anna".into() }]);
+    assert!(!format!("{:?}", t.s).contains("s3cret"));
+}
+
+#[test]
+fn not_logged_in_data_commands_530_locally() {
+    let mut t = T::new();
+    server!(t, b"220 ready\r\n");
+    t.take(Side::Client);
+    client!(t, b"PASV\r\nEPSV\r\nPORT 192,0,2,10,156,65\r\nEPRT |1|192.0.2.10|40001|\r\n");
+    expect!(t, to_server: b"");
+    expect!(t, to_client: &b"530 Please login first.\r\n".repeat(4));
+    expect!(t, work: vec![]);
+}
+
+#[test]
+fn logged_in_rein_resets_login() {
+    let mut t = T::logged_in();
+    client!(t, b"REIN\r\n");
+    expect!(t, to_server: b"REIN\r\n");
+    server!(t, b"220 again\r\n");
+    t.take(Side::Client);
+    client!(t, b"PASV\r\n");
+    expect!(t, to_server: b"");
+    expect!(t, to_client: b"530 Please login first.\r\n");
+}
+
+// ---- 5. passive -------------------------------------------------------------
+
+#[test]
+fn expect_passive_reply_227_listen_then_released_unchanged() {
+    let mut t = passive_listening();
+    assert_eq!(t.s.read_budget(Side::Server), t.s.readers[1].space());
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    expect!(t, work: vec![Action::Connect {
+        data: DataId(0),
+        local: sa("192.0.2.10:0"),
+        remote: sa("198.51.100.10:50000"),
+    }]);
+    t.input(Input::Connected { data: DataId(0) });
+    expect!(t, work: vec![Action::Relay { data: DataId(0) }]);
+}
+
+#[test]
+fn expect_listener_server_output_held_behind_227() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\nNOOP\r\n");
+    server!(t, b"227 (198,51,100,10,195,80)\r\n200 noop\r\n");
+    assert_eq!(t.s.read_budget(Side::Server), 0);
+    expect!(t, to_client: b"");
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    expect!(t, to_client: b"227 (198,51,100,10,195,80)\r\n200 noop\r\n");
+}
+
+#[test]
+fn expect_listening_addr_in_use_retries_port_zero_and_rewrites() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    server!(t, b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
+    t.work();
+    t.input(Input::Failed { data: DataId(0), step: DataStep::Bind, error: ErrorKind::AddrInUse });
+    expect!(t, work: vec![listen(0, "198.51.100.10:0", "192.0.2.10", Side::Client)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50001") });
+    expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,81).\r\n");
+    assert_eq!(
+        t.audits(),
+        vec![AuditEvent::ReplyRewritten {
+            data: DataId(0),
+            announced: sa("198.51.100.10:50000"),
+            local: sa("198.51.100.10:50001"),
+        }]
+    );
+    // The client connects to the new port; the gateway still connects to the
+    // server's announced one.
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    expect!(t, work: vec![Action::Connect {
+        data: DataId(0),
+        local: sa("192.0.2.10:0"),
+        remote: sa("198.51.100.10:50000"),
+    }]);
+}
+
+#[test]
+fn expect_listening_second_addr_in_use_425() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    server!(t, b"227 (198,51,100,10,195,80)\r\n");
+    t.work();
+    let failed = Input::Failed { data: DataId(0), step: DataStep::Bind, error: ErrorKind::AddrInUse };
+    t.input(failed);
+    t.work();
+    t.input(failed);
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    expect!(t, to_client: b"425 Can't open data connection.\r\n");
+}
+
+#[test]
+fn expect_listening_listen_failure_425_instead_of_227() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\nNOOP\r\n");
+    server!(t, b"227 (198,51,100,10,195,80)\r\n200 ok\r\n");
+    t.work();
+    let err = ErrorKind::PermissionDenied;
+    t.input(Input::Failed { data: DataId(0), step: DataStep::Listen, error: err });
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    expect!(t, to_client: b"425 Can't open data connection.\r\n200 ok\r\n");
+}
+
+#[test]
+fn expect_passive_reply_foreign_address_rewritten_to_server() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    server!(t, b"227 Entering Passive Mode (10,0,0,5,195,80)\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
+}
+
+#[test]
+fn expect_passive_reply_foreign_address_refused_by_policy() {
+    let config = Config { passive_address_mismatch: PassiveAddressPolicy::Refuse, ..Config::default() };
+    let mut t = T::logged_in_with(config);
+    client!(t, b"PASV\r\n");
+    server!(t, b"227 Entering Passive Mode (10,0,0,5,195,80)\r\n");
+    expect!(t, to_client: b"425 ftpgate: passive reply refused by gateway policy.\r\n");
+    let actions = t.actions();
+    assert!(matches!(actions[..], [Action::Audit(AuditEvent::Refused { side: Side::Server, .. })]));
+}
+
+#[test]
+fn expect_passive_reply_privileged_port_refused() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    server!(t, b"227 Entering Passive Mode (198,51,100,10,0,22)\r\n");
+    expect!(t, to_client: b"425 ftpgate: passive reply refused by gateway policy.\r\n");
+    expect!(t, work: vec![]);
+}
+
+#[test]
+fn expect_passive_reply_229_listen_on_server_ip() {
+    let mut t = T::logged_in();
+    client!(t, b"EPSV\r\n");
+    expect!(t, to_server: b"EPSV\r\n");
+    server!(t, b"229 Entering Extended Passive Mode (|||50000|)\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    expect!(t, to_client: b"229 Entering Extended Passive Mode (|||50000|)\r\n");
+}
+
+#[test]
+fn expect_listening_229_addr_in_use_rewritten() {
+    let mut t = T::logged_in();
+    client!(t, b"EPSV\r\n");
+    server!(t, b"229 Entering Extended Passive Mode (!!!50000!)\r\n");
+    t.work();
+    t.input(Input::Failed { data: DataId(0), step: DataStep::Bind, error: ErrorKind::AddrNotAvailable });
+    expect!(t, work: vec![listen(0, "198.51.100.10:0", "192.0.2.10", Side::Client)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50001") });
+    expect!(t, to_client: b"229 Entering Extended Passive Mode (|||50001|)\r\n");
+}
+
+#[test]
+fn expect_accept_port_theft_refused_and_keeps_waiting() {
+    let mut t = passive_listening();
+    t.input(Input::Accepted { data: DataId(0), peer: sa("203.0.113.66:5555") });
+    assert_eq!(
+        t.actions(),
+        vec![
+            Action::Refuse { data: DataId(0) },
+            Action::Audit(AuditEvent::DataPeerRefused {
+                data: DataId(0),
+                peer: sa("203.0.113.66:5555"),
+                expected: ip("192.0.2.10"),
+            }),
+        ]
+    );
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    assert!(matches!(t.work()[..], [Action::Connect { .. }]));
+}
+
+// ---- 6. active --------------------------------------------------------------
+
+#[test]
+fn expect_listening_port_forwarded_after_listener_up() {
+    let mut t = active_listening();
+    client!(t, b"RETR f\r\n");
+    expect!(t, to_server: b"RETR f\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
+    expect!(t, work: vec![Action::Connect {
+        data: DataId(0),
+        local: sa("198.51.100.10:20"),
+        remote: sa("192.0.2.10:40001"),
+    }]);
+    t.input(Input::Connected { data: DataId(0) });
+    expect!(t, work: vec![Action::Relay { data: DataId(0) }]);
+}
+
+#[test]
+fn expect_listening_port_held_and_later_lines_wait() {
+    let mut t = T::logged_in();
+    client!(t, b"PORT 192,0,2,10,156,65\r\nNOOP\r\n");
+    assert_eq!(t.s.read_budget(Side::Client), 0);
+    expect!(t, to_server: b"");
+    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:40001") });
+    expect!(t, to_server: b"PORT 192,0,2,10,156,65\r\nNOOP\r\n");
+}
+
+#[test]
+fn expect_listening_port_addr_in_use_rewritten() {
+    let mut t = T::logged_in();
+    client!(t, b"PORT 192,0,2,10,156,65\r\n");
+    t.work();
+    t.input(Input::Failed { data: DataId(0), step: DataStep::Bind, error: ErrorKind::AddrInUse });
+    expect!(t, work: vec![listen(0, "192.0.2.10:0", "198.51.100.10", Side::Server)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:50002") });
+    expect!(t, to_server: b"PORT 192,0,2,10,195,82\r\n");
+}
+
+#[test]
+fn expect_listening_eprt_forwarded_and_rewritten() {
+    let mut t = T::logged_in();
+    client!(t, b"EPRT |1|192.0.2.10|40001|\r\n");
+    expect!(t, work: vec![listen(0, "192.0.2.10:40001", "198.51.100.10", Side::Server)]);
+    t.input(Input::Failed { data: DataId(0), step: DataStep::Bind, error: ErrorKind::AddrInUse });
+    t.work();
+    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:50002") });
+    expect!(t, to_server: b"EPRT |1|192.0.2.10|50002|\r\n");
+}
+
+#[test]
+fn relaying_port_bounce_refused_501() {
+    let mut t = T::logged_in();
+    client!(t, b"PORT 203,0,113,5,0,80\r\n");
+    expect!(t, to_client: b"501 ftpgate: the data address must be the client's own.\r\n");
+    expect!(t, to_server: b"");
+    let actions = t.actions();
+    assert!(matches!(actions[..], [Action::Audit(AuditEvent::Refused { side: Side::Client, .. })]));
+    client!(t, b"EPRT |1|203.0.113.5|4000|\r\n");
+    expect!(t, to_client: b"501 ftpgate: the data address must be the client's own.\r\n");
+    expect!(t, work: vec![]);
+}
+
+#[test]
+fn relaying_port_privileged_refused_501() {
+    let mut t = T::logged_in();
+    client!(t, b"PORT 192,0,2,10,0,22\r\n");
+    expect!(t, to_client: b"501 ftpgate: privileged data port refused.\r\n");
+    expect!(t, work: vec![]);
+}
+
+#[test]
+fn relaying_port_malformed_501_and_eprt_family_522() {
+    let mut t = T::logged_in();
+    client!(t, b"PORT 192,0,2,10,156\r\nPORT 192,0,2,10,70000,1\r\nEPRT |3|x|4000|\r\n");
+    expect!(
+        t,
+        to_client: b"501 Syntax error in data address.\r\n501 Syntax error in data address.\r\n522 Network protocol not supported, use (1,2)\r\n"
+    );
+    expect!(t, to_server: b"");
+    expect!(t, work: vec![]);
+}
+
+#[test]
+fn relaying_eprt_v4_mapped_client_address_accepted() {
+    let mut t = T::logged_in();
+    client!(t, b"EPRT |2|::ffff:192.0.2.10|40001|\r\n");
+    expect!(t, work: vec![listen(0, "192.0.2.10:40001", "198.51.100.10", Side::Server)]);
+}
+
+#[test]
+fn expect_accept_active_wrong_server_ip_refused() {
+    let mut t = active_listening();
+    t.input(Input::Accepted { data: DataId(0), peer: sa("203.0.113.66:20") });
+    expect!(t, work: vec![Action::Refuse { data: DataId(0) }]);
+}
+
+#[test]
+fn relaying_local_reply_waits_behind_owed_replies() {
+    let mut t = T::logged_in();
+    client!(t, b"NOOP\r\nPORT 1,2,3,4,5,6\r\n");
+    expect!(t, to_client: b"");
+    server!(t, b"200 noop\r\n");
+    expect!(t, to_client: b"200 noop\r\n501 ftpgate: the data address must be the client's own.\r\n");
+}
+
+// ---- 7. data channel lifetime ---------------------------------------------------
+
+#[test]
+fn expect_accept_deadline_closes_listener() {
+    let mut t = passive_listening();
+    let deadline = t.s.poll_timeout().unwrap();
+    assert_eq!(deadline, t.now + Config::default().data_accept_timeout);
+    t.now = deadline;
+    t.input(Input::Timeout);
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    assert_eq!(t.s.poll_timeout(), Some(t.s.idle_at));
+}
+
+#[test]
+fn expect_connect_deadline_closes_and_releases_reply() {
+    let mut t = passive_listening();
+    client!(t, b"RETR f\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    t.work();
+    server!(t, b"150 go\r\n426 broken\r\n");
+    expect!(t, to_client: b"150 go\r\n");
+    t.advance(Config::default().data_connect_timeout);
+    assert_eq!(t.s.poll_timeout(), Some(t.now));
+    t.input(Input::Timeout);
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    expect!(t, to_client: b"426 broken\r\n");
+}
+
+#[test]
+fn expect_accept_new_pasv_closes_previous_listener() {
+    let mut t = passive_listening();
+    client!(t, b"PASV\r\n");
+    server!(t, b"227 (198,51,100,10,195,90)\r\n");
+    expect!(t, work: vec![
+        Action::CloseData { data: DataId(0) },
+        listen(1, "198.51.100.10:50010", "192.0.2.10", Side::Client),
+    ]);
+}
+
+#[test]
+fn expect_accept_new_port_closes_previous_listener() {
+    let mut t = active_listening();
+    client!(t, b"PORT 192,0,2,10,156,70\r\n");
+    expect!(t, work: vec![
+        Action::CloseData { data: DataId(0) },
+        listen(1, "192.0.2.10:40006", "198.51.100.10", Side::Server),
+    ]);
+}
+
+#[test]
+fn relaying_unsolicited_227_relayed_opens_nothing() {
+    let mut t = T::logged_in();
+    server!(t, b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n");
+    expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n");
+    client!(t, b"NOOP\r\n");
+    server!(t, b"227 (198,51,100,10,195,80)\r\n");
+    expect!(t, to_client: b"227 (198,51,100,10,195,80)\r\n");
+    expect!(t, work: vec![]);
+}
+
+#[test]
+fn expect_passive_reply_unparseable_227_relayed_no_stall() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\nNOOP\r\n");
+    server!(t, b"227 Logout.\r\n200 ok\r\n");
+    expect!(t, to_client: b"227 Logout.\r\n200 ok\r\n");
+    expect!(t, work: vec![]);
+}
+
+#[test]
+fn relaying_verb_in_argument_is_not_a_command() {
+    let mut t = T::logged_in();
+    client!(t, b"RETR PORT 1,2,3,4,5,6\r\n");
+    expect!(t, to_server: b"RETR PORT 1,2,3,4,5,6\r\n");
+    server!(t, b"200 227 Entering Passive Mode (1,2,3,4,5,6)\r\n");
+    expect!(t, work: vec![]);
+}
+
+// ---- 8. transfer-complete ordering -------------------------------------------
+
+#[test]
+fn relaying_226_held_until_relayed() {
+    let mut t = passive_relaying_retr();
+    server!(t, b"226 Transfer complete\r\n");
+    expect!(t, to_client: b"");
+    assert_eq!(t.s.read_budget(Side::Server), 0);
+    t.advance(Duration::from_secs(2));
+    t.input(Input::Relayed { data: DataId(0), to_client: 1234, to_server: 0 });
+    assert_eq!(
+        t.actions(),
+        vec![
+            Action::CloseData { data: DataId(0) },
+            Action::Audit(AuditEvent::Transfer {
+                data: DataId(0),
+                mode: DataMode::Passive,
+                user: Some("anna".into()),
+                command: "RETR file.bin".into(),
+                to_client: 1234,
+                to_server: 0,
+                duration: Duration::from_secs(2),
+                reply: Some(226),
+                result: TransferResult::Ok,
+            }),
+        ]
+    );
+    expect!(t, to_client: b"226 Transfer complete\r\n");
+}
+
+#[test]
+fn relaying_relayed_before_226_logged_at_reply() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Relayed { data: DataId(0), to_client: 7, to_server: 0 });
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    server!(t, b"226 ok\r\n");
+    expect!(t, to_client: b"226 ok\r\n");
+    let audits = t.audits();
+    assert!(matches!(
+        audits[..],
+        [AuditEvent::Transfer { reply: Some(226), result: TransferResult::Ok, to_client: 7, .. }]
+    ));
+}
+
+#[test]
+fn expect_accept_425_released_at_once_and_closed() {
+    let mut t = passive_listening();
+    client!(t, b"RETR f\r\n");
+    server!(t, b"425 no data\r\n");
+    expect!(t, to_client: b"425 no data\r\n");
+    let actions = t.actions();
+    assert_eq!(actions[0], Action::CloseData { data: DataId(0) });
+    assert!(matches!(
+        actions[1],
+        Action::Audit(AuditEvent::Transfer { result: TransferResult::Failed, reply: Some(425), .. })
+    ));
+}
+
+#[test]
+fn relaying_relay_failure_releases_held_reply() {
+    let mut t = passive_relaying_retr();
+    server!(t, b"226 ok\r\n");
+    t.input(Input::Failed { data: DataId(0), step: DataStep::Relay, error: ErrorKind::ConnectionReset });
+    expect!(t, to_client: b"226 ok\r\n");
+    let actions = t.actions();
+    assert_eq!(actions[0], Action::CloseData { data: DataId(0) });
+    assert!(matches!(actions[1], Action::Audit(AuditEvent::Transfer { result: TransferResult::Failed, .. })));
+}
+
+#[test]
+fn expect_connect_failure_before_reply_server_error_follows() {
+    let mut t = passive_listening();
+    client!(t, b"RETR f\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    t.work();
+    t.input(Input::Failed { data: DataId(0), step: DataStep::Connect, error: ErrorKind::ConnectionRefused });
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    server!(t, b"425 cannot\r\n");
+    expect!(t, to_client: b"425 cannot\r\n");
+}
+
+#[test]
+fn relaying_next_pasv_waits_for_running_transfer() {
+    let mut t = passive_relaying_retr();
+    client!(t, b"PASV\r\n");
+    expect!(t, to_server: b"");
+    server!(t, b"226 ok\r\n");
+    expect!(t, to_server: b"");
+    t.input(Input::Relayed { data: DataId(0), to_client: 1, to_server: 0 });
+    expect!(t, to_server: b"PASV\r\n");
+}
+
+// ---- 9. closes ----------------------------------------------------------------
+
+#[test]
+fn relaying_client_closed_shuts_everything() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Closed { from: Side::Client });
+    let actions = t.actions();
+    assert_eq!(
+        actions[..2],
+        [Action::Shutdown { side: Side::Server }, Action::CloseData { data: DataId(0) }]
+    );
+    assert!(matches!(
+        actions[2],
+        Action::Audit(AuditEvent::Transfer { result: TransferResult::Aborted, .. })
+    ));
+    assert_eq!(actions[3], Action::Shutdown { side: Side::Client });
+    assert!(matches!(actions[4], Action::Audit(AuditEvent::SessionEnded { .. })));
+    assert!(t.s.is_closed());
+    t.input(Input::Received { from: Side::Server, data: b"226 x\r\n" });
+    assert_eq!(t.actions(), vec![]);
+}
+
+#[test]
+fn relaying_server_closed_delivers_held_226_after_relay() {
+    let mut t = passive_relaying_retr();
+    server!(t, b"226 ok\r\n221 bye\r\n");
+    t.input(Input::Closed { from: Side::Server });
+    expect!(t, work: vec![]);
+    assert!(!t.s.is_closed());
+    t.input(Input::Relayed { data: DataId(0), to_client: 3, to_server: 0 });
+    expect!(t, to_client: b"226 ok\r\n221 bye\r\n");
+    let work = t.work();
+    assert_eq!(
+        work,
+        vec![
+            Action::CloseData { data: DataId(0) },
+            Action::Shutdown { side: Side::Client },
+            Action::Shutdown { side: Side::Server },
+        ]
+    );
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn relaying_server_closed_processes_buffered_lines_then_closes() {
+    let mut t = T::logged_in();
+    client!(t, b"QUIT\r\n");
+    server!(t, b"221 bye\r\n");
+    t.input(Input::Closed { from: Side::Server });
+    expect!(t, to_client: b"221 bye\r\n");
+    expect!(t, work: shutdown_all(&[]));
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn expect_accept_421_relayed_then_teardown_closes_listener() {
+    let mut t = passive_listening();
+    server!(t, b"421 Timeout.\r\n");
+    expect!(t, to_client: b"421 Timeout.\r\n");
+    expect!(t, work: shutdown_all(&[0]));
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn relaying_drain_without_transfer_closes_with_421() {
+    let mut t = T::logged_in();
+    t.input(Input::Drain);
+    expect!(t, to_client: b"421 ftpgate is shutting down.\r\n");
+    expect!(t, work: shutdown_all(&[]));
+}
+
+#[test]
+fn relaying_drain_during_transfer_waits_for_it() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Drain);
+    expect!(t, work: vec![]);
+    server!(t, b"226 ok\r\n");
+    t.input(Input::Relayed { data: DataId(0), to_client: 3, to_server: 0 });
+    expect!(t, to_client: b"226 ok\r\n421 ftpgate is shutting down.\r\n");
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn relaying_idle_timeout_421_and_close() {
+    let mut t = T::logged_in();
+    let at = t.s.poll_timeout().unwrap();
+    assert_eq!(at, t.now + Config::default().idle_timeout);
+    t.now = at;
+    t.input(Input::Timeout);
+    expect!(t, to_client: b"421 Control connection idle for too long, closing.\r\n");
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn relaying_no_idle_timeout_while_transfer_runs() {
+    let t = passive_relaying_retr();
+    assert_eq!(t.s.poll_timeout(), None);
+}
+
+// ---- 10. hostile input --------------------------------------------------------
+
+#[test]
+fn relaying_overlong_client_line_500_and_close() {
+    let mut t = T::logged_in();
+    let mut sent = 0;
+    while t.s.read_budget(Side::Client) > 0 && sent < 100_000 {
+        let n = t.s.read_budget(Side::Client).min(1000);
+        client!(t, &vec![b'a'; n]);
+        sent += n;
+    }
+    expect!(t, to_client: b"500 Line too long.\r\n");
+    expect!(t, to_server: b"");
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn relaying_overlong_server_line_421_and_close() {
+    let mut t = T::logged_in();
+    server!(t, &vec![b'2'; crate::line::MAX_LINE + 10]);
+    expect!(t, to_client: b"421 ftpgate: the server broke the protocol, closing.\r\n");
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn relaying_nul_and_bare_cr_refused_500_session_goes_on() {
+    let mut t = T::logged_in();
+    client!(t, b"RETR a\0b\r\nPWD\rPORT 1,2,3,4,5,6\r\nNOOP\n");
+    expect!(t, to_client: &b"500 Line refused: NUL or bare CR.\r\n".repeat(2));
+    expect!(t, to_server: b"NOOP\r\n");
+}
+
+#[test]
+fn relaying_lprt_lpsv_502_never_relayed() {
+    let mut t = T::logged_in();
+    client!(t, b"LPSV\r\nLPRT 4,4,192,0,2,10,2,156,65\r\n");
+    expect!(t, to_server: b"");
+    expect!(t, to_client: &b"502 ftpgate: LPRT/LPSV not supported, use EPRT/EPSV.\r\n".repeat(2));
+}
+
+#[test]
+fn relaying_telnet_iac_iac_survives_both_directions() {
+    let mut t = T::logged_in();
+    client!(t, b"RETR a\xff\xffb\r\n");
+    expect!(t, to_server: b"RETR a\xff\xffb\r\n");
+    server!(t, b"550 a\xff\xffb: no\r\n");
+    assert_eq!(t.take(Side::Client), b"550 a\xff\xffb: no\r\n");
+}
+
+#[test]
+fn relaying_telnet_negotiation_answered_ip_dm_stripped() {
+    let mut t = T::logged_in();
+    client!(t, b"\xff\xfd\x01\xff\xf4\xff\xf2ABOR\r\n");
+    expect!(t, to_server: b"ABOR\r\n");
+    assert_eq!(t.take(Side::Client), b"\xff\xfc\x01");
+}
+
+#[test]
+fn relaying_epsv_all_then_port_pasv_eprt_refused() {
+    let mut t = T::logged_in();
+    client!(t, b"EPSV ALL\r\n");
+    expect!(t, to_server: b"EPSV ALL\r\n");
+    server!(t, b"200 ok\r\n");
+    t.take(Side::Client);
+    client!(t, b"PASV\r\nPORT 192,0,2,10,156,65\r\nEPRT |1|192.0.2.10|40001|\r\nEPSV\r\n");
+    expect!(t, to_client: &b"503 ftpgate: EPSV ALL in effect, use EPSV.\r\n".repeat(3));
+    expect!(t, to_server: b"EPSV\r\n");
+}
+
+#[test]
+fn relaying_auth_tls_refused_locally() {
+    let mut t = T::new();
+    server!(t, b"220 ready\r\n");
+    t.take(Side::Client);
+    client!(t, b"AUTH TLS\r\n");
+    expect!(t, to_server: b"");
+    expect!(t, to_client: b"534 ftpgate: AUTH/TLS on the control channel refused by policy.\r\n");
+}
+
+#[test]
+fn relaying_junk_line_500_not_forwarded() {
+    let mut t = T::logged_in();
+    client!(t, b"GET / HTTP/1.1\r\n\r\nPOST/x\r\n");
+    expect!(t, to_server: b"GET / HTTP/1.1\r\n");
+    server!(t, b"500 what\r\n");
+    expect!(t, to_client: b"500 what\r\n500 Syntax error, command unrecognized.\r\n500 Syntax error, command unrecognized.\r\n");
+}
+
+#[test]
+fn expect_greeting_server_junk_421_and_close() {
+    let mut t = T::new();
+    server!(t, b"SSH-2.0-OpenSSH\r\n");
+    expect!(t, to_client: b"421 ftpgate: the server broke the protocol, closing.\r\n");
+    assert!(t.s.is_closed());
+}
+
+// ---- 11. timeouts -------------------------------------------------------------
+
+#[test]
+fn relaying_poll_timeout_is_min_of_deadlines() {
+    let mut t = passive_listening();
+    let accept_at = t.now + Config::default().data_accept_timeout;
+    assert_eq!(t.s.poll_timeout(), Some(accept_at));
+    t.advance(Duration::from_secs(5));
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    assert_eq!(t.s.poll_timeout(), Some(t.now + Config::default().data_connect_timeout));
+}
+
+#[test]
+fn closed_every_listen_gets_close_data() {
+    let mut t = T::logged_in();
+    let mut listens = 0;
+    let mut closes = 0;
+    client!(t, b"PASV\r\n");
+    server!(t, b"227 (198,51,100,10,195,80)\r\n");
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    client!(t, b"PORT 192,0,2,10,156,65\r\n");
+    t.advance(Duration::from_secs(86_400));
+    t.input(Input::Timeout);
+    for a in t.actions() {
+        match a {
+            Action::Listen { .. } => listens += 1,
+            Action::CloseData { .. } => closes += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((listens, closes), (2, 2));
+    assert!(t.s.is_closed());
+}
