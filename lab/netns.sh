@@ -18,6 +18,9 @@
 #   netns.sh exec NAME c|g|s CMD...        run CMD in one of the namespaces
 #   netns.sh rundir NAME                   print the lab's run directory
 #   netns.sh list                          labs with a run directory
+#   netns.sh gc                            tear down labs whose owner process
+#                                          (FTPGATE_LAB_OWNER, else the
+#                                          caller of `up`) has exited
 #
 # Run directory (RUN = /tmp/ftpgate-lab/NAME, or $FTPGATE_LAB_RUN/NAME):
 #   *.pid, vsftpd.conf, vsftpd.log, xferlog, ftpgate.log,
@@ -117,6 +120,9 @@ up() {
     mkdir -p "$LAB_RUN_BASE"; chmod 755 "$LAB_RUN_BASE"
     rm -rf "$run"; mkdir -p "$run"; chmod 755 "$run"
     echo "$form" >"$run/form"
+    # owner: the process that holds the lab (tests: the test binary); `gc`
+    # removes labs whose owner is gone (a killed test run)
+    echo "${FTPGATE_LAB_OWNER:-$PPID}" >"$run/owner"
     # from here on, a failure tears down what was built
     trap 'log "up failed; tearing down $name"; down "$name"' ERR
 
@@ -236,6 +242,23 @@ stop_gateway() {
     return $rc
 }
 
+# gc: tear down labs whose owner process no longer exists
+gc() {
+    local d name owner
+    [ -d "$LAB_RUN_BASE" ] || return 0
+    for d in "$LAB_RUN_BASE"/*/; do
+        [ -d "$d" ] || continue
+        name=$(basename "$d")
+        [ -f "$d/owner" ] || continue
+        owner=$(cat "$d/owner" 2>/dev/null || true)
+        if ! pid_alive "$owner"; then
+            log "removing stale lab '$name' (owner $owner gone)"
+            down "$name"
+            rm -rf "$d"
+        fi
+    done
+}
+
 cmd=${1:-}
 [ -n "$cmd" ] || { sed -n '2,30p' "$0" >&2; exit 2; }
 shift
@@ -254,6 +277,7 @@ exec)
     exec ip netns exec "$name-$which" "$@"
     ;;
 rundir)  check_name "${1:?NAME}"; run_dir "$1" ;;
+gc)      need_root; gc ;;
 list)    ls -1 "$LAB_RUN_BASE" 2>/dev/null || true ;;
-*) die "unknown command '$cmd' (up|down|rules|vsftpd|gateway|stop-gateway|fetch-vsftpd|exec|rundir|list)" ;;
+*) die "unknown command '$cmd' (up|down|rules|vsftpd|gateway|stop-gateway|fetch-vsftpd|exec|rundir|list|gc)" ;;
 esac

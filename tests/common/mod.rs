@@ -1,0 +1,590 @@
+//! End-to-end lab harness: drives `lab/netns.sh` to build a client /
+//! gateway / server lab in network namespaces (documentation addresses
+//! only), runs vsftpd in the server namespace and the `ftpgate` binary under
+//! test in the gateway namespace, and runs real FTP clients in the client
+//! namespace. Every external command is bounded by `timeout(1)`; the lab is
+//! torn down in `Drop` (also when a test panics).
+//!
+//! Needs root (network namespaces, TPROXY): run as root or via `lab/test`.
+#![allow(dead_code, unreachable_pub)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const CLIENT_IP: &str = "192.0.2.10";
+pub const GW_CLIENT_IP: &str = "192.0.2.1";
+pub const GW_SERVER_IP: &str = "198.51.100.1";
+pub const SERVER_IP: &str = "198.51.100.10";
+pub const GW_PORT: u16 = 2121;
+/// A multi-MiB size that is not a multiple of any buffer size.
+pub const BIG: usize = 4 * 1024 * 1024 + 12_345;
+
+/// Which form of the TPROXY rule set the gateway namespace gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rules {
+    Nft,
+    Iptables,
+    /// No interception at all: plain routing (baseline).
+    None,
+}
+
+impl Rules {
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Nft => "nft",
+            Self::Iptables => "iptables",
+            Self::None => "none",
+        }
+    }
+}
+
+/// A namespace of the lab.
+#[derive(Clone, Copy, Debug)]
+pub enum Ns {
+    Client,
+    Gateway,
+    Server,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn gateway_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ftpgate"))
+}
+
+fn is_root() -> bool {
+    // effective uid from /proc: no libc call, no dependency
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "needs root: run as root or via lab/test (network namespaces, TPROXY rules)"
+    );
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Run `cmd` with a hard time limit (timeout(1), SIGKILL 5 s later).
+pub fn run_bounded(secs: u64, argv: &[&str]) -> Output {
+    let out = Command::new("timeout")
+        .arg("-k")
+        .arg("5")
+        .arg(secs.to_string())
+        .args(argv)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
+    out
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so a failing test is
+/// reproducible and no dev-dependency is needed.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub fn sha256(path: &Path) -> String {
+    let out = run_bounded(60, &["sha256sum", path.to_str().unwrap()]);
+    assert!(out.status.success(), "sha256sum {}: {}", path.display(), text(&out.stderr));
+    text(&out.stdout).split_whitespace().next().unwrap_or("").to_string()
+}
+
+/// Assert two files have identical content (size and sha256 in the message).
+pub fn assert_same_file(what: &str, expected: &Path, got: &Path) {
+    let e = fs::read(expected).unwrap_or_else(|err| panic!("{what}: read {}: {err}", expected.display()));
+    let g = fs::read(got).unwrap_or_else(|err| panic!("{what}: read {}: {err}", got.display()));
+    if e != g {
+        panic!(
+            "{what}: content differs: expected {} bytes sha256 {}, got {} bytes sha256 {}",
+            e.len(),
+            sha256(expected),
+            g.len(),
+            sha256(got)
+        );
+    }
+}
+
+pub struct Lab {
+    pub name: String,
+    pub rules: Rules,
+    pub run: PathBuf,
+    gateway: Option<Child>,
+    /// exit status of the gateway once stopped
+    pub gateway_exit: Option<ExitStatus>,
+}
+
+impl Lab {
+    /// Bring up lab namespaces with the given rule set, and vsftpd.
+    /// The gateway is not started (see `start_gateway`).
+    pub fn new(tag: &str, rules: Rules) -> Self {
+        require_root();
+        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
+        let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
+        let name = format!("fg{tag}{}x{seq}", std::process::id());
+        let run = PathBuf::from(format!("/tmp/ftpgate-lab/{name}"));
+        let mut lab = Self { name, rules, run, gateway: None, gateway_exit: None };
+        // Build the lab; on failure `lab` is dropped, which tears it down.
+        let pid = std::process::id().to_string();
+        let out = Command::new("timeout")
+            .args(["-k", "5", "60"])
+            .arg(Self::script())
+            .args(["up", &lab.name, rules.arg()])
+            .env("FTPGATE_LAB_OWNER", &pid)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run lab/netns.sh up");
+        assert!(out.status.success(), "lab up {} failed: {}", lab.name, text(&out.stderr));
+        lab.script_ok(300, &["vsftpd", &lab.name.clone()]);
+        fs::create_dir_all(lab.client_dir()).unwrap();
+        lab
+    }
+
+    /// Lab with the gateway already running.
+    pub fn with_gateway(tag: &str, rules: Rules) -> Self {
+        let mut lab = Self::new(tag, rules);
+        lab.start_gateway(&[]);
+        lab
+    }
+
+    fn script() -> PathBuf {
+        repo_root().join("lab/netns.sh")
+    }
+
+    fn script_ok(&self, secs: u64, args: &[&str]) -> Output {
+        let script = Self::script();
+        let mut argv = vec![script.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let out = run_bounded(secs, &argv);
+        assert!(out.status.success(), "lab/netns.sh {args:?} failed: {}{}", text(&out.stdout), text(&out.stderr));
+        out
+    }
+
+    pub fn ns(&self, ns: Ns) -> String {
+        let suffix = match ns {
+            Ns::Client => "c",
+            Ns::Gateway => "g",
+            Ns::Server => "s",
+        };
+        format!("{}-{suffix}", self.name)
+    }
+
+    /// Run a command inside a namespace, bounded by `secs`.
+    pub fn exec(&self, ns: Ns, secs: u64, argv: &[&str]) -> Output {
+        let nsname = self.ns(ns);
+        let mut full = vec!["ip", "netns", "exec", nsname.as_str()];
+        full.extend_from_slice(argv);
+        run_bounded(secs, &full)
+    }
+
+    /// Run in the client namespace and require success.
+    pub fn client_ok(&self, secs: u64, argv: &[&str]) -> Output {
+        let out = self.exec(Ns::Client, secs, argv);
+        if !out.status.success() {
+            panic!(
+                "client command {argv:?} failed ({}):\nstdout: {}\nstderr: {}\n{}",
+                out.status,
+                text(&out.stdout),
+                text(&out.stderr),
+                self.diagnostics()
+            );
+        }
+        out
+    }
+
+    // -- the gateway under test ------------------------------------------
+
+    /// Start `ftpgate` in the gateway namespace. `extra` args are appended to
+    /// `--listen 0.0.0.0:2121 --log-level debug`. stderr goes to
+    /// RUN/ftpgate.log; the PID is recorded so that `down` can stop it too.
+    pub fn start_gateway(&mut self, extra: &[&str]) {
+        assert!(self.gateway.is_none(), "gateway already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.run.join("ftpgate.log"))
+            .unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(Ns::Gateway)]);
+        if std::env::var("FTPGATE_LAB_GATEWAY").as_deref() == Ok("standin") {
+            // develop/check the lab itself against lab/standin/ftpalg.py
+            cmd.arg("python3").arg(repo_root().join("lab/standin/ftpalg.py"));
+        } else {
+            cmd.arg(gateway_bin());
+        }
+        let child = cmd
+            .args(["--listen", &format!("0.0.0.0:{GW_PORT}"), "--log-level", "debug"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ftpgate");
+        fs::write(self.run.join("ftpgate.pid"), child.id().to_string()).unwrap();
+        self.gateway = Some(child);
+        // bounded wait for the control listener
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.listeners().iter().any(|l| l.ends_with(&format!(":{GW_PORT}"))) {
+                return;
+            }
+            if let Some(st) = self.gateway.as_mut().unwrap().try_wait().unwrap() {
+                self.gateway = None;
+                panic!("ftpgate exited at start ({st}):\n{}", self.gateway_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ftpgate did not listen on :{GW_PORT} within 10 s:\n{}",
+                self.gateway_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM the gateway and wait (bounded) for it to exit.
+    pub fn stop_gateway(&mut self) -> ExitStatus {
+        let mut child = self.gateway.take().expect("gateway not running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let st = child.wait().unwrap();
+                let _ = fs::remove_file(self.run.join("ftpgate.pid"));
+                panic!("ftpgate ignored SIGTERM for 15 s (killed: {st}):\n{}", self.gateway_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = fs::remove_file(self.run.join("ftpgate.pid"));
+        self.gateway_exit = Some(st);
+        st
+    }
+
+    pub fn gateway_running(&mut self) -> bool {
+        match self.gateway.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    pub fn gateway_log(&self) -> String {
+        fs::read_to_string(self.run.join("ftpgate.log")).unwrap_or_default()
+    }
+
+    /// Local addresses of TCP listeners in the gateway namespace.
+    pub fn listeners(&self) -> Vec<String> {
+        let out = self.exec(Ns::Gateway, 10, &["ss", "-Hltn"]);
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+            .collect()
+    }
+
+    /// After the sessions have ended, only the control listener may remain in
+    /// the gateway namespace: no data listener leaks. Waits a bounded time
+    /// for the gateway to finish closing.
+    pub fn assert_no_data_listeners(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let l = self.listeners();
+            let extra: Vec<&String> = l.iter().filter(|a| !a.ends_with(&format!(":{GW_PORT}"))).collect();
+            if extra.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("data listeners left in the gateway namespace: {extra:?}\n{}", self.diagnostics());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    // -- files -----------------------------------------------------------
+
+    pub fn pub_dir(&self) -> PathBuf {
+        self.run.join("ftproot/pub")
+    }
+    pub fn upload_dir(&self) -> PathBuf {
+        self.run.join("ftproot/upload")
+    }
+    /// Where client-side files live (shared filesystem, any namespace).
+    pub fn client_dir(&self) -> PathBuf {
+        self.run.join("client")
+    }
+    pub fn client_path(&self, name: &str) -> String {
+        self.client_dir().join(name).to_str().unwrap().to_string()
+    }
+
+    /// Put a file of `len` pattern bytes into the server's /pub.
+    pub fn server_file(&self, name: &str, len: usize) -> PathBuf {
+        let p = self.pub_dir().join(name);
+        fs::write(&p, pattern(len, len as u64 ^ 0x5eed)).unwrap();
+        let _ = Command::new("chmod").arg("644").arg(&p).status();
+        p
+    }
+
+    pub fn vsftpd_log(&self) -> String {
+        fs::read_to_string(self.run.join("vsftpd.log")).unwrap_or_default()
+    }
+
+    /// Every client address vsftpd logged (`Client "a.b.c.d"`).
+    pub fn server_seen_clients(&self) -> Vec<String> {
+        let log = self.vsftpd_log();
+        let mut v = Vec::new();
+        let mut rest = log.as_str();
+        while let Some(i) = rest.find("Client \"") {
+            rest = &rest[i + 8..];
+            if let Some(j) = rest.find('"') {
+                v.push(rest[..j].to_string());
+                rest = &rest[j..];
+            }
+        }
+        v
+    }
+
+    /// vsftpd saw at least `min_connects` sessions, every one of them (and
+    /// every logged command/transfer) from the real client address, never
+    /// from one of the gateway's addresses.
+    pub fn assert_server_saw_only_client(&self, min_connects: usize) {
+        let log = self.vsftpd_log();
+        let connects = log.lines().filter(|l| l.contains("CONNECT: Client")).count();
+        let seen = self.server_seen_clients();
+        let bad: Vec<&String> = seen.iter().filter(|a| a.as_str() != CLIENT_IP).collect();
+        assert!(
+            bad.is_empty()
+                && !log.contains(&format!("\"{GW_SERVER_IP}\""))
+                && !log.contains(&format!("\"{GW_CLIENT_IP}\"")),
+            "vsftpd saw other addresses than {CLIENT_IP}: {bad:?}\n{}",
+            self.diagnostics()
+        );
+        assert!(
+            connects >= min_connects,
+            "vsftpd logged {connects} sessions, expected at least {min_connects}\n{}",
+            self.diagnostics()
+        );
+    }
+
+    /// Count of vsftpd's `OK DOWNLOAD` / `OK UPLOAD` records.
+    pub fn server_transfers(&self) -> (usize, usize) {
+        let log = self.vsftpd_log();
+        (
+            log.lines().filter(|l| l.contains("OK DOWNLOAD")).count(),
+            log.lines().filter(|l| l.contains("OK UPLOAD")).count(),
+        )
+    }
+
+    pub fn diagnostics(&self) -> String {
+        let tail = |s: String, n: usize| {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        };
+        format!(
+            "--- lab {} ({:?} rules) ---\n--- ftpgate.log (tail) ---\n{}\n--- vsftpd.log (tail) ---\n{}\n--- listeners in gateway ns ---\n{:?}",
+            self.name,
+            self.rules,
+            tail(self.gateway_log(), 60),
+            tail(self.vsftpd_log(), 40),
+            self.listeners()
+        )
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics());
+        }
+        if let Some(mut c) = self.gateway.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = fs::remove_file(self.run.join("ftpgate.pid"));
+        }
+        let _ = run_bounded(60, &[Self::script().to_str().unwrap(), "down", &self.name]);
+    }
+}
+
+// -- clients -----------------------------------------------------------------
+
+/// How a client opens data connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// EPSV (curl's default)
+    Epsv,
+    /// PASV
+    Pasv,
+    /// EPRT (curl's default for -P)
+    Eprt,
+    /// PORT
+    Port,
+}
+
+impl Mode {
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Eprt | Self::Port)
+    }
+}
+
+fn curl_mode_args(mode: Mode) -> Vec<&'static str> {
+    match mode {
+        Mode::Epsv => vec![],
+        Mode::Pasv => vec!["--disable-epsv"],
+        Mode::Eprt => vec!["-P", CLIENT_IP],
+        Mode::Port => vec!["-P", CLIENT_IP, "--disable-eprt"],
+    }
+}
+
+pub fn curl_get(lab: &Lab, mode: Mode, remote: &str, local: &str) {
+    let url = format!("ftp://{SERVER_IP}/pub/{remote}");
+    let mut argv = vec!["curl", "-sS", "--max-time", "60", "--connect-timeout", "10"];
+    argv.extend(curl_mode_args(mode));
+    argv.extend(["-o", local, url.as_str()]);
+    lab.client_ok(90, &argv);
+    // curl does not create the output file for an empty download
+    if !Path::new(local).exists() {
+        fs::write(local, b"").unwrap();
+    }
+}
+
+pub fn curl_put(lab: &Lab, mode: Mode, local: &str, remote: &str) {
+    let url = format!("ftp://{SERVER_IP}/upload/{remote}");
+    let mut argv = vec!["curl", "-sS", "--max-time", "60", "--connect-timeout", "10"];
+    argv.extend(curl_mode_args(mode));
+    argv.extend(["-T", local, url.as_str()]);
+    lab.client_ok(90, &argv);
+}
+
+/// One lftp session: `gets` (remote in /pub, local) then `puts` (local,
+/// remote in /upload).
+pub fn lftp_session(lab: &Lab, passive: bool, gets: &[(&str, &str)], puts: &[(&str, &str)]) {
+    let mut script = format!(
+        "set net:max-retries 1; set net:timeout 20; set net:reconnect-interval-base 1; \
+         set ftp:ssl-allow no; set ftp:passive-mode {}; set ftp:prefer-epsv no; \
+         set xfer:clobber yes; open -u anonymous,lab@example.org {SERVER_IP}; ",
+        if passive { "on" } else { "off" }
+    );
+    for (r, l) in gets {
+        script.push_str(&format!("get /pub/{r} -o {l}; "));
+    }
+    for (l, r) in puts {
+        script.push_str(&format!("put {l} -o /upload/{r}; "));
+    }
+    script.push_str("bye");
+    lab.client_ok(120, &["lftp", "-c", &script]);
+}
+
+/// One python ftplib session (lab/ftpclient.py); returns its JSON report.
+pub fn ftplib_session(lab: &Lab, passive: bool, gets: &[(&str, &str)], puts: &[(&str, &str)]) -> String {
+    let script = repo_root().join("lab/ftpclient.py");
+    let gets: Vec<(String, String)> = gets.iter().map(|(r, l)| (format!("/pub/{r}"), l.to_string())).collect();
+    let puts: Vec<(String, String)> = puts.iter().map(|(l, r)| (l.to_string(), format!("/upload/{r}"))).collect();
+    let mut argv: Vec<&str> = vec![
+        "python3",
+        script.to_str().unwrap(),
+        "--host",
+        SERVER_IP,
+        "--mode",
+        if passive { "passive" } else { "active" },
+    ];
+    for (r, l) in &gets {
+        argv.extend(["--get", r.as_str(), l.as_str()]);
+    }
+    for (l, r) in &puts {
+        argv.extend(["--put", l.as_str(), r.as_str()]);
+    }
+    let out = lab.client_ok(120, &argv);
+    text(&out.stdout)
+}
+
+/// The standard round trip of a scenario: download an empty and a
+/// multi-MiB file, upload both back under new names, and compare contents.
+/// `get(remote, local)` and `put(local, remote)` perform one transfer each
+/// (or `session` does all of them in one control session).
+pub struct RoundTrip {
+    pub files: Vec<(String, PathBuf)>,
+}
+
+impl RoundTrip {
+    pub fn prepare(lab: &Lab, tag: &str) -> Self {
+        let files = vec![
+            (format!("{tag}-empty.bin"), lab.server_file(&format!("{tag}-empty.bin"), 0)),
+            (format!("{tag}-big.bin"), lab.server_file(&format!("{tag}-big.bin"), BIG)),
+        ];
+        Self { files }
+    }
+
+    /// (remote name in /pub, local path) for every download
+    pub fn gets(&self, lab: &Lab) -> Vec<(String, String)> {
+        self.files.iter().map(|(n, _)| (n.clone(), lab.client_path(&format!("dl-{n}")))).collect()
+    }
+
+    /// (local path, remote name in /upload) for every upload
+    pub fn puts(&self, lab: &Lab) -> Vec<(String, String)> {
+        self.files.iter().map(|(n, _)| (lab.client_path(&format!("dl-{n}")), format!("up-{n}"))).collect()
+    }
+
+    pub fn verify(&self, lab: &Lab) {
+        for (n, src) in &self.files {
+            let dl = lab.client_dir().join(format!("dl-{n}"));
+            assert_same_file(&format!("download of {n}"), src, &dl);
+            let up = lab.upload_dir().join(format!("up-{n}"));
+            assert_same_file(&format!("upload of {n}"), src, &up);
+        }
+    }
+}
+
+/// Convert `[(String, String)]` to `[(&str, &str)]`.
+pub fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+}
+
+/// Full curl scenario: every download and upload in its own curl session.
+pub fn curl_scenario(tag: &str, rules: Rules, mode: Mode) {
+    let lab = Lab::with_gateway(tag, rules);
+    let rt = RoundTrip::prepare(&lab, tag);
+    for (r, l) in rt.gets(&lab) {
+        curl_get(&lab, mode, &r, &l);
+    }
+    for (l, r) in rt.puts(&lab) {
+        curl_put(&lab, mode, &l, &r);
+    }
+    rt.verify(&lab);
+    let n = rt.files.len() * 2;
+    lab.assert_server_saw_only_client(n);
+    assert_eq!(lab.server_transfers(), (rt.files.len(), rt.files.len()), "{}", lab.diagnostics());
+    lab.assert_no_data_listeners();
+}
