@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::control::{ServerHold, REPLY_CANT_OPEN};
-use super::{Action, DataId, DataStep, Session, Side};
+use super::{after, Action, DataId, DataStep, Session, Side};
 use crate::addr::canonical_ip;
 use crate::audit::{AuditEvent, DataMode, TransferResult};
 
@@ -102,12 +102,13 @@ impl Session {
             return None;
         }
         let id = DataId(self.next_data);
-        self.next_data += 1;
+        // Ids are never reused; a session that used them all gets no more.
+        self.next_data = self.next_data.checked_add(1)?;
         let chan = DataChan {
             id,
             mode,
             state: DataState::ExpectListening,
-            expires_at: Some(now + self.config.data_accept_timeout),
+            expires_at: Some(after(now, self.config.data_accept_timeout)),
             opened_at: now,
             ended_at: None,
             listen_local: local,
@@ -141,7 +142,7 @@ impl Session {
             return;
         }
         ch.state = DataState::ExpectAccept;
-        ch.expires_at = Some(now + self.config.data_accept_timeout);
+        ch.expires_at = Some(after(now, self.config.data_accept_timeout));
         self.listener_up(data, local);
     }
 
@@ -169,7 +170,7 @@ impl Session {
             }
         };
         ch.state = DataState::ExpectConnect;
-        ch.expires_at = Some(now + self.config.data_connect_timeout);
+        ch.expires_at = Some(after(now, self.config.data_connect_timeout));
         self.actions.push_back(Action::Connect { data, local, remote });
     }
 

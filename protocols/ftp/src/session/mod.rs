@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use self::control::{ActiveHold, Login, Pending, Phase, ServerHold, REPLY_SHUTTING_DOWN, REPLY_UNREACHABLE};
 use self::data::DataChan;
@@ -240,6 +240,12 @@ pub struct Session {
     now: Instant,
 }
 
+/// `now + d`, saturating far in the future instead of panicking on an
+/// absurd configured duration.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(now)
+}
+
 fn idx(side: Side) -> usize {
     match side {
         Side::Client => 0,
@@ -252,8 +258,8 @@ impl Session {
     /// connecting to `ends.server` from `ends.client`.
     pub fn new(config: Arc<Config>, ends: ControlEnds, now: Instant) -> Self {
         Self {
-            phase: Phase::ExpectGreeting { expires_at: now + config.greeting_timeout },
-            idle_at: now + config.idle_timeout,
+            phase: Phase::ExpectGreeting { expires_at: after(now, config.greeting_timeout) },
+            idle_at: after(now, config.idle_timeout),
             readers: [LineReader::new(), LineReader::new()],
             out: [Vec::new(), Vec::new()],
             actions: VecDeque::new(),
@@ -283,12 +289,16 @@ impl Session {
             return;
         }
         self.now = self.now.max(now);
+        if !matches!(input, Input::Timeout | Input::Drain) {
+            // Any activity, including on data channels, keeps the control
+            // connection alive: a long transfer must not end in an idle 421.
+            self.idle_at = after(now, self.config.idle_timeout);
+        }
         match input {
             Input::Received { from, data } => {
                 if self.shutdown[idx(from)] || (from == Side::Server && self.server_eof) {
                     return;
                 }
-                self.idle_at = now + self.config.idle_timeout;
                 if from == Side::Server && !data.is_empty() {
                     self.server_spoke = true;
                 }

@@ -897,6 +897,15 @@ fn relaying_idle_timeout_421_and_close() {
 }
 
 #[test]
+fn relaying_long_transfer_end_restarts_idle_deadline() {
+    let mut t = passive_relaying_retr();
+    t.advance(Duration::from_secs(5000));
+    server!(t, b"226 ok\r\n");
+    t.input(Input::Relayed { data: DataId(0), to_client: 3, to_server: 0 });
+    assert_eq!(t.s.poll_timeout(), Some(t.now + Config::default().idle_timeout));
+}
+
+#[test]
 fn relaying_no_idle_timeout_while_transfer_runs() {
     let t = passive_relaying_retr();
     assert_eq!(t.s.poll_timeout(), None);
