@@ -199,11 +199,6 @@ impl Session {
             self.actions.push_back(Action::Listen { data, local, accept_from, peer });
             return;
         }
-        if step == DataStep::Accept && ch.state == DataState::ExpectAccept {
-            // One failed accept (e.g. the peer reset early) does not end the
-            // listener; its deadline does.
-            return;
-        }
         self.data_failed(now, data);
     }
 

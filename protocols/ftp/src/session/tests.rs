@@ -510,6 +510,17 @@ fn expect_listening_229_addr_in_use_rewritten() {
 }
 
 #[test]
+fn expect_accept_accept_failure_closes_channel() {
+    let mut t = passive_listening();
+    let err = ErrorKind::Other;
+    t.input(Input::Failed { data: DataId(0), step: DataStep::Accept, error: err });
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    client!(t, b"LIST\r\n");
+    server!(t, b"425 no data\r\n");
+    expect!(t, to_client: b"425 no data\r\n");
+}
+
+#[test]
 fn expect_accept_port_theft_refused_and_keeps_waiting() {
     let mut t = passive_listening();
     t.input(Input::Accepted { data: DataId(0), peer: sa("203.0.113.66:5555") });
