@@ -176,7 +176,10 @@ impl Session {
                 self.epsv_all = true;
                 self.forward(line, Pending::Other);
             }
-            Command::Pasv | Command::Epsv(_) => self.forward(line, Pending::Passive),
+            Command::Pasv | Command::Epsv(_) => {
+                self.retire_idle_data(now);
+                self.forward(line, Pending::Passive);
+            }
             Command::LongPassive => {
                 self.refuse_local(Violation::LongAddressUnsupported, line, REPLY_LONG_ADDRESS)
             }

@@ -7,7 +7,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::control::{ServerHold, REPLY_CANT_OPEN};
+use super::control::{Pending, ServerHold, REPLY_CANT_OPEN};
 use super::{after, Action, DataId, DataStep, Session, Side};
 use crate::addr::canonical_ip;
 use crate::audit::{AuditEvent, DataMode, TransferResult};
@@ -89,15 +89,7 @@ impl Session {
         accept_from: IpAddr,
         remote_port: u16,
     ) -> Option<DataId> {
-        let idle: Vec<DataId> = self
-            .data
-            .values()
-            .filter(|d| matches!(d.state, DataState::ExpectListening | DataState::ExpectAccept))
-            .map(|d| d.id)
-            .collect();
-        for id in idle {
-            self.close_data(now, id);
-        }
+        self.retire_idle_data(now);
         if self.data.values().filter(|d| !d.closed).count() >= self.config.max_data_channels {
             return None;
         }
@@ -127,6 +119,21 @@ impl Session {
         self.actions.push_back(Action::Listen { data: id, local, accept_from, peer });
         self.actions.push_back(Action::Audit(AuditEvent::DataOpened { data: id, mode, local, accept_from }));
         Some(id)
+    }
+
+    /// A new data command replaces the channels that have not started
+    /// connecting (ATTACKS.md 20). Whatever waited for them is released
+    /// (as a 425), so nothing stalls behind a channel that is gone.
+    pub(super) fn retire_idle_data(&mut self, now: Instant) {
+        let idle: Vec<DataId> = self
+            .data
+            .values()
+            .filter(|d| matches!(d.state, DataState::ExpectListening | DataState::ExpectAccept))
+            .map(|d| d.id)
+            .collect();
+        for id in idle {
+            self.data_failed(now, id);
+        }
     }
 
     /// A transfer command got its first reply: it uses this channel.
@@ -249,7 +256,11 @@ impl Session {
         }
         self.release_transfer_hold(data);
         match self.client_hold.take() {
-            Some(hold) if hold.data == data => self.reply_local(REPLY_CANT_OPEN),
+            // Queued, not sent: this may run while a server reply that
+            // comes first is being handled; the next flush sends it in order.
+            Some(hold) if hold.data == data => {
+                self.pending.push_back(Pending::Local(REPLY_CANT_OPEN.as_bytes().to_vec()))
+            }
             other => self.client_hold = other,
         }
     }

@@ -676,11 +676,43 @@ fn expect_connect_deadline_closes_and_releases_reply() {
 fn expect_accept_new_pasv_closes_previous_listener() {
     let mut t = passive_listening();
     client!(t, b"PASV\r\n");
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
     server!(t, b"227 (198,51,100,10,195,90)\r\n");
+    expect!(t, work: vec![listen(1, "198.51.100.10:50010", "192.0.2.10", Side::Client)]);
+}
+
+#[test]
+fn expect_listening_pipelined_pasv_pasv_first_becomes_425() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    server!(t, b"227 (198,51,100,10,195,80)\r\n");
+    t.work();
+    client!(t, b"PASV\r\n");
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    expect!(t, to_client: b"425 Can't open data connection.\r\n");
+    server!(t, b"227 (198,51,100,10,195,90)\r\n");
+    expect!(t, work: vec![listen(1, "198.51.100.10:50010", "192.0.2.10", Side::Client)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    expect!(t, to_client: b"");
+    t.input(Input::Listening { data: DataId(1), local: sa("198.51.100.10:50010") });
+    expect!(t, to_client: b"227 (198,51,100,10,195,90)\r\n");
+}
+
+#[test]
+fn expect_listening_pasv_reply_replaces_held_port_with_425() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\nPORT 192,0,2,10,156,65\r\n");
+    expect!(t, to_server: b"PASV\r\n");
+    expect!(t, work: vec![listen(0, "192.0.2.10:40001", "198.51.100.10", Side::Server)]);
+    server!(t, b"227 (198,51,100,10,195,80)\r\n");
     expect!(t, work: vec![
         Action::CloseData { data: DataId(0) },
-        listen(1, "198.51.100.10:50010", "192.0.2.10", Side::Client),
+        listen(1, "198.51.100.10:50000", "192.0.2.10", Side::Client),
     ]);
+    t.input(Input::Listening { data: DataId(1), local: sa("198.51.100.10:50000") });
+    expect!(t, to_client: b"227 (198,51,100,10,195,80)\r\n425 Can't open data connection.\r\n");
+    expect!(t, to_server: b"");
+    assert!(t.s.read_budget(Side::Client) > 0);
 }
 
 #[test]
