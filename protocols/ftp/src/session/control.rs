@@ -138,7 +138,7 @@ impl Session {
         }
     }
 
-    fn transfer_outstanding(&self) -> bool {
+    pub(super) fn transfer_outstanding(&self) -> bool {
         self.pending.iter().any(|p| matches!(p, Pending::Transfer { .. })) || self.transfer_running()
     }
 

@@ -211,7 +211,8 @@ impl Session {
 
     pub(super) fn on_relayed(&mut self, now: Instant, data: DataId, to_client: u64, to_server: u64) {
         let Some(ch) = self.data.get_mut(&data) else { return };
-        if ch.closed {
+        if ch.state != DataState::Relaying {
+            // Only a relay that was started can end.
             return;
         }
         ch.relayed = Some((to_client, to_server));

@@ -326,6 +326,32 @@ impl Session {
             Input::Drain => self.draining = true,
         }
         self.pump(now);
+        self.debug_check_holds();
+    }
+
+    /// Every hold must wait for something that can still happen; a hold on
+    /// a channel that is gone would stall the session forever.
+    fn debug_check_holds(&self) {
+        use self::control::ServerHold;
+        use self::data::DataState;
+        let state = |id: &DataId| self.data.get(id).map(|d| d.state);
+        match &self.server_hold {
+            Some(ServerHold::Listener { data, .. }) => {
+                debug_assert_eq!(state(data), Some(DataState::ExpectListening), "227 held for {data:?}");
+            }
+            Some(ServerHold::Transfer { data, .. }) => debug_assert!(
+                matches!(state(data), Some(DataState::ExpectConnect | DataState::Relaying)),
+                "final reply held for {data:?} in {:?}",
+                state(data)
+            ),
+            None => {}
+        }
+        if let Some(hold) = &self.client_hold {
+            debug_assert_eq!(state(&hold.data), Some(DataState::ExpectListening), "PORT held");
+        }
+        if self.stash.is_some() && self.phase == Phase::Relaying {
+            debug_assert!(self.transfer_outstanding(), "data command stashed for nothing");
+        }
     }
 
     /// Process whatever became processable, then check the end conditions.
