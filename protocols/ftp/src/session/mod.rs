@@ -1,4 +1,9 @@
 //! The FTP session machine: one intercepted control connection.
+//!
+//! Read first: RFC 959, RFC 1123 §4.1, RFC 2428, RFC 2577, RFC 1579, and
+//! LIFECYCLE.md beside this crate (states, holds, what releases them).
+//! `control.rs` pairs commands with replies; `data.rs` runs the data
+//! channels; `tests.rs` has one transcript per rule.
 
 mod control;
 mod data;

@@ -1083,3 +1083,22 @@ fn closed_every_listen_gets_close_data() {
     assert_eq!((listens, closes), (2, 2));
     assert!(t.s.is_closed());
 }
+
+#[test]
+fn expect_passive_reply_multiline_227_parsed() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    server!(t, b"227-Entering Passive Mode\r\n227 =198,51,100,10,195,80\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    expect!(t, to_client: b"227-Entering Passive Mode\r\n227 =198,51,100,10,195,80\r\n");
+}
+
+#[test]
+fn relaying_idle_session_stays_small() {
+    let t = T::logged_in();
+    // The benchmark counts 10,000 idle sessions: no buffer may stay large.
+    assert!(std::mem::size_of::<Session>() < 1024, "{}", std::mem::size_of::<Session>());
+    assert!(t.s.readers.iter().all(|r| r.is_empty()));
+    assert!(t.s.out.iter().all(|o| o.capacity() <= 1024));
+}
