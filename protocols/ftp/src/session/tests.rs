@@ -1098,7 +1098,7 @@ fn expect_passive_reply_multiline_227_parsed() {
 fn relaying_idle_session_stays_small() {
     let t = T::logged_in();
     // The benchmark counts 10,000 idle sessions: no buffer may stay large.
-    assert!(std::mem::size_of::<Session>() < 1024, "{}", std::mem::size_of::<Session>());
+    assert!(size_of::<Session>() < 1024, "{}", size_of::<Session>());
     assert!(t.s.readers.iter().all(|r| r.is_empty()));
     assert!(t.s.out.iter().all(|o| o.capacity() <= 1024));
 }
