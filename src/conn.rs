@@ -411,9 +411,11 @@ impl Conn {
 
     fn connect_data(&mut self, ctx: &mut Ctx<'_>, data: DataId, local: SocketAddr, remote: SocketAddr) {
         let key = self.key;
+        let candidate = self.chan(data).and_then(|c| c.candidate.take());
+        // One connection per listener: the hole closes as soon as it is used.
         self.close_listener(ctx, data);
         let Some(chan) = self.chan(data) else { return };
-        if let Some(mut stream) = chan.candidate.take() {
+        if let Some(mut stream) = candidate {
             let _ = stream.set_nodelay(true);
             match ctx.register(
                 key,
