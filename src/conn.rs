@@ -143,6 +143,9 @@ pub(crate) struct Conn {
     data: Vec<DataChan>,
     facts: VecDeque<Input<'static>>,
     close_by: Option<Instant>,
+    /// The server connect must complete by then (the greeting may take
+    /// longer: that deadline is the core's).
+    connect_by: Option<Instant>,
     pub(crate) timer: Armed,
 }
 
@@ -156,6 +159,7 @@ impl Conn {
         mut client: TcpStream,
         client_addr: SocketAddr,
         server_addr: SocketAddr,
+        connect_timeout: Duration,
         ctx: &mut Ctx<'_>,
     ) -> io::Result<Self> {
         let _ = client.set_nodelay(true);
@@ -175,6 +179,7 @@ impl Conn {
             data: Vec::new(),
             facts: VecDeque::new(),
             close_by: None,
+            connect_by: Some(ctx.now + connect_timeout),
             timer: Armed::default(),
         };
         // The server sees the client's own address; the port is the kernel's
@@ -237,10 +242,7 @@ impl Conn {
 
     /// When the loop must wake this session next.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        match (self.session.poll_timeout(), self.close_by) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.session.poll_timeout(), self.close_by, self.connect_by].into_iter().flatten().min()
     }
 
     /// True when every socket is gone and the session is over.
@@ -487,7 +489,19 @@ impl Conn {
     /// Completes the non-blocking connect to the server.
     fn connect_server(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let server = &mut self.server;
-        let Some(leg) = server.leg.as_mut().filter(|_| server.connecting) else { return false };
+        let Some(leg) = server.leg.as_mut().filter(|_| server.connecting) else {
+            self.connect_by = None;
+            return false;
+        };
+        if self.connect_by.is_some_and(|t| t <= ctx.now) {
+            warn!(self.log, "server unreachable"; "error" => "connect timed out");
+            server.connecting = false;
+            server.eof = true;
+            self.connect_by = None;
+            self.close_control(ctx, Side::Server);
+            self.feed(ctx, Input::ServerUnreachable { error: io::ErrorKind::TimedOut });
+            return true;
+        }
         if !leg.ready.writable {
             return false;
         }

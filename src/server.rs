@@ -331,6 +331,11 @@ impl Server {
             );
             return None;
         }
+        if tproxy::is_local_address(server.ip()) {
+            warn!(log, "refused: the destination is the gateway itself");
+            let _ = io::Write::write(&mut stream, b"421 ftpgate: no FTP service on the gateway itself.\r\n");
+            return None;
+        }
         let count = self.per_client.entry(peer.ip()).or_insert(0);
         if *count >= self.opts.max_sessions_per_client {
             warn!(log, "refused: too many sessions from this client"; "limit" => self.opts.max_sessions_per_client);
@@ -342,8 +347,9 @@ impl Server {
         let ends = ControlEnds { client: peer, server };
         let session = Session::new(self.opts.config.clone(), ends, now);
         let key = self.conns.vacant_key();
+        let connect_timeout = self.opts.config.data_connect_timeout;
         let mut ctx = self.ctx(now);
-        match Conn::start(key, log.clone(), session, stream, peer, server, &mut ctx) {
+        match Conn::start(key, log.clone(), session, stream, peer, server, connect_timeout, &mut ctx) {
             Ok(conn) => {
                 self.conns.insert(conn);
                 Some(key)

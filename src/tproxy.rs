@@ -118,3 +118,16 @@ pub(crate) fn connect_result(stream: &TcpStream) -> io::Result<bool> {
 pub(crate) fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     stream.local_addr()
 }
+
+/// Whether `ip` is one of this host's own addresses: a plain (not
+/// transparent) bind to it succeeds only then. A client that asks the router
+/// itself for FTP must not be proxied: the gateway would connect to itself
+/// from a foreign address and the answer would leave toward the client.
+pub(crate) fn is_local_address(ip: std::net::IpAddr) -> bool {
+    let addr = SocketAddr::new(ip, 0);
+    let Ok(socket) = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))
+    else {
+        return false;
+    };
+    socket.bind(&SockAddr::from(addr)).is_ok()
+}
