@@ -76,6 +76,11 @@ pub fn require_root() {
     );
 }
 
+/// SIGTERM one process we started (the shell's builtin kill: no procps needed).
+fn sigterm(pid: u32) {
+    let _ = Command::new("sh").args(["-c", "kill -TERM \"$0\"", &pid.to_string()]).status();
+}
+
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Run `cmd` with a hard time limit (timeout(1), SIGKILL 5 s later).
@@ -270,7 +275,7 @@ impl Lab {
     /// SIGTERM the gateway and wait (bounded) for it to exit.
     pub fn stop_gateway(&mut self) -> ExitStatus {
         let mut child = self.gateway.take().expect("gateway not running");
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        sigterm(child.id());
         let deadline = Instant::now() + Duration::from_secs(15);
         let st = loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -423,7 +428,7 @@ impl Drop for Lab {
             eprintln!("{}", self.diagnostics());
         }
         if let Some(mut c) = self.gateway.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            sigterm(c.id());
             let deadline = Instant::now() + Duration::from_secs(10);
             while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -470,7 +475,7 @@ fn curl_mode_args(mode: Mode) -> Vec<&'static str> {
 
 pub fn curl_get(lab: &Lab, mode: Mode, remote: &str, local: &str) {
     let url = format!("ftp://{SERVER_IP}/pub/{remote}");
-    let mut argv = vec!["curl", "-sS", "--max-time", "60", "--connect-timeout", "10"];
+    let mut argv = vec!["curl", "-sS", "--max-time", "30", "--connect-timeout", "10"];
     argv.extend(curl_mode_args(mode));
     argv.extend(["-o", local, url.as_str()]);
     lab.client_ok(90, &argv);
@@ -482,7 +487,7 @@ pub fn curl_get(lab: &Lab, mode: Mode, remote: &str, local: &str) {
 
 pub fn curl_put(lab: &Lab, mode: Mode, local: &str, remote: &str) {
     let url = format!("ftp://{SERVER_IP}/upload/{remote}");
-    let mut argv = vec!["curl", "-sS", "--max-time", "60", "--connect-timeout", "10"];
+    let mut argv = vec!["curl", "-sS", "--max-time", "30", "--connect-timeout", "10"];
     argv.extend(curl_mode_args(mode));
     argv.extend(["-T", local, url.as_str()]);
     lab.client_ok(90, &argv);
