@@ -219,6 +219,9 @@ pub struct Session {
     readers: [LineReader; 2],
     /// Output buffers, indexed by the side the bytes go to.
     out: [Vec<u8>; 2],
+    /// Offsets into `out` (same index) just past each Telnet Synch's urgent
+    /// byte, ascending.
+    urgent: [VecDeque<usize>; 2],
     actions: VecDeque<Action>,
     replies: ReplyAssembler,
     /// Commands forwarded to the server (or answered locally), FIFO.
@@ -267,6 +270,7 @@ impl Session {
             idle_at: after(now, config.idle_timeout),
             readers: [LineReader::new(), LineReader::new()],
             out: [Vec::new(), Vec::new()],
+            urgent: [VecDeque::new(), VecDeque::new()],
             actions: VecDeque::new(),
             replies: ReplyAssembler::new(config.max_reply_lines),
             pending: VecDeque::new(),
@@ -398,10 +402,26 @@ impl Session {
         &self.out[idx(to)]
     }
 
+    /// `Some(n)`: the first `n` bytes of [`pending(to)`](Self::pending) end
+    /// with a Telnet Synch's urgent byte; write exactly them with `MSG_OOB`
+    /// (`send_out_of_band`) before the rest. `None`: write `pending(to)`
+    /// normally. Once those `n` bytes are [`consume`](Self::consume)d this
+    /// returns `None` again (or the next Synch's count).
+    pub fn pending_urgent(&self, to: Side) -> Option<usize> {
+        self.urgent[idx(to)].front().copied()
+    }
+
     /// `n` bytes of `pending(to)` were written.
     pub fn consume(&mut self, to: Side, n: usize) {
         let out = &mut self.out[idx(to)];
         let n = n.min(out.len());
+        // Urgent marks are offsets into `out`: move them along; a mark whose
+        // bytes are all written is done.
+        let marks = &mut self.urgent[idx(to)];
+        marks.retain_mut(|m| {
+            *m = m.saturating_sub(n);
+            *m > 0
+        });
         out.drain(..n);
         if out.is_empty() && out.capacity() > 1024 {
             *out = Vec::new();
