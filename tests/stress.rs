@@ -1,0 +1,42 @@
+//! Many short data channels at once: empty-file downloads (the data channel
+//! opens and closes at once, the racy case for the relay) in every mode,
+//! from several concurrent clients. Each must succeed; afterwards no data
+//! listener is left and the server saw only the client.
+mod common;
+use common::{curl_get, Lab, Mode, Rules};
+
+fn burst(tag: &str, rules: Rules) {
+    let lab = Lab::with_gateway(tag, rules);
+    lab.server_file("e.bin", 0);
+    let small = lab.server_file("s.bin", 1000);
+    const ROUNDS: usize = 8;
+    let modes = [Mode::Epsv, Mode::Pasv, Mode::Eprt, Mode::Port];
+    std::thread::scope(|s| {
+        for (i, m) in modes.iter().enumerate() {
+            let lab = &lab;
+            let small = &small;
+            s.spawn(move || {
+                for r in 0..ROUNDS {
+                    let local = lab.client_path(&format!("e-{i}-{r}"));
+                    curl_get(lab, *m, "e.bin", &local);
+                    assert_eq!(std::fs::metadata(&local).unwrap().len(), 0);
+                    let local = lab.client_path(&format!("s-{i}-{r}"));
+                    curl_get(lab, *m, "s.bin", &local);
+                    common::assert_same_file(&format!("{m:?} round {r}"), small, std::path::Path::new(&local));
+                }
+            });
+        }
+    });
+    lab.assert_server_saw_only_client(modes.len() * ROUNDS * 2);
+    lab.assert_no_data_listeners();
+}
+
+#[test]
+fn short_transfers_all_modes_nft() {
+    burst("brnft", Rules::Nft);
+}
+
+#[test]
+fn short_transfers_all_modes_iptables() {
+    burst("bript", Rules::Iptables);
+}
