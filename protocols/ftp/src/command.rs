@@ -49,6 +49,8 @@ pub enum Command<'a> {
     Security,
     /// `REIN`: resets the login.
     Rein,
+    /// `ABOR`: interrupts the running transfer; forwarded as a Telnet Synch.
+    Abor,
     /// A command that uses the data connection (RETR, STOR, STOU, APPE, LIST,
     /// NLST, MLSD).
     Transfer {
@@ -104,6 +106,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command<'_>, CommandError> {
         b"LPRT" | b"LPSV" => Command::LongPassive,
         b"AUTH" | b"ADAT" | b"MIC" | b"CONF" | b"ENC" => Command::Security,
         b"REIN" => Command::Rein,
+        b"ABOR" => Command::Abor,
         b"RETR" | b"STOR" | b"STOU" | b"APPE" | b"LIST" | b"NLST" | b"MLSD" => {
             Command::Transfer { verb, arg }
         }
@@ -139,6 +142,7 @@ mod tests {
         assert_eq!(parse_command(b"EPSV 2"), Ok(Command::Epsv(EpsvArg::Proto(2))));
         assert_eq!(parse_command(b"auth TLS"), Ok(Command::Security));
         assert_eq!(parse_command(b"LPSV"), Ok(Command::LongPassive));
+        assert_eq!(parse_command(b"abor"), Ok(Command::Abor));
     }
 
     #[test]

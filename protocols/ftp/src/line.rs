@@ -28,7 +28,12 @@ pub const MAX_LINE: usize = 8192;
 /// so an idle session costs a few hundred bytes (DESIGN.md, memory per session).
 const KEEP_CAPACITY: usize = 256;
 
-const IAC: u8 = 255;
+/// Telnet "interpret as command".
+pub const IAC: u8 = 255;
+/// Telnet Interrupt Process.
+pub const IP: u8 = 244;
+/// Telnet Data Mark: ends a Synch.
+pub const DM: u8 = 242;
 const DONT: u8 = 254;
 const DO: u8 = 253;
 const WONT: u8 = 252;

@@ -13,7 +13,7 @@ use crate::addr::{canonical_ip, AddrError, ExtAddr, HostPort};
 use crate::audit::{AuditEvent, DataMode};
 use crate::command::{parse_command, Command, CommandError, EpsvArg};
 use crate::error::Violation;
-use crate::line::{write_line, LineError};
+use crate::line::{write_line, LineError, DM, IAC, IP};
 use crate::policy::PassiveAddressPolicy;
 use crate::reply::{Code, Reply, ReplyError};
 
@@ -189,6 +189,7 @@ impl Session {
                 self.epsv_all = false;
                 self.forward(line, Pending::Other);
             }
+            Command::Abor => self.abort(now, line),
             Command::Transfer { verb, arg } => {
                 let mut label = printable(verb, 4).to_ascii_uppercase();
                 if !arg.is_empty() {
@@ -224,6 +225,53 @@ impl Session {
             return self.refuse_local(Violation::TooManyDataChannels, line, REPLY_TOO_MANY);
         };
         self.client_hold = Some(ActiveHold { data, line: line.to_vec(), ip, port, extended });
+    }
+
+    /// ABOR (RFC 959 §4.1.3, ATTACKS.md 15): close the data channel of the
+    /// outstanding transfer at once (both legs), release its held final
+    /// reply, and send ABOR to the server as a Telnet Synch. The server's
+    /// 426/226 for the transfer and then its reply to ABOR pair FIFO.
+    fn abort(&mut self, now: Instant, line: &[u8]) {
+        let held = match &self.server_hold {
+            Some(ServerHold::Transfer { data, .. }) => Some(*data),
+            _ => None,
+        };
+        let target = held.or_else(|| {
+            let transfer = self.pending.iter_mut().find_map(|p| match p {
+                Pending::Transfer { label, bound } => Some((label, bound)),
+                _ => None,
+            })?;
+            match transfer {
+                (_, Some(bound)) => *bound,
+                (label, bound @ None) => {
+                    // Not answered yet: it would have used the current
+                    // channel; bind it now so its audit record says Aborted.
+                    let data = self.current_data.take()?;
+                    *bound = Some(Some(data));
+                    let label = label.clone();
+                    self.bind_transfer(Some(data), label);
+                    Some(data)
+                }
+            }
+        });
+        if let Some(data) = target {
+            if let Some(ch) = self.data.get_mut(&data) {
+                ch.aborted = true;
+            }
+            self.close_data(now, data);
+            self.release_transfer_hold(data);
+        }
+        self.forward_synch(line);
+    }
+
+    /// `IAC IP IAC` (the last IAC urgent), then `DM` and the command: the
+    /// Telnet Synch RFC 959 §4.1.3 asks for ahead of ABOR.
+    fn forward_synch(&mut self, line: &[u8]) {
+        let out = &mut self.out[idx(Side::Server)];
+        out.extend_from_slice(&[IAC, IP, IAC]);
+        self.urgent[idx(Side::Server)].push_back(out.len());
+        out.push(DM);
+        self.forward(line, Pending::Other);
     }
 
     /// Send a command line to the server and remember what answers it.
@@ -269,12 +317,19 @@ impl Session {
         reply.write(&mut self.out[idx(Side::Client)]);
     }
 
-    /// Take server lines while no reply is held.
+    /// Take server replies in order; behind a held reply, queue them in
+    /// the backlog, except that a 421 acts at once.
     pub(super) fn process_server(&mut self, now: Instant) {
         loop {
             self.flush_local();
-            if self.phase == Phase::Closed || self.server_hold.is_some() {
+            if self.phase == Phase::Closed {
                 return;
+            }
+            if self.server_hold.is_none() {
+                if let Some(reply) = self.backlog.pop_front() {
+                    self.handle_reply(now, reply);
+                    continue;
+                }
             }
             let line = match self.readers[idx(Side::Server)].next_line() {
                 None => return,
@@ -286,11 +341,35 @@ impl Session {
             };
             match self.replies.push(line) {
                 Ok(None) => {}
-                Ok(Some(reply)) => self.handle_reply(now, reply),
+                Ok(Some(reply)) if self.server_hold.is_none() => self.handle_reply(now, reply),
+                Ok(Some(reply)) if reply.code == Code::NOT_AVAILABLE && self.phase == Phase::Relaying => {
+                    return self.server_closing(now, reply);
+                }
+                Ok(Some(reply)) => self.backlog.push_back(reply),
                 Err(ReplyError::Malformed) => return self.server_broke(Violation::ReplyMalformed),
                 Err(ReplyError::TooManyLines) => return self.server_broke(Violation::ReplyTooLong),
             }
         }
+    }
+
+    /// A 421 arrived behind a held reply (ATTACKS.md 18): close every data
+    /// channel, which releases the held reply; deliver what the server said
+    /// before the 421, in order; then the 421 and the teardown.
+    fn server_closing(&mut self, now: Instant, reply: Reply) {
+        let ids: Vec<DataId> = self.data.keys().copied().collect();
+        for id in ids {
+            self.data_failed(now, id);
+        }
+        while let Some(earlier) = self.backlog.pop_front() {
+            self.flush_local();
+            if !earlier.code.is_preliminary() {
+                self.pending.pop_front();
+            }
+            self.send_reply(&earlier);
+        }
+        self.flush_local();
+        self.send_reply(&reply);
+        self.teardown(Side::Client, "server closing (421)");
     }
 
     fn server_broke(&mut self, v: Violation) {

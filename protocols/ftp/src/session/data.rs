@@ -48,6 +48,8 @@ pub(super) struct DataChan {
     /// `CloseData` was sent.
     pub(super) closed: bool,
     pub(super) failed: bool,
+    /// The client's ABOR closed it: its transfer is logged as `Aborted`.
+    pub(super) aborted: bool,
     /// The transfer command using this channel, once bound.
     pub(super) command: Option<String>,
     pub(super) final_code: Option<u16>,
@@ -109,6 +111,7 @@ impl Session {
             retried: false,
             closed: false,
             failed: false,
+            aborted: false,
             command: None,
             final_code: None,
             relayed: None,
@@ -266,7 +269,7 @@ impl Session {
         }
     }
 
-    fn release_transfer_hold(&mut self, data: DataId) {
+    pub(super) fn release_transfer_hold(&mut self, data: DataId) {
         match self.server_hold.take() {
             Some(ServerHold::Transfer { data: held, reply }) if held == data => self.send_reply(&reply),
             other => self.server_hold = other,
@@ -309,6 +312,7 @@ impl Session {
         let result = match (force, ch.final_code, ch.relayed) {
             (Some(r), _, _) => r,
             (None, None, _) => return, // the reply is still to come
+            (None, Some(_), _) if ch.aborted => TransferResult::Aborted,
             (None, Some(code), Some(_)) if !ch.failed && (200..300).contains(&code) => TransferResult::Ok,
             (None, Some(_), _) => TransferResult::Failed,
         };

@@ -19,7 +19,7 @@ use self::data::DataChan;
 use crate::audit::AuditEvent;
 use crate::line::LineReader;
 use crate::policy::Config;
-use crate::reply::ReplyAssembler;
+use crate::reply::{Reply, ReplyAssembler};
 
 /// One end of the control connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -232,8 +232,11 @@ pub struct Session {
     /// A PORT/EPRT held until its listener is up.
     client_hold: Option<ActiveHold>,
     /// A server reply held (227/229 until Listening, final reply until
-    /// Relayed); later server lines wait behind it.
+    /// Relayed); later server replies wait behind it in `backlog`.
     server_hold: Option<ServerHold>,
+    /// Complete server replies read while a reply is held, in order. Still
+    /// read so that a 421 behind the hold tears the session down at once.
+    backlog: VecDeque<Reply>,
     data: BTreeMap<DataId, DataChan>,
     /// The data channel the next transfer command will use.
     current_data: Option<DataId>,
@@ -277,6 +280,7 @@ impl Session {
             stash: None,
             client_hold: None,
             server_hold: None,
+            backlog: VecDeque::new(),
             data: BTreeMap::new(),
             current_data: None,
             next_data: 0,
@@ -370,7 +374,7 @@ impl Session {
         if self.phase == Phase::Closed {
             return;
         }
-        if self.server_eof && self.server_hold.is_none() {
+        if self.server_eof && self.server_hold.is_none() && self.backlog.is_empty() {
             // Every complete server line is processed: nothing more can come.
             if matches!(self.phase, Phase::ExpectGreeting { .. }) && !self.server_spoke {
                 self.send_client_now(REPLY_UNREACHABLE);
@@ -444,7 +448,9 @@ impl Session {
                     || self.pending.len() >= MAX_PENDING
                     || self.server_eof
             }
-            Side::Server => self.server_hold.is_some() || self.server_eof,
+            // Behind a held reply, read on (a 421 must get through) up to
+            // a bound.
+            Side::Server => self.server_eof || self.backlog_bytes() > HIGH_WATER,
         };
         if blocked {
             0
@@ -458,6 +464,10 @@ impl Session {
     /// both sides is written (or can no longer be).
     pub fn is_closed(&self) -> bool {
         self.shutdown == [true, true] && self.data.values().all(|d| d.closed)
+    }
+
+    fn backlog_bytes(&self) -> usize {
+        self.backlog.iter().flat_map(|r| &r.lines).map(|l| l.len() + 2).sum()
     }
 
     /// Queue bytes for the client now, ahead of anything still owed.
@@ -487,6 +497,7 @@ impl Session {
         self.actions.push_back(Action::Audit(AuditEvent::SessionEnded { reason }));
         self.client_hold = None;
         self.server_hold = None;
+        self.backlog.clear();
         self.stash = None;
         self.pending.clear();
         self.readers = [LineReader::new(), LineReader::new()];

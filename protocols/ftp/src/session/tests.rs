@@ -396,7 +396,8 @@ fn expect_listener_server_output_held_behind_227() {
     let mut t = T::logged_in();
     client!(t, b"PASV\r\nNOOP\r\n");
     server!(t, b"227 (198,51,100,10,195,80)\r\n200 noop\r\n");
-    assert_eq!(t.s.read_budget(Side::Server), 0);
+    // Still read behind the hold (a 421 must get through), but not relayed.
+    assert!(t.s.read_budget(Side::Server) > 0);
     expect!(t, to_client: b"");
     t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
     expect!(t, to_client: b"227 (198,51,100,10,195,80)\r\n200 noop\r\n");
@@ -761,7 +762,6 @@ fn relaying_226_held_until_relayed() {
     let mut t = passive_relaying_retr();
     server!(t, b"226 Transfer complete\r\n");
     expect!(t, to_client: b"");
-    assert_eq!(t.s.read_budget(Side::Server), 0);
     t.advance(Duration::from_secs(2));
     t.input(Input::Relayed { data: DataId(0), to_client: 1234, to_server: 0 });
     assert_eq!(
@@ -1006,8 +1006,8 @@ fn relaying_telnet_iac_iac_survives_both_directions() {
 #[test]
 fn relaying_telnet_negotiation_answered_ip_dm_stripped() {
     let mut t = T::logged_in();
-    client!(t, b"\xff\xfd\x01\xff\xf4\xff\xf2ABOR\r\n");
-    expect!(t, to_server: b"ABOR\r\n");
+    client!(t, b"\xff\xfd\x01\xff\xf4\xff\xf2NOOP\r\n");
+    expect!(t, to_server: b"NOOP\r\n");
     assert_eq!(t.take(Side::Client), b"\xff\xfc\x01");
 }
 
@@ -1101,4 +1101,141 @@ fn relaying_idle_session_stays_small() {
     assert!(size_of::<Session>() < 1024, "{}", size_of::<Session>());
     assert!(t.s.readers.iter().all(|r| r.is_empty()));
     assert!(t.s.out.iter().all(|o| o.capacity() <= 1024));
+}
+
+// ---- ABOR and the Telnet Synch (ATTACKS.md 15) ------------------------------
+
+/// What the core sends the server for ABOR: `IAC IP IAC` urgent, `DM ABOR`.
+const SYNCH_ABOR: &[u8] = b"\xff\xf4\xff\xf2ABOR\r\n";
+
+/// The server-bound bytes, checking that the first 3 are the urgent part.
+fn take_synch(t: &mut T) -> Vec<u8> {
+    assert_eq!(t.s.pending_urgent(Side::Server), Some(3), "urgent bytes");
+    assert_eq!(t.s.pending_urgent(Side::Client), None);
+    t.take(Side::Server)
+}
+
+#[test]
+fn attack_15_abor_during_retr_closes_data_then_426_and_226_in_order() {
+    // python ftplib: the whole `ABOR\r\n` sent with MSG_OOB, arriving inline.
+    let mut t = passive_relaying_retr();
+    t.advance(Duration::from_secs(1));
+    client!(t, b"ABOR\r\n");
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    assert_eq!(take_synch(&mut t), SYNCH_ABOR);
+    assert_eq!(t.s.pending_urgent(Side::Server), None);
+    server!(t, b"426 Failure writing network stream.\r\n226 ABOR successful.\r\n");
+    expect!(t, to_client: b"426 Failure writing network stream.\r\n226 ABOR successful.\r\n");
+    assert!(matches!(
+        t.audits()[..],
+        [AuditEvent::Transfer { reply: Some(426), result: TransferResult::Aborted, .. }]
+    ));
+    // A stale relay end for the closed channel changes nothing.
+    t.input(Input::Relayed { data: DataId(0), to_client: 5, to_server: 0 });
+    assert_eq!(t.actions(), vec![]);
+}
+
+#[test]
+fn attack_15_abor_bsd_synch_form_stripped_and_reissued_as_synch() {
+    // lftp/BSD ftp: `IAC IP IAC` as urgent data, then `DM ABOR\r\n`;
+    // SO_OOBINLINE puts it all inline, split wherever the segments fell.
+    let mut t = passive_relaying_retr();
+    client!(t, b"\xff\xf4\xff");
+    client!(t, b"\xf2ABOR\r\n");
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    assert_eq!(take_synch(&mut t), SYNCH_ABOR);
+}
+
+#[test]
+fn relaying_abor_with_held_226_releases_it_before_abor_reply() {
+    let mut t = passive_relaying_retr();
+    server!(t, b"226 Transfer complete\r\n");
+    expect!(t, to_client: b"");
+    client!(t, b"ABOR\r\n");
+    assert!(matches!(
+        t.actions()[..],
+        [
+            Action::CloseData { data: DataId(0) },
+            Action::Audit(AuditEvent::Transfer { reply: Some(226), result: TransferResult::Aborted, .. }),
+        ]
+    ));
+    expect!(t, to_client: b"226 Transfer complete\r\n");
+    assert_eq!(take_synch(&mut t), SYNCH_ABOR);
+    server!(t, b"225 No transfer to ABOR.\r\n");
+    expect!(t, to_client: b"225 No transfer to ABOR.\r\n");
+}
+
+#[test]
+fn relaying_abor_before_first_reply_binds_and_aborts_transfer() {
+    let mut t = passive_listening();
+    client!(t, b"RETR big\r\n");
+    expect!(t, to_server: b"RETR big\r\n");
+    client!(t, b"ABOR\r\n");
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    assert_eq!(take_synch(&mut t), SYNCH_ABOR);
+    server!(t, b"150 Opening\r\n426 Aborted\r\n226 ABOR ok\r\n");
+    expect!(t, to_client: b"150 Opening\r\n426 Aborted\r\n226 ABOR ok\r\n");
+    assert!(matches!(
+        t.audits()[..],
+        [AuditEvent::Transfer { ref command, reply: Some(426), result: TransferResult::Aborted, .. }]
+            if command == "RETR big"
+    ));
+}
+
+#[test]
+fn relaying_abor_without_transfer_forwarded_with_synch_reply_fifo() {
+    let mut t = T::logged_in();
+    client!(t, b"NOOP\r\nABOR\r\nPWD\r\n");
+    expect!(t, work: vec![]);
+    assert_eq!(t.s.pending_urgent(Side::Server), Some(b"NOOP\r\n".len() + 3));
+    assert_eq!(t.take(Side::Server), b"NOOP\r\n\xff\xf4\xff\xf2ABOR\r\nPWD\r\n");
+    server!(t, b"200 ok\r\n225 nothing\r\n257 \"/\"\r\n");
+    expect!(t, to_client: b"200 ok\r\n225 nothing\r\n257 \"/\"\r\n");
+}
+
+#[test]
+fn relaying_pending_urgent_counts_down_as_consumed() {
+    let mut t = T::logged_in();
+    client!(t, b"ABOR\r\nABOR\r\n");
+    assert_eq!(t.s.pending_urgent(Side::Server), Some(3));
+    t.s.consume(Side::Server, 2);
+    assert_eq!(t.s.pending_urgent(Side::Server), Some(1));
+    t.s.consume(Side::Server, 1);
+    // The second Synch's urgent byte is next.
+    assert_eq!(t.s.pending_urgent(Side::Server), Some(SYNCH_ABOR.len()));
+    t.s.consume(Side::Server, SYNCH_ABOR.len() + 2);
+    assert_eq!(t.s.pending_urgent(Side::Server), None);
+    assert_eq!(t.take(Side::Server), b"BOR\r\n");
+}
+
+// ---- 421 at any time (ATTACKS.md 18) ------------------------------------------
+
+#[test]
+fn attack_18_421_behind_held_226_tears_down_at_once() {
+    let mut t = passive_relaying_retr();
+    server!(t, b"226 Transfer complete\r\n");
+    expect!(t, to_client: b"");
+    server!(t, b"421 Timeout.\r\n");
+    expect!(t, work: vec![
+        Action::CloseData { data: DataId(0) },
+        Action::Shutdown { side: Side::Client },
+        Action::Shutdown { side: Side::Server },
+    ]);
+    expect!(t, to_client: b"226 Transfer complete\r\n421 Timeout.\r\n");
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn attack_18_421_behind_held_227_closes_listener_425_then_421() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\nNOOP\r\n");
+    server!(t, b"227 (198,51,100,10,195,80)\r\n200 noop\r\n421 Bye.\r\n");
+    expect!(t, work: vec![
+        listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client),
+        Action::CloseData { data: DataId(0) },
+        Action::Shutdown { side: Side::Client },
+        Action::Shutdown { side: Side::Server },
+    ]);
+    expect!(t, to_client: b"425 Can't open data connection.\r\n200 noop\r\n421 Bye.\r\n");
+    assert!(t.s.is_closed());
 }
