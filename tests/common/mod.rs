@@ -154,7 +154,7 @@ impl Lab {
         let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
         let name = format!("fg{tag}{}x{seq}", std::process::id());
         let run = PathBuf::from(format!("/tmp/ftpgate-lab/{name}"));
-        let mut lab = Self { name, rules, run, gateway: None, gateway_exit: None };
+        let lab = Self { name, rules, run, gateway: None, gateway_exit: None };
         // Build the lab; on failure `lab` is dropped, which tears it down.
         let pid = std::process::id().to_string();
         let out = Command::new("timeout")
