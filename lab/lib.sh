@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables for the scripts that source this
 # Common definitions for the ftpgate lab scripts. Sourced, not run.
 #
 # Topology of lab NAME (three network namespaces, documentation addresses):
