@@ -106,7 +106,10 @@ impl Session {
                 Some(line) => line,
                 None => match self.readers[idx(Side::Client)].next_line() {
                     None => return,
-                    Some(Ok(line)) => line,
+                    Some(Ok(line)) => {
+                        self.line_seen();
+                        line
+                    }
                     Some(Err(LineError::TooLong)) => {
                         self.refuse(Violation::LineTooLong { side: Side::Client }, b"");
                         self.send_client_now(REPLY_LINE_TOO_LONG);
@@ -155,6 +158,8 @@ impl Session {
                 return self.refuse_local(Violation::AddressSyntax, line, REPLY_BAD_ADDRESS)
             }
         };
+        // REST applies to the command right after it only (RFC 959 §4.1.3).
+        let rest = self.rest.take();
         match cmd {
             Command::User(name) => {
                 self.login.logged_in = false;
@@ -196,7 +201,19 @@ impl Session {
                     label.push(' ');
                     label.push_str(&printable(arg, 120));
                 }
+                if let Some(offset) = rest {
+                    // Byte counts of a restarted transfer start at the offset
+                    // (ATTACKS.md 26).
+                    label.push_str(" (REST ");
+                    label.push_str(&offset);
+                    label.push(')');
+                }
                 self.forward(line, Pending::Transfer { label, bound: None });
+            }
+            Command::Other { verb, arg } if verb.eq_ignore_ascii_case(b"REST") => {
+                // Relayed whatever the offset; only a printable copy is kept.
+                self.rest = Some(printable(arg, 24));
+                self.forward(line, Pending::Other);
             }
             Command::Pass | Command::Other { .. } => self.forward(line, Pending::Other),
         }
@@ -333,7 +350,10 @@ impl Session {
             }
             let line = match self.readers[idx(Side::Server)].next_line() {
                 None => return,
-                Some(Ok(line)) => line,
+                Some(Ok(line)) => {
+                    self.line_seen();
+                    line
+                }
                 Some(Err(LineError::TooLong)) => {
                     return self.server_broke(Violation::LineTooLong { side: Side::Server })
                 }

@@ -242,6 +242,8 @@ pub struct Session {
     current_data: Option<DataId>,
     next_data: u32,
     login: Login,
+    /// The offset of a REST just forwarded, for the next transfer's label.
+    rest: Option<String>,
     epsv_all: bool,
     server_eof: bool,
     server_spoke: bool,
@@ -285,6 +287,7 @@ impl Session {
             current_data: None,
             next_data: 0,
             login: Login::default(),
+            rest: None,
             epsv_all: false,
             server_eof: false,
             server_spoke: false,
@@ -302,9 +305,12 @@ impl Session {
             return;
         }
         self.now = self.now.max(now);
-        if !matches!(input, Input::Timeout | Input::Drain) {
-            // Any activity, including on data channels, keeps the control
-            // connection alive: a long transfer must not end in an idle 421.
+        if !matches!(input, Input::Timeout | Input::Drain | Input::Received { .. }) {
+            // Data-channel activity keeps the control connection alive: a
+            // long transfer must not end in an idle 421. Control bytes count
+            // only once they complete a line (`line_seen`), so a slowloris
+            // trickling one byte a minute still meets the idle deadline
+            // (ATTACKS.md 12).
             self.idle_at = after(now, self.config.idle_timeout);
         }
         match input {
@@ -464,6 +470,11 @@ impl Session {
     /// both sides is written (or can no longer be).
     pub fn is_closed(&self) -> bool {
         self.shutdown == [true, true] && self.data.values().all(|d| d.closed)
+    }
+
+    /// A complete control line arrived: the connection is not idle.
+    fn line_seen(&mut self) {
+        self.idle_at = after(self.now, self.config.idle_timeout);
     }
 
     fn backlog_bytes(&self) -> usize {

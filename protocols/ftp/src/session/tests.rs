@@ -1,6 +1,7 @@
 //! Transcript tests: fixture state, bytes in, actions and bytes out, time
 //! advanced by hand. Names say `<state>_<event>_<outcome>`.
 
+use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -246,7 +247,7 @@ fn expect_greeting_server_closed_silently_421_and_close() {
 }
 
 #[test]
-fn expect_greeting_client_lines_wait_for_220() {
+fn attack_18_expect_greeting_120_then_220_client_lines_wait() {
     let mut t = T::new();
     assert_eq!(t.s.read_budget(Side::Client), 0);
     client!(t, b"USER anna\r\n");
@@ -288,7 +289,7 @@ fn relaying_pipelined_commands_pair_replies_fifo() {
 }
 
 #[test]
-fn relaying_pipelined_pasv_list_transfer_completes_in_order() {
+fn attack_16_relaying_pipelined_pasv_list_transfer_completes_in_order() {
     let mut t = T::logged_in();
     client!(t, b"PASV\r\nLIST\r\n");
     server!(t, b"227 (198,51,100,10,195,80)\r\n");
@@ -302,7 +303,7 @@ fn relaying_pipelined_pasv_list_transfer_completes_in_order() {
 }
 
 #[test]
-fn relaying_port_and_retr_before_200_work() {
+fn attack_16_relaying_port_and_retr_before_200_work() {
     let mut t = T::logged_in();
     client!(t, b"PORT 192,0,2,10,156,65\r\nRETR f\r\n");
     expect!(t, to_server: b"");
@@ -319,7 +320,7 @@ fn relaying_port_and_retr_before_200_work() {
 }
 
 #[test]
-fn relaying_multiline_with_digit_continuations_forwarded_whole() {
+fn attack_17_relaying_multiline_with_digit_continuations_forwarded_whole() {
     let mut t = T::logged_in();
     client!(t, b"HELP\r\n");
     server!(t, b"214-help\r\n123 not the end\r\n214-still\r\n");
@@ -329,7 +330,7 @@ fn relaying_multiline_with_digit_continuations_forwarded_whole() {
 }
 
 #[test]
-fn relaying_multiline_over_cap_421_and_close() {
+fn attack_17_relaying_multiline_over_cap_421_and_close() {
     let config = Config { max_reply_lines: 3, ..Config::default() };
     let mut t = T::logged_in_with(config);
     client!(t, b"HELP\r\n");
@@ -364,7 +365,7 @@ fn not_logged_in_data_commands_530_locally() {
 }
 
 #[test]
-fn logged_in_rein_resets_login() {
+fn attack_30_logged_in_rein_resets_login() {
     let mut t = T::logged_in();
     client!(t, b"REIN\r\n");
     expect!(t, to_server: b"REIN\r\n");
@@ -404,7 +405,7 @@ fn expect_listener_server_output_held_behind_227() {
 }
 
 #[test]
-fn expect_listening_addr_in_use_retries_port_zero_and_rewrites() {
+fn attack_21_expect_listening_addr_in_use_retries_port_zero_and_rewrites() {
     let mut t = T::logged_in();
     client!(t, b"PASV\r\n");
     server!(t, b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
@@ -458,7 +459,7 @@ fn expect_listening_listen_failure_425_instead_of_227() {
 }
 
 #[test]
-fn expect_passive_reply_foreign_address_rewritten_to_server() {
+fn attack_07_expect_passive_reply_foreign_address_rewritten_to_server() {
     let mut t = T::logged_in();
     client!(t, b"PASV\r\n");
     server!(t, b"227 Entering Passive Mode (10,0,0,5,195,80)\r\n");
@@ -468,7 +469,7 @@ fn expect_passive_reply_foreign_address_rewritten_to_server() {
 }
 
 #[test]
-fn expect_passive_reply_foreign_address_refused_by_policy() {
+fn attack_07_expect_passive_reply_foreign_address_refused_by_policy() {
     let config = Config { passive_address_mismatch: PassiveAddressPolicy::Refuse, ..Config::default() };
     let mut t = T::logged_in_with(config);
     client!(t, b"PASV\r\n");
@@ -479,7 +480,7 @@ fn expect_passive_reply_foreign_address_refused_by_policy() {
 }
 
 #[test]
-fn expect_passive_reply_privileged_port_refused() {
+fn attack_06_expect_passive_reply_privileged_port_refused() {
     let mut t = T::logged_in();
     client!(t, b"PASV\r\n");
     server!(t, b"227 Entering Passive Mode (198,51,100,10,0,22)\r\n");
@@ -522,7 +523,7 @@ fn expect_accept_accept_failure_closes_channel() {
 }
 
 #[test]
-fn expect_accept_port_theft_refused_and_keeps_waiting() {
+fn attack_05_expect_accept_port_theft_refused_and_keeps_waiting() {
     let mut t = passive_listening();
     t.input(Input::Accepted { data: DataId(0), peer: sa("203.0.113.66:5555") });
     assert_eq!(
@@ -590,7 +591,7 @@ fn expect_listening_eprt_forwarded_and_rewritten() {
 }
 
 #[test]
-fn relaying_port_bounce_refused_501() {
+fn attack_01_relaying_port_eprt_third_host_refused_501() {
     let mut t = T::logged_in();
     client!(t, b"PORT 203,0,113,5,0,80\r\n");
     expect!(t, to_client: b"501 ftpgate: the data address must be the client's own.\r\n");
@@ -603,7 +604,7 @@ fn relaying_port_bounce_refused_501() {
 }
 
 #[test]
-fn relaying_port_privileged_refused_501() {
+fn attack_02_relaying_port_privileged_refused_501() {
     let mut t = T::logged_in();
     client!(t, b"PORT 192,0,2,10,0,22\r\n");
     expect!(t, to_client: b"501 ftpgate: privileged data port refused.\r\n");
@@ -611,7 +612,7 @@ fn relaying_port_privileged_refused_501() {
 }
 
 #[test]
-fn relaying_port_malformed_501_and_eprt_family_522() {
+fn attack_03_relaying_port_malformed_501_and_eprt_family_522() {
     let mut t = T::logged_in();
     client!(t, b"PORT 192,0,2,10,156\r\nPORT 192,0,2,10,70000,1\r\nEPRT |3|x|4000|\r\n");
     expect!(
@@ -623,14 +624,14 @@ fn relaying_port_malformed_501_and_eprt_family_522() {
 }
 
 #[test]
-fn relaying_eprt_v4_mapped_client_address_accepted() {
+fn attack_04_relaying_eprt_v4_mapped_client_address_accepted() {
     let mut t = T::logged_in();
     client!(t, b"EPRT |2|::ffff:192.0.2.10|40001|\r\n");
     expect!(t, work: vec![listen(0, "192.0.2.10:40001", "198.51.100.10", Side::Server)]);
 }
 
 #[test]
-fn expect_accept_active_wrong_server_ip_refused() {
+fn attack_19_expect_accept_active_wrong_server_ip_refused() {
     let mut t = active_listening();
     t.input(Input::Accepted { data: DataId(0), peer: sa("203.0.113.66:20") });
     expect!(t, work: vec![Action::Refuse { data: DataId(0) }]);
@@ -648,7 +649,7 @@ fn relaying_local_reply_waits_behind_owed_replies() {
 // ---- 7. data channel lifetime ---------------------------------------------------
 
 #[test]
-fn expect_accept_deadline_closes_listener() {
+fn attack_23_expect_accept_deadline_closes_listener() {
     let mut t = passive_listening();
     let deadline = t.s.poll_timeout().unwrap();
     assert_eq!(deadline, t.now + Config::default().data_accept_timeout);
@@ -674,7 +675,7 @@ fn expect_connect_deadline_closes_and_releases_reply() {
 }
 
 #[test]
-fn expect_accept_new_pasv_closes_previous_listener() {
+fn attack_20_expect_accept_new_pasv_closes_previous_listener() {
     let mut t = passive_listening();
     client!(t, b"PASV\r\n");
     expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
@@ -717,7 +718,7 @@ fn expect_listening_pasv_reply_replaces_held_port_with_425() {
 }
 
 #[test]
-fn expect_accept_new_port_closes_previous_listener() {
+fn attack_20_expect_accept_new_port_closes_previous_listener() {
     let mut t = active_listening();
     client!(t, b"PORT 192,0,2,10,156,70\r\n");
     expect!(t, work: vec![
@@ -727,7 +728,7 @@ fn expect_accept_new_port_closes_previous_listener() {
 }
 
 #[test]
-fn relaying_unsolicited_227_relayed_opens_nothing() {
+fn attack_08_relaying_unsolicited_227_relayed_opens_nothing() {
     let mut t = T::logged_in();
     server!(t, b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n");
     expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,80)\r\n");
@@ -738,7 +739,7 @@ fn relaying_unsolicited_227_relayed_opens_nothing() {
 }
 
 #[test]
-fn expect_passive_reply_unparseable_227_relayed_no_stall() {
+fn attack_09_expect_passive_reply_unparseable_227_relayed_no_stall() {
     let mut t = T::logged_in();
     client!(t, b"PASV\r\nNOOP\r\n");
     server!(t, b"227 Logout.\r\n200 ok\r\n");
@@ -747,7 +748,7 @@ fn expect_passive_reply_unparseable_227_relayed_no_stall() {
 }
 
 #[test]
-fn relaying_verb_in_argument_is_not_a_command() {
+fn attack_31_relaying_verb_in_argument_is_not_a_command() {
     let mut t = T::logged_in();
     client!(t, b"RETR PORT 1,2,3,4,5,6\r\n");
     expect!(t, to_server: b"RETR PORT 1,2,3,4,5,6\r\n");
@@ -758,7 +759,7 @@ fn relaying_verb_in_argument_is_not_a_command() {
 // ---- 8. transfer-complete ordering -------------------------------------------
 
 #[test]
-fn relaying_226_held_until_relayed() {
+fn attack_25_relaying_226_held_until_relayed() {
     let mut t = passive_relaying_retr();
     server!(t, b"226 Transfer complete\r\n");
     expect!(t, to_client: b"");
@@ -901,7 +902,7 @@ fn relaying_server_closed_processes_buffered_lines_then_closes() {
 }
 
 #[test]
-fn expect_accept_421_relayed_then_teardown_closes_listener() {
+fn attack_18_expect_accept_421_relayed_then_teardown_closes_listener() {
     let mut t = passive_listening();
     server!(t, b"421 Timeout.\r\n");
     expect!(t, to_client: b"421 Timeout.\r\n");
@@ -957,7 +958,7 @@ fn relaying_no_idle_timeout_while_transfer_runs() {
 // ---- 10. hostile input --------------------------------------------------------
 
 #[test]
-fn relaying_overlong_client_line_500_and_close() {
+fn attack_12_relaying_overlong_client_line_500_and_close() {
     let mut t = T::logged_in();
     let mut sent = 0;
     while t.s.read_budget(Side::Client) > 0 && sent < 100_000 {
@@ -971,7 +972,7 @@ fn relaying_overlong_client_line_500_and_close() {
 }
 
 #[test]
-fn relaying_overlong_server_line_421_and_close() {
+fn attack_12_relaying_overlong_server_line_421_and_close() {
     let mut t = T::logged_in();
     server!(t, &vec![b'2'; crate::line::MAX_LINE + 10]);
     expect!(t, to_client: b"421 ftpgate: the server broke the protocol, closing.\r\n");
@@ -979,7 +980,7 @@ fn relaying_overlong_server_line_421_and_close() {
 }
 
 #[test]
-fn relaying_nul_and_bare_cr_refused_500_session_goes_on() {
+fn attack_13_relaying_nul_and_bare_cr_refused_500_session_goes_on() {
     let mut t = T::logged_in();
     client!(t, b"RETR a\0b\r\nPWD\rPORT 1,2,3,4,5,6\r\nNOOP\n");
     expect!(t, to_client: &b"500 Line refused: NUL or bare CR.\r\n".repeat(2));
@@ -987,7 +988,7 @@ fn relaying_nul_and_bare_cr_refused_500_session_goes_on() {
 }
 
 #[test]
-fn relaying_lprt_lpsv_502_never_relayed() {
+fn attack_29_relaying_lprt_lpsv_502_never_relayed() {
     let mut t = T::logged_in();
     client!(t, b"LPSV\r\nLPRT 4,4,192,0,2,10,2,156,65\r\n");
     expect!(t, to_server: b"");
@@ -995,7 +996,7 @@ fn relaying_lprt_lpsv_502_never_relayed() {
 }
 
 #[test]
-fn relaying_telnet_iac_iac_survives_both_directions() {
+fn attack_14_relaying_telnet_iac_iac_survives_both_directions() {
     let mut t = T::logged_in();
     client!(t, b"RETR a\xff\xffb\r\n");
     expect!(t, to_server: b"RETR a\xff\xffb\r\n");
@@ -1004,7 +1005,7 @@ fn relaying_telnet_iac_iac_survives_both_directions() {
 }
 
 #[test]
-fn relaying_telnet_negotiation_answered_ip_dm_stripped() {
+fn attack_14_relaying_telnet_negotiation_answered_ip_dm_stripped() {
     let mut t = T::logged_in();
     client!(t, b"\xff\xfd\x01\xff\xf4\xff\xf2NOOP\r\n");
     expect!(t, to_server: b"NOOP\r\n");
@@ -1012,7 +1013,7 @@ fn relaying_telnet_negotiation_answered_ip_dm_stripped() {
 }
 
 #[test]
-fn relaying_epsv_all_then_port_pasv_eprt_refused() {
+fn attack_28_relaying_epsv_all_then_port_pasv_eprt_refused() {
     let mut t = T::logged_in();
     client!(t, b"EPSV ALL\r\n");
     expect!(t, to_server: b"EPSV ALL\r\n");
@@ -1024,7 +1025,7 @@ fn relaying_epsv_all_then_port_pasv_eprt_refused() {
 }
 
 #[test]
-fn relaying_auth_tls_refused_locally() {
+fn attack_27_relaying_auth_tls_refused_locally() {
     let mut t = T::new();
     server!(t, b"220 ready\r\n");
     t.take(Side::Client);
@@ -1034,7 +1035,7 @@ fn relaying_auth_tls_refused_locally() {
 }
 
 #[test]
-fn relaying_junk_line_500_not_forwarded() {
+fn attack_10_relaying_junk_line_500_not_forwarded() {
     let mut t = T::logged_in();
     client!(t, b"GET / HTTP/1.1\r\n\r\nPOST/x\r\n");
     expect!(t, to_server: b"GET / HTTP/1.1\r\n");
@@ -1043,7 +1044,7 @@ fn relaying_junk_line_500_not_forwarded() {
 }
 
 #[test]
-fn expect_greeting_server_junk_421_and_close() {
+fn attack_18_expect_greeting_junk_before_220_421_and_close() {
     let mut t = T::new();
     server!(t, b"SSH-2.0-OpenSSH\r\n");
     expect!(t, to_client: b"421 ftpgate: the server broke the protocol, closing.\r\n");
@@ -1085,7 +1086,7 @@ fn closed_every_listen_gets_close_data() {
 }
 
 #[test]
-fn expect_passive_reply_multiline_227_parsed() {
+fn attack_09_expect_passive_reply_multiline_227_parsed() {
     let mut t = T::logged_in();
     client!(t, b"PASV\r\n");
     server!(t, b"227-Entering Passive Mode\r\n227 =198,51,100,10,195,80\r\n");
@@ -1238,4 +1239,347 @@ fn attack_18_421_behind_held_227_closes_listener_425_then_421() {
     ]);
     expect!(t, to_client: b"425 Can't open data connection.\r\n200 noop\r\n421 Bye.\r\n");
     assert!(t.s.is_closed());
+}
+
+// ---- ATTACKS.md sweep: cases not covered above ---------------------------------
+
+/// Every line the client got starts with `code`, and nothing else happened.
+fn assert_all_refused(t: &mut T, lines: usize, code: &str) {
+    let to_client = String::from_utf8(t.take(Side::Client)).unwrap();
+    assert_eq!(to_client.lines().count(), lines, "{to_client}");
+    assert!(to_client.lines().all(|l| l.starts_with(code)), "{to_client}");
+    expect!(t, to_server: b"");
+    expect!(t, work: vec![]);
+}
+
+#[test]
+fn attack_03_relaying_port_malformed_numbers_501_nothing_opened() {
+    let mut t = T::logged_in();
+    let bad: &[&[u8]] = &[
+        b"PORT 256,0,2,10,156,65",
+        b"PORT -1,0,2,10,156,65",
+        b"PORT 192,0,2,10,156,65,1",
+        b"PORT 192,0,2,10,156",
+        b"PORT +192,0,2,10,156,65",
+        b"PORT 192, 0,2,10,156,65",
+        b"PORT 192,0,2,10,70000,65",
+        b"PORT 192,0,2,10,99999999999999999999,1",
+        b"PORT 192,0,2,10,0,0",
+        b"PORT 0,0,0,0,156,65",
+        b"PORT",
+    ];
+    for line in bad {
+        client!(t, &[*line, b"\r\n"].concat());
+    }
+    assert_all_refused(&mut t, bad.len(), "501 ");
+}
+
+#[test]
+fn attack_04_relaying_eprt_edge_cases_refused() {
+    let mut t = T::logged_in();
+    client!(t, b"EPRT |3|192.0.2.10|40001|\r\n");
+    expect!(t, to_client: b"522 Network protocol not supported, use (1,2)\r\n");
+    let bad: &[&[u8]] = &[
+        b"EPRT |2|2001:db8::10|40001|",           // IPv6 on an IPv4 control connection
+        b"EPRT |1|::ffff:192.0.2.10|40001|",      // family 1 with an IPv6 address
+        b"EPRT |2|fe80::1%eth0|40001|",           // scoped
+        b"EPRT 1192.0.2.10140001",                // digit delimiter
+        b"EPRT \x7f1\x7f192.0.2.10\x7f40001\x7f", // non-printable delimiter
+        b"EPRT |1|192.0.2.10|40001",              // missing trailing delimiter
+        b"EPRT |1|192.0.2.10|40001|x",
+        b"EPRT |1|192.0.2.10|70000|",
+    ];
+    for line in bad {
+        client!(t, &[*line, b"\r\n"].concat());
+    }
+    assert_all_refused(&mut t, bad.len(), "501 ");
+}
+
+#[test]
+fn attack_04_relaying_eprt_any_printable_delimiter_accepted() {
+    for d in [b'!', b'#', b'/', b':', b'~'] {
+        let mut t = T::logged_in();
+        let line = format!("EPRT {0}1{0}192.0.2.10{0}40001{0}\r\n", d as char);
+        client!(t, line.as_bytes());
+        expect!(t, work: vec![listen(0, "192.0.2.10:40001", "198.51.100.10", Side::Server)]);
+        t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:40001") });
+        expect!(t, to_server: line.as_bytes());
+    }
+}
+
+#[test]
+fn attack_06_expect_passive_reply_foreign_ssh_port_never_bound() {
+    // A malicious server tries to make the gateway swallow 10.0.0.5:22.
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    server!(t, b"227 Entering Passive Mode (10,0,0,5,0,22)\r\n");
+    expect!(t, work: vec![]);
+    expect!(t, to_client: b"425 ftpgate: passive reply refused by gateway policy.\r\n");
+    // A foreign address with a high port: the listener is on the control
+    // server's address, never on the announced one.
+    client!(t, b"EPSV\r\n");
+    server!(t, b"229 (|||50000|)\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+}
+
+#[test]
+fn attack_08_expect_accept_duplicate_227_and_229_open_nothing() {
+    let mut t = passive_listening();
+    server!(t, b"227 Entering Passive Mode (198,51,100,10,195,90).\r\n229 (|||50020|)\r\n");
+    expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,90).\r\n229 (|||50020|)\r\n");
+    expect!(t, work: vec![]);
+}
+
+#[test]
+fn attack_09_expect_passive_reply_irregular_227_forms_parsed() {
+    for reply in [
+        &b"227 Entering Passive Mode 198,51,100,10,195,80\r\n"[..],
+        b"227 =198,51,100,10,195,80\r\n",
+        b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n",
+        b"227 ok 198,51,100,10,195,80.\r\n",
+    ] {
+        let mut t = T::logged_in();
+        client!(t, b"PASV\r\n");
+        server!(t, reply);
+        expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+        t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+        expect!(t, to_client: reply);
+    }
+}
+
+#[test]
+fn attack_10_expect_greeting_http_slipstream_opens_nothing() {
+    // A browser tricked into POSTing to port 21, a PORT on a line of the
+    // body: before the 220 nothing is read; after it, the PORT is refused
+    // (no login), the HTTP lines get 500, nothing is opened.
+    let mut t = T::new();
+    client!(t, b"POST / HTTP/1.1\r\nHost: x\r\n\r\nPORT 192,0,2,10,0,22\r\nPORT 203,0,113,5,0,25\r\n");
+    expect!(t, to_server: b"");
+    server!(t, b"220 ready\r\n");
+    expect!(t, to_client: b"220 ready\r\n");
+    // `POST /` parses as a verb with an argument: the server refuses it.
+    expect!(t, to_server: b"POST / HTTP/1.1\r\n");
+    server!(t, b"500 unknown\r\n");
+    expect!(
+        t,
+        to_client: b"500 unknown\r\n500 Syntax error, command unrecognized.\r\n500 Syntax error, command unrecognized.\r\n530 Please login first.\r\n530 Please login first.\r\n"
+    );
+    assert!(t.work().is_empty());
+}
+
+#[test]
+fn attack_11_relaying_one_byte_segments_same_outcome() {
+    let exchange = |one_byte: bool| {
+        let mut t = T::logged_in();
+        let feed = |t: &mut T, side: Side, bytes: &[u8]| {
+            if one_byte {
+                for b in bytes {
+                    t.input(Input::Received { from: side, data: std::slice::from_ref(b) });
+                }
+            } else {
+                t.input(Input::Received { from: side, data: bytes });
+            }
+        };
+        feed(&mut t, Side::Client, b"PASV\r\nRETR a\xff\xffb\r\n");
+        feed(&mut t, Side::Server, b"227-x\r\n227 (198,51,100,10,195,80)\r\n");
+        t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+        feed(&mut t, Side::Server, b"150 go\r\n226 done\r\n");
+        (t.actions(), t.take(Side::Client), t.take(Side::Server))
+    };
+    let whole = exchange(false);
+    assert_eq!(exchange(true), whole);
+    assert_eq!(whole.1, b"227-x\r\n227 (198,51,100,10,195,80)\r\n150 go\r\n226 done\r\n");
+    assert_eq!(whole.2, b"PASV\r\nRETR a\xff\xffb\r\n");
+}
+
+#[test]
+fn attack_12_relaying_slowloris_meets_idle_deadline() {
+    let mut t = T::logged_in();
+    let idle = Config::default().idle_timeout;
+    let mut closed_after = None;
+    for minute in 1..=30u64 {
+        t.advance(Duration::from_secs(60));
+        client!(t, b"N");
+        if t.s.poll_timeout().is_some_and(|at| at <= t.now) {
+            t.input(Input::Timeout);
+            closed_after = Some(minute);
+            break;
+        }
+    }
+    assert_eq!(closed_after, Some(idle.as_secs() / 60));
+    expect!(t, to_client: b"421 Control connection idle for too long, closing.\r\n");
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn attack_12_relaying_complete_lines_restart_idle_deadline() {
+    let mut t = T::logged_in();
+    t.advance(Duration::from_secs(600));
+    client!(t, b"NO");
+    assert_eq!(t.s.poll_timeout(), Some(t.now - Duration::from_secs(600) + Config::default().idle_timeout));
+    client!(t, b"OP\r\n");
+    assert_eq!(t.s.poll_timeout(), Some(t.now + Config::default().idle_timeout));
+}
+
+#[test]
+fn attack_13_relaying_line_end_games_canonical_or_refused() {
+    let mut t = T::logged_in();
+    // Bare LF: canonicalised. CR CR LF and a bare CR inside: refused, so
+    // `PWD\rQUIT` can never be two commands to one side and one to the other.
+    client!(t, b"NOOP\nPWD\r\r\nPWD\rQUIT\nSYST\r\n");
+    expect!(t, to_server: b"NOOP\r\nSYST\r\n");
+    server!(t, b"200 ok\n215 UNIX\r\n");
+    expect!(
+        t,
+        to_client: b"200 ok\r\n500 Line refused: NUL or bare CR.\r\n500 Line refused: NUL or bare CR.\r\n215 UNIX\r\n"
+    );
+}
+
+#[test]
+fn attack_13_relaying_server_bare_cr_421_and_close() {
+    let mut t = T::logged_in();
+    client!(t, b"NOOP\r\n");
+    server!(t, b"200 ok\r227 (1,2,3,4,5,6)\r\n");
+    expect!(t, to_client: b"421 ftpgate: the server broke the protocol, closing.\r\n");
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn attack_14_relaying_server_telnet_will_refused_iac_iac_in_257() {
+    let mut t = T::logged_in();
+    client!(t, b"PWD\r\n");
+    expect!(t, to_server: b"PWD\r\n");
+    server!(t, b"\xff\xfb\x01257 \"/a\xff\xffb\"\r\n");
+    expect!(t, to_server: b"\xff\xfe\x01");
+    expect!(t, to_client: b"257 \"/a\xff\xffb\"\r\n");
+}
+
+#[test]
+fn attack_17_relaying_multiline_other_code_last_line_does_not_end_it() {
+    let mut t = T::logged_in();
+    client!(t, b"STAT\r\n");
+    server!(t, b"211-status\r\n213 not the end\r\n211-nor this\r\n");
+    expect!(t, to_client: b"");
+    server!(t, b"211 end\r\n");
+    expect!(t, to_client: b"211-status\r\n213 not the end\r\n211-nor this\r\n211 end\r\n");
+}
+
+#[test]
+fn attack_18_relaying_421_tears_down_at_any_time() {
+    let mut t = active_listening();
+    client!(t, b"NOOP\r\n");
+    server!(t, b"421 Service not available.\r\n");
+    expect!(t, to_client: b"421 Service not available.\r\n");
+    expect!(t, work: shutdown_all(&[0]));
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn attack_19_expect_accept_active_any_server_port_accepted() {
+    let mut t = active_listening();
+    t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:33333") });
+    expect!(t, work: vec![Action::Connect {
+        data: DataId(0),
+        local: sa("198.51.100.10:33333"),
+        remote: sa("192.0.2.10:40001"),
+    }]);
+}
+
+#[test]
+fn attack_20_relaying_many_pasv_keep_one_listener() {
+    let mut t = T::logged_in();
+    let mut open = BTreeSet::new();
+    for i in 0..20u32 {
+        client!(t, b"PASV\r\n");
+        server!(t, format!("227 (198,51,100,10,195,{})\r\n", 80 + i).as_bytes());
+        t.input(Input::Listening { data: DataId(i), local: sa(&format!("198.51.100.10:{}", 50000 + i)) });
+        for a in t.work() {
+            match a {
+                Action::Listen { data, .. } => assert!(open.insert(data)),
+                Action::CloseData { data } => assert!(open.remove(&data)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(open.len(), 1);
+    }
+}
+
+#[test]
+fn attack_23_expect_accept_deadline_then_server_425_reaches_client() {
+    let mut t = passive_listening();
+    client!(t, b"RETR f\r\n");
+    t.advance(Config::default().data_accept_timeout);
+    t.input(Input::Timeout);
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    server!(t, b"425 Failed to establish connection.\r\n");
+    expect!(t, to_client: b"425 Failed to establish connection.\r\n");
+    // Nothing is left open and the session waits only for its idle deadline.
+    assert_eq!(t.s.poll_timeout(), Some(t.s.idle_at));
+}
+
+#[test]
+fn attack_26_relaying_rest_relayed_offset_in_transfer_log() {
+    let mut t = passive_listening();
+    client!(t, b"REST 18446744073709551616999\r\nRETR big.iso\r\n");
+    expect!(t, to_server: b"REST 18446744073709551616999\r\nRETR big.iso\r\n");
+    server!(t, b"350 Restarting\r\n425 no\r\n");
+    expect!(t, to_client: b"350 Restarting\r\n425 no\r\n");
+    assert!(matches!(
+        t.audits()[..],
+        [AuditEvent::Transfer { ref command, .. }] if command == "RETR big.iso (REST 18446744073709551616999)"
+    ));
+    // REST applies to the next command only.
+    client!(t, b"REST -5\r\nNOOP\r\n");
+    expect!(t, to_server: b"REST -5\r\nNOOP\r\n");
+    assert!(t.s.rest.is_none());
+}
+
+#[test]
+fn attack_27_relaying_auth_ssl_refused_ccc_relayed_by_name() {
+    let mut t = T::logged_in();
+    client!(t, b"AUTH SSL\r\nADAT x\r\nCCC\r\nPBSZ 0\r\n");
+    expect!(t, to_server: b"CCC\r\nPBSZ 0\r\n");
+    server!(t, b"533 no\r\n503 no\r\n");
+    expect!(
+        t,
+        to_client: b"534 ftpgate: AUTH/TLS on the control channel refused by policy.\r\n534 ftpgate: AUTH/TLS on the control channel refused by policy.\r\n533 no\r\n503 no\r\n"
+    );
+}
+
+#[test]
+fn attack_30_expect_login_after_rein_data_commands_honoured_again() {
+    let mut t = T::logged_in();
+    client!(t, b"REIN\r\nPORT 192,0,2,10,156,65\r\nUSER bob\r\nPASS pw\r\n");
+    expect!(t, to_server: b"REIN\r\nUSER bob\r\nPASS pw\r\n");
+    server!(t, b"220 again\r\n331 pw\r\n230 ok\r\n");
+    expect!(t, to_client: b"220 again\r\n530 Please login first.\r\n331 pw\r\n230 ok\r\n");
+    assert!(matches!(
+        &t.audits()[..],
+        [AuditEvent::Refused { side: Side::Client, .. }, AuditEvent::LoggedIn { user }] if user == "bob"
+    ));
+    client!(t, b"PASV\r\n");
+    expect!(t, to_server: b"PASV\r\n");
+}
+
+#[test]
+fn attack_31_relaying_200_containing_227_is_a_200() {
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    server!(t, b"200 227 Entering Passive Mode (198,51,100,10,195,80)\r\n");
+    expect!(t, to_client: b"200 227 Entering Passive Mode (198,51,100,10,195,80)\r\n");
+    expect!(t, work: vec![]);
+}
+
+#[test]
+fn relaying_epsv_forms_forwarded_and_paired() {
+    let mut t = T::logged_in();
+    client!(t, b"EPSV 1\r\n");
+    expect!(t, to_server: b"EPSV 1\r\n");
+    server!(t, b"229 (|||50000|)\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    client!(t, b"EPSV 2\r\n");
+    expect!(t, to_server: b"EPSV 2\r\n");
+    server!(t, b"522 Network protocol not supported, use (1)\r\n");
+    expect!(t, to_client: b"229 (|||50000|)\r\n522 Network protocol not supported, use (1)\r\n");
 }
