@@ -21,13 +21,20 @@
 //!    produce a new fact (a bind failing at once); feeding it from inside
 //!    the drain is allowed.
 //! 3. Write [`Session::pending`] for both sides as far as the sockets take
-//!    it and [`Session::consume`] what was written. After
+//!    it and [`Session::consume`] what was written. If
+//!    [`Session::pending_urgent`] is `Some(n)`, the first `n` bytes end with
+//!    a Telnet Synch's urgent byte (ABOR, RFC 959 §4.1.3): write exactly
+//!    them with `MSG_OOB` first, then the rest normally. After
 //!    [`Action::Shutdown`] for a side, write what is pending for it, then
 //!    close it.
 //! 4. Recompute interest from [`Session::read_budget`] (0: do not read that
 //!    side; when it rises again, read without waiting for a new readiness
 //!    event) and `pending`; re-arm the timer from [`Session::poll_timeout`].
 //! 5. Wait; when the deadline passes, feed [`Input::Timeout`].
+//!
+//! Set `SO_OOBINLINE` on the client's control socket: a client's ABOR
+//! Synch (`IAC IP IAC` as urgent data, then `DM ABOR`) must reach the core
+//! inline, where the framer strips the Telnet commands.
 //!
 //! Never feed more than `read_budget(from)` bytes in one
 //! [`Input::Received`]. Bad input never panics and never returns an error:
@@ -56,8 +63,13 @@
 //!     s.handle_input(now, input);
 //!     let actions: Vec<Action> = std::iter::from_fn(|| s.poll_action()).collect();
 //!     let mut out = |side| {
+//!         // A real shell sends the first `n` bytes with MSG_OOB.
+//!         if let Some(n) = s.pending_urgent(side) {
+//!             assert!(n <= s.pending(side).len());
+//!         }
 //!         let bytes = s.pending(side).to_vec();
 //!         s.consume(side, bytes.len());
+//!         assert_eq!(s.pending_urgent(side), None);
 //!         bytes
 //!     };
 //!     (actions, out(Side::Client), out(Side::Server))
@@ -89,6 +101,12 @@
 //! // The shell bound the announced address: the 227 is released unchanged.
 //! let (_, to_client, _) = step(&mut s, now, Input::Listening { data: DataId(0), local });
 //! assert_eq!(to_client, reply);
+//!
+//! // ABOR goes to the server as a Telnet Synch: `IAC IP IAC` urgent (the
+//! // last IAC is the urgent byte), then `DM ABOR`.
+//! s.handle_input(now, Input::Received { from: Side::Client, data: b"ABOR\r\n" });
+//! assert_eq!(s.pending(Side::Server), b"\xff\xf4\xff\xf2ABOR\r\n");
+//! assert_eq!(s.pending_urgent(Side::Server), Some(3));
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -196,15 +196,25 @@ const MAX_PENDING: usize = 64;
 
 /// Protocol state of one intercepted FTP control connection.
 ///
-/// The methods come in three kinds, used in this order (see the crate docs):
+/// The methods come in these kinds, called in this order after every event
+/// (see the crate docs for the whole contract):
 ///
-/// - **Facts in:** [`handle_input`](Self::handle_input), one
-///   [`Input`] at a time, with the current time.
-/// - **Work out:** [`poll_action`](Self::poll_action) until `None`, then
-///   [`pending`](Self::pending)/[`consume`](Self::consume) per control socket.
-/// - **Getters for interest and timers:** [`read_budget`](Self::read_budget),
-///   [`poll_timeout`](Self::poll_timeout), [`is_closed`](Self::is_closed).
+/// 1. **Facts in:** [`handle_input`](Self::handle_input), one [`Input`] at
+///    a time, with the current time.
+/// 2. **Work out:** [`poll_action`](Self::poll_action) until `None`.
+///    Executing an action may produce a new fact; feeding it from inside
+///    the drain is allowed.
+/// 3. **Bytes out:** per control socket, [`pending`](Self::pending) is what
+///    to write; if [`pending_urgent`](Self::pending_urgent) is `Some(n)`,
+///    write the first `n` bytes with `MSG_OOB` first (a Telnet Synch).
+///    Report what was written with [`consume`](Self::consume).
+/// 4. **Getters for interest and timers:** [`read_budget`](Self::read_budget)
+///    (how much to read from each side; 0: do not read),
+///    [`poll_timeout`](Self::poll_timeout) (when to feed
+///    [`Input::Timeout`]), [`is_closed`](Self::is_closed) (drop the session
+///    once `pending` is written).
 ///
+/// The getters never change state; only `handle_input` and `consume` do.
 /// The session never panics on peer input and never returns an error: bad
 /// input becomes a reply to the offending side, an [`AuditEvent`], and
 /// possibly a [`Action::Shutdown`].
