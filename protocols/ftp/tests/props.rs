@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ftpgate_proto::addr::{ExtAddr, HostPort};
-use ftpgate_proto::{Action, Config, ControlEnds, DataId, DataStep, Input, Session, Side};
+use ftpgate_proto::{
+    Action, AuditEvent, Config, ControlEnds, DataId, DataStep, Input, Session, Side, TransferResult,
+};
 use proptest::prelude::*;
 
 fn ends() -> ControlEnds {
@@ -92,6 +94,14 @@ fn script() -> Vec<Step> {
         Fact(Input::Connected { data: d1 }),
         Server(b"226-x\r\n123 y\r\n226 done\r\n200 noop\r\n"),
         Fact(Input::Relayed { data: d1, to_client: 5, to_server: 0 }),
+        // ABOR in the BSD Synch form, then one mid-transfer.
+        Client(b"\xff\xf4\xff\xf2ABOR\r\nEPSV\r\nLIST\r\n"),
+        Server(b"225 none\r\n229 (|||50003|)\r\n150 go\r\n"),
+        Fact(Input::Listening { data: DataId(2), local: sa("198.51.100.10:50003") }),
+        Fact(Input::Accepted { data: DataId(2), peer: sa("192.0.2.10:40002") }),
+        Fact(Input::Connected { data: DataId(2) }),
+        Client(b"ABOR\r\n"),
+        Server(b"426 aborted\r\n226 ABOR ok\r\n"),
         Client(b"\xff\xfd\x01QUIT\r\n"),
         Server(b"221 bye\r\n"),
         Fact(Input::Closed { from: Side::Server }),
@@ -104,10 +114,19 @@ struct Output {
     actions: Vec<Action>,
     to_client: Vec<u8>,
     to_server: Vec<u8>,
+    /// Offsets into `to_server` just past each urgent byte.
+    urgent: Vec<usize>,
 }
 
 fn collect(s: &mut Session, out: &mut Output) {
     out.actions.extend(std::iter::from_fn(|| s.poll_action()));
+    assert_eq!(s.pending_urgent(Side::Client), None);
+    // Write the server side as a shell would: up to each urgent byte, then on.
+    while let Some(n) = s.pending_urgent(Side::Server) {
+        out.to_server.extend_from_slice(&s.pending(Side::Server)[..n]);
+        out.urgent.push(out.to_server.len());
+        s.consume(Side::Server, n);
+    }
     for (side, buf) in [(Side::Client, &mut out.to_client), (Side::Server, &mut out.to_server)] {
         let bytes = s.pending(side).to_vec();
         s.consume(side, bytes.len());
@@ -148,10 +167,30 @@ fn run(cuts: &[usize]) -> Output {
 #[test]
 fn script_unsplit_runs_to_the_end() {
     let out = run(&[]);
-    assert!(out.to_client.ends_with(b"226 done\r\n200 noop\r\n\xff\xfc\x01221 bye\r\n"));
-    assert!(out.to_server.ends_with(b"PORT 192,0,2,10,195,82\r\nRETR a\xff\xffb\r\nNOOP\r\nQUIT\r\n"));
+    assert!(out.to_client.ends_with(
+        b"226 done\r\n200 noop\r\n225 none\r\n229 (|||50003|)\r\n150 go\r\n426 aborted\r\n226 ABOR ok\r\n\xff\xfc\x01221 bye\r\n"
+    ));
+    let synch = b"\xff\xf4\xff\xf2ABOR\r\n";
+    let tail = [
+        &b"PORT 192,0,2,10,195,82\r\nRETR a\xff\xffb\r\nNOOP\r\n"[..],
+        synch,
+        b"EPSV\r\nLIST\r\n",
+        synch,
+        b"QUIT\r\n",
+    ]
+    .concat();
+    assert!(out.to_server.ends_with(&tail));
+    // Each urgent byte is the second IAC of a Synch.
+    assert_eq!(out.urgent.len(), 2);
+    for &u in &out.urgent {
+        assert_eq!(&out.to_server[u - 3..u + 1], b"\xff\xf4\xff\xf2");
+    }
     let closes = out.actions.iter().filter(|a| matches!(a, Action::CloseData { .. })).count();
-    assert_eq!(closes, 2);
+    assert_eq!(closes, 3);
+    assert!(out.actions.iter().any(|a| matches!(
+        a,
+        Action::Audit(AuditEvent::Transfer { result: TransferResult::Aborted, reply: Some(426), .. })
+    )));
 }
 
 proptest! {
@@ -264,8 +303,13 @@ impl Shell {
             }
         }
         for side in [Side::Client, Side::Server] {
+            if let Some(n) = self.s.pending_urgent(side) {
+                assert!(side == Side::Server && n >= 3 && n <= self.s.pending(side).len());
+                assert_eq!(&self.s.pending(side)[n - 3..n], b"\xff\xf4\xff");
+            }
             let n = self.s.pending(side).len();
             self.s.consume(side, n);
+            assert_eq!(self.s.pending_urgent(side), None);
         }
     }
 
