@@ -163,6 +163,12 @@ impl Conn {
         ctx: &mut Ctx<'_>,
     ) -> io::Result<Self> {
         let _ = client.set_nodelay(true);
+        // Clients send ABOR's Synch as urgent data; inline, it stays in the
+        // stream where the core expects it (ftplib sends all of "ABOR\r\n"
+        // urgent, so out-of-line its last byte would vanish).
+        if let Err(e) = tproxy::set_urgent_inline(&client) {
+            warn!(log, "SO_OOBINLINE failed"; "error" => %e);
+        }
         let token = ctx.register(
             key,
             &mut client,
@@ -579,7 +585,13 @@ impl Conn {
             return false;
         };
         if !pending.is_empty() && leg.ready.writable {
-            match leg.stream.write(pending) {
+            // A Telnet Synch (ABOR): its last byte must go out as TCP urgent
+            // data, in one send so the kernel marks exactly that byte.
+            let result = match self.session.pending_urgent(side) {
+                Some(n) => tproxy::send_urgent(&leg.stream, &pending[..n]),
+                None => leg.stream.write(pending),
+            };
+            match result {
                 Ok(n) => {
                     self.session.consume(side, n);
                     progress = n > 0;

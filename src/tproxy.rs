@@ -131,3 +131,13 @@ pub(crate) fn is_local_address(ip: std::net::IpAddr) -> bool {
     };
     socket.bind(&SockAddr::from(addr)).is_ok()
 }
+
+/// Keeps TCP urgent data in the normal stream (SO_OOBINLINE).
+pub(crate) fn set_urgent_inline(stream: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(stream).set_out_of_band_inline(true)
+}
+
+/// Sends `bytes` with MSG_OOB: the last byte becomes the urgent byte.
+pub(crate) fn send_urgent(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(stream).send_out_of_band(bytes)
+}
