@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Writes the named seed corpus (seeds/<target>/<name>). Re-run after edits:
+    python3 seeds/make.py
+Session input format: see fuzz_targets/session_driver.rs. Crash regressions
+(crash-*-regression) are written here too, so they survive a regeneration."""
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+seeds = {"command": {}, "reply": {}, "session": {}}
+
+def cmd(name, data, chunk=0):
+    seeds["command"][name] = bytes([chunk]) + data
+
+def rep(name, data, cap=8):
+    seeds["reply"][name] = bytes([cap]) + data
+
+def sess(name, *records, header=None):
+    out = b"" if header is None else b"#" + bytes(header)
+    for r in records:
+        out += r
+    seeds["session"][name] = out
+
+def C(line): return b"C" + line + b"\r\n"
+def S(line): return b"S" + line + b"\r\n"
+def raw(side, data):  # side 'c' or 's', chunks of <= 255 bytes
+    out = b""
+    for i in range(0, len(data), 255):
+        part = data[i:i + 255]
+        out += side + bytes([len(part)]) + part
+    return out
+
+# ---- command lines ------------------------------------------------------
+cmd("login", b"USER anna\r\nPASS secret\r\nSYST\r\nTYPE I\r\nPWD\r\nQUIT\r\n")
+cmd("port", b"PORT 192,0,2,10,156,64\r\nRETR file.txt\r\n")
+cmd("eprt-v4", b"EPRT |1|192.0.2.10|40001|\r\n")
+cmd("eprt-v6", b"EPRT |2|2001:db8::10|40001|\r\n")
+cmd("eprt-mapped", b"EPRT |2|::ffff:192.0.2.10|40001|\r\n")
+cmd("pasv-epsv", b"PASV\r\nEPSV\r\nEPSV 2\r\nEPSV ALL\r\nepsv all\r\n", chunk=3)
+cmd("lowercase", b"user anna\r\nport 192,0,2,10,156,64\r\nretr x\r\n")
+# ATTACKS.md 1-4
+cmd("attack-bounce", b"PORT 203,0,113,7,0,25\r\nEPRT |1|203.0.113.7|25|\r\n")
+cmd("attack-privileged", b"PORT 192,0,2,10,0,22\r\n")
+cmd("attack-malformed-numbers", b"PORT 256,0,2,10,1,1\r\nPORT -1,0,2,10,1,1\r\nPORT 1,2,3,4,5,6,7\r\n"
+    b"PORT 1,2,3,4,5\r\nPORT +1,2,3,4,5,6\r\nPORT 1, 2,3,4,5,6\r\nPORT 1,2,3,4,70000,1\r\n"
+    b"PORT 1,2,3,4,0,0\r\nPORT 0,0,0,0,4,1\r\n")
+cmd("attack-eprt-edges", b"EPRT |3|x|1|\r\nEPRT |2|192.0.2.10|1025|\r\nEPRT |2|fe80::1%eth0|1025|\r\n"
+    b"EPRT 1192.0.2.101025\r\nEPRT \x011\x01192.0.2.10\x011025\x01\r\nEPRT |1|192.0.2.10|1025\r\n"
+    b"EPRT |1|192.0.2.10|99999|\r\nEPRT |||1025|\r\n")
+cmd("attack-slipstream", b"POST / HTTP/1.1\r\nHost: x\r\n\r\nPORT 192,0,2,10,0,22\r\n")
+cmd("attack-line-endings", b"PWD\rPORT 1,2,3,4,5,6\nPWD\r\r\nNOOP\nUSER a\x00b\r\n")
+cmd("attack-telnet", b"RETR a\xff\xffb\r\n\xff\xfb\x01\xff\xfd\x03NOOP\r\n\xff\xf4\xff\xf2ABOR\r\n\xff\xfa\x18xyz\xff\xf0STAT\r\n")
+cmd("attack-overlong", b"STOR " + b"a" * 9000 + b"\r\nNOOP\r\n")
+cmd("max-line", b"STOR " + b"a" * (8192 - 5) + b"\r\nNOOP\r\n", chunk=200)
+cmd("attack-verbs", b"RETR PORT 1,2,3,4,5,6\r\nLPRT 4,4,1,2,3,4,2,0,20\r\nLPSV\r\nAUTH TLS\r\nREIN\r\nUSERS a\r\n RETR\r\n")
+
+# ---- reply lines --------------------------------------------------------
+rep("greeting-login", b"220 ready\r\n331 pw\r\n230 ok\r\n")
+rep("pasv", b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n")
+rep("pasv-irregular", b"227 =198,51,100,10,195,80\r\n227 Entering Passive Mode 198,51,100,10,195,80\r\n227 Logout.\r\n")
+rep("epsv", b"229 Entering Extended Passive Mode (|||50000|)\r\n229 (!!!50000!)\r\n229 (|||0|)\r\n")
+rep("multiline", b"230-Welcome\r\n230-to the\r\n230 server\r\n211-Features:\r\n MDTM\r\n REST STREAM\r\n211 End\r\n", cap=255)
+rep("multiline-227", b"227-Entering Passive Mode\r\n227 (198,51,100,10,195,80)\r\n", cap=255)
+rep("attack-digit-continuation", b"226-first\r\n123 x\r\n226-still\r\n230 other\r\n226 done\r\n", cap=255)
+rep("attack-line-cap", b"211-a\r\nb\r\nc\r\nd\r\ne\r\n211 end\r\n", cap=2)
+rep("attack-never-ends", b"211-a\r\n" + b"x\r\n" * 200, cap=255)
+rep("attack-malformed", b"22 x\r\n2200 x\r\n620 x\r\nabc\r\n\r\n220x\r\n200\r\n")
+rep("attack-227-third-host", b"227 Entering Passive Mode (10,0,0,5,0,22)\r\n227 (0,0,0,0,195,80)\r\n")
+rep("attack-telnet", b"257 \"/a\xff\xffb\"\r\n\xff\xfb\x01220 x\r\n")
+
+# ---- sessions -----------------------------------------------------------
+LOGIN = [S(b"220 ready"), C(b"USER anna"), S(b"331 pw"), C(b"PASS secret"), S(b"230 ok")]
+PASV_REPLY = b"227 Entering Passive Mode (198,51,100,10,195,80)."
+sess("greeting-login-quit", *LOGIN, C(b"SYST"), S(b"215 UNIX Type: L8"), C(b"QUIT"), S(b"221 bye"), b"X\x01")
+sess("pasv-retr", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR file.txt"),
+     S(b"150 Opening"), b"A\x00", b"K\x00", S(b"226 done"), b"R\x00\x10\x00", C(b"QUIT"), S(b"221 bye"))
+sess("epsv-list", *LOGIN, C(b"EPSV"), S(b"229 Entering Extended Passive Mode (|||50000|)"), b"L\x00",
+     C(b"LIST"), b"A\x00", S(b"150 Here comes the listing"), b"K\x00", S(b"226 ok"), b"R\x00\x01\x00")
+sess("port-stor", *LOGIN, C(b"PORT 192,0,2,10,156,65"), b"L\x00", S(b"200 PORT ok"), C(b"STOR up.bin"),
+     S(b"150 ok"), b"A\x00", b"K\x00", b"R\x00\x00\x40", S(b"226 stored"), C(b"QUIT"), S(b"221 bye"))
+sess("eprt-retr", *LOGIN, C(b"EPRT |1|192.0.2.10|40002|"), b"L\x00", S(b"200 EPRT ok"), C(b"RETR x"),
+     S(b"150 ok"), b"A\x00", b"K\x00", S(b"226 sent"), b"R\x00\x02\x00")
+sess("eprt-v6", S(b"220 ready"), C(b"USER anna"), S(b"331 pw"), C(b"PASS x"), S(b"230 ok"),
+     C(b"EPRT |2|2001:db8::10|40002|"), b"L\x00", S(b"200 ok"), C(b"EPSV"),
+     S(b"229 (|||50001|)"), b"L\x00", C(b"NLST"), b"A\x00", b"K\x00", S(b"150 ok"), S(b"226 ok"), b"R\x00",
+     header=[64, 0])
+sess("mapped-ends-pasv", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR x"), b"A\x00\x02",
+     b"K\x00", S(b"150 ok"), S(b"226 ok"), b"R\x00", header=[128, 0])
+sess("pipelined", S(b"220 ready"), C(b"USER anna\r\nPASS x\r\nPASV\r\nLIST\r\nQUIT"),
+     S(b"331 pw\r\n230 ok\r\n" + PASV_REPLY), b"L\x00", b"A\x00", b"K\x00",
+     S(b"150 ok\r\n226 ok"), b"R\x00", S(b"221 bye"))
+sess("multiline-replies", S(b"220-Welcome\r\n220-to\r\n220 ftp"), C(b"USER anna"), S(b"331 pw"),
+     C(b"PASS x"), S(b"230-Hi\r\n230 ok"), C(b"FEAT"), S(b"211-Features:\r\n EPSV\r\n MDTM\r\n211 End"),
+     C(b"PASV"), S(b"227-Entering Passive Mode\r\n227 (198,51,100,10,195,80)"), b"L\x00")
+sess("bind-retry", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"F\x00\x00\x00", b"L\x00", C(b"RETR x"),
+     b"A\x00", b"K\x00", S(b"150 ok"), S(b"226 ok"), b"R\x00")
+sess("port-listen-fails", *LOGIN, C(b"PORT 192,0,2,10,156,65"), b"F\x00\x00\x00", b"F\x00\x01\x02", C(b"NOOP"), S(b"200 ok"))
+sess("timeouts", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", b"T\x1f", C(b"RETR x"), S(b"425 no data"),
+     b"T\xc8", b"T\xff")
+sess("transfer-timeouts", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR x"), b"A\x00",
+     S(b"150 ok"), S(b"226 ok"), b"T\x0b", C(b"NOOP"), S(b"200 ok"))
+sess("drain-during-transfer", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR x"), b"A\x00", b"K\x00",
+     b"D", S(b"150 ok"), S(b"226 ok"), b"R\x00")
+sess("server-unreachable", b"U")
+sess("greeting-timeout", b"T\x1f")
+sess("max-channels-3", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"EPSV"), S(b"229 (|||50001|)"),
+     b"L\x00", C(b"PORT 192,0,2,10,156,65"), b"L\x00", S(b"200 ok"), C(b"RETR x"), b"A\x00", b"K\x00",
+     S(b"150 ok"), S(b"226 ok"), b"R\x00", header=[2, 0])
+sess("zero-timeouts", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", b"T\x00", header=[16, 0])
+sess("huge-timeouts", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", b"T\xff", header=[32, 0])
+sess("refuse-policy", *LOGIN, C(b"PASV"), S(b"227 Entering Passive Mode (10,0,0,5,195,80)."), C(b"NOOP"),
+     S(b"200 ok"), header=[8, 0])
+sess("blocked-output", b"B\x00", *LOGIN, C(b"HELP"), S(b"214-" + b"x" * 200 + b"\r\n214 end"), b"W\x00\x02", b"B\x00")
+sess("partial-drain", *LOGIN, C(b"PASV"), b"P\x01", S(PASV_REPLY), b"L\x00", C(b"RETR x"))
+# ATTACKS.md
+sess("attack-bounce", *LOGIN, C(b"PORT 203,0,113,7,0,25"), C(b"EPRT |1|203.0.113.7|25|"), C(b"PORT 192,0,2,10,0,22"))
+sess("attack-port-theft", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR x"), b"A\x00\x01",
+     b"A\x00\x00", b"K\x00", S(b"150 ok"), S(b"226 ok"), b"R\x00")
+sess("attack-227-third-host", *LOGIN, C(b"PASV"), S(b"227 Entering Passive Mode (10,0,0,5,0,22)."),
+     C(b"PASV"), S(b"227 Entering Passive Mode (0,0,0,0,195,80)."), b"L\x00")
+sess("attack-unsolicited-227", *LOGIN, C(b"NOOP"), S(PASV_REPLY), S(b"227 Logout."))
+sess("attack-before-login", S(b"220 ready"), C(b"PASV"), C(b"PORT 192,0,2,10,156,65"), C(b"EPRT |1|192.0.2.10|40002|"))
+sess("attack-before-greeting", C(b"USER anna"), S(b"120 wait"), S(b"220 ready"))
+sess("attack-slipstream", S(b"220 ready"), C(b"POST / HTTP/1.1"), C(b"Host: x"), C(b""), C(b"PORT 192,0,2,10,0,22"))
+sess("attack-split-segments", S(b"220 ready"), raw(b"c", b"US"), raw(b"c", b"ER an"), raw(b"c", b"na\r"), raw(b"c", b"\n"),
+     raw(b"s", b"3"), raw(b"s", b"31 pw\r\n"))
+sess("attack-overlong", S(b"220 ready"), raw(b"c", b"STOR " + b"a" * 9000))
+sess("attack-overlong-server", S(b"220 ready"), C(b"NOOP"), raw(b"s", b"200 " + b"a" * 9000))
+sess("attack-line-endings", *LOGIN, b"CPWD\rPORT 192,0,2,10,156,65\n", C(b"NOOP\x00"), b"CPWD\r\r\n")
+sess("attack-telnet", *LOGIN, raw(b"c", b"\xff\xfb\x01\xff\xfd\x03RETR a\xff\xffb\r\n\xff\xf4\xff\xf2ABOR\r\n"))
+sess("attack-many-pasv", *LOGIN, *[C(b"PASV") + S(PASV_REPLY) + b"L\x00" for _ in range(5)])
+sess("attack-421", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", S(b"421 bye"))
+sess("attack-multiline-cap", *LOGIN, C(b"HELP"), S(b"214-a\r\nb\r\nc\r\nd\r\n214 e"), header=[0, 3])
+sess("attack-epsv-all", *LOGIN, C(b"EPSV ALL"), S(b"200 ok"), C(b"PASV"), C(b"PORT 192,0,2,10,156,65"), C(b"EPSV"),
+     S(b"229 (|||50000|)"), b"L\x00")
+sess("attack-lprt-auth", *LOGIN, C(b"LPRT 4,4,192,0,2,10,2,156,65"), C(b"LPSV"), C(b"AUTH TLS"), C(b"REIN"), S(b"220 ok"), C(b"PASV"))
+sess("attack-wrong-peer-active", *LOGIN, C(b"PORT 192,0,2,10,156,65"), b"L\x00", S(b"200 ok"), C(b"RETR x"),
+     S(b"150 ok"), b"A\x00\x01", b"A\x00\x00\x07", b"K\x00", b"F\x00\x04\x04", S(b"226 ok"))
+sess("attack-data-command-during-transfer", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR x"),
+     b"A\x00", b"K\x00", S(b"150 ok"), C(b"PASV"), S(b"226 ok"), b"R\x00", S(PASV_REPLY), b"L\x00")
+
+for target, files in seeds.items():
+    d = os.path.join(HERE, target)
+    os.makedirs(d, exist_ok=True)
+    for name, data in files.items():
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
