@@ -26,6 +26,7 @@ want_cmd dpkg-deb dpkg
 want_cmd cc gcc          # rust crates may build C (libc, nix: no, but be safe)
 # shared libraries the unpacked vsftpd binary links against
 # (libwrap0 is unpacked next to vsftpd by netns.sh)
+want_pkg libc6-dev       # gcc without it cannot link (rust uses cc as linker)
 want_pkg libpam0g
 want_pkg libssl3
 want_pkg libcap2
