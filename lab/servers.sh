@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# ftpgate lab: more FTP servers for the server namespace, besides vsftpd.
+# Debian's FTP servers conflict with each other and their maintainer scripts
+# start system-wide daemons, so each is fetched with `apt-get download`
+# (with the libraries the base system lacks) and unpacked with `dpkg -x`
+# into lab/.cache/SERVER/root; never installed. One server per lab at a
+# time, on 198.51.100.10:21, with the lab's ftproot (pub/, upload/),
+# anonymous login, passive ports 30000-30100, active from port 20.
+# Needs root and a lab made by `netns.sh up NAME`.
+#
+# Usage:
+#   servers.sh fetch SERVER          fetch + unpack SERVER into lab/.cache
+#   servers.sh start NAME SERVER     start SERVER in NAME-s (foreground
+#                                    process, PID in RUN/SERVER.pid, so
+#                                    `netns.sh down` stops it too)
+#   servers.sh stop NAME SERVER      stop it (only the PID it recorded)
+#   servers.sh version SERVER        the Debian package version used
+# SERVER: vsftpd (delegates to netns.sh) | proftpd | pure-ftpd
+#
+# Run directory files: proftpd.conf, proftpd.log (system log),
+# proftpd.cmdlog (commands and replies with the client address),
+# proftpd.xferlog; pure-ftpd.out, pure-ftpd.xferlog.
+set -Eeuo pipefail
+# shellcheck source=lab/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# packages per server: the server, then libraries the base system may lack
+# (only those not installed are downloaded)
+server_pkgs() {
+    case "$1" in
+    proftpd) echo "proftpd-core libhiredis0.14 libmemcached11 libmemcachedutil2 libhashkit2 libpcre2-posix3" ;;
+    pure-ftpd) echo "pure-ftpd pure-ftpd-common" ;;
+    *) die "unknown server '$1' (proftpd|pure-ftpd)" ;;
+    esac
+}
+
+server_root() { echo "$LAB_CACHE/$1/root"; }
+server_bin() {
+    case "$1" in
+    proftpd) echo "$(server_root proftpd)/usr/sbin/proftpd" ;;
+    pure-ftpd) echo "$(server_root pure-ftpd)/usr/sbin/pure-ftpd" ;;
+    esac
+}
+
+server_libpath() {
+    local root d out=""
+    root=$(server_root "$1")
+    for d in "$root"/lib/x86_64-linux-gnu "$root"/usr/lib/x86_64-linux-gnu \
+             "$root"/lib/*-linux-gnu* "$root"/usr/lib/*-linux-gnu*; do
+        [ -d "$d" ] && out="$out${out:+:}$d"
+    done
+    echo "$out"
+}
+
+fetch() {
+    local server=$1 bin dir root
+    [ "$server" = vsftpd ] && { "$LAB_DIR/netns.sh" fetch-vsftpd >/dev/null; return 0; }
+    bin=$(server_bin "$server"); dir=$LAB_CACHE/$server; root=$(server_root "$server")
+    [ -n "$bin" ] || die "unknown server '$server'"
+    if [ -x "$bin" ] && [ -f "$dir/.complete" ]; then return 0; fi
+    command -v apt-get >/dev/null || die "apt-get missing: cannot fetch $server"
+    mkdir -p "$dir"
+    (
+        flock -w 300 9 || die "timeout waiting for the $server fetch lock"
+        [ -f "$dir/.complete" ] && exit 0
+        local dl=$dir/debs pkgs=() p deb missing
+        rm -rf "$dl" "$root"; mkdir -p "$dl" "$root"
+        for p in $(server_pkgs "$server"); do
+            # the server's own packages always; a library only when missing
+            case "$p" in
+            lib*) dpkg -s "$p" >/dev/null 2>&1 || pkgs+=("$p") ;;
+            *) pkgs+=("$p") ;;
+            esac
+        done
+        if ! (cd "$dl" && apt-get -q -o APT::Sandbox::User=root download "${pkgs[@]}" >&2); then
+            log "apt-get download failed; running apt-get update once"
+            apt-get -q update >&2
+            (cd "$dl" && apt-get -q -o APT::Sandbox::User=root download "${pkgs[@]}" >&2)
+        fi
+        for deb in "$dl"/*.deb; do dpkg -x "$deb" "$root"; done
+        [ -x "$bin" ] || die "$server binary not found after unpacking"
+        missing=$(LD_LIBRARY_PATH=$(server_libpath "$server") ldd "$bin" | grep 'not found' || true)
+        [ -z "$missing" ] || die "$server still lacks libraries: $missing"
+        touch "$dir/.complete"
+    ) 9>"$LAB_CACHE/$server.lock"
+}
+
+version() {
+    local server=$1 deb
+    fetch "$server"
+    case "$server" in
+    vsftpd) deb=$(ls "$LAB_CACHE"/vsftpd/debs/vsftpd_*.deb) ;;
+    proftpd) deb=$(ls "$LAB_CACHE"/proftpd/debs/proftpd-core_*.deb) ;;
+    pure-ftpd) deb=$(ls "$LAB_CACHE"/pure-ftpd/debs/pure-ftpd_*.deb) ;;
+    *) die "unknown server '$server'" ;;
+    esac
+    echo "$server $(dpkg-deb -f "$deb" Version)"
+}
+
+start_proftpd() {
+    local name=$1 run s bin pid group
+    run=$(run_dir "$name"); s=$(ns_s "$name"); bin=$(server_bin proftpd)
+    group=$(id -gn ftp)
+    sed -e "s#@RUN@#$run#g" -e "s#@SERVER_IP@#$SERVER_IP#g" \
+        -e "s#@MODULES@#$(server_root proftpd)/usr/lib/proftpd#g" \
+        -e "s#@FTP_GROUP@#$group#g" \
+        "$LAB_DIR/proftpd.conf.in" >"$run/proftpd.conf"
+    chmod 600 "$run/proftpd.conf"
+    : >"$run/proftpd.log"; : >"$run/proftpd.cmdlog"; : >"$run/proftpd.xferlog"
+    LD_LIBRARY_PATH=$(server_libpath proftpd) \
+        ip netns exec "$s" "$bin" --nodaemon --config "$run/proftpd.conf" \
+        </dev/null >>"$run/proftpd.out" 2>&1 &
+    pid=$!
+    echo "$pid" >"$run/proftpd.pid"
+}
+
+start_pure_ftpd() {
+    local name=$1 run s bin pid home
+    run=$(run_dir "$name"); s=$(ns_s "$name"); bin=$(server_bin pure-ftpd)
+    # pure-ftpd's anonymous root is the 'ftp' user's home: bind the lab's
+    # ftproot over it, in a mount namespace of the server's own (private
+    # propagation: the host's mount table never changes); a tmpfs on /run
+    # there too, for the /run/pure-ftpd it creates
+    home=$(getent passwd ftp | cut -d: -f6)
+    [ -d "$home" ] || die "home of user 'ftp' ($home) missing"
+    : >"$run/pure-ftpd.xferlog"
+    # shellcheck disable=SC2016  # $1.. expand in the inner sh
+    LD_LIBRARY_PATH=$(server_libpath pure-ftpd) \
+        ip netns exec "$s" unshare --mount --propagation private \
+        sh -c 'mount --bind "$1" "$2" && mount -t tmpfs -o size=1m,mode=755 lab-run /run && shift 2 && exec "$@"' sh "$run/ftproot" "$home" \
+        "$bin" --bind "$SERVER_IP,21" --ipv4only --anonymousonly --chrooteveryone \
+        --dontresolve --passiveportrange 30000:30100 --maxclientsnumber 50 \
+        --maxclientsperip 50 --maxidletime 2 --syslogfacility none \
+        --altlog "clf:$run/pure-ftpd.xferlog" --pidfile "$run/pure-ftpd.pidfile" \
+        </dev/null >>"$run/pure-ftpd.out" 2>&1 &
+    pid=$!
+    echo "$pid" >"$run/pure-ftpd.pid"
+}
+
+start() {
+    local name=$1 server=$2 run s f
+    run=$(run_dir "$name"); s=$(ns_s "$name")
+    ns_exists "$s" || die "lab '$name' is not up"
+    for f in vsftpd proftpd pure-ftpd; do
+        if pid_alive "$(cat "$run/$f.pid" 2>/dev/null || true)"; then
+            die "$f already runs in lab '$name' (servers.sh stop $name $f)"
+        fi
+    done
+    if [ "$server" = vsftpd ]; then "$LAB_DIR/netns.sh" vsftpd "$name"; return; fi
+    fetch "$server"
+    getent passwd ftp >/dev/null || die "no user 'ftp' (netns.sh up creates it)"
+    case "$server" in
+    proftpd) start_proftpd "$name" ;;
+    pure-ftpd) start_pure_ftpd "$name" ;;
+    *) die "unknown server '$server'" ;;
+    esac
+    if ! wait_tcp_listen "$s" 21 "$SERVER_IP" 100; then
+        cat "$run/$server.out" >&2 || true
+        [ "$server" = proftpd ] && cat "$run/proftpd.log" >&2
+        die "$server did not listen on $SERVER_IP:21 within 10 s"
+    fi
+    log "$server listening on $SERVER_IP:21 (pid $(cat "$run/$server.pid"))"
+}
+
+stop() {
+    local name=$1 server=$2 run s i
+    run=$(run_dir "$name"); s=$(ns_s "$name")
+    case "$server" in vsftpd | proftpd | pure-ftpd) ;; *) die "unknown server '$server'" ;; esac
+    stop_pidfile "$run/$server.pid" 50
+    # bounded wait until port 21 is free for the next server
+    for ((i = 0; i < 50; i++)); do
+        ns_exists "$s" || return 0
+        ip netns exec "$s" ss -Hltn "sport = :21" 2>/dev/null | grep -q ":21" || return 0
+        sleep 0.1
+    done
+    die "port 21 still in use in $s after stopping $server"
+}
+
+cmd=${1:-}
+[ -n "$cmd" ] || { sed -n '2,22p' "$0" >&2; exit 2; }
+shift
+case "$cmd" in
+fetch)   need_root; fetch "${1:?SERVER}" ;;
+start)   need_root; check_name "${1:?NAME}"; start "$1" "${2:?SERVER}" ;;
+stop)    need_root; check_name "${1:?NAME}"; stop "$1" "${2:?SERVER}" ;;
+version) need_root; version "${1:?SERVER}" ;;
+*) die "unknown command '$cmd' (fetch|start|stop|version)" ;;
+esac
