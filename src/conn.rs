@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ftpgate_proto::{Action, DataId, DataStep, Input, Session, Side};
+use ftpgate_proto::{Action, ControlEnds, DataId, DataStep, Input, Session, Side};
 use mio::net::{TcpListener, TcpStream};
 use mio::{event::Source, Interest, Registry, Token};
 use slab::Slab;
@@ -157,8 +157,7 @@ impl Conn {
         log: Logger,
         session: Session,
         mut client: TcpStream,
-        client_addr: SocketAddr,
-        server_addr: SocketAddr,
+        ends: ControlEnds,
         connect_timeout: Duration,
         ctx: &mut Ctx<'_>,
     ) -> io::Result<Self> {
@@ -177,7 +176,7 @@ impl Conn {
         )?;
         let mut conn = Self {
             key,
-            client_ip: client_addr.ip(),
+            client_ip: ends.client.ip(),
             log,
             session,
             client: Control::new(Some(Leg { stream: client, token, ready: Readiness::default() }), false),
@@ -190,8 +189,8 @@ impl Conn {
         };
         // The server sees the client's own address; the port is the kernel's
         // choice, as a NAT-free router would leave it to the client.
-        let from = SocketAddr::new(client_addr.ip(), 0);
-        match tproxy::connect_from(from, server_addr) {
+        let from = SocketAddr::new(ends.client.ip(), 0);
+        match tproxy::connect_from(from, ends.server) {
             Ok(mut stream) => {
                 let token = ctx.register(
                     key,

@@ -349,7 +349,7 @@ impl Server {
         let key = self.conns.vacant_key();
         let connect_timeout = self.opts.config.data_connect_timeout;
         let mut ctx = self.ctx(now);
-        match Conn::start(key, log.clone(), session, stream, peer, server, connect_timeout, &mut ctx) {
+        match Conn::start(key, log.clone(), session, stream, ends, connect_timeout, &mut ctx) {
             Ok(conn) => {
                 self.conns.insert(conn);
                 Some(key)
