@@ -24,7 +24,8 @@ fn logs_sessions_and_exits_zero_on_sigterm() {
     assert!(log.contains("transfer"), "no 'transfer' record:\n{log}");
     // byte accounting of the passive download (README: to_client: N)
     assert!(
-        log.lines().any(|l| l.contains("transfer") && l.contains("result: ok") && l.contains("to_client: 100000")),
+        log.lines()
+            .any(|l| l.contains("transfer") && l.contains("result: ok") && l.contains("to_client: 100000")),
         "no 'transfer, result: ok' record with to_client: 100000:\n{log}"
     );
     assert!(log.contains(CLIENT_IP), "log does not name the client:\n{log}");

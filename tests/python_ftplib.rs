@@ -34,7 +34,10 @@ fn ftplib_scenario(tag: &str, rules: Rules, passive: bool) {
     for (ip, port) in &p {
         assert_eq!(ip, SERVER_IP, "client's data peer must be the server, not the gateway: {report}");
         if passive {
-            assert!((30000..=30100).contains(port), "passive data port {port} outside vsftpd's range: {report}");
+            assert!(
+                (30000..=30100).contains(port),
+                "passive data port {port} outside vsftpd's range: {report}"
+            );
         } else {
             assert_eq!(*port, 20, "active data must come from the server's port 20: {report}");
         }

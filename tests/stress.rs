@@ -22,7 +22,11 @@ fn burst(tag: &str, rules: Rules) {
                     assert_eq!(std::fs::metadata(&local).unwrap().len(), 0);
                     let local = lab.client_path(&format!("s-{i}-{r}"));
                     curl_get(lab, *m, "s.bin", &local);
-                    common::assert_same_file(&format!("{m:?} round {r}"), small, std::path::Path::new(&local));
+                    common::assert_same_file(
+                        &format!("{m:?} round {r}"),
+                        small,
+                        std::path::Path::new(&local),
+                    );
                 }
             });
         }

@@ -41,6 +41,25 @@ impl Rules {
     }
 }
 
+/// The FTP server in the server namespace (lab/netns.sh runs vsftpd,
+/// lab/servers.sh the others; all anonymous on 198.51.100.10:21).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    Vsftpd,
+    Proftpd,
+    PureFtpd,
+}
+
+impl Server {
+    pub fn arg(self) -> &'static str {
+        match self {
+            Self::Vsftpd => "vsftpd",
+            Self::Proftpd => "proftpd",
+            Self::PureFtpd => "pure-ftpd",
+        }
+    }
+}
+
 /// A namespace of the lab.
 #[derive(Clone, Copy, Debug)]
 pub enum Ns {
@@ -70,10 +89,7 @@ fn is_root() -> bool {
 }
 
 pub fn require_root() {
-    assert!(
-        is_root(),
-        "needs root: run as root or via lab/test (network namespaces, TPROXY rules)"
-    );
+    assert!(is_root(), "needs root: run as root or via lab/test (network namespaces, TPROXY rules)");
 }
 
 /// SIGTERM one process we started (the shell's builtin kill: no procps needed).
@@ -140,6 +156,7 @@ pub struct Lab {
     pub name: String,
     pub rules: Rules,
     pub run: PathBuf,
+    pub server: Server,
     gateway: Option<Child>,
     /// exit status of the gateway once stopped
     pub gateway_exit: Option<ExitStatus>,
@@ -149,12 +166,17 @@ impl Lab {
     /// Bring up lab namespaces with the given rule set, and vsftpd.
     /// The gateway is not started (see `start_gateway`).
     pub fn new(tag: &str, rules: Rules) -> Self {
+        Self::with_server(tag, rules, Server::Vsftpd)
+    }
+
+    /// Like `new`, with another FTP server than vsftpd.
+    pub fn with_server(tag: &str, rules: Rules, server: Server) -> Self {
         require_root();
         let seq = SEQ.fetch_add(1, Ordering::SeqCst);
         let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
         let name = format!("fg{tag}{}x{seq}", std::process::id());
         let run = PathBuf::from(format!("/tmp/ftpgate-lab/{name}"));
-        let lab = Self { name, rules, run, gateway: None, gateway_exit: None };
+        let mut lab = Self { name, rules, run, server: Server::Vsftpd, gateway: None, gateway_exit: None };
         // Build the lab; on failure `lab` is dropped, which tears it down.
         let pid = std::process::id().to_string();
         let out = Command::new("timeout")
@@ -166,7 +188,18 @@ impl Lab {
             .output()
             .expect("run lab/netns.sh up");
         assert!(out.status.success(), "lab up {} failed: {}", lab.name, text(&out.stderr));
-        lab.script_ok(300, &["vsftpd", &lab.name.clone()]);
+        let name = lab.name.clone();
+        match server {
+            Server::Vsftpd => {
+                lab.script_ok(300, &["vsftpd", &name]);
+            }
+            other => {
+                let script = repo_root().join("lab/servers.sh");
+                let out = run_bounded(300, &[script.to_str().unwrap(), "start", &name, other.arg()]);
+                assert!(out.status.success(), "lab/servers.sh start {name} {other:?} failed: {}", text(&out.stderr));
+            }
+        }
+        lab.server = server;
         fs::create_dir_all(lab.client_dir()).unwrap();
         lab
     }
@@ -187,7 +220,12 @@ impl Lab {
         let mut argv = vec![script.to_str().unwrap()];
         argv.extend_from_slice(args);
         let out = run_bounded(secs, &argv);
-        assert!(out.status.success(), "lab/netns.sh {args:?} failed: {}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "lab/netns.sh {args:?} failed: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         out
     }
 
@@ -230,11 +268,8 @@ impl Lab {
     /// RUN/ftpgate.log; the PID is recorded so that `down` can stop it too.
     pub fn start_gateway(&mut self, extra: &[&str]) {
         assert!(self.gateway.is_none(), "gateway already running");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.run.join("ftpgate.log"))
-            .unwrap();
+        let log =
+            fs::OpenOptions::new().create(true).append(true).open(self.run.join("ftpgate.log")).unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns(Ns::Gateway)]);
         if std::env::var("FTPGATE_LAB_GATEWAY").as_deref() == Ok("standin") {
@@ -308,10 +343,7 @@ impl Lab {
     /// Local addresses of TCP listeners in the gateway namespace.
     pub fn listeners(&self) -> Vec<String> {
         let out = self.exec(Ns::Gateway, 10, &["ss", "-Hltn"]);
-        text(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
-            .collect()
+        text(&out.stdout).lines().filter_map(|l| l.split_whitespace().nth(3).map(str::to_string)).collect()
     }
 
     /// After the sessions have ended, only the control listener may remain in
@@ -397,6 +429,33 @@ impl Lab {
         );
     }
 
+    /// Client address of every transfer in the server's transfer log
+    /// (xferlog for vsftpd and proftpd: 7th field; pure-ftpd's CLF: 1st).
+    pub fn server_transfer_clients(&self) -> Vec<String> {
+        let (file, field) = match self.server {
+            Server::Vsftpd => ("xferlog", 6),
+            Server::Proftpd => ("proftpd.xferlog", 6),
+            Server::PureFtpd => ("pure-ftpd.xferlog", 0),
+        };
+        fs::read_to_string(self.run.join(file))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(field).map(str::to_string))
+            .collect()
+    }
+
+    /// At least `min` transfers in the server's transfer log, every one from
+    /// the real client's address (works for every `Server`).
+    pub fn assert_transfers_from_client(&self, min: usize) {
+        let seen = self.server_transfer_clients();
+        assert!(
+            seen.len() >= min && seen.iter().all(|a| a == CLIENT_IP),
+            "{:?} transfer log: want >= {min} transfers all from {CLIENT_IP}, got {seen:?}\n{}",
+            self.server,
+            self.diagnostics()
+        );
+    }
+
     /// Count of vsftpd's `OK DOWNLOAD` / `OK UPLOAD` records.
     pub fn server_transfers(&self) -> (usize, usize) {
         let log = self.vsftpd_log();
@@ -412,11 +471,23 @@ impl Lab {
             lines[lines.len().saturating_sub(n)..].join("\n")
         };
         format!(
-            "--- lab {} ({:?} rules) ---\n--- ftpgate.log (tail) ---\n{}\n--- vsftpd.log (tail) ---\n{}\n--- listeners in gateway ns ---\n{:?}",
+            "--- lab {} ({:?} rules, {:?}) ---\n--- ftpgate.log (tail) ---\n{}\n--- server log (tail) ---\n{}\n--- listeners in gateway ns ---\n{:?}",
             self.name,
             self.rules,
+            self.server,
             tail(self.gateway_log(), 60),
-            tail(self.vsftpd_log(), 40),
+            match self.server {
+                Server::Vsftpd => tail(self.vsftpd_log(), 40),
+                other => {
+                    let name = other.arg();
+                    let read = |f: &str| fs::read_to_string(self.run.join(f)).unwrap_or_default();
+                    format!(
+                        "({name}.out)\n{}\n(transfer log)\n{}",
+                        tail(read(&format!("{name}.out")), 20),
+                        tail(read(if other == Server::Proftpd { "proftpd.xferlog" } else { "pure-ftpd.xferlog" }), 20)
+                    )
+                }
+            },
             self.listeners()
         )
     }
@@ -515,8 +586,10 @@ pub fn lftp_session(lab: &Lab, passive: bool, gets: &[(&str, &str)], puts: &[(&s
 /// One python ftplib session (lab/ftpclient.py); returns its JSON report.
 pub fn ftplib_session(lab: &Lab, passive: bool, gets: &[(&str, &str)], puts: &[(&str, &str)]) -> String {
     let script = repo_root().join("lab/ftpclient.py");
-    let gets: Vec<(String, String)> = gets.iter().map(|(r, l)| (format!("/pub/{r}"), l.to_string())).collect();
-    let puts: Vec<(String, String)> = puts.iter().map(|(l, r)| (l.to_string(), format!("/upload/{r}"))).collect();
+    let gets: Vec<(String, String)> =
+        gets.iter().map(|(r, l)| (format!("/pub/{r}"), l.to_string())).collect();
+    let puts: Vec<(String, String)> =
+        puts.iter().map(|(l, r)| (l.to_string(), format!("/upload/{r}"))).collect();
     let mut argv: Vec<&str> = vec![
         "python3",
         script.to_str().unwrap(),
@@ -590,6 +663,7 @@ pub fn curl_scenario(tag: &str, rules: Rules, mode: Mode) {
     rt.verify(&lab);
     let n = rt.files.len() * 2;
     lab.assert_server_saw_only_client(n);
+    lab.assert_transfers_from_client(n);
     assert_eq!(lab.server_transfers(), (rt.files.len(), rt.files.len()), "{}", lab.diagnostics());
     lab.assert_no_data_listeners();
 }
