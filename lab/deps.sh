@@ -31,6 +31,9 @@ want_pkg libpam0g
 want_pkg libssl3
 want_pkg libcap2
 want_pkg ca-certificates
+# pure-ftpd (lab/servers.sh, unpacked) links libsodium, absent from a
+# minimal Debian
+want_pkg libsodium23
 
 if [ ${#missing[@]} -gt 0 ]; then
     # de-duplicate
