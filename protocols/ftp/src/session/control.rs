@@ -275,8 +275,10 @@ impl Session {
             if let Some(ch) = self.data.get_mut(&data) {
                 ch.aborted = true;
             }
-            self.close_data(now, data);
-            self.release_transfer_hold(data);
+            // Not just close_data: a 227/229 still held for this listener
+            // must be released too (as 425), or every later server reply
+            // waits behind it for good.
+            self.data_failed(now, data);
         }
         self.forward_synch(line);
     }

@@ -1,0 +1,64 @@
+//! Regressions found by the cargo-fuzz targets in `fuzz/`. Each test replays
+//! the minimized input (also kept as `fuzz/seeds/<target>/crash-*-regression`)
+//! through the public API and checks what the fuzz invariant was about.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ftpgate_proto::{Action, Config, ControlEnds, DataId, Input, Session, Side};
+
+fn ends() -> ControlEnds {
+    ControlEnds { client: "192.0.2.10:40000".parse().unwrap(), server: "198.51.100.10:21".parse().unwrap() }
+}
+
+/// Feed one fact, drain the actions, write out both sides.
+fn step(s: &mut Session, now: Instant, input: Input<'_>) -> (Vec<Action>, Vec<u8>, Vec<u8>) {
+    s.handle_input(now, input);
+    let actions: Vec<Action> = std::iter::from_fn(|| s.poll_action()).collect();
+    let mut out = |side| {
+        let bytes = s.pending(side).to_vec();
+        s.consume(side, bytes.len());
+        bytes
+    };
+    (actions, out(Side::Client), out(Side::Server))
+}
+
+/// fuzz/seeds/session/crash-abor-held-227-regression: the client pipelines
+/// `STOR` and `ABOR` while the 227 for its PASV is still held waiting for
+/// the listener. ABOR closed that channel but left the 227 held for it, and
+/// nothing could release that hold any more: every later server reply stayed
+/// behind it (the `debug_check_holds` assertion; in release the client saw
+/// nothing until the idle timeout).
+#[test]
+fn abor_while_227_waits_for_listener_releases_it_as_425() {
+    let now = Instant::now();
+    let mut s = Session::new(Arc::new(Config::default()), ends(), now);
+    step(&mut s, now, Input::Received { from: Side::Server, data: b"220 ready\r\n" });
+    step(&mut s, now, Input::Received { from: Side::Client, data: b"USER anna\r\nPASS x\r\n" });
+    step(&mut s, now, Input::Received { from: Side::Server, data: b"331 pw\r\n230 ok\r\n" });
+    step(&mut s, now, Input::Received { from: Side::Client, data: b"PASV\r\n" });
+    let reply = b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n";
+    let (actions, to_client, _) = step(&mut s, now, Input::Received { from: Side::Server, data: reply });
+    assert!(matches!(actions[0], Action::Listen { data: DataId(0), .. }));
+    assert!(to_client.is_empty(), "227 held until the listener is up");
+
+    // Before Listening: STOR then ABOR.
+    let (actions, to_client, to_server) =
+        step(&mut s, now, Input::Received { from: Side::Client, data: b"STOR up.bin\r\nABOR\r\n" });
+    assert!(actions.contains(&Action::CloseData { data: DataId(0) }), "{actions:?}");
+    assert_eq!(to_client, b"425 Can't open data connection.\r\n");
+    assert!(to_server.starts_with(b"STOR up.bin\r\n"));
+    assert!(to_server.ends_with(b"ABOR\r\n"));
+
+    // The late Listening changes nothing; the server's replies flow.
+    let local: SocketAddr = "198.51.100.10:50000".parse().unwrap();
+    let (actions, to_client, _) = step(&mut s, now, Input::Listening { data: DataId(0), local });
+    assert!(actions.is_empty() && to_client.is_empty());
+    let (_, to_client, _) =
+        step(&mut s, now, Input::Received { from: Side::Server, data: b"425 no data\r\n226 ABOR ok\r\n" });
+    assert_eq!(to_client, b"425 no data\r\n226 ABOR ok\r\n", "server replies stuck behind the hold");
+
+    let (_, _, _) = step(&mut s, now, Input::Closed { from: Side::Client });
+    assert!(s.is_closed());
+}
