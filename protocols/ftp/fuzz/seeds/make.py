@@ -138,6 +138,13 @@ sess("attack-wrong-peer-active", *LOGIN, C(b"PORT 192,0,2,10,156,65"), b"L\x00",
 sess("attack-data-command-during-transfer", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR x"),
      b"A\x00", b"K\x00", S(b"150 ok"), C(b"PASV"), S(b"226 ok"), b"R\x00", S(PASV_REPLY), b"L\x00")
 
+# ---- crash regressions (minimized inputs, byte for byte) ------------------
+# ABOR pipelined behind STOR while the 227 waits for its listener: the hold
+# outlived the channel (tests/fuzz_regressions.rs
+# abor_while_227_waits_for_listener_releases_it_as_425).
+seeds["session"]["crash-abor-held-227-regression"] = (
+    b"S220\nS230\nCPASV\nS227 8,5,0,0,9,8\nc\xffSTOR\nABOR\n")
+
 for target, files in seeds.items():
     d = os.path.join(HERE, target)
     os.makedirs(d, exist_ok=True)
