@@ -58,7 +58,7 @@ for t in "${targets[@]}"; do
     echo "== $t: ${secs}s, sanitizer $sanitizer, corpus $(ls "$corpus" | wc -l) files" >&2
     set +e
     timeout $((secs + 300)) cargo fuzz run --sanitizer "$sanitizer" -a "$t" "$corpus" -- \
-        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -dict=ftp.dict \
         >"logs/$t.log" 2>&1
     rc=$?
     set -e
