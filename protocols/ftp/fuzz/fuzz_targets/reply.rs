@@ -43,7 +43,8 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(code, reply.code);
                     assert_eq!(sep == Sep::More, reply.lines.len() > 1);
                     if reply.lines.len() > 1 {
-                        let ends = |l: &[u8]| matches!(parse_reply_line(l), Ok((c, Sep::Last, _)) if c == code);
+                        let ends =
+                            |l: &[u8]| matches!(parse_reply_line(l), Ok((c, Sep::Last, _)) if c == code);
                         assert!(ends(&line), "multi-line reply ended by {line:?}");
                         assert!(!reply.lines[1..reply.lines.len() - 1].iter().any(|l| ends(l)));
                     }
@@ -54,7 +55,11 @@ fuzz_target!(|data: &[u8]| {
                     let mut again = LineReader::new();
                     again.feed(&wire);
                     for l in &reply.lines {
-                        assert_eq!(again.next_line().as_ref(), Some(&Ok(l.clone())), "Reply::write does not round-trip");
+                        assert_eq!(
+                            again.next_line().as_ref(),
+                            Some(&Ok(l.clone())),
+                            "Reply::write does not round-trip"
+                        );
                     }
                     assert_eq!(again.next_line(), None);
 

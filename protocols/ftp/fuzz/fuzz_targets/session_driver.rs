@@ -67,7 +67,8 @@ const ERRORS: [ErrorKind; 5] = [
     ErrorKind::TimedOut,
     ErrorKind::ConnectionReset,
 ];
-const STEPS: [DataStep; 5] = [DataStep::Bind, DataStep::Listen, DataStep::Accept, DataStep::Connect, DataStep::Relay];
+const STEPS: [DataStep; 5] =
+    [DataStep::Bind, DataStep::Listen, DataStep::Accept, DataStep::Connect, DataStep::Relay];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chan {
@@ -125,7 +126,12 @@ impl Driver {
             config,
             ends,
             now,
-            chans: Chans { open: BTreeMap::new(), closed: BTreeSet::new(), retried: BTreeSet::new(), order: Vec::new() },
+            chans: Chans {
+                open: BTreeMap::new(),
+                closed: BTreeSet::new(),
+                retried: BTreeSet::new(),
+                order: Vec::new(),
+            },
             shut: [false; 2],
             ended: false,
             bind_failed: BTreeSet::new(),
@@ -216,10 +222,8 @@ impl Driver {
                 }
                 chans.closed.insert(*data);
             }
-            Action::Refuse { data } => {
-                if !chans.open.contains_key(data) {
-                    self.fail("Refuse for a channel that is not open");
-                }
+            Action::Refuse { data } if !chans.open.contains_key(data) => {
+                self.fail("Refuse for a channel that is not open");
             }
             Action::Connect { data, .. } => {
                 if !self.accepted.contains(data) {
@@ -239,15 +243,11 @@ impl Driver {
                     _ => self.fail("Relay for a channel that is not connecting"),
                 }
             }
-            Action::Shutdown { side } => {
-                if std::mem::replace(&mut self.shut[i(*side)], true) {
-                    self.fail("second Shutdown for one side");
-                }
+            Action::Shutdown { side } if std::mem::replace(&mut self.shut[i(*side)], true) => {
+                self.fail("second Shutdown for one side");
             }
-            Action::Audit(AuditEvent::SessionEnded { .. }) => {
-                if std::mem::replace(&mut self.ended, true) {
-                    self.fail("second SessionEnded");
-                }
+            Action::Audit(AuditEvent::SessionEnded { .. }) if std::mem::replace(&mut self.ended, true) => {
+                self.fail("second SessionEnded");
             }
             Action::Audit(_) => {}
             _ => {}
@@ -360,7 +360,10 @@ impl Driver {
                 let (id, how, p1, p2) = (self.pick(arg()), arg(), arg(), arg());
                 let port = u16::from_be_bytes([p1, p2]);
                 let Some((_, Action::Listen { local, .. })) = self.chans.open.get(&id) else {
-                    self.feed(Input::Listening { data: id, local: SocketAddr::new(self.ends.server.ip(), port) });
+                    self.feed(Input::Listening {
+                        data: id,
+                        local: SocketAddr::new(self.ends.server.ip(), port),
+                    });
                     return rest;
                 };
                 let mut local = *local;
@@ -384,7 +387,9 @@ impl Driver {
                     1 => IpAddr::V4(Ipv4Addr::new(203, 0, 113, 66)),
                     _ => match expected {
                         IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
-                        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V4),
+                        IpAddr::V6(v6) => {
+                            v6.to_ipv4_mapped().map_or(IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V4)
+                        }
                     },
                 };
                 let peer = SocketAddr::new(ip, 20000 + u16::from(p));
@@ -402,7 +407,11 @@ impl Driver {
             }
             b'R' => {
                 let (id, a, b) = (self.pick(arg()), arg(), arg());
-                self.feed(Input::Relayed { data: id, to_client: u64::from(a) << 10, to_server: u64::from(b) << 10 });
+                self.feed(Input::Relayed {
+                    data: id,
+                    to_client: u64::from(a) << 10,
+                    to_server: u64::from(b) << 10,
+                });
             }
             b'X' => {
                 let side = if arg() % 2 == 0 { Side::Client } else { Side::Server };
@@ -412,7 +421,11 @@ impl Driver {
             b'D' => self.feed(Input::Drain),
             b'T' | b'+' => {
                 let d = arg();
-                let d = if d < 200 { Duration::from_secs(d.into()) } else { Duration::from_secs(3600 * u64::from(d - 199)) };
+                let d = if d < 200 {
+                    Duration::from_secs(d.into())
+                } else {
+                    Duration::from_secs(3600 * u64::from(d - 199))
+                };
                 self.now = self.now.checked_add(d).unwrap_or(self.now);
                 if op == b'T' {
                     self.feed(Input::Timeout);
@@ -479,14 +492,20 @@ pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
         config.idle_timeout = t;
     }
     let ends = if flags & 64 != 0 {
-        ControlEnds { client: "[2001:db8::10]:40000".parse().unwrap(), server: "[2001:db8:1::10]:21".parse().unwrap() }
+        ControlEnds {
+            client: "[2001:db8::10]:40000".parse().unwrap(),
+            server: "[2001:db8:1::10]:21".parse().unwrap(),
+        }
     } else if flags & 128 != 0 {
         ControlEnds {
             client: "[::ffff:192.0.2.10]:40000".parse().unwrap(),
             server: "[::ffff:198.51.100.10]:21".parse().unwrap(),
         }
     } else {
-        ControlEnds { client: "192.0.2.10:40000".parse().unwrap(), server: "198.51.100.10:21".parse().unwrap() }
+        ControlEnds {
+            client: "192.0.2.10:40000".parse().unwrap(),
+            server: "198.51.100.10:21".parse().unwrap(),
+        }
     };
     (config, ends)
 }
