@@ -19,8 +19,9 @@
 #   netns.sh rundir NAME                   print the lab's run directory
 #   netns.sh list                          labs with a run directory
 #   netns.sh gc                            tear down labs whose owner process
-#                                          (FTPGATE_LAB_OWNER, else the
-#                                          caller of `up`) has exited
+#                                          (FTPGATE_LAB_OWNER at `up`; labs
+#                                          made without it are left alone)
+#                                          has exited
 #
 # Run directory (RUN = /tmp/ftpgate-lab/NAME, or $FTPGATE_LAB_RUN/NAME):
 #   *.pid, vsftpd.conf, vsftpd.log, xferlog, ftpgate.log,
@@ -120,9 +121,10 @@ up() {
     mkdir -p "$LAB_RUN_BASE"; chmod 755 "$LAB_RUN_BASE"
     rm -rf "$run"; mkdir -p "$run"; chmod 755 "$run"
     echo "$form" >"$run/form"
-    # owner: the process that holds the lab (tests: the test binary); `gc`
-    # removes labs whose owner is gone (a killed test run)
-    echo "${FTPGATE_LAB_OWNER:-$PPID}" >"$run/owner"
+    # owner: the process that holds the lab (tests: the test binary, demo:
+    # its shell); `gc` removes labs whose owner is gone (a killed test run).
+    # Labs made by hand (no FTPGATE_LAB_OWNER) are never collected.
+    if [ -n "${FTPGATE_LAB_OWNER:-}" ]; then echo "$FTPGATE_LAB_OWNER" >"$run/owner"; fi
     # from here on, a failure tears down what was built
     trap 'log "up failed; tearing down $name"; down "$name"' ERR
 
