@@ -473,7 +473,12 @@ impl Session {
         };
         ch.final_code = Some(reply.code.0);
         let id = ch.id;
-        if ch.is_connecting_or_relaying() {
+        // A success while the listener still waits means the peer's
+        // connection is in flight: in active mode the server connects, sends
+        // 150 and, for a short file, 226 before the gateway has even accepted.
+        // The accept deadline bounds the wait.
+        let in_flight = reply.code.is_success() && ch.is_awaiting_server();
+        if ch.is_connecting_or_relaying() || in_flight {
             self.server_hold = Some(ServerHold::Transfer { data: id, reply });
         } else {
             // Never connected (e.g. 425) or already over.

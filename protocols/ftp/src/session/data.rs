@@ -67,6 +67,13 @@ impl DataChan {
         }
     }
 
+    /// Active mode, listening for the server's connection, which has not
+    /// been accepted yet. (In passive mode the server cannot have had a data
+    /// connection before the gateway accepted the client's.)
+    pub(super) fn is_awaiting_server(&self) -> bool {
+        self.mode == DataMode::Active && self.state == DataState::ExpectAccept
+    }
+
     pub(super) fn is_connecting_or_relaying(&self) -> bool {
         matches!(self.state, DataState::ExpectConnect | DataState::Relaying)
     }

@@ -369,7 +369,10 @@ impl Session {
                 debug_assert_eq!(state(data), Some(DataState::ExpectListening), "227 held for {data:?}");
             }
             Some(ServerHold::Transfer { data, .. }) => debug_assert!(
-                matches!(state(data), Some(DataState::ExpectConnect | DataState::Relaying)),
+                matches!(
+                    state(data),
+                    Some(DataState::ExpectAccept | DataState::ExpectConnect | DataState::Relaying)
+                ),
                 "final reply held for {data:?} in {:?}",
                 state(data)
             ),

@@ -785,6 +785,48 @@ fn attack_25_relaying_226_held_until_relayed() {
     expect!(t, to_client: b"226 Transfer complete\r\n");
 }
 
+/// Seen in the lab with vsftpd and an empty file in active mode: the
+/// server connects, sends 150 and 226 at once, and the gateway reads the
+/// control channel before it accepts the data connection. The 226 must wait
+/// for that connection, not close the listener under it.
+#[test]
+fn expect_accept_active_226_before_accept_held_until_relayed() {
+    let mut t = active_listening();
+    client!(t, b"RETR empty.bin\r\n");
+    server!(t, b"150 Opening BINARY mode data connection\r\n226 Transfer complete.\r\n");
+    expect!(t, to_client: b"150 Opening BINARY mode data connection\r\n");
+    expect!(t, work: vec![]);
+    t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
+    expect!(t, work: vec![Action::Connect {
+        data: DataId(0),
+        local: sa("198.51.100.10:20"),
+        remote: sa("192.0.2.10:40001"),
+    }]);
+    t.input(Input::Connected { data: DataId(0) });
+    expect!(t, work: vec![Action::Relay { data: DataId(0) }]);
+    expect!(t, to_client: b"");
+    t.input(Input::Relayed { data: DataId(0), to_client: 0, to_server: 0 });
+    expect!(t, to_client: b"226 Transfer complete.\r\n");
+    assert!(matches!(
+        t.audits()[..],
+        [AuditEvent::Transfer { reply: Some(226), result: TransferResult::Ok, .. }]
+    ));
+}
+
+/// The same early 226 with a connection that never comes: the accept
+/// deadline closes the listener and releases the reply.
+#[test]
+fn expect_accept_active_226_then_no_connection_released_at_deadline() {
+    let mut t = active_listening();
+    client!(t, b"RETR empty.bin\r\n");
+    server!(t, b"150 Opening\r\n226 Transfer complete.\r\n");
+    expect!(t, to_client: b"150 Opening\r\n");
+    t.advance(Duration::from_secs(31));
+    t.input(Input::Timeout);
+    expect!(t, to_client: b"226 Transfer complete.\r\n");
+    assert!(t.actions().contains(&Action::CloseData { data: DataId(0) }));
+}
+
 #[test]
 fn relaying_relayed_before_226_logged_at_reply() {
     let mut t = passive_relaying_retr();
