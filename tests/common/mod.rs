@@ -196,7 +196,11 @@ impl Lab {
             other => {
                 let script = repo_root().join("lab/servers.sh");
                 let out = run_bounded(300, &[script.to_str().unwrap(), "start", &name, other.arg()]);
-                assert!(out.status.success(), "lab/servers.sh start {name} {other:?} failed: {}", text(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "lab/servers.sh start {name} {other:?} failed: {}",
+                    text(&out.stderr)
+                );
             }
         }
         lab.server = server;
