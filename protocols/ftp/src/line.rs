@@ -73,6 +73,9 @@ pub struct LineReader {
     answers: Vec<u8>,
     /// Set once a line overflowed: the stream is unframable from here on.
     broken: bool,
+    /// How much of `buf` is known to hold no LF, so a line trickled in one
+    /// byte at a time is scanned once, not once per byte.
+    scanned: usize,
 }
 
 impl Default for LineReader {
@@ -84,7 +87,7 @@ impl Default for LineReader {
 impl LineReader {
     /// An empty framer; allocates nothing until bytes arrive.
     pub fn new() -> Self {
-        Self { buf: Vec::new(), telnet: Telnet::Data, answers: Vec::new(), broken: false }
+        Self { buf: Vec::new(), telnet: Telnet::Data, answers: Vec::new(), broken: false, scanned: 0 }
     }
 
     /// How many more raw bytes fit before the current line is too long
@@ -146,7 +149,9 @@ impl LineReader {
         if self.broken {
             return None;
         }
-        let Some(lf) = self.buf.iter().position(|&b| b == b'\n') else {
+        let from = self.scanned.min(self.buf.len());
+        let Some(lf) = self.buf[from..].iter().position(|&b| b == b'\n').map(|i| from + i) else {
+            self.scanned = self.buf.len();
             if self.buf.len() > MAX_LINE + 1 {
                 self.broken = true;
                 self.buf = Vec::new();
@@ -168,6 +173,7 @@ impl LineReader {
             Ok(self.buf[..end].to_vec())
         };
         self.buf.drain(..=lf);
+        self.scanned = 0;
         if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::new();
         }
@@ -197,6 +203,22 @@ mod tests {
         let mut r = LineReader::new();
         r.feed(input);
         std::iter::from_fn(|| r.next_line()).collect()
+    }
+
+    #[test]
+    fn framer_long_line_trickled_byte_by_byte_framed_once() {
+        let mut r = LineReader::new();
+        let line = vec![b'a'; MAX_LINE - 10];
+        for &b in line.iter().chain(b"\r\nNOOP\r\n") {
+            r.feed(&[b]);
+            if b == b'\n' {
+                break;
+            }
+            assert_eq!(r.next_line(), None);
+        }
+        assert_eq!(r.next_line(), Some(Ok(line)));
+        r.feed(b"NOOP\r\n");
+        assert_eq!(r.next_line(), Some(Ok(b"NOOP".to_vec())));
     }
 
     #[test]
