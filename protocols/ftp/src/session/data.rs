@@ -230,25 +230,27 @@ impl Session {
         self.release_transfer_hold(data);
     }
 
-    /// Deadlines: greeting, idle, and each data channel's.
+    /// Deadlines: greeting, idle, and each data channel's. Data channels go
+    /// first: an expiring channel may release a held reply, and with it the
+    /// transfer that kept the idle deadline from applying.
     pub(super) fn on_timeout(&mut self, now: Instant) {
         use super::control::{Phase, REPLY_IDLE, REPLY_NO_GREETING, REPLY_UNREACHABLE};
-        match self.phase {
-            Phase::ExpectGreeting { expires_at } if now >= expires_at => {
-                let text = if self.server_spoke { REPLY_NO_GREETING } else { REPLY_UNREACHABLE };
-                self.send_client_now(text);
-                return self.teardown(Side::Client, "greeting timeout");
-            }
-            Phase::Relaying if !self.transfer_running() && now >= self.idle_at => {
-                self.send_client_now(REPLY_IDLE);
-                return self.teardown(Side::Client, "idle timeout");
-            }
-            _ => {}
-        }
         let expired: Vec<DataId> =
             self.data.values().filter(|d| d.deadline().is_some_and(|t| t <= now)).map(|d| d.id).collect();
         for id in expired {
             self.data_failed(now, id);
+        }
+        match self.phase {
+            Phase::ExpectGreeting { expires_at } if now >= expires_at => {
+                let text = if self.server_spoke { REPLY_NO_GREETING } else { REPLY_UNREACHABLE };
+                self.send_client_now(text);
+                self.teardown(Side::Client, "greeting timeout");
+            }
+            Phase::Relaying if !self.transfer_running() && now >= self.idle_at => {
+                self.send_client_now(REPLY_IDLE);
+                self.teardown(Side::Client, "idle timeout");
+            }
+            _ => {}
         }
     }
 

@@ -827,6 +827,26 @@ fn expect_accept_active_226_then_no_connection_released_at_deadline() {
     assert!(t.actions().contains(&Action::CloseData { data: DataId(0) }));
 }
 
+/// Found by the `session` fuzz target (seed
+/// `crash-early-226-long-tick-regression`): one tick far past both the accept
+/// deadline and the idle deadline must end the session; the held 226 used to
+/// hide the idle deadline until a second tick.
+#[test]
+fn expect_accept_active_226_held_one_long_tick_closes_session() {
+    let mut t = active_listening();
+    client!(t, b"RETR empty.bin\r\n");
+    server!(t, b"150 Opening\r\n226 Transfer complete.\r\n");
+    expect!(t, to_client: b"150 Opening\r\n");
+    t.advance(Duration::from_secs(3600));
+    t.input(Input::Timeout);
+    let out = t.take(Side::Client);
+    assert!(out.starts_with(b"226 Transfer complete.\r\n421 "), "{:?}", String::from_utf8_lossy(&out));
+    let actions = t.actions();
+    assert!(actions.contains(&Action::CloseData { data: DataId(0) }));
+    assert!(actions.contains(&Action::Shutdown { side: Side::Client }));
+    assert!(actions.contains(&Action::Shutdown { side: Side::Server }));
+}
+
 #[test]
 fn relaying_relayed_before_226_logged_at_reply() {
     let mut t = passive_relaying_retr();
