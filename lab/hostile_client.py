@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Hostile and odd client behaviour against a server behind ftpgate, run in
+the lab's client namespace. Prints one JSON report; the Rust test judges it.
+
+  bounce    PORT/EPRT naming a third host and a privileged port on the client
+            itself: the gateway must answer 501/522 itself and keep the session
+  theft     PASV, then a connection to the announced port from another client
+            address (192.0.2.20) before the real client's: the thief is closed,
+            the real client's RETR still works
+  linger    PASV and never connect: the listener must close by itself
+"""
+import json
+import re
+import socket
+import sys
+import time
+
+SERVER = "198.51.100.10"
+THIEF_IP = "192.0.2.20"
+
+
+def line(f):
+    return f.readline().decode("latin-1").rstrip("\r\n")
+
+
+def reply(f):
+    """One whole (possibly multi-line) reply: its last line."""
+    first = line(f)
+    if len(first) >= 4 and first[3] == "-":
+        code = first[:3]
+        last = first
+        for _ in range(1000):
+            last = line(f)
+            if last.startswith(code + " "):
+                break
+        return last
+    return first
+
+
+def session():
+    s = socket.create_connection((SERVER, 21), timeout=10)
+    f = s.makefile("rb")
+    greeting = reply(f)
+    assert greeting.startswith("220"), greeting
+
+    def cmd(text):
+        s.sendall(text.encode("latin-1") + b"\r\n")
+        return reply(f)
+
+    assert cmd("USER anonymous").startswith(("230", "331"))
+    r = cmd("PASS lab@")
+    assert r.startswith(("230", "202")), r
+    return s, f, cmd
+
+
+def bounce():
+    s, f, cmd = session()
+    out = {
+        "port_third_host": cmd("PORT 203,0,113,5,200,10"),
+        "eprt_third_host": cmd("EPRT |1|203.0.113.5|51210|"),
+        "port_privileged": cmd("PORT 192,0,2,10,0,22"),
+        "eprt_family_3": cmd("EPRT |3|x|1|"),
+        "lprt": cmd("LPRT 4,4,203,0,113,5,2,200,10"),
+        "noop_after": cmd("NOOP"),
+    }
+    cmd("QUIT")
+    return out
+
+
+def pasv_port(r):
+    m = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", r)
+    nums = [int(x) for x in m.groups()]
+    return ".".join(map(str, nums[:4])), nums[4] * 256 + nums[5]
+
+
+def theft(path):
+    s, f, cmd = session()
+    cmd("TYPE I")
+    r = cmd("PASV")
+    host, port = pasv_port(r)
+    out = {"pasv": r}
+    thief = socket.socket()
+    thief.bind((THIEF_IP, 0))
+    thief.settimeout(5)
+    try:
+        thief.connect((SERVER, port))
+        thief.sendall(b"x")
+        got = thief.recv(100)
+        out["thief_got"] = len(got)
+        out["thief_closed"] = got == b""
+    except OSError as e:
+        out["thief_closed"] = True
+        out["thief_error"] = str(e)
+    finally:
+        thief.close()
+    d = socket.create_connection((SERVER, port), timeout=10)
+    out["retr_preliminary"] = cmd("RETR " + path)
+    data = b""
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        chunk = d.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    d.close()
+    out["retr_final"] = reply(f)
+    out["bytes"] = len(data)
+    cmd("QUIT")
+    return out
+
+
+def linger():
+    s, f, cmd = session()
+    r = cmd("PASV")
+    host, port = pasv_port(r)
+    print(json.dumps({"pasv": r, "port": port}), flush=True)
+    # keep the session open while the test watches the gateway's listeners
+    time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 5)
+    cmd("QUIT")
+    return {"done": True}
+
+
+if __name__ == "__main__":
+    what = sys.argv[1]
+    if what == "bounce":
+        print(json.dumps(bounce()))
+    elif what == "theft":
+        print(json.dumps(theft(sys.argv[2])))
+    elif what == "linger":
+        print(json.dumps(linger()))

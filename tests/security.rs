@@ -1,0 +1,107 @@
+//! The firewall half of ftpgate, through the real daemon and vsftpd
+//! (lab/hostile_client.py plays the hostile client):
+//! - a PORT/EPRT naming a third host or a privileged port of the client, an
+//!   unknown EPRT family and LPRT are answered by the gateway itself and never
+//!   reach the server, and the session goes on (ATTACKS.md 1, 2, 4, 29);
+//! - a connection to a passive data port from another address is refused
+//!   while the real client's transfer still works (ATTACKS.md 5);
+//! - a data listener nobody connects to closes after --data-timeout while
+//!   its session stays open (ATTACKS.md 23).
+mod common;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{repo_root, text, Lab, Ns, Rules, SERVER_IP};
+
+fn hostile(lab: &Lab, args: &[&str]) -> String {
+    let script = repo_root().join("lab/hostile_client.py");
+    let mut argv = vec!["python3", script.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let out = lab.client_ok(60, &argv);
+    text(&out.stdout)
+}
+
+#[test]
+fn bounce_and_protocol_abuse_refused_by_the_gateway() {
+    let lab = Lab::with_gateway("bounce", Rules::Nft);
+    let report = hostile(&lab, &["bounce"]);
+    for (key, code) in [
+        ("port_third_host", "501"),
+        ("eprt_third_host", "501"),
+        ("port_privileged", "501"),
+        ("eprt_family_3", "522"),
+        ("lprt", "502"),
+        ("noop_after", "200"),
+    ] {
+        let needle = format!("\"{key}\": \"{code}");
+        assert!(report.contains(&needle), "{key} should get {code}: {report}\n{}", lab.diagnostics());
+    }
+    let server_log = lab.vsftpd_log();
+    for verb in ["PORT", "EPRT", "LPRT"] {
+        assert!(
+            !server_log.contains(&format!("\"{verb} ")),
+            "{verb} reached the server:\n{server_log}"
+        );
+    }
+    let log = lab.gateway_log();
+    assert!(log.contains("refused"), "no refusal logged:\n{log}");
+}
+
+#[test]
+fn passive_port_thief_refused_transfer_still_works() {
+    let lab = Lab::with_gateway("theft", Rules::Iptables);
+    lab.server_file("loot.bin", 300_000);
+    // a second host on the client's network
+    let out = lab.exec(Ns::Client, 10, &["ip", "addr", "add", "192.0.2.20/24", "dev", "eth0"]);
+    assert!(out.status.success(), "add thief address: {}", text(&out.stderr));
+    let report = hostile(&lab, &["theft", "pub/loot.bin"]);
+    assert!(report.contains("\"thief_closed\": true"), "thief got a connection: {report}");
+    assert!(report.contains("\"retr_final\": \"226"), "real transfer failed: {report}\n{}", lab.diagnostics());
+    assert!(report.contains("\"bytes\": 300000"), "wrong byte count: {report}");
+    let log = lab.gateway_log();
+    assert!(log.contains("data peer refused") && log.contains("192.0.2.20"), "theft not logged:\n{log}");
+    assert!(
+        lab.server_transfer_clients().iter().all(|c| c == common::CLIENT_IP),
+        "server saw another client: {:?}",
+        lab.server_transfer_clients()
+    );
+}
+
+#[test]
+fn unused_data_listener_closes_after_data_timeout() {
+    let mut lab = Lab::new("linger", Rules::Nft);
+    lab.start_gateway(&["--data-timeout", "2"]);
+    let script = repo_root().join("lab/hostile_client.py");
+    let mut child = Command::new("timeout")
+        .args(["30", "ip", "netns", "exec", &lab.ns(Ns::Client), "python3"])
+        .arg(&script)
+        .args(["linger", "6"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hostile client");
+    let mut first = String::new();
+    // Kept until the client exits: closing the pipe would fail its last print.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    let port = first
+        .split("\"port\": ")
+        .nth(1)
+        .and_then(|s| s.trim().trim_end_matches('}').parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no PASV port in {first:?}"));
+    let data_listener = format!("{SERVER_IP}:{port}");
+    assert!(lab.listeners().contains(&data_listener), "listener {data_listener} not up: {:?}", lab.listeners());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.listeners().contains(&data_listener) {
+        assert!(Instant::now() < deadline, "listener {data_listener} outlived --data-timeout");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // the session itself is still open: the client is still sleeping
+    assert!(child.try_wait().unwrap().is_none(), "client session ended early");
+    let status = child.wait().unwrap();
+    drop(stdout);
+    assert!(status.success(), "hostile client failed: {status}");
+    lab.assert_no_data_listeners();
+}
