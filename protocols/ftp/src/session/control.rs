@@ -459,6 +459,11 @@ impl Session {
     }
 
     fn logged_in(&mut self) {
+        // vsftpd answers an anonymous USER with 230 and the PASS after it
+        // with "230 Already logged in.": one login, one record.
+        if self.login.logged_in && self.login.user == self.login.pending_user {
+            return;
+        }
         self.login.logged_in = true;
         self.login.user = self.login.pending_user.clone();
         let user = self.login.user.clone().unwrap_or_default();

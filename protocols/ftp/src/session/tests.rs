@@ -848,6 +848,19 @@ fn expect_accept_active_226_held_one_long_tick_closes_session() {
 }
 
 #[test]
+fn expect_login_230_audited_once() {
+    let mut t = T::new();
+    server!(t, b"220 (vsFTPd 3.0.3)\r\n");
+    client!(t, b"USER anonymous\r\n");
+    server!(t, b"230 Login successful.\r\n");
+    client!(t, b"PASS lab@\r\n");
+    server!(t, b"230 Already logged in.\r\n");
+    client!(t, b"PASV\r\n");
+    let logins = t.audits().into_iter().filter(|e| matches!(e, AuditEvent::LoggedIn { .. })).count();
+    assert_eq!(logins, 1);
+}
+
+#[test]
 fn relaying_relayed_before_226_logged_at_reply() {
     let mut t = passive_relaying_retr();
     t.input(Input::Relayed { data: DataId(0), to_client: 7, to_server: 0 });
