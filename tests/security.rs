@@ -39,10 +39,7 @@ fn bounce_and_protocol_abuse_refused_by_the_gateway() {
     }
     let server_log = lab.vsftpd_log();
     for verb in ["PORT", "EPRT", "LPRT"] {
-        assert!(
-            !server_log.contains(&format!("\"{verb} ")),
-            "{verb} reached the server:\n{server_log}"
-        );
+        assert!(!server_log.contains(&format!("\"{verb} ")), "{verb} reached the server:\n{server_log}");
     }
     let log = lab.gateway_log();
     assert!(log.contains("refused"), "no refusal logged:\n{log}");
@@ -57,7 +54,11 @@ fn passive_port_thief_refused_transfer_still_works() {
     assert!(out.status.success(), "add thief address: {}", text(&out.stderr));
     let report = hostile(&lab, &["theft", "pub/loot.bin"]);
     assert!(report.contains("\"thief_closed\": true"), "thief got a connection: {report}");
-    assert!(report.contains("\"retr_final\": \"226"), "real transfer failed: {report}\n{}", lab.diagnostics());
+    assert!(
+        report.contains("\"retr_final\": \"226"),
+        "real transfer failed: {report}\n{}",
+        lab.diagnostics()
+    );
     assert!(report.contains("\"bytes\": 300000"), "wrong byte count: {report}");
     let log = lab.gateway_log();
     assert!(log.contains("data peer refused") && log.contains("192.0.2.20"), "theft not logged:\n{log}");
@@ -92,7 +93,11 @@ fn unused_data_listener_closes_after_data_timeout() {
         .and_then(|s| s.trim().trim_end_matches('}').parse::<u16>().ok())
         .unwrap_or_else(|| panic!("no PASV port in {first:?}"));
     let data_listener = format!("{SERVER_IP}:{port}");
-    assert!(lab.listeners().contains(&data_listener), "listener {data_listener} not up: {:?}", lab.listeners());
+    assert!(
+        lab.listeners().contains(&data_listener),
+        "listener {data_listener} not up: {:?}",
+        lab.listeners()
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while lab.listeners().contains(&data_listener) {
         assert!(Instant::now() < deadline, "listener {data_listener} outlived --data-timeout");
