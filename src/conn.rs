@@ -407,11 +407,7 @@ impl Conn {
             }
             Err(e) => {
                 debug!(self.log, "data listen failed"; "data" => data.0, "error" => %e);
-                let step = match e {
-                    TproxyError::Listen { .. } => DataStep::Listen,
-                    _ => DataStep::Bind,
-                };
-                self.facts.push_back(Input::Failed { data, step, error: e.kind() });
+                self.facts.push_back(Input::Failed { data, step: e.step(), error: e.kind() });
             }
         }
     }
@@ -456,11 +452,7 @@ impl Conn {
             }
             Err(e) => {
                 warn!(self.log, "data connect failed"; "data" => data.0, "error" => %e);
-                let step = match e {
-                    TproxyError::Connect { .. } => DataStep::Connect,
-                    _ => DataStep::Bind,
-                };
-                self.facts.push_back(Input::Failed { data, step, error: e.kind() });
+                self.facts.push_back(Input::Failed { data, step: e.step(), error: e.kind() });
             }
         }
     }

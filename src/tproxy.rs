@@ -9,6 +9,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
+use ftpgate_proto::DataStep;
 use mio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -26,6 +27,16 @@ impl TproxyError {
     /// The errno kind, as the protocol core wants it.
     pub(crate) fn kind(&self) -> io::ErrorKind {
         self.io().kind()
+    }
+
+    /// The data-channel step this failure belongs to, as the core counts
+    /// steps: everything before listen() or connect() is part of binding.
+    pub(crate) fn step(&self) -> DataStep {
+        match self {
+            Self::Socket(_) | Self::SetTransparent(_) | Self::Bind { .. } => DataStep::Bind,
+            Self::Listen { .. } => DataStep::Listen,
+            Self::Connect { .. } => DataStep::Connect,
+        }
     }
 
     pub(crate) fn io(&self) -> &io::Error {
