@@ -8,6 +8,11 @@ the lab's client namespace. Prints one JSON report; the Rust test judges it.
             address (192.0.2.20) before the real client's: the thief is closed,
             the real client's RETR still works
   linger    PASV and never connect: the listener must close by itself
+  greeting  connect to HOST:21 and print the first reply (a 421 from the
+            gateway when the server is unreachable or is the gateway itself)
+  abort     ftplib's ABOR (sent as TCP urgent data) in the middle of a RETR,
+            passive or active: the transfer's 426 and the ABOR's own reply
+            must both arrive, in that order, and the session goes on
 """
 import json
 import re
@@ -120,11 +125,35 @@ def linger():
     return {"done": True}
 
 
+def abort(path, active):
+    import ftplib
+    f = ftplib.FTP(SERVER, timeout=10)
+    f.login()
+    f.set_pasv(not active)
+    conn = f.transfercmd("RETR " + path)
+    first = conn.recv(65536)
+    # ftplib.abort(): "ABOR\r\n" with MSG_OOB, then reads one reply; 426/226
+    # for the transfer comes first, then the ABOR's own 225/226.
+    transfer_reply = f.abort()
+    abor_reply = f.getresp() if transfer_reply.startswith("426") else ""
+    conn.close()
+    noop = f.voidcmd("NOOP")
+    f.quit()
+    return {"got": len(first), "transfer_reply": transfer_reply, "abor_reply": abor_reply, "noop": noop}
+
+
 if __name__ == "__main__":
     what = sys.argv[1]
     if what == "bounce":
         print(json.dumps(bounce()))
     elif what == "theft":
         print(json.dumps(theft(sys.argv[2])))
+    elif what == "greeting":
+        t0 = time.time()
+        s = socket.create_connection((sys.argv[2], 21), timeout=30)
+        first = reply(s.makefile("rb"))
+        print(json.dumps({"greeting": first, "seconds": round(time.time() - t0, 1)}))
+    elif what == "abort":
+        print(json.dumps(abort(sys.argv[2], sys.argv[3] == "active")))
     elif what == "linger":
         print(json.dumps(linger()))

@@ -6,7 +6,11 @@
 //! - a connection to a passive data port from another address is refused
 //!   while the real client's transfer still works (ATTACKS.md 5);
 //! - a data listener nobody connects to closes after --data-timeout while
-//!   its session stays open (ATTACKS.md 23).
+//!   its session stays open (ATTACKS.md 23);
+//! - ABOR sent as urgent data mid-RETR: the transfer's 426, then the ABOR's
+//!   own reply, in order, and the session goes on (passive and active);
+//! - an unreachable server, or the gateway's own address, gets the client a
+//!   clean 421 (ATTACKS.md 32).
 mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -109,4 +113,41 @@ fn unused_data_listener_closes_after_data_timeout() {
     drop(stdout);
     assert!(status.success(), "hostile client failed: {status}");
     lab.assert_no_data_listeners();
+}
+
+fn abort_scenario(tag: &str, active: bool) {
+    let lab = Lab::with_gateway(tag, Rules::Nft);
+    lab.server_file("big.bin", 40_000_000);
+    let report = hostile(&lab, &["abort", "pub/big.bin", if active { "active" } else { "passive" }]);
+    assert!(report.contains("\"transfer_reply\": \"426"), "no 426 first: {report}\n{}", lab.diagnostics());
+    assert!(
+        report.contains("\"abor_reply\": \"225") || report.contains("\"abor_reply\": \"226"),
+        "no ABOR reply after the 426: {report}"
+    );
+    assert!(report.contains("\"noop\": \"200"), "session did not go on: {report}");
+    assert!(lab.vsftpd_log().contains("ABOR"), "the server never saw ABOR");
+    let log = lab.gateway_log();
+    assert!(log.contains("result: aborted"), "transfer not logged as aborted:\n{log}");
+    lab.assert_no_data_listeners();
+}
+
+#[test]
+fn abor_mid_retr_passive_426_then_abor_reply() {
+    abort_scenario("aborpas", false);
+}
+
+#[test]
+fn abor_mid_retr_active_426_then_abor_reply() {
+    abort_scenario("aboract", true);
+}
+
+#[test]
+fn unreachable_server_and_gateway_itself_get_421() {
+    let mut lab = Lab::new("c421", Rules::Nft);
+    lab.start_gateway(&["--connect-timeout", "2"]);
+    let report = hostile(&lab, &["greeting", "198.51.100.99"]);
+    assert!(report.contains("\"greeting\": \"421"), "no 421 for an unreachable server: {report}");
+    let report = hostile(&lab, &["greeting", common::GW_SERVER_IP]);
+    assert!(report.contains("\"greeting\": \"421"), "no 421 for the gateway itself: {report}");
+    assert!(lab.gateway_log().contains("the destination is the gateway itself"));
 }
