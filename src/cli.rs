@@ -1,7 +1,6 @@
 //! Command line.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -59,12 +58,6 @@ pub(crate) struct Args {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Full)]
     pub(crate) log_format: LogFormat,
-}
-
-impl Args {
-    pub(crate) fn secs(n: u64) -> Duration {
-        Duration::from_secs(n)
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

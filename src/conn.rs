@@ -293,11 +293,6 @@ impl Conn {
                 }
             }
         }
-        if self.finished() {
-            for id in self.data.iter().map(|c| c.id).collect::<Vec<_>>() {
-                self.close_data(ctx, id);
-            }
-        }
         more
     }
 

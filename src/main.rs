@@ -14,6 +14,7 @@ mod tproxy;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use ftpgate_proto::{Config, PassiveAddressPolicy};
@@ -25,10 +26,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let log = log::build(args.log_level, args.log_format);
     let config = Config {
-        data_accept_timeout: Args::secs(args.data_timeout),
-        data_connect_timeout: Args::secs(args.connect_timeout),
-        greeting_timeout: Args::secs(args.connect_timeout.max(1) * 3),
-        idle_timeout: Args::secs(args.idle_timeout),
+        data_accept_timeout: Duration::from_secs(args.data_timeout),
+        data_connect_timeout: Duration::from_secs(args.connect_timeout),
+        greeting_timeout: Duration::from_secs(args.connect_timeout.max(1) * 3),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
         allow_privileged_data_ports: args.allow_privileged_data_ports,
         passive_address_mismatch: match args.passive_address_mismatch {
             PassiveMismatch::Rewrite => PassiveAddressPolicy::Rewrite,
@@ -41,7 +42,7 @@ fn main() -> ExitCode {
         config: Arc::new(config),
         max_sessions: args.max_sessions.max(1),
         max_sessions_per_client: args.max_sessions_per_client.max(1),
-        drain_timeout: Args::secs(args.drain_timeout),
+        drain_timeout: Duration::from_secs(args.drain_timeout),
     };
     let mut server = match server::Server::new(opts, log.clone()) {
         Ok(server) => server,

@@ -24,8 +24,9 @@ const SIGNALS: Token = Token(0);
 /// Control listeners use tokens 1..FIRST_DYNAMIC; sockets of sessions use
 /// FIRST_DYNAMIC + their registration key.
 const FIRST_DYNAMIC: usize = 1024;
-/// When accept() fails for lack of descriptors, wait this long instead of
-/// spinning on a listener that stays readable.
+/// When accept() fails for lack of descriptors, or the session cap is
+/// reached, wait this long instead of spinning on a listener that stays
+/// readable.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
 /// Why the daemon could not start.
@@ -188,9 +189,8 @@ impl Server {
                     warn!(self.log, "drain deadline passed; closing sessions"; "sessions" => self.conns.len());
                     let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                     for key in keys {
-                        let mut conn = self.conns.remove(key);
-                        conn.abort(&mut self.ctx(now));
-                        self.forget_client(conn.client_ip);
+                        let conn = self.conns.remove(key);
+                        self.retire(conn, now);
                     }
                     return Ok(());
                 }
@@ -213,11 +213,9 @@ impl Server {
         let Some(mut conn) = self.conns.try_remove(key) else { return };
         let more = conn.drive(&mut self.ctx(now));
         if conn.finished() {
-            conn.abort(&mut self.ctx(now));
-            self.forget_client(conn.client_ip);
             // The slot is free again only now, after this session's tokens
             // were retired.
-            return;
+            return self.retire(conn, now);
         }
         let deadline = conn.deadline();
         self.timers.arm(key, &mut conn.timer, deadline);
@@ -227,6 +225,12 @@ impl Server {
         if more {
             self.again.push(key);
         }
+    }
+
+    /// Releases every socket of a session taken out of the slab.
+    fn retire(&mut self, mut conn: Conn, now: Instant) {
+        conn.abort(&mut self.ctx(now));
+        self.forget_client(conn.client_ip);
     }
 
     fn forget_client(&mut self, ip: IpAddr) {
@@ -306,7 +310,7 @@ impl Server {
     fn start_session(
         &mut self,
         listener: usize,
-        mut stream: mio::net::TcpStream,
+        stream: mio::net::TcpStream,
         peer: SocketAddr,
         now: Instant,
     ) -> Option<usize> {
@@ -324,23 +328,14 @@ impl Server {
         // A client that connected to the gateway's own port was not
         // redirected: proxying it would connect the gateway to itself.
         if server.port() == self.listeners[listener].addr.port() {
-            warn!(log, "refused: connection was not redirected by TPROXY");
-            let _ = io::Write::write(
-                &mut stream,
-                b"421 ftpgate: this port only takes redirected connections.\r\n",
-            );
-            return None;
+            return refuse(&log, stream, Refusal::NotRedirected);
         }
         if tproxy::is_local_address(server.ip()) {
-            warn!(log, "refused: the destination is the gateway itself");
-            let _ = io::Write::write(&mut stream, b"421 ftpgate: no FTP service on the gateway itself.\r\n");
-            return None;
+            return refuse(&log, stream, Refusal::GatewayItself);
         }
         let count = self.per_client.entry(peer.ip()).or_insert(0);
         if *count >= self.opts.max_sessions_per_client {
-            warn!(log, "refused: too many sessions from this client"; "limit" => self.opts.max_sessions_per_client);
-            let _ = io::Write::write(&mut stream, b"421 ftpgate: too many sessions from your address.\r\n");
-            return None;
+            return refuse(&log, stream, Refusal::TooManyFromClient);
         }
         *count += 1;
         info!(log, "session start");
@@ -361,4 +356,37 @@ impl Server {
             }
         }
     }
+}
+
+/// Why a control connection is turned away before a session starts.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// It reached the TPROXY port directly: proxying it would connect the
+    /// gateway to itself.
+    NotRedirected,
+    /// Its destination is one of the gateway's own addresses (ATTACKS.md 32).
+    GatewayItself,
+    /// The per-client session cap (ATTACKS.md 22).
+    TooManyFromClient,
+}
+
+/// Logs the refusal and tells the client with a best-effort 421.
+fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal) -> Option<usize> {
+    let (message, reply): (&str, &[u8]) = match why {
+        Refusal::NotRedirected => (
+            "refused: connection was not redirected by TPROXY",
+            b"421 ftpgate: this port only takes redirected connections.\r\n",
+        ),
+        Refusal::GatewayItself => (
+            "refused: the destination is the gateway itself",
+            b"421 ftpgate: no FTP service on the gateway itself.\r\n",
+        ),
+        Refusal::TooManyFromClient => (
+            "refused: too many sessions from this client",
+            b"421 ftpgate: too many sessions from your address.\r\n",
+        ),
+    };
+    warn!(log, "{}", message);
+    let _ = io::Write::write(&mut stream, reply);
+    None
 }
