@@ -32,6 +32,9 @@ pub struct Config {
     pub max_reply_lines: usize,
     /// Cap on data channels open at once per session (ATTACKS.md 20).
     pub max_data_channels: usize,
+    /// A relaying data channel that moves no byte either way for this long
+    /// fails: both legs are reset and the client gets 426.
+    pub data_idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             passive_address_mismatch: PassiveAddressPolicy::Rewrite,
             max_reply_lines: 1000,
             max_data_channels: 1,
+            data_idle_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -126,6 +126,33 @@ pub enum Input<'a> {
         /// Bytes written toward the server.
         to_server: u64,
     },
+    /// Running byte counts of a relaying data channel, fed when they grew
+    /// (at most once per wakeup is enough). Bytes moving keep the channel
+    /// from its idle deadline (`Config::data_idle_timeout`).
+    Progress {
+        /// The data channel.
+        data: DataId,
+        /// Bytes written toward the client so far.
+        to_client: u64,
+        /// Bytes written toward the server so far.
+        to_server: u64,
+    },
+    /// The relay ended abnormally: a read error or reset on `leg`'s data
+    /// connection, or a write error toward it. The shell has already ended
+    /// the other leg with a reset (never a FIN), so neither end mistakes
+    /// the cut for a complete transfer.
+    RelayFailed {
+        /// The data channel.
+        data: DataId,
+        /// Whose data connection failed: the client's or the server's.
+        leg: Side,
+        /// Why.
+        error: io::ErrorKind,
+        /// Bytes written toward the client before the failure.
+        to_client: u64,
+        /// Bytes written toward the server before the failure.
+        to_server: u64,
+    },
     /// `now` has reached `poll_timeout()`.
     Timeout,
     /// The daemon is shutting down: finish running transfers, then close.
@@ -168,6 +195,13 @@ pub enum Action {
     /// Both legs are up: relay between them until both directions end, then
     /// report `Relayed` (or `Failed { step: Relay }`).
     Relay {
+        /// The data channel.
+        data: DataId,
+    },
+    /// End both legs of this data channel with a reset (close with
+    /// `SO_LINGER` 0), never a FIN: the transfer failed and neither end may
+    /// take it for complete. A `CloseData` for the same channel follows.
+    ResetData {
         /// The data channel.
         data: DataId,
     },
@@ -351,6 +385,9 @@ impl Session {
             Input::Connected { data } => self.on_connected(data),
             Input::Failed { data, step, error } => self.on_failed(now, data, step, error),
             Input::Relayed { data, to_client, to_server } => self.on_relayed(now, data, to_client, to_server),
+            // Placeholder until the core implements the data idle deadline.
+            Input::Progress { .. } => {}
+            Input::RelayFailed { data, error, .. } => self.on_failed(now, data, DataStep::Relay, error),
             Input::Timeout => self.on_timeout(now),
             Input::Drain => self.draining = true,
         }
