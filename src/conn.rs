@@ -18,7 +18,6 @@ use slog::{debug, warn, Logger};
 
 use crate::audit;
 use crate::relay::{Readiness, Relay, RelayStatus};
-use crate::timers::Armed;
 use crate::tproxy::{self, TproxyError};
 
 /// How long a closed session may take to flush its last reply to a peer
@@ -146,7 +145,6 @@ pub(crate) struct Conn {
     /// The server connect must complete by then (the greeting may take
     /// longer: that deadline is the core's).
     connect_by: Option<Instant>,
-    pub(crate) timer: Armed,
 }
 
 impl Conn {
@@ -185,7 +183,6 @@ impl Conn {
             facts: VecDeque::new(),
             close_by: None,
             connect_by: Some(ctx.now + connect_timeout),
-            timer: Armed::default(),
         };
         // The server sees the client's own address; the port is the kernel's
         // choice, as a NAT-free router would leave it to the client.
@@ -238,6 +235,11 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// The session's key in the loop's slab.
+    pub(crate) fn key(&self) -> usize {
+        self.key
     }
 
     /// Feeds the daemon's shutdown to the session.
