@@ -896,3 +896,21 @@ impl Conn {
 fn chan_in(data: &mut [DataChan], id: DataId) -> Option<&mut DataChan> {
     data.iter_mut().find(|c| c.id == id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_error_names_the_socket_and_the_event_loop_not_routing() {
+        let e =
+            RegisterError { role: Role::DataOutbound(DataId(3)), error: io::Error::from_raw_os_error(28) };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot register the outbound data connection with the event loop"),
+            "{text}"
+        );
+        assert!(text.contains("max_user_watches"), "{text}");
+        assert!(!text.contains("ip rule"), "{text}");
+    }
+}
