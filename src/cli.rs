@@ -29,6 +29,11 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 900)]
     pub(crate) idle_timeout: u64,
 
+    /// Seconds a data transfer may move no byte in either direction before
+    /// it is ended: both data connections are reset and the client gets 426.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub(crate) data_idle_timeout: u64,
+
     /// Seconds running transfers get to finish after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub(crate) drain_timeout: u64,

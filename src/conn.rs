@@ -2,10 +2,14 @@
 //!
 //! The session decides everything; this file only executes its actions and
 //! reports facts back, following the core's driving contract: feed one fact,
-//! drain every action (facts those actions produce are queued and fed in
-//! turn), write what is pending, re-arm the timer.
+//! drain every action, write what is pending, re-arm the timer.
+//!
+//! Facts reach the core one way: every fact, whether a socket produced it
+//! or an action did, goes into `facts`, and `feed_facts` alone hands them
+//! to the core, one at a time, each followed by draining every action.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
@@ -14,11 +18,10 @@ use ftpgate_proto::{Action, ControlEnds, DataId, DataStep, Input, Session, Side}
 use mio::net::{TcpListener, TcpStream};
 use mio::{event::Source, Interest, Registry, Token};
 use slab::Slab;
-use slog::{debug, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 
 use crate::audit;
-use crate::relay::{Readiness, Relay, RelayStatus};
-use crate::timers::Armed;
+use crate::relay::{self, Budget, Readiness, Relay, RelayStatus};
 use crate::tproxy::{self, TproxyError};
 
 /// How long a closed session may take to flush its last reply to a peer
@@ -28,8 +31,13 @@ const LINGER: Duration = Duration::from_secs(5);
 /// Backlog of a data listener: it accepts one connection (plus thieves).
 const DATA_BACKLOG: i32 = 8;
 
-/// Work bound per wakeup, so one busy session cannot starve the others.
+/// Rounds of control work per wakeup, so one busy session cannot starve
+/// the others. Splice work has its own, smaller bound: `relay::Budget`.
 const MAX_ROUNDS: usize = 32;
+
+/// What the client hears when the daemon gives up on its session for want
+/// of resources (a socket that could not join the event loop).
+const REPLY_OUT_OF_RESOURCES: &[u8] = b"421 Service not available: ftpgate is out of resources.\r\n";
 
 /// What a registered socket is to its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +49,39 @@ pub(crate) enum Role {
     /// The leg the gateway connected.
     DataOutbound(DataId),
 }
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Control(Side::Client) => f.write_str("client control connection"),
+            Self::Control(Side::Server) => f.write_str("server control connection"),
+            Self::DataListener(_) => f.write_str("data listener"),
+            Self::DataAccepted(_) => f.write_str("accepted data connection"),
+            Self::DataOutbound(_) => f.write_str("outbound data connection"),
+        }
+    }
+}
+
+/// A socket could not join the event loop (epoll_ctl failed). Not a
+/// network or routing problem: the host is short of memory or of epoll
+/// watches.
+#[derive(Debug)]
+pub(crate) struct RegisterError {
+    pub(crate) role: Role,
+    pub(crate) error: io::Error,
+}
+
+impl fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot register the {} with the event loop: {} (check free memory and /proc/sys/fs/epoll/max_user_watches)",
+            self.role, self.error
+        )
+    }
+}
+
+impl std::error::Error for RegisterError {}
 
 /// The owner of a token.
 #[derive(Debug)]
@@ -70,12 +111,12 @@ impl Ctx<'_> {
         source: &mut S,
         role: Role,
         interest: Interest,
-    ) -> io::Result<Token> {
+    ) -> Result<Token, RegisterError> {
         let key = self.regs.insert(Registration { conn, role, live: true });
         let token = Token(key + self.first_token);
-        if let Err(e) = self.registry.register(source, token, interest) {
+        if let Err(error) = self.registry.register(source, token, interest) {
             self.regs.remove(key);
-            return Err(e);
+            return Err(RegisterError { role, error });
         }
         Ok(token)
     }
@@ -104,15 +145,17 @@ struct Control {
     leg: Option<Leg>,
     /// The non-blocking connect (server side) has not completed yet.
     connecting: bool,
-    /// Read returned 0 or failed: no more reads.
-    eof: bool,
+    /// The core was told that this connection ended (`Input::Closed`), by
+    /// EOF, a read error or a write error: it is told once, and nothing
+    /// more is read.
+    closed_reported: bool,
     /// The core asked for `Shutdown`: flush, then close.
     closing: bool,
 }
 
 impl Control {
     fn new(leg: Option<Leg>, connecting: bool) -> Self {
-        Self { leg, connecting, eof: false, closing: false }
+        Self { leg, connecting, closed_reported: false, closing: false }
     }
 }
 
@@ -124,13 +167,29 @@ struct DataChan {
     peer: Side,
     listener: Option<(TcpListener, Token)>,
     listener_ready: bool,
-    /// The connection accepted last, waiting for the core's verdict.
-    candidate: Option<TcpStream>,
+    /// The connection just accepted, while the core judges it
+    /// (`Input::Accepted`). Owned by `accept_data`, which puts it here and
+    /// closes what the verdict left (a refusal); the keeping verdict,
+    /// `Action::Connect`, takes it.
+    accepted_pending_verdict: Option<TcpStream>,
     accepted: Option<Leg>,
     outbound: Option<Leg>,
     outbound_connected: bool,
     relay: Option<Relay>,
-    reported: bool,
+    /// Byte counts (to client, to server) the core last heard of
+    /// (`Input::Progress`).
+    reported_counts: (u64, u64),
+    /// The core was told how the relay ended (`Relayed` or `RelayFailed`).
+    relay_ended: bool,
+}
+
+/// A fact for the core, queued until `feed_facts` hands it over.
+#[derive(Debug)]
+enum Fact {
+    /// Bytes read from a control socket (owned: the read buffer is reused).
+    Received { from: Side, data: Vec<u8> },
+    /// Any other fact: these borrow nothing.
+    Input(Input<'static>),
 }
 
 pub(crate) struct Conn {
@@ -141,17 +200,22 @@ pub(crate) struct Conn {
     client: Control,
     server: Control,
     data: Vec<DataChan>,
-    facts: VecDeque<Input<'static>>,
+    facts: VecDeque<Fact>,
+    /// Set while `feed_facts` runs: actions only queue facts, never feed.
+    feeding: bool,
     close_by: Option<Instant>,
     /// The server connect must complete by then (the greeting may take
     /// longer: that deadline is the core's).
     connect_by: Option<Instant>,
-    pub(crate) timer: Armed,
+    /// A socket could not join the event loop: the session ends with a 421
+    /// and every socket it registered is released.
+    broken: Option<RegisterError>,
 }
 
 impl Conn {
     /// Takes an accepted client connection and starts the foreign-source
-    /// connect to the original destination.
+    /// connect to the original destination. If the client's socket cannot
+    /// join the event loop, the client gets a 421 and there is no session.
     pub(crate) fn start(
         key: usize,
         log: Logger,
@@ -160,7 +224,7 @@ impl Conn {
         ends: ControlEnds,
         connect_timeout: Duration,
         ctx: &mut Ctx<'_>,
-    ) -> io::Result<Self> {
+    ) -> Result<Self, RegisterError> {
         let _ = client.set_nodelay(true);
         // Clients send ABOR's Synch as urgent data; inline, it stays in the
         // stream where the core expects it (ftplib sends all of "ABOR\r\n"
@@ -168,12 +232,18 @@ impl Conn {
         if let Err(e) = tproxy::set_urgent_inline(&client) {
             warn!(log, "SO_OOBINLINE failed"; "error" => %e);
         }
-        let token = ctx.register(
+        let token = match ctx.register(
             key,
             &mut client,
             Role::Control(Side::Client),
             Interest::READABLE | Interest::WRITABLE,
-        )?;
+        ) {
+            Ok(token) => token,
+            Err(e) => {
+                let _ = client.write(REPLY_OUT_OF_RESOURCES);
+                return Err(e);
+            }
+        };
         let mut conn = Self {
             key,
             client_ip: ends.client.ip(),
@@ -183,26 +253,33 @@ impl Conn {
             server: Control::new(None, false),
             data: Vec::new(),
             facts: VecDeque::new(),
+            feeding: false,
             close_by: None,
             connect_by: Some(ctx.now + connect_timeout),
-            timer: Armed::default(),
+            broken: None,
         };
         // The server sees the client's own address; the port is the kernel's
         // choice, as a NAT-free router would leave it to the client.
         let from = SocketAddr::new(ends.client.ip(), 0);
         match tproxy::connect_from(from, ends.server) {
             Ok(mut stream) => {
-                let token = ctx.register(
+                match ctx.register(
                     key,
                     &mut stream,
                     Role::Control(Side::Server),
                     Interest::READABLE | Interest::WRITABLE,
-                )?;
-                conn.server = Control::new(Some(Leg { stream, token, ready: Readiness::default() }), true);
+                ) {
+                    Ok(token) => {
+                        conn.server =
+                            Control::new(Some(Leg { stream, token, ready: Readiness::default() }), true);
+                    }
+                    // The first drive gives up on the session.
+                    Err(e) => conn.broken = Some(e),
+                }
             }
             Err(e) => {
                 warn!(conn.log, "server connect failed"; "error" => %e);
-                conn.facts.push_back(Input::ServerUnreachable { error: e.kind() });
+                conn.queue(Input::ServerUnreachable { error: e.kind() });
             }
         }
         Ok(conn)
@@ -240,9 +317,14 @@ impl Conn {
         }
     }
 
+    /// The session's key in the loop's slab.
+    pub(crate) fn key(&self) -> usize {
+        self.key
+    }
+
     /// Feeds the daemon's shutdown to the session.
     pub(crate) fn drain(&mut self, ctx: &mut Ctx<'_>) {
-        self.feed(ctx, Input::Drain);
+        self.tell(ctx, Input::Drain);
     }
 
     /// When the loop must wake this session next.
@@ -250,27 +332,31 @@ impl Conn {
         [self.session.poll_timeout(), self.close_by, self.connect_by].into_iter().flatten().min()
     }
 
-    /// True when every socket is gone and the session is over.
+    /// True when the session is over: every socket is gone, or the daemon
+    /// gave up on it (then `abort` releases what is left).
     pub(crate) fn finished(&self) -> bool {
-        self.session.is_closed() && self.client.leg.is_none() && self.server.leg.is_none()
+        self.broken.is_some()
+            || (self.session.is_closed() && self.client.leg.is_none() && self.server.leg.is_none())
     }
 
-    /// Runs the session as far as readiness allows. Returns true when the
-    /// work bound was hit with work left, so the loop calls again at once.
+    /// Runs the session as far as readiness and the work bounds allow.
+    /// Returns true when a bound was hit with work left, so the loop calls
+    /// again after the other sessions had their turn.
     pub(crate) fn drive(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let mut more = false;
         if self.session.poll_timeout().is_some_and(|t| t <= ctx.now) {
-            self.feed(ctx, Input::Timeout);
+            self.queue(Input::Timeout);
         }
-        self.feed_queued(ctx);
+        self.feed_facts(ctx);
+        let mut budget = Budget::per_wakeup();
         let mut rounds = 0;
-        loop {
+        while self.broken.is_none() {
             let mut progress = false;
             progress |= self.connect_server(ctx);
             for side in [Side::Client, Side::Server] {
                 progress |= self.read_control(ctx, side);
             }
-            let (p, m) = self.run_data(ctx);
+            let (p, m) = self.run_data(ctx, &mut budget);
             progress |= p;
             more |= m;
             for side in [Side::Client, Side::Server] {
@@ -284,6 +370,15 @@ impl Conn {
                 more = true;
                 break;
             }
+        }
+        if self.broken.is_none() && self.report_progress(ctx) {
+            for side in [Side::Client, Side::Server] {
+                self.write_control(ctx, side);
+            }
+        }
+        if self.broken.is_some() {
+            self.give_up();
+            return false;
         }
         if self.session.is_closed() {
             let close_by = *self.close_by.get_or_insert(ctx.now + LINGER);
@@ -317,34 +412,80 @@ impl Conn {
         chan_in(&mut self.data, id)
     }
 
-    /// Feeds one fact, then drains every action it causes.
-    fn feed(&mut self, ctx: &mut Ctx<'_>, input: Input<'_>) {
-        self.session.handle_input(ctx.now, input);
-        self.drain_actions(ctx);
-        self.feed_queued(ctx);
+    /// Queues a fact for the core. Actions only queue: the core is never
+    /// fed while its actions are being drained.
+    fn queue(&mut self, input: Input<'static>) {
+        self.facts.push_back(Fact::Input(input));
     }
 
-    fn feed_queued(&mut self, ctx: &mut Ctx<'_>) {
-        while let Some(fact) = self.facts.pop_front() {
-            self.session.handle_input(ctx.now, fact);
-            self.drain_actions(ctx);
+    /// Queues a fact and feeds the queue. Not for use inside `execute`.
+    fn tell(&mut self, ctx: &mut Ctx<'_>, input: Input<'static>) {
+        self.queue(input);
+        self.feed_facts(ctx);
+    }
+
+    /// The one way facts reach the core: one fact at a time, each followed
+    /// by draining every action it causes (which may queue more facts).
+    fn feed_facts(&mut self, ctx: &mut Ctx<'_>) {
+        debug_assert!(!self.feeding, "feed_facts re-entered from an action");
+        self.feeding = true;
+        while self.broken.is_none() {
+            let Some(fact) = self.facts.pop_front() else { break };
+            match &fact {
+                Fact::Received { from, data } => {
+                    self.session.handle_input(ctx.now, Input::Received { from: *from, data })
+                }
+                Fact::Input(input) => self.session.handle_input(ctx.now, *input),
+            }
+            while self.broken.is_none() {
+                let Some(action) = self.session.poll_action() else { break };
+                self.execute(ctx, action);
+            }
         }
+        self.feeding = false;
     }
 
-    fn drain_actions(&mut self, ctx: &mut Ctx<'_>) {
-        while let Some(action) = self.session.poll_action() {
-            self.execute(ctx, action);
+    /// Tells the core about bytes that moved in this wakeup, once per
+    /// channel, so its data idle deadline counts from now. Returns whether
+    /// anything was told.
+    fn report_progress(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let mut told = false;
+        for chan in &mut self.data {
+            let Some(relay) = chan.relay.as_ref().filter(|_| !chan.relay_ended) else { continue };
+            let counts = relay.counts();
+            if counts != chan.reported_counts {
+                chan.reported_counts = counts;
+                let (to_client, to_server) = counts;
+                self.facts.push_back(Fact::Input(Input::Progress { data: chan.id, to_client, to_server }));
+                told = true;
+            }
+        }
+        self.feed_facts(ctx);
+        told
+    }
+
+    /// Ends a session whose socket could not join the event loop: the
+    /// client hears a 421 if that can be said cleanly, and the loop then
+    /// releases every socket the session registered (`finished`, `abort`).
+    fn give_up(&mut self) {
+        let Some(e) = &self.broken else { return };
+        error!(self.log, "session ended: event loop registration failed"; "error" => %e);
+        if let Some(leg) = &mut self.client.leg {
+            // The reply in flight goes first, and the 421 only if it went
+            // whole: a 421 inside a half-sent line would garble both.
+            let pending = self.session.pending(Side::Client);
+            let flushed = pending.is_empty() || leg.stream.write(pending).is_ok_and(|n| n == pending.len());
+            if flushed {
+                let _ = leg.stream.write(REPLY_OUT_OF_RESOURCES);
+            }
         }
     }
 
     fn execute(&mut self, ctx: &mut Ctx<'_>, action: Action) {
         match action {
             Action::Listen { data, local, accept_from: _, peer } => self.listen(ctx, data, local, peer),
-            Action::Refuse { data } => {
-                if let Some(chan) = self.chan(data) {
-                    chan.candidate = None;
-                }
-            }
+            // accept_data closes the connection that no verdict took.
+            Action::Refuse { data: _ } => {}
             Action::Connect { data, local, remote } => self.connect_data(ctx, data, local, remote),
             Action::Relay { data } => {
                 let relay = Relay::new();
@@ -352,11 +493,12 @@ impl Conn {
                     (Some(chan), Ok(relay)) => chan.relay = Some(relay),
                     (Some(_), Err(e)) => {
                         warn!(self.log, "relay pipes failed"; "data" => data.0, "error" => %e);
-                        self.facts.push_back(Input::Failed { data, step: DataStep::Relay, error: e.kind() });
+                        self.queue(Input::Failed { data, step: DataStep::Relay, error: e.kind() });
                     }
                     (None, _) => {}
                 }
             }
+            Action::ResetData { data } => self.reset_data(ctx, data),
             Action::CloseData { data } => self.close_data(ctx, data),
             Action::Shutdown { side } => {
                 let control = self.control(side);
@@ -375,45 +517,49 @@ impl Conn {
                 peer,
                 listener: None,
                 listener_ready: false,
-                candidate: None,
+                accepted_pending_verdict: None,
                 accepted: None,
                 outbound: None,
                 outbound_connected: false,
                 relay: None,
-                reported: false,
+                reported_counts: (0, 0),
+                relay_ended: false,
             });
         }
         self.close_listener(ctx, data);
-        let result = tproxy::listen(local, DATA_BACKLOG).and_then(|mut listener| {
+        let result = tproxy::listen(local, DATA_BACKLOG).and_then(|listener| {
             let bound = listener.local_addr().map_err(|error| TproxyError::Listen { addr: local, error })?;
-            let token = ctx
-                .register(self.key, &mut listener, Role::DataListener(data), Interest::READABLE)
-                .map_err(|error| TproxyError::Listen { addr: local, error })?;
-            Ok((listener, token, bound))
+            Ok((listener, bound))
         });
-        match result {
-            Ok((listener, token, bound)) => {
+        let (mut listener, bound) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                debug!(self.log, "data listen failed"; "data" => data.0, "error" => %e);
+                self.queue(Input::Failed { data, step: e.step(), error: e.kind() });
+                return;
+            }
+        };
+        match ctx.register(self.key, &mut listener, Role::DataListener(data), Interest::READABLE) {
+            Ok(token) => {
                 if let Some(chan) = self.chan(data) {
                     chan.listener = Some((listener, token));
                     // A connection may already be queued before registration.
                     chan.listener_ready = true;
                 }
-                self.facts.push_back(Input::Listening { data, local: bound });
+                self.queue(Input::Listening { data, local: bound });
             }
-            Err(e) => {
-                debug!(self.log, "data listen failed"; "data" => data.0, "error" => %e);
-                self.facts.push_back(Input::Failed { data, step: e.step(), error: e.kind() });
-            }
+            Err(e) => self.broken = Some(e),
         }
     }
 
     fn connect_data(&mut self, ctx: &mut Ctx<'_>, data: DataId, local: SocketAddr, remote: SocketAddr) {
         let key = self.key;
-        let candidate = self.chan(data).and_then(|c| c.candidate.take());
+        // The verdict on the accepted connection: keep it.
+        let kept = self.chan(data).and_then(|c| c.accepted_pending_verdict.take());
         // One connection per listener: the hole closes as soon as it is used.
         self.close_listener(ctx, data);
         let Some(chan) = self.chan(data) else { return };
-        if let Some(mut stream) = candidate {
+        if let Some(mut stream) = kept {
             let _ = stream.set_nodelay(true);
             match ctx.register(
                 key,
@@ -427,38 +573,54 @@ impl Conn {
                     chan.accepted = Some(Leg { stream, token, ready });
                 }
                 Err(e) => {
-                    self.facts.push_back(Input::Failed { data, step: DataStep::Accept, error: e.kind() });
+                    self.broken = Some(e);
                     return;
                 }
             }
         }
-        let result = tproxy::connect_from(local, remote).and_then(|mut stream| {
-            let token = ctx
-                .register(key, &mut stream, Role::DataOutbound(data), Interest::READABLE | Interest::WRITABLE)
-                .map_err(|error| TproxyError::Connect { from: local, to: remote, error })?;
-            Ok((stream, token))
-        });
-        match result {
-            Ok((stream, token)) => {
+        let mut stream = match tproxy::connect_from(local, remote) {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(self.log, "data connect failed"; "data" => data.0, "error" => %e);
+                self.queue(Input::Failed { data, step: e.step(), error: e.kind() });
+                return;
+            }
+        };
+        match ctx.register(
+            key,
+            &mut stream,
+            Role::DataOutbound(data),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            Ok(token) => {
                 if let Some(chan) = self.chan(data) {
                     chan.outbound = Some(Leg { stream, token, ready: Readiness::default() });
                     chan.outbound_connected = false;
                 }
             }
-            Err(e) => {
-                warn!(self.log, "data connect failed"; "data" => data.0, "error" => %e);
-                self.facts.push_back(Input::Failed { data, step: e.step(), error: e.kind() });
-            }
+            Err(e) => self.broken = Some(e),
         }
     }
 
     fn close_listener(&mut self, ctx: &mut Ctx<'_>, data: DataId) {
         if let Some(chan) = self.chan(data) {
-            chan.candidate = None;
             chan.listener_ready = false;
             if let Some((mut listener, token)) = chan.listener.take() {
                 ctx.deregister(&mut listener, token);
             }
+        }
+    }
+
+    /// Ends both legs of a channel with a reset (SO_LINGER 0, then close),
+    /// never a FIN, so neither far end takes a cut transfer for complete.
+    /// The pipes go with them; `close_data` releases the rest.
+    fn reset_data(&mut self, ctx: &mut Ctx<'_>, data: DataId) {
+        let Some(chan) = self.chan(data) else { return };
+        chan.relay = None;
+        let legs = [chan.accepted.take(), chan.outbound.take()];
+        for mut leg in legs.into_iter().flatten() {
+            relay::reset_on_close(&leg.stream);
+            ctx.deregister(&mut leg.stream, leg.token);
         }
     }
 
@@ -488,10 +650,9 @@ impl Conn {
         if self.connect_by.is_some_and(|t| t <= ctx.now) {
             warn!(self.log, "server unreachable"; "error" => "connect timed out");
             server.connecting = false;
-            server.eof = true;
             self.connect_by = None;
             self.close_control(ctx, Side::Server);
-            self.feed(ctx, Input::ServerUnreachable { error: io::ErrorKind::TimedOut });
+            self.tell(ctx, Input::ServerUnreachable { error: io::ErrorKind::TimedOut });
             return true;
         }
         if !leg.ready.writable {
@@ -509,9 +670,8 @@ impl Conn {
             Err(e) => {
                 warn!(self.log, "server unreachable"; "error" => %e);
                 server.connecting = false;
-                server.eof = true;
                 self.close_control(ctx, Side::Server);
-                self.feed(ctx, Input::ServerUnreachable { error: e.kind() });
+                self.tell(ctx, Input::ServerUnreachable { error: e.kind() });
                 true
             }
         }
@@ -523,20 +683,21 @@ impl Conn {
             Side::Client => &mut self.client,
             Side::Server => &mut self.server,
         };
-        if control.connecting || control.eof || control.closing || budget == 0 {
+        if control.connecting || control.closed_reported || control.closing || budget == 0 {
             return false;
         }
         let Some(leg) = control.leg.as_mut().filter(|l| l.ready.readable) else { return false };
         let result = leg.stream.read(&mut ctx.scratch[..budget]);
         match result {
             Ok(0) => {
-                control.eof = true;
-                self.feed(ctx, Input::Closed { from: side });
+                control.closed_reported = true;
+                self.tell(ctx, Input::Closed { from: side });
             }
             Ok(n) => {
-                // Copy out so the session may borrow while ctx is reused.
-                let bytes = ctx.scratch[..n].to_vec();
-                self.feed(ctx, Input::Received { from: side, data: &bytes });
+                // Copied out: the scratch buffer is shared by all sessions.
+                let data = ctx.scratch[..n].to_vec();
+                self.facts.push_back(Fact::Received { from: side, data });
+                self.feed_facts(ctx);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 leg.ready.readable = false;
@@ -545,8 +706,8 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 debug!(self.log, "control read failed"; "side" => ?side, "error" => %e);
-                control.eof = true;
-                self.feed(ctx, Input::Closed { from: side });
+                control.closed_reported = true;
+                self.tell(ctx, Input::Closed { from: side });
             }
         }
         true
@@ -588,11 +749,12 @@ impl Conn {
                     debug!(self.log, "control write failed"; "side" => ?side, "error" => %e);
                     let n = pending.len();
                     self.session.consume(side, n);
-                    let eof = control.eof;
-                    control.eof = true;
+                    // A failed write ends the connection; the core hears
+                    // of it unless a read already told it.
+                    let already = std::mem::replace(&mut control.closed_reported, true);
                     self.close_control(ctx, side);
-                    if !eof {
-                        self.feed(ctx, Input::Closed { from: side });
+                    if !already {
+                        self.tell(ctx, Input::Closed { from: side });
                     }
                     return true;
                 }
@@ -607,14 +769,17 @@ impl Conn {
     }
 
     /// Accepts, completes connects and runs relays. Returns (progress, more).
-    fn run_data(&mut self, ctx: &mut Ctx<'_>) -> (bool, bool) {
+    fn run_data(&mut self, ctx: &mut Ctx<'_>, budget: &mut Budget) -> (bool, bool) {
         let mut progress = false;
         let mut more = false;
         let ids: Vec<DataId> = self.data.iter().map(|c| c.id).collect();
         for id in ids {
+            if self.broken.is_some() {
+                break;
+            }
             progress |= self.accept_data(ctx, id);
             progress |= self.complete_data_connect(ctx, id);
-            let (p, m) = self.relay_data(ctx, id);
+            let (p, m) = self.relay_data(ctx, id, budget);
             progress |= p;
             more |= m;
         }
@@ -633,11 +798,12 @@ impl Conn {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     progress = true;
-                    chan.candidate = Some(stream);
-                    self.feed(ctx, Input::Accepted { data: id, peer });
-                    // A verdict neither kept nor refused it: refuse.
+                    chan.accepted_pending_verdict = Some(stream);
+                    self.tell(ctx, Input::Accepted { data: id, peer });
+                    // Whatever the verdict did not keep is closed: a
+                    // refusal, or no verdict at all.
                     if let Some(chan) = self.chan(id) {
-                        chan.candidate = None;
+                        chan.accepted_pending_verdict = None;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -650,7 +816,7 @@ impl Conn {
                     warn!(self.log, "data accept failed"; "data" => id.0, "error" => %e);
                     chan.listener_ready = false;
                     self.close_listener(ctx, id);
-                    self.feed(ctx, Input::Failed { data: id, step: DataStep::Accept, error: e.kind() });
+                    self.tell(ctx, Input::Failed { data: id, step: DataStep::Accept, error: e.kind() });
                     return true;
                 }
             }
@@ -667,7 +833,7 @@ impl Conn {
         match tproxy::connect_result(&leg.stream) {
             Ok(true) => {
                 chan.outbound_connected = true;
-                self.feed(ctx, Input::Connected { data: id });
+                self.tell(ctx, Input::Connected { data: id });
                 true
             }
             Ok(false) => {
@@ -679,15 +845,15 @@ impl Conn {
                 if let Some(mut leg) = chan.outbound.take() {
                     ctx.deregister(&mut leg.stream, leg.token);
                 }
-                self.feed(ctx, Input::Failed { data: id, step: DataStep::Connect, error: e.kind() });
+                self.tell(ctx, Input::Failed { data: id, step: DataStep::Connect, error: e.kind() });
                 true
             }
         }
     }
 
-    fn relay_data(&mut self, ctx: &mut Ctx<'_>, id: DataId) -> (bool, bool) {
+    fn relay_data(&mut self, ctx: &mut Ctx<'_>, id: DataId, budget: &mut Budget) -> (bool, bool) {
         let Some(chan) = self.chan(id) else { return (false, false) };
-        if chan.reported || !chan.outbound_connected {
+        if chan.relay_ended || !chan.outbound_connected {
             return (false, false);
         }
         let (Some(relay), Some(accepted), Some(outbound)) =
@@ -700,19 +866,26 @@ impl Conn {
             Side::Server => (outbound, accepted),
         };
         let before = relay.counts();
-        let status = relay.run(&client.stream, &mut client.ready, &server.stream, &mut server.ready);
+        let status = relay.run(&client.stream, &mut client.ready, &server.stream, &mut server.ready, budget);
         let progress = relay.counts() != before;
         match status {
-            Ok(RelayStatus::Running { more }) => (progress, more),
-            Ok(RelayStatus::Done { to_client, to_server }) => {
-                chan.reported = true;
-                self.feed(ctx, Input::Relayed { data: id, to_client, to_server });
+            RelayStatus::Running { more } => (progress, more),
+            RelayStatus::Done { to_client, to_server } => {
+                chan.relay_ended = true;
+                self.tell(ctx, Input::Relayed { data: id, to_client, to_server });
                 (true, false)
             }
-            Err(e) => {
-                chan.reported = true;
-                debug!(self.log, "relay failed"; "data" => id.0, "error" => %e);
-                self.feed(ctx, Input::Failed { data: id, step: DataStep::Relay, error: e.kind() });
+            RelayStatus::Failed { leg, error, to_client, to_server } => {
+                chan.relay_ended = true;
+                info!(
+                    self.log, "data relay failed";
+                    "data" => id.0, "leg" => ?leg, "error" => ?error,
+                    "to_client" => to_client, "to_server" => to_server
+                );
+                // The relay armed both legs to reset; close them now, so
+                // the far ends learn of the cut before any reply does.
+                self.reset_data(ctx, id);
+                self.tell(ctx, Input::RelayFailed { data: id, leg, error, to_client, to_server });
                 (true, false)
             }
         }
@@ -722,4 +895,22 @@ impl Conn {
 /// Finds a data channel while leaving the other fields of `Conn` borrowable.
 fn chan_in(data: &mut [DataChan], id: DataId) -> Option<&mut DataChan> {
     data.iter_mut().find(|c| c.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_error_names_the_socket_and_the_event_loop_not_routing() {
+        let e =
+            RegisterError { role: Role::DataOutbound(DataId(3)), error: io::Error::from_raw_os_error(28) };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot register the outbound data connection with the event loop"),
+            "{text}"
+        );
+        assert!(text.contains("max_user_watches"), "{text}");
+        assert!(!text.contains("ip rule"), "{text}");
+    }
 }

@@ -25,18 +25,7 @@ use crate::cli::{Args, PassiveMismatch};
 fn main() -> ExitCode {
     let args = Args::parse();
     let log = log::build(args.log_level, args.log_format);
-    let config = Config {
-        data_accept_timeout: Duration::from_secs(args.data_timeout),
-        data_connect_timeout: Duration::from_secs(args.connect_timeout),
-        greeting_timeout: Duration::from_secs(args.connect_timeout.max(1) * 3),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        allow_privileged_data_ports: args.allow_privileged_data_ports,
-        passive_address_mismatch: match args.passive_address_mismatch {
-            PassiveMismatch::Rewrite => PassiveAddressPolicy::Rewrite,
-            PassiveMismatch::Refuse => PassiveAddressPolicy::Refuse,
-        },
-        ..Config::default()
-    };
+    let config = core_config(&args);
     let opts = server::Options {
         listen: args.listen.clone(),
         config: Arc::new(config),
@@ -58,5 +47,35 @@ fn main() -> ExitCode {
             crit!(log, "event loop failed"; "error" => %e);
             ExitCode::from(1)
         }
+    }
+}
+
+/// The protocol core's settings from the command line.
+fn core_config(args: &Args) -> Config {
+    Config {
+        data_accept_timeout: Duration::from_secs(args.data_timeout),
+        data_connect_timeout: Duration::from_secs(args.connect_timeout),
+        greeting_timeout: Duration::from_secs(args.connect_timeout.max(1) * 3),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        data_idle_timeout: Duration::from_secs(args.data_idle_timeout),
+        allow_privileged_data_ports: args.allow_privileged_data_ports,
+        passive_address_mismatch: match args.passive_address_mismatch {
+            PassiveMismatch::Rewrite => PassiveAddressPolicy::Rewrite,
+            PassiveMismatch::Refuse => PassiveAddressPolicy::Refuse,
+        },
+        ..Config::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_idle_timeout_defaults_to_300_seconds_and_reaches_the_core() {
+        let config = core_config(&Args::parse_from(["ftpgate"]));
+        assert_eq!(config.data_idle_timeout, Duration::from_secs(300));
+        let config = core_config(&Args::parse_from(["ftpgate", "--data-idle-timeout", "7"]));
+        assert_eq!(config.data_idle_timeout, Duration::from_secs(7));
     }
 }

@@ -3,14 +3,24 @@
 //!
 //! Back-pressure comes for free: a pump reads from its source only while its
 //! pipe has room, and a full sink leaves the bytes in the pipe. End of stream
-//! is a per-direction state: source EOF, then drain the pipe, then
-//! shutdown(Write) on the sink. The relay is complete only when both
-//! directions are, so "226 Transfer complete" can never overtake data.
+//! is a per-direction state: source FIN, then drain the pipe, then
+//! shutdown(Write) on the sink, so a FIN is passed on as a FIN. The relay is
+//! complete only when both directions are, so "226 Transfer complete" can
+//! never overtake data.
+//!
+//! A reset is not an end of stream (ATTACKS.md 24). A read error on a leg
+//! (a reset, a timeout, anything) or a write error toward a leg fails the
+//! whole relay: both legs are armed to close with a reset, so neither far
+//! end takes the cut for a complete transfer. Whatever sits in the pipes is
+//! dropped: a reset discards unsent socket data anyway, so delivering it
+//! first would only make the counts claim bytes nobody got.
 
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
+use std::time::Duration;
 
+use ftpgate_proto::Side;
 use mio::net::TcpStream;
 use nix::errno::Errno;
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
@@ -19,12 +29,53 @@ use nix::unistd::pipe2;
 /// The most a pump moves per splice() call (and the pipe size we ask for).
 const CHUNK: usize = 256 * 1024;
 
+/// Bytes one session may read into its pipes per wakeup, across all its
+/// relays; each byte is spliced twice (in and out). Then the session goes
+/// back to the end of the loop's queue (`more`) and every other ready
+/// session has its turn first. 1 MiB takes well under a millisecond to
+/// splice through (a loopback relay moved about 1.3 GB/s with this budget,
+/// as fast as without one), so a NOOP waits at most about that long behind
+/// each busy transfer, and one epoll_wait() per MiB costs the transfer
+/// nothing measurable.
+const BYTES_PER_WAKEUP: usize = 1024 * 1024;
+
+/// splice() calls one session may make per wakeup: bounds the work when a
+/// peer sends many small segments, each of which costs a call.
+const CALLS_PER_WAKEUP: usize = 32;
+
+/// The splice work one session may still do in this wakeup.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    bytes: usize,
+    calls: usize,
+}
+
+impl Budget {
+    /// The budget of one session for one wakeup.
+    pub(crate) fn per_wakeup() -> Self {
+        Self { bytes: BYTES_PER_WAKEUP, calls: CALLS_PER_WAKEUP }
+    }
+
+    pub(crate) fn spent(&self) -> bool {
+        self.bytes == 0 || self.calls == 0
+    }
+}
+
 /// Readiness of one leg, kept across edge-triggered events and cleared only
 /// when a call returns WouldBlock (mio's draining rule).
 #[derive(Debug, Default)]
 pub(crate) struct Readiness {
     pub(crate) readable: bool,
     pub(crate) writable: bool,
+}
+
+/// Which end of a pump failed.
+#[derive(Debug)]
+enum Fault {
+    /// Reading from the source failed.
+    Source(io::Error),
+    /// Writing (or passing the FIN) to the sink failed.
+    Sink(io::Error),
 }
 
 #[derive(Debug)]
@@ -35,10 +86,10 @@ struct Pump {
     in_pipe: usize,
     /// Bytes written to the sink.
     moved: u64,
+    /// The source sent its FIN.
     source_eof: bool,
+    /// The FIN was passed on to the sink.
     sink_shut: bool,
-    /// The direction ended by a reset rather than a FIN.
-    reset: bool,
 }
 
 impl Pump {
@@ -47,96 +98,83 @@ impl Pump {
         // A bigger pipe means fewer wakeups per MiB; the kernel may refuse
         // (pipe-max-size), which only costs speed.
         let _ = nix::fcntl::fcntl(&pipe_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
-        Ok(Self { pipe_r, pipe_w, in_pipe: 0, moved: 0, source_eof: false, sink_shut: false, reset: false })
+        Ok(Self { pipe_r, pipe_w, in_pipe: 0, moved: 0, source_eof: false, sink_shut: false })
     }
 
     fn done(&self) -> bool {
         self.sink_shut
     }
 
-    /// Moves what it can from `src` to `dst`. Returns whether anything moved.
-    fn run(
+    /// One splice in, one splice out, and the FIN once the pipe is empty.
+    /// Returns whether anything happened.
+    fn step(
         &mut self,
         src: &TcpStream,
         src_ready: &mut Readiness,
         dst: &TcpStream,
         dst_ready: &mut Readiness,
-    ) -> io::Result<bool> {
+        budget: &mut Budget,
+    ) -> Result<bool, Fault> {
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-        let mut progress = false;
-        // Bounded: each round either moves bytes or stops on WouldBlock.
-        for _ in 0..64 {
-            let mut moved = false;
-            if !self.source_eof && src_ready.readable && self.in_pipe < CHUNK {
-                match splice(src, None, &self.pipe_w, None, CHUNK - self.in_pipe, flags) {
-                    Ok(0) => self.source_eof = true,
-                    Ok(n) => {
-                        self.in_pipe += n;
-                        moved = true;
-                    }
-                    // EAGAIN means the socket is empty or the pipe is full;
-                    // emptying the pipe below re-arms the read, so neither
-                    // case can stall.
-                    Err(Errno::EAGAIN) => src_ready.readable = false,
-                    Err(Errno::EINTR) => {}
-                    // A reset source ends this direction like EOF: what is
-                    // already in the pipe still goes out. Whether the transfer
-                    // failed is the server's reply to say (426).
-                    Err(Errno::ECONNRESET | Errno::ETIMEDOUT) => {
-                        self.source_eof = true;
-                        self.reset = true;
-                    }
-                    Err(e) => return Err(e.into()),
+        let mut moved = false;
+        if !self.source_eof && src_ready.readable && self.in_pipe < CHUNK && !budget.spent() {
+            budget.calls -= 1;
+            let room = (CHUNK - self.in_pipe).min(budget.bytes);
+            match splice(src, None, &self.pipe_w, None, room, flags) {
+                Ok(0) => {
+                    self.source_eof = true;
+                    moved = true;
                 }
-            }
-            if self.in_pipe > 0 && dst_ready.writable {
-                match splice(&self.pipe_r, None, dst, None, self.in_pipe, flags) {
-                    Ok(n) => {
-                        self.in_pipe -= n;
-                        self.moved += n as u64;
-                        moved = true;
-                        src_ready.readable = true;
-                    }
-                    Err(Errno::EAGAIN) => dst_ready.writable = false,
-                    Err(Errno::EINTR) => {}
-                    // The sink is gone: nothing more can reach it.
-                    Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ETIMEDOUT) => {
-                        self.in_pipe = 0;
-                        self.source_eof = true;
-                        self.sink_shut = true;
-                        self.reset = true;
-                    }
-                    Err(e) => return Err(e.into()),
+                Ok(n) => {
+                    self.in_pipe += n;
+                    budget.bytes -= n;
+                    moved = true;
                 }
-            }
-            if self.source_eof && self.in_pipe == 0 && !self.sink_shut {
-                self.sink_shut = true;
-                moved = true;
-                match dst.shutdown(Shutdown::Write) {
-                    Ok(()) => {}
-                    // The peer is already gone; every byte it took is counted.
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => self.reset = true,
-                    Err(e) => return Err(e),
-                }
-            }
-            progress |= moved;
-            if !moved {
-                break;
+                // EAGAIN means the socket is empty or the pipe is full;
+                // emptying the pipe below re-arms the read, so neither
+                // case can stall.
+                Err(Errno::EAGAIN) => src_ready.readable = false,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(Fault::Source(e.into())),
             }
         }
-        Ok(progress)
+        if self.in_pipe > 0 && dst_ready.writable && budget.calls > 0 {
+            budget.calls -= 1;
+            match splice(&self.pipe_r, None, dst, None, self.in_pipe, flags) {
+                Ok(n) => {
+                    self.in_pipe -= n;
+                    self.moved += n as u64;
+                    moved |= n > 0;
+                    src_ready.readable = true;
+                }
+                Err(Errno::EAGAIN) => dst_ready.writable = false,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(Fault::Sink(e.into())),
+            }
+        }
+        if self.source_eof && self.in_pipe == 0 && !self.sink_shut {
+            self.sink_shut = true;
+            moved = true;
+            // ENOTCONN: the sink was reset before its FIN could go out.
+            dst.shutdown(Shutdown::Write).map_err(Fault::Sink)?;
+        }
+        Ok(moved)
     }
 }
 
 /// Where a relay stands after a run.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RelayStatus {
-    /// Still moving bytes (or waiting for readiness). `more`: the work bound
-    /// was hit with bytes still movable, so run again without waiting for an
-    /// event (edge-triggered readiness will not repeat itself).
+    /// Still moving bytes (or waiting for readiness). `more`: the budget ran
+    /// out with bytes perhaps still movable, so run again without waiting
+    /// for an event (edge-triggered readiness will not repeat itself).
     Running { more: bool },
-    /// Both directions ended and both pipes are empty.
+    /// Both directions ended with a FIN and both pipes are empty.
     Done { to_client: u64, to_server: u64 },
+    /// `leg`'s data connection failed: a read error (a reset) on it, or a
+    /// write error toward it. Both legs are armed to reset on close; the
+    /// caller closes them.
+    Failed { leg: Side, error: io::ErrorKind, to_client: u64, to_server: u64 },
 }
 
 /// The pumps between a client leg and a server leg.
@@ -153,28 +191,44 @@ impl Relay {
         Ok(Self { to_server: Pump::new()?, to_client: Pump::new()? })
     }
 
-    /// Runs both pumps as far as readiness allows.
+    /// Runs both pumps as far as readiness and `budget` allow. After
+    /// `Done` or `Failed` the relay must not run again.
     pub(crate) fn run(
         &mut self,
         client: &TcpStream,
         client_ready: &mut Readiness,
         server: &TcpStream,
         server_ready: &mut Readiness,
-    ) -> io::Result<RelayStatus> {
-        // Bounded so that one fast transfer cannot starve other sessions.
-        let mut more = true;
-        for _ in 0..4 {
-            let a = self.to_server.run(client, client_ready, server, server_ready)?;
-            let b = self.to_client.run(server, server_ready, client, client_ready)?;
-            if !(a || b) {
-                more = false;
-                break;
+        budget: &mut Budget,
+    ) -> RelayStatus {
+        let fault = loop {
+            if budget.spent() {
+                break None;
             }
+            let up = match self.to_server.step(client, client_ready, server, server_ready, budget) {
+                Ok(moved) => moved,
+                Err(Fault::Source(e)) => break Some((Side::Client, e)),
+                Err(Fault::Sink(e)) => break Some((Side::Server, e)),
+            };
+            let down = match self.to_client.step(server, server_ready, client, client_ready, budget) {
+                Ok(moved) => moved,
+                Err(Fault::Source(e)) => break Some((Side::Server, e)),
+                Err(Fault::Sink(e)) => break Some((Side::Client, e)),
+            };
+            if !(up || down) {
+                break None;
+            }
+        };
+        let (to_client, to_server) = self.counts();
+        if let Some((leg, e)) = fault {
+            reset_on_close(client);
+            reset_on_close(server);
+            return RelayStatus::Failed { leg, error: e.kind(), to_client, to_server };
         }
         if self.to_server.done() && self.to_client.done() {
-            Ok(RelayStatus::Done { to_client: self.to_client.moved, to_server: self.to_server.moved })
+            RelayStatus::Done { to_client, to_server }
         } else {
-            Ok(RelayStatus::Running { more })
+            RelayStatus::Running { more: budget.spent() }
         }
     }
 
@@ -184,32 +238,65 @@ impl Relay {
     }
 }
 
+/// Makes the coming close() of `stream` send a reset instead of a FIN
+/// (SO_LINGER with a zero timeout). Best effort: a socket that refuses is
+/// already dead.
+pub(crate) fn reset_on_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream as StdStream};
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     /// A connected pair on loopback: (the far end, our non-blocking end).
+    /// The far end gives up blocking calls after 10 s, so no test hangs.
     fn pair() -> (StdStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let far = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+        far.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        far.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
         let (near, _) = listener.accept().unwrap();
         near.set_nonblocking(true).unwrap();
         (far, TcpStream::from_std(near))
     }
 
-    /// Runs the relay until it is done, marking every leg ready each round
-    /// (a stand-in for epoll), bounded by rounds and time.
+    /// Closes `far` with a reset, as a peer that aborts does.
+    fn reset(far: StdStream) {
+        socket2::SockRef::from(&far).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(far);
+    }
+
+    /// Reads until the stream ends: the bytes, and how it ended (`Ok` for a
+    /// clean FIN).
+    fn read_until_end(far: &mut StdStream) -> (Vec<u8>, io::Result<()>) {
+        let mut got = Vec::new();
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            match far.read(&mut buf) {
+                Ok(0) => return (got, Ok(())),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, Err(e)),
+            }
+        }
+    }
+
+    /// Runs the relay until it is no longer running, marking every leg ready
+    /// each round (a stand-in for epoll) and giving it a fresh budget (a
+    /// stand-in for the next wakeup), bounded by rounds and time.
     fn run_to_end(relay: &mut Relay, client: &TcpStream, server: &TcpStream) -> RelayStatus {
         let deadline = Instant::now() + Duration::from_secs(10);
         for _ in 0..100_000 {
             let mut c = Readiness { readable: true, writable: true };
             let mut s = Readiness { readable: true, writable: true };
-            let status = relay.run(client, &mut c, server, &mut s).unwrap();
-            if matches!(status, RelayStatus::Done { .. }) || Instant::now() > deadline {
-                return status;
+            let status = relay.run(client, &mut c, server, &mut s, &mut Budget::per_wakeup());
+            match status {
+                RelayStatus::Running { more: true } => continue,
+                RelayStatus::Running { more: false } if Instant::now() < deadline => {}
+                status => return status,
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -282,5 +369,131 @@ mod tests {
         let status = run_to_end(&mut relay, &client, &server);
         assert_eq!(status, RelayStatus::Done { to_client: 0, to_server: 0 });
         assert!(closer.join().unwrap().is_empty());
+    }
+
+    #[test]
+    fn retr_server_reset_midstream_fails_on_server_leg_and_resets_client() {
+        let (mut client_far, client) = pair();
+        let (mut server_far, server) = pair();
+        let part = vec![0x5au8; 512 * 1024];
+        let writer = std::thread::spawn(move || {
+            server_far.write_all(&part).unwrap();
+            // Let the bytes reach the gateway before the reset cuts them.
+            std::thread::sleep(Duration::from_millis(50));
+            reset(server_far);
+        });
+        let reader = std::thread::spawn(move || read_until_end(&mut client_far));
+        let mut relay = Relay::new().unwrap();
+        let status = run_to_end(&mut relay, &client, &server);
+        writer.join().unwrap();
+        let RelayStatus::Failed { leg, error, to_client, to_server } = status else {
+            panic!("a reset must fail the relay, got {status:?}");
+        };
+        assert_eq!((leg, error), (Side::Server, io::ErrorKind::ConnectionReset));
+        assert!(to_client > 0 && to_client <= 512 * 1024, "{to_client}");
+        assert_eq!(to_server, 0);
+        drop((client, server));
+        let (got, end) = reader.join().unwrap();
+        assert!(got.len() as u64 <= to_client);
+        let error = end.expect_err("the client must see the reset, not a clean end");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn stor_client_reset_midstream_fails_on_client_leg_and_resets_server() {
+        let (mut client_far, client) = pair();
+        let (mut server_far, server) = pair();
+        let part = vec![0xa5u8; 256 * 1024];
+        let writer = std::thread::spawn(move || {
+            client_far.write_all(&part).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            reset(client_far);
+        });
+        let reader = std::thread::spawn(move || read_until_end(&mut server_far));
+        let mut relay = Relay::new().unwrap();
+        let status = run_to_end(&mut relay, &client, &server);
+        writer.join().unwrap();
+        let RelayStatus::Failed { leg, error, to_client, to_server } = status else {
+            panic!("a reset must fail the relay, got {status:?}");
+        };
+        assert_eq!((leg, error), (Side::Client, io::ErrorKind::ConnectionReset));
+        assert_eq!(to_client, 0);
+        assert!(to_server > 0 && to_server <= 256 * 1024, "{to_server}");
+        drop((client, server));
+        let (got, end) = reader.join().unwrap();
+        assert!(got.len() as u64 <= to_server);
+        let error = end.expect_err("the server must see the reset, not a clean end");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn retr_client_gone_fails_on_client_leg_and_resets_server() {
+        let (client_far, client) = pair();
+        let (mut server_far, server) = pair();
+        reset(client_far);
+        // The server keeps sending until the gateway's reset stops it.
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![1u8; 64 * 1024];
+            for _ in 0..1024 {
+                if let Err(e) = server_far.write_all(&chunk) {
+                    return e;
+                }
+            }
+            read_until_end(&mut server_far).1.expect_err("the server must see the reset, not a clean end")
+        });
+        let mut relay = Relay::new().unwrap();
+        let status = run_to_end(&mut relay, &client, &server);
+        let RelayStatus::Failed { leg, .. } = status else {
+            panic!("a gone client must fail the relay, got {status:?}");
+        };
+        assert_eq!(leg, Side::Client);
+        drop((client, server));
+        let error = writer.join().unwrap();
+        assert!(
+            matches!(error.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn fast_relay_stops_at_its_budget_and_asks_to_run_again() {
+        let (mut client_far, client) = pair();
+        let (mut server_far, server) = pair();
+        let payload = vec![7u8; 8 * 1024 * 1024];
+        let len = payload.len();
+        let writer = std::thread::spawn(move || {
+            server_far.write_all(&payload).unwrap();
+            server_far.shutdown(Shutdown::Write).unwrap();
+            let _ = read_until_end(&mut server_far);
+        });
+        let reader = std::thread::spawn(move || {
+            let (got, end) = read_until_end(&mut client_far);
+            end.unwrap();
+            client_far.shutdown(Shutdown::Write).unwrap();
+            got.len()
+        });
+        let mut relay = Relay::new().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut asked_again = 0;
+        let status = loop {
+            assert!(Instant::now() < deadline, "relay did not finish");
+            let mut c = Readiness { readable: true, writable: true };
+            let mut s = Readiness { readable: true, writable: true };
+            let (before, _) = relay.counts();
+            let before_in_pipe = relay.to_client.in_pipe as u64;
+            let status = relay.run(&client, &mut c, &server, &mut s, &mut Budget::per_wakeup());
+            let (after, _) = relay.counts();
+            let read = after + relay.to_client.in_pipe as u64 - before - before_in_pipe;
+            assert!(read <= BYTES_PER_WAKEUP as u64, "one wakeup read {read} bytes");
+            match status {
+                RelayStatus::Running { more: true } => asked_again += 1,
+                RelayStatus::Running { more: false } => std::thread::sleep(Duration::from_millis(1)),
+                status => break status,
+            }
+        };
+        assert_eq!(status, RelayStatus::Done { to_client: len as u64, to_server: 0 });
+        assert_eq!(reader.join().unwrap(), len);
+        writer.join().unwrap();
+        assert!(asked_again > 0, "8 MiB never hit the budget");
     }
 }

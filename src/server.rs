@@ -168,10 +168,7 @@ impl Server {
                 self.accept_paused_until = None;
             }
             dirty.extend(self.accept(now));
-            let conns = &self.conns;
-            dirty.extend(self.timers.expired(now, |key, generation| {
-                conns.get(key).is_some_and(|c| c.timer.generation() == generation)
-            }));
+            dirty.extend(self.timers.expired(now));
             dirty.sort_unstable();
             dirty.dedup();
             for key in dirty {
@@ -217,8 +214,7 @@ impl Server {
             // were retired.
             return self.retire(conn, now);
         }
-        let deadline = conn.deadline();
-        self.timers.arm(key, &mut conn.timer, deadline);
+        self.timers.arm(key, conn.deadline());
         let again = self.conns.vacant_key();
         debug_assert_eq!(again, key, "slab reinsert must reuse the key");
         self.conns.insert(conn);
@@ -230,6 +226,7 @@ impl Server {
     /// Releases every socket of a session taken out of the slab.
     fn retire(&mut self, mut conn: Conn, now: Instant) {
         conn.abort(&mut self.ctx(now));
+        self.timers.arm(conn.key(), None);
         self.forget_client(conn.client_ip);
     }
 
