@@ -183,36 +183,32 @@ fn transfer_records(lab: &Lab, command: &str) -> Vec<Vec<(String, String)>> {
         .collect()
 }
 
-/// The keys a transfer record and its session logger carry. Values are cut
-/// at the next known key, not at every comma: the text of `why` may hold
-/// commas, and slog prints the pairs in no order worth relying on.
-const RECORD_KEYS: &[&str] = &[
-    "data",
-    "mode",
-    "user",
-    "command",
-    "to_client",
-    "to_server",
-    "ms",
-    "reply",
-    "result",
-    "why",
-    "server",
-    "client",
-    "session",
-];
-
+/// Every `, key: value` pair of a log line, `key` being `[a-z_][a-z0-9_]*`.
+/// A value runs to the next such pair, not to the next comma: the text of
+/// `why` may hold commas. slog prints the pairs in no order worth relying
+/// on, and the record may grow keys, so none is assumed.
 fn parse_record(line: &str) -> Vec<(String, String)> {
-    let mut starts: Vec<(usize, &str)> =
-        RECORD_KEYS.iter().filter_map(|k| line.find(&format!(", {k}: ")).map(|i| (i, *k))).collect();
-    starts.sort();
-    starts
+    let is_key = |k: &str| {
+        k.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    // (where the pair starts, where its value starts, key)
+    let mut pairs: Vec<(usize, usize, &str)> = Vec::new();
+    for (i, _) in line.match_indices(", ") {
+        let rest = &line[i + 2..];
+        if let Some(colon) = rest.find(": ") {
+            let key = &rest[..colon];
+            if is_key(key) {
+                pairs.push((i, i + 2 + colon + 2, key));
+            }
+        }
+    }
+    pairs
         .iter()
         .enumerate()
-        .map(|(n, &(i, k))| {
-            let from = i + k.len() + 4;
-            let to = starts.get(n + 1).map_or(line.len(), |&(j, _)| j);
-            (k.to_string(), line[from..to].trim().to_string())
+        .map(|(n, &(_, from, key))| {
+            let to = pairs.get(n + 1).map_or(line.len(), |&(next, _, _)| next);
+            (key.to_string(), line[from..to].trim().to_string())
         })
         .collect()
 }
@@ -515,4 +511,23 @@ fn stalled_download_passive_reset_after_data_idle_timeout() {
 #[test]
 fn stalled_download_active_reset_after_data_idle_timeout() {
     stalled_download("idlea", Rules::Iptables, Mode::Port);
+}
+
+/// The record reader itself (no lab): pairs in any order, a comma inside
+/// `why`, keys it was not told about.
+#[test]
+fn parse_record_reads_pairs_in_any_order() {
+    let line = "Nov 27 14:34:43.760 INFO transfer, why: data connection reset, then more, result: failed, \
+                server_reply: 226, reply: 426, to_client: 524288, command: RETR /pub/cut.bin, mode: passive, \
+                session: 1";
+    let r = parse_record(line);
+    assert_eq!(record_field(&r, "why"), Some("data connection reset, then more"));
+    assert_eq!(record_field(&r, "result"), Some("failed"));
+    assert_eq!(record_field(&r, "server_reply"), Some("226"));
+    assert_eq!(record_field(&r, "reply"), Some("426"));
+    assert_eq!(record_field(&r, "to_client"), Some("524288"));
+    assert_eq!(record_field(&r, "command"), Some("RETR /pub/cut.bin"));
+    assert_eq!(record_field(&r, "mode"), Some("passive"));
+    assert_eq!(record_field(&r, "session"), Some("1"));
+    assert_eq!(record_field(&r, "to_server"), None);
 }
