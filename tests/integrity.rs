@@ -100,7 +100,7 @@ impl ScriptedServer {
             let found: Vec<String> = fs::read_to_string(&self.report)
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| json_str(l, "cmd").as_deref() == Some(cmd))
+                .filter(|l| json_raw(l, "cmd").as_deref() == Some(cmd))
                 .map(str::to_string)
                 .collect();
             if found.len() >= min || Instant::now() > deadline {
@@ -154,10 +154,6 @@ fn json_raw(obj: &str, key: &str) -> Option<String> {
     }
     let end = rest.find([',', '}']).unwrap_or(rest.len());
     Some(rest[..end].trim().to_string())
-}
-
-fn json_str(obj: &str, key: &str) -> Option<String> {
-    json_raw(obj, key)
 }
 
 fn json_num(obj: &str, key: &str) -> Option<usize> {
@@ -313,7 +309,7 @@ fn server_resets_download(tag: &str, rules: Rules, mode: Mode) {
     // the server did its part: 512 KiB, acknowledged, then a reset
     let retrs = server.transfers("RETR", 2, 5);
     assert_eq!(retrs.len(), 2, "server should have seen two RETRs: {}", ctx());
-    assert_eq!(json_str(&retrs[0], "end").as_deref(), Some("reset_sent"), "server did not reset: {}", ctx());
+    assert_eq!(json_raw(&retrs[0], "end").as_deref(), Some("reset_sent"), "server did not reset: {}", ctx());
     assert_eq!(
         json_raw(&retrs[0], "acked").as_deref(),
         Some("true"),
@@ -322,11 +318,11 @@ fn server_resets_download(tag: &str, rules: Rules, mode: Mode) {
     );
 
     // what the client saw: a reset, never a clean end, and 426, never 226
-    let end = json_str(cut, "end").unwrap_or_default();
+    let end = json_raw(cut, "end").unwrap_or_default();
     assert_eq!(end, "reset", "client's data connection must end with a reset, not {end:?}: {}", ctx());
     let got = json_num(cut, "bytes").expect("bytes in report");
     assert!(got <= RETR_RESET_AFTER, "client got {got} bytes, more than the server sent: {}", ctx());
-    let fin = json_str(cut, "final").unwrap_or_default();
+    let fin = json_raw(cut, "final").unwrap_or_default();
     assert!(
         fin.starts_with("426"),
         "client must get 426 in place of the server's 226, got {fin:?}: {}",
@@ -335,14 +331,14 @@ fn server_resets_download(tag: &str, rules: Rules, mode: Mode) {
 
     // the session goes on: NOOP, and a whole second download
     assert!(
-        json_str(cut, "noop").unwrap_or_default().starts_with("200"),
+        json_raw(cut, "noop").unwrap_or_default().starts_with("200"),
         "NOOP after the failure: {}",
         ctx()
     );
-    assert_eq!(json_str(after, "end").as_deref(), Some("eof"), "second download: {}", ctx());
+    assert_eq!(json_raw(after, "end").as_deref(), Some("eof"), "second download: {}", ctx());
     assert_eq!(json_num(after, "bytes"), Some(SMALL_FILE), "second download size: {}", ctx());
     assert!(
-        json_str(after, "final").unwrap_or_default().starts_with("226"),
+        json_raw(after, "final").unwrap_or_default().starts_with("226"),
         "second download reply: {}",
         ctx()
     );
@@ -377,7 +373,7 @@ fn client_resets_upload(tag: &str, rules: Rules, mode: Mode) {
         )
     };
 
-    assert_eq!(json_str(&report, "end").as_deref(), Some("reset_sent"), "client did not reset: {}", ctx());
+    assert_eq!(json_raw(&report, "end").as_deref(), Some("reset_sent"), "client did not reset: {}", ctx());
     assert_eq!(
         json_raw(&report, "acked").as_deref(),
         Some("true"),
@@ -388,20 +384,20 @@ fn client_resets_upload(tag: &str, rules: Rules, mode: Mode) {
     // what the server saw: a reset, not a clean end of a "complete" upload
     let stors = server.transfers("STOR", 1, 5);
     assert_eq!(stors.len(), 1, "server should have seen one STOR: {}", ctx());
-    let end = json_str(&stors[0], "end").unwrap_or_default();
+    let end = json_raw(&stors[0], "end").unwrap_or_default();
     assert_eq!(end, "reset", "server's data connection must end with a reset, not {end:?}: {}", ctx());
     let got = json_num(&stors[0], "bytes").expect("bytes in server report");
     assert!(got <= STOR_RESET_AFTER, "server got {got} bytes, more than the client sent: {}", ctx());
 
     // the client gets 426 in place of the server's 226; the session goes on
-    let fin = json_str(&report, "final").unwrap_or_default();
+    let fin = json_raw(&report, "final").unwrap_or_default();
     assert!(
         fin.starts_with("426"),
         "client must get 426 in place of the server's 226, got {fin:?}: {}",
         ctx()
     );
     assert!(
-        json_str(&report, "noop").unwrap_or_default().starts_with("200"),
+        json_raw(&report, "noop").unwrap_or_default().starts_with("200"),
         "NOOP after the failure: {}",
         ctx()
     );
@@ -440,7 +436,7 @@ fn stalled_download(tag: &str, rules: Rules, mode: Mode) {
         )
     };
 
-    let end = json_str(&report, "end").unwrap_or_default();
+    let end = json_raw(&report, "end").unwrap_or_default();
     assert_eq!(end, "reset", "client's data connection must end with a reset, not {end:?}: {}", ctx());
     let data_s: f64 = json_raw(&report, "data_s").and_then(|s| s.parse().ok()).unwrap_or(f64::MAX);
     assert!(
@@ -448,14 +444,14 @@ fn stalled_download(tag: &str, rules: Rules, mode: Mode) {
         "the reset took {data_s} s (deadline {DATA_IDLE} s, bound {STALL_BOUND} s): {}",
         ctx()
     );
-    let fin = json_str(&report, "final").unwrap_or_default();
+    let fin = json_raw(&report, "final").unwrap_or_default();
     assert!(
         fin.starts_with("426"),
         "client must get 426 in place of the server's 226, got {fin:?}: {}",
         ctx()
     );
     assert!(
-        json_str(&report, "noop").unwrap_or_default().starts_with("200"),
+        json_raw(&report, "noop").unwrap_or_default().starts_with("200"),
         "NOOP after the failure: {}",
         ctx()
     );
@@ -464,7 +460,7 @@ fn stalled_download(tag: &str, rules: Rules, mode: Mode) {
     let retrs = server.transfers("RETR", 1, 10);
     assert_eq!(retrs.len(), 1, "server should have recorded the stalled RETR: {}", ctx());
     assert_eq!(
-        json_str(&retrs[0], "end").as_deref(),
+        json_raw(&retrs[0], "end").as_deref(),
         Some("stalled_then_reset"),
         "server's data connection must end with a reset from the gateway: {}",
         ctx()
