@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""A scripted FTP client for the lab's client namespace (python3 stdlib only,
+raw sockets so that every detail of a data connection's end is visible).
+Prints one JSON report on stdout; the Rust test judges it.
+
+  get PATH   download PATH; report how the data connection ended ("eof": a
+             clean end, "reset": ConnectionResetError, "timeout", or
+             "error: ..."), the bytes received and the final reply. Then a
+             NOOP, and with --then-get P2 a second download in the same
+             session (does the session go on after a failed transfer?).
+  put PATH   upload --size bytes to PATH; with --reset-after N, send N bytes,
+             wait (bounded) until the peer acknowledged them, then end the
+             data connection with a reset (SO_LINGER 0) instead of a FIN;
+             report the final reply, then a NOOP.
+
+--mode passive|active (PASV/PORT, or EPSV/EPRT with --extended). Every wait
+has a deadline; the process gives up after --lifetime seconds.
+"""
+import argparse
+import fcntl
+import json
+import re
+import signal
+import socket
+import struct
+import sys
+import termios
+import time
+
+CHUNK = 64 * 1024
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["get", "put"])
+    p.add_argument("path")
+    p.add_argument("--host", default="198.51.100.10")
+    p.add_argument("--mode", choices=["passive", "active"], default="passive")
+    p.add_argument("--extended", action="store_true", help="EPSV/EPRT instead of PASV/PORT")
+    p.add_argument("--then-get", metavar="PATH", help="get: a second download afterwards")
+    p.add_argument("--size", type=int, default=1024 * 1024, help="put: bytes to upload")
+    p.add_argument("--reset-after", type=int, metavar="N", help="put: reset the data connection after N bytes")
+    p.add_argument("--data-deadline", type=float, default=30.0, help="seconds a data connection may last")
+    p.add_argument("--reply-timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    p.add_argument("--lifetime", type=float, default=120.0)
+    return p.parse_args()
+
+
+def unacked(sock):
+    """Bytes sent but not yet acknowledged by the peer (TIOCOUTQ)."""
+    buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    return struct.unpack("i", buf)[0]
+
+
+def wait_acked(sock, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if unacked(sock) == 0:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def reset_close(sock):
+    """Close with SO_LINGER {on, 0}: the kernel sends RST, not FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def pattern(n):
+    """Deterministic, not compressible by accident, cheap."""
+    block = bytes((i * 131 + 7) & 0xFF for i in range(4096))
+    return (block * (n // len(block) + 1))[:n]
+
+
+class Control:
+    def __init__(self, args):
+        self.args = args
+        self.sock = socket.create_connection((args.host, 21), timeout=args.reply_timeout)
+        self.f = self.sock.makefile("rb")
+
+    def line(self):
+        return self.f.readline(8192).decode("latin-1").rstrip("\r\n")
+
+    def reply(self):
+        """One whole reply (its last line), or "timeout" / "closed"."""
+        try:
+            first = self.line()
+            if not first:
+                return "closed"
+            if len(first) >= 4 and first[3] == "-":
+                code = first[:3]
+                for _ in range(1000):
+                    last = self.line()
+                    if not last or last.startswith(code + " "):
+                        return last or "closed"
+            return first
+        except socket.timeout:
+            return "timeout"
+        except OSError as e:
+            return "error: %s" % e
+
+    def cmd(self, text):
+        self.sock.sendall(text.encode("latin-1") + b"\r\n")
+        return self.reply()
+
+    def login(self):
+        greeting = self.reply()
+        assert greeting.startswith("220"), greeting
+        r = self.cmd("USER anonymous")
+        if r.startswith("331"):
+            r = self.cmd("PASS lab@example.org")
+        assert r.startswith("230"), r
+        r = self.cmd("TYPE I")
+        assert r.startswith("200"), r
+
+    def transfer(self, command):
+        """Set up the data connection and send `command`: (data socket or
+        None, preliminary reply)."""
+        a = self.args
+        if a.mode == "passive":
+            r = self.cmd("EPSV" if a.extended else "PASV")
+            if a.extended:
+                m = re.search(r"\|\|\|(\d+)\|", r)
+                addr = (a.host, int(m.group(1))) if m else None
+            else:
+                m = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", r)
+                addr = (a.host, int(m.group(5)) * 256 + int(m.group(6))) if m else None
+            if addr is None:
+                return None, r
+            d = socket.create_connection(addr, timeout=15)
+            return d, self.cmd(command)
+        me = self.sock.getsockname()[0]
+        ls = socket.socket()
+        ls.bind((me, 0))
+        ls.listen(1)
+        port = ls.getsockname()[1]
+        if a.extended:
+            r = self.cmd("EPRT |1|%s|%d|" % (me, port))
+        else:
+            r = self.cmd("PORT %s,%d,%d" % (me.replace(".", ","), port >> 8, port & 255))
+        if not r.startswith("200"):
+            ls.close()
+            return None, r
+        self.sock.sendall(command.encode("latin-1") + b"\r\n")
+        ls.settimeout(15)
+        try:
+            d, _ = ls.accept()
+        except socket.timeout:
+            ls.close()
+            return None, self.reply()
+        ls.close()
+        return d, self.reply()
+
+
+def read_to_end(d, seconds):
+    """(bytes, end) of a download's data connection."""
+    n = 0
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return n, "timeout"
+        d.settimeout(left)
+        try:
+            chunk = d.recv(CHUNK)
+        except ConnectionResetError:
+            return n, "reset"
+        except socket.timeout:
+            return n, "timeout"
+        except OSError as e:
+            return n, "error: %s" % e
+        if not chunk:
+            return n, "eof"
+        n += len(chunk)
+
+
+def get(ctl, path, args):
+    t0 = time.monotonic()
+    d, pre = ctl.transfer("RETR " + path)
+    out = {"pre": pre}
+    if d is None or not pre.startswith(("125", "150")):
+        out.update(bytes=0, end="no data connection", final=pre)
+        if d is not None:
+            d.close()
+        return out
+    n, end = read_to_end(d, args.data_deadline)
+    d.close()
+    out.update(bytes=n, end=end, data_s=round(time.monotonic() - t0, 2))
+    out["final"] = ctl.reply()
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def put(ctl, path, args):
+    t0 = time.monotonic()
+    d, pre = ctl.transfer("STOR " + path)
+    out = {"pre": pre}
+    if d is None or not pre.startswith(("125", "150")):
+        out.update(sent=0, final=pre)
+        if d is not None:
+            d.close()
+        return out
+    n = args.size if args.reset_after is None else min(args.size, args.reset_after)
+    d.settimeout(args.data_deadline)
+    try:
+        d.sendall(pattern(n))
+        if args.reset_after is None:
+            d.shutdown(socket.SHUT_WR)
+            d.close()
+            out["end"] = "fin_sent"
+        else:
+            out["acked"] = wait_acked(d, 10)
+            reset_close(d)
+            out["end"] = "reset_sent"
+    except OSError as e:
+        out["end"] = "error: %s" % e
+        d.close()
+    out["sent"] = n
+    out["final"] = ctl.reply()
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def main():
+    args = parse_args()
+    signal.alarm(int(args.lifetime))  # default action ends the process
+    ctl = Control(args)
+    ctl.login()
+    if args.what == "get":
+        out = get(ctl, args.path, args)
+    else:
+        out = put(ctl, args.path, args)
+    out["noop"] = ctl.cmd("NOOP")
+    if args.then_get:
+        out["then"] = get(ctl, args.then_get, args)
+    out["quit"] = ctl.cmd("QUIT")
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,529 @@
+//! No cut transfer ever looks complete (issue 11, ATTACKS.md 24): through
+//! the real daemon, passive and active, both directions, with a scripted
+//! server (lab/scripted_server.py) in place of vsftpd and a scripted client
+//! (lab/scripted_client.py), so that each test sees what the *other* end of
+//! the data connection saw:
+//! - the server resets a download after 512 KiB and then lies "226": the
+//!   client's data connection ends with a reset, not a clean end, the client
+//!   gets 426 instead of the 226, ftpgate's transfer record says `failed`,
+//!   and the session goes on (NOOP, then a whole second download);
+//! - the client resets an upload after 256 KiB: the server's data connection
+//!   ends with a reset, not a clean end (so it cannot keep a truncated file
+//!   as whole), the client gets 426 instead of the server's 226, and the
+//!   record says `failed`;
+//! - a download whose server goes silent is ended after
+//!   `--data-idle-timeout`: a reset both ways within a bounded time, 426,
+//!   and a `failed` record whose reason names the idle deadline.
+mod common;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{repo_root, text, Lab, Ns, Rules, SERVER_IP};
+
+const KIB: usize = 1024;
+/// Where the scripted server cuts a download.
+const RETR_RESET_AFTER: usize = 512 * KIB;
+/// Where the scripted client cuts an upload.
+const STOR_RESET_AFTER: usize = 256 * KIB;
+/// Files of sizes no buffer divides, different per use, so no record can
+/// stand in for another.
+const BIG_FILE: usize = 3 * 1024 * KIB + 4_321;
+const SMALL_FILE: usize = 70_001;
+const UPLOAD: usize = 2 * 1024 * KIB + 999;
+
+// -- the scripted server (local helper; a harness version may replace it) --
+
+/// lab/scripted_server.py running in the server namespace in place of
+/// vsftpd, which is stopped by its PID file first. Its PID is also written
+/// to the run directory, so `netns.sh down` stops it if this test dies.
+struct ScriptedServer {
+    child: Option<Child>,
+    report: PathBuf,
+}
+
+impl ScriptedServer {
+    fn start(lab: &Lab, flags: &[&str]) -> Self {
+        let servers = repo_root().join("lab/servers.sh");
+        let out = common::run_bounded(30, &[servers.to_str().unwrap(), "stop", &lab.name, "vsftpd"]);
+        assert!(out.status.success(), "stop vsftpd: {}", text(&out.stderr));
+        let report = lab.run.join("scripted-server.jsonl");
+        let _ = fs::remove_file(&report);
+        let script = repo_root().join("lab/scripted_server.py");
+        let root = lab.run.join("ftproot");
+        let pidfile = lab.run.join("scripted-server.pid");
+        let stderr = fs::File::create(lab.run.join("scripted-server.err")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(Ns::Server), "python3"])
+            .arg(&script)
+            .arg("--root")
+            .arg(&root)
+            .arg("--report")
+            .arg(&report)
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .args(["--listen", &format!("{SERVER_IP}:21"), "--lifetime", "150"])
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn lab/scripted_server.py");
+        let mut server = Self { child: Some(child), report };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = lab.exec(Ns::Server, 5, &["ss", "-Hltn", "sport = :21"]);
+            if text(&out.stdout).contains(&format!("{SERVER_IP}:21")) {
+                return server;
+            }
+            if let Some(st) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "scripted server exited at start ({st}): {}",
+                    fs::read_to_string(lab.run.join("scripted-server.err")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scripted server did not listen on {SERVER_IP}:21 within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The server's record of every transfer with `cmd` (one JSON object per
+    /// line), waiting a bounded time for at least `min` of them: a stalled
+    /// RETR is recorded only when its data connection ends.
+    fn transfers(&self, cmd: &str, min: usize, secs: u64) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let found: Vec<String> = fs::read_to_string(&self.report)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| json_raw(l, "cmd").as_deref() == Some(cmd))
+                .map(str::to_string)
+                .collect();
+            if found.len() >= min || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // our own child, by PID
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+// -- the scripted client ------------------------------------------------------
+
+/// Run lab/scripted_client.py in the client namespace; its JSON report.
+fn scripted_client(lab: &Lab, args: &[&str]) -> String {
+    let script = repo_root().join("lab/scripted_client.py");
+    let mut argv = vec!["python3", script.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let out = lab.client_ok(150, &argv);
+    text(&out.stdout)
+}
+
+// -- small JSON and log readers (local helpers; the harness may grow its own)
+
+/// The raw value of `key` in a flat JSON object printed by Python's
+/// json.dumps (`"key": value`): a string without its quotes, or a number /
+/// true / false as written. Nested objects: pass the part of the text that
+/// holds the one wanted (see `split_then`).
+fn json_raw(obj: &str, key: &str) -> Option<String> {
+    let needle = format!("\"{key}\": ");
+    let rest = &obj[obj.find(&needle)? + needle.len()..];
+    if let Some(s) = rest.strip_prefix('"') {
+        // our values never contain an escaped quote
+        return Some(s[..s.find('"')?].to_string());
+    }
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim().to_string())
+}
+
+fn json_num(obj: &str, key: &str) -> Option<usize> {
+    json_raw(obj, key)?.parse().ok()
+}
+
+/// The client's report of the first transfer, and of `--then-get`'s.
+fn split_then(report: &str) -> (&str, &str) {
+    match report.find("\"then\": ") {
+        Some(i) => (&report[..i], &report[i..]),
+        None => (report, ""),
+    }
+}
+
+/// ftpgate's transfer records (`INFO transfer, key: value, ...` lines in
+/// ftpgate.log) whose command is `command`, as (key, value) pairs.
+fn transfer_records(lab: &Lab, command: &str) -> Vec<Vec<(String, String)>> {
+    lab.gateway_log()
+        .lines()
+        .filter(|l| l.contains(" transfer, "))
+        .map(parse_record)
+        .filter(|r| record_field(r, "command") == Some(command))
+        .collect()
+}
+
+/// Every `, key: value` pair of a log line, `key` being `[a-z_][a-z0-9_]*`.
+/// A value runs to the next such pair, not to the next comma: the text of
+/// `why` may hold commas. slog prints the pairs in no order worth relying
+/// on, and the record may grow keys, so none is assumed.
+fn parse_record(line: &str) -> Vec<(String, String)> {
+    let is_key = |k: &str| {
+        k.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    // (where the pair starts, where its value starts, key)
+    let mut pairs: Vec<(usize, usize, &str)> = Vec::new();
+    for (i, _) in line.match_indices(", ") {
+        let rest = &line[i + 2..];
+        if let Some(colon) = rest.find(": ") {
+            let key = &rest[..colon];
+            if is_key(key) {
+                pairs.push((i, i + 2 + colon + 2, key));
+            }
+        }
+    }
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(n, &(_, from, key))| {
+            let to = pairs.get(n + 1).map_or(line.len(), |&(next, _, _)| next);
+            (key.to_string(), line[from..to].trim().to_string())
+        })
+        .collect()
+}
+
+fn record_field<'a>(record: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    record.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Wait (bounded) for exactly one transfer record of `command` and return
+/// it: the record is written when the transfer's reply is released, which
+/// may be a moment after the client read it.
+fn one_record(lab: &Lab, command: &str) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut records = transfer_records(lab, command);
+        if records.len() == 1 {
+            return records.remove(0);
+        }
+        assert!(
+            records.len() < 2,
+            "{} transfer records for {command:?}, expected one:\n{}",
+            records.len(),
+            lab.diagnostics()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no transfer record for {command:?} within 5 s:\n{}",
+            lab.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The record says `mode`, `result`, `reply` (when given) and, when given,
+/// that one of the byte counts equals `bytes`.
+fn assert_record(
+    lab: &Lab,
+    record: &[(String, String)],
+    mode: &str,
+    result: &str,
+    reply: Option<&str>,
+    bytes: Option<(&str, usize)>,
+) {
+    let ctx = || format!("record {record:?}\n{}", lab.diagnostics());
+    assert_eq!(record_field(record, "mode"), Some(mode), "mode: {}", ctx());
+    assert_eq!(record_field(record, "result"), Some(result), "result: {}", ctx());
+    if let Some(code) = reply {
+        assert_eq!(record_field(record, "reply"), Some(code), "reply: {}", ctx());
+    }
+    if let Some((key, n)) = bytes {
+        assert_eq!(record_field(record, key), Some(n.to_string().as_str()), "{key}: {}", ctx());
+    }
+}
+
+// -- scenarios -----------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Pasv,
+    Epsv,
+    Port,
+    Eprt,
+}
+
+impl Mode {
+    fn client_args(self) -> &'static [&'static str] {
+        match self {
+            Self::Pasv => &["--mode", "passive"],
+            Self::Epsv => &["--mode", "passive", "--extended"],
+            Self::Port => &["--mode", "active"],
+            Self::Eprt => &["--mode", "active", "--extended"],
+        }
+    }
+
+    fn record_mode(self) -> &'static str {
+        match self {
+            Self::Pasv | Self::Epsv => "passive",
+            Self::Port | Self::Eprt => "active",
+        }
+    }
+}
+
+/// The server resets a download after 512 KiB and then says 226.
+fn server_resets_download(tag: &str, rules: Rules, mode: Mode) {
+    let mut lab = Lab::new(tag, rules);
+    lab.server_file("cut.bin", BIG_FILE);
+    lab.server_file("after.bin", SMALL_FILE);
+    let server = ScriptedServer::start(&lab, &["--retr-reset-after", &RETR_RESET_AFTER.to_string()]);
+    lab.start_gateway(&[]);
+    let mut args = vec!["get", "/pub/cut.bin", "--then-get", "/pub/after.bin"];
+    args.extend_from_slice(mode.client_args());
+    let report = scripted_client(&lab, &args);
+    let (cut, after) = split_then(&report);
+    let ctx = || {
+        format!(
+            "client report: {report}\nserver: {:?}\n{}",
+            server.transfers("RETR", 0, 0),
+            lab.diagnostics()
+        )
+    };
+
+    // the server did its part: 512 KiB, acknowledged, then a reset
+    let retrs = server.transfers("RETR", 2, 5);
+    assert_eq!(retrs.len(), 2, "server should have seen two RETRs: {}", ctx());
+    assert_eq!(json_raw(&retrs[0], "end").as_deref(), Some("reset_sent"), "server did not reset: {}", ctx());
+    assert_eq!(
+        json_raw(&retrs[0], "acked").as_deref(),
+        Some("true"),
+        "bytes not acknowledged before the reset: {}",
+        ctx()
+    );
+
+    // what the client saw: a reset, never a clean end, and 426, never 226
+    let end = json_raw(cut, "end").unwrap_or_default();
+    assert_eq!(end, "reset", "client's data connection must end with a reset, not {end:?}: {}", ctx());
+    let got = json_num(cut, "bytes").expect("bytes in report");
+    assert!(got <= RETR_RESET_AFTER, "client got {got} bytes, more than the server sent: {}", ctx());
+    let fin = json_raw(cut, "final").unwrap_or_default();
+    assert!(
+        fin.starts_with("426"),
+        "client must get 426 in place of the server's 226, got {fin:?}: {}",
+        ctx()
+    );
+
+    // the session goes on: NOOP, and a whole second download
+    assert!(
+        json_raw(cut, "noop").unwrap_or_default().starts_with("200"),
+        "NOOP after the failure: {}",
+        ctx()
+    );
+    assert_eq!(json_raw(after, "end").as_deref(), Some("eof"), "second download: {}", ctx());
+    assert_eq!(json_num(after, "bytes"), Some(SMALL_FILE), "second download size: {}", ctx());
+    assert!(
+        json_raw(after, "final").unwrap_or_default().starts_with("226"),
+        "second download reply: {}",
+        ctx()
+    );
+
+    // ftpgate's own records: the cut one failed, the whole one ok
+    let m = mode.record_mode();
+    let rec = one_record(&lab, "RETR /pub/cut.bin");
+    assert_record(&lab, &rec, m, "failed", Some("426"), None);
+    let rec = one_record(&lab, "RETR /pub/after.bin");
+    assert_record(&lab, &rec, m, "ok", Some("226"), Some(("to_client", SMALL_FILE)));
+
+    assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
+    lab.assert_no_data_listeners();
+    drop(server);
+}
+
+/// The client resets an upload after 256 KiB; the server then says 226.
+fn client_resets_upload(tag: &str, rules: Rules, mode: Mode) {
+    let mut lab = Lab::new(tag, rules);
+    let server = ScriptedServer::start(&lab, &[]);
+    lab.start_gateway(&[]);
+    let size = UPLOAD.to_string();
+    let cut = STOR_RESET_AFTER.to_string();
+    let mut args = vec!["put", "/upload/cut.bin", "--size", &size, "--reset-after", &cut];
+    args.extend_from_slice(mode.client_args());
+    let report = scripted_client(&lab, &args);
+    let ctx = || {
+        format!(
+            "client report: {report}\nserver: {:?}\n{}",
+            server.transfers("STOR", 0, 0),
+            lab.diagnostics()
+        )
+    };
+
+    assert_eq!(json_raw(&report, "end").as_deref(), Some("reset_sent"), "client did not reset: {}", ctx());
+    assert_eq!(
+        json_raw(&report, "acked").as_deref(),
+        Some("true"),
+        "bytes not acknowledged before the reset: {}",
+        ctx()
+    );
+
+    // what the server saw: a reset, not a clean end of a "complete" upload
+    let stors = server.transfers("STOR", 1, 5);
+    assert_eq!(stors.len(), 1, "server should have seen one STOR: {}", ctx());
+    let end = json_raw(&stors[0], "end").unwrap_or_default();
+    assert_eq!(end, "reset", "server's data connection must end with a reset, not {end:?}: {}", ctx());
+    let got = json_num(&stors[0], "bytes").expect("bytes in server report");
+    assert!(got <= STOR_RESET_AFTER, "server got {got} bytes, more than the client sent: {}", ctx());
+
+    // the client gets 426 in place of the server's 226; the session goes on
+    let fin = json_raw(&report, "final").unwrap_or_default();
+    assert!(
+        fin.starts_with("426"),
+        "client must get 426 in place of the server's 226, got {fin:?}: {}",
+        ctx()
+    );
+    assert!(
+        json_raw(&report, "noop").unwrap_or_default().starts_with("200"),
+        "NOOP after the failure: {}",
+        ctx()
+    );
+
+    let rec = one_record(&lab, "STOR /upload/cut.bin");
+    assert_record(&lab, &rec, mode.record_mode(), "failed", Some("426"), None);
+
+    assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
+    lab.assert_no_data_listeners();
+    drop(server);
+}
+
+/// Gateway idle deadline on the data channel: 2 s.
+const DATA_IDLE: u64 = 2;
+/// How long the server stays silent: far beyond the deadline, so the
+/// server's own end cannot stand in for the gateway's.
+const STALL: u64 = 40;
+/// A reset must reach both ends within this many seconds of the stall.
+const STALL_BOUND: f64 = 15.0;
+
+/// The server goes silent mid-RETR; the gateway's data idle deadline ends it.
+fn stalled_download(tag: &str, rules: Rules, mode: Mode) {
+    let mut lab = Lab::new(tag, rules);
+    lab.server_file("stall.bin", BIG_FILE);
+    let server = ScriptedServer::start(&lab, &["--retr-stall", "--stall-seconds", &STALL.to_string()]);
+    lab.start_gateway(&["--data-idle-timeout", &DATA_IDLE.to_string()]);
+    let mut args = vec!["get", "/pub/stall.bin", "--data-deadline", "30", "--reply-timeout", "30"];
+    args.extend_from_slice(mode.client_args());
+    let t0 = Instant::now();
+    let report = scripted_client(&lab, &args);
+    let ctx = || {
+        format!(
+            "client report: {report}\nserver: {:?}\n{}",
+            server.transfers("RETR", 0, 0),
+            lab.diagnostics()
+        )
+    };
+
+    let end = json_raw(&report, "end").unwrap_or_default();
+    assert_eq!(end, "reset", "client's data connection must end with a reset, not {end:?}: {}", ctx());
+    let data_s: f64 = json_raw(&report, "data_s").and_then(|s| s.parse().ok()).unwrap_or(f64::MAX);
+    assert!(
+        data_s < STALL_BOUND,
+        "the reset took {data_s} s (deadline {DATA_IDLE} s, bound {STALL_BOUND} s): {}",
+        ctx()
+    );
+    let fin = json_raw(&report, "final").unwrap_or_default();
+    assert!(
+        fin.starts_with("426"),
+        "client must get 426 in place of the server's 226, got {fin:?}: {}",
+        ctx()
+    );
+    assert!(
+        json_raw(&report, "noop").unwrap_or_default().starts_with("200"),
+        "NOOP after the failure: {}",
+        ctx()
+    );
+
+    // the server's leg was reset by the gateway too, long before its stall ended
+    let retrs = server.transfers("RETR", 1, 10);
+    assert_eq!(retrs.len(), 1, "server should have recorded the stalled RETR: {}", ctx());
+    assert_eq!(
+        json_raw(&retrs[0], "end").as_deref(),
+        Some("stalled_then_reset"),
+        "server's data connection must end with a reset from the gateway: {}",
+        ctx()
+    );
+    let stalled: f64 = json_raw(&retrs[0], "stalled_s").and_then(|s| s.parse().ok()).unwrap_or(f64::MAX);
+    assert!(stalled < STALL_BOUND, "server's leg ended after {stalled} s: {}", ctx());
+
+    let rec = one_record(&lab, "RETR /pub/stall.bin");
+    assert_record(&lab, &rec, mode.record_mode(), "failed", Some("426"), None);
+    let why = record_field(&rec, "why").unwrap_or_default();
+    assert!(why.contains("idle"), "the record's reason must name the idle deadline, got {why:?}: {}", ctx());
+
+    assert!(t0.elapsed() < Duration::from_secs(60), "stalled transfer scenario took {:?}", t0.elapsed());
+    assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
+    lab.assert_no_data_listeners();
+    drop(server);
+}
+
+#[test]
+fn server_reset_download_passive_client_sees_reset_and_426() {
+    server_resets_download("rstdlp", Rules::Nft, Mode::Pasv);
+}
+
+#[test]
+fn server_reset_download_active_client_sees_reset_and_426() {
+    server_resets_download("rstdla", Rules::Iptables, Mode::Eprt);
+}
+
+#[test]
+fn client_reset_upload_passive_server_sees_reset_client_426() {
+    client_resets_upload("rstulp", Rules::Iptables, Mode::Epsv);
+}
+
+#[test]
+fn client_reset_upload_active_server_sees_reset_client_426() {
+    client_resets_upload("rstula", Rules::Nft, Mode::Port);
+}
+
+#[test]
+fn stalled_download_passive_reset_after_data_idle_timeout() {
+    stalled_download("idlep", Rules::Nft, Mode::Pasv);
+}
+
+#[test]
+fn stalled_download_active_reset_after_data_idle_timeout() {
+    stalled_download("idlea", Rules::Iptables, Mode::Port);
+}
+
+/// The record reader itself (no lab): pairs in any order, a comma inside
+/// `why`, keys it was not told about.
+#[test]
+fn parse_record_reads_pairs_in_any_order() {
+    let line = "Nov 27 14:34:43.760 INFO transfer, why: data connection reset, then more, result: failed, \
+                server_reply: 226, reply: 426, to_client: 524288, command: RETR /pub/cut.bin, mode: passive, \
+                session: 1";
+    let r = parse_record(line);
+    assert_eq!(record_field(&r, "why"), Some("data connection reset, then more"));
+    assert_eq!(record_field(&r, "result"), Some("failed"));
+    assert_eq!(record_field(&r, "server_reply"), Some("226"));
+    assert_eq!(record_field(&r, "reply"), Some("426"));
+    assert_eq!(record_field(&r, "to_client"), Some("524288"));
+    assert_eq!(record_field(&r, "command"), Some("RETR /pub/cut.bin"));
+    assert_eq!(record_field(&r, "mode"), Some("passive"));
+    assert_eq!(record_field(&r, "session"), Some("1"));
+    assert_eq!(record_field(&r, "to_server"), None);
+}
