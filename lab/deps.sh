@@ -3,10 +3,23 @@
 # Fast on a warm machine: only missing commands/libraries are installed,
 # and `apt-get update` runs only when something is missing.
 # vsftpd itself is NOT installed (netns.sh unpacks it into lab/.cache).
+#
+#   lab/deps.sh [--lint]
+#
+# --lint (.ci/run) also installs the lint tools: shellcheck (apt), rustfmt
+# and clippy (`rustup component add` when rustup manages the toolchain,
+# Debian's rustfmt and rust-clippy packages otherwise).
 set -euo pipefail
 # shellcheck source=lab/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_root
+
+lint=0
+case "${1:-}" in
+--lint) lint=1 ;;
+"") ;;
+*) die "usage: lab/deps.sh [--lint]" ;;
+esac
 
 missing=()
 want_cmd() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
@@ -34,6 +47,7 @@ want_pkg ca-certificates
 # pure-ftpd (lab/servers.sh, unpacked) links libsodium, absent from a
 # minimal Debian
 want_pkg libsodium23
+[ "$lint" = 0 ] || want_cmd shellcheck shellcheck
 
 if [ ${#missing[@]} -gt 0 ]; then
     # de-duplicate
@@ -43,6 +57,30 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get -q update
     apt-get -q install -y --no-install-recommends "${missing[@]}"
 fi
+use_cargo_home
 command -v cargo >/dev/null || die "cargo not found (the machine's Rust toolchain is required)"
+
+# rustup_managed: true when `cargo` is a rustup proxy (rustup's installer
+# hard-links the proxies, Debian's rustup package symlinks them)
+rustup_managed() {
+    command -v rustup >/dev/null 2>&1 && [ "$(command -v cargo)" -ef "$(command -v rustup)" ]
+}
+
+if [ "$lint" = 1 ]; then
+    lint_missing=()
+    cargo fmt --version >/dev/null 2>&1 || lint_missing+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || lint_missing+=(clippy)
+    if [ ${#lint_missing[@]} -gt 0 ]; then
+        if rustup_managed; then
+            log "installing rustup components: ${lint_missing[*]}"
+            rustup component add "${lint_missing[@]}"
+        else
+            debs=("${lint_missing[@]/clippy/rust-clippy}")
+            log "installing Debian packages: ${debs[*]}"
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get -q install -y --no-install-recommends "${debs[@]}"
+        fi
+    fi
+fi
 # iptables on Debian defaults to the nf_tables backend (iptables-nft);
 # both forms of the rule set then program nf_tables in the lab's namespace.

@@ -46,6 +46,17 @@ ns_sysctl() {
     ip netns exec "$ns" sh -c "echo $val > /proc/sys/${key//.//}"
 }
 
+# use_cargo_home: put $CARGO_HOME/bin (default ~/.cargo/bin, where rustup's
+# installer puts the toolchain proxies) first in PATH when it holds cargo,
+# so a toolchain lab/deps.sh installed there wins over an older one of the
+# distribution in /usr/bin, also when the caller's PATH lacks it.
+use_cargo_home() {
+    local bin=${CARGO_HOME:-$HOME/.cargo}/bin
+    [ -x "$bin/cargo" ] || return 0
+    case "$PATH" in "$bin" | "$bin":*) ;; *) PATH=$bin:$PATH ;; esac
+    export PATH
+}
+
 # pid_alive PID: true when PID is running
 pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
