@@ -51,10 +51,28 @@ ns_sysctl() {
 # so a toolchain lab/deps.sh installed there wins over an older one of the
 # distribution in /usr/bin, also when the caller's PATH lacks it.
 use_cargo_home() {
-    local bin=${CARGO_HOME:-$HOME/.cargo}/bin
+    local bin=${CARGO_HOME:-${HOME:-/root}/.cargo}/bin
     [ -x "$bin/cargo" ] || return 0
     case "$PATH" in "$bin" | "$bin":*) ;; *) PATH=$bin:$PATH ;; esac
     export PATH
+}
+
+# pkg_installed PKG: the Debian package PKG is installed.
+# (not `dpkg -s | grep -q`: grep's early exit can kill dpkg with SIGPIPE,
+# which pipefail turns into "not installed")
+pkg_installed() {
+    case "$(dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null)" in
+    *"install ok installed"*) return 0 ;;
+    *) return 1 ;;
+    esac
+}
+
+# apt_knows PKG: the package lists offer PKG (a real package, not only a
+# name that other packages provide)
+apt_knows() {
+    local cand
+    cand=$(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+    [ -n "$cand" ] && [ "$cand" != "(none)" ]
 }
 
 # pid_alive PID: true when PID is running
