@@ -133,7 +133,7 @@ start_proftpd() {
         ip netns exec "$s" "$bin" --nodaemon --config "$run/proftpd.conf" \
         </dev/null >>"$run/proftpd.out" 2>&1 &
     pid=$!
-    echo "$pid" >"$run/proftpd.pid"
+    pidfile_write "$run/proftpd.pid" "$pid" "$bin"
 }
 
 start_pure_ftpd() {
@@ -156,7 +156,7 @@ start_pure_ftpd() {
         --altlog "clf:$run/pure-ftpd.xferlog" --pidfile "$run/pure-ftpd.pidfile" \
         </dev/null >>"$run/pure-ftpd.out" 2>&1 &
     pid=$!
-    echo "$pid" >"$run/pure-ftpd.pid"
+    pidfile_write "$run/pure-ftpd.pid" "$pid" "$bin"
 }
 
 start() {
@@ -164,7 +164,7 @@ start() {
     run=$(run_dir "$name"); s=$(ns_s "$name")
     ns_exists "$s" || die "lab '$name' is not up"
     for f in vsftpd proftpd pure-ftpd; do
-        if pid_alive "$(cat "$run/$f.pid" 2>/dev/null || true)"; then
+        if pidfile_pid "$run/$f.pid" >/dev/null; then
             die "$f already runs in lab '$name' (servers.sh stop $name $f)"
         fi
     done
@@ -181,14 +181,14 @@ start() {
         [ "$server" = proftpd ] && cat "$run/proftpd.log" >&2
         die "$server did not listen on $SERVER_IP:21 within 10 s"
     fi
-    log "$server listening on $SERVER_IP:21 (pid $(cat "$run/$server.pid"))"
+    log "$server listening on $SERVER_IP:21 (pid $(cut -d' ' -f1 "$run/$server.pid"))"
 }
 
 stop() {
     local name=$1 server=$2 run s i
     run=$(run_dir "$name"); s=$(ns_s "$name")
     case "$server" in vsftpd | proftpd | pure-ftpd) ;; *) die "unknown server '$server'" ;; esac
-    stop_pidfile "$run/$server.pid" 50
+    stop_pidfile "$run/$server.pid" 50 || true
     # bounded wait until port 21 is free for the next server
     for ((i = 0; i < 50; i++)); do
         ns_exists "$s" || return 0
