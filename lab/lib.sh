@@ -46,27 +46,143 @@ ns_sysctl() {
     ip netns exec "$ns" sh -c "echo $val > /proc/sys/${key//.//}"
 }
 
-# pid_alive PID: true when PID is running
+# use_cargo_home: put $CARGO_HOME/bin (default ~/.cargo/bin, where rustup's
+# installer puts the toolchain proxies) first in PATH when it holds cargo,
+# so a toolchain lab/deps.sh installed there wins over an older one of the
+# distribution in /usr/bin, also when the caller's PATH lacks it.
+use_cargo_home() {
+    local bin=${CARGO_HOME:-${HOME:-/root}/.cargo}/bin
+    [ -x "$bin/cargo" ] || return 0
+    case "$PATH" in "$bin" | "$bin":*) ;; *) PATH=$bin:$PATH ;; esac
+    export PATH
+}
+
+# pkg_installed PKG: the Debian package PKG is installed.
+# (not `dpkg -s | grep -q`: grep's early exit can kill dpkg with SIGPIPE,
+# which pipefail turns into "not installed")
+pkg_installed() {
+    case "$(dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null)" in
+    *"install ok installed"*) return 0 ;;
+    *) return 1 ;;
+    esac
+}
+
+# apt_knows PKG: the package lists offer PKG (a real package, not only a
+# name that other packages provide)
+apt_knows() {
+    local cand
+    cand=$(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+    [ -n "$cand" ] && [ "$cand" != "(none)" ]
+}
+
+# pid_alive PID: true when PID is running (any process: for a PID the lab
+# recorded, use pidfile_pid)
 pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
-# stop_pidfile FILE [TIMEOUT_TENTHS]: TERM the PID recorded in FILE (only
-# that one, a process this lab started), wait a bounded time, then KILL.
+# -- pidfiles ------------------------------------------------------------------
+# Every process the lab starts has a pidfile in the run directory, written
+# by pidfile_write and read by pidfile_pid. One line:
+#
+#   PID START BOOT_ID CMD
+#
+#   START    field 22 of /proc/PID/stat: when the process started, in clock
+#            ticks after boot (kept across exec)
+#   BOOT_ID  /proc/sys/kernel/random/boot_id when the file was written
+#   CMD      absolute path of the program the lab started, or "-" (only
+#            START and BOOT_ID are checked; for an owner, which may be a
+#            rebuilt test binary); rest of the line, may hold spaces
+#
+# A PID is signalled only while START, BOOT_ID and CMD all still match, so
+# a PID reused by another process, after a reboot or not, is never
+# signalled. A file holding a bare PID (the format before) cannot be
+# verified: stop_pidfile removes it without signalling and says so.
+
+boot_id() { cat /proc/sys/kernel/random/boot_id 2>/dev/null || true; }
+
+# proc_start PID: field 22 of /proc/PID/stat; nothing when PID is gone
+proc_start() {
+    local stat fields
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    # field 2, the command name in parentheses, may hold spaces and ')'
+    read -ra fields <<<"${stat##*) }"
+    echo "${fields[19]:-}"   # fields[0] is field 3
+}
+
+# proc_runs PID CMD: PID executes the file CMD, or has CMD as an argument
+# (an interpreted program: python3 /path/ftpalg.py). A zombie runs nothing.
+proc_runs() {
+    local pid=$1 want=$2 arg
+    [ "$want" = - ] && return 0
+    [ "/proc/$pid/exe" -ef "$want" ] && return 0
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    while IFS= read -r -d '' arg; do
+        [ "$arg" = "$want" ] && return 0
+    done 2>/dev/null <"/proc/$pid/cmdline"
+    return 1
+}
+
+# pidfile_write FILE PID [CMD]: record PID, the process that runs CMD
+# (default "-", see above). Nothing is written when PID has exited already.
+pidfile_write() {
+    local f=$1 pid=$2 cmd=${3:--} start
+    [[ "$pid" =~ ^[0-9]+$ ]] || die "pidfile_write $f: '$pid' is no PID"
+    if [ "$cmd" != - ]; then
+        [ -e "$cmd" ] || die "pidfile_write $f: no program '$cmd'"
+        cmd=$(readlink -f "$cmd")
+    fi
+    start=$(proc_start "$pid")
+    if [ -z "$start" ]; then
+        log "pid $pid ($cmd) exited before its pidfile $f was written"
+        return 0
+    fi
+    printf '%s %s %s %s\n' "$pid" "$start" "$(boot_id)" "$cmd" >"$f.tmp"
+    mv -f "$f.tmp" "$f"
+}
+
+# pidfile_pid FILE: print the PID in FILE if that process still runs, i.e.
+# PID, START, BOOT_ID and CMD all match (status 0). Status 1: no FILE, or
+# its process is gone (exited, or the PID is another process now). Status
+# 2: FILE cannot be verified (a bare PID from before, or garbage).
+pidfile_pid() {
+    local f=$1 pid="" start="" boot="" cmd=""
+    [ -f "$f" ] || return 1
+    read -r pid start boot cmd <"$f" || [ -n "$pid" ] || return 2
+    [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$start" =~ ^[0-9]+$ ]] && [ -n "$boot" ] && [ -n "$cmd" ] || return 2
+    [ "$boot" = "$(boot_id)" ] || return 1
+    [ "$(proc_start "$pid")" = "$start" ] || return 1
+    proc_runs "$pid" "$cmd" || return 1
+    echo "$pid"
+}
+
+# stop_pidfile FILE [TIMEOUT_TENTHS]: SIGTERM the process FILE records if
+# it is still the one the lab started (pidfile_pid), wait a bounded time,
+# then SIGKILL it; remove FILE. Status 1 when SIGKILL was needed.
 stop_pidfile() {
-    local f=$1 tenths=${2:-50} pid i
-    [ -f "$f" ] || return 0
-    pid=$(cat "$f" 2>/dev/null || true)
-    if pid_alive "$pid"; then
+    local f=$1 tenths=${2:-50} pid st=0 i
+    [ -e "$f" ] || return 0
+    pid=$(pidfile_pid "$f") || st=$?
+    case $st in
+    0)
         kill -TERM "$pid" 2>/dev/null || true
         for ((i = 0; i < tenths; i++)); do
-            pid_alive "$pid" || break
+            pidfile_pid "$f" >/dev/null || break
             sleep 0.1
         done
-        if pid_alive "$pid"; then
+        if pidfile_pid "$f" >/dev/null; then
             log "pid $pid ($f) ignored SIGTERM, sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
+            for ((i = 0; i < 20; i++)); do pidfile_pid "$f" >/dev/null || break; sleep 0.1; done
+            st=1
         fi
-    fi
+        ;;
+    1) st=0 ;;   # gone already
+    *)
+        log "$f holds no start time ('$(head -c 60 "$f" | tr -d '\n')'): cannot tell whether that PID is still the process the lab started, so it is not signalled; removing the file"
+        st=0
+        ;;
+    esac
     rm -f "$f"
+    return "$st"
 }
 
 # wait_tcp_listen NS PORT [ADDR] [TENTHS]: bounded wait for a TCP listener.

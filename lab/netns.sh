@@ -13,7 +13,10 @@
 #   netns.sh gateway NAME BIN [ARGS...]    start BIN in NAME-g, stderr to
 #                                          RUN/ftpgate.log (default args:
 #                                          --listen 0.0.0.0:2121 --log-level info)
-#   netns.sh stop-gateway NAME             SIGTERM the gateway, wait, report rc
+#   netns.sh stop-gateway NAME             SIGTERM the gateway, wait (10 s),
+#                                          then SIGKILL it and fail
+#   netns.sh record-pid NAME WHAT PID CMD  write RUN/WHAT.pid for PID, which
+#                                          runs the program CMD (lib.sh)
 #   netns.sh fetch-vsftpd                  fetch + unpack vsftpd into lab/.cache
 #   netns.sh exec NAME c|g|s CMD...        run CMD in one of the namespaces
 #   netns.sh rundir NAME                   print the lab's run directory
@@ -24,8 +27,9 @@
 #                                          has exited
 #
 # Run directory (RUN = /tmp/ftpgate-lab/NAME, or $FTPGATE_LAB_RUN/NAME):
-#   *.pid, vsftpd.conf, vsftpd.log, xferlog, ftpgate.log,
-#   ftproot/pub (downloads), ftproot/upload (uploads, owned by 'ftp').
+#   *.pid (format: lab/lib.sh, "pidfiles"; `down` signals a PID only while
+#   it is still the process the lab started), owner, vsftpd.conf,
+#   vsftpd.log, xferlog, ftpgate.log, ftproot/pub (downloads), ftproot/upload (uploads, owned by 'ftp').
 set -Eeuo pipefail
 # shellcheck source=lab/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -124,7 +128,9 @@ up() {
     # owner: the process that holds the lab (tests: the test binary, demo:
     # its shell); `gc` removes labs whose owner is gone (a killed test run).
     # Labs made by hand (no FTPGATE_LAB_OWNER) are never collected.
-    if [ -n "${FTPGATE_LAB_OWNER:-}" ]; then echo "$FTPGATE_LAB_OWNER" >"$run/owner"; fi
+    # The owner file is a pidfile without a command (lib.sh): a rebuilt test
+    # binary still owns its lab.
+    if [ -n "${FTPGATE_LAB_OWNER:-}" ]; then pidfile_write "$run/owner" "$FTPGATE_LAB_OWNER"; fi
     # from here on, a failure tears down what was built
     trap 'log "up failed; tearing down $name"; down "$name"' ERR
 
@@ -175,7 +181,7 @@ down() {
     if [ -d "$run" ]; then
         # every process this lab started has a pidfile here
         for f in "$run"/*.pid; do
-            [ -e "$f" ] && stop_pidfile "$f" 50
+            if [ -e "$f" ]; then stop_pidfile "$f" 50 || true; fi
         done
     fi
     for ns in "$(ns_c "$name")" "$(ns_g "$name")" "$(ns_s "$name")"; do
@@ -200,7 +206,7 @@ start_vsftpd() {
         ip netns exec "$s" "$VSFTPD_BIN" "$run/vsftpd.conf" \
         </dev/null >>"$run/vsftpd.out" 2>&1 &
     pid=$!
-    echo "$pid" >"$run/vsftpd.pid"
+    pidfile_write "$run/vsftpd.pid" "$pid" "$VSFTPD_BIN"
     if ! wait_tcp_listen "$s" 21 "$SERVER_IP" 100; then
         cat "$run/vsftpd.out" >&2 || true
         die "vsftpd did not listen on $SERVER_IP:21 within 10 s"
@@ -217,7 +223,7 @@ start_gateway() {
     [ $# -gt 0 ] || set -- --listen "0.0.0.0:$GW_PORT" --log-level info
     ip netns exec "$g" "$bin" "$@" </dev/null >>"$run/ftpgate.out" 2>>"$run/ftpgate.log" &
     pid=$!
-    echo "$pid" >"$run/ftpgate.pid"
+    pidfile_write "$run/ftpgate.pid" "$pid" "$bin"
     if ! wait_tcp_listen "$g" "$GW_PORT" "" 100; then
         log "gateway log:"; cat "$run/ftpgate.log" >&2 || true
         pid_alive "$pid" || die "gateway exited at start"
@@ -227,34 +233,44 @@ start_gateway() {
 }
 
 stop_gateway() {
-    local name=$1 run pid i rc=0
+    local name=$1 run
     run=$(run_dir "$name")
     [ -f "$run/ftpgate.pid" ] || { log "no gateway running"; return 0; }
-    pid=$(cat "$run/ftpgate.pid")
-    # the gateway is a child of a previous shell: wait(1) can't reap it, so
-    # poll; its exit status comes from the process' own record, if any
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do pid_alive "$pid" || break; sleep 0.1; done
-    if pid_alive "$pid"; then
-        log "gateway pid $pid still running 10 s after SIGTERM; killing"
-        kill -KILL "$pid" 2>/dev/null || true
-        rc=1
-    fi
-    rm -f "$run/ftpgate.pid"
-    return $rc
+    # the gateway is a child of a previous shell: wait(1) can't reap it or
+    # tell its exit status; stop_pidfile polls until it is gone
+    stop_pidfile "$run/ftpgate.pid" 100 && return 0
+    log "gateway still ran 10 s after SIGTERM: killed"
+    return 1
+}
+
+# record_pid NAME WHAT PID CMD: write RUN/WHAT.pid for a process that
+# another program started in the lab (the test harness's gateway), so that
+# `down` and `gc` stop it the same way
+record_pid() {
+    local name=$1 what=$2 pid=$3 cmd=$4
+    [[ "$what" =~ ^[a-z][a-z0-9-]{0,30}$ ]] || die "bad pidfile name '$what'"
+    [ -d "$(run_dir "$name")" ] || die "lab '$name' is not up"
+    pidfile_write "$(run_dir "$name")/$what.pid" "$pid" "$cmd"
 }
 
 # gc: tear down labs whose owner process no longer exists
 gc() {
-    local d name owner
+    local d name owner st
     [ -d "$LAB_RUN_BASE" ] || return 0
     for d in "$LAB_RUN_BASE"/*/; do
         [ -d "$d" ] || continue
         name=$(basename "$d")
         [ -f "$d/owner" ] || continue
-        owner=$(cat "$d/owner" 2>/dev/null || true)
-        if ! pid_alive "$owner"; then
-            log "removing stale lab '$name' (owner $owner gone)"
+        st=0; pidfile_pid "$d/owner" >/dev/null || st=$?
+        if [ "$st" = 2 ]; then
+            # a bare PID (written before pidfiles had a start time): a dead
+            # PID is surely gone; a live one may be reused, keep the lab
+            owner=$(head -c 20 "$d/owner")
+            pid_alive "$owner" && continue
+            st=1
+        fi
+        if [ "$st" = 1 ]; then
+            log "removing stale lab '$name' (owner $(cut -d' ' -f1 "$d/owner") gone)"
             down "$name"
             rm -rf "$d"
         fi
@@ -262,7 +278,7 @@ gc() {
 }
 
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,30p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,32p' "$0" >&2; exit 2; }
 shift
 case "$cmd" in
 up)      need_root; check_name "${1:?NAME}"; up "$1" "${2:-nft}" ;;
@@ -271,6 +287,7 @@ rules)   need_root; check_name "${1:?NAME}"; rules "$1" "${2:?add|del}" "${3:?nf
 vsftpd)  need_root; check_name "${1:?NAME}"; start_vsftpd "$1" ;;
 gateway) need_root; check_name "${1:?NAME}"; start_gateway "$@" ;;
 stop-gateway) need_root; check_name "${1:?NAME}"; stop_gateway "$1" ;;
+record-pid) need_root; check_name "${1:?NAME}"; record_pid "$1" "${2:?WHAT}" "${3:?PID}" "${4:?CMD}" ;;
 fetch-vsftpd) need_root; fetch_vsftpd; echo "$VSFTPD_BIN" ;;
 exec)
     need_root; check_name "${1:?NAME}"
@@ -281,5 +298,5 @@ exec)
 rundir)  check_name "${1:?NAME}"; run_dir "$1" ;;
 gc)      need_root; gc ;;
 list)    ls -1 "$LAB_RUN_BASE" 2>/dev/null || true ;;
-*) die "unknown command '$cmd' (up|down|rules|vsftpd|gateway|stop-gateway|fetch-vsftpd|exec|rundir|list|gc)" ;;
+*) die "unknown command '$cmd' (up|down|rules|vsftpd|gateway|stop-gateway|record-pid|fetch-vsftpd|exec|rundir|list|gc)" ;;
 esac

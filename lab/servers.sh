@@ -24,14 +24,34 @@ set -Eeuo pipefail
 # shellcheck source=lab/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# packages per server: the server, then libraries the base system may lack
-# (only those not installed are downloaded)
+# the server's own packages; the libraries they need come from the
+# release's package lists (missing_libs)
 server_pkgs() {
     case "$1" in
-    proftpd) echo "proftpd-core libhiredis0.14 libmemcached11 libmemcachedutil2 libhashkit2 libpcre2-posix3" ;;
+    proftpd) echo "proftpd-core" ;;
     pure-ftpd) echo "pure-ftpd pure-ftpd-common" ;;
     *) die "unknown server '$1' (proftpd|pure-ftpd)" ;;
     esac
+}
+
+# missing_libs PKG...: the shared-library packages (lib*) that PKG... depend
+# on, directly or through each other, under the names this release's
+# package lists give them (libssl3 or libssl3t64, libhiredis0.14 or
+# libhiredis1.1.0, ...), less those installed. At most 100 packages looked at.
+missing_libs() {
+    local queue=("$@") seen=" " p d n=0
+    while [ ${#queue[@]} -gt 0 ] && [ "$n" -lt 100 ]; do
+        p=${queue[0]}; queue=("${queue[@]:1}"); n=$((n + 1))
+        for d in $(apt-cache depends --no-recommends --no-suggests --no-conflicts \
+                --no-breaks --no-replaces --no-enhances "$p" 2>/dev/null \
+                | sed -n 's/^ *|\{0,1\}\(Pre\)\{0,1\}Depends: \(lib[^ <>:]*\)$/\2/p'); do
+            case "$seen" in *" $d "*) continue ;; esac
+            seen="$seen$d "
+            pkg_installed "$d" && continue
+            echo "$d"
+            queue+=("$d")
+        done
+    done
 }
 
 server_root() { echo "$LAB_CACHE/$1/root"; }
@@ -63,15 +83,17 @@ fetch() {
     (
         flock -w 300 9 || die "timeout waiting for the $server fetch lock"
         [ -f "$dir/.complete" ] && exit 0
-        local dl=$dir/debs pkgs=() p deb missing
+        local dl=$dir/debs pkgs=() deb missing
         rm -rf "$dl" "$root"; mkdir -p "$dl" "$root"
-        for p in $(server_pkgs "$server"); do
-            # the server's own packages always; a library only when missing
-            case "$p" in
-            lib*) dpkg -s "$p" >/dev/null 2>&1 || pkgs+=("$p") ;;
-            *) pkgs+=("$p") ;;
-            esac
-        done
+        read -ra pkgs <<<"$(server_pkgs "$server")"
+        if ! apt_knows "${pkgs[0]}"; then
+            log "apt does not know ${pkgs[0]}; running apt-get update once"
+            apt-get -q update >&2
+        fi
+        # the server's own packages, and the libraries it needs that the
+        # machine lacks
+        mapfile -t -O "${#pkgs[@]}" pkgs < <(missing_libs "${pkgs[@]}")
+        log "fetching ${pkgs[*]} (unpacked into $root, not installed)"
         if ! (cd "$dl" && apt-get -q -o APT::Sandbox::User=root download "${pkgs[@]}" >&2); then
             log "apt-get download failed; running apt-get update once"
             apt-get -q update >&2
@@ -111,7 +133,7 @@ start_proftpd() {
         ip netns exec "$s" "$bin" --nodaemon --config "$run/proftpd.conf" \
         </dev/null >>"$run/proftpd.out" 2>&1 &
     pid=$!
-    echo "$pid" >"$run/proftpd.pid"
+    pidfile_write "$run/proftpd.pid" "$pid" "$bin"
 }
 
 start_pure_ftpd() {
@@ -134,7 +156,7 @@ start_pure_ftpd() {
         --altlog "clf:$run/pure-ftpd.xferlog" --pidfile "$run/pure-ftpd.pidfile" \
         </dev/null >>"$run/pure-ftpd.out" 2>&1 &
     pid=$!
-    echo "$pid" >"$run/pure-ftpd.pid"
+    pidfile_write "$run/pure-ftpd.pid" "$pid" "$bin"
 }
 
 start() {
@@ -142,7 +164,7 @@ start() {
     run=$(run_dir "$name"); s=$(ns_s "$name")
     ns_exists "$s" || die "lab '$name' is not up"
     for f in vsftpd proftpd pure-ftpd; do
-        if pid_alive "$(cat "$run/$f.pid" 2>/dev/null || true)"; then
+        if pidfile_pid "$run/$f.pid" >/dev/null; then
             die "$f already runs in lab '$name' (servers.sh stop $name $f)"
         fi
     done
@@ -159,14 +181,14 @@ start() {
         [ "$server" = proftpd ] && cat "$run/proftpd.log" >&2
         die "$server did not listen on $SERVER_IP:21 within 10 s"
     fi
-    log "$server listening on $SERVER_IP:21 (pid $(cat "$run/$server.pid"))"
+    log "$server listening on $SERVER_IP:21 (pid $(cut -d' ' -f1 "$run/$server.pid"))"
 }
 
 stop() {
     local name=$1 server=$2 run s i
     run=$(run_dir "$name"); s=$(ns_s "$name")
     case "$server" in vsftpd | proftpd | pure-ftpd) ;; *) die "unknown server '$server'" ;; esac
-    stop_pidfile "$run/$server.pid" 50
+    stop_pidfile "$run/$server.pid" 50 || true
     # bounded wait until port 21 is free for the next server
     for ((i = 0; i < 50; i++)); do
         ns_exists "$s" || return 0
