@@ -189,7 +189,7 @@ fn script_unsplit_runs_to_the_end() {
     assert_eq!(closes, 3);
     assert!(out.actions.iter().any(|a| matches!(
         a,
-        Action::Audit(AuditEvent::Transfer { result: TransferResult::Aborted, reply: Some(426), .. })
+        Action::Audit(AuditEvent::Transfer { result: TransferResult::Aborted(_), reply: Some(426), .. })
     )));
 }
 
