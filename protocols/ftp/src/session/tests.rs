@@ -2047,3 +2047,181 @@ fn relaying_stale_progress_and_relay_failed_after_close_ignored() {
         AuditEvent::Transfer { result: TransferResult::Ok, to_client: 5, .. }
     ));
 }
+
+// ---- protocol state follows the server's replies ---------------------------
+
+#[test]
+fn expect_login_pipelined_user_pass_pasv_in_one_segment_works() {
+    let mut t = T::new();
+    server!(t, b"220 ready\r\n");
+    t.take(Side::Client);
+    client!(t, b"USER anna\r\nPASS secret\r\nPASV\r\n");
+    // PASV waits for the login's replies instead of a local 530.
+    expect!(t, to_server: b"USER anna\r\nPASS secret\r\n");
+    expect!(t, to_client: b"");
+    server!(t, b"331 pw\r\n230 ok\r\n");
+    expect!(t, to_client: b"331 pw\r\n230 ok\r\n");
+    expect!(t, to_server: b"PASV\r\n");
+    assert_eq!(t.audits(), vec![AuditEvent::LoggedIn { user: "anna".into() }]);
+    server!(t, b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+}
+
+#[test]
+fn expect_login_pipelined_pass_refused_530_then_pasv_refused_locally() {
+    let mut t = T::new();
+    server!(t, b"220 ready\r\n");
+    t.take(Side::Client);
+    client!(t, b"USER anna\r\nPASS wrong\r\nPASV\r\n");
+    server!(t, b"331 pw\r\n530 Login incorrect.\r\n");
+    expect!(t, to_client: b"331 pw\r\n530 Login incorrect.\r\n530 Please login first.\r\n");
+    expect!(t, to_server: b"USER anna\r\nPASS wrong\r\n");
+    assert!(t.audits().iter().all(|e| !matches!(e, AuditEvent::LoggedIn { .. })));
+}
+
+#[test]
+fn relaying_user_answered_230_logs_in_that_user() {
+    let mut t = T::logged_in();
+    client!(t, b"USER bob\r\n");
+    server!(t, b"230 ok\r\n");
+    assert_eq!(t.audits(), vec![AuditEvent::LoggedIn { user: "bob".into() }]);
+}
+
+#[test]
+fn relaying_new_user_331_logs_out_until_pass_230() {
+    let mut t = T::logged_in();
+    client!(t, b"USER bob\r\n");
+    server!(t, b"331 pw\r\n");
+    t.take(Side::Client);
+    expect!(t, to_server: b"USER bob\r\n");
+    client!(t, b"PASV\r\n");
+    expect!(t, to_client: b"530 Please login first.\r\n");
+    client!(t, b"PASS pw\r\n");
+    server!(t, b"230 ok\r\n");
+    t.take(Side::Client);
+    client!(t, b"PASV\r\n");
+    expect!(t, to_server: b"PASS pw\r\nPASV\r\n");
+}
+
+#[test]
+fn relaying_pass_503_when_logged_in_changes_nothing() {
+    // proftpd: a second PASS is "503 You are already logged in".
+    let mut t = T::logged_in();
+    client!(t, b"PASS again\r\nPASV\r\n");
+    server!(t, b"503 You are already logged in\r\n");
+    expect!(t, to_server: b"PASS again\r\nPASV\r\n");
+}
+
+#[test]
+fn attack_30_rein_answered_502_stays_logged_in() {
+    // vsftpd does not implement REIN.
+    let mut t = T::logged_in();
+    client!(t, b"REIN\r\nPASV\r\n");
+    expect!(t, to_server: b"REIN\r\n");
+    server!(t, b"502 REIN not implemented.\r\n");
+    expect!(t, to_client: b"502 REIN not implemented.\r\n");
+    expect!(t, to_server: b"PASV\r\n");
+}
+
+#[test]
+fn attack_30_rein_220_closes_orphaned_listener_and_drops_rest() {
+    let mut t = passive_listening();
+    client!(t, b"REST 100\r\nREIN\r\n");
+    server!(t, b"350 Restarting at 100.\r\n220 again\r\n");
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    expect!(t, to_client: b"350 Restarting at 100.\r\n220 again\r\n");
+    assert!(t.s.current_data.is_none() && t.s.rest.is_none());
+    // Logged out: data commands need a new login.
+    client!(t, b"EPSV\r\n");
+    expect!(t, to_client: b"530 Please login first.\r\n");
+}
+
+#[test]
+fn attack_28_epsv_all_takes_effect_on_2xx_only() {
+    let mut t = T::logged_in();
+    client!(t, b"EPSV ALL\r\nPASV\r\n");
+    expect!(t, to_server: b"EPSV ALL\r\n");
+    server!(t, b"500 Unknown command.\r\n");
+    // Refused by the server: PASV is still allowed.
+    expect!(t, to_server: b"PASV\r\n");
+    server!(t, b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    t.take(Side::Client);
+    client!(t, b"EPSV ALL\r\nPORT 192,0,2,10,156,65\r\n");
+    server!(t, b"200 EPSV ALL ok.\r\n");
+    expect!(t, to_client: b"200 EPSV ALL ok.\r\n503 ftpgate: EPSV ALL in effect, use EPSV.\r\n");
+}
+
+#[test]
+fn relaying_abor_without_transfer_closes_listener_and_drops_rest() {
+    let mut t = passive_listening();
+    client!(t, b"REST 10\r\n");
+    server!(t, b"350 ok\r\n");
+    t.take(Side::Client);
+    expect!(t, to_server: b"REST 10\r\n");
+    client!(t, b"ABOR\r\n");
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    assert_eq!(take_synch(&mut t), SYNCH_ABOR);
+    assert!(t.s.current_data.is_none() && t.s.rest.is_none());
+    server!(t, b"225 No transfer to ABOR.\r\n");
+    expect!(t, to_client: b"225 No transfer to ABOR.\r\n");
+    // A RETR now has no channel: the server's 425 passes.
+    client!(t, b"RETR f\r\n");
+    server!(t, b"425 Use PORT or PASV first.\r\n");
+    expect!(t, to_client: b"425 Use PORT or PASV first.\r\n");
+}
+
+// ---- Debug never shows buffered bytes ---------------------------------------
+
+#[test]
+fn session_debug_with_pass_in_flight_shows_no_password() {
+    let mut t = T::new();
+    server!(t, b"220 ready\r\n");
+    // One PASS forwarded and unwritten, one half-framed, one stashed behind it.
+    client!(t, b"USER anna\r\nPASS hunter2\r\nPASV\r\nPASS hunter3");
+    assert!(t.s.pending(Side::Server).windows(7).any(|w| w == b"hunter2"));
+    let shown = format!("{:?}", t.s);
+    for secret in ["hunter", "104, 117, 110"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    assert!(shown.contains("buffered_out"), "{shown}");
+}
+
+// ---- bounded replies (ATTACKS.md 17) --------------------------------------
+
+#[test]
+fn attack_17_relaying_multiline_over_byte_cap_421_and_close() {
+    let mut t = T::logged_in();
+    client!(t, b"HELP\r\n");
+    let line = format!("{}\r\n", "x".repeat(8000));
+    server!(t, b"214-help\r\n");
+    for _ in 0..8 {
+        server!(t, line.as_bytes());
+    }
+    assert!(!t.s.is_closed());
+    server!(t, line.as_bytes());
+    expect!(t, to_client: b"421 ftpgate: the server broke the protocol, closing.\r\n");
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn relaying_reply_being_assembled_counts_against_server_budget() {
+    let mut t = passive_relaying_retr();
+    // A held 226 makes later replies queue in the backlog.
+    server!(t, b"226 ok\r\n");
+    let line = format!("{}\r\n", "y".repeat(8000));
+    for _ in 0..4 {
+        server!(t, format!("211 {line}").as_bytes());
+    }
+    let backlog = t.s.backlog_bytes();
+    assert!(backlog > 30_000);
+    server!(t, b"211-start\r\n");
+    let mut fed = 0;
+    while t.s.read_budget(Side::Server) > 0 {
+        server!(t, line.as_bytes());
+        fed += 1;
+        assert!(fed < 10, "budget never reached 0");
+    }
+    assert!(t.s.backlog_bytes() + t.s.replies.buffered() > HIGH_WATER);
+    assert!(!t.s.is_closed());
+}
