@@ -81,6 +81,9 @@ pub struct LineReader {
     answers: Vec<u8>,
     /// Set once a line overflowed: the stream is unframable from here on.
     broken: bool,
+    /// A subnegotiation ran past the line limit: nothing more is decoded,
+    /// and `next_line` reports `TooLong` once the lines before it are out.
+    sub_overflow: bool,
     /// How much of `buf` is known to hold no LF, so a line trickled in one
     /// byte at a time is scanned once, not once per byte.
     scanned: usize,
@@ -101,6 +104,7 @@ impl LineReader {
             sub_len: 0,
             answers: Vec::new(),
             broken: false,
+            sub_overflow: false,
             scanned: 0,
         }
     }
@@ -129,7 +133,7 @@ impl LineReader {
 
     /// Decode `data` (Telnet) into the line buffer.
     pub fn feed(&mut self, data: &[u8]) {
-        if self.broken {
+        if self.broken || self.sub_overflow {
             return;
         }
         for &b in data {
@@ -176,8 +180,9 @@ impl LineReader {
             if matches!(self.telnet, Telnet::Sub | Telnet::SubIac) {
                 self.sub_len += 1;
                 if self.pending_len() > MAX_LINE + 1 {
-                    // Nothing more of this stream can be framed; the next
-                    // `next_line` reports it like any over-long line.
+                    // Nothing more of this stream can be framed; `next_line`
+                    // reports it like any over-long line.
+                    self.sub_overflow = true;
                     return;
                 }
             }
@@ -198,7 +203,7 @@ impl LineReader {
         let from = self.scanned.min(self.buf.len());
         let Some(lf) = self.buf[from..].iter().position(|&b| b == b'\n').map(|i| from + i) else {
             self.scanned = self.buf.len();
-            if self.pending_len() > MAX_LINE + 1 {
+            if self.sub_overflow || self.pending_len() > MAX_LINE + 1 {
                 self.broken = true;
                 self.buf = Vec::new();
                 self.sub_len = 0;
@@ -240,6 +245,7 @@ impl std::fmt::Debug for LineReader {
             .field("sub_len", &self.sub_len)
             .field("answers", &self.answers.len())
             .field("broken", &self.broken)
+            .field("sub_overflow", &self.sub_overflow)
             .finish()
     }
 }
@@ -387,6 +393,20 @@ mod tests {
         assert!(fed <= MAX_LINE + 2);
         r.feed(b"\xff\xf0OP\r\n");
         assert_eq!(r.next_line(), None, "broken for good, like TooLong");
+    }
+
+    #[test]
+    fn telnet_unterminated_subnegotiation_same_in_any_segmentation() {
+        let mut input = b"PWD\r\n\xff\xfa".to_vec();
+        input.extend(vec![b'z'; MAX_LINE + 10]);
+        input.extend_from_slice(b"\xff\xf0NOOP\r\n");
+        let whole = lines(&input);
+        assert_eq!(whole, vec![Ok(b"PWD".to_vec()), Err(LineError::TooLong)]);
+        let mut r = LineReader::new();
+        for chunk in input.chunks(7) {
+            r.feed(chunk);
+        }
+        assert_eq!(std::iter::from_fn(|| r.next_line()).collect::<Vec<_>>(), whole);
     }
 
     #[test]
