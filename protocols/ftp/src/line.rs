@@ -29,7 +29,7 @@
 pub const MAX_LINE: usize = 8192;
 
 /// Capacity kept for an empty buffer. Larger buffers are freed when they drain,
-/// so an idle session costs a few hundred bytes (DESIGN.md, memory per session).
+/// so an idle session costs a few hundred bytes.
 const KEEP_CAPACITY: usize = 256;
 
 /// Telnet "interpret as command".

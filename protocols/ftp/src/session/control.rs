@@ -3,7 +3,7 @@
 //!
 //! Read first: RFC 959 §5.4 (command-reply sequences), RFC 2428, RFC 2577
 //! (FTP security considerations), RFC 1579 (firewall-friendly FTP),
-//! LIFECYCLE.md beside this crate.
+//! LIFECYCLE.md at the crate root.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

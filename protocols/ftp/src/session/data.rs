@@ -1,7 +1,7 @@
 //! Data channels: one per `DataId`, from `Listen` to `CloseData`.
 //!
 //! Read first: RFC 959 §3.2–3.3 (data connections), RFC 2577 §3 (bounce),
-//! ATTACKS.md 5, 6, 19–25, LIFECYCLE.md beside this crate.
+//! ATTACKS.md 5, 6, 19–25, LIFECYCLE.md at the crate root.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

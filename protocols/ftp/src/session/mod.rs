@@ -1,7 +1,7 @@
 //! The FTP session machine: one intercepted control connection.
 //!
 //! Read first: RFC 959, RFC 1123 §4.1, RFC 2428, RFC 2577, RFC 1579, and
-//! LIFECYCLE.md beside this crate (states, holds, what releases them).
+//! LIFECYCLE.md at the crate root (states, holds, what releases them).
 //! `control.rs` pairs commands with replies; `data.rs` runs the data
 //! channels; `tests.rs` has one transcript per rule.
 
@@ -194,7 +194,8 @@ pub enum Action {
         remote: SocketAddr,
     },
     /// Both legs are up: relay between them until both directions end, then
-    /// report `Relayed` (or `Failed { step: Relay }`).
+    /// report `Relayed`; report `Progress` while bytes move, `RelayFailed`
+    /// if a leg fails, `Failed { step: Relay }` if the relay cannot start.
     Relay {
         /// The data channel.
         data: DataId,
