@@ -160,6 +160,12 @@ sess("attack-data-command-during-transfer", *LOGIN, C(b"PASV"), S(PASV_REPLY), b
 seeds["session"]["crash-abor-held-227-regression"] = (
     b"S220\nS230\nCPASV\nS227 8,5,0,0,9,8\nc\xffSTOR\nABOR\n")
 
+# The server connects to the PORT listener, then refuses the PORT: the
+# accepted leg was closed with a FIN, not a reset (src/session/tests.rs
+# expect_connect_port_refused_after_server_connected_resets).
+seeds["session"]["crash-port-refused-after-connect-regression"] = (
+    b"S220\nS230\nCPORT 192,0,2,10,156,65\nL\x00\x00\x00\x00A\x00\x00\x00S500 no\n")
+
 for target, files in seeds.items():
     d = os.path.join(HERE, target)
     os.makedirs(d, exist_ok=True)

@@ -475,8 +475,10 @@ impl Session {
             Some(Pending::Passive) => self.passive_reply(now, reply),
             Some(Pending::Active { data }) => {
                 if !code.is_success() {
-                    // The server will not connect: the listener is useless.
-                    self.close_data(now, data);
+                    // The server will not use the channel. A hostile one
+                    // may have connected anyway: a cut resets that leg.
+                    let why = TransferFailure::ServerReply { code: code.0 };
+                    self.cut_data(now, data, Cut::Failed(why));
                 }
                 self.send_reply(&reply);
             }

@@ -2225,3 +2225,19 @@ fn relaying_reply_being_assembled_counts_against_server_budget() {
     assert!(t.s.backlog_bytes() + t.s.replies.buffered() > HIGH_WATER);
     assert!(!t.s.is_closed());
 }
+
+/// Found by the `session` fuzz target (seed
+/// `crash-port-refused-after-connect-regression`): the server connected to
+/// the PORT listener and then refused the PORT. The accepted leg was closed
+/// with a plain close (a FIN) instead of a reset.
+#[test]
+fn expect_connect_port_refused_after_server_connected_resets() {
+    let mut t = T::logged_in();
+    client!(t, b"PORT 192,0,2,10,156,65\r\n");
+    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:40001") });
+    t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
+    t.work();
+    server!(t, b"500 PORT refused\r\n");
+    expect!(t, work: vec![Action::ResetData { data: DataId(0) }, Action::CloseData { data: DataId(0) }]);
+    expect!(t, to_client: b"500 PORT refused\r\n");
+}
