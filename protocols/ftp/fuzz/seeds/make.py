@@ -166,6 +166,13 @@ seeds["session"]["crash-abor-held-227-regression"] = (
 seeds["session"]["crash-port-refused-after-connect-regression"] = (
     b"S220\nS230\nCPORT 192,0,2,10,156,65\nL\x00\x00\x00\x00A\x00\x00\x00S500 no\n")
 
+# A held 226 dropped by a teardown (here a malformed server line): the
+# record said the client got 426 (src/session/tests.rs
+# relaying_client_closes_with_226_held_record_says_client_got_no_reply).
+seeds["session"]["crash-held-226-dropped-at-teardown-regression"] = (
+    b"S220\nS230\nCPASV\nS227 (198,51,100,10,195,80)\nL\x00\x00\x00\x00CRETR x\n"
+    b"A\x00\x00\x00K\x00S150 ok\nS226 ok\nSxyz\n")
+
 for target, files in seeds.items():
     d = os.path.join(HERE, target)
     os.makedirs(d, exist_ok=True)

@@ -73,6 +73,9 @@ pub(super) struct DataChan {
     pub(super) command: Option<String>,
     /// The server's final reply to that command.
     pub(super) final_code: Option<u16>,
+    /// That reply was still held when the session ended: the client never
+    /// got it.
+    pub(super) final_dropped: bool,
 }
 
 impl DataChan {
@@ -166,6 +169,7 @@ impl Session {
             to_server: 0,
             command: None,
             final_code: None,
+            final_dropped: false,
         };
         let peer = chan.peer_side();
         self.data.insert(id, chan);
@@ -464,7 +468,7 @@ impl Session {
             to_client: ch.to_client,
             to_server: ch.to_server,
             duration: ch.ended_at.unwrap_or(ch.opened_at).saturating_duration_since(ch.opened_at),
-            reply: ch.final_code.map(|c| ch.client_code(c)),
+            reply: ch.final_code.filter(|_| !ch.final_dropped).map(|c| ch.client_code(c)),
             server_reply: ch.final_code,
             result,
         };

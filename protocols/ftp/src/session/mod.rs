@@ -554,6 +554,13 @@ impl Session {
             return;
         }
         self.phase = Phase::Closed;
+        if let Some(ServerHold::ExpectRelayEnd { data, .. }) = &self.server_hold {
+            // Dropped with the session: the record must not claim the
+            // client got it.
+            if let Some(ch) = self.data.get_mut(data) {
+                ch.final_dropped = true;
+            }
+        }
         self.actions.push_back(Action::Shutdown { side: first });
         if first == Side::Client {
             self.actions.push_back(Action::Shutdown { side: Side::Server });

@@ -2241,3 +2241,19 @@ fn expect_connect_port_refused_after_server_connected_resets() {
     expect!(t, work: vec![Action::ResetData { data: DataId(0) }, Action::CloseData { data: DataId(0) }]);
     expect!(t, to_client: b"500 PORT refused\r\n");
 }
+
+#[test]
+fn relaying_client_closes_with_226_held_record_says_client_got_no_reply() {
+    let mut t = passive_relaying_retr();
+    server!(t, b"226 Transfer complete.\r\n");
+    t.input(Input::Closed { from: Side::Client });
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            reply: None,
+            server_reply: Some(226),
+            result: TransferResult::Aborted(AbortCause::SessionEnded),
+            ..
+        }
+    ));
+}
