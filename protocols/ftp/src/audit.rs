@@ -1,9 +1,10 @@
 //! Typed records the shell must log. The core never logs; it emits these.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::{DataId, Side};
+use crate::{DataId, DataStep, Side};
 
 /// Which way a data channel is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,12 +18,67 @@ pub enum DataMode {
 /// How a transfer ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransferResult {
-    /// Data relayed and the server's final reply was 2xx.
+    /// Every byte relayed and the server's final reply was 2xx.
     Ok,
-    /// The server's final reply was 4xx/5xx, or the data channel failed.
-    Failed,
-    /// The session ended before the transfer finished.
-    Aborted,
+    /// The transfer did not complete. If its data channel was cut, the
+    /// client was never given a 2xx for it (it got `426` instead).
+    Failed(TransferFailure),
+    /// Cut short on purpose before the relay completed.
+    Aborted(AbortCause),
+}
+
+/// Why a transfer failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferFailure {
+    /// `leg`'s data connection was reset mid-transfer; the other leg was
+    /// reset too.
+    Reset {
+        /// Whose data connection: the client's or the server's.
+        leg: Side,
+    },
+    /// Another read or write error on `leg`'s data connection.
+    RelayError {
+        /// Whose data connection: the client's or the server's.
+        leg: Side,
+        /// The error.
+        error: io::ErrorKind,
+    },
+    /// No byte moved either way for `Config::data_idle_timeout`.
+    DataIdle,
+    /// Nobody connected to the data listener within
+    /// `Config::data_accept_timeout`.
+    AcceptTimeout,
+    /// The connect to the far end took longer than
+    /// `Config::data_connect_timeout`.
+    ConnectTimeout,
+    /// A set-up step failed: bind, listen, accept, connect, or starting the
+    /// relay.
+    SetupFailed {
+        /// Which step.
+        step: DataStep,
+        /// The error.
+        error: io::ErrorKind,
+    },
+    /// A newer PASV/EPSV/PORT/EPRT (or a REIN, or an ABOR with no transfer)
+    /// closed the channel before a transfer used it.
+    Replaced,
+    /// The data channel was fine; the server's final reply was 4xx/5xx.
+    ServerReply {
+        /// The server's code.
+        code: u16,
+    },
+    /// The server's final reply was 2xx, but no data connection was ever
+    /// relayed for the transfer.
+    NoDataConnection,
+}
+
+/// Who cut a transfer short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortCause {
+    /// The client sent ABOR.
+    ClientAbor,
+    /// The session ended first (a close, a 421, a deadline, shutdown).
+    SessionEnded,
 }
 
 /// One event worth a log record. `#[non_exhaustive]`: the core grows.
@@ -89,8 +145,11 @@ pub enum AuditEvent {
         to_server: u64,
         /// From data channel set-up to its end.
         duration: Duration,
-        /// The final reply code, if one arrived.
+        /// The final reply the client got, if any: the server's, or `426`
+        /// in place of a 2xx for a transfer whose data channel was cut.
         reply: Option<u16>,
+        /// The server's own final reply code, if one arrived.
+        server_reply: Option<u16>,
         /// Outcome.
         result: TransferResult,
     },

@@ -10,8 +10,9 @@
 //!
 //! Read first: RFC 959 (FTP), RFC 1123 §4.1 (FTP corrections), RFC 2428
 //! (EPRT/EPSV), RFC 2577 (FTP security considerations), RFC 1579
-//! (firewall-friendly FTP); `LIFECYCLE.md` beside this crate for the state
-//! diagrams and which input releases which held reply.
+//! (firewall-friendly FTP); `LIFECYCLE.md` at the root of this crate
+//! (`protocols/ftp/LIFECYCLE.md`) for the state diagrams and which input
+//! releases which held reply.
 //!
 //! # The driving contract
 //!
@@ -35,6 +36,14 @@
 //! Set `SO_OOBINLINE` on the client's control socket: a client's ABOR
 //! Synch (`IAC IP IAC` as urgent data, then `DM ABOR`) must reach the core
 //! inline, where the framer strips the Telnet commands.
+//!
+//! While a data channel relays, feed [`Input::Progress`] with its running
+//! byte counts when they grew (once per wakeup is enough): a channel that
+//! moves no byte for `Config::data_idle_timeout` is cut. A relay ends with
+//! [`Input::Relayed`] (both directions ended clean) or
+//! [`Input::RelayFailed`] (a reset or error on one leg; the shell has reset
+//! the other). [`Action::ResetData`] asks to end both legs with a reset
+//! (`SO_LINGER` 0), never a FIN; its [`Action::CloseData`] follows.
 //!
 //! Never feed more than `read_budget(from)` bytes in one
 //! [`Input::Received`]. Bad input never panics and never returns an error:
@@ -120,6 +129,6 @@ pub mod policy;
 pub mod reply;
 mod session;
 
-pub use audit::{AuditEvent, DataMode, TransferResult};
+pub use audit::{AbortCause, AuditEvent, DataMode, TransferFailure, TransferResult};
 pub use policy::{Config, PassiveAddressPolicy};
 pub use session::{Action, ControlEnds, DataId, DataStep, Input, Session, Side};

@@ -7,7 +7,11 @@
 //!
 //! The framer works on raw bytes as they come off the socket. It strips the
 //! Telnet commands (`IAC IP`, `IAC DM`, option negotiation, subnegotiation),
-//! turns `IAC IAC` into one literal `0xFF`, and stores the result. Lines are
+//! turns `IAC IAC` into one literal `0xFF`, and stores the result. A `0xFF`
+//! followed by a byte that is no Telnet command (below 240) is kept as data
+//! with that byte: many clients send file names in Latin-1 or UTF-8 and
+//! never double the `0xFF`. A subnegotiation counts toward the line limit
+//! until its `IAC SE`, so an endless one ends like an over-long line. Lines are
 //! cut at LF; a CR right before the LF is dropped, so a bare LF is accepted.
 //! A CR anywhere else, or a NUL, makes the line refused: a proxy and a server
 //! that disagree about where a command ends are what slipstreaming attacks
@@ -25,7 +29,7 @@
 pub const MAX_LINE: usize = 8192;
 
 /// Capacity kept for an empty buffer. Larger buffers are freed when they drain,
-/// so an idle session costs a few hundred bytes (DESIGN.md, memory per session).
+/// so an idle session costs a few hundred bytes.
 const KEEP_CAPACITY: usize = 256;
 
 /// Telnet "interpret as command".
@@ -40,6 +44,8 @@ const WONT: u8 = 252;
 const WILL: u8 = 251;
 const SB: u8 = 250;
 const SE: u8 = 240;
+/// The lowest Telnet command byte (SE); below it, `IAC x` is no command.
+const FIRST_COMMAND: u8 = SE;
 
 /// Why a line was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,14 +71,19 @@ enum Telnet {
 }
 
 /// The framer of one side.
-#[derive(Debug)]
 pub struct LineReader {
     buf: Vec<u8>,
     telnet: Telnet,
+    /// Raw bytes of the subnegotiation being skipped; they count toward the
+    /// line limit, or an `IAC SB` never closed would stall the side.
+    sub_len: usize,
     /// Telnet refusals owed to the peer that sent the negotiation.
     answers: Vec<u8>,
     /// Set once a line overflowed: the stream is unframable from here on.
     broken: bool,
+    /// A subnegotiation ran past the line limit: nothing more is decoded,
+    /// and `next_line` reports `TooLong` once the lines before it are out.
+    sub_overflow: bool,
     /// How much of `buf` is known to hold no LF, so a line trickled in one
     /// byte at a time is scanned once, not once per byte.
     scanned: usize,
@@ -87,13 +98,21 @@ impl Default for LineReader {
 impl LineReader {
     /// An empty framer; allocates nothing until bytes arrive.
     pub fn new() -> Self {
-        Self { buf: Vec::new(), telnet: Telnet::Data, answers: Vec::new(), broken: false, scanned: 0 }
+        Self {
+            buf: Vec::new(),
+            telnet: Telnet::Data,
+            sub_len: 0,
+            answers: Vec::new(),
+            broken: false,
+            sub_overflow: false,
+            scanned: 0,
+        }
     }
 
     /// How many more raw bytes fit before the current line is too long
     /// (at least 1, so a too-long line is always detected).
     pub fn space(&self) -> usize {
-        (MAX_LINE + 2).saturating_sub(self.buf.len()).max(1)
+        (MAX_LINE + 2).saturating_sub(self.pending_len()).max(1)
     }
 
     /// True if no decoded byte is buffered.
@@ -101,9 +120,20 @@ impl LineReader {
         self.buf.is_empty()
     }
 
+    /// Decoded bytes buffered (for sizes in logs; never the bytes).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// What the current line costs so far: its decoded bytes and the
+    /// subnegotiation being skipped.
+    fn pending_len(&self) -> usize {
+        self.buf.len() + self.sub_len
+    }
+
     /// Decode `data` (Telnet) into the line buffer.
     pub fn feed(&mut self, data: &[u8]) {
-        if self.broken {
+        if self.broken || self.sub_overflow {
             return;
         }
         for &b in data {
@@ -118,7 +148,16 @@ impl LineReader {
                     Telnet::Data
                 }
                 (Telnet::Iac, WILL | WONT | DO | DONT) => Telnet::Option(b),
-                (Telnet::Iac, SB) => Telnet::Sub,
+                (Telnet::Iac, SB) => {
+                    // The IAC; the SB itself is counted below.
+                    self.sub_len = 1;
+                    Telnet::Sub
+                }
+                // No Telnet command: a raw 0xFF that was never doubled.
+                (Telnet::Iac, _) if b < FIRST_COMMAND => {
+                    self.buf.extend_from_slice(&[IAC, b]);
+                    Telnet::Data
+                }
                 // IP, DM, NOP, AYT, GA, …: no meaning for FTP, stripped.
                 (Telnet::Iac, _) => Telnet::Data,
                 (Telnet::Option(verb), option) => {
@@ -132,9 +171,21 @@ impl LineReader {
                 }
                 (Telnet::Sub, IAC) => Telnet::SubIac,
                 (Telnet::Sub, _) => Telnet::Sub,
-                (Telnet::SubIac, SE) => Telnet::Data,
+                (Telnet::SubIac, SE) => {
+                    self.sub_len = 0;
+                    Telnet::Data
+                }
                 (Telnet::SubIac, _) => Telnet::Sub,
             };
+            if matches!(self.telnet, Telnet::Sub | Telnet::SubIac) {
+                self.sub_len += 1;
+                if self.pending_len() > MAX_LINE + 1 {
+                    // Nothing more of this stream can be framed; `next_line`
+                    // reports it like any over-long line.
+                    self.sub_overflow = true;
+                    return;
+                }
+            }
         }
     }
 
@@ -152,9 +203,10 @@ impl LineReader {
         let from = self.scanned.min(self.buf.len());
         let Some(lf) = self.buf[from..].iter().position(|&b| b == b'\n').map(|i| from + i) else {
             self.scanned = self.buf.len();
-            if self.buf.len() > MAX_LINE + 1 {
+            if self.sub_overflow || self.pending_len() > MAX_LINE + 1 {
                 self.broken = true;
                 self.buf = Vec::new();
+                self.sub_len = 0;
                 return Some(Err(LineError::TooLong));
             }
             return None;
@@ -181,6 +233,20 @@ impl LineReader {
             self.broken = true;
         }
         Some(result)
+    }
+}
+
+impl std::fmt::Debug for LineReader {
+    /// Sizes only: the buffer may hold a password being framed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineReader")
+            .field("buffered", &self.buf.len())
+            .field("telnet", &self.telnet)
+            .field("sub_len", &self.sub_len)
+            .field("answers", &self.answers.len())
+            .field("broken", &self.broken)
+            .field("sub_overflow", &self.sub_overflow)
+            .finish()
     }
 }
 
@@ -295,6 +361,71 @@ mod tests {
         r.feed(b"\xffb\xff");
         r.feed(b"\xf4\n");
         assert_eq!(r.next_line(), Some(Ok(b"a\xffb".to_vec())));
+    }
+
+    #[test]
+    fn telnet_raw_ff_not_followed_by_a_command_kept_as_data() {
+        // Latin-1 "ÿ" and the UTF-8 lead byte never doubled by the client.
+        assert_eq!(lines(b"RETR caf\xff.txt\r\n"), vec![Ok(b"RETR caf\xff.txt".to_vec())]);
+        assert_eq!(lines(b"RETR a\xff\r\n"), vec![Ok(b"RETR a\xff".to_vec())]);
+        // Split across feeds: the byte after the 0xFF decides.
+        let mut r = LineReader::new();
+        r.feed(b"CWD x\xff");
+        r.feed(b"y\r\n");
+        assert_eq!(r.next_line(), Some(Ok(b"CWD x\xffy".to_vec())));
+        // Forwarded escaped, so the server reads the same name.
+        let mut out = Vec::new();
+        write_line(b"RETR caf\xff.txt", &mut out);
+        assert_eq!(out, b"RETR caf\xff\xff.txt\r\n");
+    }
+
+    #[test]
+    fn telnet_unterminated_subnegotiation_ends_like_overlong_line() {
+        let mut r = LineReader::new();
+        r.feed(b"NO\xff\xfa\x18");
+        let mut fed = 5;
+        while r.next_line().is_none() {
+            assert!(fed <= MAX_LINE + 2, "no end after {fed} bytes");
+            let n = r.space().min(1000);
+            r.feed(&vec![b'a'; n]);
+            fed += n;
+        }
+        assert!(fed <= MAX_LINE + 2);
+        r.feed(b"\xff\xf0OP\r\n");
+        assert_eq!(r.next_line(), None, "broken for good, like TooLong");
+    }
+
+    #[test]
+    fn telnet_unterminated_subnegotiation_same_in_any_segmentation() {
+        let mut input = b"PWD\r\n\xff\xfa".to_vec();
+        input.extend(vec![b'z'; MAX_LINE + 10]);
+        input.extend_from_slice(b"\xff\xf0NOOP\r\n");
+        let whole = lines(&input);
+        assert_eq!(whole, vec![Ok(b"PWD".to_vec()), Err(LineError::TooLong)]);
+        let mut r = LineReader::new();
+        for chunk in input.chunks(7) {
+            r.feed(chunk);
+        }
+        assert_eq!(std::iter::from_fn(|| r.next_line()).collect::<Vec<_>>(), whole);
+    }
+
+    #[test]
+    fn telnet_terminated_subnegotiation_frees_its_count() {
+        let mut r = LineReader::new();
+        let mut input = b"\xff\xfa".to_vec();
+        input.extend(vec![b'z'; MAX_LINE - 100]);
+        input.extend_from_slice(b"\xff\xf0NOOP\r\n");
+        r.feed(&input);
+        assert_eq!(r.next_line(), Some(Ok(b"NOOP".to_vec())));
+        assert_eq!(r.space(), MAX_LINE + 2);
+    }
+
+    #[test]
+    fn framer_debug_shows_no_buffered_bytes() {
+        let mut r = LineReader::new();
+        r.feed(b"PASS hunter2");
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("104, 117"), "{shown}");
     }
 
     #[test]

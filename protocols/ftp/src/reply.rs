@@ -55,7 +55,16 @@ pub enum ReplyError {
     Malformed,
     /// A multi-line reply went past the configured line cap.
     TooManyLines,
+    /// A multi-line reply went past [`MAX_REPLY_BYTES`].
+    TooLarge,
 }
+
+/// Cap on the bytes of one reply (its lines without line ends), besides
+/// the line cap: 1,000 lines of 8 KiB would otherwise let one server make a
+/// session hold 8 MiB (ATTACKS.md 17). The longest real replies (FEAT, HELP,
+/// a STAT listing of a big directory) are a few KiB; a server that needs
+/// more is refused as broken.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024;
 
 fn code(line: &[u8]) -> IResult<&[u8], u16> {
     verify(take_while_m_n(3, 3, |b: u8| b.is_ascii_digit()), |d: &[u8]| (b'1'..=b'5').contains(&d[0]))
@@ -112,18 +121,26 @@ impl Reply {
 #[derive(Debug)]
 pub struct ReplyAssembler {
     current: Option<Reply>,
+    /// Bytes of `current`'s lines.
+    bytes: usize,
     max_lines: usize,
 }
 
 impl ReplyAssembler {
     /// An assembler refusing replies longer than `max_lines` lines.
     pub fn new(max_lines: usize) -> Self {
-        Self { current: None, max_lines: max_lines.max(1) }
+        Self { current: None, bytes: 0, max_lines: max_lines.max(1) }
     }
 
     /// True while a multi-line reply is open.
     pub fn in_reply(&self) -> bool {
         self.current.is_some()
+    }
+
+    /// Bytes held by the reply being assembled (at most
+    /// [`MAX_REPLY_BYTES`]).
+    pub fn buffered(&self) -> usize {
+        self.bytes
     }
 
     /// Add one line; a complete reply comes out.
@@ -135,6 +152,7 @@ impl ReplyAssembler {
                 match sep {
                     Sep::Last => Ok(Some(reply)),
                     Sep::More => {
+                        self.bytes = reply.lines[0].len();
                         self.current = Some(reply);
                         Ok(None)
                     }
@@ -142,20 +160,33 @@ impl ReplyAssembler {
             }
             Some(reply) => {
                 if reply.lines.len() >= self.max_lines {
-                    self.current = None;
+                    self.reset();
                     return Err(ReplyError::TooManyLines);
                 }
+                if self.bytes + line.len() > MAX_REPLY_BYTES {
+                    self.reset();
+                    return Err(ReplyError::TooLarge);
+                }
+                self.bytes += line.len();
                 // Only `<same code><SP>` (or the bare code) ends it; a
                 // continuation line may well start with other digits.
                 let ends = matches!(parse_reply_line(&line), Ok((c, Sep::Last, _)) if c == reply.code);
                 reply.lines.push(line);
                 if ends {
+                    self.bytes = 0;
                     Ok(self.current.take())
                 } else {
                     Ok(None)
                 }
             }
         }
+    }
+}
+
+impl ReplyAssembler {
+    fn reset(&mut self) {
+        self.current = None;
+        self.bytes = 0;
     }
 }
 
@@ -201,6 +232,29 @@ mod tests {
         let mut a = ReplyAssembler::new(3);
         let got = feed(&mut a, &[b"211-a", b"b", b"c", b"d"]);
         assert_eq!(got[3], Err(ReplyError::TooManyLines));
+    }
+
+    #[test]
+    fn multiline_byte_cap_overflows_before_line_cap() {
+        let mut a = ReplyAssembler::new(1000);
+        let line = vec![b'x'; 8000];
+        assert_eq!(a.push(b"211-start".to_vec()), Ok(None));
+        for _ in 0..8 {
+            assert_eq!(a.push(line.clone()), Ok(None));
+        }
+        assert!(a.buffered() <= MAX_REPLY_BYTES);
+        assert_eq!(a.push(line), Err(ReplyError::TooLarge));
+        assert_eq!(a.buffered(), 0);
+        assert!(!a.in_reply());
+    }
+
+    #[test]
+    fn multiline_end_frees_the_byte_count() {
+        let mut a = ReplyAssembler::new(1000);
+        let _ = feed(&mut a, &[b"211-a", b"bbbb"]);
+        assert_eq!(a.buffered(), 9);
+        let _ = feed(&mut a, &[b"211 end"]);
+        assert_eq!(a.buffered(), 0);
     }
 
     #[test]

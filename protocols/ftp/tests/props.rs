@@ -189,7 +189,7 @@ fn script_unsplit_runs_to_the_end() {
     assert_eq!(closes, 3);
     assert!(out.actions.iter().any(|a| matches!(
         a,
-        Action::Audit(AuditEvent::Transfer { result: TransferResult::Aborted, reply: Some(426), .. })
+        Action::Audit(AuditEvent::Transfer { result: TransferResult::Aborted(_), reply: Some(426), .. })
     )));
 }
 
@@ -255,6 +255,8 @@ enum Op {
     Accept(usize, bool),
     Connected(usize),
     Relayed(usize),
+    Progress(usize, u16),
+    RelayFailed(usize, bool),
     Wait(u64),
     Drain,
 }
@@ -268,6 +270,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Op::Accept(i, ok)),
         1 => any::<usize>().prop_map(Op::Connected),
         1 => any::<usize>().prop_map(Op::Relayed),
+        1 => (any::<usize>(), any::<u16>()).prop_map(|(i, n)| Op::Progress(i, n)),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Op::RelayFailed(i, c)),
         1 => (0u64..60).prop_map(Op::Wait),
         1 => Just(Op::Drain),
     ]
@@ -280,6 +284,7 @@ struct Shell {
     listened: BTreeSet<DataId>,
     closed: BTreeSet<DataId>,
     relaying: BTreeSet<DataId>,
+    reset: BTreeSet<DataId>,
 }
 
 impl Shell {
@@ -290,6 +295,11 @@ impl Shell {
                 Action::Listen { data, .. } => {
                     assert!(!self.closed.contains(&data), "Listen after CloseData for {data:?}");
                     self.listened.insert(data);
+                }
+                Action::ResetData { data } => {
+                    assert!(self.listened.contains(&data), "ResetData without Listen");
+                    assert!(!self.closed.contains(&data), "ResetData after CloseData for {data:?}");
+                    assert!(self.reset.insert(data), "ResetData twice for {data:?}");
                 }
                 Action::CloseData { data } => {
                     assert!(self.listened.contains(&data), "CloseData without Listen");
@@ -334,6 +344,7 @@ proptest! {
             listened: BTreeSet::new(),
             closed: BTreeSet::new(),
             relaying: BTreeSet::new(),
+            reset: BTreeSet::new(),
         };
         if login {
             // Half the cases start logged in, so data channels get exercised.
@@ -378,6 +389,18 @@ proptest! {
                 Op::Relayed(i) => {
                     if let Some(data) = sh.open(i) {
                         sh.feed(Input::Relayed { data, to_client: 1, to_server: 2 });
+                    }
+                }
+                Op::Progress(i, n) => {
+                    if let Some(data) = sh.open(i) {
+                        sh.feed(Input::Progress { data, to_client: u64::from(n), to_server: 0 });
+                    }
+                }
+                Op::RelayFailed(i, client) => {
+                    if let Some(data) = sh.open(i) {
+                        let leg = if client { Side::Client } else { Side::Server };
+                        let error = ErrorKind::ConnectionReset;
+                        sh.feed(Input::RelayFailed { data, leg, error, to_client: 1, to_server: 0 });
                     }
                 }
                 Op::Wait(secs) => {

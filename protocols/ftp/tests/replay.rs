@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ftpgate_proto::{
-    Action, AuditEvent, Config, ControlEnds, DataId, DataMode, Input, Session, Side, TransferResult,
+    Action, AuditEvent, Config, ControlEnds, DataId, DataMode, Input, Session, Side, TransferFailure,
+    TransferResult,
 };
 
 /// One recorded event.
@@ -441,13 +442,18 @@ fn replay(fx: &Fixture, byte_by_byte: bool) -> Outcome {
                         let reply: u16 = c.parse().unwrap();
                         let ok = (200..300).contains(&reply) && bytes.is_some();
                         let (to_client, to_server) = bytes.unwrap_or((0, 0));
+                        let result = match (ok, reply) {
+                            (true, _) => TransferResult::Ok,
+                            (false, 200..=299) => TransferResult::Failed(TransferFailure::NoDataConnection),
+                            (false, code) => TransferResult::Failed(TransferFailure::ServerReply { code }),
+                        };
                         want_transfers.push(ExpectedTransfer {
                             mode,
                             command: label,
                             to_client,
                             to_server,
                             reply,
-                            result: if ok { TransferResult::Ok } else { TransferResult::Failed },
+                            result,
                         });
                     }
                 }

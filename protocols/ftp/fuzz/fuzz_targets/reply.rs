@@ -4,7 +4,8 @@
 //!
 //! Input: byte 0 picks the assembler's line cap (1–8, or 1000 for bytes ≥ 8),
 //! the rest is the server stream. Checked beyond "no panic":
-//! - a complete reply has 1..=cap lines; its first line carries its code
+//! - a complete reply has 1..=cap lines and at most `MAX_REPLY_BYTES`
+//!   bytes, and the assembler never holds more; its first line carries its code
 //!   (`ddd ` alone, or `ddd-` when there are more lines) and only its last
 //!   line is `<same code><SP>`;
 //! - the assembler is idle after a complete reply or an error, and a
@@ -15,7 +16,7 @@
 
 use ftpgate_proto::addr::{ExtAddr, HostPort};
 use ftpgate_proto::line::LineReader;
-use ftpgate_proto::reply::{parse_reply_line, ReplyAssembler, ReplyError, Sep};
+use ftpgate_proto::reply::{parse_reply_line, ReplyAssembler, ReplyError, Sep, MAX_REPLY_BYTES};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -33,11 +34,15 @@ fuzz_target!(|data: &[u8]| {
         while let Some(line) = reader.next_line() {
             let Ok(line) = line else { continue };
             let was_in_reply = asm.in_reply();
-            match asm.push(line.clone()) {
+            let result = asm.push(line.clone());
+            assert!(asm.buffered() <= MAX_REPLY_BYTES, "assembler holds {} bytes", asm.buffered());
+            match result {
                 Ok(None) => assert!(asm.in_reply(), "incomplete reply but assembler idle"),
                 Ok(Some(reply)) => {
                     assert!(!asm.in_reply());
                     assert!((1..=cap).contains(&reply.lines.len()), "{} lines, cap {cap}", reply.lines.len());
+                    let bytes: usize = reply.lines.iter().map(Vec::len).sum();
+                    assert!(reply.lines.len() == 1 || bytes <= MAX_REPLY_BYTES, "{bytes} bytes");
                     assert_eq!(reply.lines.last(), Some(&line));
                     let (code, sep, _) = parse_reply_line(&reply.lines[0]).expect("first line has a code");
                     assert_eq!(code, reply.code);
@@ -82,9 +87,10 @@ fuzz_target!(|data: &[u8]| {
                     assert!(!was_in_reply, "continuation line refused as malformed");
                     assert!(!asm.in_reply());
                 }
-                Err(ReplyError::TooManyLines) => {
+                Err(ReplyError::TooManyLines | ReplyError::TooLarge) => {
                     assert!(was_in_reply);
                     assert!(!asm.in_reply());
+                    assert_eq!(asm.buffered(), 0);
                 }
             }
         }

@@ -4,8 +4,8 @@
 //!
 //! Optional header `#` + flags byte + cap byte (otherwise `Config::default()`):
 //! flags bits 0–1: `max_data_channels - 1`; bit 2: allow privileged data
-//! ports; bit 3: `PassiveAddressPolicy::Refuse`; bit 4: all timeouts zero;
-//! bit 5: all timeouts `Duration::MAX`; bit 6: IPv6 control ends; bit 7:
+//! ports; bit 3: `PassiveAddressPolicy::Refuse`; bit 4: all timeouts zero
+//! (data idle included); bit 5: all timeouts `Duration::MAX`; bit 6: IPv6 control ends; bit 7:
 //! IPv4-mapped IPv6 control ends. Cap byte: `max_reply_lines` (0: 1000).
 //!
 //! Then records; missing argument bytes read as 0, which always means the
@@ -21,7 +21,9 @@
 //! | `A` id who p1     | `Accepted`: who 0 = the expected peer, 1 = a stranger, 2 = expected as IPv4-mapped / unmapped |
 //! | `K` id            | `Connected`                                                       |
 //! | `F` id step err   | `Failed` (step % 5, err: AddrInUse, AddrNotAvailable, ConnectionRefused, TimedOut, ConnectionReset) |
-//! | `R` id a b        | `Relayed { to_client: a, to_server: b }`                          |
+//! | `R` id a b        | `Relayed { to_client: a, to_server: b }` (KiB)                    |
+//! | `G` id a b        | `Progress { to_client: a, to_server: b }` (KiB)                   |
+//! | `E` id leg err    | `RelayFailed` (leg even: client, odd: server; err as for `F`), counts 1 KiB / 0 |
 //! | `X` side          | `Closed { from }` (even: client, odd: server)                     |
 //! | `U`               | `ServerUnreachable`                                               |
 //! | `D`               | `Drain`                                                           |
@@ -41,12 +43,24 @@
 //!   second `Listen` for an open id only right after `Failed { Bind }` fed
 //!   for it, and only once; `Refuse`/`Connect`/`Relay` only for open ids,
 //!   `Connect` only as the answer to `Accepted`, `Relay` to `Connected`.
+//! - `ResetData` only for an open channel whose legs are up (after
+//!   `Connect`), at most once, and its `CloseData` follows in the same
+//!   drain. A channel with legs up never gets a plain `CloseData` (a FIN)
+//!   unless `Relayed` was fed for it.
+//! - A transfer record (`Audit(Transfer)`) whose data channel was cut
+//!   (`Failed` for a reason other than the server's reply, or aborted)
+//!   never says the client got a 2xx; a record that says the client got a
+//!   2xx is `Ok` (or `NoDataConnection`), and `Ok` only after `Relayed` was
+//!   fed for that channel. Every record with `reply: 426` in place of a
+//!   server 2xx has its `426 Connection closed; transfer aborted.` in the
+//!   bytes written to the client.
 //! - `Shutdown` at most once per side; `SessionEnded` at most once, and the
 //!   session reports `is_closed()` exactly once it ended; nothing after that.
 //! - The harness never feeds more than `read_budget(side)` bytes.
 //! - The end: ticking far into the future (feeding `Timeout` while
-//!   `poll_timeout()` is due) closes every session that has no relay
-//!   running; then `Closed` from both sides closes every session. Closed
+//!   `poll_timeout()` is due) closes every session, running relays
+//!   included (they meet the data idle deadline); then `Closed` from both
+//!   sides closes every session. Closed
 //!   means: `is_closed()`, both sides shut down, no channel left open.
 #![allow(dead_code)]
 
@@ -58,6 +72,7 @@ use std::time::{Duration, Instant};
 
 use ftpgate_proto::{
     Action, AuditEvent, Config, ControlEnds, DataId, DataStep, Input, PassiveAddressPolicy, Session, Side,
+    TransferFailure, TransferResult,
 };
 
 const ERRORS: [ErrorKind; 5] = [
@@ -102,6 +117,14 @@ pub struct Driver {
     bind_failed: BTreeSet<DataId>,
     accepted: BTreeSet<DataId>,
     connected: BTreeSet<DataId>,
+    /// Ids fed `Relayed` (a clean end allows a plain `CloseData`).
+    relayed: BTreeSet<DataId>,
+    /// Ids that got `ResetData`.
+    reset: BTreeSet<DataId>,
+    /// Transfer records that put a 426 in place of the server's 2xx.
+    replaced_2xx: usize,
+    /// Every byte written to the client.
+    to_client: Vec<u8>,
     /// The last drain stopped early: actions may still be queued.
     queued: bool,
     full: [bool; 2],
@@ -137,6 +160,10 @@ impl Driver {
             bind_failed: BTreeSet::new(),
             accepted: BTreeSet::new(),
             connected: BTreeSet::new(),
+            relayed: BTreeSet::new(),
+            reset: BTreeSet::new(),
+            replaced_2xx: 0,
+            to_client: Vec::new(),
             queued: false,
             full: [false; 2],
             partial: None,
@@ -159,6 +186,9 @@ impl Driver {
             }
             Input::Connected { data } => {
                 self.connected.insert(data);
+            }
+            Input::Relayed { data, .. } => {
+                self.relayed.insert(data);
             }
             _ => {}
         }
@@ -188,6 +218,9 @@ impl Driver {
 
     pub fn write(&mut self, side: Side, n: usize) {
         let n = n.min(self.session.pending(side).len());
+        if side == Side::Client {
+            self.to_client.extend_from_slice(&self.session.pending(side)[..n]);
+        }
         self.session.consume(side, n);
     }
 
@@ -216,9 +249,25 @@ impl Driver {
                     }
                 }
             }
+            Action::ResetData { data } => {
+                match chans.open.get(data) {
+                    Some((Chan::Connecting | Chan::Relaying, _)) => {}
+                    Some(_) => self.fail("ResetData for a channel with no leg up"),
+                    None => self.fail("ResetData for a channel that is not open"),
+                }
+                if !self.reset.insert(*data) {
+                    self.fail("second ResetData for one channel");
+                }
+            }
             Action::CloseData { data } => {
-                if chans.open.remove(data).is_none() {
-                    self.fail("CloseData for a channel that is not open");
+                match chans.open.remove(data) {
+                    None => self.fail("CloseData for a channel that is not open"),
+                    Some((Chan::Connecting | Chan::Relaying, _))
+                        if !self.reset.contains(data) && !self.relayed.contains(data) =>
+                    {
+                        self.fail("a channel with legs up closed without ResetData or Relayed")
+                    }
+                    Some(_) => {}
                 }
                 chans.closed.insert(*data);
             }
@@ -249,6 +298,33 @@ impl Driver {
             Action::Audit(AuditEvent::SessionEnded { .. }) if std::mem::replace(&mut self.ended, true) => {
                 self.fail("second SessionEnded");
             }
+            Action::Audit(AuditEvent::Transfer { data, reply, server_reply, result, .. }) => {
+                let client_2xx = reply.is_some_and(|c| (200..300).contains(&c));
+                let cut = match result {
+                    TransferResult::Ok => false,
+                    TransferResult::Failed(
+                        TransferFailure::ServerReply { .. } | TransferFailure::NoDataConnection,
+                    ) => false,
+                    _ => true,
+                };
+                if cut && client_2xx {
+                    self.fail("a cut transfer gave the client a 2xx");
+                }
+                if client_2xx
+                    && !matches!(
+                        result,
+                        TransferResult::Ok | TransferResult::Failed(TransferFailure::NoDataConnection)
+                    )
+                {
+                    self.fail("the client got a 2xx for a transfer that is not ok");
+                }
+                if *result == TransferResult::Ok && !self.relayed.contains(data) {
+                    self.fail("transfer ok without Relayed");
+                }
+                if *reply == Some(426) && server_reply.is_some_and(|c| (200..300).contains(&c)) {
+                    self.replaced_2xx += 1;
+                }
+            }
             Action::Audit(_) => {}
             _ => {}
         }
@@ -262,6 +338,9 @@ impl Driver {
         let closed = self.session.is_closed();
         if closed != self.ended {
             self.fail(&format!("is_closed() = {closed} but SessionEnded seen = {}", self.ended));
+        }
+        if let Some(id) = self.reset.iter().find(|id| self.chans.open.contains_key(id)) {
+            self.fail(&format!("ResetData for {id:?} without its CloseData"));
         }
         if closed {
             if self.shut != [true, true] {
@@ -290,10 +369,6 @@ impl Driver {
         }
     }
 
-    fn relay_running(&self) -> bool {
-        self.chans.open.values().any(|(s, _)| *s == Chan::Relaying)
-    }
-
     /// The long tick, then both sides closing: everything must be over.
     pub fn finish(&mut self) {
         self.partial = None;
@@ -310,9 +385,9 @@ impl Driver {
             }
         }
         self.drain_rest();
-        if !self.relay_running() && !self.session.is_closed() {
+        if !self.session.is_closed() {
             self.fail(&format!(
-                "still open after a long tick with no relay running (poll_timeout {:?})",
+                "still open after a long tick (poll_timeout {:?})",
                 self.session.poll_timeout().map(|t| t.saturating_duration_since(self.now))
             ));
         }
@@ -324,6 +399,14 @@ impl Driver {
         }
         if !self.chans.open.is_empty() {
             self.fail("data channels left open at the end");
+        }
+        for side in [Side::Client, Side::Server] {
+            self.write(side, usize::MAX);
+        }
+        let text = b"426 Connection closed; transfer aborted.\r\n";
+        let sent = self.to_client.windows(text.len()).filter(|w| w == text).count();
+        if sent < self.replaced_2xx {
+            self.fail(&format!("{} records say 426 replaced a 2xx, {sent} sent", self.replaced_2xx));
         }
     }
 
@@ -413,6 +496,20 @@ impl Driver {
                     to_server: u64::from(b) << 10,
                 });
             }
+            b'G' => {
+                let (id, a, b) = (self.pick(arg()), arg(), arg());
+                self.feed(Input::Progress {
+                    data: id,
+                    to_client: u64::from(a) << 10,
+                    to_server: u64::from(b) << 10,
+                });
+            }
+            b'E' => {
+                let (id, leg, err) = (self.pick(arg()), arg(), arg());
+                let leg = if leg % 2 == 0 { Side::Client } else { Side::Server };
+                let error = ERRORS[usize::from(err) % ERRORS.len()];
+                self.feed(Input::RelayFailed { data: id, leg, error, to_client: 1024, to_server: 0 });
+            }
             b'X' => {
                 let side = if arg() % 2 == 0 { Side::Client } else { Side::Server };
                 self.feed(Input::Closed { from: side });
@@ -490,6 +587,7 @@ pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
         config.data_connect_timeout = t;
         config.greeting_timeout = t;
         config.idle_timeout = t;
+        config.data_idle_timeout = t;
     }
     let ends = if flags & 64 != 0 {
         ControlEnds {

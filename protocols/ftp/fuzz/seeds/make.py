@@ -96,6 +96,21 @@ sess("bind-retry", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"F\x00\x00\x00", b"L\x00"
 sess("port-listen-fails", *LOGIN, C(b"PORT 192,0,2,10,156,65"), b"F\x00\x00\x00", b"F\x00\x01\x02", C(b"NOOP"), S(b"200 ok"))
 sess("timeouts", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", b"T\x1f", C(b"RETR x"), S(b"425 no data"),
      b"T\xc8", b"T\xff")
+# Issue 11: a cut relay never looks complete.
+sess("relay-reset-then-226", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR big"), b"A\x00", b"K\x00",
+     S(b"150 Opening"), b"G\x00\x80\x00", b"E\x00\x01\x04", S(b"226 done"),
+     C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR small"), b"A\x00", b"K\x00", S(b"150 ok"), S(b"226 ok"),
+     b"R\x00\x01\x00")
+sess("relay-reset-after-226", *LOGIN, C(b"PORT 192,0,2,10,156,65"), b"L\x00", S(b"200 PORT ok"),
+     C(b"STOR up.bin"), S(b"150 ok"), b"A\x00", b"K\x00", S(b"226 stored"), b"E\x00\x00\x04",
+     C(b"NOOP"), S(b"200 noop"))
+sess("data-idle", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR slow"), b"A\x00", b"K\x00",
+     S(b"150 Opening"), b"T\x64", b"G\x00\x01\x00", b"T\xc7", b"T\xc7", b"T\x10", S(b"226 done"),
+     S(b"451 late"))
+sess("abor-running-relay", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR big"), b"A\x00", b"K\x00",
+     S(b"150 Opening"), b"G\x00\x10\x00", C(b"ABOR"), S(b"226 done"), S(b"225 ABOR ok"))
+sess("pipelined-login-pasv", S(b"220 ready"), raw(b"c", b"USER anna\r\nPASS x\r\nPASV\r\nREIN\r\nEPSV\r\n"),
+     S(b"331 pw"), S(b"230 ok"), S(PASV_REPLY), b"L\x00", S(b"502 no REIN"), S(b"229 (|||50001|)"), b"L\x00")
 sess("transfer-timeouts", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR x"), b"A\x00",
      S(b"150 ok"), S(b"226 ok"), b"T\x0b", C(b"NOOP"), S(b"200 ok"))
 sess("drain-during-transfer", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR x"), b"A\x00", b"K\x00",
@@ -144,6 +159,19 @@ sess("attack-data-command-during-transfer", *LOGIN, C(b"PASV"), S(PASV_REPLY), b
 # abor_while_227_waits_for_listener_releases_it_as_425).
 seeds["session"]["crash-abor-held-227-regression"] = (
     b"S220\nS230\nCPASV\nS227 8,5,0,0,9,8\nc\xffSTOR\nABOR\n")
+
+# The server connects to the PORT listener, then refuses the PORT: the
+# accepted leg was closed with a FIN, not a reset (src/session/tests.rs
+# expect_connect_port_refused_after_server_connected_resets).
+seeds["session"]["crash-port-refused-after-connect-regression"] = (
+    b"S220\nS230\nCPORT 192,0,2,10,156,65\nL\x00\x00\x00\x00A\x00\x00\x00S500 no\n")
+
+# A held 226 dropped by a teardown (here a malformed server line): the
+# record said the client got 426 (src/session/tests.rs
+# relaying_client_closes_with_226_held_record_says_client_got_no_reply).
+seeds["session"]["crash-held-226-dropped-at-teardown-regression"] = (
+    b"S220\nS230\nCPASV\nS227 (198,51,100,10,195,80)\nL\x00\x00\x00\x00CRETR x\n"
+    b"A\x00\x00\x00K\x00S150 ok\nS226 ok\nSxyz\n")
 
 for target, files in seeds.items():
     d = os.path.join(HERE, target)

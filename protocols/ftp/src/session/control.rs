@@ -3,14 +3,16 @@
 //!
 //! Read first: RFC 959 §5.4 (command-reply sequences), RFC 2428, RFC 2577
 //! (FTP security considerations), RFC 1579 (firewall-friendly FTP),
-//! LIFECYCLE.md beside this crate.
+//! LIFECYCLE.md at the crate root.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::{idx, printable, Action, DataId, Session, Side, MAX_PENDING};
+use super::data::Cut;
+use super::{idx, printable, Action, DataId, DataStep, Session, Side, MAX_PENDING};
 use crate::addr::{canonical_ip, AddrError, ExtAddr, HostPort};
-use crate::audit::{AuditEvent, DataMode};
+use crate::audit::{AbortCause, AuditEvent, DataMode, TransferFailure};
 use crate::command::{parse_command, Command, CommandError, EpsvArg};
 use crate::error::Violation;
 use crate::line::{write_line, LineError, DM, IAC, IP};
@@ -24,6 +26,8 @@ pub(super) const REPLY_SHUTTING_DOWN: &str = "421 ftpgate is shutting down.\r\n"
 pub(super) const REPLY_IDLE: &str = "421 Control connection idle for too long, closing.\r\n";
 pub(super) const REPLY_SERVER_BROKEN: &str = "421 ftpgate: the server broke the protocol, closing.\r\n";
 pub(super) const REPLY_CANT_OPEN: &str = "425 Can't open data connection.\r\n";
+/// In place of a 2xx for a transfer whose data channel was cut (ATTACKS.md 24).
+pub(super) const REPLY_TRANSFER_CUT: &str = "426 Connection closed; transfer aborted.\r\n";
 const REPLY_LINE_TOO_LONG: &str = "500 Line too long.\r\n";
 const REPLY_BAD_LINE: &str = "500 Line refused: NUL or bare CR.\r\n";
 const REPLY_SYNTAX: &str = "500 Syntax error, command unrecognized.\r\n";
@@ -57,7 +61,7 @@ pub(super) struct Login {
     pub(super) logged_in: bool,
 }
 
-/// One entry of the command FIFO.
+/// One entry of the command FIFO: what the reply to that command decides.
 #[derive(Debug)]
 pub(super) enum Pending {
     /// A reply the gateway made, owed after the replies before it.
@@ -66,15 +70,43 @@ pub(super) enum Pending {
     Passive,
     /// PORT/EPRT forwarded with its listener up.
     Active { data: DataId },
-    /// A transfer command; its data channel is bound at its first reply.
-    Transfer { label: String, bound: Option<Option<DataId>> },
+    /// A transfer command and the data channel it uses.
+    Transfer { label: String, binding: Binding },
+    /// USER: its reply says whether `name` is logged in, or must send PASS.
+    User { name: String },
+    /// PASS: a 230 logs in the user of the USER before it.
+    Pass,
+    /// REIN: takes effect on the server's 220 (vsftpd answers 502).
+    Rein,
+    /// EPSV ALL: takes effect on the server's 2xx.
+    EpsvAll,
     /// Anything else.
     Other,
 }
 
-/// A PORT/EPRT waiting for its listener.
+impl Pending {
+    /// Its reply changes what data commands are allowed: a data-setup
+    /// command behind it waits for that reply.
+    fn changes_data_rules(&self) -> bool {
+        matches!(self, Self::User { .. } | Self::Pass | Self::Rein | Self::EpsvAll)
+    }
+}
+
+/// Which data channel a transfer command uses. Decided at its first reply:
+/// by then every PASV/PORT before it has been answered (pipelining).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Binding {
+    /// No reply yet.
+    Unanswered,
+    /// The channel that was current at its first reply.
+    Bound(DataId),
+    /// No channel was current: the server will refuse or fail it.
+    NoChannel,
+}
+
+/// A PORT/EPRT waiting for its listener before it is forwarded.
 #[derive(Debug)]
-pub(super) struct ActiveHold {
+pub(super) struct PortHold {
     pub(super) data: DataId,
     pub(super) line: Vec<u8>,
     pub(super) ip: IpAddr,
@@ -82,13 +114,23 @@ pub(super) struct ActiveHold {
     pub(super) extended: bool,
 }
 
-/// A server reply the client may not see yet.
+/// A server reply the client may not see yet, named after what it waits for.
 #[derive(Debug)]
 pub(super) enum ServerHold {
-    /// 227/229 until `Listening`.
-    Listener { data: DataId, reply: Reply, announced: SocketAddr, extended: bool },
-    /// The final reply of a transfer until `Relayed`.
-    Transfer { data: DataId, reply: Reply },
+    /// A 227/229 until its listener is up (`Listening`).
+    ExpectListening { data: DataId, reply: Reply, announced: SocketAddr, extended: bool },
+    /// The final reply of a transfer until its relay ends (`Relayed`, or a
+    /// cut).
+    ExpectRelayEnd { data: DataId, reply: Reply },
+}
+
+impl ServerHold {
+    /// The data channel it waits for.
+    pub(super) fn data(&self) -> DataId {
+        match *self {
+            Self::ExpectListening { data, .. } | Self::ExpectRelayEnd { data, .. } => data,
+        }
+    }
 }
 
 impl Session {
@@ -96,7 +138,7 @@ impl Session {
     pub(super) fn process_client(&mut self, now: Instant) {
         loop {
             if self.phase != Phase::Relaying
-                || self.client_hold.is_some()
+                || self.port_hold.is_some()
                 || self.server_eof
                 || self.pending.len() >= MAX_PENDING
             {
@@ -131,9 +173,11 @@ impl Session {
                     | Command::Pasv
                     | Command::Epsv(EpsvArg::Any | EpsvArg::Proto(_)))
             );
-            if data_setup && self.transfer_outstanding() {
+            if data_setup && self.data_setup_must_wait() {
                 // The previous transfer's data channel must not be replaced
-                // before that transfer ends.
+                // before that transfer ends; and whether a data command is
+                // allowed at all is the server's call on the login (or REIN,
+                // EPSV ALL) still unanswered before it.
                 self.stash = Some(line);
                 return;
             }
@@ -143,6 +187,10 @@ impl Session {
 
     pub(super) fn transfer_outstanding(&self) -> bool {
         self.pending.iter().any(|p| matches!(p, Pending::Transfer { .. })) || self.transfer_running()
+    }
+
+    pub(super) fn data_setup_must_wait(&self) -> bool {
+        self.transfer_outstanding() || self.pending.iter().any(Pending::changes_data_rules)
     }
 
     fn handle_command(&mut self, now: Instant, line: &[u8], cmd: Result<Command<'_>, CommandError>) {
@@ -161,11 +209,7 @@ impl Session {
         // REST applies to the command right after it only (RFC 959 §4.1.3).
         let rest = self.rest.take();
         match cmd {
-            Command::User(name) => {
-                self.login.logged_in = false;
-                self.login.pending_user = Some(printable(name, 64));
-                self.forward(line, Pending::Other);
-            }
+            Command::User(name) => self.forward(line, Pending::User { name: printable(name, 64) }),
             Command::Port(hp) => self.active(now, line, IpAddr::V4(hp.ip), hp.port, false),
             Command::Eprt(ExtAddr { ip: Some(ip), port }) => self.active(now, line, ip, port, true),
             Command::Eprt(ExtAddr { ip: None, .. }) => {
@@ -177,10 +221,7 @@ impl Session {
             Command::Pasv if self.epsv_all => {
                 self.refuse_local(Violation::EpsvAllInEffect, line, REPLY_EPSV_ALL)
             }
-            Command::Epsv(EpsvArg::All) => {
-                self.epsv_all = true;
-                self.forward(line, Pending::Other);
-            }
+            Command::Epsv(EpsvArg::All) => self.forward(line, Pending::EpsvAll),
             Command::Pasv | Command::Epsv(_) => {
                 self.retire_idle_data(now);
                 self.forward(line, Pending::Passive);
@@ -189,11 +230,7 @@ impl Session {
                 self.refuse_local(Violation::LongAddressUnsupported, line, REPLY_LONG_ADDRESS)
             }
             Command::Security => self.refuse_local(Violation::SecurityRefused, line, REPLY_SECURITY),
-            Command::Rein => {
-                self.login = Login::default();
-                self.epsv_all = false;
-                self.forward(line, Pending::Other);
-            }
+            Command::Rein => self.forward(line, Pending::Rein),
             Command::Abor => self.abort(now, line),
             Command::Transfer { verb, arg } => {
                 let mut label = printable(verb, 4).to_ascii_uppercase();
@@ -208,14 +245,15 @@ impl Session {
                     label.push_str(&offset);
                     label.push(')');
                 }
-                self.forward(line, Pending::Transfer { label, bound: None });
+                self.forward(line, Pending::Transfer { label, binding: Binding::Unanswered });
             }
             Command::Other { verb, arg } if verb.eq_ignore_ascii_case(b"REST") => {
                 // Relayed whatever the offset; only a printable copy is kept.
                 self.rest = Some(printable(arg, 24));
                 self.forward(line, Pending::Other);
             }
-            Command::Pass | Command::Other { .. } => self.forward(line, Pending::Other),
+            Command::Pass => self.forward(line, Pending::Pass),
+            Command::Other { .. } => self.forward(line, Pending::Other),
         }
     }
 
@@ -241,46 +279,58 @@ impl Session {
         let Some(data) = self.open_data(now, DataMode::Active, local, self.ends.server.ip(), port) else {
             return self.refuse_local(Violation::TooManyDataChannels, line, REPLY_TOO_MANY);
         };
-        self.client_hold = Some(ActiveHold { data, line: line.to_vec(), ip, port, extended });
+        self.port_hold = Some(PortHold { data, line: line.to_vec(), ip, port, extended });
     }
 
-    /// ABOR (RFC 959 §4.1.3, ATTACKS.md 15): close the data channel of the
-    /// outstanding transfer at once (both legs), release its held final
-    /// reply, and send ABOR to the server as a Telnet Synch. The server's
-    /// 426/226 for the transfer and then its reply to ABOR pair FIFO.
+    /// ABOR (RFC 959 §4.1.3, ATTACKS.md 15): cut the data channel of the
+    /// outstanding transfer at once (reset if its legs are up), release its
+    /// held final reply (a 2xx as 426 unless the relay had completed), and
+    /// send ABOR to the server as a Telnet Synch. The server's 426/226 for
+    /// the transfer and then its reply to ABOR pair FIFO. With no transfer,
+    /// ABOR ends the data set-up: unused listeners close, REST is dropped.
     fn abort(&mut self, now: Instant, line: &[u8]) {
         let held = match &self.server_hold {
-            Some(ServerHold::Transfer { data, .. }) => Some(*data),
+            Some(ServerHold::ExpectRelayEnd { data, .. }) => Some(*data),
             _ => None,
         };
-        let target = held.or_else(|| {
-            let transfer = self.pending.iter_mut().find_map(|p| match p {
-                Pending::Transfer { label, bound } => Some((label, bound)),
-                _ => None,
-            })?;
-            match transfer {
-                (_, Some(bound)) => *bound,
-                (label, bound @ None) => {
-                    // Not answered yet: it would have used the current
-                    // channel; bind it now so its audit record says Aborted.
-                    let data = self.current_data.take()?;
-                    *bound = Some(Some(data));
-                    let label = label.clone();
-                    self.bind_transfer(Some(data), label);
-                    Some(data)
-                }
-            }
-        });
-        if let Some(data) = target {
-            if let Some(ch) = self.data.get_mut(&data) {
-                ch.aborted = true;
-            }
+        match held.or_else(|| self.abort_target()) {
             // Not just close_data: a 227/229 still held for this listener
             // must be released too (as 425), or every later server reply
             // waits behind it for good.
-            self.data_failed(now, data);
+            Some(data) => self.cut_data(now, data, Cut::Aborted(AbortCause::ClientAbor)),
+            None if !self.transfer_outstanding() => self.reset_data_setup(now),
+            None => {}
         }
         self.forward_synch(line);
+    }
+
+    /// The channel of the first unanswered transfer command. One not
+    /// answered yet would have used the current channel: bind it now, so
+    /// its audit record says it was aborted.
+    fn abort_target(&mut self) -> Option<DataId> {
+        let (label, binding) = self.pending.iter_mut().find_map(|p| match p {
+            Pending::Transfer { label, binding } => Some((label, binding)),
+            _ => None,
+        })?;
+        match *binding {
+            Binding::Bound(data) => Some(data),
+            Binding::NoChannel => None,
+            Binding::Unanswered => {
+                let data = self.current_data.take()?;
+                *binding = Binding::Bound(data);
+                let label = label.clone();
+                self.bind_transfer(Some(data), label);
+                Some(data)
+            }
+        }
+    }
+
+    /// Forget the data set-up no transfer uses (REIN, ABOR with no
+    /// transfer): close unused listeners, no current channel, no REST.
+    fn reset_data_setup(&mut self, now: Instant) {
+        self.retire_idle_data(now);
+        self.set_current_data(None);
+        self.rest = None;
     }
 
     /// `IAC IP IAC` (the last IAC urgent), then `DM` and the command: the
@@ -369,7 +419,9 @@ impl Session {
                 }
                 Ok(Some(reply)) => self.backlog.push_back(reply),
                 Err(ReplyError::Malformed) => return self.server_broke(Violation::ReplyMalformed),
-                Err(ReplyError::TooManyLines) => return self.server_broke(Violation::ReplyTooLong),
+                Err(ReplyError::TooManyLines | ReplyError::TooLarge) => {
+                    return self.server_broke(Violation::ReplyTooLong)
+                }
             }
         }
     }
@@ -380,7 +432,7 @@ impl Session {
     fn server_closing(&mut self, now: Instant, reply: Reply) {
         let ids: Vec<DataId> = self.data.keys().copied().collect();
         for id in ids {
-            self.data_failed(now, id);
+            self.cut_data(now, id, Cut::Aborted(AbortCause::SessionEnded));
         }
         while let Some(earlier) = self.backlog.pop_front() {
             self.flush_local();
@@ -416,33 +468,72 @@ impl Session {
             return self.teardown(Side::Client, "server closing (421)");
         }
         if code.is_preliminary() {
-            if let Some(Pending::Transfer { label, bound: bound @ None }) = self.pending.front_mut() {
-                let data = self.current_data.take();
-                *bound = Some(data);
-                let label = label.clone();
-                self.bind_transfer(data, label);
-            }
+            self.bind_front_transfer();
             return self.send_reply(&reply);
         }
         match self.pending.pop_front() {
             Some(Pending::Passive) => self.passive_reply(now, reply),
             Some(Pending::Active { data }) => {
                 if !code.is_success() {
-                    // The server will not connect: the listener is useless.
-                    self.close_data(now, data);
+                    // The server will not use the channel. A hostile one
+                    // may have connected anyway: a cut resets that leg.
+                    let why = TransferFailure::ServerReply { code: code.0 };
+                    self.cut_data(now, data, Cut::Failed(why));
                 }
                 self.send_reply(&reply);
             }
-            Some(Pending::Transfer { label, bound }) => {
-                let data = match bound {
-                    Some(data) => data,
-                    None => {
+            Some(Pending::Transfer { label, binding }) => {
+                let data = match binding {
+                    Binding::Bound(data) => Some(data),
+                    Binding::NoChannel => None,
+                    Binding::Unanswered => {
                         let data = self.current_data.take();
                         self.bind_transfer(data, label);
                         data
                     }
                 };
                 self.transfer_reply(now, reply, data);
+            }
+            Some(Pending::User { name }) => {
+                match code.0 {
+                    230 => {
+                        self.login.pending_user = Some(name);
+                        self.logged_in();
+                    }
+                    // The server wants PASS (or ACCT) for `name`: whoever
+                    // was logged in is not any more.
+                    331 | 332 => {
+                        self.login.pending_user = Some(name);
+                        self.logged_out();
+                    }
+                    530 => self.logged_out(),
+                    // A syntax or sequence error changed nothing.
+                    _ => {}
+                }
+                self.send_reply(&reply);
+            }
+            Some(Pending::Pass) => {
+                match code.0 {
+                    230 => self.logged_in(),
+                    332 | 530 => self.logged_out(),
+                    // 202 (superfluous), 503 (already logged in), …
+                    _ => {}
+                }
+                self.send_reply(&reply);
+            }
+            Some(Pending::Rein) => {
+                if code == Code::READY {
+                    self.login = Login::default();
+                    self.epsv_all = false;
+                    self.reset_data_setup(now);
+                }
+                self.send_reply(&reply);
+            }
+            Some(Pending::EpsvAll) => {
+                if code.is_success() {
+                    self.epsv_all = true;
+                }
+                self.send_reply(&reply);
             }
             Some(Pending::Local(bytes)) => {
                 // Cannot happen (locals are flushed first); keep order anyway.
@@ -456,6 +547,11 @@ impl Session {
                 self.send_reply(&reply);
             }
         }
+    }
+
+    fn logged_out(&mut self) {
+        self.login.logged_in = false;
+        self.login.user = None;
     }
 
     fn logged_in(&mut self) {
@@ -484,10 +580,11 @@ impl Session {
         // The accept deadline bounds the wait.
         let in_flight = reply.code.is_success() && ch.is_awaiting_server();
         if ch.is_connecting_or_relaying() || in_flight {
-            self.server_hold = Some(ServerHold::Transfer { data: id, reply });
+            self.server_hold = Some(ServerHold::ExpectRelayEnd { data: id, reply });
         } else {
-            // Never connected (e.g. 425) or already over.
-            self.send_reply(&reply);
+            // Never connected (e.g. 425), already over, or cut (a 2xx then
+            // goes out as 426).
+            self.send_final_reply(id, &reply);
             self.close_data(now, id);
         }
     }
@@ -529,7 +626,7 @@ impl Session {
         let Some(data) = self.open_data(now, DataMode::Passive, local, accept_from, announced.port()) else {
             return self.refuse_passive(Violation::TooManyDataChannels, &code);
         };
-        self.server_hold = Some(ServerHold::Listener { data, reply, announced, extended });
+        self.server_hold = Some(ServerHold::ExpectListening { data, reply, announced, extended });
     }
 
     fn refuse_passive(&mut self, v: Violation, code: &str) {
@@ -541,7 +638,7 @@ impl Session {
     /// rewritten if the bound address differs from the announced one.
     pub(super) fn listener_up(&mut self, data: DataId, local: SocketAddr) {
         match self.server_hold.take() {
-            Some(ServerHold::Listener { data: held, reply, announced, extended }) if held == data => {
+            Some(ServerHold::ExpectListening { data: held, reply, announced, extended }) if held == data => {
                 if canonical_ip(local.ip()) == canonical_ip(announced.ip())
                     && local.port() == announced.port()
                 {
@@ -550,13 +647,18 @@ impl Session {
                     self.send_reply(&rewritten);
                     self.audit_rewrite(data, announced, local);
                 } else {
+                    // No 227 can name this address (an IPv6 listener).
                     self.send_client_now(REPLY_CANT_OPEN);
-                    self.data_failed(self.now, data);
+                    let why = TransferFailure::SetupFailed {
+                        step: DataStep::Listen,
+                        error: io::ErrorKind::AddrNotAvailable,
+                    };
+                    self.cut_data(self.now, data, Cut::Failed(why));
                 }
             }
             other => self.server_hold = other,
         }
-        match self.client_hold.take() {
+        match self.port_hold.take() {
             Some(hold) if hold.data == data => {
                 if local.port() == hold.port {
                     self.forward(&hold.line, Pending::Active { data });
@@ -576,7 +678,7 @@ impl Session {
                     self.audit_rewrite(data, SocketAddr::new(hold.ip, hold.port), local);
                 }
             }
-            other => self.client_hold = other,
+            other => self.port_hold = other,
         }
     }
 

@@ -1,30 +1,48 @@
 //! Data channels: one per `DataId`, from `Listen` to `CloseData`.
 //!
 //! Read first: RFC 959 §3.2–3.3 (data connections), RFC 2577 §3 (bounce),
-//! ATTACKS.md 5, 6, 19–25, LIFECYCLE.md beside this crate.
+//! ATTACKS.md 5, 6, 19–25, LIFECYCLE.md at the crate root.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::control::{Pending, ServerHold, REPLY_CANT_OPEN};
+use super::control::{Binding, Pending, ServerHold, REPLY_CANT_OPEN, REPLY_TRANSFER_CUT};
 use super::{after, Action, DataId, DataStep, Session, Side};
 use crate::addr::canonical_ip;
-use crate::audit::{AuditEvent, DataMode, TransferResult};
+use crate::audit::{AbortCause, AuditEvent, DataMode, TransferFailure, TransferResult};
+use crate::reply::Reply;
 
-/// What a data channel waits for.
+/// What a data channel waits for, with the deadline of that wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum DataState {
     /// `Listen` asked; waiting for `Listening` (or a bind failure).
-    ExpectListening,
+    ExpectListening { expires_at: Instant },
     /// Listening; waiting for the expected peer.
-    ExpectAccept,
+    ExpectAccept { expires_at: Instant },
     /// Accepted; waiting for the foreign-source connect.
-    ExpectConnect,
-    /// Both legs up; waiting for `Relayed`.
-    Relaying,
+    ExpectConnect { expires_at: Instant },
+    /// Both legs up; waiting for `Relayed`. `idle_at`: last byte moved plus
+    /// `data_idle_timeout`.
+    Relaying { idle_at: Instant },
     /// `CloseData` sent.
     Done,
+}
+
+/// Why a data channel ended before its relay completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cut {
+    Failed(TransferFailure),
+    Aborted(AbortCause),
+}
+
+impl From<Cut> for TransferResult {
+    fn from(cut: Cut) -> Self {
+        match cut {
+            Cut::Failed(why) => Self::Failed(why),
+            Cut::Aborted(cause) => Self::Aborted(cause),
+        }
+    }
 }
 
 /// One data channel.
@@ -33,8 +51,6 @@ pub(super) struct DataChan {
     pub(super) id: DataId,
     pub(super) mode: DataMode,
     pub(super) state: DataState,
-    /// Deadline of the current state (listen + accept, or connect).
-    pub(super) expires_at: Option<Instant>,
     pub(super) opened_at: Instant,
     pub(super) ended_at: Option<Instant>,
     /// Where the listener was asked for.
@@ -45,37 +61,69 @@ pub(super) struct DataChan {
     pub(super) remote_port: u16,
     /// The port-0 fallback was used.
     pub(super) retried: bool,
-    /// `CloseData` was sent.
-    pub(super) closed: bool,
-    pub(super) failed: bool,
-    /// The client's ABOR closed it: its transfer is logged as `Aborted`.
-    pub(super) aborted: bool,
+    /// Set when the channel ended before its relay completed: the
+    /// transfer using it never gets a 2xx through to the client.
+    pub(super) cut: Option<Cut>,
+    /// `Relayed` arrived: every byte went through and both legs ended clean.
+    pub(super) relayed: bool,
+    /// The last byte counts the shell reported.
+    pub(super) to_client: u64,
+    pub(super) to_server: u64,
     /// The transfer command using this channel, once bound.
     pub(super) command: Option<String>,
+    /// The server's final reply to that command.
     pub(super) final_code: Option<u16>,
-    pub(super) relayed: Option<(u64, u64)>,
+    /// That reply was still held when the session ended: the client never
+    /// got it.
+    pub(super) final_dropped: bool,
 }
 
 impl DataChan {
     /// The live deadline, if any (a finished channel has none).
     pub(super) fn deadline(&self) -> Option<Instant> {
         match self.state {
-            DataState::ExpectListening | DataState::ExpectAccept | DataState::ExpectConnect => {
-                self.expires_at
-            }
-            DataState::Relaying | DataState::Done => None,
+            DataState::ExpectListening { expires_at }
+            | DataState::ExpectAccept { expires_at }
+            | DataState::ExpectConnect { expires_at } => Some(expires_at),
+            DataState::Relaying { idle_at } => Some(idle_at),
+            DataState::Done => None,
         }
+    }
+
+    /// `CloseData` was sent.
+    pub(super) fn is_closed(&self) -> bool {
+        self.state == DataState::Done
+    }
+
+    pub(super) fn is_expecting_listening(&self) -> bool {
+        matches!(self.state, DataState::ExpectListening { .. })
+    }
+
+    /// Not connected to anyone yet: a new data command may replace it.
+    pub(super) fn is_unused(&self) -> bool {
+        matches!(self.state, DataState::ExpectListening { .. } | DataState::ExpectAccept { .. })
     }
 
     /// Active mode, listening for the server's connection, which has not
     /// been accepted yet. (In passive mode the server cannot have had a data
     /// connection before the gateway accepted the client's.)
     pub(super) fn is_awaiting_server(&self) -> bool {
-        self.mode == DataMode::Active && self.state == DataState::ExpectAccept
+        self.mode == DataMode::Active && matches!(self.state, DataState::ExpectAccept { .. })
     }
 
+    /// At least one leg is a live connection (the accepted one, or both).
     pub(super) fn is_connecting_or_relaying(&self) -> bool {
-        matches!(self.state, DataState::ExpectConnect | DataState::Relaying)
+        matches!(self.state, DataState::ExpectConnect { .. } | DataState::Relaying { .. })
+    }
+
+    /// What the client gets for the server's final reply `code`: a cut
+    /// transfer never shows a 2xx (ATTACKS.md 24 and 25).
+    fn client_code(&self, code: u16) -> u16 {
+        if self.cut.is_some() && (200..300).contains(&code) {
+            426
+        } else {
+            code
+        }
     }
 
     fn peer_side(&self) -> Side {
@@ -99,7 +147,7 @@ impl Session {
         remote_port: u16,
     ) -> Option<DataId> {
         self.retire_idle_data(now);
-        if self.data.values().filter(|d| !d.closed).count() >= self.config.max_data_channels {
+        if self.data.values().filter(|d| !d.is_closed()).count() >= self.config.max_data_channels {
             return None;
         }
         let id = DataId(self.next_data);
@@ -108,41 +156,46 @@ impl Session {
         let chan = DataChan {
             id,
             mode,
-            state: DataState::ExpectListening,
-            expires_at: Some(after(now, self.config.data_accept_timeout)),
+            state: DataState::ExpectListening { expires_at: after(now, self.config.data_accept_timeout) },
             opened_at: now,
             ended_at: None,
             listen_local: local,
             accept_from,
             remote_port,
             retried: false,
-            closed: false,
-            failed: false,
-            aborted: false,
+            cut: None,
+            relayed: false,
+            to_client: 0,
+            to_server: 0,
             command: None,
             final_code: None,
-            relayed: None,
+            final_dropped: false,
         };
         let peer = chan.peer_side();
         self.data.insert(id, chan);
-        self.current_data = Some(id);
+        self.set_current_data(Some(id));
         self.actions.push_back(Action::Listen { data: id, local, accept_from, peer });
         self.actions.push_back(Action::Audit(AuditEvent::DataOpened { data: id, mode, local, accept_from }));
         Some(id)
+    }
+
+    /// The channel the next transfer command will use. A closed channel
+    /// that was only kept for such a command is forgotten once replaced.
+    pub(super) fn set_current_data(&mut self, data: Option<DataId>) {
+        if let Some(old) = std::mem::replace(&mut self.current_data, data) {
+            if data != Some(old) {
+                self.finish(old, None);
+            }
+        }
     }
 
     /// A new data command replaces the channels that have not started
     /// connecting (ATTACKS.md 20). Whatever waited for them is released
     /// (as a 425), so nothing stalls behind a channel that is gone.
     pub(super) fn retire_idle_data(&mut self, now: Instant) {
-        let idle: Vec<DataId> = self
-            .data
-            .values()
-            .filter(|d| matches!(d.state, DataState::ExpectListening | DataState::ExpectAccept))
-            .map(|d| d.id)
-            .collect();
+        let idle: Vec<DataId> = self.data.values().filter(|d| d.is_unused()).map(|d| d.id).collect();
         for id in idle {
-            self.data_failed(now, id);
+            self.cut_data(now, id, Cut::Failed(TransferFailure::Replaced));
         }
     }
 
@@ -155,17 +208,16 @@ impl Session {
 
     pub(super) fn on_listening(&mut self, now: Instant, data: DataId, local: SocketAddr) {
         let Some(ch) = self.data.get_mut(&data) else { return };
-        if ch.state != DataState::ExpectListening {
+        if !ch.is_expecting_listening() {
             return;
         }
-        ch.state = DataState::ExpectAccept;
-        ch.expires_at = Some(after(now, self.config.data_accept_timeout));
+        ch.state = DataState::ExpectAccept { expires_at: after(now, self.config.data_accept_timeout) };
         self.listener_up(data, local);
     }
 
     pub(super) fn on_accepted(&mut self, now: Instant, data: DataId, peer: SocketAddr) {
         let Some(ch) = self.data.get_mut(&data) else { return };
-        if ch.state != DataState::ExpectAccept {
+        if !matches!(ch.state, DataState::ExpectAccept { .. }) {
             return;
         }
         if canonical_ip(peer.ip()) != canonical_ip(ch.accept_from) {
@@ -186,28 +238,26 @@ impl Session {
                 (SocketAddr::new(server_ip, peer.port()), SocketAddr::new(client_ip, ch.remote_port))
             }
         };
-        ch.state = DataState::ExpectConnect;
-        ch.expires_at = Some(after(now, self.config.data_connect_timeout));
+        ch.state = DataState::ExpectConnect { expires_at: after(now, self.config.data_connect_timeout) };
         self.actions.push_back(Action::Connect { data, local, remote });
     }
 
-    pub(super) fn on_connected(&mut self, data: DataId) {
+    pub(super) fn on_connected(&mut self, now: Instant, data: DataId) {
         let Some(ch) = self.data.get_mut(&data) else { return };
-        if ch.state != DataState::ExpectConnect {
+        if !matches!(ch.state, DataState::ExpectConnect { .. }) {
             return;
         }
-        ch.state = DataState::Relaying;
-        ch.expires_at = None;
+        ch.state = DataState::Relaying { idle_at: after(now, self.config.data_idle_timeout) };
         self.actions.push_back(Action::Relay { data });
     }
 
     pub(super) fn on_failed(&mut self, now: Instant, data: DataId, step: DataStep, error: io::ErrorKind) {
         let Some(ch) = self.data.get_mut(&data) else { return };
-        if ch.closed {
+        if ch.is_closed() {
             return;
         }
         let in_use = matches!(error, io::ErrorKind::AddrInUse | io::ErrorKind::AddrNotAvailable);
-        if step == DataStep::Bind && in_use && ch.state == DataState::ExpectListening && !ch.retried {
+        if step == DataStep::Bind && in_use && ch.is_expecting_listening() && !ch.retried {
             // The announced port is taken here (another session, ATTACKS.md
             // 21): listen on any port and rewrite what the peer is told.
             ch.retried = true;
@@ -216,18 +266,55 @@ impl Session {
             self.actions.push_back(Action::Listen { data, local, accept_from, peer });
             return;
         }
-        self.data_failed(now, data);
+        self.cut_data(now, data, Cut::Failed(TransferFailure::SetupFailed { step, error }));
+    }
+
+    /// Running byte counts: bytes that moved push the idle deadline out.
+    pub(super) fn on_progress(&mut self, now: Instant, data: DataId, to_client: u64, to_server: u64) {
+        let Some(ch) = self.data.get_mut(&data) else { return };
+        let DataState::Relaying { idle_at } = &mut ch.state else { return };
+        // Only growth is activity: a shell repeating the same counts must
+        // not keep a silent channel alive.
+        if to_client > ch.to_client || to_server > ch.to_server {
+            *idle_at = after(now, self.config.data_idle_timeout);
+        }
+        ch.to_client = ch.to_client.max(to_client);
+        ch.to_server = ch.to_server.max(to_server);
     }
 
     pub(super) fn on_relayed(&mut self, now: Instant, data: DataId, to_client: u64, to_server: u64) {
         let Some(ch) = self.data.get_mut(&data) else { return };
-        if ch.state != DataState::Relaying {
+        if !matches!(ch.state, DataState::Relaying { .. }) {
             // Only a relay that was started can end.
             return;
         }
-        ch.relayed = Some((to_client, to_server));
-        self.close_data(now, data);
+        ch.relayed = true;
+        ch.to_client = to_client;
+        ch.to_server = to_server;
         self.release_transfer_hold(data);
+        self.close_data(now, data);
+    }
+
+    /// The shell's relay ended abnormally; it has reset the other leg.
+    pub(super) fn on_relay_failed(
+        &mut self,
+        now: Instant,
+        data: DataId,
+        leg: Side,
+        error: io::ErrorKind,
+        counts: (u64, u64),
+    ) {
+        let Some(ch) = self.data.get_mut(&data) else { return };
+        if !matches!(ch.state, DataState::Relaying { .. }) {
+            return;
+        }
+        ch.to_client = counts.0;
+        ch.to_server = counts.1;
+        let why = match error {
+            io::ErrorKind::ConnectionReset => TransferFailure::Reset { leg },
+            error => TransferFailure::RelayError { leg, error },
+        };
+        self.cut_data(now, data, Cut::Failed(why));
     }
 
     /// Deadlines: greeting, idle, and each data channel's. Data channels go
@@ -235,10 +322,24 @@ impl Session {
     /// transfer that kept the idle deadline from applying.
     pub(super) fn on_timeout(&mut self, now: Instant) {
         use super::control::{Phase, REPLY_IDLE, REPLY_NO_GREETING, REPLY_UNREACHABLE};
-        let expired: Vec<DataId> =
-            self.data.values().filter(|d| d.deadline().is_some_and(|t| t <= now)).map(|d| d.id).collect();
-        for id in expired {
-            self.data_failed(now, id);
+        let expired: Vec<(DataId, TransferFailure)> = self
+            .data
+            .values()
+            .filter(|d| d.deadline().is_some_and(|t| t <= now))
+            .filter_map(|d| {
+                let why = match d.state {
+                    DataState::ExpectListening { .. } | DataState::ExpectAccept { .. } => {
+                        TransferFailure::AcceptTimeout
+                    }
+                    DataState::ExpectConnect { .. } => TransferFailure::ConnectTimeout,
+                    DataState::Relaying { .. } => TransferFailure::DataIdle,
+                    DataState::Done => return None,
+                };
+                Some((d.id, why))
+            })
+            .collect();
+        for (id, why) in expired {
+            self.cut_data(now, id, Cut::Failed(why));
         }
         match self.phase {
             Phase::ExpectGreeting { expires_at } if now >= expires_at => {
@@ -254,87 +355,121 @@ impl Session {
         }
     }
 
-    /// A data channel cannot go on: close it and release whatever waited
-    /// for it.
-    pub(super) fn data_failed(&mut self, now: Instant, data: DataId) {
+    /// A data channel cannot go on: reset its legs if any are up, close it,
+    /// and release whatever waited for it. The transfer using it is logged
+    /// with `cut` and never gets a 2xx through to the client.
+    pub(super) fn cut_data(&mut self, now: Instant, data: DataId, cut: Cut) {
         if let Some(ch) = self.data.get_mut(&data) {
-            ch.failed = true;
+            if !ch.is_closed() {
+                ch.cut = Some(cut);
+                if ch.is_connecting_or_relaying() {
+                    // A FIN would tell the peer its data was complete.
+                    self.actions.push_back(Action::ResetData { data });
+                }
+            }
         }
-        self.close_data(now, data);
+        // Held replies first: the channel is forgotten once closed and
+        // logged, and a held 2xx must still learn that it was cut.
         match self.server_hold.take() {
-            Some(ServerHold::Listener { data: held, .. }) if held == data => {
+            Some(ServerHold::ExpectListening { data: held, .. }) if held == data => {
                 self.send_client_now(REPLY_CANT_OPEN);
             }
             other => self.server_hold = other,
         }
         self.release_transfer_hold(data);
-        match self.client_hold.take() {
+        match self.port_hold.take() {
             // Queued, not sent: this may run while a server reply that
             // comes first is being handled; the next flush sends it in order.
             Some(hold) if hold.data == data => {
                 self.pending.push_back(Pending::Local(REPLY_CANT_OPEN.as_bytes().to_vec()))
             }
-            other => self.client_hold = other,
+            other => self.port_hold = other,
+        }
+        self.close_data(now, data);
+    }
+
+    /// The relay of a held final reply is over (or cut): send the reply.
+    pub(super) fn release_transfer_hold(&mut self, data: DataId) {
+        match self.server_hold.take() {
+            Some(ServerHold::ExpectRelayEnd { data: held, reply }) if held == data => {
+                self.send_final_reply(data, &reply)
+            }
+            other => self.server_hold = other,
         }
     }
 
-    pub(super) fn release_transfer_hold(&mut self, data: DataId) {
-        match self.server_hold.take() {
-            Some(ServerHold::Transfer { data: held, reply }) if held == data => self.send_reply(&reply),
-            other => self.server_hold = other,
+    /// Send a transfer's final reply as the client may see it: a 2xx of a
+    /// cut transfer becomes `426`; 4xx/5xx pass unchanged.
+    pub(super) fn send_final_reply(&mut self, data: DataId, reply: &Reply) {
+        let client_code = self.data.get(&data).map_or(reply.code.0, |ch| ch.client_code(reply.code.0));
+        if client_code == reply.code.0 {
+            self.send_reply(reply);
+        } else {
+            self.send_client_now(REPLY_TRANSFER_CUT);
         }
     }
 
     /// Send `CloseData` once; log the transfer when its reply is known.
     pub(super) fn close_data(&mut self, now: Instant, data: DataId) {
         let Some(ch) = self.data.get_mut(&data) else { return };
-        if !ch.closed {
-            ch.closed = true;
+        if !ch.is_closed() {
             ch.state = DataState::Done;
-            ch.expires_at = None;
             ch.ended_at.get_or_insert(now);
             self.actions.push_back(Action::CloseData { data });
-        }
-        if self.current_data == Some(data) {
-            self.current_data = None;
         }
         self.finish(data, None);
     }
 
-    /// Session end: close the channel; a transfer not yet logged is aborted.
+    /// Session end: close the channel (a running relay with a reset); a
+    /// transfer not yet logged is aborted.
     pub(super) fn abort_data(&mut self, data: DataId) {
+        if let Some(ch) = self.data.get_mut(&data) {
+            if !ch.is_closed() {
+                ch.cut = Some(Cut::Aborted(AbortCause::SessionEnded));
+                if ch.is_connecting_or_relaying() {
+                    self.actions.push_back(Action::ResetData { data });
+                }
+            }
+        }
         self.close_data(self.now, data);
-        self.finish(data, Some(TransferResult::Aborted));
+        self.finish(data, Some(AbortCause::SessionEnded));
     }
 
     /// Log the transfer once both its relay and its final reply are over,
-    /// then forget the channel.
-    fn finish(&mut self, data: DataId, force: Option<TransferResult>) {
+    /// then forget the channel. `ended`: the session ends, log what is left.
+    pub(super) fn finish(&mut self, data: DataId, ended: Option<AbortCause>) {
         let Some(ch) = self.data.get(&data) else { return };
-        if !ch.closed {
+        if !ch.is_closed() {
             return;
         }
         let Some(command) = ch.command.clone() else {
-            self.data.remove(&data);
+            // A cut channel stays known while it is current: the transfer
+            // command that binds it later must not get a 2xx through.
+            if ended.is_some() || ch.cut.is_none() || self.current_data != Some(data) {
+                self.data.remove(&data);
+            }
             return;
         };
-        let result = match (force, ch.final_code, ch.relayed) {
-            (Some(r), _, _) => r,
-            (None, None, _) => return, // the reply is still to come
-            (None, Some(_), _) if ch.aborted => TransferResult::Aborted,
-            (None, Some(code), Some(_)) if !ch.failed && (200..300).contains(&code) => TransferResult::Ok,
-            (None, Some(_), _) => TransferResult::Failed,
+        let result = match (ch.cut, ch.final_code, ended) {
+            (Some(cut), Some(_), _) | (Some(cut), None, Some(_)) => cut.into(),
+            (None, None, Some(cause)) => TransferResult::Aborted(cause),
+            (_, None, None) => return, // the reply is still to come
+            (None, Some(code), _) if !(200..300).contains(&code) => {
+                TransferResult::Failed(TransferFailure::ServerReply { code })
+            }
+            (None, Some(_), _) if ch.relayed => TransferResult::Ok,
+            (None, Some(_), _) => TransferResult::Failed(TransferFailure::NoDataConnection),
         };
-        let (to_client, to_server) = ch.relayed.unwrap_or((0, 0));
         let event = AuditEvent::Transfer {
             data,
             mode: ch.mode,
             user: self.login.user.clone(),
             command,
-            to_client,
-            to_server,
+            to_client: ch.to_client,
+            to_server: ch.to_server,
             duration: ch.ended_at.unwrap_or(ch.opened_at).saturating_duration_since(ch.opened_at),
-            reply: ch.final_code,
+            reply: ch.final_code.filter(|_| !ch.final_dropped).map(|c| ch.client_code(c)),
+            server_reply: ch.final_code,
             result,
         };
         self.actions.push_back(Action::Audit(event));
@@ -343,7 +478,20 @@ impl Session {
 
     /// A transfer's data is moving (or its final reply is held for it).
     pub(super) fn transfer_running(&self) -> bool {
-        matches!(self.server_hold, Some(ServerHold::Transfer { .. }))
-            || self.data.values().any(|d| !d.closed && d.is_connecting_or_relaying())
+        matches!(self.server_hold, Some(ServerHold::ExpectRelayEnd { .. }))
+            || self.data.values().any(|d| d.is_connecting_or_relaying())
+    }
+
+    /// The first unanswered transfer command has no channel bound yet:
+    /// bind it to the current one.
+    pub(super) fn bind_front_transfer(&mut self) {
+        if let Some(Pending::Transfer { label, binding: binding @ Binding::Unanswered }) =
+            self.pending.front_mut()
+        {
+            let data = self.current_data.take();
+            *binding = data.map_or(Binding::NoChannel, Binding::Bound);
+            let label = label.clone();
+            self.bind_transfer(data, label);
+        }
     }
 }

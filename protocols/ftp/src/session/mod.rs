@@ -1,7 +1,7 @@
 //! The FTP session machine: one intercepted control connection.
 //!
 //! Read first: RFC 959, RFC 1123 §4.1, RFC 2428, RFC 2577, RFC 1579, and
-//! LIFECYCLE.md beside this crate (states, holds, what releases them).
+//! LIFECYCLE.md at the crate root (states, holds, what releases them).
 //! `control.rs` pairs commands with replies; `data.rs` runs the data
 //! channels; `tests.rs` has one transcript per rule.
 
@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use self::control::{ActiveHold, Login, Pending, Phase, ServerHold, REPLY_SHUTTING_DOWN, REPLY_UNREACHABLE};
+use self::control::{Login, Pending, Phase, PortHold, ServerHold, REPLY_SHUTTING_DOWN, REPLY_UNREACHABLE};
 use self::data::DataChan;
 use crate::audit::AuditEvent;
 use crate::line::LineReader;
@@ -64,7 +64,8 @@ pub enum DataStep {
     Accept,
     /// connect() (including the asynchronous result).
     Connect,
-    /// The relay (a read or write error, e.g. a reset).
+    /// Starting the relay (e.g. creating its pipes). A relay that fails
+    /// once running is [`Input::RelayFailed`].
     Relay,
 }
 
@@ -193,7 +194,8 @@ pub enum Action {
         remote: SocketAddr,
     },
     /// Both legs are up: relay between them until both directions end, then
-    /// report `Relayed` (or `Failed { step: Relay }`).
+    /// report `Relayed`; report `Progress` while bytes move, `RelayFailed`
+    /// if a leg fails, `Failed { step: Relay }` if the relay cannot start.
     Relay {
         /// The data channel.
         data: DataId,
@@ -252,7 +254,9 @@ const MAX_PENDING: usize = 64;
 /// The session never panics on peer input and never returns an error: bad
 /// input becomes a reply to the offending side, an [`AuditEvent`], and
 /// possibly a [`Action::Shutdown`].
-#[derive(Debug)]
+///
+/// Its `Debug` shows state and buffer sizes, never buffered bytes: a `PASS`
+/// line in flight must not reach a log.
 pub struct Session {
     config: Arc<Config>,
     ends: ControlEnds,
@@ -274,7 +278,7 @@ pub struct Session {
     /// command while a transfer is outstanding).
     stash: Option<Vec<u8>>,
     /// A PORT/EPRT held until its listener is up.
-    client_hold: Option<ActiveHold>,
+    port_hold: Option<PortHold>,
     /// A server reply held (227/229 until Listening, final reply until
     /// Relayed); later server replies wait behind it in `backlog`.
     server_hold: Option<ServerHold>,
@@ -324,7 +328,7 @@ impl Session {
             replies: ReplyAssembler::new(config.max_reply_lines),
             pending: VecDeque::new(),
             stash: None,
-            client_hold: None,
+            port_hold: None,
             server_hold: None,
             backlog: VecDeque::new(),
             data: BTreeMap::new(),
@@ -382,12 +386,15 @@ impl Session {
             }
             Input::Listening { data, local } => self.on_listening(now, data, local),
             Input::Accepted { data, peer } => self.on_accepted(now, data, peer),
-            Input::Connected { data } => self.on_connected(data),
+            Input::Connected { data } => self.on_connected(now, data),
             Input::Failed { data, step, error } => self.on_failed(now, data, step, error),
             Input::Relayed { data, to_client, to_server } => self.on_relayed(now, data, to_client, to_server),
-            // Placeholder until the core implements the data idle deadline.
-            Input::Progress { .. } => {}
-            Input::RelayFailed { data, error, .. } => self.on_failed(now, data, DataStep::Relay, error),
+            Input::Progress { data, to_client, to_server } => {
+                self.on_progress(now, data, to_client, to_server)
+            }
+            Input::RelayFailed { data, leg, error, to_client, to_server } => {
+                self.on_relay_failed(now, data, leg, error, (to_client, to_server))
+            }
             Input::Timeout => self.on_timeout(now),
             Input::Drain => self.draining = true,
         }
@@ -398,28 +405,32 @@ impl Session {
     /// Every hold must wait for something that can still happen; a hold on
     /// a channel that is gone would stall the session forever.
     fn debug_check_holds(&self) {
-        use self::control::ServerHold;
         use self::data::DataState;
         let state = |id: &DataId| self.data.get(id).map(|d| d.state);
+        let expecting_listening = |id: &DataId| self.data.get(id).is_some_and(|d| d.is_expecting_listening());
         match &self.server_hold {
-            Some(ServerHold::Listener { data, .. }) => {
-                debug_assert_eq!(state(data), Some(DataState::ExpectListening), "227 held for {data:?}");
+            Some(ServerHold::ExpectListening { data, .. }) => {
+                debug_assert!(expecting_listening(data), "227 held for {data:?} in {:?}", state(data));
             }
-            Some(ServerHold::Transfer { data, .. }) => debug_assert!(
+            Some(ServerHold::ExpectRelayEnd { data, .. }) => debug_assert!(
                 matches!(
                     state(data),
-                    Some(DataState::ExpectAccept | DataState::ExpectConnect | DataState::Relaying)
+                    Some(
+                        DataState::ExpectAccept { .. }
+                            | DataState::ExpectConnect { .. }
+                            | DataState::Relaying { .. }
+                    )
                 ),
                 "final reply held for {data:?} in {:?}",
                 state(data)
             ),
             None => {}
         }
-        if let Some(hold) = &self.client_hold {
-            debug_assert_eq!(state(&hold.data), Some(DataState::ExpectListening), "PORT held");
+        if let Some(hold) = &self.port_hold {
+            debug_assert!(expecting_listening(&hold.data), "PORT held in {:?}", state(&hold.data));
         }
         if self.stash.is_some() && self.phase == Phase::Relaying {
-            debug_assert!(self.transfer_outstanding(), "data command stashed for nothing");
+            debug_assert!(self.data_setup_must_wait(), "data command stashed for nothing");
         }
     }
 
@@ -499,14 +510,14 @@ impl Session {
         let blocked = match from {
             Side::Client => {
                 matches!(self.phase, Phase::ExpectGreeting { .. })
-                    || self.client_hold.is_some()
+                    || self.port_hold.is_some()
                     || self.stash.is_some()
                     || self.pending.len() >= MAX_PENDING
                     || self.server_eof
             }
             // Behind a held reply, read on (a 421 must get through) up to
-            // a bound.
-            Side::Server => self.server_eof || self.backlog_bytes() > HIGH_WATER,
+            // a bound, which the reply being assembled counts against.
+            Side::Server => self.server_eof || self.backlog_bytes() + self.replies.buffered() > HIGH_WATER,
         };
         if blocked {
             0
@@ -519,7 +530,7 @@ impl Session {
     /// channel got `CloseData`. The shell drops the session once `pending` of
     /// both sides is written (or can no longer be).
     pub fn is_closed(&self) -> bool {
-        self.shutdown == [true, true] && self.data.values().all(|d| d.closed)
+        self.shutdown == [true, true] && self.data.values().all(|d| d.is_closed())
     }
 
     /// A complete control line arrived: the connection is not idle.
@@ -543,6 +554,13 @@ impl Session {
             return;
         }
         self.phase = Phase::Closed;
+        if let Some(ServerHold::ExpectRelayEnd { data, .. }) = &self.server_hold {
+            // Dropped with the session: the record must not claim the
+            // client got it.
+            if let Some(ch) = self.data.get_mut(data) {
+                ch.final_dropped = true;
+            }
+        }
         self.actions.push_back(Action::Shutdown { side: first });
         if first == Side::Client {
             self.actions.push_back(Action::Shutdown { side: Side::Server });
@@ -556,12 +574,37 @@ impl Session {
         }
         self.shutdown = [true, true];
         self.actions.push_back(Action::Audit(AuditEvent::SessionEnded { reason }));
-        self.client_hold = None;
+        self.port_hold = None;
         self.server_hold = None;
         self.backlog.clear();
         self.stash = None;
         self.pending.clear();
         self.readers = [LineReader::new(), LineReader::new()];
+    }
+}
+
+impl std::fmt::Debug for Session {
+    /// State and sizes only: buffers may hold a password (a `PASS` line
+    /// being framed, forwarded, or waiting to be written).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("ends", &self.ends)
+            .field("phase", &self.phase)
+            .field("login", &self.login)
+            .field("epsv_all", &self.epsv_all)
+            .field("pending", &self.pending.len())
+            .field("stashed", &self.stash.as_ref().map(Vec::len))
+            .field("port_hold", &self.port_hold.as_ref().map(|h| h.data))
+            .field("server_hold", &self.server_hold.as_ref().map(ServerHold::data))
+            .field("backlog", &self.backlog.len())
+            .field("buffered_in", &[self.readers[0].buffered(), self.readers[1].buffered()])
+            .field("buffered_out", &[self.out[0].len(), self.out[1].len()])
+            .field("data", &self.data.values().map(|d| (d.id, d.state)).collect::<Vec<_>>())
+            .field("current_data", &self.current_data)
+            .field("server_eof", &self.server_eof)
+            .field("draining", &self.draining)
+            .field("shutdown", &self.shutdown)
+            .finish_non_exhaustive()
     }
 }
 

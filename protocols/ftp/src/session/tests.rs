@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::audit::{DataMode, TransferResult};
+use crate::audit::{AbortCause, DataMode, TransferFailure, TransferResult};
 use crate::policy::PassiveAddressPolicy;
 
 const CLIENT: &str = "192.0.2.10:40000";
@@ -134,7 +134,11 @@ fn shutdown_all(data: &[u32]) -> Vec<Action> {
 
 /// Logged in, PASV answered, listener up, 227 released.
 fn passive_listening() -> T {
-    let mut t = T::logged_in();
+    passive_listening_with(Config::default())
+}
+
+fn passive_listening_with(config: Config) -> T {
+    let mut t = T::logged_in_with(config);
     client!(t, b"PASV\r\n");
     expect!(t, to_server: b"PASV\r\n");
     server!(t, b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
@@ -147,7 +151,11 @@ fn passive_listening() -> T {
 
 /// Passive channel relaying, RETR forwarded and 150 relayed.
 fn passive_relaying_retr() -> T {
-    let mut t = passive_listening();
+    passive_relaying_retr_with(Config::default())
+}
+
+fn passive_relaying_retr_with(config: Config) -> T {
+    let mut t = passive_listening_with(config);
     client!(t, b"RETR file.bin\r\n");
     expect!(t, to_server: b"RETR file.bin\r\n");
     t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
@@ -187,11 +195,11 @@ fn relaying_command_forwarded_canonical_and_reply_relayed() {
 #[test]
 fn relaying_output_above_high_water_stops_reading() {
     let mut t = T::logged_in();
-    let big = format!("211-{}\r\n", "x".repeat(1000));
+    // Unsolicited single-line replies: each goes out at once.
+    let big = format!("211 {}\r\n", "x".repeat(1000));
     for _ in 0..70 {
         server!(t, big.as_bytes());
     }
-    server!(t, b"211 end\r\n");
     assert_eq!(t.s.read_budget(Side::Server), 0);
     t.take(Side::Client);
     assert!(t.s.read_budget(Side::Server) > 0);
@@ -670,7 +678,8 @@ fn expect_connect_deadline_closes_and_releases_reply() {
     t.advance(Config::default().data_connect_timeout);
     assert_eq!(t.s.poll_timeout(), Some(t.now));
     t.input(Input::Timeout);
-    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    // The client's data connection is up: it gets a reset, not a clean end.
+    expect!(t, work: vec![Action::ResetData { data: DataId(0) }, Action::CloseData { data: DataId(0) }]);
     expect!(t, to_client: b"426 broken\r\n");
 }
 
@@ -778,6 +787,7 @@ fn attack_25_relaying_226_held_until_relayed() {
                 to_server: 0,
                 duration: Duration::from_secs(2),
                 reply: Some(226),
+                server_reply: Some(226),
                 result: TransferResult::Ok,
             }),
         ]
@@ -814,17 +824,30 @@ fn expect_accept_active_226_before_accept_held_until_relayed() {
 }
 
 /// The same early 226 with a connection that never comes: the accept
-/// deadline closes the listener and releases the reply.
+/// deadline closes the listener and releases the reply as 426, since the
+/// client got no data at all.
 #[test]
-fn expect_accept_active_226_then_no_connection_released_at_deadline() {
+fn expect_accept_active_226_then_no_connection_released_as_426_at_deadline() {
     let mut t = active_listening();
     client!(t, b"RETR empty.bin\r\n");
     server!(t, b"150 Opening\r\n226 Transfer complete.\r\n");
     expect!(t, to_client: b"150 Opening\r\n");
     t.advance(Duration::from_secs(31));
     t.input(Input::Timeout);
-    expect!(t, to_client: b"226 Transfer complete.\r\n");
-    assert!(t.actions().contains(&Action::CloseData { data: DataId(0) }));
+    expect!(t, to_client: b"426 Connection closed; transfer aborted.\r\n");
+    // Nothing was connected: no reset, just the close.
+    assert!(matches!(
+        t.actions()[..],
+        [
+            Action::CloseData { data: DataId(0) },
+            Action::Audit(AuditEvent::Transfer {
+                reply: Some(426),
+                server_reply: Some(226),
+                result: TransferResult::Failed(TransferFailure::AcceptTimeout),
+                ..
+            })
+        ]
+    ));
 }
 
 /// Found by the `session` fuzz target (seed
@@ -840,7 +863,11 @@ fn expect_accept_active_226_held_one_long_tick_closes_session() {
     t.advance(Duration::from_secs(3600));
     t.input(Input::Timeout);
     let out = t.take(Side::Client);
-    assert!(out.starts_with(b"226 Transfer complete.\r\n421 "), "{:?}", String::from_utf8_lossy(&out));
+    assert!(
+        out.starts_with(b"426 Connection closed; transfer aborted.\r\n421 "),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
     let actions = t.actions();
     assert!(actions.contains(&Action::CloseData { data: DataId(0) }));
     assert!(actions.contains(&Action::Shutdown { side: Side::Client }));
@@ -884,19 +911,28 @@ fn expect_accept_425_released_at_once_and_closed() {
     assert_eq!(actions[0], Action::CloseData { data: DataId(0) });
     assert!(matches!(
         actions[1],
-        Action::Audit(AuditEvent::Transfer { result: TransferResult::Failed, reply: Some(425), .. })
+        Action::Audit(AuditEvent::Transfer {
+            result: TransferResult::Failed(TransferFailure::ServerReply { code: 425 }),
+            reply: Some(425),
+            ..
+        })
     ));
 }
 
 #[test]
-fn relaying_relay_failure_releases_held_reply() {
+fn relaying_relay_start_failure_resets_and_226_becomes_426() {
     let mut t = passive_relaying_retr();
     server!(t, b"226 ok\r\n");
-    t.input(Input::Failed { data: DataId(0), step: DataStep::Relay, error: ErrorKind::ConnectionReset });
-    expect!(t, to_client: b"226 ok\r\n");
+    t.input(Input::Failed { data: DataId(0), step: DataStep::Relay, error: ErrorKind::OutOfMemory });
+    expect!(t, to_client: b"426 Connection closed; transfer aborted.\r\n");
     let actions = t.actions();
-    assert_eq!(actions[0], Action::CloseData { data: DataId(0) });
-    assert!(matches!(actions[1], Action::Audit(AuditEvent::Transfer { result: TransferResult::Failed, .. })));
+    assert_eq!(actions[..2], [Action::ResetData { data: DataId(0) }, Action::CloseData { data: DataId(0) }]);
+    let why = TransferFailure::SetupFailed { step: DataStep::Relay, error: ErrorKind::OutOfMemory };
+    assert!(matches!(
+        actions[2],
+        Action::Audit(AuditEvent::Transfer { result: TransferResult::Failed(w), reply: Some(426), server_reply: Some(226), .. })
+            if w == why
+    ));
 }
 
 #[test]
@@ -906,7 +942,7 @@ fn expect_connect_failure_before_reply_server_error_follows() {
     t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
     t.work();
     t.input(Input::Failed { data: DataId(0), step: DataStep::Connect, error: ErrorKind::ConnectionRefused });
-    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    expect!(t, work: vec![Action::ResetData { data: DataId(0) }, Action::CloseData { data: DataId(0) }]);
     server!(t, b"425 cannot\r\n");
     expect!(t, to_client: b"425 cannot\r\n");
 }
@@ -930,15 +966,19 @@ fn relaying_client_closed_shuts_everything() {
     t.input(Input::Closed { from: Side::Client });
     let actions = t.actions();
     assert_eq!(
-        actions[..2],
-        [Action::Shutdown { side: Side::Server }, Action::CloseData { data: DataId(0) }]
+        actions[..3],
+        [
+            Action::Shutdown { side: Side::Server },
+            Action::ResetData { data: DataId(0) },
+            Action::CloseData { data: DataId(0) }
+        ]
     );
     assert!(matches!(
-        actions[2],
-        Action::Audit(AuditEvent::Transfer { result: TransferResult::Aborted, .. })
+        actions[3],
+        Action::Audit(AuditEvent::Transfer { result: TransferResult::Aborted(AbortCause::SessionEnded), .. })
     ));
-    assert_eq!(actions[3], Action::Shutdown { side: Side::Client });
-    assert!(matches!(actions[4], Action::Audit(AuditEvent::SessionEnded { .. })));
+    assert_eq!(actions[4], Action::Shutdown { side: Side::Client });
+    assert!(matches!(actions[5], Action::Audit(AuditEvent::SessionEnded { .. })));
     assert!(t.s.is_closed());
     t.input(Input::Received { from: Side::Server, data: b"226 x\r\n" });
     assert_eq!(t.actions(), vec![]);
@@ -1025,9 +1065,10 @@ fn relaying_long_transfer_end_restarts_idle_deadline() {
 }
 
 #[test]
-fn relaying_no_idle_timeout_while_transfer_runs() {
-    let t = passive_relaying_retr();
-    assert_eq!(t.s.poll_timeout(), None);
+fn relaying_no_control_idle_timeout_while_transfer_runs_only_data_idle() {
+    let data_idle = Config::default().idle_timeout * 3;
+    let t = passive_relaying_retr_with(Config { data_idle_timeout: data_idle, ..Config::default() });
+    assert_eq!(t.s.poll_timeout(), Some(t.now + data_idle));
 }
 
 // ---- 10. hostile input --------------------------------------------------------
@@ -1197,14 +1238,14 @@ fn attack_15_abor_during_retr_closes_data_then_426_and_226_in_order() {
     let mut t = passive_relaying_retr();
     t.advance(Duration::from_secs(1));
     client!(t, b"ABOR\r\n");
-    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    expect!(t, work: vec![Action::ResetData { data: DataId(0) }, Action::CloseData { data: DataId(0) }]);
     assert_eq!(take_synch(&mut t), SYNCH_ABOR);
     assert_eq!(t.s.pending_urgent(Side::Server), None);
     server!(t, b"426 Failure writing network stream.\r\n226 ABOR successful.\r\n");
     expect!(t, to_client: b"426 Failure writing network stream.\r\n226 ABOR successful.\r\n");
     assert!(matches!(
         t.audits()[..],
-        [AuditEvent::Transfer { reply: Some(426), result: TransferResult::Aborted, .. }]
+        [AuditEvent::Transfer { reply: Some(426), result: TransferResult::Aborted(_), .. }]
     ));
     // A stale relay end for the closed channel changes nothing.
     t.input(Input::Relayed { data: DataId(0), to_client: 5, to_server: 0 });
@@ -1218,12 +1259,12 @@ fn attack_15_abor_bsd_synch_form_stripped_and_reissued_as_synch() {
     let mut t = passive_relaying_retr();
     client!(t, b"\xff\xf4\xff");
     client!(t, b"\xf2ABOR\r\n");
-    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    expect!(t, work: vec![Action::ResetData { data: DataId(0) }, Action::CloseData { data: DataId(0) }]);
     assert_eq!(take_synch(&mut t), SYNCH_ABOR);
 }
 
 #[test]
-fn relaying_abor_with_held_226_releases_it_before_abor_reply() {
+fn relaying_abor_with_held_226_releases_it_as_426_before_abor_reply() {
     let mut t = passive_relaying_retr();
     server!(t, b"226 Transfer complete\r\n");
     expect!(t, to_client: b"");
@@ -1231,11 +1272,18 @@ fn relaying_abor_with_held_226_releases_it_before_abor_reply() {
     assert!(matches!(
         t.actions()[..],
         [
+            Action::ResetData { data: DataId(0) },
             Action::CloseData { data: DataId(0) },
-            Action::Audit(AuditEvent::Transfer { reply: Some(226), result: TransferResult::Aborted, .. }),
+            Action::Audit(AuditEvent::Transfer {
+                reply: Some(426),
+                server_reply: Some(226),
+                result: TransferResult::Aborted(AbortCause::ClientAbor),
+                ..
+            }),
         ]
     ));
-    expect!(t, to_client: b"226 Transfer complete\r\n");
+    // The relay had not completed: the client must not take it for whole.
+    expect!(t, to_client: b"426 Connection closed; transfer aborted.\r\n");
     assert_eq!(take_synch(&mut t), SYNCH_ABOR);
     server!(t, b"225 No transfer to ABOR.\r\n");
     expect!(t, to_client: b"225 No transfer to ABOR.\r\n");
@@ -1253,7 +1301,7 @@ fn relaying_abor_before_first_reply_binds_and_aborts_transfer() {
     expect!(t, to_client: b"150 Opening\r\n426 Aborted\r\n226 ABOR ok\r\n");
     assert!(matches!(
         t.audits()[..],
-        [AuditEvent::Transfer { ref command, reply: Some(426), result: TransferResult::Aborted, .. }]
+        [AuditEvent::Transfer { ref command, reply: Some(426), result: TransferResult::Aborted(_), .. }]
             if command == "RETR big"
     ));
 }
@@ -1293,11 +1341,13 @@ fn attack_18_421_behind_held_226_tears_down_at_once() {
     expect!(t, to_client: b"");
     server!(t, b"421 Timeout.\r\n");
     expect!(t, work: vec![
+        Action::ResetData { data: DataId(0) },
         Action::CloseData { data: DataId(0) },
         Action::Shutdown { side: Side::Client },
         Action::Shutdown { side: Side::Server },
     ]);
-    expect!(t, to_client: b"226 Transfer complete\r\n421 Timeout.\r\n");
+    // The relay was cut before it ended: no 226 reaches the client.
+    expect!(t, to_client: b"426 Connection closed; transfer aborted.\r\n421 Timeout.\r\n");
     assert!(t.s.is_closed());
 }
 
@@ -1625,9 +1675,13 @@ fn attack_27_relaying_auth_ssl_refused_ccc_relayed_by_name() {
 fn attack_30_expect_login_after_rein_data_commands_honoured_again() {
     let mut t = T::logged_in();
     client!(t, b"REIN\r\nPORT 192,0,2,10,156,65\r\nUSER bob\r\nPASS pw\r\n");
-    expect!(t, to_server: b"REIN\r\nUSER bob\r\nPASS pw\r\n");
-    server!(t, b"220 again\r\n331 pw\r\n230 ok\r\n");
-    expect!(t, to_client: b"220 again\r\n530 Please login first.\r\n331 pw\r\n230 ok\r\n");
+    // The PORT waits for the server's answer to REIN, and the lines behind it.
+    expect!(t, to_server: b"REIN\r\n");
+    server!(t, b"220 again\r\n");
+    expect!(t, to_client: b"220 again\r\n530 Please login first.\r\n");
+    expect!(t, to_server: b"USER bob\r\nPASS pw\r\n");
+    server!(t, b"331 pw\r\n230 ok\r\n");
+    expect!(t, to_client: b"331 pw\r\n230 ok\r\n");
     assert!(matches!(
         &t.audits()[..],
         [AuditEvent::Refused { side: Side::Client, .. }, AuditEvent::LoggedIn { user }] if user == "bob"
@@ -1657,4 +1711,549 @@ fn relaying_epsv_forms_forwarded_and_paired() {
     expect!(t, to_server: b"EPSV 2\r\n");
     server!(t, b"522 Network protocol not supported, use (1)\r\n");
     expect!(t, to_client: b"229 (|||50000|)\r\n522 Network protocol not supported, use (1)\r\n");
+}
+
+// ---- relay integrity: resets, idle deadline, 426 (ATTACKS.md 24, 25) --------
+
+const REPLY_426: &[u8] = b"426 Connection closed; transfer aborted.\r\n";
+
+fn reset_close(data: u32) -> Vec<Action> {
+    vec![Action::ResetData { data: DataId(data) }, Action::CloseData { data: DataId(data) }]
+}
+
+/// The one transfer record among the audits.
+fn transfer_record(t: &mut T) -> AuditEvent {
+    let mut records: Vec<AuditEvent> =
+        t.audits().into_iter().filter(|e| matches!(e, AuditEvent::Transfer { .. })).collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    records.remove(0)
+}
+
+/// Active channel relaying for `STOR up.bin`, 150 relayed.
+fn active_relaying_stor() -> T {
+    let mut t = active_listening();
+    client!(t, b"STOR up.bin\r\n");
+    expect!(t, to_server: b"STOR up.bin\r\n");
+    server!(t, b"150 Ok to send data.\r\n");
+    expect!(t, to_client: b"150 Ok to send data.\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
+    t.input(Input::Connected { data: DataId(0) });
+    expect!(t, work: vec![
+        Action::Connect { data: DataId(0), local: sa("198.51.100.10:20"), remote: sa("192.0.2.10:40001") },
+        Action::Relay { data: DataId(0) },
+    ]);
+    t
+}
+
+/// After a failed transfer the session goes on: a second passive RETR
+/// completes with its 226.
+fn second_transfer_works(t: &mut T, data: u32) {
+    client!(t, b"PASV\r\n");
+    expect!(t, to_server: b"PASV\r\n");
+    server!(t, b"227 Entering Passive Mode (198,51,100,10,195,81).\r\n");
+    expect!(t, work: vec![listen(data, "198.51.100.10:50001", "192.0.2.10", Side::Client)]);
+    t.input(Input::Listening { data: DataId(data), local: sa("198.51.100.10:50001") });
+    expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,81).\r\n");
+    client!(t, b"RETR small.txt\r\n");
+    t.input(Input::Accepted { data: DataId(data), peer: sa("192.0.2.10:40002") });
+    t.input(Input::Connected { data: DataId(data) });
+    server!(t, b"150 go\r\n226 done\r\n");
+    t.input(Input::Relayed { data: DataId(data), to_client: 10, to_server: 0 });
+    expect!(t, to_client: b"150 go\r\n226 done\r\n");
+    assert!(matches!(
+        transfer_record(t),
+        AuditEvent::Transfer { result: TransferResult::Ok, reply: Some(226), to_client: 10, .. }
+    ));
+}
+
+#[test]
+fn attack_24_relaying_server_reset_before_226_resets_and_426_replaces_it() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Progress { data: DataId(0), to_client: 300_000, to_server: 0 });
+    t.advance(Duration::from_secs(2));
+    let failed = Input::RelayFailed {
+        data: DataId(0),
+        leg: Side::Server,
+        error: ErrorKind::ConnectionReset,
+        to_client: 524_288,
+        to_server: 0,
+    };
+    t.input(failed);
+    expect!(t, work: reset_close(0));
+    expect!(t, to_client: b"");
+    // The server does not know the relay failed: it says 226.
+    server!(t, b"226 Transfer complete.\r\n");
+    expect!(t, to_client: REPLY_426);
+    assert_eq!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            data: DataId(0),
+            mode: DataMode::Passive,
+            user: Some("anna".into()),
+            command: "RETR file.bin".into(),
+            to_client: 524_288,
+            to_server: 0,
+            duration: Duration::from_secs(2),
+            reply: Some(426),
+            server_reply: Some(226),
+            result: TransferResult::Failed(TransferFailure::Reset { leg: Side::Server }),
+        }
+    );
+    second_transfer_works(&mut t, 1);
+}
+
+#[test]
+fn attack_25_relaying_reset_after_held_226_releases_426() {
+    let mut t = passive_relaying_retr();
+    server!(t, b"226 Transfer complete.\r\n");
+    expect!(t, to_client: b"");
+    let failed = Input::RelayFailed {
+        data: DataId(0),
+        leg: Side::Client,
+        error: ErrorKind::ConnectionReset,
+        to_client: 1000,
+        to_server: 0,
+    };
+    t.input(failed);
+    assert!(matches!(
+        &t.actions()[..],
+        [
+            Action::ResetData { data: DataId(0) },
+            Action::CloseData { data: DataId(0) },
+            Action::Audit(AuditEvent::Transfer {
+                reply: Some(426),
+                server_reply: Some(226),
+                to_client: 1000,
+                result: TransferResult::Failed(TransferFailure::Reset { leg: Side::Client }),
+                ..
+            }),
+        ]
+    ));
+    expect!(t, to_client: REPLY_426);
+    second_transfer_works(&mut t, 1);
+}
+
+#[test]
+fn attack_24_active_stor_client_reset_before_226_gets_426() {
+    let mut t = active_relaying_stor();
+    let failed = Input::RelayFailed {
+        data: DataId(0),
+        leg: Side::Client,
+        error: ErrorKind::ConnectionReset,
+        to_client: 0,
+        to_server: 262_144,
+    };
+    t.input(failed);
+    expect!(t, work: reset_close(0));
+    server!(t, b"226 Transfer complete.\r\n");
+    expect!(t, to_client: REPLY_426);
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            mode: DataMode::Active,
+            to_server: 262_144,
+            reply: Some(426),
+            server_reply: Some(226),
+            result: TransferResult::Failed(TransferFailure::Reset { leg: Side::Client }),
+            ..
+        }
+    ));
+    second_transfer_works(&mut t, 1);
+}
+
+#[test]
+fn attack_25_active_write_error_after_held_226_gets_426() {
+    let mut t = active_relaying_stor();
+    server!(t, b"226 Transfer complete.\r\n");
+    expect!(t, to_client: b"");
+    let failed = Input::RelayFailed {
+        data: DataId(0),
+        leg: Side::Server,
+        error: ErrorKind::BrokenPipe,
+        to_client: 0,
+        to_server: 4096,
+    };
+    t.input(failed);
+    expect!(t, to_client: REPLY_426);
+    let why = TransferFailure::RelayError { leg: Side::Server, error: ErrorKind::BrokenPipe };
+    assert!(matches!(
+        &t.actions()[..],
+        [
+            Action::ResetData { data: DataId(0) },
+            Action::CloseData { data: DataId(0) },
+            Action::Audit(AuditEvent::Transfer { result: TransferResult::Failed(w), .. }),
+        ] if *w == why
+    ));
+}
+
+#[test]
+fn attack_24_relaying_reset_then_4xx_passes_unchanged() {
+    let mut t = passive_relaying_retr();
+    let failed = Input::RelayFailed {
+        data: DataId(0),
+        leg: Side::Server,
+        error: ErrorKind::ConnectionReset,
+        to_client: 7,
+        to_server: 0,
+    };
+    t.input(failed);
+    expect!(t, work: reset_close(0));
+    server!(t, b"451 Local error.\r\n");
+    expect!(t, to_client: b"451 Local error.\r\n");
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            reply: Some(451),
+            server_reply: Some(451),
+            result: TransferResult::Failed(TransferFailure::Reset { leg: Side::Server }),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn relaying_data_idle_deadline_resets_and_426() {
+    let mut t = passive_relaying_retr();
+    let idle = Config::default().data_idle_timeout;
+    assert_eq!(t.s.poll_timeout(), Some(t.now + idle));
+    // Bytes moving push the deadline out.
+    t.advance(idle - Duration::from_secs(1));
+    t.input(Input::Progress { data: DataId(0), to_client: 100, to_server: 0 });
+    assert_eq!(t.s.poll_timeout(), Some(t.now + idle));
+    t.advance(idle - Duration::from_secs(1));
+    t.input(Input::Timeout);
+    expect!(t, work: vec![]);
+    // Then silence: the deadline passes.
+    t.advance(Duration::from_secs(1));
+    assert_eq!(t.s.poll_timeout(), Some(t.now));
+    t.input(Input::Timeout);
+    expect!(t, work: reset_close(0));
+    server!(t, b"226 Transfer complete.\r\n");
+    expect!(t, to_client: REPLY_426);
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            to_client: 100,
+            reply: Some(426),
+            result: TransferResult::Failed(TransferFailure::DataIdle),
+            ..
+        }
+    ));
+    // The session goes on: no control idle 421.
+    assert!(!t.s.is_closed());
+    second_transfer_works(&mut t, 1);
+}
+
+#[test]
+fn relaying_data_idle_with_held_226_releases_426() {
+    let mut t = active_relaying_stor();
+    server!(t, b"226 Transfer complete.\r\n");
+    t.advance(Config::default().data_idle_timeout);
+    t.input(Input::Timeout);
+    expect!(t, work: reset_close(0));
+    expect!(t, to_client: REPLY_426);
+}
+
+#[test]
+fn relaying_progress_without_growth_does_not_keep_channel_alive() {
+    let mut t = passive_relaying_retr();
+    let idle = Config::default().data_idle_timeout;
+    t.input(Input::Progress { data: DataId(0), to_client: 50, to_server: 0 });
+    let deadline = t.s.poll_timeout();
+    t.advance(Duration::from_secs(10));
+    t.input(Input::Progress { data: DataId(0), to_client: 50, to_server: 0 });
+    assert_eq!(t.s.poll_timeout(), deadline);
+    t.input(Input::Progress { data: DataId(0), to_client: 50, to_server: 1 });
+    assert_eq!(t.s.poll_timeout(), Some(t.now + idle));
+}
+
+#[test]
+fn relaying_relay_failed_before_first_reply_150_passes_226_becomes_426() {
+    // curl connects the data channel before it sends RETR's reply arrives.
+    let mut t = passive_listening();
+    client!(t, b"RETR f\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    t.input(Input::Connected { data: DataId(0) });
+    t.work();
+    let failed = Input::RelayFailed {
+        data: DataId(0),
+        leg: Side::Server,
+        error: ErrorKind::ConnectionReset,
+        to_client: 9,
+        to_server: 0,
+    };
+    t.input(failed);
+    expect!(t, work: reset_close(0));
+    server!(t, b"150 go\r\n226 done\r\n");
+    expect!(t, to_client: b"150 go\r\n426 Connection closed; transfer aborted.\r\n");
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer { ref command, to_client: 9, reply: Some(426), result: TransferResult::Failed(_), .. }
+            if command == "RETR f"
+    ));
+}
+
+#[test]
+fn relaying_relayed_then_abor_226_passes() {
+    // The relay completed before ABOR: the transfer is whole.
+    let mut t = passive_relaying_retr();
+    t.input(Input::Relayed { data: DataId(0), to_client: 5, to_server: 0 });
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    client!(t, b"ABOR\r\n");
+    expect!(t, work: vec![]);
+    server!(t, b"226 Transfer complete.\r\n225 No transfer to ABOR.\r\n");
+    expect!(t, to_client: b"226 Transfer complete.\r\n225 No transfer to ABOR.\r\n");
+    assert!(matches!(transfer_record(&mut t), AuditEvent::Transfer { result: TransferResult::Ok, .. }));
+}
+
+#[test]
+fn relaying_abor_running_relay_then_2xx_for_transfer_becomes_426() {
+    // Some servers answer the aborted transfer with 226 and ABOR with 225.
+    let mut t = passive_relaying_retr();
+    client!(t, b"ABOR\r\n");
+    expect!(t, work: reset_close(0));
+    server!(t, b"226 Transfer complete.\r\n225 ABOR ok.\r\n");
+    expect!(t, to_client: b"426 Connection closed; transfer aborted.\r\n225 ABOR ok.\r\n");
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            reply: Some(426),
+            server_reply: Some(226),
+            result: TransferResult::Aborted(AbortCause::ClientAbor),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn relaying_stale_progress_and_relay_failed_after_close_ignored() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Relayed { data: DataId(0), to_client: 5, to_server: 0 });
+    t.actions();
+    t.input(Input::Progress { data: DataId(0), to_client: 9, to_server: 0 });
+    let failed = Input::RelayFailed {
+        data: DataId(0),
+        leg: Side::Server,
+        error: ErrorKind::ConnectionReset,
+        to_client: 9,
+        to_server: 0,
+    };
+    t.input(failed);
+    expect!(t, work: vec![]);
+    server!(t, b"226 ok\r\n");
+    expect!(t, to_client: b"226 ok\r\n");
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer { result: TransferResult::Ok, to_client: 5, .. }
+    ));
+}
+
+// ---- protocol state follows the server's replies ---------------------------
+
+#[test]
+fn expect_login_pipelined_user_pass_pasv_in_one_segment_works() {
+    let mut t = T::new();
+    server!(t, b"220 ready\r\n");
+    t.take(Side::Client);
+    client!(t, b"USER anna\r\nPASS secret\r\nPASV\r\n");
+    // PASV waits for the login's replies instead of a local 530.
+    expect!(t, to_server: b"USER anna\r\nPASS secret\r\n");
+    expect!(t, to_client: b"");
+    server!(t, b"331 pw\r\n230 ok\r\n");
+    expect!(t, to_client: b"331 pw\r\n230 ok\r\n");
+    expect!(t, to_server: b"PASV\r\n");
+    assert_eq!(t.audits(), vec![AuditEvent::LoggedIn { user: "anna".into() }]);
+    server!(t, b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+}
+
+#[test]
+fn expect_login_pipelined_pass_refused_530_then_pasv_refused_locally() {
+    let mut t = T::new();
+    server!(t, b"220 ready\r\n");
+    t.take(Side::Client);
+    client!(t, b"USER anna\r\nPASS wrong\r\nPASV\r\n");
+    server!(t, b"331 pw\r\n530 Login incorrect.\r\n");
+    expect!(t, to_client: b"331 pw\r\n530 Login incorrect.\r\n530 Please login first.\r\n");
+    expect!(t, to_server: b"USER anna\r\nPASS wrong\r\n");
+    assert!(t.audits().iter().all(|e| !matches!(e, AuditEvent::LoggedIn { .. })));
+}
+
+#[test]
+fn relaying_user_answered_230_logs_in_that_user() {
+    let mut t = T::logged_in();
+    client!(t, b"USER bob\r\n");
+    server!(t, b"230 ok\r\n");
+    assert_eq!(t.audits(), vec![AuditEvent::LoggedIn { user: "bob".into() }]);
+}
+
+#[test]
+fn relaying_new_user_331_logs_out_until_pass_230() {
+    let mut t = T::logged_in();
+    client!(t, b"USER bob\r\n");
+    server!(t, b"331 pw\r\n");
+    t.take(Side::Client);
+    expect!(t, to_server: b"USER bob\r\n");
+    client!(t, b"PASV\r\n");
+    expect!(t, to_client: b"530 Please login first.\r\n");
+    client!(t, b"PASS pw\r\n");
+    server!(t, b"230 ok\r\n");
+    t.take(Side::Client);
+    client!(t, b"PASV\r\n");
+    expect!(t, to_server: b"PASS pw\r\nPASV\r\n");
+}
+
+#[test]
+fn relaying_pass_503_when_logged_in_changes_nothing() {
+    // proftpd: a second PASS is "503 You are already logged in".
+    let mut t = T::logged_in();
+    client!(t, b"PASS again\r\nPASV\r\n");
+    server!(t, b"503 You are already logged in\r\n");
+    expect!(t, to_server: b"PASS again\r\nPASV\r\n");
+}
+
+#[test]
+fn attack_30_rein_answered_502_stays_logged_in() {
+    // vsftpd does not implement REIN.
+    let mut t = T::logged_in();
+    client!(t, b"REIN\r\nPASV\r\n");
+    expect!(t, to_server: b"REIN\r\n");
+    server!(t, b"502 REIN not implemented.\r\n");
+    expect!(t, to_client: b"502 REIN not implemented.\r\n");
+    expect!(t, to_server: b"PASV\r\n");
+}
+
+#[test]
+fn attack_30_rein_220_closes_orphaned_listener_and_drops_rest() {
+    let mut t = passive_listening();
+    client!(t, b"REST 100\r\nREIN\r\n");
+    server!(t, b"350 Restarting at 100.\r\n220 again\r\n");
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    expect!(t, to_client: b"350 Restarting at 100.\r\n220 again\r\n");
+    assert!(t.s.current_data.is_none() && t.s.rest.is_none());
+    // Logged out: data commands need a new login.
+    client!(t, b"EPSV\r\n");
+    expect!(t, to_client: b"530 Please login first.\r\n");
+}
+
+#[test]
+fn attack_28_epsv_all_takes_effect_on_2xx_only() {
+    let mut t = T::logged_in();
+    client!(t, b"EPSV ALL\r\nPASV\r\n");
+    expect!(t, to_server: b"EPSV ALL\r\n");
+    server!(t, b"500 Unknown command.\r\n");
+    // Refused by the server: PASV is still allowed.
+    expect!(t, to_server: b"PASV\r\n");
+    server!(t, b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    t.take(Side::Client);
+    client!(t, b"EPSV ALL\r\nPORT 192,0,2,10,156,65\r\n");
+    server!(t, b"200 EPSV ALL ok.\r\n");
+    expect!(t, to_client: b"200 EPSV ALL ok.\r\n503 ftpgate: EPSV ALL in effect, use EPSV.\r\n");
+}
+
+#[test]
+fn relaying_abor_without_transfer_closes_listener_and_drops_rest() {
+    let mut t = passive_listening();
+    client!(t, b"REST 10\r\n");
+    server!(t, b"350 ok\r\n");
+    t.take(Side::Client);
+    expect!(t, to_server: b"REST 10\r\n");
+    client!(t, b"ABOR\r\n");
+    expect!(t, work: vec![Action::CloseData { data: DataId(0) }]);
+    assert_eq!(take_synch(&mut t), SYNCH_ABOR);
+    assert!(t.s.current_data.is_none() && t.s.rest.is_none());
+    server!(t, b"225 No transfer to ABOR.\r\n");
+    expect!(t, to_client: b"225 No transfer to ABOR.\r\n");
+    // A RETR now has no channel: the server's 425 passes.
+    client!(t, b"RETR f\r\n");
+    server!(t, b"425 Use PORT or PASV first.\r\n");
+    expect!(t, to_client: b"425 Use PORT or PASV first.\r\n");
+}
+
+// ---- Debug never shows buffered bytes ---------------------------------------
+
+#[test]
+fn session_debug_with_pass_in_flight_shows_no_password() {
+    let mut t = T::new();
+    server!(t, b"220 ready\r\n");
+    // One PASS forwarded and unwritten, one half-framed, one stashed behind it.
+    client!(t, b"USER anna\r\nPASS hunter2\r\nPASV\r\nPASS hunter3");
+    assert!(t.s.pending(Side::Server).windows(7).any(|w| w == b"hunter2"));
+    let shown = format!("{:?}", t.s);
+    for secret in ["hunter", "104, 117, 110"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    assert!(shown.contains("buffered_out"), "{shown}");
+}
+
+// ---- bounded replies (ATTACKS.md 17) --------------------------------------
+
+#[test]
+fn attack_17_relaying_multiline_over_byte_cap_421_and_close() {
+    let mut t = T::logged_in();
+    client!(t, b"HELP\r\n");
+    let line = format!("{}\r\n", "x".repeat(8000));
+    server!(t, b"214-help\r\n");
+    for _ in 0..8 {
+        server!(t, line.as_bytes());
+    }
+    assert!(!t.s.is_closed());
+    server!(t, line.as_bytes());
+    expect!(t, to_client: b"421 ftpgate: the server broke the protocol, closing.\r\n");
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn relaying_reply_being_assembled_counts_against_server_budget() {
+    let mut t = passive_relaying_retr();
+    // A held 226 makes later replies queue in the backlog.
+    server!(t, b"226 ok\r\n");
+    let line = format!("{}\r\n", "y".repeat(8000));
+    for _ in 0..4 {
+        server!(t, format!("211 {line}").as_bytes());
+    }
+    let backlog = t.s.backlog_bytes();
+    assert!(backlog > 30_000);
+    server!(t, b"211-start\r\n");
+    let mut fed = 0;
+    while t.s.read_budget(Side::Server) > 0 {
+        server!(t, line.as_bytes());
+        fed += 1;
+        assert!(fed < 10, "budget never reached 0");
+    }
+    assert!(t.s.backlog_bytes() + t.s.replies.buffered() > HIGH_WATER);
+    assert!(!t.s.is_closed());
+}
+
+/// Found by the `session` fuzz target (seed
+/// `crash-port-refused-after-connect-regression`): the server connected to
+/// the PORT listener and then refused the PORT. The accepted leg was closed
+/// with a plain close (a FIN) instead of a reset.
+#[test]
+fn expect_connect_port_refused_after_server_connected_resets() {
+    let mut t = T::logged_in();
+    client!(t, b"PORT 192,0,2,10,156,65\r\n");
+    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:40001") });
+    t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
+    t.work();
+    server!(t, b"500 PORT refused\r\n");
+    expect!(t, work: vec![Action::ResetData { data: DataId(0) }, Action::CloseData { data: DataId(0) }]);
+    expect!(t, to_client: b"500 PORT refused\r\n");
+}
+
+#[test]
+fn relaying_client_closes_with_226_held_record_says_client_got_no_reply() {
+    let mut t = passive_relaying_retr();
+    server!(t, b"226 Transfer complete.\r\n");
+    t.input(Input::Closed { from: Side::Client });
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            reply: None,
+            server_reply: Some(226),
+            result: TransferResult::Aborted(AbortCause::SessionEnded),
+            ..
+        }
+    ));
 }
