@@ -145,6 +145,32 @@ fn no_gateway_no_server_contact_iptables() {
     intercepted_only_with_gateway("iipt", Rules::Iptables);
 }
 
+/// `rules del` leaves a clean namespace: plain routing again, and the
+/// iptables form puts the FORWARD policy back to ACCEPT. (That `add` closes
+/// the path is what the tests above show.)
+#[test]
+fn rules_del_restores_plain_routing() {
+    let lab = Lab::new("rdel", Rules::Nft);
+    lab.rules("del", Rules::Nft);
+    let out = lab.exec(Ns::Gateway, 10, &["nft", "list", "tables"]);
+    assert!(!text(&out.stdout).contains("ftpgate"), "nft table left: {}", text(&out.stdout));
+    for (what, connected, saw) in data_ports_forwarded(&lab) {
+        assert!(connected && saw.starts_with("accepted "), "after nft del: {what} not routed ({saw:?})");
+    }
+    lab.rules("add", Rules::Iptables);
+    lab.rules("del", Rules::Iptables);
+    for table in ["filter", "mangle"] {
+        let out = lab.exec(Ns::Gateway, 10, &["iptables", "-t", table, "-S"]);
+        let rules = text(&out.stdout);
+        let left: Vec<&str> =
+            rules.lines().filter(|l| !l.starts_with("-P ") || l.ends_with(" DROP")).collect();
+        assert!(out.status.success() && left.is_empty(), "iptables -t {table} after del: {rules}");
+    }
+    for (what, connected, saw) in data_ports_forwarded(&lab) {
+        assert!(connected && saw.starts_with("accepted "), "after iptables del: {what} not routed ({saw:?})");
+    }
+}
+
 /// A control connection to a server that does not answer: the client gets a
 /// bounded failure and the gateway keeps serving others.
 #[test]

@@ -283,6 +283,12 @@ impl Lab {
         out
     }
 
+    /// `lab/netns.sh rules NAME add|del nft|iptables`: change the rule set
+    /// of the gateway namespace under a running lab.
+    pub fn rules(&self, op: &str, form: Rules) {
+        self.script_ok(30, &["rules", &self.name, op, form.arg()]);
+    }
+
     pub fn ns(&self, ns: Ns) -> String {
         let suffix = match ns {
             Ns::Client => "c",
@@ -687,6 +693,8 @@ impl Drop for Lab {
         let verdict = if failing { None } else { self.gateway_verdict() };
         if self.standin {
             standin_banner(&format!("lab {} ran against it", self.name));
+        } else if standin_requested() {
+            standin_banner(&format!("requested; lab {} started no gateway at all", self.name));
         }
         let _ = run_bounded(60, &[Self::script().to_str().unwrap(), "down", &self.name]);
         if let Some(why) = verdict {
