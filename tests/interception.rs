@@ -1,15 +1,91 @@
-//! Interception itself: the lab without rules routes FTP plainly (baseline);
-//! with the TPROXY rules but no ftpgate running, the control connection must
-//! not reach the server (it is diverted to the gateway's port, where nobody
-//! listens); once ftpgate runs, the same request succeeds. Both rule sets.
+//! Interception itself, and the lab as a strict firewall: the lab without
+//! rules routes FTP and any other TCP plainly (baseline); with the TPROXY
+//! rules but no ftpgate running, the control connection must not reach the
+//! server (it is diverted to the gateway's port, where nobody listens), and
+//! neither does a connection to a data port, in either direction: nothing is
+//! forwarded. Once ftpgate runs, the FTP request succeeds through it, and a
+//! data port it did not open is still closed. Both rule sets.
 mod common;
-use common::{text, Lab, Rules, SERVER_IP};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+
+use common::{text, Lab, Ns, Rules, CLIENT_IP, SERVER_IP};
 
 const HELLO: &str = "hello from the ftpgate lab server\n";
 
 fn fetch_hello(lab: &Lab) -> std::process::Output {
     let url = format!("ftp://{SERVER_IP}/pub/hello.txt");
-    lab.exec(common::Ns::Client, 30, &["curl", "-sS", "--connect-timeout", "3", "--max-time", "15", &url])
+    lab.exec(Ns::Client, 30, &["curl", "-sS", "--connect-timeout", "3", "--max-time", "15", &url])
+}
+
+/// Listens on ADDR:PORT for WINDOW seconds, prints "listening" once bound
+/// and "accepted IP:PORT" for the first connection, then exits.
+const LISTENER: &str = r#"
+import socket, sys, time
+ip, port, window = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((ip, port))
+s.listen(8)
+print("listening", flush=True)
+end = time.monotonic() + window
+while True:
+    left = end - time.monotonic()
+    if left <= 0:
+        break
+    s.settimeout(left)
+    try:
+        c, peer = s.accept()
+    except socket.timeout:
+        break
+    print("accepted %s:%d" % peer, flush=True)
+    c.close()
+    break
+"#;
+
+const CONNECT: &str = r#"
+import socket, sys
+socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+print("connected")
+"#;
+
+/// What a plain TCP connection from namespace `from` to a listener on
+/// `ip:port` in namespace `to` did: (the connecting side succeeded, what the
+/// listening side reported). The listener is bounded (its window, and
+/// timeout(1) around it).
+fn tcp_probe(lab: &Lab, from: Ns, to: Ns, ip: &str, port: u16) -> (bool, String) {
+    let mut listener = Command::new("timeout")
+        .args(["-k", "2", "15", "ip", "netns", "exec", &lab.ns(to), "python3", "-c", LISTENER, ip])
+        .arg(port.to_string())
+        .arg("5")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the probe listener");
+    let mut out = BufReader::new(listener.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "listening", "probe listener on {ip}:{port} did not start");
+    let client = lab.exec(from, 10, &["python3", "-c", CONNECT, ip, &port.to_string()]);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = listener.wait().unwrap();
+    assert!(status.success(), "probe listener on {ip}:{port}: {status}");
+    (client.status.success(), rest)
+}
+
+/// Data ports in both directions: a passive-style connection from the
+/// client to the server, an active-style one from the server to the client.
+/// Neither is an FTP control connection, so only plain forwarding could
+/// carry it.
+fn data_ports_forwarded(lab: &Lab) -> [(String, bool, String); 2] {
+    let (c2s, saw_c2s) = tcp_probe(lab, Ns::Client, Ns::Server, SERVER_IP, 40000);
+    let (s2c, saw_s2c) = tcp_probe(lab, Ns::Server, Ns::Client, CLIENT_IP, 40001);
+    [
+        (format!("client -> {SERVER_IP}:40000"), c2s, saw_c2s),
+        (format!("server -> {CLIENT_IP}:40001"), s2c, saw_s2c),
+    ]
 }
 
 #[test]
@@ -19,6 +95,21 @@ fn plain_routing_baseline() {
     assert!(out.status.success(), "plain routing through the lab failed: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), HELLO);
     lab.assert_server_saw_only_client(1);
+    // the probe itself works: without rules, both data ports are reachable
+    for (what, connected, saw) in data_ports_forwarded(&lab) {
+        assert!(connected, "plain routing: {what} did not connect");
+        assert!(saw.starts_with("accepted "), "plain routing: {what}: the listener saw {saw:?}");
+    }
+}
+
+fn assert_nothing_forwarded(lab: &Lab, when: &str) {
+    for (what, connected, saw) in data_ports_forwarded(lab) {
+        assert!(
+            !connected && saw.trim().is_empty(),
+            "{:?} rules, {when}: {what} was forwarded (connected: {connected}, listener saw {saw:?})",
+            lab.rules
+        );
+    }
 }
 
 fn intercepted_only_with_gateway(tag: &str, rules: Rules) {
@@ -34,11 +125,14 @@ fn intercepted_only_with_gateway(tag: &str, rules: Rules) {
         "the server was reached without the gateway:\n{}",
         lab.vsftpd_log()
     );
+    assert_nothing_forwarded(&lab, "no ftpgate");
     lab.start_gateway(&[]);
     let out = fetch_hello(&lab);
     assert!(out.status.success(), "via ftpgate: {}\n{}", text(&out.stderr), lab.diagnostics());
     assert_eq!(text(&out.stdout), HELLO);
     lab.assert_server_saw_only_client(1);
+    lab.assert_transfer(common::TransferMode::Passive, "RETR", "hello.txt", HELLO.len() as u64);
+    assert_nothing_forwarded(&lab, "ftpgate running");
 }
 
 #[test]
@@ -51,6 +145,32 @@ fn no_gateway_no_server_contact_iptables() {
     intercepted_only_with_gateway("iipt", Rules::Iptables);
 }
 
+/// `rules del` leaves a clean namespace: plain routing again, and the
+/// iptables form puts the FORWARD policy back to ACCEPT. (That `add` closes
+/// the path is what the tests above show.)
+#[test]
+fn rules_del_restores_plain_routing() {
+    let lab = Lab::new("rdel", Rules::Nft);
+    lab.rules("del", Rules::Nft);
+    let out = lab.exec(Ns::Gateway, 10, &["nft", "list", "tables"]);
+    assert!(!text(&out.stdout).contains("ftpgate"), "nft table left: {}", text(&out.stdout));
+    for (what, connected, saw) in data_ports_forwarded(&lab) {
+        assert!(connected && saw.starts_with("accepted "), "after nft del: {what} not routed ({saw:?})");
+    }
+    lab.rules("add", Rules::Iptables);
+    lab.rules("del", Rules::Iptables);
+    for table in ["filter", "mangle"] {
+        let out = lab.exec(Ns::Gateway, 10, &["iptables", "-t", table, "-S"]);
+        let rules = text(&out.stdout);
+        let left: Vec<&str> =
+            rules.lines().filter(|l| !l.starts_with("-P ") || l.ends_with(" DROP")).collect();
+        assert!(out.status.success() && left.is_empty(), "iptables -t {table} after del: {rules}");
+    }
+    for (what, connected, saw) in data_ports_forwarded(&lab) {
+        assert!(connected && saw.starts_with("accepted "), "after iptables del: {what} not routed ({saw:?})");
+    }
+}
+
 /// A control connection to a server that does not answer: the client gets a
 /// bounded failure and the gateway keeps serving others.
 #[test]
@@ -60,7 +180,7 @@ fn unreachable_server_fails_bounded() {
     // 198.51.100.99: on the server's link, but no host answers ARP
     let t0 = std::time::Instant::now();
     let out = lab.exec(
-        common::Ns::Client,
+        Ns::Client,
         40,
         &["curl", "-sS", "--connect-timeout", "20", "--max-time", "30", "ftp://198.51.100.99/pub/hello.txt"],
     );
@@ -70,4 +190,5 @@ fn unreachable_server_fails_bounded() {
     let out = fetch_hello(&lab);
     assert!(out.status.success(), "gateway no longer serves: {}\n{}", text(&out.stderr), lab.diagnostics());
     assert_eq!(text(&out.stdout), HELLO);
+    lab.assert_transfer(common::TransferMode::Passive, "RETR", "hello.txt", HELLO.len() as u64);
 }

@@ -1,11 +1,11 @@
 //! lftp through the gateway, passive (nft) and active (iptables): one
 //! control session per test carrying every download and upload.
 mod common;
-use common::{lftp_session, pairs, Lab, RoundTrip, Rules};
+use common::{lftp_session, pairs, Lab, RoundTrip, Rules, TransferMode};
 
 fn lftp_scenario(tag: &str, rules: Rules, passive: bool) {
     let lab = Lab::with_gateway(tag, rules);
-    let rt = RoundTrip::prepare(&lab, tag);
+    let rt = RoundTrip::prepare(&lab, tag, TransferMode::of(passive));
     let (gets, puts) = (rt.gets(&lab), rt.puts(&lab));
     lftp_session(&lab, passive, &pairs(&gets), &pairs(&puts));
     rt.verify(&lab);

@@ -4,7 +4,7 @@
 //! address and port 20 (the gateway connects from a foreign address), in
 //! passive mode the client is connected to the server's address.
 mod common;
-use common::{ftplib_session, pairs, Lab, RoundTrip, Rules, CLIENT_IP, SERVER_IP};
+use common::{ftplib_session, pairs, Lab, RoundTrip, Rules, TransferMode, CLIENT_IP, SERVER_IP};
 
 fn peers(report: &str) -> Vec<(String, u16)> {
     // tiny extraction of "peer": ["a.b.c.d", port] from the JSON report
@@ -24,7 +24,7 @@ fn peers(report: &str) -> Vec<(String, u16)> {
 
 fn ftplib_scenario(tag: &str, rules: Rules, passive: bool) {
     let lab = Lab::with_gateway(tag, rules);
-    let rt = RoundTrip::prepare(&lab, tag);
+    let rt = RoundTrip::prepare(&lab, tag, TransferMode::of(passive));
     let (gets, puts) = (rt.gets(&lab), rt.puts(&lab));
     let report = ftplib_session(&lab, passive, &pairs(&gets), &pairs(&puts));
     assert!(report.contains("\"ok\": true"), "ftplib failed: {report}\n{}", lab.diagnostics());

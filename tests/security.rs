@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, text, Lab, Ns, Rules, SERVER_IP};
+use common::{repo_root, text, Lab, Ns, Rules, TransferMode, SERVER_IP};
 
 fn hostile(lab: &Lab, args: &[&str]) -> String {
     let script = repo_root().join("lab/hostile_client.py");
@@ -64,6 +64,7 @@ fn passive_port_thief_refused_transfer_still_works() {
         lab.diagnostics()
     );
     assert!(report.contains("\"bytes\": 300000"), "wrong byte count: {report}");
+    lab.assert_transfer(TransferMode::Passive, "RETR", "loot.bin", 300_000);
     let log = lab.gateway_log();
     assert!(log.contains("data peer refused") && log.contains("192.0.2.20"), "theft not logged:\n{log}");
     assert!(
@@ -126,8 +127,7 @@ fn abort_scenario(tag: &str, active: bool) {
     );
     assert!(report.contains("\"noop\": \"200"), "session did not go on: {report}");
     assert!(lab.vsftpd_log().contains("ABOR"), "the server never saw ABOR");
-    let log = lab.gateway_log();
-    assert!(log.contains("result: aborted"), "transfer not logged as aborted:\n{log}");
+    lab.assert_transfer_result(TransferMode::of(!active), "RETR", "big.bin", "aborted", None);
     lab.assert_no_data_listeners();
 }
 

@@ -5,13 +5,25 @@
 //! namespace. Every external command is bounded by `timeout(1)`; the lab is
 //! torn down in `Drop` (also when a test panics).
 //!
+//! What every end-to-end test proves besides its own assertions:
+//! - the lab is a strict firewall (lab/rules: the forward policy drops), so
+//!   a transfer that succeeded went through ftpgate;
+//! - `Lab::assert_transfer` finds ftpgate's own transfer record (mode,
+//!   command, result, byte count) for a transfer, each record used once;
+//! - when the `Lab` is dropped, ftpgate stops on SIGTERM with exit status 0,
+//!   and its log has no panic and no error-level record the test did not
+//!   announce with `Lab::expect_log_errors`. A failed check fails the test
+//!   after the lab is torn down.
+//!
 //! Needs root (network namespaces, TPROXY): run as root or via `lab/test`.
 #![allow(dead_code, unreachable_pub)]
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const CLIENT_IP: &str = "192.0.2.10";
@@ -21,6 +33,27 @@ pub const SERVER_IP: &str = "198.51.100.10";
 pub const GW_PORT: u16 = 2121;
 /// A multi-MiB size that is not a multiple of any buffer size.
 pub const BIG: usize = 4 * 1024 * 1024 + 12_345;
+
+/// The multi-MiB size of a test file moved in `mode`: passive and active
+/// transfers in one test never share a size, so no transfer record can
+/// stand in for one of the other mode.
+pub fn big_size(mode: TransferMode) -> usize {
+    match mode {
+        TransferMode::Passive => BIG,
+        TransferMode::Active => BIG + 4_321,
+    }
+}
+
+/// Says loudly, past the test harness's output capture (a passing test's
+/// `eprintln!` is swallowed), that the gateway under test is the stand-in.
+fn standin_banner(what: &str) {
+    let _ =
+        writeln!(std::io::stderr(), "*** STAND-IN GATEWAY (lab/standin/ftpalg.py), NOT ftpgate: {what} ***");
+}
+
+fn standin_requested() -> bool {
+    std::env::var("FTPGATE_LAB_GATEWAY").as_deref() == Ok("standin")
+}
 
 /// Which form of the TPROXY rule set the gateway namespace gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,8 +191,15 @@ pub struct Lab {
     pub run: PathBuf,
     pub server: Server,
     gateway: Option<Child>,
-    /// exit status of the gateway once stopped
-    pub gateway_exit: Option<ExitStatus>,
+    /// every way the gateway ended (exit status, or "ignored SIGTERM"):
+    /// checked when the lab is dropped
+    gateway_ends: Vec<Result<ExitStatus, String>>,
+    /// the gateway under test is lab/standin/ftpalg.py, not ftpgate
+    standin: bool,
+    /// substrings of error-level log records the test provokes on purpose
+    expected_errors: Mutex<Vec<String>>,
+    /// log line numbers of transfer records an assertion already used
+    claimed: Mutex<Vec<usize>>,
 }
 
 impl Lab {
@@ -176,7 +216,17 @@ impl Lab {
         let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
         let name = format!("fg{tag}{}x{seq}", std::process::id());
         let run = PathBuf::from(format!("/tmp/ftpgate-lab/{name}"));
-        let mut lab = Self { name, rules, run, server: Server::Vsftpd, gateway: None, gateway_exit: None };
+        let mut lab = Self {
+            name,
+            rules,
+            run,
+            server: Server::Vsftpd,
+            gateway: None,
+            gateway_ends: Vec::new(),
+            standin: false,
+            expected_errors: Mutex::new(Vec::new()),
+            claimed: Mutex::new(Vec::new()),
+        };
         // Build the lab; on failure `lab` is dropped, which tears it down.
         let pid = std::process::id().to_string();
         let out = Command::new("timeout")
@@ -233,6 +283,12 @@ impl Lab {
         out
     }
 
+    /// `lab/netns.sh rules NAME add|del nft|iptables`: change the rule set
+    /// of the gateway namespace under a running lab.
+    pub fn rules(&self, op: &str, form: Rules) {
+        self.script_ok(30, &["rules", &self.name, op, form.arg()]);
+    }
+
     pub fn ns(&self, ns: Ns) -> String {
         let suffix = match ns {
             Ns::Client => "c",
@@ -276,8 +332,10 @@ impl Lab {
             fs::OpenOptions::new().create(true).append(true).open(self.run.join("ftpgate.log")).unwrap();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns(Ns::Gateway)]);
-        if std::env::var("FTPGATE_LAB_GATEWAY").as_deref() == Ok("standin") {
+        if standin_requested() {
             // develop/check the lab itself against lab/standin/ftpalg.py
+            self.standin = true;
+            standin_banner(&format!("lab {} starts it", self.name));
             cmd.arg("python3").arg(repo_root().join("lab/standin/ftpalg.py"));
         } else {
             cmd.arg(gateway_bin());
@@ -300,6 +358,7 @@ impl Lab {
             }
             if let Some(st) = self.gateway.as_mut().unwrap().try_wait().unwrap() {
                 self.gateway = None;
+                self.gateway_ends.push(Ok(st));
                 panic!("ftpgate exited at start ({st}):\n{}", self.gateway_log());
             }
             assert!(
@@ -311,26 +370,75 @@ impl Lab {
         }
     }
 
-    /// SIGTERM the gateway and wait (bounded) for it to exit.
+    /// SIGTERM the gateway and wait (bounded) for it to exit. The caller
+    /// may check the status; `Drop` checks it anyway.
     pub fn stop_gateway(&mut self) -> ExitStatus {
-        let mut child = self.gateway.take().expect("gateway not running");
+        let child = self.gateway.take().expect("gateway not running");
+        match self.end_gateway(child, Duration::from_secs(15)) {
+            Ok(st) => st,
+            Err(e) => panic!("{e}:\n{}", self.gateway_log()),
+        }
+    }
+
+    /// SIGTERM, bounded wait, SIGKILL after `grace`; the outcome is kept
+    /// for the check in `Drop`.
+    fn end_gateway(&mut self, mut child: Child, grace: Duration) -> Result<ExitStatus, String> {
         sigterm(child.id());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let st = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
+        let deadline = Instant::now() + grace;
+        let end = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break Ok(st),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Ok(None) => {
+                    let _ = child.kill();
+                    let st = child.wait().map_or_else(|e| e.to_string(), |s| s.to_string());
+                    break Err(format!("ftpgate ignored SIGTERM for {grace:?} (killed: {st})"));
+                }
+                Err(e) => break Err(format!("wait for ftpgate: {e}")),
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let st = child.wait().unwrap();
-                let _ = fs::remove_file(self.run.join("ftpgate.pid"));
-                panic!("ftpgate ignored SIGTERM for 15 s (killed: {st}):\n{}", self.gateway_log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
         };
         let _ = fs::remove_file(self.run.join("ftpgate.pid"));
-        self.gateway_exit = Some(st);
-        st
+        self.gateway_ends.push(end.clone());
+        end
+    }
+
+    /// Error-level records (ERRO/CRIT) containing one of `substrings` are
+    /// expected: the test provokes them. Any other one fails the test when
+    /// the lab is dropped; a panic always does.
+    pub fn expect_log_errors(&self, substrings: &[&str]) {
+        self.expected_errors.lock().unwrap().extend(substrings.iter().map(|s| s.to_string()));
+    }
+
+    /// Why the gateway's run was not clean: an exit other than 0 on SIGTERM,
+    /// a panic, an error-level record nobody expected. None when clean.
+    fn gateway_verdict(&self) -> Option<String> {
+        let mut wrong = Vec::new();
+        for end in &self.gateway_ends {
+            match end {
+                Ok(st) if st.success() => {}
+                Ok(st) => wrong.push(format!("ftpgate did not exit 0 on SIGTERM: {st}")),
+                Err(e) => wrong.push(e.clone()),
+            }
+        }
+        let expected = self.expected_errors.lock().unwrap().clone();
+        for line in self.gateway_log().lines() {
+            if line.contains("panicked at") || line.starts_with("Traceback") {
+                wrong.push(format!("panic in the gateway log: {line}"));
+            } else if matches!(log_level(line), Some("ERRO" | "CRIT"))
+                && !expected.iter().any(|e| line.contains(e.as_str()))
+            {
+                wrong.push(format!("unexpected error record: {line}"));
+            }
+        }
+        if wrong.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "lab {}: the gateway's run was not clean:\n  {}\n--- ftpgate.log ---\n{}",
+            self.name,
+            wrong.join("\n  "),
+            self.gateway_log()
+        ))
     }
 
     pub fn gateway_running(&mut self) -> bool {
@@ -469,6 +577,78 @@ impl Lab {
         )
     }
 
+    // -- ftpgate's transfer records ----------------------------------------
+
+    /// Every transfer record in RUN/ftpgate.log, in log order.
+    pub fn transfer_records(&self) -> Vec<TransferRecord> {
+        self.gateway_log().lines().enumerate().filter_map(|(i, l)| TransferRecord::parse(i, l)).collect()
+    }
+
+    /// ftpgate logged a successful transfer in `mode` of `verb` (RETR, STOR,
+    /// APPE, LIST, NLST) whose argument ends with `path_suffix`, with
+    /// exactly `bytes` bytes toward the receiver (to_client for downloads
+    /// and listings, to_server for uploads) and none the other way. Waits a
+    /// bounded time for the record (the gateway writes it when the reply is
+    /// released). Each record serves one assertion only: two equal transfers
+    /// need two records.
+    pub fn assert_transfer(
+        &self,
+        mode: TransferMode,
+        verb: &str,
+        path_suffix: &str,
+        bytes: u64,
+    ) -> TransferRecord {
+        self.assert_transfer_result(mode, verb, path_suffix, "ok", Some(bytes))
+    }
+
+    /// Like `assert_transfer` with any `result` (ok, failed, aborted), and
+    /// the byte count checked only when given.
+    pub fn assert_transfer_result(
+        &self,
+        mode: TransferMode,
+        verb: &str,
+        path_suffix: &str,
+        result: &str,
+        bytes: Option<u64>,
+    ) -> TransferRecord {
+        let want = format!(
+            "{} {verb} ...{path_suffix}, result {result}, {}",
+            mode.as_str(),
+            bytes.map_or_else(|| "any byte count".to_string(), |b| format!("{b} bytes"))
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = self.transfer_records();
+            {
+                let mut claimed = self.claimed.lock().unwrap();
+                if let Some(r) = records
+                    .iter()
+                    .find(|r| !claimed.contains(&r.line) && r.matches(mode, verb, path_suffix, result, bytes))
+                {
+                    claimed.push(r.line);
+                    return r.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                let seen: Vec<String> = records
+                    .iter()
+                    .map(|r| {
+                        let used =
+                            if self.claimed.lock().unwrap().contains(&r.line) { " (used)" } else { "" };
+                        format!("  {r}{used}")
+                    })
+                    .collect();
+                panic!(
+                    "no transfer record for {want} in ftpgate.log; its transfer records:\n{}\n--- ftpgate.log ---\n{}\n{}",
+                    seen.join("\n"),
+                    self.gateway_log(),
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn diagnostics(&self) -> String {
         let tail = |s: String, n: usize| {
             let lines: Vec<&str> = s.lines().collect();
@@ -498,23 +678,179 @@ impl Lab {
 }
 
 impl Drop for Lab {
+    /// Tears the lab down, always. When the test has not failed already,
+    /// also checks the gateway's run (exit 0 on SIGTERM, a clean log) and
+    /// fails the test after the teardown if it was not clean. No check runs
+    /// while unwinding: a second panic would abort the test binary.
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        let failing = std::thread::panicking();
+        if failing {
             eprintln!("{}", self.diagnostics());
         }
-        if let Some(mut c) = self.gateway.take() {
-            sigterm(c.id());
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            let _ = fs::remove_file(self.run.join("ftpgate.pid"));
+        if let Some(child) = self.gateway.take() {
+            let _ = self.end_gateway(child, Duration::from_secs(10));
+        }
+        let verdict = if failing { None } else { self.gateway_verdict() };
+        if self.standin {
+            standin_banner(&format!("lab {} ran against it", self.name));
+        } else if standin_requested() {
+            standin_banner(&format!("requested; lab {} started no gateway at all", self.name));
         }
         let _ = run_bounded(60, &[Self::script().to_str().unwrap(), "down", &self.name]);
+        if let Some(why) = verdict {
+            panic!("{why}");
+        }
+    }
+}
+
+// -- ftpgate's log -----------------------------------------------------------
+
+/// The level of a slog-term "full" record (`Nov 27 14:27:42.708 INFO msg,
+/// k: v, ...`): the fourth word.
+fn log_level(line: &str) -> Option<&str> {
+    let level = line.split_whitespace().nth(3)?;
+    matches!(level, "TRCE" | "DEBG" | "INFO" | "WARN" | "ERRO" | "CRIT").then_some(level)
+}
+
+/// The data mode of a transfer as ftpgate logs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferMode {
+    Passive,
+    Active,
+}
+
+impl TransferMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passive => "passive",
+            Self::Active => "active",
+        }
+    }
+
+    pub fn of(passive: bool) -> Self {
+        if passive {
+            Self::Passive
+        } else {
+            Self::Active
+        }
+    }
+}
+
+/// One `transfer` record of ftpgate's log, e.g.
+/// `... INFO transfer, result: ok, reply: 226, ms: 8, to_server: 0,
+/// to_client: 4206649, command: RETR x.bin, user: anonymous, mode: passive,
+/// data: 0, server: ..., client: ..., session: 2`. Keys the harness does
+/// not know (a failure's `why`, say) are kept in `fields`.
+#[derive(Clone, Debug)]
+pub struct TransferRecord {
+    /// line number in ftpgate.log (identifies the record)
+    pub line: usize,
+    pub level: String,
+    pub mode: String,
+    pub command: String,
+    pub result: String,
+    pub to_client: Option<u64>,
+    pub to_server: Option<u64>,
+    pub reply: String,
+    /// every key-value pair, in the order logged
+    pub fields: Vec<(String, String)>,
+}
+
+impl TransferRecord {
+    /// The record on log line `line`, if it is a transfer record.
+    pub fn parse(line: usize, text: &str) -> Option<Self> {
+        let level = log_level(text)?;
+        let start = text.find(&format!(" {level} "))? + level.len() + 2;
+        let body = &text[start..];
+        let kv = body.strip_prefix("transfer, ")?;
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for piece in kv.split(", ") {
+            match piece.split_once(": ") {
+                Some((k, v)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
+                    fields.push((k.to_string(), v.to_string()));
+                }
+                // a value with ", " in it (a file name): part of the last one
+                _ => match fields.last_mut() {
+                    Some((_, v)) => {
+                        v.push_str(", ");
+                        v.push_str(piece);
+                    }
+                    None => return None,
+                },
+            }
+        }
+        let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        Some(Self {
+            line,
+            level: level.to_string(),
+            mode: get("mode").unwrap_or_default(),
+            command: get("command").unwrap_or_default(),
+            result: get("result").unwrap_or_default(),
+            to_client: get("to_client").and_then(|v| v.parse().ok()),
+            to_server: get("to_server").and_then(|v| v.parse().ok()),
+            reply: get("reply").unwrap_or_default(),
+            fields,
+        })
+    }
+
+    /// The value of `key` (first occurrence), known or not.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// The command's verb, upper case, and its argument (without the
+    /// restart note ftpgate appends: `RETR x.bin (REST 300000)`).
+    pub fn verb_and_arg(&self) -> (String, &str) {
+        let (verb, arg) = self.command.split_once(' ').unwrap_or((self.command.as_str(), ""));
+        let arg = match self.restart_offset() {
+            Some(_) => arg.rsplit_once(" (REST ").map_or(arg, |(a, _)| a),
+            None => arg,
+        };
+        (verb.to_ascii_uppercase(), arg)
+    }
+
+    /// The REST offset the transfer started from, if ftpgate noted one.
+    pub fn restart_offset(&self) -> Option<u64> {
+        let (_, note) = self.command.rsplit_once(" (REST ")?;
+        note.strip_suffix(')')?.parse().ok()
+    }
+
+    fn matches(
+        &self,
+        mode: TransferMode,
+        verb: &str,
+        path_suffix: &str,
+        result: &str,
+        bytes: Option<u64>,
+    ) -> bool {
+        let (v, arg) = self.verb_and_arg();
+        let upload = matches!(v.as_str(), "STOR" | "APPE" | "STOU");
+        let bytes_ok = match bytes {
+            None => true,
+            Some(n) if upload => self.to_server == Some(n) && self.to_client == Some(0),
+            Some(n) => self.to_client == Some(n) && self.to_server == Some(0),
+        };
+        self.mode == mode.as_str()
+            && v == verb.to_ascii_uppercase()
+            && arg.ends_with(path_suffix)
+            && self.result == result
+            && bytes_ok
+    }
+}
+
+impl std::fmt::Display for TransferRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "line {}: {} {} -> {} (reply {}, to_client {:?}, to_server {:?})",
+            self.line + 1,
+            self.mode,
+            self.command,
+            self.result,
+            self.reply,
+            self.to_client,
+            self.to_server
+        )
     }
 }
 
@@ -536,6 +872,10 @@ pub enum Mode {
 impl Mode {
     pub fn is_active(self) -> bool {
         matches!(self, Self::Eprt | Self::Port)
+    }
+
+    pub fn transfer_mode(self) -> TransferMode {
+        TransferMode::of(!self.is_active())
     }
 }
 
@@ -612,21 +952,23 @@ pub fn ftplib_session(lab: &Lab, passive: bool, gets: &[(&str, &str)], puts: &[(
     text(&out.stdout)
 }
 
-/// The standard round trip of a scenario: download an empty and a
-/// multi-MiB file, upload both back under new names, and compare contents.
-/// `get(remote, local)` and `put(local, remote)` perform one transfer each
-/// (or `session` does all of them in one control session).
+/// The standard round trip of a scenario in one data mode: download an
+/// empty and a multi-MiB file (`big_size(mode)`), upload both back under
+/// new names, and compare contents. `get(remote, local)` and `put(local,
+/// remote)` perform one transfer each (or `session` does all of them in one
+/// control session).
 pub struct RoundTrip {
+    pub mode: TransferMode,
     pub files: Vec<(String, PathBuf)>,
 }
 
 impl RoundTrip {
-    pub fn prepare(lab: &Lab, tag: &str) -> Self {
+    pub fn prepare(lab: &Lab, tag: &str, mode: TransferMode) -> Self {
         let files = vec![
             (format!("{tag}-empty.bin"), lab.server_file(&format!("{tag}-empty.bin"), 0)),
-            (format!("{tag}-big.bin"), lab.server_file(&format!("{tag}-big.bin"), BIG)),
+            (format!("{tag}-big.bin"), lab.server_file(&format!("{tag}-big.bin"), big_size(mode))),
         ];
-        Self { files }
+        Self { mode, files }
     }
 
     /// (remote name in /pub, local path) for every download
@@ -639,12 +981,18 @@ impl RoundTrip {
         self.files.iter().map(|(n, _)| (lab.client_path(&format!("dl-{n}")), format!("up-{n}"))).collect()
     }
 
+    /// Contents on both ends, and ftpgate's record of every transfer.
     pub fn verify(&self, lab: &Lab) {
         for (n, src) in &self.files {
             let dl = lab.client_dir().join(format!("dl-{n}"));
             assert_same_file(&format!("download of {n}"), src, &dl);
             let up = lab.upload_dir().join(format!("up-{n}"));
             assert_same_file(&format!("upload of {n}"), src, &up);
+        }
+        for (n, src) in &self.files {
+            let len = fs::metadata(src).unwrap().len();
+            lab.assert_transfer(self.mode, "RETR", n, len);
+            lab.assert_transfer(self.mode, "STOR", &format!("up-{n}"), len);
         }
     }
 }
@@ -657,7 +1005,7 @@ pub fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
 /// Full curl scenario: every download and upload in its own curl session.
 pub fn curl_scenario(tag: &str, rules: Rules, mode: Mode) {
     let lab = Lab::with_gateway(tag, rules);
-    let rt = RoundTrip::prepare(&lab, tag);
+    let rt = RoundTrip::prepare(&lab, tag, mode.transfer_mode());
     for (r, l) in rt.gets(&lab) {
         curl_get(&lab, mode, &r, &l);
     }
