@@ -113,8 +113,10 @@ fn lab_drop_gateway_panic_or_kill_fails() {
     assert!(why.contains("panic in the gateway log"), "{why}");
 
     let lab = Lab::with_gateway("vkill", Rules::Nft);
-    let pid = std::fs::read_to_string(lab.run.join("ftpgate.pid")).unwrap();
-    let out = common::run_bounded(5, &["kill", "-KILL", pid.trim()]);
+    // lab/lib.sh's pidfile format: "PID START BOOT_ID PROGRAM"
+    let pidfile = std::fs::read_to_string(lab.run.join("ftpgate.pid")).unwrap();
+    let pid = pidfile.split_whitespace().next().unwrap_or_default().to_string();
+    let out = common::run_bounded(5, &["kill", "-KILL", &pid]);
     assert!(out.status.success(), "kill -KILL {pid}: {}", common::text(&out.stderr));
     let why = drop_verdict(lab).expect("a gateway that did not exit 0 must fail the test");
     assert!(why.contains("did not exit 0"), "{why}");

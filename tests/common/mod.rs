@@ -348,8 +348,14 @@ impl Lab {
             .stderr(log)
             .spawn()
             .expect("spawn ftpgate");
-        fs::write(self.run.join("ftpgate.pid"), child.id().to_string()).unwrap();
+        // Recorded in lab/lib.sh's pidfile format (PID, start time, boot id,
+        // program), so that `netns.sh down`/`gc` stop this gateway after a
+        // killed test run, and never a process that reused its PID.
+        let program =
+            if standin_requested() { repo_root().join("lab/standin/ftpalg.py") } else { gateway_bin() };
+        let pid = child.id().to_string();
         self.gateway = Some(child);
+        self.script_ok(10, &["record-pid", &self.name, "ftpgate", &pid, program.to_str().unwrap()]);
         // bounded wait for the control listener
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
