@@ -334,6 +334,81 @@ fn user_nobody_keeps_two_capabilities_and_every_mode_transfers() {
     assert!(st.success(), "ftpgate exit on SIGTERM: {st}\n{}", lab.gateway_log());
 }
 
+/// Holds, as `nobody`, pipes at 256 KiB until the kernel refuses more
+/// (fs.pipe-user-pages-soft, pipe(7)): from then on every new pipe of that
+/// user has one or two pages and cannot grow. Ends when its stdin closes.
+struct PipeQuotaHog(Child);
+
+impl PipeQuotaHog {
+    const SCRIPT: &'static str = "import os, fcntl, sys\n\
+        pipes = []\n\
+        for _ in range(100000):  # F_SETPIPE_SZ 1031, F_GETPIPE_SZ 1032\n\
+        \x20   try:\n\
+        \x20       r, w = os.pipe()\n\
+        \x20       pipes.append((r, w))\n\
+        \x20       fcntl.fcntl(w, 1031, 256 * 1024)\n\
+        \x20   except OSError:\n\
+        \x20       break\n\
+        print(len(pipes), fcntl.fcntl(pipes[-1][1], 1032), flush=True)\n\
+        sys.stdin.read()\n";
+
+    /// Starts the hog and waits for its report: (pipes held, size of a new pipe).
+    fn start() -> (Self, usize, usize) {
+        use std::io::{BufRead, BufReader};
+        let python = "/usr/bin/python3";
+        assert!(Path::new(python).exists(), "{python} is needed (nobody cannot run a pyenv shim)");
+        let mut argv = vec!["timeout", "-k", "5", "120", "setpriv"];
+        argv.extend(AS_NOBODY);
+        argv.extend([python, "-c", Self::SCRIPT]);
+        let mut child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the pipe hog");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut hog = Self(child);
+        let nums: Vec<usize> = line.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        let [held, size] = nums[..] else {
+            let _ = hog.0.kill();
+            panic!("pipe hog did not report: {line:?}");
+        };
+        (hog, held, size)
+    }
+}
+
+impl Drop for PipeQuotaHog {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Dropped to an ordinary user, the gateway is subject to the per-user pipe
+/// quota that root escapes (CAP_SYS_RESOURCE). With it spent, the relay's
+/// pipes stay small: transfers are slower but complete, byte for byte.
+#[test]
+fn user_nobody_transfers_with_the_pipe_quota_spent() {
+    let mut lab = Lab::new("privpipe", Rules::Nft);
+    lab.start_gateway(&["--user", "nobody"]);
+    let (hog, held, size) = PipeQuotaHog::start();
+    eprintln!("nobody holds {held} pipes of 256 KiB; a new pipe has {size} bytes");
+    assert!(size <= 8192, "a new pipe of nobody has {size} bytes with {held} pipes held: quota not spent");
+    get_and_put(&lab, "pipe", &[Mode::Pasv, Mode::Port]);
+    drop(hog);
+    lab.assert_no_data_listeners();
+    let st = lab.stop_gateway();
+    assert!(st.success(), "ftpgate exit on SIGTERM: {st}\n{}", lab.gateway_log());
+}
+
 #[test]
 fn ambient_capabilities_start_as_nobody_and_transfer() {
     let lab = Lab::new("privamb", Rules::Nft);
