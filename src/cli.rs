@@ -56,6 +56,15 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) allow_privileged_data_ports: bool,
 
+    /// After the control listeners are bound, run as this user, keeping only
+    /// CAP_NET_ADMIN and CAP_NET_BIND_SERVICE (needs a start as root).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) user: Option<String>,
+
+    /// The group for --user (default: the user's primary group).
+    #[arg(long, value_name = "NAME", requires = "user")]
+    pub(crate) group: Option<String>,
+
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub(crate) log_level: LogLevel,

@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod conn;
 mod log;
+mod privilege;
 mod relay;
 mod server;
 mod timers;
@@ -33,6 +34,15 @@ fn main() -> ExitCode {
         max_sessions_per_client: args.max_sessions_per_client.max(1),
         drain_timeout: Duration::from_secs(args.drain_timeout),
     };
+    // Checked before any socket exists, carried out once the control
+    // listeners are bound: they are the only sockets opened as root.
+    let privileges = match privilege::prepare(args.user.as_deref(), args.group.as_deref()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            crit!(log, "cannot start"; "error" => %e);
+            return ExitCode::from(2);
+        }
+    };
     let mut server = match server::Server::new(opts, log.clone()) {
         Ok(server) => server,
         Err(e) => {
@@ -40,6 +50,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match privilege::apply(&privileges) {
+        Ok(dropped) => privilege::log(&log, dropped.as_ref()),
+        Err(e) => {
+            crit!(log, "cannot start"; "error" => %e);
+            return ExitCode::from(2);
+        }
+    }
     info!(log, "ftpgate started"; "version" => env!("CARGO_PKG_VERSION"));
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,5 +94,12 @@ mod tests {
         assert_eq!(config.data_idle_timeout, Duration::from_secs(300));
         let config = core_config(&Args::parse_from(["ftpgate", "--data-idle-timeout", "7"]));
         assert_eq!(config.data_idle_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn group_without_user_is_refused() {
+        assert!(Args::try_parse_from(["ftpgate", "--group", "nogroup"]).is_err());
+        let args = Args::parse_from(["ftpgate", "--user", "nobody", "--group", "nogroup"]);
+        assert_eq!((args.user.as_deref(), args.group.as_deref()), (Some("nobody"), Some("nogroup")));
     }
 }
