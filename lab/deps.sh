@@ -63,6 +63,8 @@ want_cmd lftp lftp
 want_cmd curl curl
 want_cmd python3 python3
 want_cmd flock util-linux
+want_cmd setpriv util-linux   # tests/privilege.rs: ambient capabilities
+want_cmd setcap libcap2-bin   # tests/privilege.rs: file capabilities
 want_cmd useradd passwd
 want_cmd sha256sum coreutils
 want_cmd dpkg-deb dpkg
