@@ -15,9 +15,10 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use slab::Slab;
-use slog::{error, info, o, warn, Logger};
+use slog::{debug, error, info, o, warn, Logger};
 
 use crate::conn::{Conn, Ctx, Registration};
+use crate::limits::{ClientKey, DataChannels, Rate, RateVerdict, SessionRate};
 use crate::tproxy::{self, TproxyError};
 
 const SIGNALS: Token = Token(0);
@@ -49,8 +50,30 @@ pub(crate) struct Options {
     pub(crate) listen: Vec<SocketAddr>,
     pub(crate) config: Arc<Config>,
     pub(crate) max_sessions: usize,
+    /// 0: no per-client cap.
     pub(crate) max_sessions_per_client: usize,
+    /// New sessions per client address; a rate of 0 turns it off.
+    pub(crate) session_rate: Rate,
+    pub(crate) max_data_channels: usize,
     pub(crate) drain_timeout: Duration,
+}
+
+/// Why accept() is paused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PauseCause {
+    /// accept() failed: EMFILE, ENFILE, ENOBUFS, ENOMEM.
+    AcceptFailed,
+    /// `--max-sessions` sessions are open.
+    SessionCap,
+}
+
+/// A run of accept pauses with one cause: logged when it starts and when
+/// accepting resumes, not at every pause (five a second).
+#[derive(Debug)]
+struct PauseEpisode {
+    cause: PauseCause,
+    since: Instant,
+    pauses: u64,
 }
 
 struct ControlListener {
@@ -72,9 +95,14 @@ pub(crate) struct Server {
     opts: Options,
     log: Logger,
     next_session: u64,
-    /// Open sessions per client address (ATTACKS.md 22).
+    /// Open sessions per client address (ATTACKS.md 22); empty while the
+    /// per-client cap is off.
     per_client: HashMap<IpAddr, usize>,
+    /// The per-client rate of new sessions; `None` while it is off.
+    session_rate: Option<SessionRate>,
+    data_channels: DataChannels,
     accept_paused_until: Option<Instant>,
+    pause_episode: Option<PauseEpisode>,
     drain_until: Option<Instant>,
 }
 
@@ -101,6 +129,8 @@ impl Server {
             info!(log, "listening"; "addr" => %addr);
             listeners.push(ControlListener { listener, addr, ready: false });
         }
+        let session_rate = SessionRate::new(opts.session_rate);
+        let data_channels = DataChannels::new(opts.max_data_channels);
         Ok(Self {
             poll,
             listeners,
@@ -115,7 +145,10 @@ impl Server {
             log,
             next_session: 1,
             per_client: HashMap::new(),
+            session_rate,
+            data_channels,
             accept_paused_until: None,
+            pause_episode: None,
             drain_until: None,
         })
     }
@@ -203,6 +236,7 @@ impl Server {
             scratch: &mut self.scratch,
             now,
             first_token: FIRST_DYNAMIC,
+            data_channels: &mut self.data_channels,
         }
     }
 
@@ -278,30 +312,69 @@ impl Server {
                 }
                 if self.conns.len() >= self.opts.max_sessions {
                     // Leave the rest in the kernel backlog until a session ends.
-                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                    self.pause_accept(PauseCause::SessionCap, None, now);
                     return started;
                 }
                 match self.listeners[i].listener.accept() {
                     Ok((stream, peer)) => {
+                        self.resume_accept(now);
                         if let Some(key) = self.start_session(i, stream, peer, now) {
                             started.push(key);
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.resume_accept(now);
                         self.listeners[i].ready = false;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                     Err(e) => {
                         // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
-                        error!(self.log, "accept failed; pausing"; "error" => %e);
-                        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                        self.pause_accept(PauseCause::AcceptFailed, Some(&e), now);
                         return started;
                     }
                 }
             }
         }
         started
+    }
+
+    /// Pauses accept() for `ACCEPT_PAUSE`. The first pause of an episode
+    /// is logged; the others are only counted.
+    fn pause_accept(&mut self, cause: PauseCause, error: Option<&io::Error>, now: Instant) {
+        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+        if let Some(episode) = self.pause_episode.as_mut().filter(|e| e.cause == cause) {
+            episode.pauses += 1;
+            return;
+        }
+        match (cause, error) {
+            (PauseCause::AcceptFailed, Some(e)) => error!(
+                self.log, "accept failed; pausing accepts until it works again";
+                "error" => %e, "sessions" => self.conns.len(),
+                "data_channels" => self.data_channels.open_now(),
+                "hint" => "out of descriptors or memory: check RLIMIT_NOFILE, fs.file-max, --max-sessions"
+            ),
+            _ => warn!(
+                self.log, "session cap reached; new clients wait in the backlog";
+                "max_sessions" => self.opts.max_sessions
+            ),
+        }
+        self.pause_episode = Some(PauseEpisode { cause, since: now, pauses: 1 });
+    }
+
+    /// accept() works again: ends the pause episode, if any, with one record.
+    fn resume_accept(&mut self, now: Instant) {
+        let Some(episode) = self.pause_episode.take() else { return };
+        let cause = match episode.cause {
+            PauseCause::AcceptFailed => "accept failed",
+            PauseCause::SessionCap => "session cap",
+        };
+        info!(
+            self.log, "accept resumed";
+            "cause" => cause, "pauses" => episode.pauses,
+            "paused_ms" => now.saturating_duration_since(episode.since).as_millis() as u64,
+            "sessions" => self.conns.len()
+        );
     }
 
     fn start_session(
@@ -325,16 +398,47 @@ impl Server {
         // A client that connected to the gateway's own port was not
         // redirected: proxying it would connect the gateway to itself.
         if server.port() == self.listeners[listener].addr.port() {
-            return refuse(&log, stream, Refusal::NotRedirected);
+            return refuse(&log, stream, Refusal::NotRedirected, true);
         }
         if tproxy::is_local_address(server.ip()) {
-            return refuse(&log, stream, Refusal::GatewayItself);
+            return refuse(&log, stream, Refusal::GatewayItself, true);
         }
-        let count = self.per_client.entry(peer.ip()).or_insert(0);
-        if *count >= self.opts.max_sessions_per_client {
-            return refuse(&log, stream, Refusal::TooManyFromClient);
+        if let Some(rate) = self.session_rate.as_mut() {
+            let client = ClientKey::of(peer.ip());
+            let limit = rate.rate();
+            match rate.check(client, now) {
+                RateVerdict::Allow { after_refusals: None } => {}
+                RateVerdict::Allow { after_refusals: Some(refused) } => info!(
+                    log, "session rate per client: sessions allowed again";
+                    "client_key" => %client, "refused" => refused
+                ),
+                RateVerdict::Refuse { first } => {
+                    if first {
+                        warn!(
+                            log, "session rate per client exceeded; refusing until the client slows down";
+                            "client_key" => %client, "rate_per_second" => limit.per_second,
+                            "burst" => limit.burst, "rule" => "ATTACKS.md 22"
+                        );
+                    }
+                    return refuse(&log, stream, Refusal::SessionRate, false);
+                }
+                RateVerdict::Untracked { first } => {
+                    if first {
+                        warn!(
+                            log, "session rate table full; new clients go unmetered";
+                            "tracked" => rate.tracked()
+                        );
+                    }
+                }
+            }
         }
-        *count += 1;
+        if self.opts.max_sessions_per_client > 0 {
+            let count = self.per_client.entry(peer.ip()).or_insert(0);
+            if *count >= self.opts.max_sessions_per_client {
+                return refuse(&log, stream, Refusal::TooManyFromClient, true);
+            }
+            *count += 1;
+        }
         info!(log, "session start");
         let ends = ControlEnds { client: peer, server };
         let session = Session::new(self.opts.config.clone(), ends, now);
@@ -365,10 +469,14 @@ enum Refusal {
     GatewayItself,
     /// The per-client session cap (ATTACKS.md 22).
     TooManyFromClient,
+    /// The per-client rate of new sessions (ATTACKS.md 22).
+    SessionRate,
 }
 
-/// Logs the refusal and tells the client with a best-effort 421.
-fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal) -> Option<usize> {
+/// Logs the refusal and tells the client with a best-effort 421. A refusal
+/// that repeats within an episode (`loud` false) is logged at debug only:
+/// the episode has its own record.
+fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal, loud: bool) -> Option<usize> {
     let (message, reply): (&str, &[u8]) = match why {
         Refusal::NotRedirected => (
             "refused: connection was not redirected by TPROXY",
@@ -382,8 +490,16 @@ fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal) -> Option
             "refused: too many sessions from this client",
             b"421 ftpgate: too many sessions from your address.\r\n",
         ),
+        Refusal::SessionRate => (
+            "refused: too many new sessions from this client",
+            b"421 ftpgate: too many new sessions from your address; try again later.\r\n",
+        ),
     };
-    warn!(log, "{}", message);
+    if loud {
+        warn!(log, "{}", message);
+    } else {
+        debug!(log, "{}", message);
+    }
     let _ = io::Write::write(&mut stream, reply);
     None
 }
