@@ -59,8 +59,10 @@ fn log_value(log: &str, message: &str, key: &str) -> Option<u64> {
     line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
+/// The gateway's PID: the first field of its pidfile (lab/lib.sh format).
 fn gateway_pid(lab: &Lab) -> u32 {
-    fs::read_to_string(lab.run.join("ftpgate.pid")).unwrap().trim().parse().unwrap()
+    let pidfile = fs::read_to_string(lab.run.join("ftpgate.pid")).unwrap();
+    pidfile.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 fn vm_rss_kib(pid: u32) -> u64 {
