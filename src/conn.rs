@@ -215,6 +215,10 @@ pub(crate) struct Conn {
     /// A socket could not join the event loop: the session ends with a 421
     /// and every socket it registered is released.
     broken: Option<RegisterError>,
+    /// The server socket could not be created for want of descriptors
+    /// (EMFILE, ENFILE): the client hears the core's reply for an
+    /// unreachable server, and the loop pauses accepting.
+    pub(crate) starved: Option<io::Error>,
 }
 
 impl Conn {
@@ -262,6 +266,7 @@ impl Conn {
             close_by: None,
             connect_by: Some(ctx.now + connect_timeout),
             broken: None,
+            starved: None,
         };
         // The server sees the client's own address; the port is the kernel's
         // choice, as a NAT-free router would leave it to the client.
@@ -283,7 +288,14 @@ impl Conn {
                 }
             }
             Err(e) => {
-                warn!(conn.log, "server connect failed"; "error" => %e);
+                let errno = e.io().raw_os_error();
+                if errno == Some(libc::EMFILE) || errno == Some(libc::ENFILE) {
+                    // The loop pauses accepting and logs the episode once.
+                    debug!(conn.log, "server connect failed"; "error" => %e);
+                    conn.starved = Some(io::Error::from_raw_os_error(errno.unwrap_or(libc::EMFILE)));
+                } else {
+                    warn!(conn.log, "server connect failed"; "error" => %e);
+                }
                 conn.queue(Input::ServerUnreachable { error: e.kind() });
             }
         }

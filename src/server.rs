@@ -29,6 +29,12 @@ const FIRST_DYNAMIC: usize = 1024;
 /// reached, wait this long instead of spinning on a listener that stays
 /// readable.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+/// An episode of accept pauses ends when accept() has gone this long after
+/// its last pause without another. Not at the first accept() that works:
+/// out of descriptors, one accept() often gets the last one and the
+/// session then fails to open its server socket, freeing it again, so
+/// "works" and "fails" alternate at every pause.
+const EPISODE_QUIET: Duration = Duration::from_secs(1);
 
 /// Why the daemon could not start.
 #[derive(Debug)]
@@ -61,7 +67,8 @@ pub(crate) struct Options {
 /// Why accept() is paused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PauseCause {
-    /// accept() failed: EMFILE, ENFILE, ENOBUFS, ENOMEM.
+    /// accept() failed (EMFILE, ENFILE, ENOBUFS, ENOMEM), or the server
+    /// socket of the session it accepted found no descriptor.
     AcceptFailed,
     /// `--max-sessions` sessions are open.
     SessionCap,
@@ -73,7 +80,16 @@ enum PauseCause {
 struct PauseEpisode {
     cause: PauseCause,
     since: Instant,
+    /// When the last pause began.
+    last: Instant,
     pauses: u64,
+}
+
+impl PauseEpisode {
+    /// The episode is over if no pause begins before then.
+    fn quiet_at(&self) -> Instant {
+        self.last + ACCEPT_PAUSE + EPISODE_QUIET
+    }
 }
 
 struct ControlListener {
@@ -159,7 +175,8 @@ impl Server {
         loop {
             let now = Instant::now();
             let mut wake = self.timers.next();
-            for t in [self.accept_paused_until, self.drain_until].into_iter().flatten() {
+            let quiet_at = self.pause_episode.as_ref().map(PauseEpisode::quiet_at);
+            for t in [self.accept_paused_until, self.drain_until, quiet_at].into_iter().flatten() {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
             let backlog = self.accept_paused_until.is_none() && self.listeners.iter().any(|l| l.ready);
@@ -200,6 +217,7 @@ impl Server {
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
             }
+            self.end_pause_episode(now);
             dirty.extend(self.accept(now));
             dirty.extend(self.timers.expired(now));
             dirty.sort_unstable();
@@ -307,6 +325,9 @@ impl Server {
         for i in 0..self.listeners.len() {
             // Bounded per wakeup; a listener left ready is retried next round.
             for _ in 0..64 {
+                if self.accept_paused_until.is_some() {
+                    return started;
+                }
                 if !self.listeners[i].ready {
                     break;
                 }
@@ -317,13 +338,11 @@ impl Server {
                 }
                 match self.listeners[i].listener.accept() {
                     Ok((stream, peer)) => {
-                        self.resume_accept(now);
                         if let Some(key) = self.start_session(i, stream, peer, now) {
                             started.push(key);
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.resume_accept(now);
                         self.listeners[i].ready = false;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -345,8 +364,11 @@ impl Server {
         self.accept_paused_until = Some(now + ACCEPT_PAUSE);
         if let Some(episode) = self.pause_episode.as_mut().filter(|e| e.cause == cause) {
             episode.pauses += 1;
+            episode.last = now;
             return;
         }
+        // Another cause: the old episode ends here, the new one begins.
+        self.log_pause_episode_end();
         match (cause, error) {
             (PauseCause::AcceptFailed, Some(e)) => error!(
                 self.log, "accept failed; pausing accepts until it works again";
@@ -359,11 +381,18 @@ impl Server {
                 "max_sessions" => self.opts.max_sessions
             ),
         }
-        self.pause_episode = Some(PauseEpisode { cause, since: now, pauses: 1 });
+        self.pause_episode = Some(PauseEpisode { cause, since: now, last: now, pauses: 1 });
     }
 
-    /// accept() works again: ends the pause episode, if any, with one record.
-    fn resume_accept(&mut self, now: Instant) {
+    /// Ends the pause episode once it has been quiet for `EPISODE_QUIET`.
+    fn end_pause_episode(&mut self, now: Instant) {
+        if self.pause_episode.as_ref().is_some_and(|e| e.quiet_at() <= now) {
+            self.log_pause_episode_end();
+        }
+    }
+
+    /// Closes the pause episode, if any, with its one closing record.
+    fn log_pause_episode_end(&mut self) {
         let Some(episode) = self.pause_episode.take() else { return };
         let cause = match episode.cause {
             PauseCause::AcceptFailed => "accept failed",
@@ -372,7 +401,7 @@ impl Server {
         info!(
             self.log, "accept resumed";
             "cause" => cause, "pauses" => episode.pauses,
-            "paused_ms" => now.saturating_duration_since(episode.since).as_millis() as u64,
+            "paused_ms" => (episode.last + ACCEPT_PAUSE).saturating_duration_since(episode.since).as_millis() as u64,
             "sessions" => self.conns.len()
         );
     }
@@ -446,7 +475,12 @@ impl Server {
         let connect_timeout = self.opts.config.data_connect_timeout;
         let mut ctx = self.ctx(now);
         match Conn::start(key, log.clone(), session, stream, ends, connect_timeout, &mut ctx) {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                // The accept took the last descriptor: stop accepting, as
+                // when accept() itself fails, or the next one would too.
+                if let Some(e) = conn.starved.take() {
+                    self.pause_accept(PauseCause::AcceptFailed, Some(&e), now);
+                }
                 self.conns.insert(conn);
                 Some(key)
             }

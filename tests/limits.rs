@@ -9,7 +9,11 @@
 //!   descriptor limit the gateway inherited;
 //! - a burst of sessions above the per-client rate gets 421s and one log
 //!   record, and the client gets sessions again once it slows down;
-//! - the global data-channel cap answers a PASV beyond it with 425.
+//! - the global data-channel cap answers a PASV beyond it with 425;
+//! - out of descriptors (RLIMIT_NOFILE lowered under the running gateway
+//!   with prlimit), and at the session cap, accept pauses: one record when
+//!   the episode starts and one "accept resumed" with the pause count when
+//!   it ends, however many pauses lie between.
 //!
 //! vsftpd stops at max_clients (lab/vsftpd.conf.in), so the idle-session
 //! tests run lab/greeter.py in its place: it greets and holds.
@@ -68,6 +72,14 @@ fn gateway_pid(lab: &Lab) -> u32 {
 fn vm_rss_kib(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Kernel slab memory of the whole machine (/proc/meminfo Slab), in KiB:
+/// shared with everything else that runs, so only an indication.
+fn slab_kib() -> u64 {
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap();
+    let line = meminfo.lines().find(|l| l.starts_with("Slab:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -218,6 +230,7 @@ fn idle_sessions_up_to_ten_thousand_with_default_settings_all_greeted() {
     let pid = gateway_pid(&lab);
     let rss_before = vm_rss_kib(pid);
     let fds_before = fd_count(pid);
+    let slab_before = slab_kib();
 
     let script = repo_root().join("lab/many_sessions.py");
     let mut client = Command::new("timeout")
@@ -239,6 +252,7 @@ fn idle_sessions_up_to_ten_thousand_with_default_settings_all_greeted() {
     // and what that costs in user space.
     let rss_held = vm_rss_kib(pid);
     let fds_held = fd_count(pid);
+    let slab_held = slab_kib();
     let running = lab.gateway_running();
     drop(client.stdin.take());
     let status = client.wait().unwrap();
@@ -248,8 +262,10 @@ fn idle_sessions_up_to_ten_thousand_with_default_settings_all_greeted() {
     }
     eprintln!(
         "{total} idle sessions from {addresses} addresses ({per_source} each): {report}; \
-         gateway VmRSS {rss_before} KiB -> {rss_held} KiB ({:.1} KiB per session), fds {fds_before} -> {fds_held}",
-        (rss_held.saturating_sub(rss_before)) as f64 / total as f64
+         gateway VmRSS {rss_before} KiB -> {rss_held} KiB ({:.1} KiB per session), fds {fds_before} -> {fds_held}; \
+         machine's Slab {slab_before} KiB -> {slab_held} KiB ({:.1} KiB per TCP socket, 4 per session in the lab)",
+        (rss_held.saturating_sub(rss_before)) as f64 / total as f64,
+        (slab_held.saturating_sub(slab_before)) as f64 / (4 * total) as f64
     );
     assert!(status.success(), "many_sessions.py failed ({status}): {stderr}\n{}", lab.diagnostics());
     assert_eq!(code_count(&report, "220"), total, "every session greeted: {report}\n{}", lab.diagnostics());
@@ -343,4 +359,103 @@ a.quit(); b.quit()
     let log = lab.gateway_log();
     assert_eq!(log.matches("data channel cap reached").count(), 1, "{}", lab.diagnostics());
     lab.assert_no_data_listeners();
+}
+
+/// Starts lab/many_sessions.py with --hold: it reports (the returned line)
+/// once every connection has its first line or `secs` passed, and holds the
+/// greeted ones until `release` closes its stdin.
+fn hold_sessions(lab: &Lab, per_source: usize, secs: u64) -> (Child, String) {
+    let script = repo_root().join("lab/many_sessions.py");
+    let mut client = Command::new("timeout")
+        .args(["-k", "5", "120", "ip", "netns", "exec", &lab.ns(Ns::Client), "python3"])
+        .arg(&script)
+        .args(["--server", &format!("{SERVER_IP}:21"), "--sources", CLIENT_IP])
+        .args(["--per-source", &per_source.to_string(), "--timeout", &secs.to_string(), "--hold"])
+        .args(["--hold-timeout", "60"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn lab/many_sessions.py");
+    let mut report = String::new();
+    BufReader::new(client.stdout.take().unwrap()).read_line(&mut report).unwrap();
+    (client, report.trim().to_string())
+}
+
+fn release(mut client: Child) {
+    drop(client.stdin.take());
+    let status = client.wait().unwrap();
+    assert!(status.success(), "many_sessions.py: {status}");
+}
+
+/// Waits (bounded) until the gateway log has `message`.
+fn wait_for_log(lab: &Lab, message: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let log = lab.gateway_log();
+        if log.contains(message) || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn out_of_descriptors_accept_pauses_with_one_record_per_episode() {
+    let _serial = serial();
+    let mut lab = Lab::new("limfd", Rules::Nft);
+    let _greeter = Greeter::start(&lab);
+    lab.start_gateway(&[]);
+    lab.expect_log_errors(&["accept failed"]);
+    let pid = gateway_pid(&lab);
+    // Room for exactly 10 idle sessions (2 descriptors each): the 11th
+    // accept() fails with EMFILE, and so does every retry.
+    let limit = fd_count(pid) + 20;
+    let prlimit = |soft: u64| {
+        let out = run_bounded(10, &["prlimit", "--pid", &pid.to_string(), &format!("--nofile={soft}:")]);
+        assert!(out.status.success(), "prlimit: {}", text(&out.stderr));
+    };
+    prlimit(limit as u64);
+
+    let (client, report) = hold_sessions(&lab, 30, 4);
+    assert_eq!(code_count(&report, "220"), 10, "{report}\n{}", lab.diagnostics());
+    // The others wait in the backlog, or get a 421 when their accept()
+    // took the last descriptor and the server socket found none.
+    assert_eq!(
+        code_count(&report, "421") + code_count(&report, "timeout"),
+        20,
+        "{report}\n{}",
+        lab.diagnostics()
+    );
+    assert!(lab.gateway_running());
+    // Pausing five times a second for seconds: one record when the episode
+    // starts, one when it has ended, with the pauses counted.
+    let log = wait_for_log(&lab, "accept resumed", 20);
+    assert_eq!(log.matches("accept failed;").count(), 1, "one record per episode\n{log}");
+    assert!(!log.contains("WARN server connect failed"), "the episode's record says it\n{log}");
+    assert_eq!(log.matches("accept resumed").count(), 1, "{log}");
+    let pauses = log_value(&log, "accept resumed", "pauses").unwrap_or(0);
+    assert!(pauses >= 10, "about 5 pauses a second for over 2 s, got {pauses}\n{log}");
+    release(client);
+    prlimit(hard_nofile());
+    let report = many_sessions(&lab, &[CLIENT_IP.to_string()], 1, 30);
+    assert_eq!(code_count(&report, "220"), 1, "{report}\n{}", lab.diagnostics());
+}
+
+#[test]
+fn session_cap_reached_new_clients_wait_one_record_per_episode() {
+    let _serial = serial();
+    let mut lab = Lab::new("limcap", Rules::Nft);
+    let _greeter = Greeter::start(&lab);
+    lab.start_gateway(&["--max-sessions", "5"]);
+    let (client, report) = hold_sessions(&lab, 8, 3);
+    assert_eq!(code_count(&report, "220"), 5, "{report}\n{}", lab.diagnostics());
+    assert_eq!(code_count(&report, "timeout"), 3, "the rest wait in the backlog: {report}");
+    std::thread::sleep(Duration::from_secs(1));
+    release(client);
+    let log = wait_for_log(&lab, "accept resumed", 10);
+    assert_eq!(log.matches("session cap reached").count(), 1, "one record per episode\n{log}");
+    assert!(log_value(&log, "accept resumed", "pauses").unwrap_or(0) >= 5, "{log}");
+    let report = many_sessions(&lab, &[CLIENT_IP.to_string()], 1, 30);
+    assert_eq!(code_count(&report, "220"), 1, "{report}\n{}", lab.diagnostics());
 }
