@@ -39,12 +39,40 @@ pub(crate) struct Args {
     pub(crate) drain_timeout: u64,
 
     /// Most control sessions at once; further clients wait in the backlog.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
-    pub(crate) max_sessions: usize,
+    /// Default (or 0): what the descriptor limit allows, each session
+    /// holding up to 9: (RLIMIT_NOFILE - 64 - listeners) / 9. A larger
+    /// value is lowered to that, with a warning.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_sessions: Option<usize>,
 
-    /// Most control sessions from one client address; more get a 421.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    /// Most control sessions from one client address at once; more get a
+    /// 421. Off by default (0): thousands of users can share one NAT'd
+    /// address. Against floods, see --session-rate-per-client.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) max_sessions_per_client: usize,
+
+    // Why 20/s after a burst of 100: a NAT'd office opens sessions in
+    // bursts (a mirror job with 10 parallel connections, a batch script,
+    // a morning of logins) and then a trickle; 100 at once and 72,000 an
+    // hour from one address is beyond any office, yet a flood from one
+    // address needs minutes to fill the session cap (116,000 sessions at
+    // Debian's descriptor limit: over 1.5 hours) and is logged meanwhile.
+    /// New sessions per second one client address (an IPv6 /64) may open,
+    /// after its burst; more get a 421. 0: no limit.
+    #[arg(long, value_name = "N/s", default_value = "20", value_parser = parse_per_second)]
+    pub(crate) session_rate_per_client: u64,
+
+    /// New sessions one client address may open at once before
+    /// --session-rate-per-client applies.
+    #[arg(long, value_name = "B", default_value_t = 100)]
+    pub(crate) session_burst_per_client: u64,
+
+    /// Most data channels open at once, over all sessions; a PASV/PORT
+    /// beyond it gets 425. Each relaying channel holds two pipes of up to
+    /// 256 KiB. Default: a quarter of physical memory in pipes
+    /// (MemTotal / 4 / 512 KiB), at most --max-sessions.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_data_channels: Option<usize>,
 
     /// What to do when a 227/229 names another address than the control
     /// connection's server: listen on the server's address and rewrite the
@@ -74,6 +102,12 @@ pub(crate) struct Args {
     pub(crate) log_format: LogFormat,
 }
 
+/// A rate given as `N` or `N/s`.
+fn parse_per_second(text: &str) -> Result<u64, String> {
+    let n = text.strip_suffix("/s").unwrap_or(text);
+    n.trim().parse().map_err(|e| format!("'{text}' is not a whole number per second (like 20 or 20/s): {e}"))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum LogLevel {
     Error,
@@ -95,4 +129,28 @@ pub(crate) enum LogFormat {
 pub(crate) enum PassiveMismatch {
     Rewrite,
     Refuse,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_rate_per_client_takes_n_or_n_per_second() {
+        assert_eq!(parse_per_second("20"), Ok(20));
+        assert_eq!(parse_per_second("7/s"), Ok(7));
+        assert_eq!(parse_per_second("0"), Ok(0));
+        assert!(parse_per_second("20/m").is_err());
+        assert!(parse_per_second("-1").is_err());
+    }
+
+    #[test]
+    fn limits_defaults_per_client_cap_off_rate_on() {
+        let args = Args::parse_from(["ftpgate"]);
+        assert_eq!(args.max_sessions, None);
+        assert_eq!(args.max_sessions_per_client, 0);
+        assert_eq!(args.session_rate_per_client, 20);
+        assert_eq!(args.session_burst_per_client, 100);
+        assert_eq!(args.max_data_channels, None);
+    }
 }

@@ -21,6 +21,7 @@ use slab::Slab;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::audit;
+use crate::limits::{Admit, DataChannels};
 use crate::relay::{self, Budget, Readiness, Relay, RelayStatus};
 use crate::tproxy::{self, TproxyError};
 
@@ -102,6 +103,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) scratch: &'a mut [u8],
     pub(crate) now: Instant,
     pub(crate) first_token: usize,
+    /// Data channels open in all sessions, against the global cap. Every
+    /// `DataChan` in a session was admitted here and is released in
+    /// `close_data`, its one way out.
+    pub(crate) data_channels: &'a mut DataChannels,
 }
 
 impl Ctx<'_> {
@@ -210,6 +215,10 @@ pub(crate) struct Conn {
     /// A socket could not join the event loop: the session ends with a 421
     /// and every socket it registered is released.
     broken: Option<RegisterError>,
+    /// The server socket could not be created for want of descriptors
+    /// (EMFILE, ENFILE): the client hears the core's reply for an
+    /// unreachable server, and the loop pauses accepting.
+    pub(crate) starved: Option<io::Error>,
 }
 
 impl Conn {
@@ -257,6 +266,7 @@ impl Conn {
             close_by: None,
             connect_by: Some(ctx.now + connect_timeout),
             broken: None,
+            starved: None,
         };
         // The server sees the client's own address; the port is the kernel's
         // choice, as a NAT-free router would leave it to the client.
@@ -278,7 +288,14 @@ impl Conn {
                 }
             }
             Err(e) => {
-                warn!(conn.log, "server connect failed"; "error" => %e);
+                let errno = e.io().raw_os_error();
+                if errno == Some(libc::EMFILE) || errno == Some(libc::ENFILE) {
+                    // The loop pauses accepting and logs the episode once.
+                    debug!(conn.log, "server connect failed"; "error" => %e);
+                    conn.starved = Some(io::Error::from_raw_os_error(errno.unwrap_or(libc::EMFILE)));
+                } else {
+                    warn!(conn.log, "server connect failed"; "error" => %e);
+                }
                 conn.queue(Input::ServerUnreachable { error: e.kind() });
             }
         }
@@ -512,6 +529,16 @@ impl Conn {
     fn listen(&mut self, ctx: &mut Ctx<'_>, data: DataId, local: SocketAddr, peer: Side) {
         // A retry (the announced port was taken) replaces the listener.
         if self.chan(data).is_none() {
+            if !self.admit_data(ctx, data) {
+                // As for a listener that cannot be bound: the core answers
+                // 425 and the session goes on.
+                self.queue(Input::Failed {
+                    data,
+                    step: DataStep::Listen,
+                    error: io::ErrorKind::QuotaExceeded,
+                });
+                return;
+            }
             self.data.push(DataChan {
                 id: data,
                 peer,
@@ -549,6 +576,32 @@ impl Conn {
                 self.queue(Input::Listening { data, local: bound });
             }
             Err(e) => self.broken = Some(e),
+        }
+    }
+
+    /// Asks the global cap whether a new data channel may open.
+    fn admit_data(&mut self, ctx: &mut Ctx<'_>, data: DataId) -> bool {
+        match ctx.data_channels.open() {
+            Admit::Yes { after_refusals } => {
+                if let Some(refused) = after_refusals {
+                    info!(
+                        self.log, "data channels below the cap again";
+                        "refused" => refused, "max_data_channels" => ctx.data_channels.max()
+                    );
+                }
+                true
+            }
+            Admit::No { first } => {
+                if first {
+                    warn!(
+                        self.log, "data channel cap reached; new data channels get 425";
+                        "data" => data.0, "max_data_channels" => ctx.data_channels.max()
+                    );
+                } else {
+                    debug!(self.log, "data channel refused: cap reached"; "data" => data.0);
+                }
+                false
+            }
         }
     }
 
@@ -628,6 +681,7 @@ impl Conn {
         self.close_listener(ctx, data);
         let Some(pos) = self.data.iter().position(|c| c.id == data) else { return };
         let mut chan = self.data.swap_remove(pos);
+        ctx.data_channels.close();
         for mut leg in [chan.accepted.take(), chan.outbound.take()].into_iter().flatten() {
             ctx.deregister(&mut leg.stream, leg.token);
         }

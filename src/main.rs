@@ -6,6 +6,7 @@
 mod audit;
 mod cli;
 mod conn;
+mod limits;
 mod log;
 mod privilege;
 mod relay;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ftpgate_proto::{Config, PassiveAddressPolicy};
-use slog::{crit, info};
+use slog::{crit, info, warn, Logger};
 
 use crate::cli::{Args, PassiveMismatch};
 
@@ -27,11 +28,16 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let log = log::build(args.log_level, args.log_format);
     let config = core_config(&args);
+    let (max_sessions, max_data_channels) = size_limits(&args, &log);
+    let session_rate =
+        limits::Rate { per_second: args.session_rate_per_client, burst: args.session_burst_per_client };
     let opts = server::Options {
         listen: args.listen.clone(),
         config: Arc::new(config),
-        max_sessions: args.max_sessions.max(1),
-        max_sessions_per_client: args.max_sessions_per_client.max(1),
+        max_sessions,
+        max_sessions_per_client: args.max_sessions_per_client,
+        session_rate,
+        max_data_channels,
         drain_timeout: Duration::from_secs(args.drain_timeout),
     };
     // Checked before any socket exists, carried out once the control
@@ -65,6 +71,57 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Raises the descriptor limit and sizes the session and data-channel caps
+/// against it and against memory, logging every figure.
+fn size_limits(args: &Args, log: &Logger) -> (usize, usize) {
+    let nofile = match limits::raise_nofile() {
+        Ok(nofile) => {
+            info!(log, "descriptor limit"; "nofile" => nofile.now, "was" => nofile.was);
+            nofile.now
+        }
+        Err(e) => {
+            // Not fatal: the caps are then sized to the limit we have.
+            let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(soft, _)| soft);
+            warn!(log, "cannot raise the descriptor limit"; "error" => %e, "nofile" => soft);
+            soft
+        }
+    };
+    let listeners = args.listen.len();
+    let max_sessions = match limits::fit_max_sessions(args.max_sessions, nofile, listeners) {
+        Ok(n) => n,
+        Err(lowered) => {
+            warn!(
+                log, "--max-sessions lowered to what the descriptor limit allows";
+                "requested" => lowered.requested, "max_sessions" => lowered.to,
+                "nofile" => nofile, "fds_per_session" => limits::FDS_PER_SESSION,
+                "hint" => "raise the hard RLIMIT_NOFILE (systemd LimitNOFILE=)"
+            );
+            lowered.to
+        }
+    };
+    let max_data_channels = match args.max_data_channels {
+        Some(n) if n > 0 => n,
+        _ => match limits::mem_total() {
+            Ok(bytes) => limits::default_max_data_channels(bytes, max_sessions),
+            Err(e) => {
+                warn!(log, "cannot read the memory size; data channels capped at the session cap"; "error" => %e);
+                max_sessions
+            }
+        },
+    };
+    let pipe_mib = max_data_channels as u64 * limits::PIPE_BYTES_PER_CHANNEL / (1024 * 1024);
+    info!(
+        log, "limits";
+        "max_sessions" => max_sessions, "fds_per_session" => limits::FDS_PER_SESSION,
+        "max_data_channels" => max_data_channels, "pipe_mib_at_most" => pipe_mib,
+        "max_sessions_per_client" => args.max_sessions_per_client,
+        "session_rate_per_client" => args.session_rate_per_client,
+        "session_burst_per_client" => args.session_burst_per_client
+    );
+    (max_sessions, max_data_channels)
 }
 
 /// The protocol core's settings from the command line.

@@ -15,9 +15,10 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use slab::Slab;
-use slog::{error, info, o, warn, Logger};
+use slog::{debug, error, info, o, warn, Logger};
 
 use crate::conn::{Conn, Ctx, Registration};
+use crate::limits::{ClientKey, DataChannels, Rate, RateVerdict, SessionRate};
 use crate::tproxy::{self, TproxyError};
 
 const SIGNALS: Token = Token(0);
@@ -28,6 +29,12 @@ const FIRST_DYNAMIC: usize = 1024;
 /// reached, wait this long instead of spinning on a listener that stays
 /// readable.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+/// An episode of accept pauses ends when accept() has gone this long after
+/// its last pause without another. Not at the first accept() that works:
+/// out of descriptors, one accept() often gets the last one and the
+/// session then fails to open its server socket, freeing it again, so
+/// "works" and "fails" alternate at every pause.
+const EPISODE_QUIET: Duration = Duration::from_secs(1);
 
 /// Why the daemon could not start.
 #[derive(Debug)]
@@ -49,8 +56,40 @@ pub(crate) struct Options {
     pub(crate) listen: Vec<SocketAddr>,
     pub(crate) config: Arc<Config>,
     pub(crate) max_sessions: usize,
+    /// 0: no per-client cap.
     pub(crate) max_sessions_per_client: usize,
+    /// New sessions per client address; a rate of 0 turns it off.
+    pub(crate) session_rate: Rate,
+    pub(crate) max_data_channels: usize,
     pub(crate) drain_timeout: Duration,
+}
+
+/// Why accept() is paused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PauseCause {
+    /// accept() failed (EMFILE, ENFILE, ENOBUFS, ENOMEM), or the server
+    /// socket of the session it accepted found no descriptor.
+    AcceptFailed,
+    /// `--max-sessions` sessions are open.
+    SessionCap,
+}
+
+/// A run of accept pauses with one cause: logged when it starts and when
+/// accepting resumes, not at every pause (five a second).
+#[derive(Debug)]
+struct PauseEpisode {
+    cause: PauseCause,
+    since: Instant,
+    /// When the last pause began.
+    last: Instant,
+    pauses: u64,
+}
+
+impl PauseEpisode {
+    /// The episode is over if no pause begins before then.
+    fn quiet_at(&self) -> Instant {
+        self.last + ACCEPT_PAUSE + EPISODE_QUIET
+    }
 }
 
 struct ControlListener {
@@ -72,9 +111,14 @@ pub(crate) struct Server {
     opts: Options,
     log: Logger,
     next_session: u64,
-    /// Open sessions per client address (ATTACKS.md 22).
+    /// Open sessions per client address (ATTACKS.md 22); empty while the
+    /// per-client cap is off.
     per_client: HashMap<IpAddr, usize>,
+    /// The per-client rate of new sessions; `None` while it is off.
+    session_rate: Option<SessionRate>,
+    data_channels: DataChannels,
     accept_paused_until: Option<Instant>,
+    pause_episode: Option<PauseEpisode>,
     drain_until: Option<Instant>,
 }
 
@@ -101,6 +145,8 @@ impl Server {
             info!(log, "listening"; "addr" => %addr);
             listeners.push(ControlListener { listener, addr, ready: false });
         }
+        let session_rate = SessionRate::new(opts.session_rate);
+        let data_channels = DataChannels::new(opts.max_data_channels);
         Ok(Self {
             poll,
             listeners,
@@ -115,7 +161,10 @@ impl Server {
             log,
             next_session: 1,
             per_client: HashMap::new(),
+            session_rate,
+            data_channels,
             accept_paused_until: None,
+            pause_episode: None,
             drain_until: None,
         })
     }
@@ -126,7 +175,8 @@ impl Server {
         loop {
             let now = Instant::now();
             let mut wake = self.timers.next();
-            for t in [self.accept_paused_until, self.drain_until].into_iter().flatten() {
+            let quiet_at = self.pause_episode.as_ref().map(PauseEpisode::quiet_at);
+            for t in [self.accept_paused_until, self.drain_until, quiet_at].into_iter().flatten() {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
             let backlog = self.accept_paused_until.is_none() && self.listeners.iter().any(|l| l.ready);
@@ -167,6 +217,7 @@ impl Server {
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
             }
+            self.end_pause_episode(now);
             dirty.extend(self.accept(now));
             dirty.extend(self.timers.expired(now));
             dirty.sort_unstable();
@@ -203,6 +254,7 @@ impl Server {
             scratch: &mut self.scratch,
             now,
             first_token: FIRST_DYNAMIC,
+            data_channels: &mut self.data_channels,
         }
     }
 
@@ -273,12 +325,15 @@ impl Server {
         for i in 0..self.listeners.len() {
             // Bounded per wakeup; a listener left ready is retried next round.
             for _ in 0..64 {
+                if self.accept_paused_until.is_some() {
+                    return started;
+                }
                 if !self.listeners[i].ready {
                     break;
                 }
                 if self.conns.len() >= self.opts.max_sessions {
                     // Leave the rest in the kernel backlog until a session ends.
-                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                    self.pause_accept(PauseCause::SessionCap, None, now);
                     return started;
                 }
                 match self.listeners[i].listener.accept() {
@@ -294,14 +349,61 @@ impl Server {
                     Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                     Err(e) => {
                         // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
-                        error!(self.log, "accept failed; pausing"; "error" => %e);
-                        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                        self.pause_accept(PauseCause::AcceptFailed, Some(&e), now);
                         return started;
                     }
                 }
             }
         }
         started
+    }
+
+    /// Pauses accept() for `ACCEPT_PAUSE`. The first pause of an episode
+    /// is logged; the others are only counted.
+    fn pause_accept(&mut self, cause: PauseCause, error: Option<&io::Error>, now: Instant) {
+        self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+        if let Some(episode) = self.pause_episode.as_mut().filter(|e| e.cause == cause) {
+            episode.pauses += 1;
+            episode.last = now;
+            return;
+        }
+        // Another cause: the old episode ends here, the new one begins.
+        self.log_pause_episode_end();
+        match (cause, error) {
+            (PauseCause::AcceptFailed, Some(e)) => error!(
+                self.log, "accept failed; pausing accepts until it works again";
+                "error" => %e, "sessions" => self.conns.len(),
+                "data_channels" => self.data_channels.open_now(),
+                "hint" => "out of descriptors or memory: check RLIMIT_NOFILE, fs.file-max, --max-sessions"
+            ),
+            _ => warn!(
+                self.log, "session cap reached; new clients wait in the backlog";
+                "max_sessions" => self.opts.max_sessions
+            ),
+        }
+        self.pause_episode = Some(PauseEpisode { cause, since: now, last: now, pauses: 1 });
+    }
+
+    /// Ends the pause episode once it has been quiet for `EPISODE_QUIET`.
+    fn end_pause_episode(&mut self, now: Instant) {
+        if self.pause_episode.as_ref().is_some_and(|e| e.quiet_at() <= now) {
+            self.log_pause_episode_end();
+        }
+    }
+
+    /// Closes the pause episode, if any, with its one closing record.
+    fn log_pause_episode_end(&mut self) {
+        let Some(episode) = self.pause_episode.take() else { return };
+        let cause = match episode.cause {
+            PauseCause::AcceptFailed => "accept failed",
+            PauseCause::SessionCap => "session cap",
+        };
+        info!(
+            self.log, "accept resumed";
+            "cause" => cause, "pauses" => episode.pauses,
+            "paused_ms" => (episode.last + ACCEPT_PAUSE).saturating_duration_since(episode.since).as_millis() as u64,
+            "sessions" => self.conns.len()
+        );
     }
 
     fn start_session(
@@ -325,16 +427,47 @@ impl Server {
         // A client that connected to the gateway's own port was not
         // redirected: proxying it would connect the gateway to itself.
         if server.port() == self.listeners[listener].addr.port() {
-            return refuse(&log, stream, Refusal::NotRedirected);
+            return refuse(&log, stream, Refusal::NotRedirected, true);
         }
         if tproxy::is_local_address(server.ip()) {
-            return refuse(&log, stream, Refusal::GatewayItself);
+            return refuse(&log, stream, Refusal::GatewayItself, true);
         }
-        let count = self.per_client.entry(peer.ip()).or_insert(0);
-        if *count >= self.opts.max_sessions_per_client {
-            return refuse(&log, stream, Refusal::TooManyFromClient);
+        if let Some(rate) = self.session_rate.as_mut() {
+            let client = ClientKey::of(peer.ip());
+            let limit = rate.rate();
+            match rate.check(client, now) {
+                RateVerdict::Allow { after_refusals: None } => {}
+                RateVerdict::Allow { after_refusals: Some(refused) } => info!(
+                    log, "session rate per client: sessions allowed again";
+                    "client_key" => %client, "refused" => refused
+                ),
+                RateVerdict::Refuse { first } => {
+                    if first {
+                        warn!(
+                            log, "session rate per client exceeded; refusing until the client slows down";
+                            "client_key" => %client, "rate_per_second" => limit.per_second,
+                            "burst" => limit.burst, "rule" => "ATTACKS.md 22"
+                        );
+                    }
+                    return refuse(&log, stream, Refusal::SessionRate, false);
+                }
+                RateVerdict::Untracked { first } => {
+                    if first {
+                        warn!(
+                            log, "session rate table full; new clients go unmetered";
+                            "tracked" => rate.tracked()
+                        );
+                    }
+                }
+            }
         }
-        *count += 1;
+        if self.opts.max_sessions_per_client > 0 {
+            let count = self.per_client.entry(peer.ip()).or_insert(0);
+            if *count >= self.opts.max_sessions_per_client {
+                return refuse(&log, stream, Refusal::TooManyFromClient, true);
+            }
+            *count += 1;
+        }
         info!(log, "session start");
         let ends = ControlEnds { client: peer, server };
         let session = Session::new(self.opts.config.clone(), ends, now);
@@ -342,7 +475,12 @@ impl Server {
         let connect_timeout = self.opts.config.data_connect_timeout;
         let mut ctx = self.ctx(now);
         match Conn::start(key, log.clone(), session, stream, ends, connect_timeout, &mut ctx) {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                // The accept took the last descriptor: stop accepting, as
+                // when accept() itself fails, or the next one would too.
+                if let Some(e) = conn.starved.take() {
+                    self.pause_accept(PauseCause::AcceptFailed, Some(&e), now);
+                }
                 self.conns.insert(conn);
                 Some(key)
             }
@@ -365,10 +503,14 @@ enum Refusal {
     GatewayItself,
     /// The per-client session cap (ATTACKS.md 22).
     TooManyFromClient,
+    /// The per-client rate of new sessions (ATTACKS.md 22).
+    SessionRate,
 }
 
-/// Logs the refusal and tells the client with a best-effort 421.
-fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal) -> Option<usize> {
+/// Logs the refusal and tells the client with a best-effort 421. A refusal
+/// that repeats within an episode (`loud` false) is logged at debug only:
+/// the episode has its own record.
+fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal, loud: bool) -> Option<usize> {
     let (message, reply): (&str, &[u8]) = match why {
         Refusal::NotRedirected => (
             "refused: connection was not redirected by TPROXY",
@@ -382,8 +524,16 @@ fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal) -> Option
             "refused: too many sessions from this client",
             b"421 ftpgate: too many sessions from your address.\r\n",
         ),
+        Refusal::SessionRate => (
+            "refused: too many new sessions from this client",
+            b"421 ftpgate: too many new sessions from your address; try again later.\r\n",
+        ),
     };
-    warn!(log, "{}", message);
+    if loud {
+        warn!(log, "{}", message);
+    } else {
+        debug!(log, "{}", message);
+    }
     let _ = io::Write::write(&mut stream, reply);
     None
 }
