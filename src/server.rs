@@ -367,6 +367,18 @@ enum Refusal {
     TooManyFromClient,
 }
 
+impl Refusal {
+    /// A stable short name for audit records (like `Violation::rule`), and
+    /// the ATTACKS.md case, if any.
+    fn rule(self) -> (&'static str, Option<u8>) {
+        match self {
+            Self::NotRedirected => ("not-redirected", None),
+            Self::GatewayItself => ("gateway-itself", Some(32)),
+            Self::TooManyFromClient => ("per-client-cap", Some(22)),
+        }
+    }
+}
+
 /// Logs the refusal and tells the client with a best-effort 421.
 fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal) -> Option<usize> {
     let (message, reply): (&str, &[u8]) = match why {
@@ -383,7 +395,8 @@ fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal) -> Option
             b"421 ftpgate: too many sessions from your address.\r\n",
         ),
     };
-    warn!(log, "{}", message);
+    let (rule, attack) = why.rule();
+    warn!(log, "{}", message; "rule" => rule, "attack" => crate::audit::attack(attack));
     let _ = io::Write::write(&mut stream, reply);
     None
 }
