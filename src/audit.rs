@@ -97,6 +97,17 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The end record of a session the core did not end (the daemon gave up on
+/// it): the keys of `SessionEnded`'s record, with "-" for what only the
+/// core knows.
+pub(crate) fn session_ended_by_daemon(log: &Logger, reason: &'static str, duration: Duration) {
+    info!(
+        log, "session end";
+        "reason" => reason, "user" => NONE, "ms" => millis(duration),
+        "transfers" => NONE, "to_client" => NONE, "to_server" => NONE
+    );
+}
+
 pub(crate) fn record(log: &Logger, event: &AuditEvent) {
     match event {
         AuditEvent::LoggedIn { user } => info!(log, "login"; "user" => user),

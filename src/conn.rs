@@ -405,13 +405,10 @@ impl Conn {
         if !std::mem::replace(&mut self.end_logged, true) {
             let reason =
                 if self.broken.is_some() { "event loop registration failed" } else { "drain deadline" };
-            let ms = u64::try_from(ctx.now.saturating_duration_since(self.started).as_millis())
-                .unwrap_or(u64::MAX);
-            let none = audit::NONE;
-            info!(
-                self.log, "session end";
-                "reason" => reason, "user" => none, "ms" => ms,
-                "transfers" => none, "to_client" => none, "to_server" => none
+            audit::session_ended_by_daemon(
+                &self.log,
+                reason,
+                ctx.now.saturating_duration_since(self.started),
             );
         }
         for side in [Side::Client, Side::Server] {

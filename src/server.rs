@@ -348,6 +348,7 @@ impl Server {
             }
             Err(e) => {
                 error!(log, "session set-up failed"; "error" => %e);
+                crate::audit::session_ended_by_daemon(&log, "event loop registration failed", Duration::ZERO);
                 self.forget_client(peer.ip());
                 None
             }
