@@ -169,14 +169,25 @@ fn split_then(report: &str) -> (&str, &str) {
 }
 
 /// ftpgate's transfer records (`INFO transfer, key: value, ...` lines in
-/// ftpgate.log) whose command is `command`, as (key, value) pairs.
+/// ftpgate.log) whose verb and path are `command` ("RETR /pub/x"), as
+/// (key, value) pairs.
 fn transfer_records(lab: &Lab, command: &str) -> Vec<Vec<(String, String)>> {
     lab.gateway_log()
         .lines()
         .filter(|l| l.contains(" transfer, "))
         .map(parse_record)
-        .filter(|r| record_field(r, "command") == Some(command))
+        .filter(|r| command_line(r) == command)
         .collect()
+}
+
+/// `command` and `path` of a record as one line; the older form had both
+/// in `command`.
+fn command_line(record: &[(String, String)]) -> String {
+    let verb = record_field(record, "command").unwrap_or_default();
+    match record_field(record, "path") {
+        Some(path) if path != "-" => format!("{verb} {path}"),
+        _ => verb.to_string(),
+    }
 }
 
 /// Every `, key: value` pair of a log line, `key` being `[a-z_][a-z0-9_]*`.
@@ -526,4 +537,9 @@ fn parse_record_reads_pairs_in_any_order() {
     assert_eq!(record_field(&r, "mode"), Some("passive"));
     assert_eq!(record_field(&r, "session"), Some("1"));
     assert_eq!(record_field(&r, "to_server"), None);
+    let split = parse_record(
+        "Nov 27 14:34:43.760 INFO transfer, rest: -, path: /pub/cut.bin, command: RETR, data: 0",
+    );
+    assert_eq!(command_line(&split), "RETR /pub/cut.bin");
+    assert_eq!(command_line(&r), "RETR /pub/cut.bin");
 }

@@ -744,9 +744,11 @@ impl TransferMode {
 
 /// One `transfer` record of ftpgate's log, e.g.
 /// `... INFO transfer, result: ok, reply: 226, ms: 8, to_server: 0,
-/// to_client: 4206649, command: RETR x.bin, user: anonymous, mode: passive,
-/// data: 0, server: ..., client: ..., session: 2`. Keys the harness does
-/// not know (a failure's `why`, say) are kept in `fields`.
+/// to_client: 4206649, rest: -, path: x.bin, command: RETR, user: anonymous,
+/// mode: passive, data: 0, server: ..., client: ..., session: 2`. Keys the
+/// harness does not know (a failure's `why`, say) are kept in `fields`.
+/// The older form without `path` (`command: RETR x.bin (REST 10)`, still
+/// written by lab/standin) reads the same.
 #[derive(Clone, Debug)]
 pub struct TransferRecord {
     /// line number in ftpgate.log (identifies the record)
@@ -805,8 +807,12 @@ impl TransferRecord {
     }
 
     /// The command's verb, upper case, and its argument (without the
-    /// restart note ftpgate appends: `RETR x.bin (REST 300000)`).
+    /// restart note of the older form: `RETR x.bin (REST 300000)`).
     pub fn verb_and_arg(&self) -> (String, &str) {
+        if let Some(path) = self.get("path") {
+            let path = if path == "-" { "" } else { path };
+            return (self.command.to_ascii_uppercase(), path);
+        }
         let (verb, arg) = self.command.split_once(' ').unwrap_or((self.command.as_str(), ""));
         let arg = match self.restart_offset() {
             Some(_) => arg.rsplit_once(" (REST ").map_or(arg, |(a, _)| a),
@@ -817,6 +823,9 @@ impl TransferRecord {
 
     /// The REST offset the transfer started from, if ftpgate noted one.
     pub fn restart_offset(&self) -> Option<u64> {
+        if let Some(rest) = self.get("rest") {
+            return rest.parse().ok();
+        }
         let (_, note) = self.command.rsplit_once(" (REST ")?;
         note.strip_suffix(')')?.parse().ok()
     }
