@@ -742,6 +742,38 @@ impl TransferMode {
     }
 }
 
+/// The `key: value` pairs of a log record's body (`a: 1, why: x, y, b: 2`),
+/// `key` being `[a-z_][a-z0-9_]*`. A value runs to the next such pair, not
+/// to the next comma: a failure's `why` and a file name may hold commas.
+/// slog prints the pairs in no order worth relying on and records grow
+/// keys, so none is assumed.
+pub fn key_values(body: &str) -> Vec<(String, String)> {
+    let is_key = |k: &str| {
+        k.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let line = format!(", {body}");
+    // (where the pair starts, where its value starts, key)
+    let mut pairs: Vec<(usize, usize, &str)> = Vec::new();
+    for (i, _) in line.match_indices(", ") {
+        let rest = &line[i + 2..];
+        if let Some(colon) = rest.find(": ") {
+            let key = &rest[..colon];
+            if is_key(key) {
+                pairs.push((i, i + 2 + colon + 2, key));
+            }
+        }
+    }
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(n, &(_, from, key))| {
+            let to = pairs.get(n + 1).map_or(line.len(), |&(next, _, _)| next);
+            (key.to_string(), line[from..to].trim().to_string())
+        })
+        .collect()
+}
+
 /// One `transfer` record of ftpgate's log, e.g.
 /// `... INFO transfer, result: ok, reply: 226, ms: 8, to_server: 0,
 /// to_client: 4206649, rest: -, path: x.bin, command: RETR, user: anonymous,
@@ -771,21 +803,9 @@ impl TransferRecord {
         let start = text.find(&format!(" {level} "))? + level.len() + 2;
         let body = &text[start..];
         let kv = body.strip_prefix("transfer, ")?;
-        let mut fields: Vec<(String, String)> = Vec::new();
-        for piece in kv.split(", ") {
-            match piece.split_once(": ") {
-                Some((k, v)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
-                    fields.push((k.to_string(), v.to_string()));
-                }
-                // a value with ", " in it (a file name): part of the last one
-                _ => match fields.last_mut() {
-                    Some((_, v)) => {
-                        v.push_str(", ");
-                        v.push_str(piece);
-                    }
-                    None => return None,
-                },
-            }
+        let fields = key_values(kv);
+        if fields.is_empty() {
+            return None;
         }
         let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
         Some(Self {
