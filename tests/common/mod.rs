@@ -130,6 +130,20 @@ fn sigterm(pid: u32) {
     let _ = Command::new("sh").args(["-c", "kill -TERM \"$0\"", &pid.to_string()]).status();
 }
 
+/// Ends a helper process the test started (a scripted server, a greeter):
+/// SIGTERM by its PID, a bounded wait, then SIGKILL; always reaped.
+pub fn stop_child(mut child: Child) {
+    sigterm(child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Run `cmd` with a hard time limit (timeout(1), SIGKILL 5 s later).
