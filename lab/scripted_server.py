@@ -102,6 +102,15 @@ def reset_close(sock):
     sock.close()
 
 
+def peer_ip(sock):
+    """The peer's address, or None once the connection is gone (a reset
+    can come before we ask)."""
+    try:
+        return sock.getpeername()[0]
+    except OSError:
+        return None
+
+
 def read_to_end(sock, deadline):
     """Read until EOF or error; (bytes, end, data)."""
     n = 0
@@ -181,7 +190,7 @@ class Session:
     def open_data(self):
         """The data connection of this transfer, or None (reply already sent)."""
         try:
-            if self.pasv is SHARED:
+            if SHARED is not None and self.pasv is SHARED:
                 d = SHARED.take(self.peer[0], 15)
             elif self.pasv is not None:
                 self.pasv.settimeout(15)
@@ -226,7 +235,7 @@ class Session:
         if d is None:
             return
         self.send("150 Opening BINARY mode data connection for %s (%d bytes)." % (arg, len(content)))
-        entry = {"cmd": "RETR", "path": arg, "mode": self.mode, "size": len(content), "data_peer": d.getpeername()[0]}
+        entry = {"cmd": "RETR", "path": arg, "mode": self.mode, "size": len(content), "data_peer": peer_ip(d)}
         d.settimeout(30)
         try:
             if ARGS.retr_reset_after is not None and len(content) > ARGS.retr_reset_after:
@@ -271,8 +280,8 @@ class Session:
         d = self.open_data()
         if d is None:
             return
+        data_peer = peer_ip(d)
         self.send("150 Ok to send data.")
-        data_peer = d.getpeername()[0]
         n, end, data = read_to_end(d, time.monotonic() + 60)
         d.close()
         with open(full, "wb") as f:
