@@ -15,22 +15,20 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ftpgate_proto::{Action, AuditEvent, ControlEnds, DataId, DataStep, Input, Session, Side};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpStream;
 use mio::{event::Source, Interest, Registry, Token};
 use slab::Slab;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::audit;
 use crate::limits::{Admit, DataChannels};
+use crate::listeners::{Arrival, Channel, ExpectError, Expectation, Handover, Listeners};
 use crate::relay::{self, Budget, Readiness, Relay, RelayStatus};
-use crate::tproxy::{self, TproxyError};
+use crate::tproxy;
 
 /// How long a closed session may take to flush its last reply to a peer
 /// that does not read.
 const LINGER: Duration = Duration::from_secs(5);
-
-/// Backlog of a data listener: it accepts one connection (plus thieves).
-const DATA_BACKLOG: i32 = 8;
 
 /// Rounds of control work per wakeup, so one busy session cannot starve
 /// the others. Splice work has its own, smaller bound: `relay::Budget`.
@@ -44,6 +42,8 @@ const REPLY_OUT_OF_RESOURCES: &[u8] = b"421 Service not available: ftpgate is ou
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
     Control(Side),
+    /// A data listener: registered by the listener table, named here only
+    /// when it could not be.
     DataListener(DataId),
     /// The leg accepted on the data listener.
     DataAccepted(DataId),
@@ -107,6 +107,9 @@ pub(crate) struct Ctx<'a> {
     /// `DataChan` in a session was admitted here and is released in
     /// `close_data`, its one way out.
     pub(crate) data_channels: &'a mut DataChannels,
+    /// The daemon's data listeners, shared by the sessions that expect a
+    /// connection on the same (address, port).
+    pub(crate) listeners: &'a mut Listeners,
 }
 
 impl Ctx<'_> {
@@ -170,8 +173,9 @@ struct DataChan {
     id: DataId,
     /// The side that connects to the listener.
     peer: Side,
-    listener: Option<(TcpListener, Token)>,
-    listener_ready: bool,
+    /// What the listener table handed over for this channel, not yet told
+    /// to the core. Cleared when the channel stops expecting a connection.
+    arrivals: VecDeque<Arrival>,
     /// The connection just accepted, while the core judges it
     /// (`Input::Accepted`). Owned by `accept_data`, which puts it here and
     /// closes what the verdict left (a refusal); the keeping verdict,
@@ -322,11 +326,8 @@ impl Conn {
                     mark(&mut leg.ready);
                 }
             }
-            Role::DataListener(id) => {
-                if let Some(chan) = self.chan(id) {
-                    chan.listener_ready = true;
-                }
-            }
+            // The listener table owns those tokens.
+            Role::DataListener(_) => {}
             Role::DataAccepted(id) => {
                 if let Some(leg) = self.chan(id).and_then(|c| c.accepted.as_mut()) {
                     mark(&mut leg.ready);
@@ -337,6 +338,16 @@ impl Conn {
                     mark(&mut leg.ready);
                 }
             }
+        }
+    }
+
+    /// Takes what the listener table accepted for one of this session's
+    /// channels; `drive` tells the core. Nothing is kept for a channel that
+    /// is gone: the connection closes.
+    pub(crate) fn hand_over(&mut self, handover: Handover) {
+        debug_assert_eq!(handover.channel.session, self.key);
+        if let Some(chan) = self.chan(handover.channel.data) {
+            chan.arrivals.push_back(handover.arrival);
         }
     }
 
@@ -518,7 +529,9 @@ impl Conn {
 
     fn execute(&mut self, ctx: &mut Ctx<'_>, action: Action) {
         match action {
-            Action::Listen { data, local, accept_from: _, peer } => self.listen(ctx, data, local, peer),
+            Action::Listen { data, local, accept_from, peer } => {
+                self.listen(ctx, data, local, accept_from, peer)
+            }
             // accept_data closes the connection that no verdict took.
             Action::Refuse { data: _ } => {}
             Action::Connect { data, local, remote } => self.connect_data(ctx, data, local, remote),
@@ -547,7 +560,14 @@ impl Conn {
         }
     }
 
-    fn listen(&mut self, ctx: &mut Ctx<'_>, data: DataId, local: SocketAddr, peer: Side) {
+    fn listen(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        data: DataId,
+        local: SocketAddr,
+        accept_from: std::net::IpAddr,
+        peer: Side,
+    ) {
         // A retry (the announced port was taken) replaces the listener.
         if self.chan(data).is_none() {
             if !self.admit_data(ctx, data) {
@@ -563,8 +583,7 @@ impl Conn {
             self.data.push(DataChan {
                 id: data,
                 peer,
-                listener: None,
-                listener_ready: false,
+                arrivals: VecDeque::new(),
                 accepted_pending_verdict: None,
                 accepted: None,
                 outbound: None,
@@ -575,28 +594,30 @@ impl Conn {
             });
         }
         self.close_listener(ctx, data);
-        let result = tproxy::listen(local, DATA_BACKLOG).and_then(|listener| {
-            let bound = listener.local_addr().map_err(|error| TproxyError::Listen { addr: local, error })?;
-            Ok((listener, bound))
-        });
-        let (mut listener, bound) = match result {
-            Ok(ok) => ok,
-            Err(e) => {
+        let expectation = Expectation {
+            channel: Channel { session: self.key, data },
+            accept_from,
+            peer,
+            log: self.log.clone(),
+        };
+        match ctx.listeners.expect(ctx.registry, local, expectation) {
+            Ok(expected) => self.queue(Input::Listening { data, local: expected.local }),
+            Err(ExpectError::Ambiguous) => {
+                // Told as the bind failure it stands for: the core listens
+                // on a port of its own and rewrites the reply.
+                info!(
+                    self.log, "data listener already expects this peer for another session";
+                    "data" => data.0, "local" => %local, "accept_from" => %accept_from
+                );
+                self.queue(Input::Failed { data, step: DataStep::Bind, error: io::ErrorKind::AddrInUse });
+            }
+            Err(ExpectError::Listen(e)) => {
                 debug!(self.log, "data listen failed"; "data" => data.0, "error" => %e);
                 self.queue(Input::Failed { data, step: e.step(), error: e.kind() });
-                return;
             }
-        };
-        match ctx.register(self.key, &mut listener, Role::DataListener(data), Interest::READABLE) {
-            Ok(token) => {
-                if let Some(chan) = self.chan(data) {
-                    chan.listener = Some((listener, token));
-                    // A connection may already be queued before registration.
-                    chan.listener_ready = true;
-                }
-                self.queue(Input::Listening { data, local: bound });
+            Err(ExpectError::Register(error)) => {
+                self.broken = Some(RegisterError { role: Role::DataListener(data), error })
             }
-            Err(e) => self.broken = Some(e),
         }
     }
 
@@ -676,12 +697,13 @@ impl Conn {
         }
     }
 
+    /// The channel expects no connection any more: its listener closes
+    /// unless another session expects one there, and what was handed over
+    /// but not yet judged closes.
     fn close_listener(&mut self, ctx: &mut Ctx<'_>, data: DataId) {
+        ctx.listeners.forget(ctx.registry, Channel { session: self.key, data });
         if let Some(chan) = self.chan(data) {
-            chan.listener_ready = false;
-            if let Some((mut listener, token)) = chan.listener.take() {
-                ctx.deregister(&mut listener, token);
-            }
+            chan.arrivals.clear();
         }
     }
 
@@ -861,19 +883,19 @@ impl Conn {
         (progress, more)
     }
 
+    /// Tells the core what the listener table handed over: each connection
+    /// for its verdict, or the listener's failure.
     fn accept_data(&mut self, ctx: &mut Ctx<'_>, id: DataId) -> bool {
         let mut progress = false;
-        // Bounded: a flood of thieves is refused a few at a time.
-        for _ in 0..8 {
-            let Some(chan) = chan_in(&mut self.data, id) else { break };
-            if !chan.listener_ready {
-                break;
-            }
-            let Some((listener, _)) = chan.listener.as_ref() else { break };
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    progress = true;
-                    chan.accepted_pending_verdict = Some(stream);
+        // Bounded by the table, which hands over a few per wakeup; the
+        // verdict that keeps one clears the rest (`close_listener`).
+        while let Some(arrival) = self.chan(id).and_then(|chan| chan.arrivals.pop_front()) {
+            progress = true;
+            match arrival {
+                Arrival::Connection { stream, peer } => {
+                    if let Some(chan) = self.chan(id) {
+                        chan.accepted_pending_verdict = Some(stream);
+                    }
                     self.tell(ctx, Input::Accepted { data: id, peer });
                     // Whatever the verdict did not keep is closed: a
                     // refusal, or no verdict at all.
@@ -881,18 +903,11 @@ impl Conn {
                         chan.accepted_pending_verdict = None;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    chan.listener_ready = false;
-                    break;
-                }
-                Err(e)
-                    if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
-                Err(e) => {
-                    warn!(self.log, "data accept failed"; "data" => id.0, "error" => %e);
-                    chan.listener_ready = false;
+                Arrival::AcceptFailed(error) => {
+                    // The table logged it and closed the listener.
                     self.close_listener(ctx, id);
-                    self.tell(ctx, Input::Failed { data: id, step: DataStep::Accept, error: e.kind() });
-                    return true;
+                    self.tell(ctx, Input::Failed { data: id, step: DataStep::Accept, error });
+                    break;
                 }
             }
         }

@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod conn;
 mod limits;
+mod listeners;
 mod log;
 mod privilege;
 mod relay;

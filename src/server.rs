@@ -19,12 +19,16 @@ use slog::{debug, error, info, o, warn, Logger};
 
 use crate::conn::{Conn, Ctx, Registration};
 use crate::limits::{ClientKey, DataChannels, Rate, RateVerdict, SessionRate};
+use crate::listeners::Listeners;
 use crate::tproxy::{self, TproxyError};
 
 const SIGNALS: Token = Token(0);
 /// Control listeners use tokens 1..FIRST_DYNAMIC; sockets of sessions use
 /// FIRST_DYNAMIC + their registration key.
 const FIRST_DYNAMIC: usize = 1024;
+/// Data listeners use FIRST_DATA_LISTENER + their key in the listener
+/// table: the table owns them, not a session.
+const FIRST_DATA_LISTENER: usize = usize::MAX / 2;
 /// When accept() fails for lack of descriptors, or the session cap is
 /// reached, wait this long instead of spinning on a listener that stays
 /// readable.
@@ -117,6 +121,9 @@ pub(crate) struct Server {
     /// The per-client rate of new sessions; `None` while it is off.
     session_rate: Option<SessionRate>,
     data_channels: DataChannels,
+    /// Foreign data listeners, shared by the sessions expecting a
+    /// connection on the same (address, port).
+    data_listeners: Listeners,
     accept_paused_until: Option<Instant>,
     pause_episode: Option<PauseEpisode>,
     drain_until: Option<Instant>,
@@ -163,6 +170,7 @@ impl Server {
             per_client: HashMap::new(),
             session_rate,
             data_channels,
+            data_listeners: Listeners::new(FIRST_DATA_LISTENER),
             accept_paused_until: None,
             pause_episode: None,
             drain_until: None,
@@ -180,7 +188,8 @@ impl Server {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
             let backlog = self.accept_paused_until.is_none() && self.listeners.iter().any(|l| l.ready);
-            let timeout = if self.again.is_empty() && !backlog {
+            let data_backlog = self.data_listeners.has_ready();
+            let timeout = if self.again.is_empty() && !backlog && !data_backlog {
                 wake.map(|w| w.saturating_duration_since(now))
             } else {
                 Some(Duration::ZERO)
@@ -196,6 +205,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signal(now),
+                    token if self.data_listeners.owns(token) => self.data_listeners.on_event(token),
                     Token(t) if t < FIRST_DYNAMIC => {
                         if let Some(l) = self.listeners.get_mut(t - 1) {
                             l.ready = true;
@@ -219,6 +229,7 @@ impl Server {
             }
             self.end_pause_episode(now);
             dirty.extend(self.accept(now));
+            dirty.extend(self.hand_over_data());
             dirty.extend(self.timers.expired(now));
             dirty.sort_unstable();
             dirty.dedup();
@@ -255,7 +266,27 @@ impl Server {
             now,
             first_token: FIRST_DYNAMIC,
             data_channels: &mut self.data_channels,
+            listeners: &mut self.data_listeners,
         }
+    }
+
+    /// Accepts on the ready data listeners and hands each connection to
+    /// the session that expects its peer. Returns the sessions to drive.
+    fn hand_over_data(&mut self) -> Vec<usize> {
+        if !self.data_listeners.has_ready() {
+            return Vec::new();
+        }
+        let mut keys = Vec::new();
+        for handover in self.data_listeners.accept_ready(self.poll.registry(), &self.log) {
+            let key = handover.channel.session;
+            // A session that is gone took its expectations with it
+            // (`abort`); its connection closes here if one slipped by.
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.hand_over(handover);
+                keys.push(key);
+            }
+        }
+        keys
     }
 
     fn drive(&mut self, key: usize, now: Instant) {
