@@ -5,8 +5,10 @@
 //! open during the transfer and closed after it, the byte counter grows
 //! while the transfer runs and by at least the file's size in all, the
 //! transfer is counted ok, and the descriptors are counted. A second lab
-//! provokes a bounce refusal and a not-redirected connection and finds
-//! them counted by rule, and checks the endpoint's 404.
+//! holds the endpoint with a scraper that stalls mid-request, shows that
+//! FTP goes on meanwhile and the next scrape is answered after the
+//! stalled one's deadline, provokes a bounce refusal and a not-redirected
+//! connection and finds them counted by rule, and checks the 404.
 mod common;
 use std::fs;
 use std::process::{Command, Stdio};
@@ -28,8 +30,14 @@ fn metrics_addr() -> String {
 
 /// One scrape from the client namespace.
 fn scrape(lab: &Lab) -> String {
+    scrape_within(lab, 5)
+}
+
+/// One scrape that may take up to `secs` seconds.
+fn scrape_within(lab: &Lab, secs: u64) -> String {
     let url = format!("http://{}/metrics", metrics_addr());
-    let out = lab.client_ok(15, &["curl", "-sS", "--fail", "--max-time", "5", &url]);
+    let max = secs.to_string();
+    let out = lab.client_ok(secs + 10, &["curl", "-sS", "--fail", "--max-time", &max, &url]);
     text(&out.stdout)
 }
 
@@ -168,11 +176,40 @@ except ftplib.error_perm as e:
 ftp.quit()
 "#;
 
+/// A scraper that sends half a request line and then nothing for 15 s.
+const STALLED_SCRAPER: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"GET /metr")
+print("connected", flush=True)
+time.sleep(15)
+"#;
+
 #[test]
 fn metrics_count_refusals_by_rule_and_endpoint_answers_404_elsewhere() {
     let mut lab = Lab::new("metref", Rules::Nft);
     lab.start_gateway(&["--metrics", &metrics_addr()]);
     let before = scrape(&lab);
+
+    // A stalled scraper holds the endpoint: the gateway must go on
+    // serving FTP meanwhile, and the next scrape gets its answer once the
+    // stalled one's deadline (5 s) has passed.
+    let port = METRICS_PORT.to_string();
+    let mut stalled = Command::new("timeout")
+        .args(["-k", "5", "30", "ip", "netns", "exec", &lab.ns(Ns::Client)])
+        .args(["python3", "-c", STALLED_SCRAPER, GW_CLIENT_IP, &port])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the stalled scraper");
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(stalled.stdout.take().expect("stdout")),
+        &mut line,
+    );
+    assert_eq!(line.trim(), "connected", "the stalled scraper did not connect");
+    let stalled_at = Instant::now();
 
     let out = lab.client_ok(30, &["python3", "-c", BOUNCE, SERVER_IP]);
     assert_eq!(text(&out.stdout).trim(), "501", "the bounce was not refused");
@@ -180,6 +217,16 @@ fn metrics_count_refusals_by_rule_and_endpoint_answers_404_elsewhere() {
     let direct = format!("ftp://{GW_CLIENT_IP}:{GW_PORT}/");
     let out = lab.exec(Ns::Client, 20, &["curl", "-sS", "--max-time", "5", &direct]);
     assert!(!out.status.success(), "a direct connection was served: {}", text(&out.stdout));
+
+    // FTP went on while the endpoint was held.
+    assert!(stalled_at.elapsed() < Duration::from_secs(5), "FTP was slow: {:?}", stalled_at.elapsed());
+    let waited = Instant::now();
+    // Waits for the stalled scraper's deadline at most: far less than its
+    // 15 s of silence.
+    let first = scrape_within(&lab, 10);
+    assert!(waited.elapsed() < Duration::from_secs(8), "scrape waited {:?}", waited.elapsed());
+    common::stop_child(stalled);
+    assert!(first.contains("ftpgate_sessions_total"), "{first}");
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
