@@ -13,6 +13,8 @@ use ftpgate_proto::{
 };
 use slog::{info, warn, Logger};
 
+use crate::metrics::{Channel, Metrics, Step};
+
 /// The value of a key that does not apply.
 pub(crate) const NONE: &str = "-";
 
@@ -101,6 +103,7 @@ fn millis(d: Duration) -> u64 {
 /// it): the keys of `SessionEnded`'s record, with "-" for what only the
 /// core knows.
 pub(crate) fn session_ended_by_daemon(log: &Logger, reason: &'static str, duration: Duration) {
+    crate::metrics::get().session_ended(reason);
     info!(
         log, "session end";
         "reason" => reason, "user" => NONE, "ms" => millis(duration),
@@ -109,6 +112,7 @@ pub(crate) fn session_ended_by_daemon(log: &Logger, reason: &'static str, durati
 }
 
 pub(crate) fn record(log: &Logger, event: &AuditEvent) {
+    count(crate::metrics::get(), event);
     match event {
         AuditEvent::LoggedIn { user } => info!(log, "login"; "user" => user),
         AuditEvent::DataOpened { data, mode: m, local, accept_from } => info!(
@@ -170,6 +174,42 @@ pub(crate) fn record(log: &Logger, event: &AuditEvent) {
         ),
         // The core grows; an unknown event is still worth a line.
         other => info!(log, "event"; "event" => ?other),
+    }
+}
+
+/// The counters of `event`, beside its log record: every decision the
+/// core reports is counted by the same names it is logged with (rule,
+/// result, reason).
+fn count(m: &Metrics, event: &AuditEvent) {
+    match event {
+        AuditEvent::LoggedIn { .. } => m.login(),
+        // Data channels are counted as the daemon admits them
+        // (`Metrics::data_channel_opened`), with their address family.
+        AuditEvent::DataOpened { .. } => {}
+        // The thief is neither of the session's peers.
+        AuditEvent::DataPeerRefused { .. } => m.refused(None, "port-theft"),
+        AuditEvent::ReplyRewritten { .. } => m.rewrite(),
+        AuditEvent::Refused { side: s, rule, .. } => m.refused(Some(*s), rule),
+        AuditEvent::Transfer { result: r, .. } => {
+            m.transfer(result(*r));
+            match r {
+                // The global data-channel cap, not a failed system call:
+                // the daemon logs it when it is reached.
+                TransferResult::Failed(TransferFailure::SetupFailed {
+                    error: std::io::ErrorKind::QuotaExceeded,
+                    ..
+                }) => {}
+                TransferResult::Failed(TransferFailure::SetupFailed { step: s, .. }) => {
+                    m.error(Channel::Data, Step::from(*s))
+                }
+                TransferResult::Failed(
+                    TransferFailure::Reset { .. } | TransferFailure::RelayError { .. },
+                ) => m.error(Channel::Data, Step::Relay),
+                _ => {}
+            }
+        }
+        AuditEvent::SessionEnded { reason, .. } => m.session_ended(reason),
+        _ => {}
     }
 }
 
@@ -362,6 +402,40 @@ mod tests {
             let msg = obj["msg"].as_str().unwrap();
             assert!(text.contains(&format!(" {level} {msg}")), "{json}\n{text}");
             assert!(obj["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{json}");
+        }
+    }
+
+    #[test]
+    fn every_event_is_counted_by_the_names_it_is_logged_with() {
+        let m = Metrics::new();
+        for event in every_event() {
+            count(&m, &event);
+        }
+        let reset = TransferFailure::Reset { leg: Side::Server };
+        let refused =
+            TransferFailure::SetupFailed { step: DataStep::Connect, error: io::ErrorKind::ConnectionRefused };
+        let capped =
+            TransferFailure::SetupFailed { step: DataStep::Listen, error: io::ErrorKind::QuotaExceeded };
+        for failure in [reset, refused, capped] {
+            count(&m, &transfer(426, 226, TransferResult::Failed(failure)));
+        }
+        count(&m, &transfer(426, 226, TransferResult::Aborted(AbortCause::ClientAbor)));
+        let text = m.encode();
+        for (series, n) in [
+            ("ftpgate_logins_total", 1.0),
+            (r#"ftpgate_refusals_total{side="third-party",rule="port-theft"}"#, 1.0),
+            (r#"ftpgate_refusals_total{side="client",rule="bounce"}"#, 1.0),
+            ("ftpgate_data_address_rewrites_total", 1.0),
+            (r#"ftpgate_transfers_total{result="ok"}"#, 1.0),
+            (r#"ftpgate_transfers_total{result="failed"}"#, 3.0),
+            (r#"ftpgate_transfers_total{result="aborted"}"#, 1.0),
+            (r#"ftpgate_sessions_ended_total{reason="client closed"}"#, 1.0),
+            (r#"ftpgate_errors_total{channel="data",step="relay"}"#, 1.0),
+            (r#"ftpgate_errors_total{channel="data",step="connect"}"#, 1.0),
+            // The global data-channel cap is no failed system call.
+            (r#"ftpgate_errors_total{channel="data",step="listen"}"#, 0.0),
+        ] {
+            assert_eq!(crate::metrics::value(&text, series), Some(n), "{series}:\n{text}");
         }
     }
 

@@ -93,6 +93,11 @@ pub(crate) struct Args {
     #[arg(long, value_name = "NAME", requires = "user")]
     pub(crate) group: Option<String>,
 
+    /// Serve Prometheus metrics over plain HTTP at ADDR:PORT/metrics: a
+    /// listener of the gateway's own, not intercepted.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) metrics: Option<SocketAddr>,
+
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub(crate) log_level: LogLevel,

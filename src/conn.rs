@@ -23,6 +23,7 @@ use slog::{debug, error, info, warn, Logger};
 use crate::audit;
 use crate::limits::{Admit, DataChannels};
 use crate::listeners::{Arrival, Channel, ExpectError, Expectation, Handover, Listeners};
+use crate::metrics::{self, Step};
 use crate::relay::{self, Budget, Readiness, Relay, RelayStatus};
 use crate::tproxy;
 
@@ -190,6 +191,8 @@ struct DataChan {
     reported_counts: (u64, u64),
     /// The core was told how the relay ended (`Relayed` or `RelayFailed`).
     relay_ended: bool,
+    /// Counts the channel as open in the metrics while it exists.
+    _open: metrics::OpenDataChannel,
 }
 
 /// A fact for the core, queued until `feed_facts` hands it over.
@@ -298,6 +301,7 @@ impl Conn {
                 }
             }
             Err(e) => {
+                metrics::get().error(metrics::Channel::Control, e.step().into());
                 let errno = e.io().raw_os_error();
                 if errno == Some(libc::EMFILE) || errno == Some(libc::ENFILE) {
                     // The loop pauses accepting and logs the episode once.
@@ -516,6 +520,12 @@ impl Conn {
     fn give_up(&mut self) {
         let Some(e) = &self.broken else { return };
         error!(self.log, "session ended: event loop registration failed"; "error" => %e);
+        let channel = if matches!(e.role, Role::Control(_)) {
+            metrics::Channel::Control
+        } else {
+            metrics::Channel::Data
+        };
+        metrics::get().error(channel, Step::Register);
         if let Some(leg) = &mut self.client.leg {
             // The reply in flight goes first, and the 421 only if it went
             // whole: a 421 inside a half-sent line would garble both.
@@ -591,6 +601,7 @@ impl Conn {
                 relay: None,
                 reported_counts: (0, 0),
                 relay_ended: false,
+                _open: metrics::get().data_channel_opened(peer, local),
             });
         }
         self.close_listener(ctx, data);
@@ -765,6 +776,7 @@ impl Conn {
                 false
             }
             Err(e) => {
+                metrics::get().error(metrics::Channel::Control, Step::Connect);
                 warn!(self.log, "server unreachable"; "error" => %e);
                 server.connecting = false;
                 self.close_control(ctx, Side::Server);
@@ -966,6 +978,7 @@ impl Conn {
         };
         let before = relay.counts();
         let status = relay.run(&client.stream, &mut client.ready, &server.stream, &mut server.ready, budget);
+        metrics::get().relayed(before, relay.counts());
         let progress = relay.counts() != before;
         match status {
             RelayStatus::Running { more } => (progress, more),

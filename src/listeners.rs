@@ -250,8 +250,7 @@ impl Listeners {
         self.table.entries.iter().any(|(_, e)| e.ready)
     }
 
-    /// Open listeners.
-    #[cfg(test)]
+    /// Open listeners (also the metrics' gauge).
     pub(crate) fn len(&self) -> usize {
         self.table.entries.len()
     }

@@ -9,6 +9,7 @@ mod conn;
 mod limits;
 mod listeners;
 mod log;
+mod metrics;
 mod privilege;
 mod relay;
 mod server;
@@ -50,6 +51,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Bound with the control listeners, so that a port taken is a start
+    // error; served once the privileges are dropped (`Endpoint::spawn`).
+    let metrics_endpoint = match args.metrics.map(metrics::Endpoint::bind).transpose() {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            crit!(log, "cannot start"; "error" => %e);
+            return ExitCode::from(2);
+        }
+    };
     let mut server = match server::Server::new(opts, log.clone()) {
         Ok(server) => server,
         Err(e) => {
@@ -63,6 +73,10 @@ fn main() -> ExitCode {
             crit!(log, "cannot start"; "error" => %e);
             return ExitCode::from(2);
         }
+    }
+    if let Err(e) = metrics_endpoint.map_or(Ok(()), |endpoint| endpoint.spawn(metrics::get(), log.clone())) {
+        crit!(log, "cannot start"; "error" => %e);
+        return ExitCode::from(2);
     }
     info!(log, "ftpgate started"; "version" => env!("CARGO_PKG_VERSION"));
     match server.run() {

@@ -150,6 +150,7 @@ impl Server {
                 .map_err(|e| StartError::Setup("registering a listener", e))?;
             let addr = listener.local_addr().unwrap_or(addr);
             info!(log, "listening"; "addr" => %addr);
+            crate::metrics::get().control_listener_opened();
             listeners.push(ControlListener { listener, addr, ready: false });
         }
         let session_rate = SessionRate::new(opts.session_rate);
@@ -236,6 +237,7 @@ impl Server {
             for key in dirty {
                 self.drive(key, now);
             }
+            crate::metrics::get().data_listeners_open(self.data_listeners.len());
             for key in self.dead.drain(..) {
                 self.regs.try_remove(key);
             }
@@ -309,6 +311,7 @@ impl Server {
     /// Releases every socket of a session taken out of the slab.
     fn retire(&mut self, mut conn: Conn, now: Instant) {
         conn.abort(&mut self.ctx(now));
+        crate::metrics::get().session_closed();
         self.timers.arm(conn.key(), None);
         self.forget_client(conn.client_ip);
     }
@@ -335,6 +338,7 @@ impl Server {
         // Stop accepting at once: the listener sockets close here.
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l.listener);
+            crate::metrics::get().control_listener_closed();
         }
         self.drain_until = Some(now + self.opts.drain_timeout);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -379,6 +383,8 @@ impl Server {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                     Err(e) => {
+                        crate::metrics::get()
+                            .error(crate::metrics::Channel::Control, crate::metrics::Step::Accept);
                         // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
                         self.pause_accept(PauseCause::AcceptFailed, Some(&e), now);
                         return started;
@@ -513,10 +519,12 @@ impl Server {
                     self.pause_accept(PauseCause::AcceptFailed, Some(&e), now);
                 }
                 self.conns.insert(conn);
+                crate::metrics::get().session_started();
                 Some(key)
             }
             Err(e) => {
                 error!(log, "session set-up failed"; "error" => %e);
+                crate::metrics::get().error(crate::metrics::Channel::Control, crate::metrics::Step::Register);
                 crate::audit::session_ended_by_daemon(&log, "event loop registration failed", Duration::ZERO);
                 self.forget_client(peer.ip());
                 None
@@ -575,6 +583,7 @@ fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal, loud: boo
         ),
     };
     let (rule, attack) = why.rule();
+    crate::metrics::get().session_refused(rule);
     if loud {
         warn!(log, "{}", message; "rule" => rule, "attack" => crate::audit::attack(attack));
     } else {
