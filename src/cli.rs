@@ -1,37 +1,54 @@
 //! Command line.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+use serde::Deserialize;
 
 /// Transparent FTP gateway for Linux routers (TPROXY).
 ///
 /// Accepts FTP control connections redirected by the TPROXY target, connects
 /// to the real server from the client's own address, and opens every data
 /// channel transparently (listen on / connect from foreign addresses).
-#[derive(Debug, Parser)]
+///
+/// Every option can also be set in the configuration file (--config); an
+/// option given here wins over the file.
+#[derive(Clone, Debug, Parser)]
 #[command(name = "ftpgate", version, about, long_about)]
 pub(crate) struct Args {
+    /// The configuration file (TOML). Default: /etc/ftpgate/ftpgate.toml
+    /// when it exists; `--config /dev/null` reads none. SIGHUP reads it
+    /// again.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Check the configuration file and the options, print the verdict and
+    /// exit: 0 when valid, 2 with the file, line and key of the error
+    /// otherwise.
+    #[arg(long)]
+    pub(crate) check_config: bool,
+
     /// Address of the TPROXY port (the `--on-port` / `tproxy to` target).
     /// Repeat for several.
     #[arg(long = "listen", value_name = "ADDR:PORT", default_value = "0.0.0.0:2121")]
     pub(crate) listen: Vec<SocketAddr>,
 
     /// Seconds a data listener waits for its one connection.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = at_least_one_second())]
     pub(crate) data_timeout: u64,
 
     /// Seconds a connect to the server or a data peer may take.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = at_least_one_second())]
     pub(crate) connect_timeout: u64,
 
     /// Seconds without control traffic before a session is closed.
-    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    #[arg(long, value_name = "SECS", default_value_t = 900, value_parser = at_least_one_second())]
     pub(crate) idle_timeout: u64,
 
     /// Seconds a data transfer may move no byte in either direction before
     /// it is ended: both data connections are reset and the client gets 426.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = at_least_one_second())]
     pub(crate) data_idle_timeout: u64,
 
     /// Seconds running transfers get to finish after SIGTERM/SIGINT.
@@ -107,13 +124,19 @@ pub(crate) struct Args {
     pub(crate) log_format: LogFormat,
 }
 
-/// A rate given as `N` or `N/s`.
-fn parse_per_second(text: &str) -> Result<u64, String> {
+/// A timeout of 0 would expire at once: the core has no "off" for it.
+fn at_least_one_second() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
+}
+
+/// A rate given as `N` or `N/s` (also in the configuration file).
+pub(crate) fn parse_per_second(text: &str) -> Result<u64, String> {
     let n = text.strip_suffix("/s").unwrap_or(text);
     n.trim().parse().map_err(|e| format!("'{text}' is not a whole number per second (like 20 or 20/s): {e}"))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum LogLevel {
     Error,
     Warn,
@@ -122,7 +145,8 @@ pub(crate) enum LogLevel {
     Trace,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum LogFormat {
     /// One line per record, every key-value pair on it.
     Full,
@@ -133,7 +157,8 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum PassiveMismatch {
     Rewrite,
     Refuse,
