@@ -701,6 +701,34 @@ group = "nogroup"
         }
     }
 
+    /// `key = value` or a lone `[section]`.
+    fn is_setting(line: &str) -> bool {
+        let key = line.split(" = ").next().unwrap_or("");
+        (line.contains(" = ") && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+            || (line.starts_with('[') && line.ends_with(']'))
+    }
+
+    #[test]
+    fn example_file_is_valid_and_holds_the_defaults() {
+        let example = include_str!("../packaging/ftpgate.toml.example");
+        let a = load(example, &[]).unwrap().args;
+        let defaults = loader(&["ftpgate"]).load().unwrap().args;
+        assert!(changed(&defaults, &a, true).is_empty(), "{:?}", changed(&defaults, &a, true));
+        assert!(changed(&defaults, &a, false).is_empty(), "{:?}", changed(&defaults, &a, false));
+        // Uncommented, the commented-out keys are valid too.
+        let uncommented: String = example
+            .lines()
+            .map(|l| l.strip_prefix("# ").filter(|k| is_setting(k)).unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let loaded = load(&uncommented, &[]).unwrap();
+        assert_eq!(loaded.args.max_data_channels, Some(4096));
+        assert_eq!(loaded.args.metrics, Some("127.0.0.1:9121".parse().unwrap()));
+        assert_eq!(loaded.args.max_sessions, Some(10000));
+        assert_eq!(loaded.args.user.as_deref(), Some("ftpgate"));
+        assert!(loaded.has_policy);
+    }
+
     #[test]
     fn file_wins_over_a_flag_default() {
         let a = load("[limits]\ndata-idle-timeout = 7\n", &["--idle-timeout", "60"]).unwrap().args;
