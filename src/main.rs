@@ -10,6 +10,7 @@ mod limits;
 mod log;
 mod privilege;
 mod relay;
+mod rules;
 mod server;
 mod timers;
 mod tproxy;
@@ -26,9 +27,44 @@ use crate::cli::{Args, PassiveMismatch};
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match &args.command {
+        None => run_daemon(&args),
+        Some(cli::Command::Rules(rules)) => print_rules(&args, rules),
+    }
+}
+
+/// `ftpgate rules`: the set-up text on stdout, or why not on stderr.
+fn print_rules(args: &Args, r: &cli::RulesArgs) -> ExitCode {
+    let plan = rules::Plan {
+        listen: args.listen.clone(),
+        port: r.port,
+        mark: r.mark,
+        table: r.table,
+        profile: r.profile,
+        client_interfaces: r.client_interfaces.clone(),
+        client_nets: r.client_nets.clone(),
+        server_nets: r.server_nets.clone(),
+    };
+    if let Err(e) = plan.check() {
+        eprintln!("ftpgate rules: {e}");
+        return ExitCode::from(2);
+    }
+    let text = match (r.routing, r.iptables, r.undo) {
+        (true, _, false) => plan.routing(),
+        (true, _, true) => plan.routing_undo(),
+        (false, true, false) => plan.iptables(),
+        (false, true, true) => plan.iptables_undo(),
+        (false, false, false) => plan.nft(),
+        (false, false, true) => plan.nft_undo(),
+    };
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+fn run_daemon(args: &Args) -> ExitCode {
     let log = log::build(args.log_level, args.log_format);
-    let config = core_config(&args);
-    let (max_sessions, max_data_channels) = size_limits(&args, &log);
+    let config = core_config(args);
+    let (max_sessions, max_data_channels) = size_limits(args, &log);
     let session_rate =
         limits::Rate { per_second: args.session_rate_per_client, burst: args.session_burst_per_client };
     let opts = server::Options {
