@@ -116,6 +116,10 @@ pub(crate) enum Command {
     /// (`| nft -f -`, or `--iptables ... | sh`) and, with --routing, the
     /// policy routing and sysctls (`| sh`). --undo prints what removes it.
     Rules(RulesArgs),
+    /// Check this machine's set-up for the configured listeners, one line
+    /// per check with the command that fixes it; exit status 1 when
+    /// something is wrong. Give it the flags given to `rules`.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, ClapArgs)]
@@ -132,6 +136,20 @@ pub(crate) struct RulesArgs {
     #[arg(long)]
     pub(crate) undo: bool,
 
+    #[command(flatten)]
+    pub(crate) plan: PlanArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct DoctorArgs {
+    #[command(flatten)]
+    pub(crate) plan: PlanArgs,
+}
+
+/// What the kernel set-up depends on, besides the listeners: shared by
+/// `rules` and `doctor`.
+#[derive(Debug, ClapArgs)]
+pub(crate) struct PlanArgs {
     /// What the forward chain refuses: only the control port (port21), or
     /// everything between the client side and the server networks that
     /// ftpgate does not carry (strict).
@@ -223,7 +241,8 @@ mod tests {
         assert!(matches!(args.command, Some(Command::Rules(RulesArgs { iptables: true, .. }))));
         let args = Args::parse_from(["ftpgate", "rules", "--listen", "[::]:2121", "--mark", "0x10"]);
         assert_eq!(args.listen, vec!["[::]:2121".parse::<SocketAddr>().unwrap()]);
-        assert!(matches!(args.command, Some(Command::Rules(RulesArgs { mark: 16, .. }))));
+        let Some(Command::Rules(rules)) = args.command else { panic!("rules expected") };
+        assert_eq!(rules.plan.mark, 16);
         let args = Args::parse_from(["ftpgate", "rules"]);
         assert_eq!(args.listen, vec!["0.0.0.0:2121".parse::<SocketAddr>().unwrap()]);
         assert!(Args::try_parse_from(["ftpgate", "rules", "--client-interface", "a;b"]).is_err());

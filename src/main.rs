@@ -6,6 +6,7 @@
 mod audit;
 mod cli;
 mod conn;
+mod doctor;
 mod limits;
 mod log;
 mod privilege;
@@ -30,21 +31,27 @@ fn main() -> ExitCode {
     match &args.command {
         None => run_daemon(&args),
         Some(cli::Command::Rules(rules)) => print_rules(&args, rules),
+        Some(cli::Command::Doctor(doctor)) => run_doctor(&args, doctor),
+    }
+}
+
+/// The rules' inputs from the command line.
+fn plan(args: &Args, p: &cli::PlanArgs) -> rules::Plan {
+    rules::Plan {
+        listen: args.listen.clone(),
+        port: p.port,
+        mark: p.mark,
+        table: p.table,
+        profile: p.profile,
+        client_interfaces: p.client_interfaces.clone(),
+        client_nets: p.client_nets.clone(),
+        server_nets: p.server_nets.clone(),
     }
 }
 
 /// `ftpgate rules`: the set-up text on stdout, or why not on stderr.
 fn print_rules(args: &Args, r: &cli::RulesArgs) -> ExitCode {
-    let plan = rules::Plan {
-        listen: args.listen.clone(),
-        port: r.port,
-        mark: r.mark,
-        table: r.table,
-        profile: r.profile,
-        client_interfaces: r.client_interfaces.clone(),
-        client_nets: r.client_nets.clone(),
-        server_nets: r.server_nets.clone(),
-    };
+    let plan = plan(args, &r.plan);
     if let Err(e) = plan.check() {
         eprintln!("ftpgate rules: {e}");
         return ExitCode::from(2);
@@ -59,6 +66,24 @@ fn print_rules(args: &Args, r: &cli::RulesArgs) -> ExitCode {
     };
     print!("{text}");
     ExitCode::SUCCESS
+}
+
+/// `ftpgate doctor`: one line per check on stdout; 1 when one is wrong.
+fn run_doctor(args: &Args, d: &cli::DoctorArgs) -> ExitCode {
+    let plan = plan(args, &d.plan);
+    if let Err(e) = plan.check() {
+        eprintln!("ftpgate doctor: {e}");
+        return ExitCode::from(2);
+    }
+    let checks = doctor::evaluate(&plan, &doctor::Facts::gather(&plan));
+    for check in &checks {
+        println!("{check}");
+    }
+    if checks.iter().all(doctor::Check::ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn run_daemon(args: &Args) -> ExitCode {

@@ -45,6 +45,11 @@ impl Family {
         }
     }
 
+    /// The nft table family of this address family alone.
+    pub(crate) fn nft_family(self) -> &'static str {
+        self.nft()
+    }
+
     fn nfproto(self) -> &'static str {
         match self {
             Self::V4 => "ipv4",
@@ -304,6 +309,44 @@ impl Plan {
             list(self.client_nets.iter().map(|n| n.to_string()).collect()),
             list(self.server_nets.iter().map(|n| n.to_string()).collect())
         );
+    }
+
+    /// The command that prints this plan's set-up, for `sh` (an IPv6
+    /// listener quoted: `[::]` is a shell pattern); `extra` goes last
+    /// (` --routing`, ` --iptables`).
+    pub(crate) fn rules_command(&self, extra: &str) -> String {
+        let mut s = String::from("ftpgate");
+        for a in &self.listen {
+            if a.is_ipv6() {
+                let _ = write!(s, " --listen '{a}'");
+            } else {
+                let _ = write!(s, " --listen {a}");
+            }
+        }
+        s.push_str(" rules");
+        if self.profile != Profile::Port21 {
+            let _ = write!(s, " --profile {}", self.profile.name());
+        }
+        if self.port != 21 {
+            let _ = write!(s, " --port {}", self.port);
+        }
+        if self.mark != 1 {
+            let _ = write!(s, " --mark {:#x}", self.mark);
+        }
+        if self.table != 100 {
+            let _ = write!(s, " --table {}", self.table);
+        }
+        for i in &self.client_interfaces {
+            let _ = write!(s, " --client-interface {i}");
+        }
+        for n in &self.client_nets {
+            let _ = write!(s, " --client-net {n}");
+        }
+        for n in &self.server_nets {
+            let _ = write!(s, " --server-net {n}");
+        }
+        s.push_str(extra);
+        s
     }
 
     // -- nft ----------------------------------------------------------------
@@ -737,6 +780,24 @@ mod tests {
     fn port21_with_networks_matches_golden() {
         golden("example-port21-networks.nft", &nets_example().nft());
         golden("example-port21-networks-iptables.sh", &nets_example().iptables());
+    }
+
+    #[test]
+    fn rules_command_names_every_non_default_and_quotes_ipv6() {
+        assert_eq!(
+            lab().rules_command(" --routing"),
+            "ftpgate --listen 0.0.0.0:2121 --listen '[::]:2121' rules --profile strict --client-interface gw-c --routing"
+        );
+        let mut p = nets_example();
+        p.port = 2100;
+        p.mark = 0x10;
+        p.table = 7;
+        assert_eq!(
+            p.rules_command(""),
+            "ftpgate --listen '[::]:2121' rules --port 2100 --mark 0x10 --table 7 --client-interface lan0 \
+             --client-interface lan1 --client-net 192.0.2.0/24 --client-net 2001:db8:1::/64 \
+             --server-net 198.51.100.0/24 --server-net 203.0.113.0/24 --server-net 2001:db8:2::/64"
+        );
     }
 
     #[test]

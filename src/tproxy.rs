@@ -200,6 +200,18 @@ pub(crate) fn is_local_address(ip: IpAddr) -> bool {
     socket.bind(&SockAddr::from(addr)).is_ok()
 }
 
+/// Whether this process may make an IPv4 (`v6` false) or IPv6 socket
+/// transparent: what every ftpgate socket needs (`ftpgate doctor`).
+pub(crate) fn may_set_transparent(v6: bool) -> io::Result<()> {
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    if v6 {
+        socket.set_ip_transparent_v6(true)
+    } else {
+        socket.set_ip_transparent_v4(true)
+    }
+}
+
 /// Keeps TCP urgent data in the normal stream (SO_OOBINLINE).
 pub(crate) fn set_urgent_inline(stream: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(stream).set_out_of_band_inline(true)
