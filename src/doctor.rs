@@ -396,7 +396,7 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
                 format!("not strict on {} (all = {all})", facts.interfaces.len())
             } else {
                 format!(
-                    "strict (1) on {} (all = {all})",
+                    "strict (1) on {} (all = {all}): drops FTP whose source routes back through another interface",
                     strict.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
                 )
             },

@@ -8,8 +8,10 @@
 #
 # Marked packets look up the route table, whose one route makes every
 # address local: they are delivered to ftpgate's sockets instead of being
-# forwarded. rp_filter off as the kernel's tproxy documents advise (loose
-# mode, 2, also works where the routes are symmetric).
+# forwarded. rp_filter off as the kernel's tproxy documents advise: strict
+# mode (1) drops a packet whose source routes back through another interface,
+# which on a router with asymmetric routes includes FTP (`ftpgate doctor`
+# flags it; with symmetric routes, as in the lab, strict mode works too).
 set -e
 
 # IPv4
