@@ -6,12 +6,14 @@
 mod audit;
 mod cli;
 mod conn;
+mod doctor;
 mod limits;
 mod listeners;
 mod log;
 mod metrics;
 mod privilege;
 mod relay;
+mod rules;
 mod server;
 mod timers;
 mod tproxy;
@@ -28,9 +30,68 @@ use crate::cli::{Args, PassiveMismatch};
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match &args.command {
+        None => run_daemon(&args),
+        Some(cli::Command::Rules(rules)) => print_rules(&args, rules),
+        Some(cli::Command::Doctor(doctor)) => run_doctor(&args, doctor),
+    }
+}
+
+/// The rules' inputs from the command line.
+fn plan(args: &Args, p: &cli::PlanArgs) -> rules::Plan {
+    rules::Plan {
+        listen: args.listen.clone(),
+        port: p.port,
+        mark: p.mark,
+        table: p.table,
+        profile: p.profile,
+        client_interfaces: p.client_interfaces.clone(),
+        client_nets: p.client_nets.clone(),
+        server_nets: p.server_nets.clone(),
+    }
+}
+
+/// `ftpgate rules`: the set-up text on stdout, or why not on stderr.
+fn print_rules(args: &Args, r: &cli::RulesArgs) -> ExitCode {
+    let plan = plan(args, &r.plan);
+    if let Err(e) = plan.check() {
+        eprintln!("ftpgate rules: {e}");
+        return ExitCode::from(2);
+    }
+    let text = match (r.routing, r.iptables, r.undo) {
+        (true, _, false) => plan.routing(),
+        (true, _, true) => plan.routing_undo(),
+        (false, true, false) => plan.iptables(),
+        (false, true, true) => plan.iptables_undo(),
+        (false, false, false) => plan.nft(),
+        (false, false, true) => plan.nft_undo(),
+    };
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+/// `ftpgate doctor`: one line per check on stdout; 1 when one is wrong.
+fn run_doctor(args: &Args, d: &cli::DoctorArgs) -> ExitCode {
+    let plan = plan(args, &d.plan);
+    if let Err(e) = plan.check() {
+        eprintln!("ftpgate doctor: {e}");
+        return ExitCode::from(2);
+    }
+    let checks = doctor::evaluate(&plan, &doctor::Facts::gather(&plan));
+    for check in &checks {
+        println!("{check}");
+    }
+    if checks.iter().all(doctor::Check::ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn run_daemon(args: &Args) -> ExitCode {
     let log = log::build(args.log_level, args.log_format);
-    let config = core_config(&args);
-    let (max_sessions, max_data_channels) = size_limits(&args, &log);
+    let config = core_config(args);
+    let (max_sessions, max_data_channels) = size_limits(args, &log);
     let session_rate =
         limits::Rate { per_second: args.session_rate_per_client, burst: args.session_burst_per_client };
     let opts = server::Options {
