@@ -504,7 +504,8 @@ fn conn_events(c: &mut Conn, gateways: usize) -> Vec<Event> {
         if s.fin && !fin[dir] {
             fin[dir] = true;
             let label = match c.role {
-                Role::Data => format!("#{id} FIN after {} bytes", c.bytes[dir]),
+                Role::Data if c.bytes[dir] > 0 => format!("#{id} FIN after {} bytes", c.bytes[dir]),
+                Role::Data => format!("#{id} FIN"),
                 Role::Control => format!("#{id} FIN"),
             };
             ev(s.t, from, label);
