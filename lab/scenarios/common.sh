@@ -89,25 +89,29 @@ capture_stop() {
 }
 
 # capture_std: every namespace of the standard lab
+# (PFX: a prefix for the file names, when a scenario captures twice)
+PFX=""
 capture_std() {
-    capture "$C_NS" eth0 client-eth0
-    capture "$G_NS" "$GW_CLIENT_IF" gw-c
-    capture "$G_NS" "$GW_SERVER_IF" gw-s
-    capture "$S_NS" eth0 server-eth0
+    capture "$C_NS" eth0 "${PFX}client-eth0"
+    capture "$G_NS" "$GW_CLIENT_IF" "${PFX}gw-c"
+    capture "$G_NS" "$GW_SERVER_IF" "${PFX}gw-s"
+    capture "$S_NS" eth0 "${PFX}server-eth0"
 }
 
 mac_of() { ip -n "$1" -br link show "$2" | awk '{print $3}'; }
 
-# ladder TITLE [--caption TEXT]... : render the standard lab's captures and
-# ftpgate's log (when there is one) into OUT/ladder.{svg,txt,json}
+# ladder_std TITLE [--caption TEXT]... : render the standard lab's captures
+# (named with PFX) and ftpgate's log (when there is one) into
+# OUT/ladder.{svg,txt,json}, or OUT/$LADDER_BASE.*
+LADDER_BASE=ladder
 ladder_std() {
     local title=$1; shift
-    local log=""
+    local log="" base=$OUT/$LADDER_BASE
     [ -s "$OUT/ftpgate.json" ] && log=",$OUT/ftpgate.json"
     "$LADDER" --title "$title" "$@" \
         --client-label "client $CLIENT_IP" --server-label "server $SERVER_IP" \
-        --gateway "${GATEWAY_LABEL:-gateway (ftpgate)},$OUT/pcap/gw-c.pcap,$(mac_of "$G_NS" "$GW_CLIENT_IF"),$OUT/pcap/gw-s.pcap,$(mac_of "$G_NS" "$GW_SERVER_IF")$log" \
-        --svg "$OUT/ladder.svg" --text "$OUT/ladder.txt" --json "$OUT/ladder.json"
+        --gateway "${GATEWAY_LABEL:-gateway (ftpgate)},$OUT/pcap/${PFX}gw-c.pcap,$(mac_of "$G_NS" "$GW_CLIENT_IF"),$OUT/pcap/${PFX}gw-s.pcap,$(mac_of "$G_NS" "$GW_SERVER_IF")$log" \
+        --svg "$base.svg" --text "$base.txt" --json "$base.json"
 }
 
 # collect_std: the logs of the standard lab into OUT (before teardown)
@@ -126,7 +130,7 @@ server_saw() { sed -n 's/.*CONNECT: Client "\([^"]*\)".*/\1/p' "$OUT/vsftpd.log"
 conns_with() { python3 -c '
 import json, sys
 l = json.load(open(sys.argv[1]))
-print(sum(1 for c in l["connections"] if c["socket"] == sys.argv[2]))' "$OUT/ladder.json" "$1"; }
+print(sum(1 for c in l["connections"] if c["socket"] == sys.argv[2]))' "${2:-$OUT/ladder.json}" "$1"; }
 
 # gw_records MSG [KEY=VALUE...]: how many records of ftpgate's JSON log have
 # message MSG and those keys

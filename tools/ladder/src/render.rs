@@ -84,7 +84,9 @@ pub fn text(l: &Ladder, captions: &[String]) -> String {
             }
             if let Some(id) = e.conn {
                 let tag = format!(" #{id} ");
-                let mid = (a + b) / 2 - tag.len() / 2;
+                // beside the gateway a forwarded arrow crosses, not over it
+                let centre = if e.via.is_some() { a + W / 2 } else { (a + b) / 2 };
+                let mid = centre - tag.len() / 2;
                 for (k, ch) in tag.chars().enumerate() {
                     row[mid + k] = ch;
                 }
