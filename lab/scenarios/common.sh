@@ -146,3 +146,104 @@ print(n)' "$OUT/ftpgate.json" "$@"; }
 
 at_least() { [ "$1" -ge "$2" ]; }
 equals() { [ "$1" = "$2" ]; }
+
+# -- two gateways side by side (scale-out, failover) ---------------------------
+# topo2 G1_CLIENT_IP G1_SERVER_IP G2_CLIENT_IP G2_SERVER_IP: namespaces
+#   LAB-c (client, eth0 CLIENT_IP/24)      LAB-s (server, eth0 SERVER_IP/24)
+#   LAB-g1, LAB-g2 (each gw-c on the client LAN, gw-s on the server LAN,
+#                   the lab's TPROXY rules and policy routing)
+#   LAB-lc, LAB-ls (a bridge each: the client LAN and the server LAN)
+# Routes are the scenario's to set. vsftpd runs in LAB-s.
+G1_NS=$LAB-g1
+G2_NS=$LAB-g2
+topo2() {
+    local g1c=$1 g1s=$2 g2c=$3 g2s=$4 ns lan
+    for ns in "$C_NS" "$G1_NS" "$G2_NS" "$S_NS" "$LAB-lc" "$LAB-ls"; do
+        ns_exists "$ns" && die "namespace $ns exists already"
+        ip netns add "$ns"
+        echo "$ns" >>"$RUN/namespaces"
+        ip -n "$ns" link set lo up
+    done
+    for lan in lc ls; do
+        ip -n "$LAB-$lan" link add br0 type bridge
+        ip -n "$LAB-$lan" link set br0 up
+    done
+    # plug NS's interface IF into LAN (port name PORT on the bridge)
+    plug() {
+        local ns=$1 ifname=$2 lan=$3 port=$4
+        ip -n "$ns" link add "$ifname" type veth peer name "$port" netns "$LAB-$lan"
+        ip -n "$LAB-$lan" link set "$port" master br0 up
+        ip -n "$ns" link set "$ifname" up
+    }
+    plug "$C_NS" eth0 lc p-c
+    plug "$S_NS" eth0 ls p-s
+    plug "$G1_NS" "$GW_CLIENT_IF" lc p-g1
+    plug "$G1_NS" "$GW_SERVER_IF" ls p-g1
+    plug "$G2_NS" "$GW_CLIENT_IF" lc p-g2
+    plug "$G2_NS" "$GW_SERVER_IF" ls p-g2
+    ip -n "$C_NS" addr add "$CLIENT_IP/24" dev eth0
+    ip -n "$S_NS" addr add "$SERVER_IP/24" dev eth0
+    gw_router "$G1_NS" "$g1c" "$g1s"
+    gw_router "$G2_NS" "$g2c" "$g2s"
+    # the server's files, as netns.sh up makes them
+    mkdir -p "$RUN/empty" "$RUN/ftproot/pub" "$RUN/ftproot/upload"
+    chmod 755 "$RUN" "$RUN/empty" "$RUN/ftproot" "$RUN/ftproot/pub"
+    bash "$LAB_DIR/netns.sh" vsftpd "$LAB" 2>/dev/null
+    chown ftp "$RUN/ftproot/upload"
+}
+
+# gw_router NS CLIENT_SIDE_IP SERVER_SIDE_IP: addresses, forwarding, the
+# lab's TPROXY rule set (lab/rules, the form the scenario runs with) and
+# its policy route, as netns.sh up sets them for LAB-g
+gw_router() {
+    local ns=$1 k
+    ip -n "$ns" addr add "$2/24" dev "$GW_CLIENT_IF"
+    ip -n "$ns" addr add "$3/24" dev "$GW_SERVER_IF"
+    ns_sysctl "$ns" net.ipv4.ip_forward 1
+    for k in all default lo "$GW_CLIENT_IF" "$GW_SERVER_IF"; do
+        ns_sysctl "$ns" "net.ipv4.conf.$k.rp_filter" 0
+    done
+    ip -n "$ns" rule add fwmark 1 lookup 100
+    ip -n "$ns" route add local 0.0.0.0/0 dev lo table 100
+    if [ "$FORM" = nft ]; then
+        sed -e "s/@CLIENT_IF@/$GW_CLIENT_IF/g" -e "s/@PORT@/$GW_PORT/g" \
+            "$LAB_DIR/rules/ruleset.nft" | ip netns exec "$ns" nft -f -
+    else
+        ip netns exec "$ns" bash "$LAB_DIR/rules/iptables.sh" add "$GW_CLIENT_IF" "$GW_PORT"
+    fi
+}
+
+# gw_start NS NAME [ARGS...]: ftpgate in NS, JSON log OUT/ftpgate-NAME.json
+gw_start() {
+    local ns=$1 name=$2 pid
+    shift 2
+    ip netns exec "$ns" "$BIN" --listen "0.0.0.0:$GW_PORT" --log-level info --log-format json "$@" \
+        </dev/null >/dev/null 2>>"$OUT/ftpgate-$name.json" &
+    pid=$!
+    pidfile_write "$RUN/ftpgate-$name.pid" "$pid" "$BIN"
+    wait_tcp_listen "$ns" "$GW_PORT" "" 100 || die "ftpgate in $ns did not listen on :$GW_PORT"
+}
+
+# capture2 PREFIX: every namespace of the two-gateway lab
+capture2() {
+    local p=$1
+    capture "$C_NS" eth0 "${p}client-eth0"
+    capture "$G1_NS" "$GW_CLIENT_IF" "${p}g1-gw-c"
+    capture "$G1_NS" "$GW_SERVER_IF" "${p}g1-gw-s"
+    capture "$G2_NS" "$GW_CLIENT_IF" "${p}g2-gw-c"
+    capture "$G2_NS" "$GW_SERVER_IF" "${p}g2-gw-s"
+    capture "$S_NS" eth0 "${p}server-eth0"
+}
+
+# ladder2 PREFIX BASE TITLE [--caption TEXT]...: both gateways' lifelines
+ladder2() {
+    local p=$1 base=$OUT/$2 title=$3 g spec=()
+    shift 3
+    for g in g1 g2; do
+        local ns=$LAB-$g log=""
+        [ -s "$OUT/ftpgate-$g.json" ] && log=",$OUT/ftpgate-$g.json"
+        spec+=(--gateway "$g (ftpgate),$OUT/pcap/${p}$g-gw-c.pcap,$(mac_of "$ns" "$GW_CLIENT_IF"),$OUT/pcap/${p}$g-gw-s.pcap,$(mac_of "$ns" "$GW_SERVER_IF")$log")
+    done
+    "$LADDER" --title "$title" "$@" --client-label "client side" --server-label "server $SERVER_IP" \
+        "${spec[@]}" --svg "$base.svg" --text "$base.txt" --json "$base.json"
+}

@@ -163,6 +163,11 @@ pub fn build(gateways: Vec<GatewayInput>, opts: &Options) -> Ladder {
     lifelines.extend(gateways.iter().map(|g| g.name.clone()));
     lifelines.push(opts.server_label.clone());
 
+    // audit records outside the captures' time span belong to other runs
+    // of the same gateway (a scenario with phases): leave them out
+    let times = gateways.iter().flat_map(|g| g.client_side.iter().chain(&g.server_side)).map(|s| s.t);
+    let (start, end) = times.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| (a.min(t), b.max(t)));
+    let captured = |t: f64| t >= start - 0.5 && t <= end + 0.5;
     let mut conns: Vec<Conn> = Vec::new();
     let mut notes: Vec<Event> = Vec::new();
     for (gi, gw) in gateways.iter().enumerate() {
@@ -186,8 +191,9 @@ pub fn build(gateways: Vec<GatewayInput>, opts: &Options) -> Ladder {
         for c in &mut these {
             classify(c, &gw.name, opts);
         }
-        annotate(&mut these, &gw.log);
-        notes.extend(gw.log.iter().filter_map(|r| log_event(r, gi + 1)));
+        let log: Vec<Record> = gw.log.iter().filter(|r| captured(r.t)).cloned().collect();
+        annotate(&mut these, &log);
+        notes.extend(gw.log.iter().filter(|r| captured(r.t)).filter_map(|r| log_event(r, gi + 1)));
         conns.extend(these);
     }
     conns.sort_by(|a, b| a.first_t.total_cmp(&b.first_t));
@@ -346,10 +352,11 @@ fn annotate(conns: &mut [Conn], log: &[Record]) {
                 let server_leg = conns.iter().position(|c| {
                     c.leg == Leg::ServerSide
                         && c.role == Role::Control
+                        && c.opened_by_gateway
                         && c.session.is_none()
                         && Some(c.responder) == r.server
                         && r.client.is_some_and(|cl| cl.ip() == c.initiator.ip())
-                        && c.first_t >= r.t - 1.0
+                        && c.first_t >= r.t - 0.5
                 });
                 if let Some(i) = server_leg {
                     conns[i].session = Some(r.session);
