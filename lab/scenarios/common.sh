@@ -60,6 +60,8 @@ pub_file() {
     local name=$1 kib=$2
     head -c $((kib * 1024 + 321)) /dev/urandom >"$RUN/ftproot/pub/$name"
     chmod 644 "$RUN/ftproot/pub/$name"
+    # the source's sum stays with the artefacts (the tests compare with it)
+    sha "$RUN/ftproot/pub/$name" >"$OUT/$name.sha256"
 }
 
 # -- packet captures -----------------------------------------------------------

@@ -75,7 +75,7 @@ scenario_main() {
     step "lab up (no rules yet), vsftpd"
     std_up none
     pub_file scen.bin 256
-    local res_g=0 res_k=0 before seen_g seen_k
+    local res_g=0 res_k=0 before seen_g seen_k p m
 
     step "phase 1: ftpgate behind the TPROXY rules ($FORM)"
     bash "$LAB_DIR/netns.sh" rules "$LAB" add "$FORM"
@@ -99,6 +99,9 @@ scenario_main() {
     ip netns exec "$G_NS" cat /proc/net/nf_conntrack_expect >"$OUT/nf_conntrack_expect.txt" 2>/dev/null || true
     helper_rules del
     collect_std
+    for p in ftpgate kernel; do
+        for m in passive active; do cp "$RUN/ftproot/upload/$p-$m.bin" "$OUT/uploaded-$p-$m.bin" 2>/dev/null || true; done
+    done
     rm -f "$OUT/ftpgate.log"
 
     PFX=ftpgate- LADDER_BASE=ladder-ftpgate ladder_std "kernel-helper, phase 1: through ftpgate" \
@@ -125,7 +128,6 @@ scenario_main() {
     step "what happened"
     check "phase 1 (ftpgate): both sessions finished" equals "$res_g" 0
     check "phase 2 (kernel): both sessions finished" equals "$res_k" 0
-    local p m
     for p in ftpgate kernel; do
         for m in passive active; do
             check "$p $m: download intact (sha256)" equals "$(sha "$OUT/$p-$m.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
