@@ -104,7 +104,7 @@ impl Run {
             .filter(|r| {
                 keys.iter().all(|(k, v)| match &r[*k] {
                     Value::String(s) => s == v,
-                    other => other.to_string() == *v,
+                    other => other.to_string().as_str() == *v,
                 })
             })
             .count()
