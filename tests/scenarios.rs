@@ -311,3 +311,27 @@ fn scale_out() {
     r.assert_diagram_names("ladder-ecmp", &["no socket on"]);
     done(r);
 }
+
+#[test]
+fn failover() {
+    let r = scenario("failover", 150);
+    // a new session after the failure worked through the standby
+    r.assert_same("after.bin", "small.bin");
+    assert!(r.records("ftpgate-g2.json", "transfer", &[("result", "ok")]) >= 1);
+    let secs: f64 = r.text("failover-seconds.txt").trim().parse().expect("seconds");
+    assert!(secs <= 10.0, "the standby took {secs} s");
+    // the running one was lost: short of the whole file
+    let running = std::fs::metadata(r.path("running.bin")).map_or(0, |m| m.len());
+    assert!(running < 32 * 1024 * 1024, "the running download completed ({running} bytes)");
+    assert_eq!(r.server_saw(), [CLIENT]);
+    let conns = r.conns("ladder.json");
+    // g1 held the first session's sockets; g2 had none for it afterwards,
+    // and intercepted the new session itself
+    assert!(conns.iter().any(|c| c["gateway"] == "g1 (ftpgate)" && c["socket"] == "tproxy-redirect"));
+    assert!(conns.iter().any(|c| c["gateway"] == "g2 (ftpgate)" && c["socket"] == "tproxy-redirect"));
+    assert!(conns
+        .iter()
+        .any(|c| c["gateway"] == "g2 (ftpgate)" && (c["socket"] == "stray" || c["socket"] == "no-socket")));
+    r.assert_diagram_names("ladder", &["g1 (ftpgate)", "g2 (ftpgate)", "no socket"]);
+    done(r);
+}

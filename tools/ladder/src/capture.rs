@@ -87,7 +87,12 @@ pub fn read_segments(path: &Path, gateway_mac: [u8; 6]) -> Result<Vec<Segment>, 
 fn segment(t: f64, frame: &[u8], gateway_mac: [u8; 6]) -> Option<Segment> {
     let sliced = LaxSlicedPacket::from_ethernet(frame).ok()?;
     let from_gateway = match &sliced.link {
-        Some(LinkSlice::Ethernet2(eth)) => eth.source() == gateway_mac,
+        // a frame neither from nor to the gateway is one a switch flooded
+        // (its destination's port unknown, e.g. a failed gateway's MAC):
+        // the gateway's stack drops it unread, so it is no part of the
+        // gateway's story
+        Some(LinkSlice::Ethernet2(eth)) if eth.source() == gateway_mac => true,
+        Some(LinkSlice::Ethernet2(eth)) if eth.destination() == gateway_mac => false,
         _ => return None,
     };
     let (src_ip, dst_ip, l4_len) = match sliced.net.as_ref()? {
@@ -146,6 +151,10 @@ mod tests {
         let payload = b"USER anonymous\r\n";
         let mut frame = Vec::new();
         builder.write(&mut frame, payload).unwrap();
+        let other = [2, 0, 0, 0, 0, 3];
+        let mut flooded = frame.clone();
+        flooded[..6].copy_from_slice(&other);
+        assert!(segment(1.5, &flooded, gw).is_none(), "a frame for another MAC");
         let seg = segment(1.5, &frame, gw).unwrap();
         assert!(!seg.from_gateway);
         assert_eq!(seg.src.to_string(), "192.0.2.10:40000");

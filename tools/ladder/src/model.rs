@@ -291,8 +291,13 @@ fn classify(c: &mut Conn, gateway: &str, opts: &Options) {
             (SocketKind::NoSocket, format!("no socket on {gateway}: SYN answered with a reset"))
         }
         (_, Answer::NotSeen) => {
-            let gateway_spoke = c.segments.iter().any(|s| s.from_gateway);
-            if gateway_spoke {
+            let mut said = c.segments.iter().filter(|s| s.from_gateway).peekable();
+            if said.peek().is_some() && said.all(|s| s.rst) {
+                (
+                    SocketKind::NoSocket,
+                    format!("no socket on {gateway} for this connection: it answered with a reset"),
+                )
+            } else if c.segments.iter().any(|s| s.from_gateway) {
                 (SocketKind::Unknown, "the capture began after this connection opened".to_owned())
             } else {
                 (
