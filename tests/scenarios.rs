@@ -335,3 +335,82 @@ fn failover() {
     r.assert_diagram_names("ladder", &["g1 (ftpgate)", "g2 (ftpgate)", "no socket"]);
     done(r);
 }
+
+/// Ctrl-C in the middle of a scenario (SIGINT to its process group, as a
+/// terminal sends it): the scenario exits and removes every namespace it
+/// made and stops every process it started.
+#[test]
+fn interrupted_scenario_tears_down() {
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+    common::require_root();
+    let ladder = ladder_bin();
+    let _one = ONE_LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let out = PathBuf::from("/tmp/ftpgate-lab/test-scenario-interrupted");
+    let _ = std::fs::remove_dir_all(&out);
+    let mut child = Command::new(common::repo_root().join("lab/scenario"))
+        .args(["--out", &out.to_string_lossy(), "failover"])
+        .env("FTPGATE_BIN", common::gateway_bin())
+        .env("FTPGATE_LADDER", &ladder)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start lab/scenario");
+    let lab = format!("sc{}", child.id());
+    // wait (bounded) until the lab's namespaces exist and keepalived runs
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !Path::new(&format!("/run/netns/{lab}-g2")).exists() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let namespaces = || -> Vec<String> {
+        std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("{lab}-")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(namespaces().len() >= 6, "the scenario did not build its lab: {:?}", namespaces());
+    let pidfiles: Vec<String> = std::fs::read_dir(format!("/tmp/ftpgate-lab/{lab}"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let pids: Vec<u32> = pidfiles
+        .iter()
+        .filter(|p| p.ends_with(".pid"))
+        .filter_map(|p| std::fs::read_to_string(p).ok()?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(pids.len() >= 4, "pidfiles: {pidfiles:?}");
+    let st = Command::new("kill").args(["-INT", "--", &format!("-{}", child.id())]).status().unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let status = status.expect("lab/scenario still ran 40 s after SIGINT");
+    assert!(!status.success(), "an interrupted scenario must not report success");
+    assert_eq!(namespaces(), Vec::<String>::new(), "namespaces left behind");
+    assert!(!Path::new(&format!("/tmp/ftpgate-lab/{lab}")).exists(), "run directory left behind");
+    for pid in pids {
+        // (a zombie has exited: whoever was its parent reaps it)
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let running =
+            !state.is_empty() && state.rsplit(") ").next().is_some_and(|rest| !rest.starts_with('Z'));
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(!running, "process {pid} still runs: {state} {cmd:?}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

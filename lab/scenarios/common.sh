@@ -39,7 +39,9 @@ need_cmds() {
 sha() { if [ -f "$1" ]; then sha256sum <"$1" | cut -d' ' -f1; else echo missing; fi; }
 
 # in NS CMD...: run CMD in namespace NS, bounded to 60 s
-in_ns() { local ns=$1; shift; timeout -k 5 60 ip netns exec "$ns" "$@"; }
+# (--foreground: timeout stays in our process group, so a Ctrl-C reaches
+# the command at once and the teardown trap runs without waiting for it)
+in_ns() { local ns=$1; shift; timeout --foreground -k 5 60 ip netns exec "$ns" "$@"; }
 
 # -- the standard three-namespace lab (lab/netns.sh) -------------------------
 std_up() {
