@@ -1,3 +1,5 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
 # summary: PORT download and upload through ftpgate (IPv4): the server's data connection meets a listener wearing the client's address
 # The client (python's ftplib) downloads and uploads in active mode. The

@@ -1,3 +1,5 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
 # summary: attack: PORT/EPRT naming a third host or a privileged port; ftpgate answers 501/522 itself, the server never sees it
 # ATTACKS.md 1 (FTP bounce), 2 (PORT to the client's own port 22), 4 (EPRT

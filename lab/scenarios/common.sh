@@ -1,3 +1,5 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash disable=SC2034  # sourced by lab/scenario
 # Helpers for the scenario scripts (lab/scenarios/NAME.sh). Sourced by
 # lab/scenario after lab/lib.sh, with these set:

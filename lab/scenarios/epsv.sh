@@ -1,3 +1,5 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
 # summary: EPSV download and upload through ftpgate with curl: the 229 reply names only a port
 # curl asks EPSV first (RFC 2428). The 229 reply carries no address: the

@@ -1,3 +1,5 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
 # summary: active/standby ftpgate pair with keepalived (VRRP); the active one fails mid-transfer: new sessions go through the standby, the running one is lost
 # g1 and g2 each run ftpgate behind the lab's TPROXY rules and keepalived

@@ -1,3 +1,5 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
 # summary: attack: a server's 227 names a foreign host's port 22, then a wrong address; ftpgate refuses, then rewrites
 # ATTACKS.md 6 and 7, with a scripted server (lab/scenarios/hostile227.py)

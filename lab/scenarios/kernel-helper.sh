@@ -1,3 +1,5 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
 # summary: the same transfers through ftpgate and through the kernel's nf_conntrack_ftp helper, side by side
 # Phase 1: ftpgate behind the TPROXY rules. Phase 2: ftpgate stopped, the

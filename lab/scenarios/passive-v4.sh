@@ -1,3 +1,5 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
 # summary: PASV download and upload through ftpgate (IPv4): TPROXY on port 21, a foreign listener for the data
 # The client (python's ftplib) logs in, downloads a file and uploads it back

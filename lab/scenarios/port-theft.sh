@@ -1,3 +1,5 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
 # summary: attack: a third host connects to the announced passive port first; ftpgate closes it, the real client still gets the file
 # ATTACKS.md 5. After the 227, a thief at 192.0.2.20 connects to the

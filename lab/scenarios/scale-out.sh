@@ -1,3 +1,5 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
 # summary: two ftpgate gateways in parallel, each owning half of the client addresses; and what naive ECMP breaks
 # A transparent gateway holds its sessions' sockets: every packet of a
