@@ -738,6 +738,19 @@ group = "nogroup"
     }
 
     #[test]
+    fn rules_and_doctor_read_the_file_and_a_global_flag_after_them_wins() {
+        let file = TempFile::new("rules.toml", "[listeners]\nlisten = [\"[::]:2121\"]\n");
+        let v6: Vec<SocketAddr> = vec!["[::]:2121".parse().unwrap()];
+        let v4: Vec<SocketAddr> = vec!["0.0.0.0:21".parse().unwrap()];
+        assert_eq!(loader(&["ftpgate", "--config", file.path(), "rules"]).load().unwrap().args.listen, v6);
+        assert_eq!(loader(&["ftpgate", "doctor", "--config", file.path()]).load().unwrap().args.listen, v6);
+        let after = loader(&["ftpgate", "--config", file.path(), "rules", "--listen", "0.0.0.0:21"]);
+        assert_eq!(after.load().unwrap().args.listen, v4);
+        let before = loader(&["ftpgate", "--listen", "0.0.0.0:21", "rules", "--config", file.path()]);
+        assert_eq!(before.load().unwrap().args.listen, v4);
+    }
+
+    #[test]
     fn no_config_flag_and_no_default_file_means_flags_only() {
         let loaded = loader(&["ftpgate", "--idle-timeout", "60"]).load().unwrap();
         assert_eq!((loaded.file, loaded.args.idle_timeout), (None, 60));

@@ -7,12 +7,14 @@ mod audit;
 mod cli;
 mod config;
 mod conn;
+mod doctor;
 mod limits;
 mod listeners;
 mod log;
 mod metrics;
 mod privilege;
 mod relay;
+mod rules;
 mod server;
 mod timers;
 mod tproxy;
@@ -40,6 +42,65 @@ fn main() -> ExitCode {
     if loaded.args.check_config {
         return check_config(&loaded);
     }
+    match &loaded.args.command {
+        None => run_daemon(loader, &loaded),
+        Some(cli::Command::Rules(rules)) => print_rules(&loaded.args, rules),
+        Some(cli::Command::Doctor(doctor)) => run_doctor(&loaded.args, doctor),
+    }
+}
+
+/// The rules' inputs from the command line.
+fn plan(args: &Args, p: &cli::PlanArgs) -> rules::Plan {
+    rules::Plan {
+        listen: args.listen.clone(),
+        port: p.port,
+        mark: p.mark,
+        table: p.table,
+        profile: p.profile,
+        client_interfaces: p.client_interfaces.clone(),
+        client_nets: p.client_nets.clone(),
+        server_nets: p.server_nets.clone(),
+    }
+}
+
+/// `ftpgate rules`: the set-up text on stdout, or why not on stderr.
+fn print_rules(args: &Args, r: &cli::RulesArgs) -> ExitCode {
+    let plan = plan(args, &r.plan);
+    if let Err(e) = plan.check() {
+        eprintln!("ftpgate rules: {e}");
+        return ExitCode::from(2);
+    }
+    let text = match (r.routing, r.iptables, r.undo) {
+        (true, _, false) => plan.routing(),
+        (true, _, true) => plan.routing_undo(),
+        (false, true, false) => plan.iptables(),
+        (false, true, true) => plan.iptables_undo(),
+        (false, false, false) => plan.nft(),
+        (false, false, true) => plan.nft_undo(),
+    };
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+/// `ftpgate doctor`: one line per check on stdout; 1 when one is wrong.
+fn run_doctor(args: &Args, d: &cli::DoctorArgs) -> ExitCode {
+    let plan = plan(args, &d.plan);
+    if let Err(e) = plan.check() {
+        eprintln!("ftpgate doctor: {e}");
+        return ExitCode::from(2);
+    }
+    let checks = doctor::evaluate(&plan, &doctor::Facts::gather(&plan));
+    for check in &checks {
+        println!("{check}");
+    }
+    if checks.iter().all(doctor::Check::ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
     let args = &loaded.args;
     let log = log::build(args.log_level, args.log_format);
     info!(log, "configuration"; "file" => loaded.file_name());
@@ -54,7 +115,7 @@ fn main() -> ExitCode {
         session_rate: reloadable.session_rate,
         max_data_channels,
         drain_timeout: reloadable.drain_timeout,
-        reloader: config::Reloader::new(loader, &loaded),
+        reloader: config::Reloader::new(loader, loaded),
     };
     // Checked before any socket exists, carried out once the control
     // listeners are bound: they are the only sockets opened as root.

@@ -147,12 +147,13 @@ impl Server {
             .map_err(|e| StartError::Setup("registering the signalfd", e))?;
         let mut listeners = Vec::new();
         for (i, &addr) in opts.listen.iter().enumerate() {
-            let mut listener = tproxy::listen(addr, 1024).map_err(StartError::Listen)?;
+            let family = control_family(addr, &opts.listen);
+            let mut listener = tproxy::listen_family(addr, 1024, family).map_err(StartError::Listen)?;
             poll.registry()
                 .register(&mut listener, Token(1 + i), Interest::READABLE)
                 .map_err(|e| StartError::Setup("registering a listener", e))?;
             let addr = listener.local_addr().unwrap_or(addr);
-            info!(log, "listening"; "addr" => %addr);
+            info!(log, "listening"; "addr" => %addr, "family" => family.describe(addr));
             crate::metrics::get().control_listener_opened();
             listeners.push(ControlListener { listener, addr, ready: false });
         }
@@ -483,6 +484,9 @@ impl Server {
     ) -> Option<usize> {
         let id = self.next_session;
         self.next_session += 1;
+        // On a dual-stack listener an IPv4 client is ::ffff:a.b.c.d: as
+        // IPv4 from here on (per-client caps, the core, every socket).
+        let peer = tproxy::canonical(peer);
         let server = match tproxy::original_dst(&stream) {
             Ok(addr) => addr,
             Err(e) => {
@@ -564,6 +568,22 @@ impl Server {
     }
 }
 
+/// What an IPv6 control listener takes: IPv6 only when an IPv4 listener
+/// has the same port (`--listen 0.0.0.0:2121 --listen [::]:2121`, where a
+/// dual-stack `[::]:2121` would collide with the IPv4 one: EADDRINUSE),
+/// both families otherwise (a single `--listen [::]:2121`).
+fn control_family(addr: SocketAddr, all: &[SocketAddr]) -> tproxy::Family {
+    if !addr.is_ipv6() {
+        return tproxy::Family::AsGiven;
+    }
+    let v4_beside = all.iter().any(|a| a.is_ipv4() && a.port() == addr.port());
+    if v4_beside {
+        tproxy::Family::V6Only
+    } else {
+        tproxy::Family::DualStack
+    }
+}
+
 /// Why a control connection is turned away before a session starts.
 #[derive(Clone, Copy, Debug)]
 enum Refusal {
@@ -622,4 +642,28 @@ fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal, loud: boo
     }
     let _ = io::Write::write(&mut stream, reply);
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn control_family_v6_beside_v4_same_port_is_v6_only() {
+        let all = addrs(&["0.0.0.0:2121", "[::]:2121"]);
+        assert_eq!(control_family(all[0], &all), tproxy::Family::AsGiven);
+        assert_eq!(control_family(all[1], &all), tproxy::Family::V6Only);
+    }
+
+    #[test]
+    fn control_family_v6_alone_or_other_port_is_dual_stack() {
+        let all = addrs(&["[::]:2121"]);
+        assert_eq!(control_family(all[0], &all), tproxy::Family::DualStack);
+        let all = addrs(&["0.0.0.0:2121", "[::]:2122"]);
+        assert_eq!(control_family(all[1], &all), tproxy::Family::DualStack);
+    }
 }
