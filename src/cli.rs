@@ -203,8 +203,8 @@ pub(crate) struct PlanArgs {
     pub(crate) server_nets: Vec<Net>,
 }
 
-/// A mark in decimal or 0x hex.
-fn parse_mark(text: &str) -> Result<u32, String> {
+/// A mark in decimal or 0x hex (also in the configuration file).
+pub(crate) fn parse_mark(text: &str) -> Result<u32, String> {
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16),
         None => text.parse(),

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::ArgMatches;
+use clap::{ArgMatches, ValueEnum};
 use ftpgate_proto::{Config, PassiveAddressPolicy};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -41,8 +41,9 @@ use slog::{error, info, warn, Logger};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::cli::{Args, LogFormat, LogLevel, PassiveMismatch};
+use crate::cli::{Args, Command, DoctorArgs, LogFormat, LogLevel, PassiveMismatch, PlanArgs, RulesArgs};
 use crate::limits::Rate;
+use crate::rules::{Interface, Net, Profile};
 
 /// Read when `--config` is not given, if it exists.
 pub(crate) const DEFAULT_PATH: &str = "/etc/ftpgate/ftpgate.toml";
@@ -60,6 +61,7 @@ struct File {
     logging: Logging,
     metrics: Metrics,
     privilege: Privilege,
+    router: Router,
     /// Access and command rules (issue 15). Read as any table until the
     /// core's rule types land; not enforced yet, and said so at start.
     policy: Option<Spanned<toml::Table>>,
@@ -123,6 +125,78 @@ struct Privilege {
     group: Option<Spanned<String>>,
 }
 
+/// The kernel set-up that `ftpgate rules` prints and `ftpgate doctor`
+/// checks; the daemon itself does not read it. Lists take the repeatable
+/// flags' values: `client-net = ["192.0.2.0/24", "2001:db8:1::/64"]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct Router {
+    port: Option<Spanned<u16>>,
+    mark: Option<Spanned<Mark>>,
+    table: Option<Spanned<u32>>,
+    profile: Option<Spanned<Parsed<Profile>>>,
+    client_interface: Option<Spanned<Vec<Parsed<Interface>>>>,
+    client_net: Option<Spanned<Vec<Parsed<Net>>>>,
+    server_net: Option<Spanned<Vec<Parsed<Net>>>>,
+}
+
+/// A value written as a string and parsed as the flag parses it.
+#[derive(Clone, Debug)]
+struct Parsed<T>(T);
+
+impl<'de, T: FromFlag> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        T::from_flag(&text).map(Parsed).map_err(de::Error::custom)
+    }
+}
+
+/// How a flag's value is parsed from its text.
+trait FromFlag: Sized {
+    fn from_flag(text: &str) -> Result<Self, String>;
+}
+
+impl FromFlag for Interface {
+    fn from_flag(text: &str) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl FromFlag for Net {
+    fn from_flag(text: &str) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl FromFlag for Profile {
+    fn from_flag(text: &str) -> Result<Self, String> {
+        <Self as ValueEnum>::from_str(text, false)
+    }
+}
+
+/// A firewall mark: an integer, or like the flag `"0x10"`.
+#[derive(Clone, Copy, Debug)]
+struct Mark(u32);
+
+impl<'de> Deserialize<'de> for Mark {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MarkVisitor;
+        impl Visitor<'_> for MarkVisitor {
+            type Value = Mark;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mark, like 1 or \"0x10\"")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Mark, E> {
+                u32::try_from(n).map(Mark).map_err(|_| E::custom("a mark is 0 to 4294967295"))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Mark, E> {
+                crate::cli::parse_mark(text).map(Mark).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(MarkVisitor)
+    }
+}
+
 /// A rate written as an integer (`20`) or, like the flag, `"20/s"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PerSecond(u64);
@@ -184,6 +258,13 @@ fn set_some<T: Clone>(slot: &mut Option<T>, flag_given: bool, value: &Option<Spa
     }
 }
 
+/// Like [`set`], for a list of parsed values.
+fn set_list<T: Clone>(slot: &mut Vec<T>, flag_given: bool, value: &Option<Spanned<Vec<Parsed<T>>>>) {
+    if let (false, Some(v)) = (flag_given, value) {
+        *slot = v.get_ref().iter().map(|p| p.0.clone()).collect();
+    }
+}
+
 impl File {
     fn parse(text: &str) -> Result<Self, Spot> {
         toml::from_str(text)
@@ -193,8 +274,17 @@ impl File {
     /// Checks every value, then writes each one whose flag was not given
     /// on the command line into `args`.
     fn apply(&self, args: &mut Args, given: &Given) -> Result<(), Spot> {
-        let Self { listeners, limits: l, protocol: p, ftps: Ftps {}, logging, metrics, privilege, policy: _ } =
-            self;
+        let Self {
+            listeners,
+            limits: l,
+            protocol: p,
+            ftps: Ftps {},
+            logging,
+            metrics,
+            privilege,
+            router,
+            policy: _,
+        } = self;
         if let Some(listen) = &listeners.listen {
             if listen.get_ref().is_empty() {
                 return Err(Spot::new(listen, "needs at least one address, like [\"0.0.0.0:2121\"]"));
@@ -234,7 +324,29 @@ impl File {
         set_some(&mut args.metrics, g("metrics"), &metrics.listen);
         set_some(&mut args.user, g("user"), &privilege.user);
         set_some(&mut args.group, g("group"), &privilege.group);
+        if let Some(Command::Rules(RulesArgs { plan, .. }) | Command::Doctor(DoctorArgs { plan })) =
+            &mut args.command
+        {
+            router.apply(plan, given);
+        }
         Ok(())
+    }
+}
+
+impl Router {
+    fn apply(&self, plan: &mut PlanArgs, given: &Given) {
+        let g = |id: &str| given.has(id);
+        set(&mut plan.port, g("port"), &self.port);
+        if let (false, Some(mark)) = (g("mark"), &self.mark) {
+            plan.mark = mark.get_ref().0;
+        }
+        set(&mut plan.table, g("table"), &self.table);
+        if let (false, Some(profile)) = (g("profile"), &self.profile) {
+            plan.profile = profile.get_ref().0;
+        }
+        set_list(&mut plan.client_interfaces, g("client_interfaces"), &self.client_interface);
+        set_list(&mut plan.client_nets, g("client_nets"), &self.client_net);
+        set_list(&mut plan.server_nets, g("server_nets"), &self.server_net);
     }
 }
 
@@ -748,6 +860,30 @@ group = "nogroup"
         assert_eq!(after.load().unwrap().args.listen, v4);
         let before = loader(&["ftpgate", "--listen", "0.0.0.0:21", "rules", "--config", file.path()]);
         assert_eq!(before.load().unwrap().args.listen, v4);
+    }
+
+    #[test]
+    fn router_section_reaches_rules_and_doctor_and_flags_win() {
+        let text = "[router]\nport = 2100\nmark = \"0x10\"\ntable = 7\nprofile = \"strict\"\n\
+                    client-interface = [\"eth1\"]\nclient-net = [\"192.0.2.0/24\", \"2001:db8:1::/64\"]\n\
+                    server-net = [\"198.51.100.0/24\"]\n";
+        let file = TempFile::new("router.toml", text);
+        let plan = |argv: &[&str]| match loader(argv).load().unwrap().args.command {
+            Some(Command::Rules(RulesArgs { plan, .. }) | Command::Doctor(DoctorArgs { plan })) => plan,
+            None => panic!("a subcommand"),
+        };
+        let p = plan(&["ftpgate", "--config", file.path(), "rules"]);
+        assert_eq!((p.port, p.mark, p.table, p.profile), (2100, 16, 7, Profile::Strict));
+        assert_eq!(p.client_interfaces, vec!["eth1".parse::<Interface>().unwrap()]);
+        assert_eq!(p.client_nets.len(), 2);
+        assert_eq!(p.server_nets, vec!["198.51.100.0/24".parse::<Net>().unwrap()]);
+        let p = plan(&["ftpgate", "--config", file.path(), "doctor", "--port", "21", "--profile", "port21"]);
+        assert_eq!((p.port, p.mark, p.profile), (21, 16, Profile::Port21));
+        assert_eq!(
+            error("[router]\nclient-net = [\"192.0.2.0/33\"]\n"),
+            "FILE:2: router.client-net: '192.0.2.0/33': the prefix length must be 0 to 32"
+        );
+        assert!(error("[router]\nprofile = \"loose\"\n").starts_with("FILE:2: router.profile: "));
     }
 
     #[test]
