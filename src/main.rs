@@ -3,6 +3,7 @@
 //! The protocol lives in the `ftpgate-proto` crate; this binary executes what
 //! it asks for: transparent sockets, the splice relay, the event loop.
 
+mod assets;
 mod audit;
 mod cli;
 mod conn;
@@ -15,6 +16,7 @@ mod privilege;
 mod relay;
 mod rules;
 mod server;
+mod service;
 mod timers;
 mod tproxy;
 
@@ -29,6 +31,11 @@ use slog::{crit, info, warn, Logger};
 use crate::cli::{Args, PassiveMismatch};
 
 fn main() -> ExitCode {
+    // Packaging (lab/package): the man pages and completions, written from
+    // the clap definitions before anything is parsed, bound or logged.
+    if let Some(exit) = assets::generate_if_asked() {
+        return exit;
+    }
     let args = Args::parse();
     match &args.command {
         None => run_daemon(&args),
@@ -140,6 +147,8 @@ fn run_daemon(args: &Args) -> ExitCode {
         return ExitCode::from(2);
     }
     info!(log, "ftpgate started"; "version" => env!("CARGO_PKG_VERSION"));
+    // systemd's Type=notify: started means a client is served from now on.
+    service::notify_ready(&log);
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
