@@ -822,7 +822,7 @@ group = "nogroup"
 
     #[test]
     fn example_file_is_valid_and_holds_the_defaults() {
-        let example = include_str!("../packaging/ftpgate.toml.example");
+        let example = include_str!("../packaging/ftpgate.toml");
         let a = load(example, &[]).unwrap().args;
         let defaults = loader(&["ftpgate"]).load().unwrap().args;
         assert!(changed(&defaults, &a, true).is_empty(), "{:?}", changed(&defaults, &a, true));

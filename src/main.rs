@@ -3,6 +3,7 @@
 //! The protocol lives in the `ftpgate-proto` crate; this binary executes what
 //! it asks for: transparent sockets, the splice relay, the event loop.
 
+mod assets;
 mod audit;
 mod cli;
 mod config;
@@ -16,6 +17,7 @@ mod privilege;
 mod relay;
 mod rules;
 mod server;
+mod service;
 mod timers;
 mod tproxy;
 
@@ -27,6 +29,11 @@ use slog::{crit, info, warn, Logger};
 use crate::cli::Args;
 
 fn main() -> ExitCode {
+    // Packaging (lab/package): the man pages and completions, written from
+    // the clap definitions before anything is parsed, bound or logged.
+    if let Some(exit) = assets::generate_if_asked() {
+        return exit;
+    }
     let matches = Args::command().get_matches();
     let cmdline = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The command line over the file over the flags' defaults; kept to
@@ -154,6 +161,8 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
         return ExitCode::from(2);
     }
     info!(log, "ftpgate started"; "version" => env!("CARGO_PKG_VERSION"));
+    // systemd's Type=notify: started means a client is served from now on.
+    service::notify_ready(&log);
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -343,6 +343,7 @@ impl Server {
             return;
         }
         info!(self.log, "signal: draining"; "signal" => signo, "sessions" => self.conns.len());
+        crate::service::notify_stopping(&self.log);
         // Stop accepting at once: the listener sockets close here.
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l.listener);
