@@ -1,8 +1,10 @@
 //! Command line.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
 
 use crate::rules::{Interface, Net, Profile};
 
@@ -11,12 +13,27 @@ use crate::rules::{Interface, Net, Profile};
 /// Accepts FTP control connections redirected by the TPROXY target, connects
 /// to the real server from the client's own address, and opens every data
 /// channel transparently (listen on / connect from foreign addresses).
-#[derive(Debug, Parser)]
+///
+/// Every option can also be set in the configuration file (--config); an
+/// option given here wins over the file.
+#[derive(Clone, Debug, Parser)]
 #[command(name = "ftpgate", version, about, long_about)]
 pub(crate) struct Args {
     /// Without a subcommand ftpgate runs the gateway.
     #[command(subcommand)]
     pub(crate) command: Option<Command>,
+
+    /// The configuration file (TOML). Default: /etc/ftpgate/ftpgate.toml
+    /// when it exists; `--config /dev/null` reads none. SIGHUP reads it
+    /// again. `rules` and `doctor` read it too.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Check the configuration file and the options, print the verdict and
+    /// exit: 0 when valid, 2 with the file, line and key of the error
+    /// otherwise.
+    #[arg(long)]
+    pub(crate) check_config: bool,
 
     /// Address of the TPROXY port (the `--on-port` / `tproxy to` target).
     /// Repeat for several: `--listen 0.0.0.0:2121 --listen [::]:2121` (the
@@ -26,20 +43,20 @@ pub(crate) struct Args {
     pub(crate) listen: Vec<SocketAddr>,
 
     /// Seconds a data listener waits for its one connection.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = at_least_one_second())]
     pub(crate) data_timeout: u64,
 
     /// Seconds a connect to the server or a data peer may take.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = at_least_one_second())]
     pub(crate) connect_timeout: u64,
 
     /// Seconds without control traffic before a session is closed.
-    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    #[arg(long, value_name = "SECS", default_value_t = 900, value_parser = at_least_one_second())]
     pub(crate) idle_timeout: u64,
 
     /// Seconds a data transfer may move no byte in either direction before
     /// it is ended: both data connections are reset and the client gets 426.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = at_least_one_second())]
     pub(crate) data_idle_timeout: u64,
 
     /// Seconds running transfers get to finish after SIGTERM/SIGINT.
@@ -115,7 +132,7 @@ pub(crate) struct Args {
     pub(crate) log_format: LogFormat,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub(crate) enum Command {
     /// Print the kernel set-up for the configured listeners: the firewall
     /// (`| nft -f -`, or `--iptables ... | sh`) and, with --routing, the
@@ -127,7 +144,7 @@ pub(crate) enum Command {
     Doctor(DoctorArgs),
 }
 
-#[derive(Debug, ClapArgs)]
+#[derive(Clone, Debug, ClapArgs)]
 pub(crate) struct RulesArgs {
     /// iptables and ip6tables commands (for sh) instead of an nft rule set.
     #[arg(long, conflicts_with = "routing")]
@@ -145,7 +162,7 @@ pub(crate) struct RulesArgs {
     pub(crate) plan: PlanArgs,
 }
 
-#[derive(Debug, ClapArgs)]
+#[derive(Clone, Debug, ClapArgs)]
 pub(crate) struct DoctorArgs {
     #[command(flatten)]
     pub(crate) plan: PlanArgs,
@@ -153,7 +170,7 @@ pub(crate) struct DoctorArgs {
 
 /// What the kernel set-up depends on, besides the listeners: shared by
 /// `rules` and `doctor`.
-#[derive(Debug, ClapArgs)]
+#[derive(Clone, Debug, ClapArgs)]
 pub(crate) struct PlanArgs {
     /// What the forward chain refuses: only the control port (port21), or
     /// everything between the client side and the server networks that
@@ -186,8 +203,8 @@ pub(crate) struct PlanArgs {
     pub(crate) server_nets: Vec<Net>,
 }
 
-/// A mark in decimal or 0x hex.
-fn parse_mark(text: &str) -> Result<u32, String> {
+/// A mark in decimal or 0x hex (also in the configuration file).
+pub(crate) fn parse_mark(text: &str) -> Result<u32, String> {
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16),
         None => text.parse(),
@@ -195,13 +212,19 @@ fn parse_mark(text: &str) -> Result<u32, String> {
     parsed.map_err(|e| format!("'{text}' is not a mark (like 1 or 0x10): {e}"))
 }
 
-/// A rate given as `N` or `N/s`.
-fn parse_per_second(text: &str) -> Result<u64, String> {
+/// A timeout of 0 would expire at once: the core has no "off" for it.
+fn at_least_one_second() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
+}
+
+/// A rate given as `N` or `N/s` (also in the configuration file).
+pub(crate) fn parse_per_second(text: &str) -> Result<u64, String> {
     let n = text.strip_suffix("/s").unwrap_or(text);
     n.trim().parse().map_err(|e| format!("'{text}' is not a whole number per second (like 20 or 20/s): {e}"))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum LogLevel {
     Error,
     Warn,
@@ -210,7 +233,8 @@ pub(crate) enum LogLevel {
     Trace,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum LogFormat {
     /// One line per record, every key-value pair on it.
     Full,
@@ -221,7 +245,8 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum PassiveMismatch {
     Rewrite,
     Refuse,

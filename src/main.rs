@@ -6,6 +6,7 @@
 mod assets;
 mod audit;
 mod cli;
+mod config;
 mod conn;
 mod doctor;
 mod limits;
@@ -21,14 +22,11 @@ mod timers;
 mod tproxy;
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use clap::Parser;
-use ftpgate_proto::{Config, PassiveAddressPolicy};
+use clap::{CommandFactory, FromArgMatches};
 use slog::{crit, info, warn, Logger};
 
-use crate::cli::{Args, PassiveMismatch};
+use crate::cli::Args;
 
 fn main() -> ExitCode {
     // Packaging (lab/package): the man pages and completions, written from
@@ -36,11 +34,25 @@ fn main() -> ExitCode {
     if let Some(exit) = assets::generate_if_asked() {
         return exit;
     }
-    let args = Args::parse();
-    match &args.command {
-        None => run_daemon(&args),
-        Some(cli::Command::Rules(rules)) => print_rules(&args, rules),
-        Some(cli::Command::Doctor(doctor)) => run_doctor(&args, doctor),
+    let matches = Args::command().get_matches();
+    let cmdline = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The command line over the file over the flags' defaults; kept to
+    // merge the file again at SIGHUP, where the flags still win.
+    let loader = config::Loader::new(cmdline, config::Given::of(&matches));
+    let loaded = match loader.load() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("ftpgate: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if loaded.args.check_config {
+        return check_config(&loaded);
+    }
+    match &loaded.args.command {
+        None => run_daemon(loader, &loaded),
+        Some(cli::Command::Rules(rules)) => print_rules(&loaded.args, rules),
+        Some(cli::Command::Doctor(doctor)) => run_doctor(&loaded.args, doctor),
     }
 }
 
@@ -95,20 +107,22 @@ fn run_doctor(args: &Args, d: &cli::DoctorArgs) -> ExitCode {
     }
 }
 
-fn run_daemon(args: &Args) -> ExitCode {
+fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
+    let args = &loaded.args;
     let log = log::build(args.log_level, args.log_format);
-    let config = core_config(args);
+    info!(log, "configuration"; "file" => loaded.file_name());
+    loaded.warn_unenforced(&log);
     let (max_sessions, max_data_channels) = size_limits(args, &log);
-    let session_rate =
-        limits::Rate { per_second: args.session_rate_per_client, burst: args.session_burst_per_client };
+    let reloadable = config::Reloadable::of(args);
     let opts = server::Options {
         listen: args.listen.clone(),
-        config: Arc::new(config),
+        config: reloadable.core,
         max_sessions,
-        max_sessions_per_client: args.max_sessions_per_client,
-        session_rate,
+        max_sessions_per_client: reloadable.max_sessions_per_client,
+        session_rate: reloadable.session_rate,
         max_data_channels,
-        drain_timeout: Duration::from_secs(args.drain_timeout),
+        drain_timeout: reloadable.drain_timeout,
+        reloader: config::Reloader::new(loader, loaded),
     };
     // Checked before any socket exists, carried out once the control
     // listeners are bound: they are the only sockets opened as root.
@@ -209,26 +223,27 @@ fn size_limits(args: &Args, log: &Logger) -> (usize, usize) {
     (max_sessions, max_data_channels)
 }
 
-/// The protocol core's settings from the command line.
-fn core_config(args: &Args) -> Config {
-    Config {
-        data_accept_timeout: Duration::from_secs(args.data_timeout),
-        data_connect_timeout: Duration::from_secs(args.connect_timeout),
-        greeting_timeout: Duration::from_secs(args.connect_timeout.max(1) * 3),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        data_idle_timeout: Duration::from_secs(args.data_idle_timeout),
-        allow_privileged_data_ports: args.allow_privileged_data_ports,
-        passive_address_mismatch: match args.passive_address_mismatch {
-            PassiveMismatch::Rewrite => PassiveAddressPolicy::Rewrite,
-            PassiveMismatch::Refuse => PassiveAddressPolicy::Refuse,
-        },
-        ..Config::default()
+/// `--check-config`: the verdict on stdout, 0. (An invalid file never
+/// gets here: `main` exits 2 with the error on stderr.)
+fn check_config(loaded: &config::Loaded) -> ExitCode {
+    match &loaded.file {
+        Some(path) => println!("{}: valid", path.display()),
+        None => println!("no configuration file ({} absent); the options are valid", config::DEFAULT_PATH),
     }
+    if loaded.has_policy {
+        eprintln!("note: [policy] is accepted but not enforced by this build");
+    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
     use super::*;
+    use crate::config::core_config;
 
     #[test]
     fn data_idle_timeout_defaults_to_300_seconds_and_reaches_the_core() {
@@ -236,6 +251,14 @@ mod tests {
         assert_eq!(config.data_idle_timeout, Duration::from_secs(300));
         let config = core_config(&Args::parse_from(["ftpgate", "--data-idle-timeout", "7"]));
         assert_eq!(config.data_idle_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused_on_the_command_line_too() {
+        for flag in ["--data-timeout", "--connect-timeout", "--idle-timeout", "--data-idle-timeout"] {
+            assert!(Args::try_parse_from(["ftpgate", flag, "0"]).is_err(), "{flag} 0");
+        }
+        assert!(Args::try_parse_from(["ftpgate", "--drain-timeout", "0"]).is_ok());
     }
 
     #[test]

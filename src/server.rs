@@ -66,6 +66,8 @@ pub(crate) struct Options {
     pub(crate) session_rate: Rate,
     pub(crate) max_data_channels: usize,
     pub(crate) drain_timeout: Duration,
+    /// SIGHUP: reads the configuration again.
+    pub(crate) reloader: crate::config::Reloader,
 }
 
 /// Why accept() is paused.
@@ -135,6 +137,7 @@ impl Server {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGTERM);
         mask.add(Signal::SIGINT);
+        mask.add(Signal::SIGHUP);
         mask.thread_block().map_err(|e| StartError::Setup("blocking signals", e.into()))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| StartError::Setup("signalfd", e.into()))?;
@@ -329,7 +332,11 @@ impl Server {
     fn on_signal(&mut self, now: Instant) {
         let mut got = None;
         while let Ok(Some(info)) = self.signals.read_signal() {
-            got = Some(info.ssi_signo);
+            if info.ssi_signo == Signal::SIGHUP as u32 {
+                self.reload();
+            } else {
+                got = Some(info.ssi_signo);
+            }
         }
         let Some(signo) = got else { return };
         if self.drain_until.is_some() {
@@ -349,6 +356,30 @@ impl Server {
                 conn.drain(&mut self.ctx(now));
                 self.conns.insert(conn);
                 self.again.push(key);
+            }
+        }
+    }
+
+    /// SIGHUP: new sessions get the reloaded settings. Open sessions keep
+    /// the `Arc<Config>` they started with: a running transfer is never cut.
+    fn reload(&mut self) {
+        let Some(new) = self.opts.reloader.reload(&self.log) else { return };
+        self.opts.config = new.core;
+        self.opts.drain_timeout = new.drain_timeout;
+        if new.session_rate != self.opts.session_rate {
+            // A new table: clients start with a full burst at the new rate.
+            self.opts.session_rate = new.session_rate;
+            self.session_rate = SessionRate::new(new.session_rate);
+        }
+        if new.max_sessions_per_client != self.opts.max_sessions_per_client {
+            // The counts are kept only while the cap is on: count the open
+            // sessions afresh, so that a cap turned on applies to them too.
+            self.opts.max_sessions_per_client = new.max_sessions_per_client;
+            self.per_client.clear();
+            if new.max_sessions_per_client > 0 {
+                for (_, conn) in self.conns.iter() {
+                    *self.per_client.entry(conn.client_ip).or_insert(0) += 1;
+                }
             }
         }
     }

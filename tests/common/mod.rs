@@ -491,6 +491,13 @@ impl Lab {
         ))
     }
 
+    /// Send `signal` (a kill(1) name: HUP, USR1...) to the running gateway.
+    pub fn signal_gateway(&self, signal: &str) {
+        let pid = self.gateway.as_ref().expect("gateway not running").id().to_string();
+        let st = Command::new("kill").args(["-s", signal, &pid]).status().expect("run kill");
+        assert!(st.success(), "kill -s {signal} {pid}: {st}");
+    }
+
     pub fn gateway_running(&mut self) -> bool {
         match self.gateway.as_mut() {
             Some(c) => c.try_wait().unwrap().is_none(),
