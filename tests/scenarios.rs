@@ -82,14 +82,16 @@ impl Run {
             self.name
         );
     }
-    /// The client addresses vsftpd logged (CONNECT lines).
+    /// The client addresses vsftpd logged (CONNECT lines). vsftpd listens
+    /// dual-stack and logs an IPv4 client as `::ffff:192.0.2.10`: that is
+    /// the IPv4 client (common::unmapped); other addresses stay as logged.
     fn server_saw(&self) -> Vec<String> {
         let mut seen: Vec<String> = self
             .text("vsftpd.log")
             .lines()
             .filter_map(|l| l.split("CONNECT: Client \"").nth(1))
             .filter_map(|rest| rest.split('"').next())
-            .map(str::to_owned)
+            .map(common::unmapped)
             .collect();
         seen.sort();
         seen.dedup();
