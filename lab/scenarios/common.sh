@@ -61,6 +61,25 @@ std_up() {
     bash "$LAB_DIR/netns.sh" vsftpd "$LAB" 2>/dev/null
 }
 
+# std_ipv6_settled: wait (at most 3 s) until no IPv6 address of the
+# standard lab is tentative. The lab's own addresses skip duplicate address
+# detection (nodad), but each interface's link-local address still runs it
+# for about a second, and a router cannot send neighbour solicitations
+# before it has one: the first connection of an IPv6 scenario would show
+# a second's wait that is no part of the story.
+std_ipv6_settled() {
+    local i ns busy
+    for ((i = 0; i < 30; i++)); do
+        busy=""
+        for ns in "$C_NS" "$G_NS" "$S_NS"; do
+            [ -z "$(ip -n "$ns" -6 addr show tentative)" ] || busy=$ns
+        done
+        [ -n "$busy" ] || return 0
+        sleep 0.1
+    done
+    say "  (IPv6 addresses in $busy still tentative after 3 s; going on)"
+}
+
 # std_gateway [ARGS...]: ftpgate in LAB-g with the JSON audit trail
 std_gateway() {
     bash "$LAB_DIR/netns.sh" gateway "$LAB" "$BIN" "${GW_ARGS[@]}" "$@" 2>/dev/null
@@ -115,14 +134,16 @@ mac_of() { ip -n "$1" -br link show "$2" | awk '{print $3}'; }
 
 # ladder_std TITLE [--caption TEXT]... : render the standard lab's captures
 # (named with PFX) and ftpgate's log (when there is one) into
-# OUT/ladder.{svg,txt,json}, or OUT/$LADDER_BASE.*
+# OUT/ladder.{svg,txt,json}, or OUT/$LADDER_BASE.*; the end hosts' lifelines
+# are named after their IPv4 addresses unless CLIENT_LABEL/SERVER_LABEL say
+# otherwise
 LADDER_BASE=ladder
 ladder_std() {
     local title=$1; shift
     local log="" base=$OUT/$LADDER_BASE
     [ -s "$OUT/ftpgate.json" ] && log=",$OUT/ftpgate.json"
     "$LADDER" --title "$title" "$@" \
-        --client-label "client $CLIENT_IP" --server-label "server $SERVER_IP" \
+        --client-label "${CLIENT_LABEL:-client $CLIENT_IP}" --server-label "${SERVER_LABEL:-server $SERVER_IP}" \
         --gateway "${GATEWAY_LABEL:-gateway (ftpgate)},$OUT/pcap/${PFX}gw-c.pcap,$(mac_of "$G_NS" "$GW_CLIENT_IF"),$OUT/pcap/${PFX}gw-s.pcap,$(mac_of "$G_NS" "$GW_SERVER_IF")$log" \
         --svg "$base.svg" --text "$base.txt" --json "$base.json"
 }
