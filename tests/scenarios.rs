@@ -308,9 +308,8 @@ fn port_theft() {
     let got = r.json("client.json");
     assert_eq!(got["thief_closed"], true, "{got}");
     assert!(got["retr_final"].as_str().unwrap().starts_with("226"), "{got}");
-    // one refusal, of the thief, by a listener that expected the client
-    // (not its rule key: docs/audit.md says "port-theft", the shared
-    // listener table writes "ATTACKS.md 5")
+    // one refusal, of the thief, by a listener that expected the client,
+    // named by its rule as docs/audit.md says
     let refused: Vec<Value> = r
         .text("ftpgate.json")
         .lines()
@@ -320,6 +319,7 @@ fn port_theft() {
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(refused[0]["peer"].as_str().unwrap().starts_with("192.0.2.20:"), "{}", refused[0]);
     assert_eq!(refused[0]["expected"], CLIENT);
+    assert_eq!((&refused[0]["rule"], &refused[0]["attack"]), (&Value::from("port-theft"), &Value::from("5")));
     let thief = r
         .conns("ladder.json")
         .into_iter()
