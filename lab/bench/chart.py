@@ -41,12 +41,13 @@ def main():
         ax.set_yticklabels([w["label"] for w in wls], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("ratio to plain routing (%s)" % title)
-    axes[0].legend(loc="lower right", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8)
     m = doc["machine"]
     fig.suptitle("ftpgate benchmark %s: %d cores, Linux %s, median of %d repetitions (whiskers: min-max)"
                  % (m["date"], m["cores"], m["kernel"], m["reps_done"]), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(sys.argv[2], format="svg")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(sys.argv[2], format=sys.argv[2].rsplit(".", 1)[-1])
     return 0
 
 
