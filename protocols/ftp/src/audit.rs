@@ -158,4 +158,30 @@ pub enum AuditEvent {
         /// Fixed reason text.
         reason: &'static str,
     },
+    /// Several client lines in a row were refused by the gateway; one
+    /// record for the whole run (a single refused line is a [`Refused`](Self::Refused)).
+    /// Recorded when the run ends: a line forwarded, the session closed, or
+    /// `Config::max_refused_lines` reached (then the session closes).
+    RefusedLines {
+        /// How many lines in a row.
+        count: usize,
+        /// Fixed reason text of the first one.
+        reason: &'static str,
+        /// The first offending line, printable and truncated.
+        what: String,
+    },
+    /// The server answered a USER or PASS with `530` (RFC 2577 §5, ATTACKS.md 33).
+    LoginFailed {
+        /// The name given with USER, if any (never the password).
+        user: Option<String>,
+    },
+    /// The server accepted `AUTH` with `234` under `FtpsPolicy::PassThrough`:
+    /// from here the control connection is relayed blind
+    /// ([`Action::PassThrough`](crate::Action::PassThrough)).
+    TlsPassThrough {
+        /// The mechanism the client asked for (`TLS`, `SSL`, …), printable.
+        mechanism: String,
+        /// The user logged in before, if any.
+        user: Option<String>,
+    },
 }

@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 
+use crate::command::Junk;
 use crate::Side;
 
 /// Something a peer did that the gateway refuses.
@@ -57,13 +58,27 @@ pub enum Violation {
     ReplyMalformed,
     /// A multi-line reply over the line cap (ATTACKS.md 17).
     ReplyTooLong,
+    /// Client bytes that are not FTP: an HTTP request line, binary, no
+    /// command verb on the first line (ATTACKS.md 10).
+    NotFtp(Junk),
+    /// FTPS pass-through: bytes read past the AUTH exchange before the TLS
+    /// handshake (the client did not wait for 234, or the server sent more
+    /// after it). They were decoded as Telnet, so they cannot be relayed
+    /// as they came.
+    TlsPipelined {
+        /// Who sent them.
+        side: Side,
+    },
 }
 
 impl Violation {
     /// Which side broke the rules.
     pub fn side(&self) -> Side {
         match *self {
-            Self::LineTooLong { side } | Self::BadLineEnd { side } | Self::PrivilegedPort { side } => side,
+            Self::LineTooLong { side }
+            | Self::BadLineEnd { side }
+            | Self::PrivilegedPort { side }
+            | Self::TlsPipelined { side } => side,
             Self::PassiveAddressMismatch | Self::ReplyMalformed | Self::ReplyTooLong => Side::Server,
             // Too many channels: the client keeps asking for data connections.
             Self::TooManyDataChannels
@@ -74,7 +89,8 @@ impl Violation {
             | Self::NotLoggedIn
             | Self::EpsvAllInEffect
             | Self::LongAddressUnsupported
-            | Self::SecurityRefused => Side::Client,
+            | Self::SecurityRefused
+            | Self::NotFtp(_) => Side::Client,
         }
     }
 
@@ -96,6 +112,10 @@ impl Violation {
             Self::TooManyDataChannels => "too many data channels",
             Self::ReplyMalformed => "malformed reply",
             Self::ReplyTooLong => "reply too long",
+            Self::NotFtp(Junk::Http) => "not FTP: HTTP request",
+            Self::NotFtp(Junk::Binary) => "not FTP: binary",
+            Self::NotFtp(Junk::NoVerb) => "not FTP: no command verb",
+            Self::TlsPipelined { .. } => "bytes before the TLS handshake",
         }
     }
 }
