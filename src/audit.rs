@@ -113,6 +113,17 @@ pub(crate) fn record(log: &Logger, event: &AuditEvent) {
             )
         }
         AuditEvent::SessionEnded { reason } => info!(log, "session end"; "reason" => reason),
+        AuditEvent::RefusedLines { count, reason, what } => warn!(
+            log, "refused lines";
+            "side" => "client", "count" => count, "reason" => reason, "what" => what
+        ),
+        AuditEvent::LoginFailed { user } => {
+            info!(log, "login failed"; "user" => user.as_deref().unwrap_or("-"))
+        }
+        AuditEvent::TlsPassThrough { mechanism, user } => info!(
+            log, "FTPS pass-through: control connection no longer parsed";
+            "mechanism" => mechanism, "user" => user.as_deref().unwrap_or("-")
+        ),
         // The core grows; an unknown event is still worth a line.
         other => info!(log, "event"; "event" => ?other),
     }

@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod conn;
 mod log;
+mod logins;
 mod relay;
 mod server;
 mod timers;
@@ -17,10 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use ftpgate_proto::{Config, PassiveAddressPolicy};
+use ftpgate_proto::{Config, FtpsPolicy, PassiveAddressPolicy};
 use slog::{crit, info};
 
-use crate::cli::{Args, PassiveMismatch};
+use crate::cli::{Args, Ftps, PassiveMismatch};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -32,6 +33,11 @@ fn main() -> ExitCode {
         max_sessions: args.max_sessions.max(1),
         max_sessions_per_client: args.max_sessions_per_client.max(1),
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        login_failures: logins::Limits {
+            limit: args.max_login_failures,
+            window: Duration::from_secs(args.login_failure_window),
+            cooldown: Duration::from_secs(args.login_cooldown),
+        },
     };
     let mut server = match server::Server::new(opts, log.clone()) {
         Ok(server) => server,
@@ -63,6 +69,11 @@ fn core_config(args: &Args) -> Config {
             PassiveMismatch::Rewrite => PassiveAddressPolicy::Rewrite,
             PassiveMismatch::Refuse => PassiveAddressPolicy::Refuse,
         },
+        ftps: match args.ftps {
+            Ftps::Refuse => FtpsPolicy::Refuse,
+            Ftps::PassThrough => FtpsPolicy::PassThrough,
+        },
+        max_refused_lines: args.max_refused_lines,
         ..Config::default()
     }
 }
@@ -77,5 +88,14 @@ mod tests {
         assert_eq!(config.data_idle_timeout, Duration::from_secs(300));
         let config = core_config(&Args::parse_from(["ftpgate", "--data-idle-timeout", "7"]));
         assert_eq!(config.data_idle_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn ftps_and_refused_lines_reach_the_core() {
+        let config = core_config(&Args::parse_from(["ftpgate"]));
+        assert_eq!((config.ftps, config.max_refused_lines), (FtpsPolicy::Refuse, 10));
+        let args = ["ftpgate", "--ftps", "pass-through", "--max-refused-lines", "3"];
+        let config = core_config(&Args::parse_from(args));
+        assert_eq!((config.ftps, config.max_refused_lines), (FtpsPolicy::PassThrough, 3));
     }
 }

@@ -18,6 +18,7 @@ use slab::Slab;
 use slog::{error, info, o, warn, Logger};
 
 use crate::conn::{Conn, Ctx, Registration};
+use crate::logins::{self, LoginFailures};
 use crate::tproxy::{self, TproxyError};
 
 const SIGNALS: Token = Token(0);
@@ -51,6 +52,7 @@ pub(crate) struct Options {
     pub(crate) max_sessions: usize,
     pub(crate) max_sessions_per_client: usize,
     pub(crate) drain_timeout: Duration,
+    pub(crate) login_failures: logins::Limits,
 }
 
 struct ControlListener {
@@ -76,6 +78,8 @@ pub(crate) struct Server {
     per_client: HashMap<IpAddr, usize>,
     accept_paused_until: Option<Instant>,
     drain_until: Option<Instant>,
+    /// Failed logins per client address (RFC 2577 §5).
+    logins: LoginFailures,
 }
 
 impl Server {
@@ -101,6 +105,7 @@ impl Server {
             info!(log, "listening"; "addr" => %addr);
             listeners.push(ControlListener { listener, addr, ready: false });
         }
+        let logins = LoginFailures::new(opts.login_failures);
         Ok(Self {
             poll,
             listeners,
@@ -117,6 +122,7 @@ impl Server {
             per_client: HashMap::new(),
             accept_paused_until: None,
             drain_until: None,
+            logins,
         })
     }
 
@@ -209,6 +215,13 @@ impl Server {
     fn drive(&mut self, key: usize, now: Instant) {
         let Some(mut conn) = self.conns.try_remove(key) else { return };
         let more = conn.drive(&mut self.ctx(now));
+        let failures = conn.take_login_failures();
+        if let Some(c) = self.logins.failed(conn.client_ip, failures, now) {
+            warn!(
+                conn.log, "failed logins: refusing new sessions from this client";
+                "failures" => c.failures, "cooldown_s" => c.cooldown.as_secs()
+            );
+        }
         if conn.finished() {
             // The slot is free again only now, after this session's tokens
             // were retired.
@@ -329,6 +342,12 @@ impl Server {
         }
         if tproxy::is_local_address(server.ip()) {
             return refuse(&log, stream, Refusal::GatewayItself);
+        }
+        if self.logins.cooling_down(peer.ip(), now) {
+            // Logged once, when the cool-down started.
+            let mut stream = stream;
+            let _ = io::Write::write(&mut stream, logins::REPLY_COOLING_DOWN);
+            return None;
         }
         let count = self.per_client.entry(peer.ip()).or_insert(0);
         if *count >= self.opts.max_sessions_per_client {
