@@ -167,7 +167,7 @@ fn refused_line_flood_closed_with_one_record() {
     assert!(report.contains(r#""421 ftpgate: too many refused commands; closing.""#), "{report}");
     assert!(report.contains(r#""closed": true"#), "session not closed: {report}");
     let log = lab.gateway_log();
-    let records: Vec<&str> = log.lines().filter(|l| l.contains("refused lines")).collect();
+    let records: Vec<&str> = log.lines().filter(|l| l.contains("WARN refused lines")).collect();
     assert_eq!(records.len(), 1, "one record for the run:\n{log}");
     assert!(records[0].contains("count: 5") && records[0].contains("what: LPSV"), "{}", records[0]);
     assert!(!log.lines().any(|l| l.contains("refused, side")), "one record per line:\n{log}");
