@@ -17,7 +17,7 @@ use crate::command::{self, parse_command, Command, CommandError, EpsvArg, Junk};
 use crate::error::Violation;
 use crate::line::{write_line, LineError, LineReader, DM, IAC, IP};
 use crate::policy::{FtpsPolicy, PassiveAddressPolicy};
-use crate::reply::{Code, Reply, ReplyError};
+use crate::reply::{without_features, Code, Reply, ReplyError, TLS_FEATURES};
 
 pub(super) const REPLY_UNREACHABLE: &str =
     "421 Service not available: ftpgate could not reach the server.\r\n";
@@ -44,11 +44,6 @@ const REPLY_TOO_MANY: &str = "425 ftpgate: too many data connections.\r\n";
 const REPLY_NOT_FTP: &str = "421 ftpgate: this is an FTP service; closing.\r\n";
 const REPLY_TOO_MANY_REFUSED: &str = "421 ftpgate: too many refused commands; closing.\r\n";
 const REPLY_TLS_PIPELINED: &str = "421 ftpgate: bytes before the TLS handshake; closing.\r\n";
-
-/// FEAT lines (RFC 2389) that advertise TLS on the control channel (RFC
-/// 4217): removed from the server's FEAT reply when `AUTH` is refused, so
-/// clients do not try it.
-const TLS_FEATURES: [&[u8]; 4] = [b"AUTH", b"PBSZ", b"PROT", b"CCC"];
 
 /// `AUTH` mechanisms that mean TLS (RFC 4217 §6, and the older drafts'
 /// `SSL`, `TLS-C`, `TLS-P`): the only ones passed through. Others (GSSAPI,
@@ -650,7 +645,7 @@ impl Session {
                 self.send_reply(&reply);
             }
             Some(Pending::Feat) => match self.config.ftps {
-                FtpsPolicy::Refuse => self.send_reply(&without_tls_features(reply)),
+                FtpsPolicy::Refuse => self.send_reply(&without_features(reply, &TLS_FEATURES)),
                 FtpsPolicy::PassThrough => self.send_reply(&reply),
             },
             Some(Pending::Auth { mechanism }) if code.0 == 234 => self.pass_through(reply, mechanism),
@@ -858,29 +853,4 @@ impl Session {
         text.extend_from_slice(b").");
         Some(Reply { code: Code::ENTERING_PASSIVE, lines: vec![text] })
     }
-}
-
-/// A FEAT reply without the lines that advertise TLS (RFC 4217: `AUTH`,
-/// `PBSZ`, `PROT`, `CCC`). The first and last lines stay, so the
-/// multi-line framing is intact; a single-line reply is unchanged. A
-/// feature line is ` NAME[ args]` (RFC 2389 §3.2); a continuation line
-/// that repeats the code (`211-AUTH TLS`) is judged by its text.
-fn without_tls_features(mut reply: Reply) -> Reply {
-    let n = reply.lines.len();
-    if n < 3 {
-        return reply;
-    }
-    let last = reply.lines.pop();
-    let first = reply.lines.remove(0);
-    reply.lines.retain(|line| {
-        let text = match crate::reply::parse_reply_line(line) {
-            Ok((code, _, text)) if code == reply.code => text,
-            _ => line.as_slice(),
-        };
-        let name = text.trim_ascii_start().split(|&b| b == b' ').next().unwrap_or_default();
-        !TLS_FEATURES.iter().any(|f| f.eq_ignore_ascii_case(name))
-    });
-    reply.lines.insert(0, first);
-    reply.lines.extend(last);
-    reply
 }
