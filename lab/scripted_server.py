@@ -22,9 +22,17 @@ end of a data connection saw through ftpgate:
   STOR (always)         read the data connection until a clean end (EOF) or
                         an error, and answer 226 whatever happened; the
                         report says which it was ("eof" or "reset").
+  --pasv-port N         a server that reuses passive ports: every PASV/EPSV
+                        of every session announces port N, and one listening
+                        socket there accepts every passive data connection.
+                        A session takes the first connection that came from
+                        its own control peer's address (so two sessions from
+                        one address must not wait for data at the same
+                        time). Each PASV/EPSV reply sent is reported as
+                        {"cmd": "PASV"|"EPSV", "reply", "peer"}.
 
 Every transfer appends one JSON line to --report: {"cmd", "path", "mode",
-"bytes", "end"} where end is "eof" (clean end of data), "reset"
+"bytes", "end", "data_peer"} where end is "eof" (clean end of data), "reset"
 (ConnectionResetError), "timeout", "sent" (RETR sent everything and closed
 with a FIN), "reset_sent" (we reset it), or "error: ...". Active-mode data
 connections come from port 20 when it can be bound (we run as root in the
@@ -60,11 +68,13 @@ def parse_args():
     p.add_argument("--stall-after", type=int, default=64 * 1024, metavar="BYTES")
     p.add_argument("--stall-seconds", type=float, default=30.0)
     p.add_argument("--ftps-echo", action="store_true")
+    p.add_argument("--pasv-port", type=int, metavar="N", help="announce port N for every PASV/EPSV")
     return p.parse_args()
 
 
 ARGS = None
 REPORT_LOCK = threading.Lock()
+SHARED = None  # SharedPassive, with --pasv-port
 
 
 def report(entry):
@@ -97,6 +107,15 @@ def reset_close(sock):
     sock.close()
 
 
+def peer_ip(sock):
+    """The peer's address, or None once the connection is gone (a reset
+    can come before we ask)."""
+    try:
+        return sock.getpeername()[0]
+    except OSError:
+        return None
+
+
 def read_to_end(sock, deadline):
     """Read until EOF or error; (bytes, end, data)."""
     n = 0
@@ -120,6 +139,35 @@ def read_to_end(sock, deadline):
         parts.append(chunk)
 
 
+class SharedPassive:
+    """One listening socket for every passive data connection (--pasv-port),
+    its accepted connections queued by peer address until a session takes
+    one."""
+
+    def __init__(self, host, port):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(16)
+        self.cond = threading.Condition()
+        self.queued = {}  # peer address -> [socket]
+        threading.Thread(target=self.accept_loop, daemon=True).start()
+
+    def accept_loop(self):
+        for _ in range(10_000):
+            conn, peer = self.sock.accept()
+            with self.cond:
+                self.queued.setdefault(peer[0], []).append(conn)
+                self.cond.notify_all()
+
+    def take(self, peer_ip, seconds):
+        """The first connection from peer_ip, waiting at most `seconds`."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.queued.get(peer_ip), timeout=seconds):
+                raise OSError("no data connection from %s on the shared port" % peer_ip)
+            return self.queued[peer_ip].pop(0)
+
+
 class Session:
     def __init__(self, conn, peer):
         self.conn = conn
@@ -133,8 +181,13 @@ class Session:
     def send(self, text):
         self.conn.sendall(text.encode("latin-1") + b"\r\n")
 
+    def send_passive(self, cmd, reply):
+        self.send(reply)
+        if SHARED is not None:
+            report({"cmd": cmd, "reply": reply, "peer": self.peer[0]})
+
     def close_data_setup(self):
-        if self.pasv is not None:
+        if self.pasv is not None and self.pasv is not SHARED:
             self.pasv.close()
         self.pasv = None
         self.port_addr = None
@@ -142,7 +195,9 @@ class Session:
     def open_data(self):
         """The data connection of this transfer, or None (reply already sent)."""
         try:
-            if self.pasv is not None:
+            if SHARED is not None and self.pasv is SHARED:
+                d = SHARED.take(self.peer[0], 15)
+            elif self.pasv is not None:
                 self.pasv.settimeout(15)
                 d, _ = self.pasv.accept()
             elif self.port_addr is not None:
@@ -185,7 +240,7 @@ class Session:
         if d is None:
             return
         self.send("150 Opening BINARY mode data connection for %s (%d bytes)." % (arg, len(content)))
-        entry = {"cmd": "RETR", "path": arg, "mode": self.mode, "size": len(content)}
+        entry = {"cmd": "RETR", "path": arg, "mode": self.mode, "size": len(content), "data_peer": peer_ip(d)}
         d.settimeout(30)
         try:
             if ARGS.retr_reset_after is not None and len(content) > ARGS.retr_reset_after:
@@ -230,17 +285,21 @@ class Session:
         d = self.open_data()
         if d is None:
             return
+        data_peer = peer_ip(d)
         self.send("150 Ok to send data.")
         n, end, data = read_to_end(d, time.monotonic() + 60)
         d.close()
         with open(full, "wb") as f:
             f.write(data)
-        report({"cmd": "STOR", "path": arg, "mode": self.mode, "bytes": n, "end": end})
+        report({"cmd": "STOR", "path": arg, "mode": self.mode, "bytes": n, "end": end, "data_peer": data_peer})
         # the lie: a server that does not check how its data connection ended
         self.send("226 Transfer complete.")
 
     def pasv_listen(self):
         self.close_data_setup()
+        if SHARED is not None:
+            self.pasv = SHARED
+            return ARGS.pasv_port
         s = socket.socket()
         s.bind((self.server_ip, 0))
         s.listen(1)
@@ -280,11 +339,11 @@ class Session:
             port = self.pasv_listen()
             self.mode = "passive"
             h = self.server_ip.replace(".", ",")
-            self.send("227 Entering Passive Mode (%s,%d,%d)." % (h, port >> 8, port & 255))
+            self.send_passive("PASV", "227 Entering Passive Mode (%s,%d,%d)." % (h, port >> 8, port & 255))
         elif verb == "EPSV":
             port = self.pasv_listen()
             self.mode = "passive"
-            self.send("229 Entering Extended Passive Mode (|||%d|)" % port)
+            self.send_passive("EPSV", "229 Entering Extended Passive Mode (|||%d|)" % port)
         elif verb == "PORT":
             nums = [int(x) for x in re.findall(r"\d+", arg)]
             if len(nums) != 6:
@@ -355,7 +414,7 @@ def serve_one(conn, peer):
 
 
 def main():
-    global ARGS
+    global ARGS, SHARED
     ARGS = parse_args()
     if ARGS.pidfile:
         with open(ARGS.pidfile, "w") as f:
@@ -363,6 +422,8 @@ def main():
     # bounded lifetime, whatever the sessions do
     threading.Timer(ARGS.lifetime, lambda: os._exit(0)).start()
     host, _, port = ARGS.listen.rpartition(":")
+    if ARGS.pasv_port is not None:
+        SHARED = SharedPassive(host, ARGS.pasv_port)
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((host, int(port)))

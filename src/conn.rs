@@ -15,21 +15,21 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ftpgate_proto::{Action, AuditEvent, ControlEnds, DataId, DataStep, Input, Session, Side};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpStream;
 use mio::{event::Source, Interest, Registry, Token};
 use slab::Slab;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::audit;
+use crate::limits::{Admit, DataChannels};
+use crate::listeners::{Arrival, Channel, ExpectError, Expectation, Handover, Listeners};
+use crate::metrics::{self, Step};
 use crate::relay::{self, Budget, Readiness, Relay, RelayStatus};
-use crate::tproxy::{self, TproxyError};
+use crate::tproxy;
 
 /// How long a closed session may take to flush its last reply to a peer
 /// that does not read.
 const LINGER: Duration = Duration::from_secs(5);
-
-/// Backlog of a data listener: it accepts one connection (plus thieves).
-const DATA_BACKLOG: i32 = 8;
 
 /// Rounds of control work per wakeup, so one busy session cannot starve
 /// the others. Splice work has its own, smaller bound: `relay::Budget`.
@@ -43,6 +43,8 @@ const REPLY_OUT_OF_RESOURCES: &[u8] = b"421 Service not available: ftpgate is ou
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
     Control(Side),
+    /// A data listener: registered by the listener table, named here only
+    /// when it could not be.
     DataListener(DataId),
     /// The leg accepted on the data listener.
     DataAccepted(DataId),
@@ -102,6 +104,13 @@ pub(crate) struct Ctx<'a> {
     pub(crate) scratch: &'a mut [u8],
     pub(crate) now: Instant,
     pub(crate) first_token: usize,
+    /// Data channels open in all sessions, against the global cap. Every
+    /// `DataChan` in a session was admitted here and is released in
+    /// `close_data`, its one way out.
+    pub(crate) data_channels: &'a mut DataChannels,
+    /// The daemon's data listeners, shared by the sessions that expect a
+    /// connection on the same (address, port).
+    pub(crate) listeners: &'a mut Listeners,
 }
 
 impl Ctx<'_> {
@@ -165,8 +174,9 @@ struct DataChan {
     id: DataId,
     /// The side that connects to the listener.
     peer: Side,
-    listener: Option<(TcpListener, Token)>,
-    listener_ready: bool,
+    /// What the listener table handed over for this channel, not yet told
+    /// to the core. Cleared when the channel stops expecting a connection.
+    arrivals: VecDeque<Arrival>,
     /// The connection just accepted, while the core judges it
     /// (`Input::Accepted`). Owned by `accept_data`, which puts it here and
     /// closes what the verdict left (a refusal); the keeping verdict,
@@ -181,6 +191,8 @@ struct DataChan {
     reported_counts: (u64, u64),
     /// The core was told how the relay ended (`Relayed` or `RelayFailed`).
     relay_ended: bool,
+    /// Counts the channel as open in the metrics while it exists.
+    _open: metrics::OpenDataChannel,
 }
 
 /// FTPS pass-through (`Action::PassThrough`): the control connection is
@@ -232,6 +244,14 @@ pub(crate) struct Conn {
     blind: Option<Blind>,
     /// `530`s to USER/PASS not yet handed to the failed-login tracker.
     login_failures: u32,
+    /// The server socket could not be created for want of descriptors
+    /// (EMFILE, ENFILE): the client hears the core's reply for an
+    /// unreachable server, and the loop pauses accepting.
+    pub(crate) starved: Option<io::Error>,
+    /// When the session started, for an end record the daemon writes.
+    started: Instant,
+    /// The core's `SessionEnded` was logged: the session has its end record.
+    end_logged: bool,
 }
 
 impl Conn {
@@ -281,6 +301,9 @@ impl Conn {
             broken: None,
             blind: None,
             login_failures: 0,
+            starved: None,
+            started: ctx.now,
+            end_logged: false,
         };
         // The server sees the client's own address; the port is the kernel's
         // choice, as a NAT-free router would leave it to the client.
@@ -302,7 +325,15 @@ impl Conn {
                 }
             }
             Err(e) => {
-                warn!(conn.log, "server connect failed"; "error" => %e);
+                metrics::get().error(metrics::Channel::Control, e.step().into());
+                let errno = e.io().raw_os_error();
+                if errno == Some(libc::EMFILE) || errno == Some(libc::ENFILE) {
+                    // The loop pauses accepting and logs the episode once.
+                    debug!(conn.log, "server connect failed"; "error" => %e);
+                    conn.starved = Some(io::Error::from_raw_os_error(errno.unwrap_or(libc::EMFILE)));
+                } else {
+                    warn!(conn.log, "server connect failed"; "error" => %e);
+                }
                 conn.queue(Input::ServerUnreachable { error: e.kind() });
             }
         }
@@ -323,11 +354,8 @@ impl Conn {
                     mark(&mut leg.ready);
                 }
             }
-            Role::DataListener(id) => {
-                if let Some(chan) = self.chan(id) {
-                    chan.listener_ready = true;
-                }
-            }
+            // The listener table owns those tokens.
+            Role::DataListener(_) => {}
             Role::DataAccepted(id) => {
                 if let Some(leg) = self.chan(id).and_then(|c| c.accepted.as_mut()) {
                     mark(&mut leg.ready);
@@ -338,6 +366,16 @@ impl Conn {
                     mark(&mut leg.ready);
                 }
             }
+        }
+    }
+
+    /// Takes what the listener table accepted for one of this session's
+    /// channels; `drive` tells the core. Nothing is kept for a channel that
+    /// is gone: the connection closes.
+    pub(crate) fn hand_over(&mut self, handover: Handover) {
+        debug_assert_eq!(handover.channel.session, self.key);
+        if let Some(chan) = self.chan(handover.channel.data) {
+            chan.arrivals.push_back(handover.arrival);
         }
     }
 
@@ -430,7 +468,19 @@ impl Conn {
     }
 
     /// Releases every socket (used when the daemon gives up on the session).
+    /// A session the core did not end (a failed registration, the drain
+    /// deadline) still gets its one end record, with the same keys; what
+    /// only the core knows is "-".
     pub(crate) fn abort(&mut self, ctx: &mut Ctx<'_>) {
+        if !std::mem::replace(&mut self.end_logged, true) {
+            let reason =
+                if self.broken.is_some() { "event loop registration failed" } else { "drain deadline" };
+            audit::session_ended_by_daemon(
+                &self.log,
+                reason,
+                ctx.now.saturating_duration_since(self.started),
+            );
+        }
         for side in [Side::Client, Side::Server] {
             self.close_control(ctx, side);
         }
@@ -508,6 +558,12 @@ impl Conn {
     fn give_up(&mut self) {
         let Some(e) = &self.broken else { return };
         error!(self.log, "session ended: event loop registration failed"; "error" => %e);
+        let channel = if matches!(e.role, Role::Control(_)) {
+            metrics::Channel::Control
+        } else {
+            metrics::Channel::Data
+        };
+        metrics::get().error(channel, Step::Register);
         if let Some(leg) = &mut self.client.leg {
             // The reply in flight goes first, and the 421 only if it went
             // whole: a 421 inside a half-sent line would garble both.
@@ -521,7 +577,9 @@ impl Conn {
 
     fn execute(&mut self, ctx: &mut Ctx<'_>, action: Action) {
         match action {
-            Action::Listen { data, local, accept_from: _, peer } => self.listen(ctx, data, local, peer),
+            Action::Listen { data, local, accept_from, peer } => {
+                self.listen(ctx, data, local, accept_from, peer)
+            }
             // accept_data closes the connection that no verdict took.
             Action::Refuse { data: _ } => {}
             Action::Connect { data, local, remote } => self.connect_data(ctx, data, local, remote),
@@ -543,10 +601,12 @@ impl Conn {
                 control.closing = true;
             }
             Action::Audit(event) => {
-                if matches!(event, AuditEvent::LoginFailed { .. }) {
-                    self.login_failures += 1;
+                match &event {
+                    AuditEvent::LoginFailed { .. } => self.login_failures += 1,
+                    AuditEvent::SessionEnded { .. } => self.end_logged = true,
+                    _ => {}
                 }
-                audit::record(&self.log, &event)
+                audit::record(&self.log, &event);
             }
             Action::PassThrough { idle_timeout } => {
                 self.blind = Some(Blind::Flushing { idle_timeout, by: ctx.now + LINGER })
@@ -616,7 +676,10 @@ impl Conn {
                         (true, false)
                     }
                     RelayStatus::Failed { leg, error, to_client, to_server } => {
-                        info!(self.log, "pass-through relay failed"; "leg" => ?leg, "error" => ?error);
+                        info!(
+                            self.log, "pass-through relay failed";
+                            "leg" => audit::side(leg), "error" => format!("{error:?}")
+                        );
                         self.end_blind(ctx, "pass-through reset", Some((to_client, to_server)));
                         (true, false)
                     }
@@ -636,17 +699,34 @@ impl Conn {
         }
         let (to_client, to_server) = counts.unwrap_or_default();
         info!(self.log, "pass-through relay end"; "to_client" => to_client, "to_server" => to_server);
-        audit::record(&self.log, &AuditEvent::SessionEnded { reason });
+        self.end_logged = true;
+        audit::record(&self.log, &self.session.end_record(ctx.now, reason));
     }
 
-    fn listen(&mut self, ctx: &mut Ctx<'_>, data: DataId, local: SocketAddr, peer: Side) {
+    fn listen(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        data: DataId,
+        local: SocketAddr,
+        accept_from: std::net::IpAddr,
+        peer: Side,
+    ) {
         // A retry (the announced port was taken) replaces the listener.
         if self.chan(data).is_none() {
+            if !self.admit_data(ctx, data) {
+                // As for a listener that cannot be bound: the core answers
+                // 425 and the session goes on.
+                self.queue(Input::Failed {
+                    data,
+                    step: DataStep::Listen,
+                    error: io::ErrorKind::QuotaExceeded,
+                });
+                return;
+            }
             self.data.push(DataChan {
                 id: data,
                 peer,
-                listener: None,
-                listener_ready: false,
+                arrivals: VecDeque::new(),
                 accepted_pending_verdict: None,
                 accepted: None,
                 outbound: None,
@@ -654,31 +734,60 @@ impl Conn {
                 relay: None,
                 reported_counts: (0, 0),
                 relay_ended: false,
+                _open: metrics::get().data_channel_opened(peer, local),
             });
         }
         self.close_listener(ctx, data);
-        let result = tproxy::listen(local, DATA_BACKLOG).and_then(|listener| {
-            let bound = listener.local_addr().map_err(|error| TproxyError::Listen { addr: local, error })?;
-            Ok((listener, bound))
-        });
-        let (mut listener, bound) = match result {
-            Ok(ok) => ok,
-            Err(e) => {
+        let expectation = Expectation {
+            channel: Channel { session: self.key, data },
+            accept_from,
+            peer,
+            log: self.log.clone(),
+        };
+        match ctx.listeners.expect(ctx.registry, local, expectation) {
+            Ok(expected) => self.queue(Input::Listening { data, local: expected.local }),
+            Err(ExpectError::Ambiguous) => {
+                // Told as the bind failure it stands for: the core listens
+                // on a port of its own and rewrites the reply.
+                info!(
+                    self.log, "data listener already expects this peer for another session";
+                    "data" => data.0, "local" => %local, "accept_from" => %accept_from
+                );
+                self.queue(Input::Failed { data, step: DataStep::Bind, error: io::ErrorKind::AddrInUse });
+            }
+            Err(ExpectError::Listen(e)) => {
                 debug!(self.log, "data listen failed"; "data" => data.0, "error" => %e);
                 self.queue(Input::Failed { data, step: e.step(), error: e.kind() });
-                return;
             }
-        };
-        match ctx.register(self.key, &mut listener, Role::DataListener(data), Interest::READABLE) {
-            Ok(token) => {
-                if let Some(chan) = self.chan(data) {
-                    chan.listener = Some((listener, token));
-                    // A connection may already be queued before registration.
-                    chan.listener_ready = true;
+            Err(ExpectError::Register(error)) => {
+                self.broken = Some(RegisterError { role: Role::DataListener(data), error })
+            }
+        }
+    }
+
+    /// Asks the global cap whether a new data channel may open.
+    fn admit_data(&mut self, ctx: &mut Ctx<'_>, data: DataId) -> bool {
+        match ctx.data_channels.open() {
+            Admit::Yes { after_refusals } => {
+                if let Some(refused) = after_refusals {
+                    info!(
+                        self.log, "data channels below the cap again";
+                        "refused" => refused, "max_data_channels" => ctx.data_channels.max()
+                    );
                 }
-                self.queue(Input::Listening { data, local: bound });
+                true
             }
-            Err(e) => self.broken = Some(e),
+            Admit::No { first } => {
+                if first {
+                    warn!(
+                        self.log, "data channel cap reached; new data channels get 425";
+                        "data" => data.0, "max_data_channels" => ctx.data_channels.max()
+                    );
+                } else {
+                    debug!(self.log, "data channel refused: cap reached"; "data" => data.0);
+                }
+                false
+            }
         }
     }
 
@@ -732,12 +841,13 @@ impl Conn {
         }
     }
 
+    /// The channel expects no connection any more: its listener closes
+    /// unless another session expects one there, and what was handed over
+    /// but not yet judged closes.
     fn close_listener(&mut self, ctx: &mut Ctx<'_>, data: DataId) {
+        ctx.listeners.forget(ctx.registry, Channel { session: self.key, data });
         if let Some(chan) = self.chan(data) {
-            chan.listener_ready = false;
-            if let Some((mut listener, token)) = chan.listener.take() {
-                ctx.deregister(&mut listener, token);
-            }
+            chan.arrivals.clear();
         }
     }
 
@@ -758,6 +868,7 @@ impl Conn {
         self.close_listener(ctx, data);
         let Some(pos) = self.data.iter().position(|c| c.id == data) else { return };
         let mut chan = self.data.swap_remove(pos);
+        ctx.data_channels.close();
         for mut leg in [chan.accepted.take(), chan.outbound.take()].into_iter().flatten() {
             ctx.deregister(&mut leg.stream, leg.token);
         }
@@ -798,6 +909,7 @@ impl Conn {
                 false
             }
             Err(e) => {
+                metrics::get().error(metrics::Channel::Control, Step::Connect);
                 warn!(self.log, "server unreachable"; "error" => %e);
                 server.connecting = false;
                 self.close_control(ctx, Side::Server);
@@ -916,19 +1028,19 @@ impl Conn {
         (progress, more)
     }
 
+    /// Tells the core what the listener table handed over: each connection
+    /// for its verdict, or the listener's failure.
     fn accept_data(&mut self, ctx: &mut Ctx<'_>, id: DataId) -> bool {
         let mut progress = false;
-        // Bounded: a flood of thieves is refused a few at a time.
-        for _ in 0..8 {
-            let Some(chan) = chan_in(&mut self.data, id) else { break };
-            if !chan.listener_ready {
-                break;
-            }
-            let Some((listener, _)) = chan.listener.as_ref() else { break };
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    progress = true;
-                    chan.accepted_pending_verdict = Some(stream);
+        // Bounded by the table, which hands over a few per wakeup; the
+        // verdict that keeps one clears the rest (`close_listener`).
+        while let Some(arrival) = self.chan(id).and_then(|chan| chan.arrivals.pop_front()) {
+            progress = true;
+            match arrival {
+                Arrival::Connection { stream, peer } => {
+                    if let Some(chan) = self.chan(id) {
+                        chan.accepted_pending_verdict = Some(stream);
+                    }
                     self.tell(ctx, Input::Accepted { data: id, peer });
                     // Whatever the verdict did not keep is closed: a
                     // refusal, or no verdict at all.
@@ -936,18 +1048,11 @@ impl Conn {
                         chan.accepted_pending_verdict = None;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    chan.listener_ready = false;
-                    break;
-                }
-                Err(e)
-                    if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
-                Err(e) => {
-                    warn!(self.log, "data accept failed"; "data" => id.0, "error" => %e);
-                    chan.listener_ready = false;
+                Arrival::AcceptFailed(error) => {
+                    // The table logged it and closed the listener.
                     self.close_listener(ctx, id);
-                    self.tell(ctx, Input::Failed { data: id, step: DataStep::Accept, error: e.kind() });
-                    return true;
+                    self.tell(ctx, Input::Failed { data: id, step: DataStep::Accept, error });
+                    break;
                 }
             }
         }
@@ -960,13 +1065,22 @@ impl Conn {
             return false;
         }
         let Some(leg) = chan.outbound.as_mut().filter(|l| l.ready.writable) else { return false };
-        match tproxy::connect_result(&leg.stream) {
-            Ok(true) => {
+        // The source address the kernel gave the connect goes into the
+        // transfer's record; a socket that cannot say it is not usable.
+        let result = tproxy::connect_result(&leg.stream).and_then(|done| {
+            if done {
+                leg.stream.local_addr().map(Some)
+            } else {
+                Ok(None)
+            }
+        });
+        match result {
+            Ok(Some(local)) => {
                 chan.outbound_connected = true;
-                self.tell(ctx, Input::Connected { data: id });
+                self.tell(ctx, Input::Connected { data: id, local });
                 true
             }
-            Ok(false) => {
+            Ok(None) => {
                 leg.ready.writable = false;
                 false
             }
@@ -997,6 +1111,7 @@ impl Conn {
         };
         let before = relay.counts();
         let status = relay.run(&client.stream, &mut client.ready, &server.stream, &mut server.ready, budget);
+        metrics::get().relayed(before, relay.counts());
         let progress = relay.counts() != before;
         match status {
             RelayStatus::Running { more } => (progress, more),

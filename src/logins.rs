@@ -69,6 +69,16 @@ impl LoginFailures {
         Self { limits, table: HashMap::new(), next_sweep: None, cap: MAX_ENTRIES }
     }
 
+    /// New limits (SIGHUP). Counting goes on under them; a cool-down in
+    /// force runs out as it was set, unless the limit is now 0: off means
+    /// no client is refused any longer.
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        if limits.limit == 0 {
+            self.table.clear();
+        }
+    }
+
     /// `n` more failed logins from `ip`. Returns the cool-down if this
     /// started one.
     pub(crate) fn failed(&mut self, ip: IpAddr, n: u32, now: Instant) -> Option<CoolDown> {
@@ -178,6 +188,20 @@ mod tests {
         let now = Instant::now();
         assert_eq!(t.failed(ip(A), 1000, now), None);
         assert!(!t.cooling_down(ip(A), now));
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn new_limits_apply_to_counting_and_zero_ends_every_cooldown() {
+        let mut t = tracker();
+        let now = Instant::now();
+        assert!(t.failed(ip(A), 3, now).is_some());
+        t.set_limits(Limits { limit: 5, ..t.limits });
+        assert!(t.cooling_down(ip(A), now), "a cool-down in force runs out as set");
+        assert_eq!(t.failed(ip(B), 4, now), None, "counted under the new limit");
+        assert!(t.failed(ip(B), 1, now).is_some());
+        t.set_limits(Limits { limit: 0, ..t.limits });
+        assert!(!t.cooling_down(ip(A), now) && !t.cooling_down(ip(B), now));
         assert_eq!(t.len(), 0);
     }
 

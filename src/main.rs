@@ -3,41 +3,146 @@
 //! The protocol lives in the `ftpgate-proto` crate; this binary executes what
 //! it asks for: transparent sockets, the splice relay, the event loop.
 
+mod assets;
 mod audit;
 mod cli;
+mod config;
 mod conn;
+mod doctor;
+mod limits;
+mod listeners;
 mod log;
 mod logins;
+mod metrics;
+mod privilege;
 mod relay;
+mod rules;
 mod server;
+mod service;
 mod timers;
 mod tproxy;
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use clap::Parser;
-use ftpgate_proto::{Config, FtpsPolicy, PassiveAddressPolicy};
-use slog::{crit, info};
+use clap::{CommandFactory, FromArgMatches};
+use slog::{crit, info, warn, Logger};
 
-use crate::cli::{Args, Ftps, PassiveMismatch};
+use crate::cli::Args;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Packaging (lab/package): the man pages and completions, written from
+    // the clap definitions before anything is parsed, bound or logged.
+    if let Some(exit) = assets::generate_if_asked() {
+        return exit;
+    }
+    let matches = Args::command().get_matches();
+    let cmdline = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The command line over the file over the flags' defaults; kept to
+    // merge the file again at SIGHUP, where the flags still win.
+    let loader = config::Loader::new(cmdline, config::Given::of(&matches));
+    let loaded = match loader.load() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("ftpgate: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if loaded.args.check_config {
+        return check_config(&loaded);
+    }
+    match &loaded.args.command {
+        None => run_daemon(loader, &loaded),
+        Some(cli::Command::Rules(rules)) => print_rules(&loaded.args, rules),
+        Some(cli::Command::Doctor(doctor)) => run_doctor(&loaded.args, doctor),
+    }
+}
+
+/// The rules' inputs from the command line.
+fn plan(args: &Args, p: &cli::PlanArgs) -> rules::Plan {
+    rules::Plan {
+        listen: args.listen.clone(),
+        port: p.port,
+        mark: p.mark,
+        table: p.table,
+        profile: p.profile,
+        client_interfaces: p.client_interfaces.clone(),
+        client_nets: p.client_nets.clone(),
+        server_nets: p.server_nets.clone(),
+    }
+}
+
+/// `ftpgate rules`: the set-up text on stdout, or why not on stderr.
+fn print_rules(args: &Args, r: &cli::RulesArgs) -> ExitCode {
+    let plan = plan(args, &r.plan);
+    if let Err(e) = plan.check() {
+        eprintln!("ftpgate rules: {e}");
+        return ExitCode::from(2);
+    }
+    let text = match (r.routing, r.iptables, r.undo) {
+        (true, _, false) => plan.routing(),
+        (true, _, true) => plan.routing_undo(),
+        (false, true, false) => plan.iptables(),
+        (false, true, true) => plan.iptables_undo(),
+        (false, false, false) => plan.nft(),
+        (false, false, true) => plan.nft_undo(),
+    };
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+/// `ftpgate doctor`: one line per check on stdout; 1 when one is wrong.
+fn run_doctor(args: &Args, d: &cli::DoctorArgs) -> ExitCode {
+    let plan = plan(args, &d.plan);
+    if let Err(e) = plan.check() {
+        eprintln!("ftpgate doctor: {e}");
+        return ExitCode::from(2);
+    }
+    let checks = doctor::evaluate(&plan, &doctor::Facts::gather(&plan));
+    for check in &checks {
+        println!("{check}");
+    }
+    if checks.iter().all(doctor::Check::ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
+    let args = &loaded.args;
     let log = log::build(args.log_level, args.log_format);
-    let config = core_config(&args);
+    info!(log, "configuration"; "file" => loaded.file_name());
+    loaded.warn_unenforced(&log);
+    let (max_sessions, max_data_channels) = size_limits(args, &log);
+    let reloadable = config::Reloadable::of(args);
     let opts = server::Options {
         listen: args.listen.clone(),
-        config: Arc::new(config),
-        max_sessions: args.max_sessions.max(1),
-        max_sessions_per_client: args.max_sessions_per_client.max(1),
-        drain_timeout: Duration::from_secs(args.drain_timeout),
-        login_failures: logins::Limits {
-            limit: args.max_login_failures,
-            window: Duration::from_secs(args.login_failure_window),
-            cooldown: Duration::from_secs(args.login_cooldown),
-        },
+        config: reloadable.core,
+        max_sessions,
+        max_sessions_per_client: reloadable.max_sessions_per_client,
+        session_rate: reloadable.session_rate,
+        max_data_channels,
+        drain_timeout: reloadable.drain_timeout,
+        login_failures: reloadable.login_failures,
+        reloader: config::Reloader::new(loader, loaded),
+    };
+    // Checked before any socket exists, carried out once the control
+    // listeners are bound: they are the only sockets opened as root.
+    let privileges = match privilege::prepare(args.user.as_deref(), args.group.as_deref()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            crit!(log, "cannot start"; "error" => %e);
+            return ExitCode::from(2);
+        }
+    };
+    // Bound with the control listeners, so that a port taken is a start
+    // error; served once the privileges are dropped (`Endpoint::spawn`).
+    let metrics_endpoint = match args.metrics.map(metrics::Endpoint::bind).transpose() {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            crit!(log, "cannot start"; "error" => %e);
+            return ExitCode::from(2);
+        }
     };
     let mut server = match server::Server::new(opts, log.clone()) {
         Ok(server) => server,
@@ -46,7 +151,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match privilege::apply(&privileges) {
+        Ok(dropped) => privilege::log(&log, dropped.as_ref()),
+        Err(e) => {
+            crit!(log, "cannot start"; "error" => %e);
+            return ExitCode::from(2);
+        }
+    }
+    if let Err(e) = metrics_endpoint.map_or(Ok(()), |endpoint| endpoint.spawn(metrics::get(), log.clone())) {
+        crit!(log, "cannot start"; "error" => %e);
+        return ExitCode::from(2);
+    }
     info!(log, "ftpgate started"; "version" => env!("CARGO_PKG_VERSION"));
+    // systemd's Type=notify: started means a client is served from now on.
+    service::notify_ready(&log);
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -56,31 +174,78 @@ fn main() -> ExitCode {
     }
 }
 
-/// The protocol core's settings from the command line.
-fn core_config(args: &Args) -> Config {
-    Config {
-        data_accept_timeout: Duration::from_secs(args.data_timeout),
-        data_connect_timeout: Duration::from_secs(args.connect_timeout),
-        greeting_timeout: Duration::from_secs(args.connect_timeout.max(1) * 3),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        data_idle_timeout: Duration::from_secs(args.data_idle_timeout),
-        allow_privileged_data_ports: args.allow_privileged_data_ports,
-        passive_address_mismatch: match args.passive_address_mismatch {
-            PassiveMismatch::Rewrite => PassiveAddressPolicy::Rewrite,
-            PassiveMismatch::Refuse => PassiveAddressPolicy::Refuse,
+/// Raises the descriptor limit and sizes the session and data-channel caps
+/// against it and against memory, logging every figure.
+fn size_limits(args: &Args, log: &Logger) -> (usize, usize) {
+    let nofile = match limits::raise_nofile() {
+        Ok(nofile) => {
+            info!(log, "descriptor limit"; "nofile" => nofile.now, "was" => nofile.was);
+            nofile.now
+        }
+        Err(e) => {
+            // Not fatal: the caps are then sized to the limit we have.
+            let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(soft, _)| soft);
+            warn!(log, "cannot raise the descriptor limit"; "error" => %e, "nofile" => soft);
+            soft
+        }
+    };
+    let listeners = args.listen.len();
+    let max_sessions = match limits::fit_max_sessions(args.max_sessions, nofile, listeners) {
+        Ok(n) => n,
+        Err(lowered) => {
+            warn!(
+                log, "--max-sessions lowered to what the descriptor limit allows";
+                "requested" => lowered.requested, "max_sessions" => lowered.to,
+                "nofile" => nofile, "fds_per_session" => limits::FDS_PER_SESSION,
+                "hint" => "raise the hard RLIMIT_NOFILE (systemd LimitNOFILE=)"
+            );
+            lowered.to
+        }
+    };
+    let max_data_channels = match args.max_data_channels {
+        Some(n) if n > 0 => n,
+        _ => match limits::mem_total() {
+            Ok(bytes) => limits::default_max_data_channels(bytes, max_sessions),
+            Err(e) => {
+                warn!(log, "cannot read the memory size; data channels capped at the session cap"; "error" => %e);
+                max_sessions
+            }
         },
-        ftps: match args.ftps {
-            Ftps::Refuse => FtpsPolicy::Refuse,
-            Ftps::PassThrough => FtpsPolicy::PassThrough,
-        },
-        max_refused_lines: args.max_refused_lines,
-        ..Config::default()
+    };
+    let pipe_mib = max_data_channels as u64 * limits::PIPE_BYTES_PER_CHANNEL / (1024 * 1024);
+    info!(
+        log, "limits";
+        "max_sessions" => max_sessions, "fds_per_session" => limits::FDS_PER_SESSION,
+        "max_data_channels" => max_data_channels, "pipe_mib_at_most" => pipe_mib,
+        "max_sessions_per_client" => args.max_sessions_per_client,
+        "session_rate_per_client" => args.session_rate_per_client,
+        "session_burst_per_client" => args.session_burst_per_client
+    );
+    (max_sessions, max_data_channels)
+}
+
+/// `--check-config`: the verdict on stdout, 0. (An invalid file never
+/// gets here: `main` exits 2 with the error on stderr.)
+fn check_config(loaded: &config::Loaded) -> ExitCode {
+    match &loaded.file {
+        Some(path) => println!("{}: valid", path.display()),
+        None => println!("no configuration file ({} absent); the options are valid", config::DEFAULT_PATH),
     }
+    if loaded.has_policy {
+        eprintln!("note: [policy] is accepted but not enforced by this build");
+    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
     use super::*;
+    use crate::config::core_config;
 
     #[test]
     fn data_idle_timeout_defaults_to_300_seconds_and_reaches_the_core() {
@@ -91,11 +256,17 @@ mod tests {
     }
 
     #[test]
-    fn ftps_and_refused_lines_reach_the_core() {
-        let config = core_config(&Args::parse_from(["ftpgate"]));
-        assert_eq!((config.ftps, config.max_refused_lines), (FtpsPolicy::Refuse, 10));
-        let args = ["ftpgate", "--ftps", "pass-through", "--max-refused-lines", "3"];
-        let config = core_config(&Args::parse_from(args));
-        assert_eq!((config.ftps, config.max_refused_lines), (FtpsPolicy::PassThrough, 3));
+    fn zero_timeouts_are_refused_on_the_command_line_too() {
+        for flag in ["--data-timeout", "--connect-timeout", "--idle-timeout", "--data-idle-timeout"] {
+            assert!(Args::try_parse_from(["ftpgate", flag, "0"]).is_err(), "{flag} 0");
+        }
+        assert!(Args::try_parse_from(["ftpgate", "--drain-timeout", "0"]).is_ok());
+    }
+
+    #[test]
+    fn group_without_user_is_refused() {
+        assert!(Args::try_parse_from(["ftpgate", "--group", "nogroup"]).is_err());
+        let args = Args::parse_from(["ftpgate", "--user", "nobody", "--group", "nogroup"]);
+        assert_eq!((args.user.as_deref(), args.group.as_deref()), (Some("nobody"), Some("nogroup")));
     }
 }

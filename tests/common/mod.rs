@@ -31,6 +31,12 @@ pub const GW_CLIENT_IP: &str = "192.0.2.1";
 pub const GW_SERVER_IP: &str = "198.51.100.1";
 pub const SERVER_IP: &str = "198.51.100.10";
 pub const GW_PORT: u16 = 2121;
+/// The lab's IPv6 addresses (lab/lib.sh): client side 2001:db8:1::/64,
+/// server side 2001:db8:2::/64.
+pub const CLIENT_IP6: &str = "2001:db8:1::10";
+pub const GW_CLIENT_IP6: &str = "2001:db8:1::1";
+pub const GW_SERVER_IP6: &str = "2001:db8:2::1";
+pub const SERVER_IP6: &str = "2001:db8:2::10";
 /// A multi-MiB size that is not a multiple of any buffer size.
 pub const BIG: usize = 4 * 1024 * 1024 + 12_345;
 
@@ -128,6 +134,20 @@ pub fn require_root() {
 /// SIGTERM one process we started (the shell's builtin kill: no procps needed).
 fn sigterm(pid: u32) {
     let _ = Command::new("sh").args(["-c", "kill -TERM \"$0\"", &pid.to_string()]).status();
+}
+
+/// Ends a helper process the test started (a scripted server, a greeter):
+/// SIGTERM by its PID, a bounded wait, then SIGKILL; always reaped.
+pub fn stop_child(mut child: Child) {
+    sigterm(child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -234,6 +254,8 @@ impl Lab {
             .arg(Self::script())
             .args(["up", &lab.name, rules.arg()])
             .env("FTPGATE_LAB_OWNER", &pid)
+            // the lab installs `ftpgate rules` output of the binary under test
+            .env("FTPGATE_BIN", gateway_bin())
             .stdin(Stdio::null())
             .output()
             .expect("run lab/netns.sh up");
@@ -286,7 +308,20 @@ impl Lab {
     /// `lab/netns.sh rules NAME add|del nft|iptables`: change the rule set
     /// of the gateway namespace under a running lab.
     pub fn rules(&self, op: &str, form: Rules) {
-        self.script_ok(30, &["rules", &self.name, op, form.arg()]);
+        let out = Command::new("timeout")
+            .args(["-k", "5", "30"])
+            .arg(Self::script())
+            .args(["rules", &self.name, op, form.arg()])
+            .env("FTPGATE_BIN", gateway_bin())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run lab/netns.sh rules");
+        assert!(
+            out.status.success(),
+            "lab/netns.sh rules {op} {form:?} failed: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
     }
 
     pub fn ns(&self, ns: Ns) -> String {
@@ -327,6 +362,12 @@ impl Lab {
     /// `--listen 0.0.0.0:2121 --log-level debug`. stderr goes to
     /// RUN/ftpgate.log; the PID is recorded so that `down` can stop it too.
     pub fn start_gateway(&mut self, extra: &[&str]) {
+        self.start_gateway_on(&[&format!("0.0.0.0:{GW_PORT}")], extra);
+    }
+
+    /// Like `start_gateway`, with these `--listen` addresses instead of
+    /// 0.0.0.0:2121 (all on port 2121: the lab's rules send FTP there).
+    pub fn start_gateway_on(&mut self, listen: &[&str], extra: &[&str]) {
         assert!(self.gateway.is_none(), "gateway already running");
         let log =
             fs::OpenOptions::new().create(true).append(true).open(self.run.join("ftpgate.log")).unwrap();
@@ -340,16 +381,25 @@ impl Lab {
         } else {
             cmd.arg(gateway_bin());
         }
+        for addr in listen {
+            cmd.args(["--listen", addr]);
+        }
         let child = cmd
-            .args(["--listen", &format!("0.0.0.0:{GW_PORT}"), "--log-level", "debug"])
+            .args(["--log-level", "debug"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("spawn ftpgate");
-        fs::write(self.run.join("ftpgate.pid"), child.id().to_string()).unwrap();
+        // Recorded in lab/lib.sh's pidfile format (PID, start time, boot id,
+        // program), so that `netns.sh down`/`gc` stop this gateway after a
+        // killed test run, and never a process that reused its PID.
+        let program =
+            if standin_requested() { repo_root().join("lab/standin/ftpalg.py") } else { gateway_bin() };
+        let pid = child.id().to_string();
         self.gateway = Some(child);
+        self.script_ok(10, &["record-pid", &self.name, "ftpgate", &pid, program.to_str().unwrap()]);
         // bounded wait for the control listener
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -441,6 +491,13 @@ impl Lab {
         ))
     }
 
+    /// Send `signal` (a kill(1) name: HUP, USR1...) to the running gateway.
+    pub fn signal_gateway(&self, signal: &str) {
+        let pid = self.gateway.as_ref().expect("gateway not running").id().to_string();
+        let st = Command::new("kill").args(["-s", signal, &pid]).status().expect("run kill");
+        assert!(st.success(), "kill -s {signal} {pid}: {st}");
+    }
+
     pub fn gateway_running(&mut self) -> bool {
         match self.gateway.as_mut() {
             Some(c) => c.try_wait().unwrap().is_none(),
@@ -512,7 +569,7 @@ impl Lab {
         while let Some(i) = rest.find("Client \"") {
             rest = &rest[i + 8..];
             if let Some(j) = rest.find('"') {
-                v.push(rest[..j].to_string());
+                v.push(unmapped(&rest[..j]));
                 rest = &rest[j..];
             }
         }
@@ -552,7 +609,7 @@ impl Lab {
         fs::read_to_string(self.run.join(file))
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| l.split_whitespace().nth(field).map(str::to_string))
+            .filter_map(|l| l.split_whitespace().nth(field).map(unmapped))
             .collect()
     }
 
@@ -703,6 +760,16 @@ impl Drop for Lab {
     }
 }
 
+/// A server log's address with an IPv4-mapped IPv6 address as its IPv4
+/// address: a dual-stack server (vsftpd on [::]:21) logs an IPv4 client as
+/// `::ffff:192.0.2.10`, which is the same client.
+pub fn unmapped(addr: &str) -> String {
+    match addr.strip_prefix("::ffff:") {
+        Some(v4) if v4.parse::<std::net::Ipv4Addr>().is_ok() => v4.to_string(),
+        _ => addr.to_string(),
+    }
+}
+
 // -- ftpgate's log -----------------------------------------------------------
 
 /// The level of a slog-term "full" record (`Nov 27 14:27:42.708 INFO msg,
@@ -736,11 +803,45 @@ impl TransferMode {
     }
 }
 
+/// The `key: value` pairs of a log record's body (`a: 1, why: x, y, b: 2`),
+/// `key` being `[a-z_][a-z0-9_]*`. A value runs to the next such pair, not
+/// to the next comma: a failure's `why` and a file name may hold commas.
+/// slog prints the pairs in no order worth relying on and records grow
+/// keys, so none is assumed.
+pub fn key_values(body: &str) -> Vec<(String, String)> {
+    let is_key = |k: &str| {
+        k.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let line = format!(", {body}");
+    // (where the pair starts, where its value starts, key)
+    let mut pairs: Vec<(usize, usize, &str)> = Vec::new();
+    for (i, _) in line.match_indices(", ") {
+        let rest = &line[i + 2..];
+        if let Some(colon) = rest.find(": ") {
+            let key = &rest[..colon];
+            if is_key(key) {
+                pairs.push((i, i + 2 + colon + 2, key));
+            }
+        }
+    }
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(n, &(_, from, key))| {
+            let to = pairs.get(n + 1).map_or(line.len(), |&(next, _, _)| next);
+            (key.to_string(), line[from..to].trim().to_string())
+        })
+        .collect()
+}
+
 /// One `transfer` record of ftpgate's log, e.g.
 /// `... INFO transfer, result: ok, reply: 226, ms: 8, to_server: 0,
-/// to_client: 4206649, command: RETR x.bin, user: anonymous, mode: passive,
-/// data: 0, server: ..., client: ..., session: 2`. Keys the harness does
-/// not know (a failure's `why`, say) are kept in `fields`.
+/// to_client: 4206649, rest: -, path: x.bin, command: RETR, user: anonymous,
+/// mode: passive, data: 0, server: ..., client: ..., session: 2`. Keys the
+/// harness does not know (a failure's `why`, say) are kept in `fields`.
+/// The older form without `path` (`command: RETR x.bin (REST 10)`, still
+/// written by lab/standin) reads the same.
 #[derive(Clone, Debug)]
 pub struct TransferRecord {
     /// line number in ftpgate.log (identifies the record)
@@ -763,21 +864,9 @@ impl TransferRecord {
         let start = text.find(&format!(" {level} "))? + level.len() + 2;
         let body = &text[start..];
         let kv = body.strip_prefix("transfer, ")?;
-        let mut fields: Vec<(String, String)> = Vec::new();
-        for piece in kv.split(", ") {
-            match piece.split_once(": ") {
-                Some((k, v)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
-                    fields.push((k.to_string(), v.to_string()));
-                }
-                // a value with ", " in it (a file name): part of the last one
-                _ => match fields.last_mut() {
-                    Some((_, v)) => {
-                        v.push_str(", ");
-                        v.push_str(piece);
-                    }
-                    None => return None,
-                },
-            }
+        let fields = key_values(kv);
+        if fields.is_empty() {
+            return None;
         }
         let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
         Some(Self {
@@ -799,8 +888,12 @@ impl TransferRecord {
     }
 
     /// The command's verb, upper case, and its argument (without the
-    /// restart note ftpgate appends: `RETR x.bin (REST 300000)`).
+    /// restart note of the older form: `RETR x.bin (REST 300000)`).
     pub fn verb_and_arg(&self) -> (String, &str) {
+        if let Some(path) = self.get("path") {
+            let path = if path == "-" { "" } else { path };
+            return (self.command.to_ascii_uppercase(), path);
+        }
         let (verb, arg) = self.command.split_once(' ').unwrap_or((self.command.as_str(), ""));
         let arg = match self.restart_offset() {
             Some(_) => arg.rsplit_once(" (REST ").map_or(arg, |(a, _)| a),
@@ -811,6 +904,9 @@ impl TransferRecord {
 
     /// The REST offset the transfer started from, if ftpgate noted one.
     pub fn restart_offset(&self) -> Option<u64> {
+        if let Some(rest) = self.get("rest") {
+            return rest.parse().ok();
+        }
         let (_, note) = self.command.rsplit_once(" (REST ")?;
         note.strip_suffix(')')?.parse().ok()
     }
@@ -1018,4 +1114,122 @@ pub fn curl_scenario(tag: &str, rules: Rules, mode: Mode) {
     lab.assert_transfers_from_client(n);
     assert_eq!(lab.server_transfers(), (rt.files.len(), rt.files.len()), "{}", lab.diagnostics());
     lab.assert_no_data_listeners();
+}
+
+// -- clients by server address (IPv6) ------------------------------------------
+
+/// `ip` as the host part of a URL: an IPv6 literal in brackets.
+pub fn url_host(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+/// curl's data-mode flags for a server at any address: active mode names
+/// no address (`-P -`: the control connection's own, IPv4 or IPv6).
+fn curl_mode_args_any(mode: Mode) -> Vec<&'static str> {
+    match mode {
+        Mode::Epsv => vec![],
+        Mode::Pasv => vec!["--disable-epsv"],
+        Mode::Eprt => vec!["-P", "-"],
+        Mode::Port => vec!["-P", "-", "--disable-eprt"],
+    }
+}
+
+/// Like `curl_get`, from the server at `server_ip` (IPv4 or IPv6).
+pub fn curl_get_at(lab: &Lab, server_ip: &str, mode: Mode, remote: &str, local: &str) {
+    let url = format!("ftp://{}/pub/{remote}", url_host(server_ip));
+    let mut argv = vec!["curl", "-sS", "--max-time", "30", "--connect-timeout", "10"];
+    argv.extend(curl_mode_args_any(mode));
+    argv.extend(["-o", local, url.as_str()]);
+    lab.client_ok(90, &argv);
+    if !Path::new(local).exists() {
+        fs::write(local, b"").unwrap();
+    }
+}
+
+/// Like `curl_put`, to the server at `server_ip` (IPv4 or IPv6).
+pub fn curl_put_at(lab: &Lab, server_ip: &str, mode: Mode, local: &str, remote: &str) {
+    let url = format!("ftp://{}/upload/{remote}", url_host(server_ip));
+    let mut argv = vec!["curl", "-sS", "--max-time", "30", "--connect-timeout", "10"];
+    argv.extend(curl_mode_args_any(mode));
+    argv.extend(["-T", local, url.as_str()]);
+    lab.client_ok(90, &argv);
+}
+
+/// Like `lftp_session`, with the server at `server_ip`. Over IPv6 lftp
+/// uses EPSV (passive) and EPRT (active): PASV and PORT cannot name an
+/// IPv6 address.
+pub fn lftp_session_at(
+    lab: &Lab,
+    server_ip: &str,
+    passive: bool,
+    gets: &[(&str, &str)],
+    puts: &[(&str, &str)],
+) {
+    let mut script = format!(
+        "set net:max-retries 1; set net:timeout 20; set net:reconnect-interval-base 1; \
+         set ftp:ssl-allow no; set ftp:passive-mode {}; set xfer:clobber yes; \
+         open -u anonymous,lab@example.org ftp://{}; ",
+        if passive { "on" } else { "off" },
+        url_host(server_ip)
+    );
+    for (r, l) in gets {
+        script.push_str(&format!("get /pub/{r} -o {l}; "));
+    }
+    for (l, r) in puts {
+        script.push_str(&format!("put {l} -o /upload/{r}; "));
+    }
+    script.push_str("bye");
+    lab.client_ok(120, &["lftp", "-c", &script]);
+}
+
+/// Like `ftplib_session`, with the server at `server_ip` (ftplib uses
+/// EPSV/EPRT on an IPv6 control connection).
+pub fn ftplib_session_at(
+    lab: &Lab,
+    server_ip: &str,
+    passive: bool,
+    gets: &[(&str, &str)],
+    puts: &[(&str, &str)],
+) -> String {
+    let script = repo_root().join("lab/ftpclient.py");
+    let gets: Vec<(String, String)> =
+        gets.iter().map(|(r, l)| (format!("/pub/{r}"), l.to_string())).collect();
+    let puts: Vec<(String, String)> =
+        puts.iter().map(|(l, r)| (l.to_string(), format!("/upload/{r}"))).collect();
+    let mut argv: Vec<&str> = vec![
+        "python3",
+        script.to_str().unwrap(),
+        "--host",
+        server_ip,
+        "--mode",
+        if passive { "passive" } else { "active" },
+    ];
+    for (r, l) in &gets {
+        argv.extend(["--get", r.as_str(), l.as_str()]);
+    }
+    for (l, r) in &puts {
+        argv.extend(["--put", l.as_str(), r.as_str()]);
+    }
+    text(&lab.client_ok(120, &argv).stdout)
+}
+
+/// The `"peer": [ip, port]` of every data connection in an ftpclient.py
+/// report, as the client saw it.
+pub fn ftplib_peers(report: &str) -> Vec<(String, u16)> {
+    let mut v = Vec::new();
+    let mut rest = report;
+    while let Some(i) = rest.find("\"peer\": [\"") {
+        rest = &rest[i + 10..];
+        let Some(j) = rest.find('"') else { break };
+        let ip = rest[..j].to_string();
+        rest = &rest[j + 1..];
+        let Some(k) = rest.find(']') else { break };
+        let port = rest[..k].trim_start_matches(',').trim().parse().unwrap_or(0);
+        v.push((ip, port));
+    }
+    v
 }

@@ -51,6 +51,16 @@ const REPLY_TLS_PIPELINED: &str = "421 ftpgate: bytes before the TLS handshake; 
 /// framed as lines, which the gateway cannot inspect: refused.
 const TLS_MECHANISMS: [&[u8]; 4] = [b"TLS", b"SSL", b"TLS-C", b"TLS-P"];
 
+/// A refused line as its audit record shows it: printable and truncated.
+/// A refused line may be a mangled PASS (`PASS\tsecret` is a syntax
+/// error): a password is never logged, so only the verb is kept.
+fn audit_text(line: &[u8]) -> String {
+    match line.get(..4) {
+        Some(verb) if verb.eq_ignore_ascii_case(b"PASS") => printable(verb, 4),
+        _ => printable(line, 64),
+    }
+}
+
 /// What the control channel waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -83,7 +93,7 @@ pub(super) enum Pending {
     /// PORT/EPRT forwarded with its listener up.
     Active { data: DataId },
     /// A transfer command and the data channel it uses.
-    Transfer { label: String, binding: Binding },
+    Transfer { label: TransferCommand, binding: Binding },
     /// USER: its reply says whether `name` is logged in, or must send PASS.
     User { name: String },
     /// PASS: a 230 logs in the user of the USER before it.
@@ -109,6 +119,19 @@ impl Pending {
     }
 }
 
+/// A transfer command as its audit record names it. Peer bytes, kept
+/// printable and truncated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct TransferCommand {
+    /// The verb, upper case.
+    pub(super) verb: String,
+    /// The argument, if there is one.
+    pub(super) path: Option<String>,
+    /// The offset of the REST right before it (ATTACKS.md 26): the byte
+    /// counts of a restarted transfer start there.
+    pub(super) rest: Option<String>,
+}
+
 /// Which data channel a transfer command uses. Decided at its first reply:
 /// by then every PASV/PORT before it has been answered (pipelining).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,8 +149,11 @@ pub(super) enum Binding {
 #[derive(Debug)]
 pub(crate) struct RefusedRun {
     count: usize,
+    /// The first refused line's violation, as its record names it.
     side: Side,
     reason: &'static str,
+    rule: &'static str,
+    attack: Option<u8>,
     what: String,
 }
 
@@ -304,18 +330,11 @@ impl Session {
             Command::Rein => self.forward(line, Pending::Rein),
             Command::Abor => self.abort(now, line),
             Command::Transfer { verb, arg } => {
-                let mut label = printable(verb, 4).to_ascii_uppercase();
-                if !arg.is_empty() {
-                    label.push(' ');
-                    label.push_str(&printable(arg, 120));
-                }
-                if let Some(offset) = rest {
-                    // Byte counts of a restarted transfer start at the offset
-                    // (ATTACKS.md 26).
-                    label.push_str(" (REST ");
-                    label.push_str(&offset);
-                    label.push(')');
-                }
+                let label = TransferCommand {
+                    verb: printable(verb, 4).to_ascii_uppercase(),
+                    path: (!arg.is_empty()).then(|| printable(arg, 120)),
+                    rest,
+                };
                 self.forward(line, Pending::Transfer { label, binding: Binding::Unanswered });
             }
             Command::Other { verb, arg } if verb.eq_ignore_ascii_case(b"REST") => {
@@ -443,7 +462,9 @@ impl Session {
             count: 0,
             side: v.side(),
             reason: v.reason(),
-            what: printable(line, 64),
+            rule: v.rule(),
+            attack: v.attack(),
+            what: audit_text(line),
         });
         run.count += 1;
         let max = self.config.max_refused_lines;
@@ -459,9 +480,10 @@ impl Session {
     /// `RefusedLines` for more.
     pub(super) fn flush_refused(&mut self) {
         let Some(run) = self.refused.take() else { return };
-        let event = match run.count {
-            1 => AuditEvent::Refused { side: run.side, reason: run.reason, what: run.what },
-            count => AuditEvent::RefusedLines { count, reason: run.reason, what: run.what },
+        let RefusedRun { count, side, reason, rule, attack, what } = run;
+        let event = match count {
+            1 => AuditEvent::Refused { side, reason, rule, attack, what },
+            count => AuditEvent::RefusedLines { side, count, reason, rule, attack, what },
         };
         self.actions.push_back(Action::Audit(event));
     }
@@ -470,7 +492,9 @@ impl Session {
         self.actions.push_back(Action::Audit(AuditEvent::Refused {
             side: v.side(),
             reason: v.reason(),
-            what: printable(what, 64),
+            rule: v.rule(),
+            attack: v.attack(),
+            what: audit_text(what),
         }));
     }
 

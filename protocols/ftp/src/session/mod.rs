@@ -110,6 +110,10 @@ pub enum Input<'a> {
     Connected {
         /// The data channel.
         data: DataId,
+        /// The address the connection was made from (getsockname()): the
+        /// port is the kernel's choice when `Connect` asked for port 0.
+        /// The transfer's audit record names it.
+        local: SocketAddr,
     },
     /// A data channel step failed. The shell has released what that step held.
     Failed {
@@ -318,6 +322,18 @@ pub struct Session {
     refused: Option<RefusedRun>,
     /// The `now` of the input being handled.
     now: Instant,
+    /// When the session began, for its end record.
+    started_at: Instant,
+    /// What its transfer records added up to, for its end record.
+    totals: Totals,
+}
+
+/// A session's transfers, summed for its end record.
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    transfers: u64,
+    to_client: u64,
+    to_server: u64,
 }
 
 /// `now + d`, saturating far in the future instead of panicking on an
@@ -363,6 +379,8 @@ impl Session {
             client_spoke_ftp: false,
             refused: None,
             now,
+            started_at: now,
+            totals: Totals::default(),
             config,
             ends,
         }
@@ -407,7 +425,7 @@ impl Session {
             }
             Input::Listening { data, local } => self.on_listening(now, data, local),
             Input::Accepted { data, peer } => self.on_accepted(now, data, peer),
-            Input::Connected { data } => self.on_connected(now, data),
+            Input::Connected { data, local } => self.on_connected(now, data, local),
             Input::Failed { data, step, error } => self.on_failed(now, data, step, error),
             Input::Relayed { data, to_client, to_server } => self.on_relayed(now, data, to_client, to_server),
             Input::Progress { data, to_client, to_server } => {
@@ -558,6 +576,22 @@ impl Session {
             && self.data.values().all(|d| d.is_closed())
     }
 
+    /// The session's end record ([`AuditEvent::SessionEnded`]) as of `now`.
+    /// The core writes it itself when it ends the session; after
+    /// [`Action::PassThrough`] it takes no more input, so the shell writes
+    /// this one when the blind relay ends, with its own `reason`.
+    pub fn end_record(&self, now: Instant, reason: &'static str) -> AuditEvent {
+        let Totals { transfers, to_client, to_server } = self.totals;
+        AuditEvent::SessionEnded {
+            reason,
+            user: self.login.user.clone(),
+            duration: now.saturating_duration_since(self.started_at),
+            transfers,
+            to_client,
+            to_server,
+        }
+    }
+
     /// A complete control line arrived: the connection is not idle.
     fn line_seen(&mut self) {
         self.idle_at = after(self.now, self.config.idle_timeout);
@@ -599,7 +633,8 @@ impl Session {
             self.actions.push_back(Action::Shutdown { side: Side::Client });
         }
         self.shutdown = [true, true];
-        self.actions.push_back(Action::Audit(AuditEvent::SessionEnded { reason }));
+        let end = self.end_record(self.now, reason);
+        self.actions.push_back(Action::Audit(end));
         self.port_hold = None;
         self.server_hold = None;
         self.backlog.clear();

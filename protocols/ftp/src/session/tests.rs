@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::audit::{AbortCause, DataMode, TransferFailure, TransferResult};
+use crate::audit::{AbortCause, DataLeg, DataLegs, DataMode, TransferFailure, TransferResult};
 use crate::policy::{FtpsPolicy, PassiveAddressPolicy};
 
 const CLIENT: &str = "192.0.2.10:40000";
@@ -159,7 +159,7 @@ fn passive_relaying_retr_with(config: Config) -> T {
     client!(t, b"RETR file.bin\r\n");
     expect!(t, to_server: b"RETR file.bin\r\n");
     t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("192.0.2.10:41000") });
     t.work();
     server!(t, b"150 Opening\r\n");
     expect!(t, to_client: b"150 Opening\r\n");
@@ -227,7 +227,14 @@ fn expect_greeting_server_unreachable_421_and_close() {
         vec![
             Action::Shutdown { side: Side::Client },
             Action::Shutdown { side: Side::Server },
-            Action::Audit(AuditEvent::SessionEnded { reason: "server unreachable" }),
+            Action::Audit(AuditEvent::SessionEnded {
+                reason: "server unreachable",
+                user: None,
+                duration: Duration::ZERO,
+                transfers: 0,
+                to_client: 0,
+                to_server: 0,
+            }),
         ]
     );
     assert!(t.s.is_closed());
@@ -303,7 +310,7 @@ fn attack_16_relaying_pipelined_pasv_list_transfer_completes_in_order() {
     server!(t, b"227 (198,51,100,10,195,80)\r\n");
     t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
     t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("192.0.2.10:41000") });
     server!(t, b"150 here\r\n226 done\r\n221 bye\r\n");
     expect!(t, to_client: b"227 (198,51,100,10,195,80)\r\n150 here\r\n");
     t.input(Input::Relayed { data: DataId(0), to_client: 10, to_server: 0 });
@@ -320,7 +327,7 @@ fn attack_16_relaying_port_and_retr_before_200_work() {
     expect!(t, to_server: b"PORT 192,0,2,10,156,65\r\nRETR f\r\n");
     server!(t, b"200 ok\r\n150 go\r\n");
     t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("198.51.100.10:20") });
     server!(t, b"226 done\r\n");
     expect!(t, to_client: b"200 ok\r\n150 go\r\n");
     t.input(Input::Relayed { data: DataId(0), to_client: 5, to_server: 0 });
@@ -396,7 +403,7 @@ fn expect_passive_reply_227_listen_then_released_unchanged() {
         local: sa("192.0.2.10:0"),
         remote: sa("198.51.100.10:50000"),
     }]);
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("192.0.2.10:41000") });
     expect!(t, work: vec![Action::Relay { data: DataId(0) }]);
 }
 
@@ -562,7 +569,7 @@ fn expect_listening_port_forwarded_after_listener_up() {
         local: sa("198.51.100.10:20"),
         remote: sa("192.0.2.10:40001"),
     }]);
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("198.51.100.10:20") });
     expect!(t, work: vec![Action::Relay { data: DataId(0) }]);
 }
 
@@ -615,12 +622,28 @@ fn attack_01_relaying_port_eprt_third_host_refused_501() {
         vec![AuditEvent::Refused {
             side: Side::Client,
             reason: "data address is not the client's",
-            what: "PORT 203,0,113,5,0,80".into()
+            rule: "bounce",
+            attack: Some(1),
+            what: "PORT 203,0,113,5,0,80".into(),
         }]
     );
     client!(t, b"EPRT |1|203.0.113.5|4000|\r\n");
     expect!(t, to_client: b"501 ftpgate: the data address must be the client's own.\r\n");
     expect!(t, work: vec![]);
+}
+
+#[test]
+fn relaying_mangled_pass_refused_without_the_password() {
+    let mut t = T::logged_in();
+    client!(t, b"pass\tsecret\r\n");
+    expect!(t, to_client: b"500 Syntax error, command unrecognized.\r\n");
+    // Recorded when the run of refused lines ends.
+    client!(t, b"NOOP\r\n");
+    expect!(t, to_server: b"NOOP\r\n");
+    assert!(matches!(
+        &t.audits()[..],
+        [AuditEvent::Refused { rule: "command-syntax", what, .. }] if what == "pass"
+    ));
 }
 
 #[test]
@@ -794,7 +817,13 @@ fn attack_25_relaying_226_held_until_relayed() {
                 data: DataId(0),
                 mode: DataMode::Passive,
                 user: Some("anna".into()),
-                command: "RETR file.bin".into(),
+                command: "RETR".into(),
+                path: Some("file.bin".into()),
+                rest: None,
+                legs: Box::new(DataLegs {
+                    client: Some(DataLeg { peer: sa("192.0.2.10:40001"), local: sa("198.51.100.10:50000") }),
+                    server: Some(DataLeg { peer: sa("198.51.100.10:50000"), local: sa("192.0.2.10:41000") }),
+                }),
                 to_client: 1234,
                 to_server: 0,
                 duration: Duration::from_secs(2),
@@ -824,7 +853,7 @@ fn expect_accept_active_226_before_accept_held_until_relayed() {
         local: sa("198.51.100.10:20"),
         remote: sa("192.0.2.10:40001"),
     }]);
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("198.51.100.10:20") });
     expect!(t, work: vec![Action::Relay { data: DataId(0) }]);
     expect!(t, to_client: b"");
     t.input(Input::Relayed { data: DataId(0), to_client: 0, to_server: 0 });
@@ -1170,7 +1199,14 @@ fn attack_10_relaying_junk_line_500_not_forwarded() {
     expect!(t, to_server: b"NOOP\r\n");
     assert_eq!(
         t.audits(),
-        vec![AuditEvent::RefusedLines { count: 2, reason: "command syntax", what: "".into() }]
+        vec![AuditEvent::RefusedLines {
+            side: Side::Client,
+            count: 2,
+            reason: "command syntax",
+            rule: "command-syntax",
+            attack: Some(10),
+            what: "".into()
+        }]
     );
 }
 
@@ -1186,6 +1222,8 @@ fn attack_10_relaying_http_request_line_421_never_forwarded() {
         Action::Audit(AuditEvent::Refused {
             side: Side::Client,
             reason: "not FTP: HTTP request",
+            rule: "not-ftp",
+            attack: Some(10),
             what: "GET / HTTP/1.1".into()
         })
     );
@@ -1252,8 +1290,22 @@ fn attack_10_relaying_ten_refused_lines_close_with_one_record() {
     assert_eq!(
         audits,
         vec![
-            AuditEvent::RefusedLines { count: 10, reason: "LPRT/LPSV unsupported", what: "LPSV".into() },
-            AuditEvent::SessionEnded { reason: "too many refused lines" },
+            AuditEvent::RefusedLines {
+                side: Side::Client,
+                count: 10,
+                reason: "LPRT/LPSV unsupported",
+                rule: "lprt-lpsv",
+                attack: Some(29),
+                what: "LPSV".into()
+            },
+            AuditEvent::SessionEnded {
+                reason: "too many refused lines",
+                user: Some("anna".into()),
+                duration: Duration::ZERO,
+                transfers: 0,
+                to_client: 0,
+                to_server: 0,
+            },
         ]
     );
     assert!(t.s.is_closed());
@@ -1358,6 +1410,18 @@ fn relaying_auth_tls_pass_through_234_goes_blind() {
     server!(t, b"227 (198,51,100,10,195,80)\r\n");
     assert_eq!(t.actions(), vec![]);
     expect!(t, to_client: b"");
+    // The shell writes the end record when the blind relay ends.
+    assert_eq!(
+        t.s.end_record(t.now + Duration::from_secs(5), "pass-through ended"),
+        AuditEvent::SessionEnded {
+            reason: "pass-through ended",
+            user: None,
+            duration: Duration::from_secs(5),
+            transfers: 0,
+            to_client: 0,
+            to_server: 0,
+        }
+    );
 }
 
 #[test]
@@ -1392,6 +1456,8 @@ fn relaying_auth_pipelined_client_hello_ends_session() {
     assert!(actions.contains(&Action::Audit(AuditEvent::Refused {
         side: Side::Client,
         reason: "bytes before the TLS handshake",
+        rule: "tls-pipelined",
+        attack: Some(27),
         what: "TLS".into()
     })));
     assert!(t.s.is_closed());
@@ -1568,8 +1634,8 @@ fn relaying_abor_before_first_reply_binds_and_aborts_transfer() {
     expect!(t, to_client: b"150 Opening\r\n426 Aborted\r\n226 ABOR ok\r\n");
     assert!(matches!(
         t.audits()[..],
-        [AuditEvent::Transfer { ref command, reply: Some(426), result: TransferResult::Aborted(_), .. }]
-            if command == "RETR big"
+        [AuditEvent::Transfer { ref command, ref path, reply: Some(426), result: TransferResult::Aborted(_), .. }]
+            if command == "RETR" && path.as_deref() == Some("big")
     ));
 }
 
@@ -1914,7 +1980,9 @@ fn attack_26_relaying_rest_relayed_offset_in_transfer_log() {
     expect!(t, to_client: b"350 Restarting\r\n425 no\r\n");
     assert!(matches!(
         t.audits()[..],
-        [AuditEvent::Transfer { ref command, .. }] if command == "RETR big.iso (REST 18446744073709551616999)"
+        [AuditEvent::Transfer { ref command, ref path, ref rest, .. }]
+            if command == "RETR" && path.as_deref() == Some("big.iso")
+                && rest.as_deref() == Some("18446744073709551616999")
     ));
     // REST applies to the next command only.
     client!(t, b"REST -5\r\nNOOP\r\n");
@@ -2000,7 +2068,7 @@ fn active_relaying_stor() -> T {
     server!(t, b"150 Ok to send data.\r\n");
     expect!(t, to_client: b"150 Ok to send data.\r\n");
     t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("198.51.100.10:20") });
     expect!(t, work: vec![
         Action::Connect { data: DataId(0), local: sa("198.51.100.10:20"), remote: sa("192.0.2.10:40001") },
         Action::Relay { data: DataId(0) },
@@ -2019,7 +2087,7 @@ fn second_transfer_works(t: &mut T, data: u32) {
     expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,81).\r\n");
     client!(t, b"RETR small.txt\r\n");
     t.input(Input::Accepted { data: DataId(data), peer: sa("192.0.2.10:40002") });
-    t.input(Input::Connected { data: DataId(data) });
+    t.input(Input::Connected { data: DataId(data), local: sa("192.0.2.10:41000") });
     server!(t, b"150 go\r\n226 done\r\n");
     t.input(Input::Relayed { data: DataId(data), to_client: 10, to_server: 0 });
     expect!(t, to_client: b"150 go\r\n226 done\r\n");
@@ -2053,7 +2121,13 @@ fn attack_24_relaying_server_reset_before_226_resets_and_426_replaces_it() {
             data: DataId(0),
             mode: DataMode::Passive,
             user: Some("anna".into()),
-            command: "RETR file.bin".into(),
+            command: "RETR".into(),
+            path: Some("file.bin".into()),
+            rest: None,
+            legs: Box::new(DataLegs {
+                client: Some(DataLeg { peer: sa("192.0.2.10:40001"), local: sa("198.51.100.10:50000") }),
+                server: Some(DataLeg { peer: sa("198.51.100.10:50000"), local: sa("192.0.2.10:41000") }),
+            }),
             to_client: 524_288,
             to_server: 0,
             duration: Duration::from_secs(2),
@@ -2236,7 +2310,7 @@ fn relaying_relay_failed_before_first_reply_150_passes_226_becomes_426() {
     let mut t = passive_listening();
     client!(t, b"RETR f\r\n");
     t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("192.0.2.10:41000") });
     t.work();
     let failed = Input::RelayFailed {
         data: DataId(0),
@@ -2251,8 +2325,8 @@ fn relaying_relay_failed_before_first_reply_150_passes_226_becomes_426() {
     expect!(t, to_client: b"150 go\r\n426 Connection closed; transfer aborted.\r\n");
     assert!(matches!(
         transfer_record(&mut t),
-        AuditEvent::Transfer { ref command, to_client: 9, reply: Some(426), result: TransferResult::Failed(_), .. }
-            if command == "RETR f"
+        AuditEvent::Transfer { ref command, ref path, to_client: 9, reply: Some(426), result: TransferResult::Failed(_), .. }
+            if command == "RETR" && path.as_deref() == Some("f")
     ));
 }
 
@@ -2519,4 +2593,70 @@ fn relaying_client_closes_with_226_held_record_says_client_got_no_reply() {
             ..
         }
     ));
+}
+
+// ---- audit records: data legs, REST, session totals --------------------------
+
+#[test]
+fn relaying_active_stor_record_names_both_legs_and_rest() {
+    let mut t = active_listening();
+    client!(t, b"REST 300000\r\n");
+    server!(t, b"350 Restarting\r\n");
+    client!(t, b"STOR up.bin\r\n");
+    server!(t, b"150 Ok to send data.\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
+    t.input(Input::Connected { data: DataId(0), local: sa("198.51.100.10:20") });
+    t.input(Input::Relayed { data: DataId(0), to_client: 0, to_server: 77 });
+    server!(t, b"226 done\r\n");
+    let AuditEvent::Transfer { command, path, rest, legs, .. } = transfer_record(&mut t) else {
+        unreachable!()
+    };
+    assert_eq!(
+        (command.as_str(), path.as_deref(), rest.as_deref()),
+        ("STOR", Some("up.bin"), Some("300000"))
+    );
+    // Active: the gateway connected to the client from the server's port
+    // 20, and accepted the server's connection on the client's address.
+    assert_eq!(legs.client, Some(DataLeg { peer: sa("192.0.2.10:40001"), local: sa("198.51.100.10:20") }));
+    assert_eq!(legs.server, Some(DataLeg { peer: sa("198.51.100.10:20"), local: sa("192.0.2.10:40001") }));
+}
+
+#[test]
+fn expect_connect_failed_record_has_the_accepted_leg_only() {
+    let mut t = passive_listening();
+    client!(t, b"LIST\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    t.input(Input::Failed { data: DataId(0), step: DataStep::Connect, error: ErrorKind::ConnectionRefused });
+    server!(t, b"425 no\r\n");
+    let AuditEvent::Transfer { command, path, rest, legs, .. } = transfer_record(&mut t) else {
+        unreachable!()
+    };
+    assert_eq!((command.as_str(), path, rest), ("LIST", None, None));
+    assert_eq!(legs.client, Some(DataLeg { peer: sa("192.0.2.10:40001"), local: sa("198.51.100.10:50000") }));
+    assert_eq!(legs.server, None);
+}
+
+#[test]
+fn relaying_session_end_record_sums_transfers() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Relayed { data: DataId(0), to_client: 1000, to_server: 0 });
+    server!(t, b"226 done\r\n");
+    expect!(t, to_client: b"226 done\r\n");
+    assert!(matches!(transfer_record(&mut t), AuditEvent::Transfer { to_client: 1000, .. }));
+    second_transfer_works(&mut t, 1);
+    t.advance(Duration::from_secs(3));
+    t.input(Input::Closed { from: Side::Client });
+    let ended: Vec<AuditEvent> =
+        t.audits().into_iter().filter(|e| matches!(e, AuditEvent::SessionEnded { .. })).collect();
+    assert_eq!(
+        ended,
+        vec![AuditEvent::SessionEnded {
+            reason: "client closed",
+            user: Some("anna".into()),
+            duration: Duration::from_secs(3),
+            transfers: 2,
+            to_client: 1010,
+            to_server: 0,
+        }]
+    );
 }

@@ -1,0 +1,580 @@
+//! What bounds the daemon's resources: the descriptor limit and the session
+//! cap sized against it, the global cap on data channels (pipes cost
+//! memory), and the per-client rate of new sessions (ATTACKS.md 22).
+//!
+//! The arithmetic is pure and tested here; the event loop (`server.rs`)
+//! and the session shell (`conn.rs`) only ask it questions.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+
+/// Descriptors one session can hold at once: the client and server control
+/// connections (2), one data listener (1), the two data legs (2) and the
+/// two pipes of a relay (4 ends). The core opens at most one data channel
+/// per session at a time (`Config::max_data_channels` = 1).
+pub(crate) const FDS_PER_SESSION: u64 = 9;
+
+/// Descriptors kept aside for everything that is not a session: stdio,
+/// the epoll and signal descriptors, the control listeners (counted
+/// separately), a data connection the kernel hands over while its session
+/// is being judged, and headroom for whatever a library opens.
+pub(crate) const RESERVED_FDS: u64 = 64;
+
+/// Kernel memory a relaying data channel can pin that the kernel's own TCP
+/// memory limit (`net.ipv4.tcp_mem`) does not bound: its two pipes of up to
+/// 256 KiB each (`relay::CHUNK`, the size we ask for with F_SETPIPE_SZ).
+pub(crate) const PIPE_BYTES_PER_CHANNEL: u64 = 2 * 256 * 1024;
+
+/// The share of physical memory the default data-channel cap lets pipes
+/// take: a quarter, so that a full gateway still leaves the host (and its
+/// socket buffers, page cache, conntrack) three quarters.
+const PIPE_MEMORY_SHARE: u64 = 4;
+
+/// RLIMIT_NOFILE after `raise_nofile`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Nofile {
+    /// The soft limit found at start.
+    pub(crate) was: u64,
+    /// The soft limit now in force (the hard limit, or nr_open when the
+    /// hard limit is unlimited).
+    pub(crate) now: u64,
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit. Only the soft limit
+/// moves: raising the hard one needs CAP_SYS_RESOURCE, and the operator's
+/// hard limit (systemd's LimitNOFILE=, limits.conf) is a decision we keep.
+pub(crate) fn raise_nofile() -> io::Result<Nofile> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    // An unlimited hard limit cannot be the soft limit: the kernel refuses
+    // anything above fs.nr_open.
+    let target = if hard == RLIM_INFINITY { nr_open().unwrap_or(soft) } else { hard };
+    if target > soft {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
+    }
+    Ok(Nofile { was: soft, now: target.max(soft) })
+}
+
+fn nr_open() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/nr_open").ok()?.trim().parse().ok()
+}
+
+/// The most sessions `nofile` descriptors carry when every session holds
+/// all it can: `(nofile - RESERVED_FDS - listeners) / FDS_PER_SESSION`,
+/// at least 1.
+pub(crate) fn sessions_for_fds(nofile: u64, listeners: usize) -> usize {
+    let spare = nofile.saturating_sub(RESERVED_FDS + listeners as u64);
+    usize::try_from(spare / FDS_PER_SESSION).unwrap_or(usize::MAX).max(1)
+}
+
+/// The session cap: what the operator asked for, or what the descriptors
+/// allow, whichever is less (absent or 0: what they allow). `Err` carries the lowered value when the
+/// request did not fit (the caller warns).
+pub(crate) fn fit_max_sessions(
+    requested: Option<usize>,
+    nofile: u64,
+    listeners: usize,
+) -> Result<usize, Lowered> {
+    let fits = sessions_for_fds(nofile, listeners);
+    match requested {
+        None | Some(0) => Ok(fits),
+        Some(n) if n > fits => Err(Lowered { requested: n, to: fits }),
+        Some(n) => Ok(n),
+    }
+}
+
+/// A requested cap that the host cannot carry, and what it became.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lowered {
+    pub(crate) requested: usize,
+    pub(crate) to: usize,
+}
+
+/// The default cap on data channels open at once: pipes may take a quarter
+/// of physical memory (`mem_total / 4 / PIPE_BYTES_PER_CHANNEL`), and there
+/// are never more channels than sessions. At least 1.
+pub(crate) fn default_max_data_channels(mem_total: u64, max_sessions: usize) -> usize {
+    let by_memory = mem_total / PIPE_MEMORY_SHARE / PIPE_BYTES_PER_CHANNEL;
+    usize::try_from(by_memory).unwrap_or(usize::MAX).clamp(1, max_sessions.max(1))
+}
+
+/// Physical memory in bytes (MemTotal of /proc/meminfo).
+pub(crate) fn mem_total() -> io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    parse_mem_total(&text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no MemTotal line in /proc/meminfo"))
+}
+
+fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let kib: u64 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(kib * 1024)
+}
+
+/// The global count of open data channels against their cap. A channel
+/// counts from its Listen until its close, whether or not it relays yet:
+/// every open channel may become a relay with two pipes.
+#[derive(Debug)]
+pub(crate) struct DataChannels {
+    open: usize,
+    max: usize,
+    /// Listens refused since the cap was last left: one log record per
+    /// episode, not one per refusal.
+    refused: u64,
+}
+
+/// What `DataChannels::open` decided.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Open it. `after_refusals`: the first channel after an episode at the
+    /// cap, and how many were refused in it (log that the episode ended).
+    Yes { after_refusals: Option<u64> },
+    /// Refuse it. `first`: the first refusal of an episode (log it).
+    No { first: bool },
+}
+
+impl DataChannels {
+    pub(crate) fn new(max: usize) -> Self {
+        Self { open: 0, max: max.max(1), refused: 0 }
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    pub(crate) fn open_now(&self) -> usize {
+        self.open
+    }
+
+    /// A new channel asks to open.
+    pub(crate) fn open(&mut self) -> Admit {
+        if self.open >= self.max {
+            self.refused += 1;
+            return Admit::No { first: self.refused == 1 };
+        }
+        self.open += 1;
+        let refused = std::mem::take(&mut self.refused);
+        Admit::Yes { after_refusals: (refused > 0).then_some(refused) }
+    }
+
+    /// A channel that `open` admitted was closed.
+    pub(crate) fn close(&mut self) {
+        debug_assert!(self.open > 0, "data channel closed twice");
+        self.open = self.open.saturating_sub(1);
+    }
+}
+
+/// New sessions per client, as a token bucket: `burst` sessions at once,
+/// then `rate` per second.
+///
+/// Tokens are kept in millitokens, so the arithmetic is exact and a rate
+/// below 1/s still refills.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokenBucket {
+    millitokens: u64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub(crate) fn full(rate: Rate, now: Instant) -> Self {
+        Self { millitokens: rate.burst * 1000, at: now }
+    }
+
+    fn refill(&mut self, rate: Rate, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at);
+        // u128: a long idle time times a high rate must not overflow.
+        let earned = elapsed.as_micros() * u128::from(rate.per_second) / 1000;
+        let cap = rate.burst * 1000;
+        self.millitokens = u64::try_from(u128::from(self.millitokens) + earned).unwrap_or(cap).min(cap);
+        self.at = now;
+    }
+
+    /// Takes one token if there is one.
+    pub(crate) fn take(&mut self, rate: Rate, now: Instant) -> bool {
+        self.refill(rate, now);
+        if self.millitokens >= 1000 {
+            self.millitokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// True once the bucket has refilled to `burst`: it then says no more
+    /// than a new bucket would, and can be forgotten.
+    pub(crate) fn is_full(&self, rate: Rate, now: Instant) -> bool {
+        let mut probe = *self;
+        probe.refill(rate, now);
+        probe.millitokens >= rate.burst * 1000
+    }
+}
+
+/// A per-client session rate: `per_second` new sessions, `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rate {
+    pub(crate) per_second: u64,
+    pub(crate) burst: u64,
+}
+
+/// Who a bucket belongs to. IPv4: the address (a NAT'd site shares one
+/// address, and shares its bucket). IPv6: the /64, which one host usually
+/// owns whole: keyed by address, one host could mint a fresh bucket per
+/// connection from its own prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ClientKey(IpAddr);
+
+impl ClientKey {
+    pub(crate) fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    Self(IpAddr::V6(Ipv6Addr::from(prefix)))
+                }
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
+/// The most clients the rate table tracks at once. An entry is about 64
+/// bytes of hash table, so the table stays under about 4 MiB however many
+/// source addresses a flood uses.
+pub(crate) const MAX_TRACKED_CLIENTS: usize = 65_536;
+
+/// How often full (idle) buckets are swept out of the table: the sweep
+/// walks the whole table, so it must not run per connection.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Entry {
+    bucket: TokenBucket,
+    /// Sessions refused since this client last got one: one log record per
+    /// episode.
+    refused: u64,
+}
+
+/// The per-client rate limiter: a token bucket per client, in a table of
+/// bounded size.
+#[derive(Debug)]
+pub(crate) struct SessionRate {
+    rate: Rate,
+    clients: HashMap<ClientKey, Entry>,
+    capacity: usize,
+    swept_at: Option<Instant>,
+    /// Clients let through untracked since the table was last below its
+    /// capacity (one log record per episode).
+    untracked: u64,
+}
+
+/// What `SessionRate::check` decided about one new session.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RateVerdict {
+    /// Go ahead. `after_refusals`: this client had sessions refused since
+    /// its last one, and how many (log that its episode ended).
+    Allow { after_refusals: Option<u64> },
+    /// Over the rate: refuse with 421. `first`: the first refusal of this
+    /// client's episode (log it).
+    Refuse { first: bool },
+    /// The table is full of clients that are all still busy: go ahead
+    /// without a bucket (the global session cap still holds). `first`: the
+    /// first such client of the episode (log it).
+    Untracked { first: bool },
+}
+
+impl SessionRate {
+    /// `None` when the rate is 0 (the limit is off).
+    pub(crate) fn new(rate: Rate) -> Option<Self> {
+        Self::with_capacity(rate, MAX_TRACKED_CLIENTS)
+    }
+
+    fn with_capacity(rate: Rate, capacity: usize) -> Option<Self> {
+        if rate.per_second == 0 {
+            return None;
+        }
+        let rate = Rate { per_second: rate.per_second, burst: rate.burst.max(1) };
+        Some(Self { rate, clients: HashMap::new(), capacity, swept_at: None, untracked: 0 })
+    }
+
+    pub(crate) fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// A client opens a session.
+    pub(crate) fn check(&mut self, client: ClientKey, now: Instant) -> RateVerdict {
+        self.sweep(now);
+        let rate = self.rate;
+        if !self.clients.contains_key(&client) {
+            if self.clients.len() >= self.capacity {
+                self.untracked += 1;
+                return RateVerdict::Untracked { first: self.untracked == 1 };
+            }
+            self.untracked = 0;
+            self.clients.insert(client, Entry { bucket: TokenBucket::full(rate, now), refused: 0 });
+        }
+        let Some(entry) = self.clients.get_mut(&client) else {
+            return RateVerdict::Allow { after_refusals: None };
+        };
+        if entry.bucket.take(rate, now) {
+            let refused = std::mem::take(&mut entry.refused);
+            RateVerdict::Allow { after_refusals: (refused > 0).then_some(refused) }
+        } else {
+            entry.refused += 1;
+            RateVerdict::Refuse { first: entry.refused == 1 }
+        }
+    }
+
+    /// Forgets clients whose bucket is full again (idle for `burst / rate`
+    /// seconds): a new bucket would decide the same. At most once per
+    /// `SWEEP_EVERY`.
+    fn sweep(&mut self, now: Instant) {
+        if self.swept_at.is_some_and(|t| now.saturating_duration_since(t) < SWEEP_EVERY) {
+            return;
+        }
+        self.swept_at = Some(now);
+        let rate = self.rate;
+        // A client in a refusal episode stays until it gets a session, so
+        // that the episode's end is logged.
+        self.clients.retain(|_, e| e.refused > 0 || !e.bucket.is_full(rate, now));
+    }
+
+    pub(crate) fn tracked(&self) -> usize {
+        self.clients.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RATE: Rate = Rate { per_second: 20, burst: 100 };
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn bucket_full_allows_burst_then_refuses() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(RATE, t0);
+        for i in 0..100 {
+            assert!(b.take(RATE, t0), "take {i} of the burst");
+        }
+        assert!(!b.take(RATE, t0));
+    }
+
+    #[test]
+    fn bucket_empty_refills_at_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(RATE, t0);
+        while b.take(RATE, t0) {}
+        // 20/s: one token per 50 ms, not before.
+        assert!(!b.take(RATE, t0 + ms(49)));
+        assert!(b.take(RATE, t0 + ms(50)));
+        assert!(!b.take(RATE, t0 + ms(50)));
+        // One second: 20 more, exactly.
+        let t1 = t0 + ms(1050);
+        let got = (0..100).filter(|_| b.take(RATE, t1)).count();
+        assert_eq!(got, 20);
+    }
+
+    #[test]
+    fn bucket_long_idle_caps_at_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(RATE, t0);
+        while b.take(RATE, t0) {}
+        let later = t0 + Duration::from_secs(1_000_000);
+        assert!(b.is_full(RATE, later));
+        let got = (0..1000).filter(|_| b.take(RATE, later)).count();
+        assert_eq!(got, 100);
+    }
+
+    #[test]
+    fn bucket_rate_below_burst_tokens_fractional_refill_not_lost() {
+        // 3/s: 333.33 ms per token; three 111 ms steps add up to one token
+        // only because millitokens carry the remainder.
+        let rate = Rate { per_second: 3, burst: 1 };
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(rate, t0);
+        assert!(b.take(rate, t0));
+        assert!(!b.take(rate, t0 + ms(111)));
+        assert!(!b.take(rate, t0 + ms(222)));
+        assert!(b.take(rate, t0 + ms(334)));
+    }
+
+    #[test]
+    fn session_rate_burst_over_refuses_once_per_episode_then_allows() {
+        let mut r = SessionRate::new(RATE).unwrap();
+        let c = ClientKey::of("192.0.2.10".parse().unwrap());
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(r.check(c, t0), RateVerdict::Allow { after_refusals: None });
+        }
+        assert_eq!(r.check(c, t0), RateVerdict::Refuse { first: true });
+        assert_eq!(r.check(c, t0), RateVerdict::Refuse { first: false });
+        assert_eq!(r.check(c, t0 + ms(10)), RateVerdict::Refuse { first: false });
+        assert_eq!(r.check(c, t0 + ms(60)), RateVerdict::Allow { after_refusals: Some(3) });
+        assert_eq!(r.check(c, t0 + ms(60)), RateVerdict::Refuse { first: true });
+    }
+
+    #[test]
+    fn session_rate_clients_have_their_own_buckets() {
+        let mut r = SessionRate::new(Rate { per_second: 1, burst: 1 }).unwrap();
+        let t0 = Instant::now();
+        let a = ClientKey::of("192.0.2.10".parse().unwrap());
+        let b = ClientKey::of("192.0.2.11".parse().unwrap());
+        assert!(matches!(r.check(a, t0), RateVerdict::Allow { .. }));
+        assert!(matches!(r.check(a, t0), RateVerdict::Refuse { .. }));
+        assert!(matches!(r.check(b, t0), RateVerdict::Allow { .. }));
+    }
+
+    #[test]
+    fn session_rate_zero_is_off() {
+        assert!(SessionRate::new(Rate { per_second: 0, burst: 100 }).is_none());
+    }
+
+    #[test]
+    fn session_rate_idle_buckets_expire() {
+        let mut r = SessionRate::new(RATE).unwrap();
+        let t0 = Instant::now();
+        for i in 0..50u8 {
+            let c = ClientKey::of(IpAddr::from([192, 0, 2, i]));
+            r.check(c, t0);
+        }
+        assert_eq!(r.tracked(), 50);
+        // One session each took one token: refilled after 50 ms, and the
+        // next sweep (a second on) forgets them all.
+        let later = t0 + Duration::from_secs(2);
+        let fresh = ClientKey::of("198.51.100.7".parse().unwrap());
+        r.check(fresh, later);
+        assert_eq!(r.tracked(), 1);
+    }
+
+    #[test]
+    fn session_rate_table_full_of_busy_clients_lets_new_ones_through_untracked() {
+        let mut r = SessionRate::with_capacity(RATE, 4).unwrap();
+        let t0 = Instant::now();
+        for i in 0..4u8 {
+            r.check(ClientKey::of(IpAddr::from([192, 0, 2, i])), t0);
+        }
+        let new = |i: u8| ClientKey::of(IpAddr::from([203, 0, 113, i]));
+        assert_eq!(r.check(new(1), t0), RateVerdict::Untracked { first: true });
+        assert_eq!(r.check(new(2), t0 + ms(10)), RateVerdict::Untracked { first: false });
+        assert_eq!(r.tracked(), 4, "the table never grows past its capacity");
+        // Once the busy clients have gone idle, the sweep makes room.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(r.check(new(3), later), RateVerdict::Allow { after_refusals: None });
+        assert_eq!(r.tracked(), 1);
+    }
+
+    #[test]
+    fn session_rate_refusing_client_is_kept_until_its_episode_ends() {
+        let rate = Rate { per_second: 1, burst: 1 };
+        let mut r = SessionRate::new(rate).unwrap();
+        let c = ClientKey::of("192.0.2.10".parse().unwrap());
+        let t0 = Instant::now();
+        assert!(matches!(r.check(c, t0), RateVerdict::Allow { .. }));
+        assert_eq!(r.check(c, t0), RateVerdict::Refuse { first: true });
+        // Its bucket is full again long before it returns; the sweep keeps it.
+        let other = ClientKey::of("192.0.2.11".parse().unwrap());
+        r.check(other, t0 + Duration::from_secs(10));
+        assert_eq!(r.check(c, t0 + Duration::from_secs(10)), RateVerdict::Allow { after_refusals: Some(1) });
+    }
+
+    #[test]
+    fn client_key_ipv6_shares_the_64_ipv4_mapped_is_ipv4() {
+        let a = ClientKey::of("2001:db8:1:2::10".parse().unwrap());
+        let b = ClientKey::of("2001:db8:1:2:ffff::99".parse().unwrap());
+        let c = ClientKey::of("2001:db8:1:3::10".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        let mapped = ClientKey::of("::ffff:192.0.2.10".parse().unwrap());
+        assert_eq!(mapped, ClientKey::of("192.0.2.10".parse().unwrap()));
+        assert_eq!(mapped.to_string(), "192.0.2.10");
+    }
+
+    #[test]
+    fn sessions_for_fds_formula() {
+        // (nofile - 64 - listeners) / 9
+        assert_eq!(sessions_for_fds(1_048_576, 1), (1_048_576 - 65) / 9);
+        assert_eq!(sessions_for_fds(1_048_576, 1), 116_501);
+        assert_eq!(sessions_for_fds(20_000, 1), 2_215);
+        // Debian's default soft limit, were it not raised: 106 sessions.
+        assert_eq!(sessions_for_fds(1024, 1), 106);
+        // Never 0, even when the reserve eats everything.
+        assert_eq!(sessions_for_fds(10, 2), 1);
+    }
+
+    #[test]
+    fn sessions_for_fds_ten_thousand_sessions_need_90_066_descriptors() {
+        // 10,000 * 9 + 64 + 2 listeners.
+        assert_eq!(sessions_for_fds(90_066, 2), 10_000);
+        assert_eq!(sessions_for_fds(90_065, 2), 9_999);
+    }
+
+    #[test]
+    fn fit_max_sessions_default_explicit_and_lowered() {
+        assert_eq!(fit_max_sessions(None, 20_000, 1), Ok(2_215));
+        assert_eq!(fit_max_sessions(Some(500), 20_000, 1), Ok(500));
+        assert_eq!(fit_max_sessions(Some(2_215), 20_000, 1), Ok(2_215));
+        assert_eq!(fit_max_sessions(Some(50_000), 20_000, 1), Err(Lowered { requested: 50_000, to: 2_215 }));
+        assert_eq!(fit_max_sessions(Some(0), 20_000, 1), Ok(2_215));
+    }
+
+    #[test]
+    fn default_max_data_channels_quarter_of_memory_at_most_sessions() {
+        let gib = 1024 * 1024 * 1024;
+        // 1 GiB: 256 MiB of pipes, 512 KiB each.
+        assert_eq!(default_max_data_channels(gib, 100_000), 512);
+        assert_eq!(default_max_data_channels(24 * gib, 100_000), 12_288);
+        assert_eq!(default_max_data_channels(24 * gib, 2_215), 2_215);
+        assert_eq!(default_max_data_channels(0, 10), 1);
+    }
+
+    #[test]
+    fn parse_mem_total_reads_kib() {
+        let text = "MemTotal:       24684000 kB\nMemFree:        1000 kB\n";
+        assert_eq!(parse_mem_total(text), Some(24_684_000 * 1024));
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn data_channels_at_cap_refuse_once_per_episode() {
+        let mut d = DataChannels::new(2);
+        assert_eq!(d.open(), Admit::Yes { after_refusals: None });
+        assert_eq!(d.open(), Admit::Yes { after_refusals: None });
+        assert_eq!(d.open(), Admit::No { first: true });
+        assert_eq!(d.open(), Admit::No { first: false });
+        assert_eq!(d.open_now(), 2);
+        d.close();
+        assert_eq!(d.open(), Admit::Yes { after_refusals: Some(2) });
+        assert_eq!(d.open(), Admit::No { first: true });
+    }
+
+    #[test]
+    fn raise_nofile_reaches_the_hard_limit() {
+        let got = raise_nofile().unwrap();
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, got.now);
+        if hard != RLIM_INFINITY {
+            assert_eq!(soft, hard);
+        }
+        assert!(got.now >= got.was);
+    }
+}

@@ -1,0 +1,598 @@
+//! The daemon's one table of foreign data listeners, keyed by the local
+//! (address, port) the core asks to listen on.
+//!
+//! A server that hands the same passive port to two clients at once (a
+//! small port range, SO_REUSEPORT) makes two sessions ask for a listener on
+//! the same foreign (address, port). A socket can be bound there only once,
+//! so the listener belongs to this table, not to a session: each session
+//! adds an *expectation* (its data channel and the one peer address it
+//! accepts), and each accepted connection goes to the session that expects
+//! its peer. The 227/229 then reaches every client byte for byte.
+//!
+//! Only when two expectations could not be told apart (the same peer
+//! address: two sessions from one client, or from behind one NAT) is the
+//! second refused, as a bind failure: the core then listens on a port of
+//! its own and rewrites the reply, the last resort (ATTACKS.md 21).
+//!
+//! Lifetime follows the per-session rule "the hole closes as soon as it is
+//! used": an expectation is forgotten when its channel's verdict takes the
+//! connection or the channel closes, and the listener closes with its last
+//! expectation. A connection that no session expects (port theft,
+//! ATTACKS.md 5) is closed at once and logged here, with the listener and
+//! the peer.
+//!
+//! Several event loops (ROADMAP): the table is reached only through
+//! `expect`, `forget`, `on_event` and `accept_ready`, and names sessions by
+//! `Channel`; a multi-loop version adds the owning loop to `Channel` and
+//! sends each `Handover` to that loop instead of returning it.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use ftpgate_proto::addr::canonical_ip;
+use ftpgate_proto::{DataId, Side};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+use slog::{info, warn, Logger};
+
+use crate::tproxy::{self, TproxyError};
+
+/// Backlog of a data listener: one connection per expectation, plus thieves.
+const DATA_BACKLOG: i32 = 8;
+
+/// Connections accepted per listener per call of `accept_ready`, so a flood
+/// of thieves on one port cannot starve the loop; the listener stays ready.
+const ACCEPTS_PER_ROUND: usize = 8;
+
+/// One data channel of one session: whom a connection is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Channel {
+    /// The session's key in its event loop's slab.
+    pub(crate) session: usize,
+    pub(crate) data: DataId,
+}
+
+/// A data channel waiting for its peer on a listener.
+#[derive(Clone, Debug)]
+pub(crate) struct Expectation {
+    pub(crate) channel: Channel,
+    /// The one address the connection may come from (the core's
+    /// `accept_from`).
+    pub(crate) accept_from: IpAddr,
+    /// Which side connects: the client (passive mode) or the server (active).
+    pub(crate) peer: Side,
+    /// The session's logger: a listener used by one session logs in its
+    /// context.
+    pub(crate) log: Logger,
+}
+
+impl Expectation {
+    fn expects(&self, peer: IpAddr) -> bool {
+        canonical_ip(self.accept_from) == canonical_ip(peer)
+    }
+}
+
+/// A listener and who waits on it. `L` is the socket (a plain value in the
+/// unit tests of the table's logic).
+#[derive(Debug)]
+struct Entry<L> {
+    local: SocketAddr,
+    socket: L,
+    /// A readiness event came and accept() has not said WouldBlock since.
+    /// True at the start: a connection may be queued before registration.
+    ready: bool,
+    expecting: Vec<Expectation>,
+}
+
+/// Where a new expectation goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// On the listener already open at that address.
+    Join(usize),
+    /// Nowhere: an expectation there already accepts the same peer, so a
+    /// connection could not be told apart.
+    Ambiguous,
+    /// On a listener of its own, still to be bound.
+    New,
+}
+
+/// Whom a connection from a peer goes to.
+#[derive(Debug)]
+enum Route<'a> {
+    To(&'a Expectation),
+    /// Nobody expects that peer here (port theft).
+    Nobody,
+}
+
+/// The bookkeeping of the table, free of I/O.
+#[derive(Debug)]
+struct Table<L> {
+    entries: Slab<Entry<L>>,
+    by_local: HashMap<SocketAddr, usize>,
+    by_channel: HashMap<Channel, usize>,
+}
+
+impl<L> Default for Table<L> {
+    fn default() -> Self {
+        Self { entries: Slab::new(), by_local: HashMap::new(), by_channel: HashMap::new() }
+    }
+}
+
+impl<L> Table<L> {
+    fn place(&self, local: SocketAddr, accept_from: IpAddr) -> Place {
+        // Port 0: the kernel picks a port no listener has.
+        if local.port() == 0 {
+            return Place::New;
+        }
+        let Some(&key) = self.by_local.get(&local) else { return Place::New };
+        if self.entries[key].expecting.iter().any(|e| e.expects(accept_from)) {
+            Place::Ambiguous
+        } else {
+            Place::Join(key)
+        }
+    }
+
+    fn join(&mut self, key: usize, expectation: Expectation) {
+        self.by_channel.insert(expectation.channel, key);
+        self.entries[key].expecting.push(expectation);
+    }
+
+    /// The key the next `insert` gets.
+    fn vacant_key(&self) -> usize {
+        self.entries.vacant_key()
+    }
+
+    /// A new listener, bound at `local`, with its first expectation.
+    fn insert(&mut self, local: SocketAddr, socket: L, expectation: Expectation) -> usize {
+        let channel = expectation.channel;
+        let key = self.entries.insert(Entry { local, socket, ready: true, expecting: vec![expectation] });
+        self.by_local.insert(local, key);
+        self.by_channel.insert(channel, key);
+        key
+    }
+
+    fn route(&self, key: usize, peer: IpAddr) -> Route<'_> {
+        match self.entries.get(key).and_then(|e| e.expecting.iter().find(|x| x.expects(peer))) {
+            Some(expectation) => Route::To(expectation),
+            None => Route::Nobody,
+        }
+    }
+
+    /// Forgets the channel's expectation. Returns the entry if that was its
+    /// last: the caller closes the listener.
+    fn forget(&mut self, channel: Channel) -> Option<Entry<L>> {
+        let key = self.by_channel.remove(&channel)?;
+        let entry = self.entries.get_mut(key)?;
+        entry.expecting.retain(|e| e.channel != channel);
+        if entry.expecting.is_empty() {
+            Some(self.remove(key))
+        } else {
+            None
+        }
+    }
+
+    /// Removes a listener with every expectation on it.
+    fn remove(&mut self, key: usize) -> Entry<L> {
+        let entry = self.entries.remove(key);
+        self.by_local.remove(&entry.local);
+        for e in &entry.expecting {
+            self.by_channel.remove(&e.channel);
+        }
+        entry
+    }
+}
+
+/// Why a channel could not expect a connection.
+#[derive(Debug)]
+pub(crate) enum ExpectError {
+    /// A session already expects the same peer address on this listener.
+    /// Told to the core as a bind failure (address in use): it listens on
+    /// a port of its own and rewrites the reply.
+    Ambiguous,
+    /// A new listener could not be set up.
+    Listen(TproxyError),
+    /// A new listener could not join the event loop.
+    Register(io::Error),
+}
+
+/// The channel now expects its peer on `local`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Expected {
+    pub(crate) local: SocketAddr,
+    /// Sessions expecting a connection on that listener, this one included.
+    pub(crate) sharing: usize,
+}
+
+/// What the table hands to a session.
+#[derive(Debug)]
+pub(crate) enum Arrival {
+    /// A connection from the peer the channel expects; the core judges it
+    /// (`Input::Accepted`).
+    Connection { stream: TcpStream, peer: SocketAddr },
+    /// accept() failed on the listener; the listener is closed.
+    AcceptFailed(io::ErrorKind),
+}
+
+#[derive(Debug)]
+pub(crate) struct Handover {
+    pub(crate) channel: Channel,
+    pub(crate) arrival: Arrival,
+}
+
+/// The table of foreign data listeners, with their sockets.
+pub(crate) struct Listeners {
+    table: Table<TcpListener>,
+    /// Listener `key` is registered under `Token(first_token + key)`.
+    first_token: usize,
+}
+
+impl Listeners {
+    pub(crate) fn new(first_token: usize) -> Self {
+        Self { table: Table::default(), first_token }
+    }
+
+    /// Whether `token` is one of the table's listeners.
+    pub(crate) fn owns(&self, token: Token) -> bool {
+        token.0 >= self.first_token
+    }
+
+    /// Records readiness from one event.
+    pub(crate) fn on_event(&mut self, token: Token) {
+        if let Some(entry) = self.table.entries.get_mut(token.0 - self.first_token) {
+            entry.ready = true;
+        }
+    }
+
+    /// Some listener may hold connections not yet accepted.
+    pub(crate) fn has_ready(&self) -> bool {
+        self.table.entries.iter().any(|(_, e)| e.ready)
+    }
+
+    /// Open listeners (also the metrics' gauge).
+    pub(crate) fn len(&self) -> usize {
+        self.table.entries.len()
+    }
+
+    /// Makes `expectation`'s channel expect its peer on `local`: on the
+    /// listener already there if no one on it expects the same peer, or on
+    /// a new one. A channel expects on one listener at a time: an earlier
+    /// expectation of the same channel (a retry) is forgotten first.
+    pub(crate) fn expect(
+        &mut self,
+        registry: &Registry,
+        local: SocketAddr,
+        expectation: Expectation,
+    ) -> Result<Expected, ExpectError> {
+        self.forget(registry, expectation.channel);
+        match self.table.place(local, expectation.accept_from) {
+            Place::Ambiguous => Err(ExpectError::Ambiguous),
+            Place::Join(key) => {
+                self.table.join(key, expectation);
+                let entry = &self.table.entries[key];
+                let sharing = entry.expecting.len();
+                let x = &entry.expecting[sharing - 1];
+                info!(
+                    x.log, "data listener shared";
+                    "data" => x.channel.data.0, "local" => %local, "accept_from" => %x.accept_from,
+                    "peer_side" => side(x.peer), "sessions" => sharing
+                );
+                Ok(Expected { local, sharing })
+            }
+            Place::New => {
+                let mut socket = tproxy::listen(local, DATA_BACKLOG).map_err(ExpectError::Listen)?;
+                let bound = socket
+                    .local_addr()
+                    .map_err(|error| ExpectError::Listen(TproxyError::Listen { addr: local, error }))?;
+                let token = Token(self.first_token + self.table.vacant_key());
+                registry.register(&mut socket, token, Interest::READABLE).map_err(ExpectError::Register)?;
+                self.table.insert(bound, socket, expectation);
+                Ok(Expected { local: bound, sharing: 1 })
+            }
+        }
+    }
+
+    /// The channel expects nothing any more; its listener closes if no
+    /// other channel expects a connection on it. Idempotent.
+    pub(crate) fn forget(&mut self, registry: &Registry, channel: Channel) {
+        if let Some(mut entry) = self.table.forget(channel) {
+            let _ = registry.deregister(&mut entry.socket);
+        }
+    }
+
+    /// Accepts what the ready listeners hold and says whom each connection
+    /// is for. Connections that no session expects are closed and logged.
+    /// Bounded per listener; a listener left ready is served next time.
+    pub(crate) fn accept_ready(&mut self, registry: &Registry, log: &Logger) -> Vec<Handover> {
+        let mut handovers = Vec::new();
+        let ready: Vec<usize> = self.table.entries.iter().filter(|(_, e)| e.ready).map(|(k, _)| k).collect();
+        for key in ready {
+            for _ in 0..ACCEPTS_PER_ROUND {
+                let entry = &mut self.table.entries[key];
+                match entry.socket.accept() {
+                    Ok((stream, peer)) => match self.table.route(key, peer.ip()) {
+                        Route::To(expectation) => handovers.push(Handover {
+                            channel: expectation.channel,
+                            arrival: Arrival::Connection { stream, peer },
+                        }),
+                        Route::Nobody => self.refuse(key, peer, log),
+                    },
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        entry.ready = false;
+                        break;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                        ) => {}
+                    Err(e) => {
+                        // Every channel on the listener learns of it; the
+                        // listener goes (edge-triggered, it would not wake
+                        // us again for what stays queued).
+                        let mut entry = self.table.remove(key);
+                        let _ = registry.deregister(&mut entry.socket);
+                        warn!(
+                            log, "data accept failed";
+                            "local" => %entry.local, "sessions" => entry.expecting.len(), "error" => %e
+                        );
+                        for x in entry.expecting {
+                            handovers.push(Handover {
+                                channel: x.channel,
+                                arrival: Arrival::AcceptFailed(e.kind()),
+                            });
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        handovers
+    }
+
+    /// Port theft (ATTACKS.md 5): the connection is closed (dropped by the
+    /// caller) and logged. With one session on the listener, in that
+    /// session's context and with the address it expected.
+    fn refuse(&self, key: usize, peer: SocketAddr, log: &Logger) {
+        let entry = &self.table.entries[key];
+        match entry.expecting.as_slice() {
+            [one] => warn!(
+                one.log, "data peer refused";
+                "data" => one.channel.data.0, "local" => %entry.local, "peer" => %peer,
+                "expected" => %one.accept_from, "peer_side" => side(one.peer), "rule" => "ATTACKS.md 5"
+            ),
+            many => warn!(
+                log, "data peer refused";
+                "local" => %entry.local, "peer" => %peer, "sessions" => many.len(),
+                "rule" => "ATTACKS.md 5"
+            ),
+        }
+    }
+}
+
+fn side(s: Side) -> &'static str {
+    match s {
+        Side::Client => "client",
+        Side::Server => "server",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+    const CLIENT_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+    const CLIENT_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
+
+    fn local(port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(SERVER), port)
+    }
+
+    fn channel(session: usize, data: u32) -> Channel {
+        Channel { session, data: DataId(data) }
+    }
+
+    fn expecting(channel: Channel, from: Ipv4Addr) -> Expectation {
+        Expectation {
+            channel,
+            accept_from: IpAddr::V4(from),
+            peer: Side::Client,
+            log: Logger::root(slog::Discard, slog::o!()),
+        }
+    }
+
+    fn mapped(ip: Ipv4Addr) -> IpAddr {
+        IpAddr::V6(ip.to_ipv6_mapped())
+    }
+
+    /// A table with session 1 (client A) listening on the server's port 40000.
+    fn table_with_a() -> (Table<&'static str>, usize) {
+        let mut t = Table::default();
+        assert_eq!(t.place(local(40000), IpAddr::V4(CLIENT_A)), Place::New);
+        let key = t.insert(local(40000), "socket", expecting(channel(1, 0), CLIENT_A));
+        (t, key)
+    }
+
+    #[test]
+    fn empty_expect_needs_a_new_listener() {
+        let t: Table<()> = Table::default();
+        assert_eq!(t.place(local(40000), IpAddr::V4(CLIENT_A)), Place::New);
+    }
+
+    #[test]
+    fn listening_expect_other_client_joins() {
+        let (t, key) = table_with_a();
+        assert_eq!(t.place(local(40000), IpAddr::V4(CLIENT_B)), Place::Join(key));
+        // another port, or another address, is another listener
+        assert_eq!(t.place(local(40001), IpAddr::V4(CLIENT_A)), Place::New);
+        let elsewhere = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 11)), 40000);
+        assert_eq!(t.place(elsewhere, IpAddr::V4(CLIENT_A)), Place::New);
+    }
+
+    #[test]
+    fn listening_expect_same_client_is_ambiguous() {
+        let (t, _) = table_with_a();
+        assert_eq!(t.place(local(40000), IpAddr::V4(CLIENT_A)), Place::Ambiguous);
+        // the same address written v4-mapped is still the same peer
+        assert_eq!(t.place(local(40000), mapped(CLIENT_A)), Place::Ambiguous);
+    }
+
+    #[test]
+    fn listening_expect_port_zero_is_always_new() {
+        let (t, _) = table_with_a();
+        assert_eq!(t.place(local(0), IpAddr::V4(CLIENT_A)), Place::New);
+    }
+
+    #[test]
+    fn shared_accept_goes_to_the_session_expecting_that_peer() {
+        let (mut t, key) = table_with_a();
+        t.join(key, expecting(channel(2, 5), CLIENT_B));
+        let to = |t: &Table<_>, ip| match t.route(key, ip) {
+            Route::To(x) => Some(x.channel),
+            Route::Nobody => None,
+        };
+        assert_eq!(to(&t, IpAddr::V4(CLIENT_A)), Some(channel(1, 0)));
+        assert_eq!(to(&t, IpAddr::V4(CLIENT_B)), Some(channel(2, 5)));
+        assert_eq!(to(&t, mapped(CLIENT_B)), Some(channel(2, 5)));
+        assert_eq!(to(&t, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99))), None, "a thief goes to nobody");
+        assert_eq!(to(&t, IpAddr::V4(SERVER)), None);
+    }
+
+    #[test]
+    fn shared_forget_one_keeps_the_listener_for_the_other() {
+        let (mut t, key) = table_with_a();
+        t.join(key, expecting(channel(2, 5), CLIENT_B));
+        assert!(t.forget(channel(1, 0)).is_none(), "B still expects a connection");
+        // A's hole is closed: A's address is a thief now, B's still routes
+        assert!(matches!(t.route(key, IpAddr::V4(CLIENT_A)), Route::Nobody));
+        assert!(matches!(t.route(key, IpAddr::V4(CLIENT_B)), Route::To(_)));
+        // and A's address may expect there again without ambiguity
+        assert_eq!(t.place(local(40000), IpAddr::V4(CLIENT_A)), Place::Join(key));
+        let entry = t.forget(channel(2, 5)).expect("the last expectation closes the listener");
+        assert_eq!((entry.local, entry.socket), (local(40000), "socket"));
+        assert!(t.entries.is_empty() && t.by_local.is_empty() && t.by_channel.is_empty());
+        assert_eq!(t.place(local(40000), IpAddr::V4(CLIENT_A)), Place::New);
+    }
+
+    #[test]
+    fn forget_unknown_or_twice_is_a_no_op() {
+        let (mut t, _) = table_with_a();
+        assert!(t.forget(channel(9, 9)).is_none());
+        assert!(t.forget(channel(1, 1)).is_none(), "same session, other channel");
+        assert!(t.forget(channel(1, 0)).is_some());
+        assert!(t.forget(channel(1, 0)).is_none());
+    }
+
+    #[test]
+    fn remove_drops_every_expectation() {
+        let (mut t, key) = table_with_a();
+        t.join(key, expecting(channel(2, 5), CLIENT_B));
+        let entry = t.remove(key);
+        assert_eq!(entry.expecting.len(), 2);
+        assert!(t.by_channel.is_empty() && t.by_local.is_empty());
+        assert!(t.forget(channel(2, 5)).is_none());
+    }
+
+    #[test]
+    fn new_listener_starts_ready_for_a_connection_queued_before_registration() {
+        let (t, key) = table_with_a();
+        assert!(t.entries[key].ready);
+    }
+
+    // -- with sockets: 127.0.0.1 listeners, peers from 127.0.0.2 and .3 ----
+
+    fn from(src: Ipv4Addr, to: SocketAddr) -> std::net::TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::new(IpAddr::V4(src), 0).into()).unwrap();
+        s.connect(&to.into()).unwrap();
+        s.into()
+    }
+
+    /// Accepts until `want` handovers came, bounded.
+    fn handovers(l: &mut Listeners, poll: &mio::Poll, want: usize) -> Vec<(Channel, SocketAddr)> {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            for h in l.accept_ready(poll.registry(), &log) {
+                match h.arrival {
+                    Arrival::Connection { peer, .. } => got.push((h.channel, peer)),
+                    Arrival::AcceptFailed(e) => panic!("accept failed: {e:?}"),
+                }
+            }
+            if got.len() >= want {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            // mark every listener ready again, as an event would
+            for (_, e) in l.table.entries.iter_mut() {
+                e.ready = true;
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn listeners_two_sessions_one_port_each_gets_its_peer_and_thieves_get_nothing() {
+        let poll = mio::Poll::new().unwrap();
+        let mut l = Listeners::new(1 << 20);
+        let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        let a = Expectation {
+            accept_from: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            ..expecting(channel(1, 0), CLIENT_A)
+        };
+        let first = match l.expect(poll.registry(), any, a) {
+            Ok(x) => x,
+            Err(ExpectError::Listen(TproxyError::SetTransparent(e))) => {
+                // Without CAP_NET_ADMIN no transparent listener exists at
+                // all; the lab tests cover the table end to end.
+                assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+                return;
+            }
+            Err(e) => panic!("first listener: {e:?}"),
+        };
+        assert_eq!(first.sharing, 1);
+        let port = first.local;
+        let b = Expectation {
+            accept_from: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
+            ..expecting(channel(2, 7), CLIENT_B)
+        };
+        assert_eq!(l.expect(poll.registry(), port, b).unwrap(), Expected { local: port, sharing: 2 });
+        // the same peer as A's again cannot be told apart
+        let a2 = Expectation {
+            accept_from: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            ..expecting(channel(3, 0), CLIENT_A)
+        };
+        assert!(matches!(l.expect(poll.registry(), port, a2), Err(ExpectError::Ambiguous)));
+        assert_eq!(l.len(), 1);
+
+        let mut thief = from(Ipv4Addr::new(127, 0, 0, 9), port);
+        let _b = from(Ipv4Addr::new(127, 0, 0, 3), port);
+        let _a = from(Ipv4Addr::new(127, 0, 0, 2), port);
+        let mut got = handovers(&mut l, &poll, 2);
+        got.sort_by_key(|(c, _)| c.session);
+        let who: Vec<(Channel, IpAddr)> = got.iter().map(|(c, p)| (*c, p.ip())).collect();
+        assert_eq!(
+            who,
+            [
+                (channel(1, 0), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+                (channel(2, 7), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)))
+            ]
+        );
+
+        // the thief's connection was accepted and closed at once
+        thief.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        let read = io::Read::read(&mut thief, &mut byte);
+        assert!(matches!(read, Ok(0)) || read.is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset));
+
+        // A's verdict took its connection: A's hole closes, B's stays
+        l.forget(poll.registry(), channel(1, 0));
+        assert_eq!(l.len(), 1);
+        l.forget(poll.registry(), channel(2, 7));
+        assert_eq!(l.len(), 0, "the listener closes with its last expectation");
+        assert!(std::net::TcpStream::connect(port).is_err(), "nothing listens on {port} any more");
+    }
+}
