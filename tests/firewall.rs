@@ -7,14 +7,17 @@
 //!   never reaches the server; a flood of refused lines is closed at
 //!   `--max-refused-lines` with one record (ATTACKS.md 10);
 //! - a burst of failed logins puts the client in a cool-down: its next
-//!   session gets 421 from the gateway (RFC 2577 §5, ATTACKS.md 33).
+//!   session gets 421 from the gateway (RFC 2577 §5, ATTACKS.md 33);
+//! - in the JSON audit trail and the metrics, each of these is named by
+//!   its rule and ATTACKS.md case (docs/audit.md).
 mod common;
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, text, Lab, Ns, Rules, SERVER_IP};
+use common::{repo_root, text, Lab, Ns, Rules, GW_CLIENT_IP, SERVER_IP};
+use serde_json::{Map, Value};
 
 fn hostile(lab: &Lab, args: &[&str]) -> String {
     let script = repo_root().join("lab/hostile_client.py");
@@ -193,4 +196,90 @@ fn failed_login_burst_puts_the_client_in_a_cooldown() {
     assert_eq!(log.matches("failed logins: refusing new sessions").count(), 1, "{log}");
     let server_log = lab.vsftpd_log();
     assert_eq!(server_log.matches("USER mallory").count(), 3, "refused sessions reached the server");
+}
+
+const METRICS: &str = "192.0.2.1:9122";
+
+fn scrape(lab: &Lab) -> String {
+    let url = format!("http://{METRICS}/metrics");
+    text(&lab.client_ok(20, &["curl", "-sS", "--fail", "--max-time", "5", &url]).stdout)
+}
+
+/// The value of `series` (labels as the gateway writes them), 0 when absent.
+fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).and_then(|(_, v)| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// The records of ftpgate.log (JSON) whose `msg` is `msg`.
+fn records(lab: &Lab, msg: &str) -> Vec<Map<String, Value>> {
+    let log = lab.gateway_log();
+    log.lines()
+        .map(|l| match serde_json::from_str::<Value>(l) {
+            Ok(Value::Object(o)) => o,
+            other => panic!("not a JSON object ({other:?}): {l}\n{log}"),
+        })
+        .filter(|r| r.get("msg").and_then(Value::as_str) == Some(msg))
+        .collect()
+}
+
+fn key<'a>(r: &'a Map<String, Value>, k: &str) -> &'a Value {
+    r.get(k).unwrap_or_else(|| panic!("{k} missing in {r:?}"))
+}
+
+#[test]
+fn junk_flood_and_login_cooldown_named_by_rule_in_json_and_metrics() {
+    assert!(METRICS.starts_with(GW_CLIENT_IP));
+    let mut lab = Lab::new("fwjson", Rules::Nft);
+    lab.start_gateway(&[
+        "--log-format",
+        "json",
+        "--metrics",
+        METRICS,
+        "--max-refused-lines",
+        "5",
+        "--max-login-failures",
+        "2",
+    ]);
+    let before = scrape(&lab);
+    hostile(&lab, &["junk", "http"]);
+    hostile(&lab, &["flood", "50"]);
+    let report = hostile(&lab, &["badlogin", "2", "mallory"]);
+    assert!(report.contains(r#""after": "421 ftpgate: too many failed logins"#), "{report}");
+    let after = scrape(&lab);
+    let grew = |series: &str| metric(&after, series) - metric(&before, series);
+
+    let not_ftp = records(&lab, "refused");
+    let not_ftp: Vec<_> = not_ftp.iter().filter(|r| key(r, "rule") == "not-ftp").collect();
+    assert_eq!(not_ftp.len(), 1, "{}", lab.gateway_log());
+    assert_eq!(key(not_ftp[0], "attack"), "10");
+    assert_eq!(key(not_ftp[0], "what"), "GET / HTTP/1.1");
+
+    let run = records(&lab, "refused lines");
+    assert_eq!(run.len(), 1, "{}", lab.gateway_log());
+    assert_eq!(
+        (key(&run[0], "rule"), key(&run[0], "attack")),
+        (&Value::from("lprt-lpsv"), &Value::from("29"))
+    );
+    assert_eq!((key(&run[0], "count"), key(&run[0], "side")), (&Value::from(5), &Value::from("client")));
+
+    let failed = records(&lab, "login failed");
+    assert_eq!(failed.len(), 2, "{}", lab.gateway_log());
+    assert!(failed.iter().all(|r| key(r, "user") == "mallory"), "{failed:?}");
+    let cooldown = records(&lab, "failed logins: refusing new sessions from this client");
+    assert_eq!(cooldown.len(), 1, "{}", lab.gateway_log());
+    assert_eq!(
+        (key(&cooldown[0], "rule"), key(&cooldown[0], "attack"), key(&cooldown[0], "failures")),
+        (&Value::from("login-cooldown"), &Value::from("33"), &Value::from(2))
+    );
+
+    assert_eq!(grew(r#"ftpgate_refusals_total{side="client",rule="not-ftp"}"#), 1.0, "{after}");
+    assert_eq!(grew(r#"ftpgate_refusals_total{side="client",rule="lprt-lpsv"}"#), 5.0, "{after}");
+    assert_eq!(grew("ftpgate_login_failures_total"), 2.0, "{after}");
+    assert_eq!(grew(r#"ftpgate_sessions_refused_total{rule="login-cooldown"}"#), 1.0, "{after}");
+    assert_eq!(grew(r#"ftpgate_sessions_ended_total{reason="too many refused lines"}"#), 1.0, "{after}");
+    assert_eq!(grew(r#"ftpgate_sessions_ended_total{reason="client is not speaking FTP"}"#), 1.0, "{after}");
 }
