@@ -127,6 +127,19 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_endpoints_parse_in_their_bracketed_form() {
+        let line = r#"{"msg":"transfer","level":"INFO","ts":"2026-11-27T15:26:36.471086226Z","server":"[2001:db8:2::10]:21","client":"[2001:db8:1::10]:38870","session":1,"result":"ok","reply":"226","server_data_local":"[2001:db8:1::10]:34187","server_data":"[2001:db8:2::10]:30077","client_data_local":"[2001:db8:2::10]:30077","client_data":"[2001:db8:1::10]:40040","command":"RETR","mode":"passive","data":0}"#;
+        let r = record(line).unwrap();
+        assert_eq!(r.client.unwrap().to_string(), "[2001:db8:1::10]:38870");
+        assert_eq!(r.server.unwrap().to_string(), "[2001:db8:2::10]:21");
+        let Kind::Transfer { client_data, server_data_local, .. } = r.kind else {
+            panic!("not a transfer: {r:?}");
+        };
+        assert_eq!(client_data.unwrap().to_string(), "[2001:db8:1::10]:40040");
+        assert_eq!(server_data_local.unwrap().to_string(), "[2001:db8:1::10]:34187");
+    }
+
+    #[test]
     fn other_lines_are_skipped() {
         assert!(record("not json").is_none());
         assert!(record(r#"{"msg":"listening","ts":"2026-01-02T03:04:05Z"}"#).is_none());
