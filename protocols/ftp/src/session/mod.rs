@@ -266,7 +266,9 @@ const MAX_PENDING: usize = 64;
 ///    (how much to read from each side; 0: do not read),
 ///    [`poll_timeout`](Self::poll_timeout) (when to feed
 ///    [`Input::Timeout`]), [`is_closed`](Self::is_closed) (drop the session
-///    once `pending` is written).
+///    once `pending` is written). After [`Action::PassThrough`],
+///    [`end_record`](Self::end_record) is the session's end record for the
+///    shell to write when its blind relay ends.
 ///
 /// The getters never change state; only `handle_input` and `consume` do.
 /// The session never panics on peer input and never returns an error: bad
