@@ -295,7 +295,11 @@ fn bounce() {
     let got = r.json("client.json");
     assert!(got["port_third_host"].as_str().unwrap().starts_with("501"), "{got}");
     assert!(got["noop_after"].as_str().unwrap().starts_with("200"), "{got}");
-    assert!(r.records("ftpgate.json", "refused", &[("rule", "bounce"), ("attack", "1")]) >= 2);
+    // Five refused lines in a row, then a NOOP: one record for the run,
+    // named by its first line's rule.
+    let run = [("rule", "bounce"), ("attack", "1"), ("count", "5")];
+    assert_eq!(r.records("ftpgate.json", "refused lines", &run), 1);
+    assert_eq!(r.records("ftpgate.json", "refused", &[]), 0);
     assert!(!r.text("vsftpd.log").contains("\"PORT 203"), "the server saw the bounce");
     assert!(r.conns("ladder.json").iter().all(|c| c["role"] == "control"));
     r.assert_diagram_names("ladder", &["PORT 203,0,113,5,200,10", "rule bounce"]);

@@ -130,5 +130,5 @@ pub mod reply;
 mod session;
 
 pub use audit::{AbortCause, AuditEvent, DataLeg, DataLegs, DataMode, TransferFailure, TransferResult};
-pub use policy::{Config, PassiveAddressPolicy};
+pub use policy::{Config, FtpsPolicy, PassiveAddressPolicy};
 pub use session::{Action, ControlEnds, DataId, DataStep, Input, Session, Side};

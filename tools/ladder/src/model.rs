@@ -411,9 +411,12 @@ fn log_event(r: &Record, lifeline: usize) -> Option<Event> {
             local.map_or_else(|| "-".to_owned(), |a| a.to_string())
         ),
         Kind::AddressRewritten { announced, local } => format!("ftpgate rewrote {announced} to {local}"),
-        Kind::Refused { side, rule, attack, what } => {
+        Kind::Refused { side, rule, attack, what, lines: 1 } => {
             format!("ftpgate refused {side}'s {what:?}: rule {rule}, attack {attack}")
         }
+        Kind::Refused { side, rule, attack, what, lines } => format!(
+            "ftpgate refused {lines} of {side}'s lines in a row, the first {what:?}: rule {rule}, attack {attack}"
+        ),
         Kind::PeerRefused { data, peer, expected } => format!(
             "ftpgate: data {data} closed {} (not {expected})",
             peer.map_or_else(|| "-".to_owned(), |a| a.to_string())
