@@ -1,8 +1,20 @@
 //! The one table from the core's audit events to log records. Messages are
 //! fixed strings; every number and address is a key-value pair.
+//!
+//! One record shape per event, whatever the log format: a key whose value
+//! is unknown or does not apply is logged as "-", never left out, so that
+//! the text and the JSON form have the same keys. docs/audit.md lists them.
 
-use ftpgate_proto::{AbortCause, AuditEvent, DataMode, DataStep, Side, TransferFailure, TransferResult};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ftpgate_proto::{
+    AbortCause, AuditEvent, DataLeg, DataMode, DataStep, Side, TransferFailure, TransferResult,
+};
 use slog::{info, warn, Logger};
+
+/// The value of a key that does not apply.
+pub(crate) const NONE: &str = "-";
 
 fn mode(m: DataMode) -> &'static str {
     match m {
@@ -63,7 +75,37 @@ fn why(r: TransferResult) -> (&'static str, &'static str, &'static str, String) 
 }
 
 fn code(c: Option<u16>) -> String {
-    c.map_or_else(|| "-".to_string(), |c| c.to_string())
+    c.map_or_else(|| NONE.to_string(), |c| c.to_string())
+}
+
+fn text(s: Option<&str>) -> &str {
+    s.unwrap_or(NONE)
+}
+
+/// An ATTACKS.md case number, or "-".
+pub(crate) fn attack(case: Option<u8>) -> String {
+    case.map_or_else(|| NONE.to_string(), |c| c.to_string())
+}
+
+/// (peer, gateway's own end) of a data connection, or "-" twice.
+fn leg(l: Option<DataLeg>) -> (String, String) {
+    let addr = |a: SocketAddr| a.to_string();
+    l.map_or_else(|| (NONE.to_string(), NONE.to_string()), |l| (addr(l.peer), addr(l.local)))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The end record of a session the core did not end (the daemon gave up on
+/// it): the keys of `SessionEnded`'s record, with "-" for what only the
+/// core knows.
+pub(crate) fn session_ended_by_daemon(log: &Logger, reason: &'static str, duration: Duration) {
+    info!(
+        log, "session end";
+        "reason" => reason, "user" => NONE, "ms" => millis(duration),
+        "transfers" => NONE, "to_client" => NONE, "to_server" => NONE
+    );
 }
 
 pub(crate) fn record(log: &Logger, event: &AuditEvent) {
@@ -73,23 +115,28 @@ pub(crate) fn record(log: &Logger, event: &AuditEvent) {
             log, "data listen";
             "data" => data.0, "mode" => mode(*m), "local" => %local, "accept_from" => %accept_from
         ),
+        // Port theft: a refusal by the data-peer rule (ATTACKS.md 5).
         AuditEvent::DataPeerRefused { data, peer, expected } => warn!(
             log, "data peer refused";
-            "data" => data.0, "peer" => %peer, "expected" => %expected
+            "data" => data.0, "peer" => %peer, "expected" => %expected,
+            "rule" => "port-theft", "attack" => attack(Some(5))
         ),
         AuditEvent::ReplyRewritten { data, announced, local } => info!(
             log, "data address rewritten";
             "data" => data.0, "announced" => %announced, "local" => %local
         ),
-        AuditEvent::Refused { side, reason, what } => warn!(
+        AuditEvent::Refused { side: s, reason, rule, attack: case, what } => warn!(
             log, "refused";
-            "side" => ?side, "reason" => reason, "what" => what
+            "side" => side(*s), "rule" => rule, "attack" => attack(*case), "reason" => reason, "what" => what
         ),
         AuditEvent::Transfer {
             data,
             mode: m,
             user,
             command,
+            path,
+            rest,
+            legs,
             to_client,
             to_server,
             duration,
@@ -101,18 +148,26 @@ pub(crate) fn record(log: &Logger, event: &AuditEvent) {
             // transfer's 2xx); `server_reply` what the server said.
             // One record shape for every outcome: `why` and its details
             // are "-" for an ok transfer.
-            let (why, leg, step, error) = why(*r);
+            let (why, failed_leg, step, error) = why(*r);
+            let (client_data, client_data_local) = leg(legs.client);
+            let (server_data, server_data_local) = leg(legs.server);
             info!(
                 log, "transfer";
-                "data" => data.0, "mode" => mode(*m), "user" => user.as_deref().unwrap_or("-"),
-                "command" => command, "to_client" => to_client, "to_server" => to_server,
-                "ms" => duration.as_millis() as u64,
+                "data" => data.0, "mode" => mode(*m), "user" => text(user.as_deref()),
+                "command" => command, "path" => text(path.as_deref()), "rest" => text(rest.as_deref()),
+                "client_data" => client_data, "client_data_local" => client_data_local,
+                "server_data" => server_data, "server_data_local" => server_data_local,
+                "to_client" => to_client, "to_server" => to_server, "ms" => millis(*duration),
                 "reply" => code(*reply), "server_reply" => code(*server_reply),
-                "result" => result(*r), "why" => why, "leg" => leg, "step" => step,
-                "error" => if error.is_empty() { "-".to_string() } else { error }
+                "result" => result(*r), "why" => why, "leg" => failed_leg, "step" => step,
+                "error" => if error.is_empty() { NONE.to_string() } else { error }
             )
         }
-        AuditEvent::SessionEnded { reason } => info!(log, "session end"; "reason" => reason),
+        AuditEvent::SessionEnded { reason, user, duration, transfers, to_client, to_server } => info!(
+            log, "session end";
+            "reason" => reason, "user" => text(user.as_deref()), "ms" => millis(*duration),
+            "transfers" => transfers, "to_client" => to_client, "to_server" => to_server
+        ),
         // The core grows; an unknown event is still worth a line.
         other => info!(log, "event"; "event" => ?other),
     }
@@ -124,10 +179,11 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use ftpgate_proto::DataId;
-    use slog::{o, Drain};
+    use ftpgate_proto::{DataId, DataLegs};
+    use slog::o;
 
     use super::*;
+    use crate::cli::{LogFormat, LogLevel};
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -142,14 +198,75 @@ mod tests {
         }
     }
 
-    fn render(event: &AuditEvent) -> String {
+    /// The record of `event` in `format`, logged through a session's child
+    /// logger as the daemon does.
+    fn render_as(format: LogFormat, event: &AuditEvent) -> String {
         let buf = Buf::default();
-        let drain = slog_term::FullFormat::new(slog_term::PlainSyncDecorator::new(buf.clone())).build();
-        let log = Logger::root(Mutex::new(drain).fuse(), o!());
+        let root = crate::log::to_writer(LogLevel::Trace, format, buf.clone());
+        let log =
+            root.new(o!("session" => 7, "client" => "192.0.2.10:40000", "server" => "198.51.100.10:21"));
         record(&log, event);
-        drop(log);
+        drop((log, root));
         let bytes = buf.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
+    }
+
+    fn render(event: &AuditEvent) -> String {
+        render_as(LogFormat::Full, event)
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// The keys of a slog-term full record: `TIME LEVEL msg, k: v, k: v`.
+    fn text_keys(line: &str) -> Vec<String> {
+        let mut keys: Vec<String> = line
+            .trim_end()
+            .split(", ")
+            .skip(1)
+            .filter_map(|kv| kv.split_once(": ").map(|(k, _)| k.to_string()))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn every_event() -> Vec<AuditEvent> {
+        vec![
+            AuditEvent::LoggedIn { user: "anna".into() },
+            AuditEvent::DataOpened {
+                data: DataId(1),
+                mode: DataMode::Active,
+                local: sa("192.0.2.10:40001"),
+                accept_from: "198.51.100.10".parse().unwrap(),
+            },
+            AuditEvent::DataPeerRefused {
+                data: DataId(1),
+                peer: sa("203.0.113.9:1234"),
+                expected: "192.0.2.10".parse().unwrap(),
+            },
+            AuditEvent::ReplyRewritten {
+                data: DataId(1),
+                announced: sa("10.0.0.5:50000"),
+                local: sa("198.51.100.10:50000"),
+            },
+            AuditEvent::Refused {
+                side: Side::Client,
+                reason: "data address is not the client's",
+                rule: "bounce",
+                attack: Some(1),
+                what: "PORT 203,0,113,5,0,80".into(),
+            },
+            transfer(226, 226, TransferResult::Ok),
+            AuditEvent::SessionEnded {
+                reason: "client closed",
+                user: Some("anna".into()),
+                duration: Duration::from_millis(2500),
+                transfers: 2,
+                to_client: 10,
+                to_server: 0,
+            },
+        ]
     }
 
     fn transfer(reply: u16, server_reply: u16, result: TransferResult) -> AuditEvent {
@@ -157,7 +274,13 @@ mod tests {
             data: DataId(3),
             mode: DataMode::Passive,
             user: Some("anna".into()),
-            command: "RETR big.bin".into(),
+            command: "RETR".into(),
+            path: Some("big.bin".into()),
+            rest: Some("300000".into()),
+            legs: Box::new(DataLegs {
+                client: Some(DataLeg { peer: sa("192.0.2.10:40002"), local: sa("198.51.100.10:50000") }),
+                server: None,
+            }),
             to_client: 524_288,
             to_server: 0,
             duration: Duration::from_millis(1500),
@@ -175,7 +298,13 @@ mod tests {
             "data: 3",
             "mode: passive",
             "user: anna",
-            "command: RETR big.bin",
+            "command: RETR",
+            "path: big.bin",
+            "rest: 300000",
+            "client_data: 192.0.2.10:40002",
+            "client_data_local: 198.51.100.10:50000",
+            "server_data: -",
+            "server_data_local: -",
             "to_client: 524288",
             "to_server: 0",
             "ms: 1500",
@@ -203,5 +332,47 @@ mod tests {
             TransferFailure::SetupFailed { step: DataStep::Connect, error: io::ErrorKind::ConnectionRefused };
         let line = render(&transfer(425, 425, TransferResult::Failed(f)));
         assert!(line.contains("step: connect") && line.contains("error: ConnectionRefused"), "{line}");
+    }
+
+    #[test]
+    fn refused_record_names_rule_and_attack_case() {
+        let line = render(&every_event()[4]);
+        for kv in ["WARN refused", "side: client", "rule: bounce", "attack: 1", "what: PORT 203,0,113,5,0,80"]
+        {
+            assert!(line.contains(kv), "{kv:?} missing in {line}");
+        }
+    }
+
+    #[test]
+    fn json_record_has_the_text_records_keys_plus_ts_level_msg() {
+        for event in every_event() {
+            let text = render_as(LogFormat::Full, &event);
+            let json = render_as(LogFormat::Json, &event);
+            assert_eq!(json.lines().count(), 1, "one line per record: {json}");
+            let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let obj = value.as_object().unwrap_or_else(|| panic!("not an object: {json}"));
+            let mut keys: Vec<String> =
+                obj.keys().filter(|k| !matches!(k.as_str(), "ts" | "level" | "msg")).cloned().collect();
+            keys.sort();
+            assert_eq!(keys, text_keys(&text), "{json}\n{text}");
+            for k in ["session", "client", "server"] {
+                assert!(obj.contains_key(k), "{k} missing: {json}");
+            }
+            let level = obj["level"].as_str().unwrap();
+            let msg = obj["msg"].as_str().unwrap();
+            assert!(text.contains(&format!(" {level} {msg}")), "{json}\n{text}");
+            assert!(obj["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{json}");
+        }
+    }
+
+    #[test]
+    fn json_transfer_numbers_are_numbers() {
+        let json = render_as(LogFormat::Json, &transfer(226, 226, TransferResult::Ok));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["to_client"], 524_288);
+        assert_eq!(v["ms"], 1500);
+        assert_eq!(v["session"], 7);
+        assert_eq!(v["path"], "big.bin");
+        assert_eq!(v["reply"], "226");
     }
 }

@@ -123,6 +123,9 @@ pub(crate) enum LogFormat {
     Full,
     /// Records grouped under their session's keys.
     Compact,
+    /// One JSON object per line: `ts`, `level`, `msg` and every key-value
+    /// pair of the full form (docs/audit.md).
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

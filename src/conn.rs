@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ftpgate_proto::{Action, ControlEnds, DataId, DataStep, Input, Session, Side};
+use ftpgate_proto::{Action, AuditEvent, ControlEnds, DataId, DataStep, Input, Session, Side};
 use mio::net::{TcpListener, TcpStream};
 use mio::{event::Source, Interest, Registry, Token};
 use slab::Slab;
@@ -219,6 +219,10 @@ pub(crate) struct Conn {
     /// (EMFILE, ENFILE): the client hears the core's reply for an
     /// unreachable server, and the loop pauses accepting.
     pub(crate) starved: Option<io::Error>,
+    /// When the session started, for an end record the daemon writes.
+    started: Instant,
+    /// The core's `SessionEnded` was logged: the session has its end record.
+    end_logged: bool,
 }
 
 impl Conn {
@@ -267,6 +271,8 @@ impl Conn {
             connect_by: Some(ctx.now + connect_timeout),
             broken: None,
             starved: None,
+            started: ctx.now,
+            end_logged: false,
         };
         // The server sees the client's own address; the port is the kernel's
         // choice, as a NAT-free router would leave it to the client.
@@ -409,7 +415,19 @@ impl Conn {
     }
 
     /// Releases every socket (used when the daemon gives up on the session).
+    /// A session the core did not end (a failed registration, the drain
+    /// deadline) still gets its one end record, with the same keys; what
+    /// only the core knows is "-".
     pub(crate) fn abort(&mut self, ctx: &mut Ctx<'_>) {
+        if !std::mem::replace(&mut self.end_logged, true) {
+            let reason =
+                if self.broken.is_some() { "event loop registration failed" } else { "drain deadline" };
+            audit::session_ended_by_daemon(
+                &self.log,
+                reason,
+                ctx.now.saturating_duration_since(self.started),
+            );
+        }
         for side in [Side::Client, Side::Server] {
             self.close_control(ctx, side);
         }
@@ -521,7 +539,10 @@ impl Conn {
                 let control = self.control(side);
                 control.closing = true;
             }
-            Action::Audit(event) => audit::record(&self.log, &event),
+            Action::Audit(event) => {
+                self.end_logged |= matches!(event, AuditEvent::SessionEnded { .. });
+                audit::record(&self.log, &event);
+            }
             other => debug!(self.log, "unknown action"; "action" => ?other),
         }
     }
@@ -884,13 +905,22 @@ impl Conn {
             return false;
         }
         let Some(leg) = chan.outbound.as_mut().filter(|l| l.ready.writable) else { return false };
-        match tproxy::connect_result(&leg.stream) {
-            Ok(true) => {
+        // The source address the kernel gave the connect goes into the
+        // transfer's record; a socket that cannot say it is not usable.
+        let result = tproxy::connect_result(&leg.stream).and_then(|done| {
+            if done {
+                leg.stream.local_addr().map(Some)
+            } else {
+                Ok(None)
+            }
+        });
+        match result {
+            Ok(Some(local)) => {
                 chan.outbound_connected = true;
-                self.tell(ctx, Input::Connected { data: id });
+                self.tell(ctx, Input::Connected { data: id, local });
                 true
             }
-            Ok(false) => {
+            Ok(None) => {
                 leg.ready.writable = false;
                 false
             }

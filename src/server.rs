@@ -486,6 +486,7 @@ impl Server {
             }
             Err(e) => {
                 error!(log, "session set-up failed"; "error" => %e);
+                crate::audit::session_ended_by_daemon(&log, "event loop registration failed", Duration::ZERO);
                 self.forget_client(peer.ip());
                 None
             }
@@ -505,6 +506,19 @@ enum Refusal {
     TooManyFromClient,
     /// The per-client rate of new sessions (ATTACKS.md 22).
     SessionRate,
+}
+
+impl Refusal {
+    /// A stable short name for audit records (like `Violation::rule`), and
+    /// the ATTACKS.md case, if any.
+    fn rule(self) -> (&'static str, Option<u8>) {
+        match self {
+            Self::NotRedirected => ("not-redirected", None),
+            Self::GatewayItself => ("gateway-itself", Some(32)),
+            Self::TooManyFromClient => ("per-client-cap", Some(22)),
+            Self::SessionRate => ("per-client-rate", Some(22)),
+        }
+    }
 }
 
 /// Logs the refusal and tells the client with a best-effort 421. A refusal
@@ -529,10 +543,11 @@ fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal, loud: boo
             b"421 ftpgate: too many new sessions from your address; try again later.\r\n",
         ),
     };
+    let (rule, attack) = why.rule();
     if loud {
-        warn!(log, "{}", message);
+        warn!(log, "{}", message; "rule" => rule, "attack" => crate::audit::attack(attack));
     } else {
-        debug!(log, "{}", message);
+        debug!(log, "{}", message; "rule" => rule, "attack" => crate::audit::attack(attack));
     }
     let _ = io::Write::write(&mut stream, reply);
     None

@@ -137,6 +137,17 @@ fn transfer_record_parses_known_and_unknown_keys() {
     assert_eq!(r.restart_offset(), Some(10));
     assert_eq!(r.get("why"), Some("server reset the data connection"));
     assert_eq!(r.get("session"), Some("2"));
+    // a comma inside `why`, keys in another order, the split command/path form
+    let line = "Nov 27 14:34:43.760 INFO transfer, why: data connection reset, then more, result: failed, \
+                server_reply: 226, reply: 426, to_client: 524288, rest: -, path: /pub/cut.bin, \
+                command: RETR, mode: passive, session: 1";
+    let r = TransferRecord::parse(0, line).expect("a transfer record");
+    assert_eq!(r.get("why"), Some("data connection reset, then more"));
+    assert_eq!((r.result.as_str(), r.reply.as_str()), ("failed", "426"));
+    assert_eq!(r.get("server_reply"), Some("226"));
+    assert_eq!((r.to_client, r.to_server), (Some(524_288), None));
+    assert_eq!(r.verb_and_arg(), ("RETR".to_string(), "/pub/cut.bin"));
+    assert_eq!(r.restart_offset(), None);
     for other in [
         "Nov 27 14:27:42.740 INFO session end, reason: server closed, session: 2",
         "Nov 27 14:27:42.740 INFO transferred, bytes: 3",

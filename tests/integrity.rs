@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, text, Lab, Ns, Rules, SERVER_IP};
+use common::{repo_root, text, Lab, Ns, Rules, TransferMode, TransferRecord, SERVER_IP};
 
 const KIB: usize = 1024;
 /// Where the scripted server cuts a download.
@@ -113,17 +113,8 @@ impl ScriptedServer {
 
 impl Drop for ScriptedServer {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // our own child, by PID
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if let Some(child) = self.child.take() {
+            common::stop_child(child);
         }
     }
 }
@@ -168,95 +159,13 @@ fn split_then(report: &str) -> (&str, &str) {
     }
 }
 
-/// ftpgate's transfer records (`INFO transfer, key: value, ...` lines in
-/// ftpgate.log) whose command is `command`, as (key, value) pairs.
-fn transfer_records(lab: &Lab, command: &str) -> Vec<Vec<(String, String)>> {
-    lab.gateway_log()
-        .lines()
-        .filter(|l| l.contains(" transfer, "))
-        .map(parse_record)
-        .filter(|r| record_field(r, "command") == Some(command))
-        .collect()
-}
-
-/// Every `, key: value` pair of a log line, `key` being `[a-z_][a-z0-9_]*`.
-/// A value runs to the next such pair, not to the next comma: the text of
-/// `why` may hold commas. slog prints the pairs in no order worth relying
-/// on, and the record may grow keys, so none is assumed.
-fn parse_record(line: &str) -> Vec<(String, String)> {
-    let is_key = |k: &str| {
-        k.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    };
-    // (where the pair starts, where its value starts, key)
-    let mut pairs: Vec<(usize, usize, &str)> = Vec::new();
-    for (i, _) in line.match_indices(", ") {
-        let rest = &line[i + 2..];
-        if let Some(colon) = rest.find(": ") {
-            let key = &rest[..colon];
-            if is_key(key) {
-                pairs.push((i, i + 2 + colon + 2, key));
-            }
-        }
-    }
-    pairs
-        .iter()
-        .enumerate()
-        .map(|(n, &(_, from, key))| {
-            let to = pairs.get(n + 1).map_or(line.len(), |&(next, _, _)| next);
-            (key.to_string(), line[from..to].trim().to_string())
-        })
-        .collect()
-}
-
-fn record_field<'a>(record: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    record.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
-/// Wait (bounded) for exactly one transfer record of `command` and return
-/// it: the record is written when the transfer's reply is released, which
-/// may be a moment after the client read it.
-fn one_record(lab: &Lab, command: &str) -> Vec<(String, String)> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut records = transfer_records(lab, command);
-        if records.len() == 1 {
-            return records.remove(0);
-        }
-        assert!(
-            records.len() < 2,
-            "{} transfer records for {command:?}, expected one:\n{}",
-            records.len(),
-            lab.diagnostics()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no transfer record for {command:?} within 5 s:\n{}",
-            lab.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The record says `mode`, `result`, `reply` (when given) and, when given,
-/// that one of the byte counts equals `bytes`.
-fn assert_record(
-    lab: &Lab,
-    record: &[(String, String)],
-    mode: &str,
-    result: &str,
-    reply: Option<&str>,
-    bytes: Option<(&str, usize)>,
-) {
-    let ctx = || format!("record {record:?}\n{}", lab.diagnostics());
-    assert_eq!(record_field(record, "mode"), Some(mode), "mode: {}", ctx());
-    assert_eq!(record_field(record, "result"), Some(result), "result: {}", ctx());
-    if let Some(code) = reply {
-        assert_eq!(record_field(record, "reply"), Some(code), "reply: {}", ctx());
-    }
-    if let Some((key, n)) = bytes {
-        assert_eq!(record_field(record, key), Some(n.to_string().as_str()), "{key}: {}", ctx());
-    }
+/// ftpgate's one record of `verb path` (waits a bounded time: the record
+/// is written when the transfer's reply is released), with the `result`
+/// and the `reply` the client got.
+fn assert_record(lab: &Lab, mode: Mode, verb: &str, path: &str, result: &str, reply: &str) -> TransferRecord {
+    let record = lab.assert_transfer_result(mode.transfer_mode(), verb, path, result, None);
+    assert_eq!(record.reply, reply, "reply in {record}\n{}", lab.diagnostics());
+    record
 }
 
 // -- scenarios -----------------------------------------------------------------
@@ -279,10 +188,10 @@ impl Mode {
         }
     }
 
-    fn record_mode(self) -> &'static str {
+    fn transfer_mode(self) -> TransferMode {
         match self {
-            Self::Pasv | Self::Epsv => "passive",
-            Self::Port | Self::Eprt => "active",
+            Self::Pasv | Self::Epsv => TransferMode::Passive,
+            Self::Port | Self::Eprt => TransferMode::Active,
         }
     }
 }
@@ -344,11 +253,9 @@ fn server_resets_download(tag: &str, rules: Rules, mode: Mode) {
     );
 
     // ftpgate's own records: the cut one failed, the whole one ok
-    let m = mode.record_mode();
-    let rec = one_record(&lab, "RETR /pub/cut.bin");
-    assert_record(&lab, &rec, m, "failed", Some("426"), None);
-    let rec = one_record(&lab, "RETR /pub/after.bin");
-    assert_record(&lab, &rec, m, "ok", Some("226"), Some(("to_client", SMALL_FILE)));
+    assert_record(&lab, mode, "RETR", "/pub/cut.bin", "failed", "426");
+    let whole = assert_record(&lab, mode, "RETR", "/pub/after.bin", "ok", "226");
+    assert_eq!(whole.to_client, Some(SMALL_FILE as u64), "second download's record: {whole}");
 
     assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
     lab.assert_no_data_listeners();
@@ -402,8 +309,7 @@ fn client_resets_upload(tag: &str, rules: Rules, mode: Mode) {
         ctx()
     );
 
-    let rec = one_record(&lab, "STOR /upload/cut.bin");
-    assert_record(&lab, &rec, mode.record_mode(), "failed", Some("426"), None);
+    assert_record(&lab, mode, "STOR", "/upload/cut.bin", "failed", "426");
 
     assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
     lab.assert_no_data_listeners();
@@ -468,9 +374,8 @@ fn stalled_download(tag: &str, rules: Rules, mode: Mode) {
     let stalled: f64 = json_raw(&retrs[0], "stalled_s").and_then(|s| s.parse().ok()).unwrap_or(f64::MAX);
     assert!(stalled < STALL_BOUND, "server's leg ended after {stalled} s: {}", ctx());
 
-    let rec = one_record(&lab, "RETR /pub/stall.bin");
-    assert_record(&lab, &rec, mode.record_mode(), "failed", Some("426"), None);
-    let why = record_field(&rec, "why").unwrap_or_default();
+    let rec = assert_record(&lab, mode, "RETR", "/pub/stall.bin", "failed", "426");
+    let why = rec.get("why").unwrap_or_default();
     assert!(why.contains("idle"), "the record's reason must name the idle deadline, got {why:?}: {}", ctx());
 
     assert!(t0.elapsed() < Duration::from_secs(60), "stalled transfer scenario took {:?}", t0.elapsed());
@@ -507,23 +412,4 @@ fn stalled_download_passive_reset_after_data_idle_timeout() {
 #[test]
 fn stalled_download_active_reset_after_data_idle_timeout() {
     stalled_download("idlea", Rules::Iptables, Mode::Port);
-}
-
-/// The record reader itself (no lab): pairs in any order, a comma inside
-/// `why`, keys it was not told about.
-#[test]
-fn parse_record_reads_pairs_in_any_order() {
-    let line = "Nov 27 14:34:43.760 INFO transfer, why: data connection reset, then more, result: failed, \
-                server_reply: 226, reply: 426, to_client: 524288, command: RETR /pub/cut.bin, mode: passive, \
-                session: 1";
-    let r = parse_record(line);
-    assert_eq!(record_field(&r, "why"), Some("data connection reset, then more"));
-    assert_eq!(record_field(&r, "result"), Some("failed"));
-    assert_eq!(record_field(&r, "server_reply"), Some("226"));
-    assert_eq!(record_field(&r, "reply"), Some("426"));
-    assert_eq!(record_field(&r, "to_client"), Some("524288"));
-    assert_eq!(record_field(&r, "command"), Some("RETR /pub/cut.bin"));
-    assert_eq!(record_field(&r, "mode"), Some("passive"));
-    assert_eq!(record_field(&r, "session"), Some("1"));
-    assert_eq!(record_field(&r, "to_server"), None);
 }

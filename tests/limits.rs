@@ -137,17 +137,8 @@ impl Greeter {
 
 impl Drop for Greeter {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // our own child, by PID
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if let Some(child) = self.child.take() {
+            common::stop_child(child);
         }
     }
 }

@@ -130,6 +130,20 @@ fn sigterm(pid: u32) {
     let _ = Command::new("sh").args(["-c", "kill -TERM \"$0\"", &pid.to_string()]).status();
 }
 
+/// Ends a helper process the test started (a scripted server, a greeter):
+/// SIGTERM by its PID, a bounded wait, then SIGKILL; always reaped.
+pub fn stop_child(mut child: Child) {
+    sigterm(child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Run `cmd` with a hard time limit (timeout(1), SIGKILL 5 s later).
@@ -742,11 +756,45 @@ impl TransferMode {
     }
 }
 
+/// The `key: value` pairs of a log record's body (`a: 1, why: x, y, b: 2`),
+/// `key` being `[a-z_][a-z0-9_]*`. A value runs to the next such pair, not
+/// to the next comma: a failure's `why` and a file name may hold commas.
+/// slog prints the pairs in no order worth relying on and records grow
+/// keys, so none is assumed.
+pub fn key_values(body: &str) -> Vec<(String, String)> {
+    let is_key = |k: &str| {
+        k.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let line = format!(", {body}");
+    // (where the pair starts, where its value starts, key)
+    let mut pairs: Vec<(usize, usize, &str)> = Vec::new();
+    for (i, _) in line.match_indices(", ") {
+        let rest = &line[i + 2..];
+        if let Some(colon) = rest.find(": ") {
+            let key = &rest[..colon];
+            if is_key(key) {
+                pairs.push((i, i + 2 + colon + 2, key));
+            }
+        }
+    }
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(n, &(_, from, key))| {
+            let to = pairs.get(n + 1).map_or(line.len(), |&(next, _, _)| next);
+            (key.to_string(), line[from..to].trim().to_string())
+        })
+        .collect()
+}
+
 /// One `transfer` record of ftpgate's log, e.g.
 /// `... INFO transfer, result: ok, reply: 226, ms: 8, to_server: 0,
-/// to_client: 4206649, command: RETR x.bin, user: anonymous, mode: passive,
-/// data: 0, server: ..., client: ..., session: 2`. Keys the harness does
-/// not know (a failure's `why`, say) are kept in `fields`.
+/// to_client: 4206649, rest: -, path: x.bin, command: RETR, user: anonymous,
+/// mode: passive, data: 0, server: ..., client: ..., session: 2`. Keys the
+/// harness does not know (a failure's `why`, say) are kept in `fields`.
+/// The older form without `path` (`command: RETR x.bin (REST 10)`, still
+/// written by lab/standin) reads the same.
 #[derive(Clone, Debug)]
 pub struct TransferRecord {
     /// line number in ftpgate.log (identifies the record)
@@ -769,21 +817,9 @@ impl TransferRecord {
         let start = text.find(&format!(" {level} "))? + level.len() + 2;
         let body = &text[start..];
         let kv = body.strip_prefix("transfer, ")?;
-        let mut fields: Vec<(String, String)> = Vec::new();
-        for piece in kv.split(", ") {
-            match piece.split_once(": ") {
-                Some((k, v)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
-                    fields.push((k.to_string(), v.to_string()));
-                }
-                // a value with ", " in it (a file name): part of the last one
-                _ => match fields.last_mut() {
-                    Some((_, v)) => {
-                        v.push_str(", ");
-                        v.push_str(piece);
-                    }
-                    None => return None,
-                },
-            }
+        let fields = key_values(kv);
+        if fields.is_empty() {
+            return None;
         }
         let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
         Some(Self {
@@ -805,8 +841,12 @@ impl TransferRecord {
     }
 
     /// The command's verb, upper case, and its argument (without the
-    /// restart note ftpgate appends: `RETR x.bin (REST 300000)`).
+    /// restart note of the older form: `RETR x.bin (REST 300000)`).
     pub fn verb_and_arg(&self) -> (String, &str) {
+        if let Some(path) = self.get("path") {
+            let path = if path == "-" { "" } else { path };
+            return (self.command.to_ascii_uppercase(), path);
+        }
         let (verb, arg) = self.command.split_once(' ').unwrap_or((self.command.as_str(), ""));
         let arg = match self.restart_offset() {
             Some(_) => arg.rsplit_once(" (REST ").map_or(arg, |(a, _)| a),
@@ -817,6 +857,9 @@ impl TransferRecord {
 
     /// The REST offset the transfer started from, if ftpgate noted one.
     pub fn restart_offset(&self) -> Option<u64> {
+        if let Some(rest) = self.get("rest") {
+            return rest.parse().ok();
+        }
         let (_, note) = self.command.rsplit_once(" (REST ")?;
         note.strip_suffix(')')?.parse().ok()
     }

@@ -72,6 +72,27 @@ pub enum TransferFailure {
     NoDataConnection,
 }
 
+/// One data connection of a transfer, as the gateway's socket saw it.
+/// The gateway is transparent, so its own end wears a peer's address: on
+/// the client's leg of a passive transfer, the server's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataLeg {
+    /// The far end: the client's or the server's data address.
+    pub peer: SocketAddr,
+    /// The gateway's end of that connection.
+    pub local: SocketAddr,
+}
+
+/// The two data connections of a transfer; `None` for one that never
+/// came up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataLegs {
+    /// The client's data connection.
+    pub client: Option<DataLeg>,
+    /// The server's data connection.
+    pub server: Option<DataLeg>,
+}
+
 /// Who cut a transfer short.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AbortCause {
@@ -126,7 +147,13 @@ pub enum AuditEvent {
         side: Side,
         /// Fixed reason text (no peer-controlled bytes).
         reason: &'static str,
-        /// The offending verb or code, printable and truncated.
+        /// The stable short name of the rule that refused it
+        /// ([`Violation::rule`](crate::error::Violation::rule)).
+        rule: &'static str,
+        /// The case of ATTACKS.md it answers, if any.
+        attack: Option<u8>,
+        /// The offending line or code, printable and truncated; of a line
+        /// that starts with `PASS`, only the verb.
         what: String,
     },
     /// One data transfer ended.
@@ -137,8 +164,16 @@ pub enum AuditEvent {
         mode: DataMode,
         /// The logged-in user, if any.
         user: Option<String>,
-        /// The transfer command line (verb and argument, printable, truncated).
+        /// The transfer verb, upper case (`RETR`, `STOR`, `LIST`, ...).
         command: String,
+        /// Its argument, printable and truncated; `None` without one.
+        path: Option<String>,
+        /// The argument of the `REST` right before it (printable: it is
+        /// relayed whatever it says), which the byte counts start from.
+        rest: Option<String>,
+        /// Both data connections. Boxed: four socket addresses would make
+        /// every queued `Action` twice as large for a rare record.
+        legs: Box<DataLegs>,
         /// Bytes relayed toward the client.
         to_client: u64,
         /// Bytes relayed toward the server.
@@ -157,5 +192,15 @@ pub enum AuditEvent {
     SessionEnded {
         /// Fixed reason text.
         reason: &'static str,
+        /// The logged-in user at the end, if any.
+        user: Option<String>,
+        /// From the session's start to its end.
+        duration: Duration,
+        /// Transfer records the session produced.
+        transfers: u64,
+        /// Bytes relayed toward the client over all its transfers.
+        to_client: u64,
+        /// Bytes relayed toward the server over all its transfers.
+        to_server: u64,
     },
 }

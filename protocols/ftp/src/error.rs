@@ -78,6 +78,54 @@ impl Violation {
         }
     }
 
+    /// A stable short name of the rule that refused it, for audit records
+    /// and whatever filters them: it never changes once released, while
+    /// [`reason`](Self::reason) is prose and may be reworded.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Self::LineTooLong { .. } => "line-too-long",
+            Self::BadLineEnd { .. } => "bad-line-end",
+            Self::CommandSyntax => "command-syntax",
+            Self::AddressSyntax => "address-syntax",
+            Self::AddressFamily => "address-family",
+            Self::PortAddressMismatch { .. } => "bounce",
+            Self::PrivilegedPort { .. } => "privileged-port",
+            Self::NotLoggedIn => "login-first",
+            Self::EpsvAllInEffect => "epsv-all",
+            Self::LongAddressUnsupported => "lprt-lpsv",
+            Self::SecurityRefused => "auth-tls",
+            Self::PassiveAddressMismatch => "passive-address",
+            Self::TooManyDataChannels => "data-channel-cap",
+            Self::ReplyMalformed => "reply-malformed",
+            Self::ReplyTooLong => "reply-too-long",
+        }
+    }
+
+    /// The case of ATTACKS.md this refusal answers, where there is one.
+    pub fn attack(&self) -> Option<u8> {
+        Some(match *self {
+            Self::PortAddressMismatch { .. } => 1,
+            // A client's privileged port is case 2; a server announcing one
+            // in a 227/229 aims at the listener hijack of case 6.
+            Self::PrivilegedPort { side: Side::Client } => 2,
+            Self::PrivilegedPort { side: Side::Server } => 6,
+            Self::AddressSyntax => 3,
+            Self::AddressFamily => 4,
+            Self::PassiveAddressMismatch => 7,
+            // A data command before login, or a line that is no command:
+            // the slipstreaming defences of case 10.
+            Self::NotLoggedIn | Self::CommandSyntax => 10,
+            Self::LineTooLong { .. } => 12,
+            Self::BadLineEnd { .. } => 13,
+            Self::ReplyTooLong => 17,
+            Self::ReplyMalformed => 18,
+            Self::TooManyDataChannels => 20,
+            Self::SecurityRefused => 27,
+            Self::EpsvAllInEffect => 28,
+            Self::LongAddressUnsupported => 29,
+        })
+    }
+
     /// A fixed text for logs (no peer-controlled bytes).
     pub fn reason(&self) -> &'static str {
         match self {
@@ -103,6 +151,43 @@ impl Violation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rule_names_are_stable_and_distinct() {
+        let all = [
+            Violation::LineTooLong { side: Side::Client },
+            Violation::BadLineEnd { side: Side::Server },
+            Violation::CommandSyntax,
+            Violation::AddressSyntax,
+            Violation::AddressFamily,
+            Violation::PortAddressMismatch {
+                announced: IpAddr::from([203, 0, 113, 5]),
+                control_peer: IpAddr::from([192, 0, 2, 10]),
+            },
+            Violation::PrivilegedPort { side: Side::Client },
+            Violation::NotLoggedIn,
+            Violation::EpsvAllInEffect,
+            Violation::LongAddressUnsupported,
+            Violation::SecurityRefused,
+            Violation::PassiveAddressMismatch,
+            Violation::TooManyDataChannels,
+            Violation::ReplyMalformed,
+            Violation::ReplyTooLong,
+        ];
+        let mut names: Vec<&str> = all.iter().map(Violation::rule).collect();
+        assert!(names.iter().all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')), "{names:?}");
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all.len(), "two violations share a rule name");
+        assert_eq!(all[5].rule(), "bounce");
+        assert_eq!(all[5].attack(), Some(1));
+    }
+
+    #[test]
+    fn privileged_port_case_depends_on_who_announced_it() {
+        assert_eq!(Violation::PrivilegedPort { side: Side::Client }.attack(), Some(2));
+        assert_eq!(Violation::PrivilegedPort { side: Side::Server }.attack(), Some(6));
+    }
 
     #[test]
     fn violation_blames_the_right_side() {

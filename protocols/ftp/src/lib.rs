@@ -129,6 +129,6 @@ pub mod policy;
 pub mod reply;
 mod session;
 
-pub use audit::{AbortCause, AuditEvent, DataMode, TransferFailure, TransferResult};
+pub use audit::{AbortCause, AuditEvent, DataLeg, DataLegs, DataMode, TransferFailure, TransferResult};
 pub use policy::{Config, PassiveAddressPolicy};
 pub use session::{Action, ControlEnds, DataId, DataStep, Input, Session, Side};

@@ -84,14 +84,14 @@ fn script() -> Vec<Step> {
         Fact(Input::Listening { data: d0, local: sa("198.51.100.10:50000") }),
         Fact(Input::Accepted { data: d0, peer: sa("203.0.113.9:1234") }),
         Fact(Input::Accepted { data: d0, peer: sa("192.0.2.10:40001") }),
-        Fact(Input::Connected { data: d0 }),
+        Fact(Input::Connected { data: d0, local: sa("192.0.2.10:41000") }),
         Fact(Input::Relayed { data: d0, to_client: 100, to_server: 0 }),
         Client(b"PORT 192,0,2,10,156,65\r\nRETR a\xff\xffb\r\nNOOP\r\n"),
         Fact(Input::Failed { data: d1, step: DataStep::Bind, error: ErrorKind::AddrInUse }),
         Fact(Input::Listening { data: d1, local: sa("192.0.2.10:50002") }),
         Server(b"200 ok\r\n150 go\r\n"),
         Fact(Input::Accepted { data: d1, peer: sa("198.51.100.10:20") }),
-        Fact(Input::Connected { data: d1 }),
+        Fact(Input::Connected { data: d1, local: sa("198.51.100.10:20") }),
         Server(b"226-x\r\n123 y\r\n226 done\r\n200 noop\r\n"),
         Fact(Input::Relayed { data: d1, to_client: 5, to_server: 0 }),
         // ABOR in the BSD Synch form, then one mid-transfer.
@@ -99,7 +99,7 @@ fn script() -> Vec<Step> {
         Server(b"225 none\r\n229 (|||50003|)\r\n150 go\r\n"),
         Fact(Input::Listening { data: DataId(2), local: sa("198.51.100.10:50003") }),
         Fact(Input::Accepted { data: DataId(2), peer: sa("192.0.2.10:40002") }),
-        Fact(Input::Connected { data: DataId(2) }),
+        Fact(Input::Connected { data: DataId(2), local: sa("192.0.2.10:41001") }),
         Client(b"ABOR\r\n"),
         Server(b"426 aborted\r\n226 ABOR ok\r\n"),
         Client(b"\xff\xfd\x01QUIT\r\n"),
@@ -383,7 +383,7 @@ proptest! {
                 }
                 Op::Connected(i) => {
                     if let Some(data) = sh.open(i) {
-                        sh.feed(Input::Connected { data });
+                        sh.feed(Input::Connected { data, local: sa("192.0.2.10:41000") });
                     }
                 }
                 Op::Relayed(i) => {

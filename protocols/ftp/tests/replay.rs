@@ -468,7 +468,8 @@ fn replay(fx: &Fixture, byte_by_byte: bool) -> Outcome {
                 let new = sh.feed(Input::Accepted { data, peer: *local });
                 let want = Action::Connect { data, local: SocketAddr::new(client_ip, 0), remote: *remote };
                 assert_eq!(new.iter().find(|a| matches!(a, Action::Connect { .. })), Some(&want), "{at}");
-                let new = sh.feed(Input::Connected { data });
+                // The recording does not show the kernel's source port.
+                let new = sh.feed(Input::Connected { data, local: SocketAddr::new(client_ip, 0) });
                 assert!(new.contains(&Action::Relay { data }), "{at}: relay after Connected");
                 relaying = Some(data);
             }
@@ -482,7 +483,7 @@ fn replay(fx: &Fixture, byte_by_byte: bool) -> Outcome {
                 let new = sh.feed(Input::Accepted { data, peer: *peer });
                 let want = Action::Connect { data, local: *peer, remote: *local };
                 assert_eq!(new.iter().find(|a| matches!(a, Action::Connect { .. })), Some(&want), "{at}");
-                let new = sh.feed(Input::Connected { data });
+                let new = sh.feed(Input::Connected { data, local: *peer });
                 assert!(new.contains(&Action::Relay { data }), "{at}: relay after Connected");
                 relaying = Some(data);
             }
@@ -535,6 +536,8 @@ fn replay(fx: &Fixture, byte_by_byte: bool) -> Outcome {
                 mode,
                 user,
                 command,
+                path,
+                rest,
                 to_client,
                 to_server,
                 reply,
@@ -542,9 +545,16 @@ fn replay(fx: &Fixture, byte_by_byte: bool) -> Outcome {
                 ..
             }) => {
                 assert_eq!(user.as_deref(), Some("anonymous"), "{name}");
+                let mut label = command.clone();
+                if let Some(path) = path {
+                    label = format!("{label} {path}");
+                }
+                if let Some(off) = rest {
+                    label = format!("{label} (REST {off})");
+                }
                 Some(ExpectedTransfer {
                     mode: *mode,
-                    command: command.clone(),
+                    command: label,
                     to_client: *to_client,
                     to_server: *to_server,
                     reply: reply.expect("final reply known"),

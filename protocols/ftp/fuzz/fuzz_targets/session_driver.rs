@@ -184,7 +184,7 @@ impl Driver {
             Input::Accepted { data, .. } => {
                 self.accepted.insert(data);
             }
-            Input::Connected { data } => {
+            Input::Connected { data, .. } => {
                 self.connected.insert(data);
             }
             Input::Relayed { data, .. } => {
@@ -480,7 +480,8 @@ impl Driver {
             }
             b'K' => {
                 let id = self.pick(arg());
-                self.feed(Input::Connected { data: id });
+                let local = SocketAddr::new(self.ends.client.ip(), 41000);
+                self.feed(Input::Connected { data: id, local });
             }
             b'F' => {
                 let (id, step, err) = (self.pick(arg()), arg(), arg());

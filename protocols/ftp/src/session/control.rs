@@ -71,7 +71,7 @@ pub(super) enum Pending {
     /// PORT/EPRT forwarded with its listener up.
     Active { data: DataId },
     /// A transfer command and the data channel it uses.
-    Transfer { label: String, binding: Binding },
+    Transfer { label: TransferCommand, binding: Binding },
     /// USER: its reply says whether `name` is logged in, or must send PASS.
     User { name: String },
     /// PASS: a 230 logs in the user of the USER before it.
@@ -90,6 +90,19 @@ impl Pending {
     fn changes_data_rules(&self) -> bool {
         matches!(self, Self::User { .. } | Self::Pass | Self::Rein | Self::EpsvAll)
     }
+}
+
+/// A transfer command as its audit record names it. Peer bytes, kept
+/// printable and truncated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct TransferCommand {
+    /// The verb, upper case.
+    pub(super) verb: String,
+    /// The argument, if there is one.
+    pub(super) path: Option<String>,
+    /// The offset of the REST right before it (ATTACKS.md 26): the byte
+    /// counts of a restarted transfer start there.
+    pub(super) rest: Option<String>,
 }
 
 /// Which data channel a transfer command uses. Decided at its first reply:
@@ -233,18 +246,11 @@ impl Session {
             Command::Rein => self.forward(line, Pending::Rein),
             Command::Abor => self.abort(now, line),
             Command::Transfer { verb, arg } => {
-                let mut label = printable(verb, 4).to_ascii_uppercase();
-                if !arg.is_empty() {
-                    label.push(' ');
-                    label.push_str(&printable(arg, 120));
-                }
-                if let Some(offset) = rest {
-                    // Byte counts of a restarted transfer start at the offset
-                    // (ATTACKS.md 26).
-                    label.push_str(" (REST ");
-                    label.push_str(&offset);
-                    label.push(')');
-                }
+                let label = TransferCommand {
+                    verb: printable(verb, 4).to_ascii_uppercase(),
+                    path: (!arg.is_empty()).then(|| printable(arg, 120)),
+                    rest,
+                };
                 self.forward(line, Pending::Transfer { label, binding: Binding::Unanswered });
             }
             Command::Other { verb, arg } if verb.eq_ignore_ascii_case(b"REST") => {
@@ -365,10 +371,18 @@ impl Session {
     }
 
     pub(super) fn refuse(&mut self, v: Violation, what: &[u8]) {
+        // A refused line may be a mangled PASS (`PASS\tsecret` is a syntax
+        // error): a password is never logged, so keep only the verb.
+        let what = match what.get(..4) {
+            Some(verb) if verb.eq_ignore_ascii_case(b"PASS") => printable(verb, 4),
+            _ => printable(what, 64),
+        };
         self.actions.push_back(Action::Audit(AuditEvent::Refused {
             side: v.side(),
             reason: v.reason(),
-            what: printable(what, 64),
+            rule: v.rule(),
+            attack: v.attack(),
+            what,
         }));
     }
 

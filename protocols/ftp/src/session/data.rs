@@ -7,10 +7,10 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::control::{Binding, Pending, ServerHold, REPLY_CANT_OPEN, REPLY_TRANSFER_CUT};
+use super::control::{Binding, Pending, ServerHold, TransferCommand, REPLY_CANT_OPEN, REPLY_TRANSFER_CUT};
 use super::{after, Action, DataId, DataStep, Session, Side};
 use crate::addr::canonical_ip;
-use crate::audit::{AbortCause, AuditEvent, DataMode, TransferFailure, TransferResult};
+use crate::audit::{AbortCause, AuditEvent, DataLeg, DataLegs, DataMode, TransferFailure, TransferResult};
 use crate::reply::Reply;
 
 /// What a data channel waits for, with the deadline of that wait.
@@ -55,6 +55,15 @@ pub(super) struct DataChan {
     pub(super) ended_at: Option<Instant>,
     /// Where the listener was asked for.
     pub(super) listen_local: SocketAddr,
+    /// Where it listens (`Listening`): the gateway's end of the leg it
+    /// accepts.
+    pub(super) listening: Option<SocketAddr>,
+    /// The connection the core kept from the listener (`Accepted`).
+    pub(super) accepted_leg: Option<DataLeg>,
+    /// Where `Connect` went, until `Connected` names the source.
+    pub(super) connect_to: Option<SocketAddr>,
+    /// The connection the gateway made (`Connected`).
+    pub(super) outbound_leg: Option<DataLeg>,
     pub(super) accept_from: IpAddr,
     /// The port the far end announced: passive, the server's data port;
     /// active, the client's.
@@ -70,7 +79,7 @@ pub(super) struct DataChan {
     pub(super) to_client: u64,
     pub(super) to_server: u64,
     /// The transfer command using this channel, once bound.
-    pub(super) command: Option<String>,
+    pub(super) command: Option<TransferCommand>,
     /// The server's final reply to that command.
     pub(super) final_code: Option<u16>,
     /// That reply was still held when the session ended: the client never
@@ -126,6 +135,15 @@ impl DataChan {
         }
     }
 
+    /// The accepted leg is the listener's peer's.
+    fn legs(&self) -> DataLegs {
+        let (client, server) = match self.mode {
+            DataMode::Passive => (self.accepted_leg, self.outbound_leg),
+            DataMode::Active => (self.outbound_leg, self.accepted_leg),
+        };
+        DataLegs { client, server }
+    }
+
     fn peer_side(&self) -> Side {
         match self.mode {
             DataMode::Passive => Side::Client,
@@ -160,6 +178,10 @@ impl Session {
             opened_at: now,
             ended_at: None,
             listen_local: local,
+            listening: None,
+            accepted_leg: None,
+            connect_to: None,
+            outbound_leg: None,
             accept_from,
             remote_port,
             retried: false,
@@ -200,7 +222,7 @@ impl Session {
     }
 
     /// A transfer command got its first reply: it uses this channel.
-    pub(super) fn bind_transfer(&mut self, data: Option<DataId>, label: String) {
+    pub(super) fn bind_transfer(&mut self, data: Option<DataId>, label: TransferCommand) {
         if let Some(ch) = data.and_then(|id| self.data.get_mut(&id)) {
             ch.command = Some(label);
         }
@@ -212,6 +234,7 @@ impl Session {
             return;
         }
         ch.state = DataState::ExpectAccept { expires_at: after(now, self.config.data_accept_timeout) };
+        ch.listening = Some(local);
         self.listener_up(data, local);
     }
 
@@ -238,15 +261,18 @@ impl Session {
                 (SocketAddr::new(server_ip, peer.port()), SocketAddr::new(client_ip, ch.remote_port))
             }
         };
+        ch.accepted_leg = Some(DataLeg { peer, local: ch.listening.unwrap_or(ch.listen_local) });
+        ch.connect_to = Some(remote);
         ch.state = DataState::ExpectConnect { expires_at: after(now, self.config.data_connect_timeout) };
         self.actions.push_back(Action::Connect { data, local, remote });
     }
 
-    pub(super) fn on_connected(&mut self, now: Instant, data: DataId) {
+    pub(super) fn on_connected(&mut self, now: Instant, data: DataId, local: SocketAddr) {
         let Some(ch) = self.data.get_mut(&data) else { return };
         if !matches!(ch.state, DataState::ExpectConnect { .. }) {
             return;
         }
+        ch.outbound_leg = ch.connect_to.map(|peer| DataLeg { peer, local });
         ch.state = DataState::Relaying { idle_at: after(now, self.config.data_idle_timeout) };
         self.actions.push_back(Action::Relay { data });
     }
@@ -460,11 +486,17 @@ impl Session {
             (None, Some(_), _) if ch.relayed => TransferResult::Ok,
             (None, Some(_), _) => TransferResult::Failed(TransferFailure::NoDataConnection),
         };
+        self.totals.transfers += 1;
+        self.totals.to_client = self.totals.to_client.saturating_add(ch.to_client);
+        self.totals.to_server = self.totals.to_server.saturating_add(ch.to_server);
         let event = AuditEvent::Transfer {
             data,
             mode: ch.mode,
             user: self.login.user.clone(),
-            command,
+            command: command.verb,
+            path: command.path,
+            rest: command.rest,
+            legs: Box::new(ch.legs()),
             to_client: ch.to_client,
             to_server: ch.to_server,
             duration: ch.ended_at.unwrap_or(ch.opened_at).saturating_duration_since(ch.opened_at),

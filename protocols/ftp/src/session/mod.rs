@@ -108,6 +108,10 @@ pub enum Input<'a> {
     Connected {
         /// The data channel.
         data: DataId,
+        /// The address the connection was made from (getsockname()): the
+        /// port is the kernel's choice when `Connect` asked for port 0.
+        /// The transfer's audit record names it.
+        local: SocketAddr,
     },
     /// A data channel step failed. The shell has released what that step held.
     Failed {
@@ -299,6 +303,18 @@ pub struct Session {
     shutdown: [bool; 2],
     /// The `now` of the input being handled.
     now: Instant,
+    /// When the session began, for its end record.
+    started_at: Instant,
+    /// What its transfer records added up to, for its end record.
+    totals: Totals,
+}
+
+/// A session's transfers, summed for its end record.
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    transfers: u64,
+    to_client: u64,
+    to_server: u64,
 }
 
 /// `now + d`, saturating far in the future instead of panicking on an
@@ -342,6 +358,8 @@ impl Session {
             draining: false,
             shutdown: [false; 2],
             now,
+            started_at: now,
+            totals: Totals::default(),
             config,
             ends,
         }
@@ -386,7 +404,7 @@ impl Session {
             }
             Input::Listening { data, local } => self.on_listening(now, data, local),
             Input::Accepted { data, peer } => self.on_accepted(now, data, peer),
-            Input::Connected { data } => self.on_connected(now, data),
+            Input::Connected { data, local } => self.on_connected(now, data, local),
             Input::Failed { data, step, error } => self.on_failed(now, data, step, error),
             Input::Relayed { data, to_client, to_server } => self.on_relayed(now, data, to_client, to_server),
             Input::Progress { data, to_client, to_server } => {
@@ -573,7 +591,15 @@ impl Session {
             self.actions.push_back(Action::Shutdown { side: Side::Client });
         }
         self.shutdown = [true, true];
-        self.actions.push_back(Action::Audit(AuditEvent::SessionEnded { reason }));
+        let Totals { transfers, to_client, to_server } = self.totals;
+        self.actions.push_back(Action::Audit(AuditEvent::SessionEnded {
+            reason,
+            user: self.login.user.clone(),
+            duration: self.now.saturating_duration_since(self.started_at),
+            transfers,
+            to_client,
+            to_server,
+        }));
         self.port_hold = None;
         self.server_hold = None;
         self.backlog.clear();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::audit::{AbortCause, DataMode, TransferFailure, TransferResult};
+use crate::audit::{AbortCause, DataLeg, DataLegs, DataMode, TransferFailure, TransferResult};
 use crate::policy::PassiveAddressPolicy;
 
 const CLIENT: &str = "192.0.2.10:40000";
@@ -159,7 +159,7 @@ fn passive_relaying_retr_with(config: Config) -> T {
     client!(t, b"RETR file.bin\r\n");
     expect!(t, to_server: b"RETR file.bin\r\n");
     t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("192.0.2.10:41000") });
     t.work();
     server!(t, b"150 Opening\r\n");
     expect!(t, to_client: b"150 Opening\r\n");
@@ -227,7 +227,14 @@ fn expect_greeting_server_unreachable_421_and_close() {
         vec![
             Action::Shutdown { side: Side::Client },
             Action::Shutdown { side: Side::Server },
-            Action::Audit(AuditEvent::SessionEnded { reason: "server unreachable" }),
+            Action::Audit(AuditEvent::SessionEnded {
+                reason: "server unreachable",
+                user: None,
+                duration: Duration::ZERO,
+                transfers: 0,
+                to_client: 0,
+                to_server: 0,
+            }),
         ]
     );
     assert!(t.s.is_closed());
@@ -303,7 +310,7 @@ fn attack_16_relaying_pipelined_pasv_list_transfer_completes_in_order() {
     server!(t, b"227 (198,51,100,10,195,80)\r\n");
     t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
     t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("192.0.2.10:41000") });
     server!(t, b"150 here\r\n226 done\r\n221 bye\r\n");
     expect!(t, to_client: b"227 (198,51,100,10,195,80)\r\n150 here\r\n");
     t.input(Input::Relayed { data: DataId(0), to_client: 10, to_server: 0 });
@@ -320,7 +327,7 @@ fn attack_16_relaying_port_and_retr_before_200_work() {
     expect!(t, to_server: b"PORT 192,0,2,10,156,65\r\nRETR f\r\n");
     server!(t, b"200 ok\r\n150 go\r\n");
     t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("198.51.100.10:20") });
     server!(t, b"226 done\r\n");
     expect!(t, to_client: b"200 ok\r\n150 go\r\n");
     t.input(Input::Relayed { data: DataId(0), to_client: 5, to_server: 0 });
@@ -396,7 +403,7 @@ fn expect_passive_reply_227_listen_then_released_unchanged() {
         local: sa("192.0.2.10:0"),
         remote: sa("198.51.100.10:50000"),
     }]);
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("192.0.2.10:41000") });
     expect!(t, work: vec![Action::Relay { data: DataId(0) }]);
 }
 
@@ -562,7 +569,7 @@ fn expect_listening_port_forwarded_after_listener_up() {
         local: sa("198.51.100.10:20"),
         remote: sa("192.0.2.10:40001"),
     }]);
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("198.51.100.10:20") });
     expect!(t, work: vec![Action::Relay { data: DataId(0) }]);
 }
 
@@ -604,11 +611,30 @@ fn attack_01_relaying_port_eprt_third_host_refused_501() {
     client!(t, b"PORT 203,0,113,5,0,80\r\n");
     expect!(t, to_client: b"501 ftpgate: the data address must be the client's own.\r\n");
     expect!(t, to_server: b"");
-    let actions = t.actions();
-    assert!(matches!(actions[..], [Action::Audit(AuditEvent::Refused { side: Side::Client, .. })]));
+    assert_eq!(
+        t.actions(),
+        vec![Action::Audit(AuditEvent::Refused {
+            side: Side::Client,
+            reason: "data address is not the client's",
+            rule: "bounce",
+            attack: Some(1),
+            what: "PORT 203,0,113,5,0,80".into(),
+        })]
+    );
     client!(t, b"EPRT |1|203.0.113.5|4000|\r\n");
     expect!(t, to_client: b"501 ftpgate: the data address must be the client's own.\r\n");
     expect!(t, work: vec![]);
+}
+
+#[test]
+fn relaying_mangled_pass_refused_without_the_password() {
+    let mut t = T::logged_in();
+    client!(t, b"pass\tsecret\r\n");
+    expect!(t, to_client: b"500 Syntax error, command unrecognized.\r\n");
+    assert!(matches!(
+        &t.audits()[..],
+        [AuditEvent::Refused { rule: "command-syntax", what, .. }] if what == "pass"
+    ));
 }
 
 #[test]
@@ -782,7 +808,13 @@ fn attack_25_relaying_226_held_until_relayed() {
                 data: DataId(0),
                 mode: DataMode::Passive,
                 user: Some("anna".into()),
-                command: "RETR file.bin".into(),
+                command: "RETR".into(),
+                path: Some("file.bin".into()),
+                rest: None,
+                legs: Box::new(DataLegs {
+                    client: Some(DataLeg { peer: sa("192.0.2.10:40001"), local: sa("198.51.100.10:50000") }),
+                    server: Some(DataLeg { peer: sa("198.51.100.10:50000"), local: sa("192.0.2.10:41000") }),
+                }),
                 to_client: 1234,
                 to_server: 0,
                 duration: Duration::from_secs(2),
@@ -812,7 +844,7 @@ fn expect_accept_active_226_before_accept_held_until_relayed() {
         local: sa("198.51.100.10:20"),
         remote: sa("192.0.2.10:40001"),
     }]);
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("198.51.100.10:20") });
     expect!(t, work: vec![Action::Relay { data: DataId(0) }]);
     expect!(t, to_client: b"");
     t.input(Input::Relayed { data: DataId(0), to_client: 0, to_server: 0 });
@@ -1301,8 +1333,8 @@ fn relaying_abor_before_first_reply_binds_and_aborts_transfer() {
     expect!(t, to_client: b"150 Opening\r\n426 Aborted\r\n226 ABOR ok\r\n");
     assert!(matches!(
         t.audits()[..],
-        [AuditEvent::Transfer { ref command, reply: Some(426), result: TransferResult::Aborted(_), .. }]
-            if command == "RETR big"
+        [AuditEvent::Transfer { ref command, ref path, reply: Some(426), result: TransferResult::Aborted(_), .. }]
+            if command == "RETR" && path.as_deref() == Some("big")
     ));
 }
 
@@ -1651,7 +1683,9 @@ fn attack_26_relaying_rest_relayed_offset_in_transfer_log() {
     expect!(t, to_client: b"350 Restarting\r\n425 no\r\n");
     assert!(matches!(
         t.audits()[..],
-        [AuditEvent::Transfer { ref command, .. }] if command == "RETR big.iso (REST 18446744073709551616999)"
+        [AuditEvent::Transfer { ref command, ref path, ref rest, .. }]
+            if command == "RETR" && path.as_deref() == Some("big.iso")
+                && rest.as_deref() == Some("18446744073709551616999")
     ));
     // REST applies to the next command only.
     client!(t, b"REST -5\r\nNOOP\r\n");
@@ -1737,7 +1771,7 @@ fn active_relaying_stor() -> T {
     server!(t, b"150 Ok to send data.\r\n");
     expect!(t, to_client: b"150 Ok to send data.\r\n");
     t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("198.51.100.10:20") });
     expect!(t, work: vec![
         Action::Connect { data: DataId(0), local: sa("198.51.100.10:20"), remote: sa("192.0.2.10:40001") },
         Action::Relay { data: DataId(0) },
@@ -1756,7 +1790,7 @@ fn second_transfer_works(t: &mut T, data: u32) {
     expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,81).\r\n");
     client!(t, b"RETR small.txt\r\n");
     t.input(Input::Accepted { data: DataId(data), peer: sa("192.0.2.10:40002") });
-    t.input(Input::Connected { data: DataId(data) });
+    t.input(Input::Connected { data: DataId(data), local: sa("192.0.2.10:41000") });
     server!(t, b"150 go\r\n226 done\r\n");
     t.input(Input::Relayed { data: DataId(data), to_client: 10, to_server: 0 });
     expect!(t, to_client: b"150 go\r\n226 done\r\n");
@@ -1790,7 +1824,13 @@ fn attack_24_relaying_server_reset_before_226_resets_and_426_replaces_it() {
             data: DataId(0),
             mode: DataMode::Passive,
             user: Some("anna".into()),
-            command: "RETR file.bin".into(),
+            command: "RETR".into(),
+            path: Some("file.bin".into()),
+            rest: None,
+            legs: Box::new(DataLegs {
+                client: Some(DataLeg { peer: sa("192.0.2.10:40001"), local: sa("198.51.100.10:50000") }),
+                server: Some(DataLeg { peer: sa("198.51.100.10:50000"), local: sa("192.0.2.10:41000") }),
+            }),
             to_client: 524_288,
             to_server: 0,
             duration: Duration::from_secs(2),
@@ -1973,7 +2013,7 @@ fn relaying_relay_failed_before_first_reply_150_passes_226_becomes_426() {
     let mut t = passive_listening();
     client!(t, b"RETR f\r\n");
     t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
-    t.input(Input::Connected { data: DataId(0) });
+    t.input(Input::Connected { data: DataId(0), local: sa("192.0.2.10:41000") });
     t.work();
     let failed = Input::RelayFailed {
         data: DataId(0),
@@ -1988,8 +2028,8 @@ fn relaying_relay_failed_before_first_reply_150_passes_226_becomes_426() {
     expect!(t, to_client: b"150 go\r\n426 Connection closed; transfer aborted.\r\n");
     assert!(matches!(
         transfer_record(&mut t),
-        AuditEvent::Transfer { ref command, to_client: 9, reply: Some(426), result: TransferResult::Failed(_), .. }
-            if command == "RETR f"
+        AuditEvent::Transfer { ref command, ref path, to_client: 9, reply: Some(426), result: TransferResult::Failed(_), .. }
+            if command == "RETR" && path.as_deref() == Some("f")
     ));
 }
 
@@ -2256,4 +2296,70 @@ fn relaying_client_closes_with_226_held_record_says_client_got_no_reply() {
             ..
         }
     ));
+}
+
+// ---- audit records: data legs, REST, session totals --------------------------
+
+#[test]
+fn relaying_active_stor_record_names_both_legs_and_rest() {
+    let mut t = active_listening();
+    client!(t, b"REST 300000\r\n");
+    server!(t, b"350 Restarting\r\n");
+    client!(t, b"STOR up.bin\r\n");
+    server!(t, b"150 Ok to send data.\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
+    t.input(Input::Connected { data: DataId(0), local: sa("198.51.100.10:20") });
+    t.input(Input::Relayed { data: DataId(0), to_client: 0, to_server: 77 });
+    server!(t, b"226 done\r\n");
+    let AuditEvent::Transfer { command, path, rest, legs, .. } = transfer_record(&mut t) else {
+        unreachable!()
+    };
+    assert_eq!(
+        (command.as_str(), path.as_deref(), rest.as_deref()),
+        ("STOR", Some("up.bin"), Some("300000"))
+    );
+    // Active: the gateway connected to the client from the server's port
+    // 20, and accepted the server's connection on the client's address.
+    assert_eq!(legs.client, Some(DataLeg { peer: sa("192.0.2.10:40001"), local: sa("198.51.100.10:20") }));
+    assert_eq!(legs.server, Some(DataLeg { peer: sa("198.51.100.10:20"), local: sa("192.0.2.10:40001") }));
+}
+
+#[test]
+fn expect_connect_failed_record_has_the_accepted_leg_only() {
+    let mut t = passive_listening();
+    client!(t, b"LIST\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    t.input(Input::Failed { data: DataId(0), step: DataStep::Connect, error: ErrorKind::ConnectionRefused });
+    server!(t, b"425 no\r\n");
+    let AuditEvent::Transfer { command, path, rest, legs, .. } = transfer_record(&mut t) else {
+        unreachable!()
+    };
+    assert_eq!((command.as_str(), path, rest), ("LIST", None, None));
+    assert_eq!(legs.client, Some(DataLeg { peer: sa("192.0.2.10:40001"), local: sa("198.51.100.10:50000") }));
+    assert_eq!(legs.server, None);
+}
+
+#[test]
+fn relaying_session_end_record_sums_transfers() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Relayed { data: DataId(0), to_client: 1000, to_server: 0 });
+    server!(t, b"226 done\r\n");
+    expect!(t, to_client: b"226 done\r\n");
+    assert!(matches!(transfer_record(&mut t), AuditEvent::Transfer { to_client: 1000, .. }));
+    second_transfer_works(&mut t, 1);
+    t.advance(Duration::from_secs(3));
+    t.input(Input::Closed { from: Side::Client });
+    let ended: Vec<AuditEvent> =
+        t.audits().into_iter().filter(|e| matches!(e, AuditEvent::SessionEnded { .. })).collect();
+    assert_eq!(
+        ended,
+        vec![AuditEvent::SessionEnded {
+            reason: "client closed",
+            user: Some("anna".into()),
+            duration: Duration::from_secs(3),
+            transfers: 2,
+            to_client: 1010,
+            to_server: 0,
+        }]
+    );
 }
