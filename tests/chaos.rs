@@ -110,7 +110,13 @@ fn spawn_client(lab: &Lab, secs: u64, script: &str, args: &[&str]) -> Child {
 
 fn finish(child: Child, what: &str) -> String {
     let out: Output = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{what} failed ({}): {}{}", out.status, text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     text(&out.stdout)
 }
 
@@ -192,7 +198,14 @@ impl HostileServer {
         let netns = repo_root().join("lab/netns.sh");
         let _ = run_bounded(
             10,
-            &[netns.to_str().unwrap(), "record-pid", &lab.name, "hostile-server", &pid, python.to_str().unwrap()],
+            &[
+                netns.to_str().unwrap(),
+                "record-pid",
+                &lab.name,
+                "hostile-server",
+                &pid,
+                python.to_str().unwrap(),
+            ],
         );
         let mut server = Self { child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -212,17 +225,8 @@ impl HostileServer {
 
 impl Drop for HostileServer {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // our own child, by PID
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if let Some(c) = self.child.take() {
+            common::stop_child(c);
         }
     }
 }
@@ -265,7 +269,8 @@ impl Job {
     }
 
     fn json(&self) -> String {
-        let remote = if self.upload { format!("/upload/{}", self.name) } else { format!("/pub/{}", self.name) };
+        let remote =
+            if self.upload { format!("/upload/{}", self.name) } else { format!("/pub/{}", self.name) };
         let rate = if self.rate > 0 { format!(", \"rate\": {}", self.rate) } else { String::new() };
         format!(
             "{{\"id\": \"{}\", \"client\": \"{}\", \"op\": \"{}\", \"mode\": \"{}\", \"remote\": \"{remote}\", \
@@ -338,9 +343,19 @@ impl LoadReport {
 fn assert_all_whole(lab: &Lab, jobs: &[&Job], report: &LoadReport) {
     for job in jobs {
         let r = report.job(&job.id);
-        assert_eq!(json(r, "ok").as_deref(), Some("true"), "job {} did not succeed: {r}\n{}", job.id, lab.diagnostics());
+        assert_eq!(
+            json(r, "ok").as_deref(),
+            Some("true"),
+            "job {} did not succeed: {r}\n{}",
+            job.id,
+            lab.diagnostics()
+        );
         let (from, to) = job.paths(lab);
-        assert_same_file(&format!("job {} ({:?} {} {})", job.id, job.client, job.verb(), job.mode), &from, &to);
+        assert_same_file(
+            &format!("job {} ({:?} {} {})", job.id, job.client, job.verb(), job.mode),
+            &from,
+            &to,
+        );
         lab.assert_transfer(job.transfer_mode(), job.verb(), &job.name, job.size as u64);
     }
 }
@@ -363,6 +378,7 @@ fn attack_load(lab: &Lab) -> Vec<Job> {
                 Client::Curl => curl_modes[(i / 10) % 4],
             };
             let name = format!("load-{i:03}-{mode}.bin");
+            let size = 150_000 + i * 4_099;
             let local = lab.client_path(&if upload { format!("src-{name}") } else { format!("dl-{name}") });
             Job {
                 id: format!("{i}"),
@@ -372,8 +388,10 @@ fn attack_load(lab: &Lab) -> Vec<Job> {
                 name,
                 local,
                 source: CLIENT_IP.to_string(),
-                rate: 0,
-                size: 150_000 + i * 4_099,
+                // A curl session lasts about 4 s: the ftplib sessions (held
+                // open until every job has ended) and the curl ones overlap.
+                rate: if client == Client::Curl { (size / 4) as u64 } else { 0 },
+                size,
             }
         })
         .collect()
@@ -395,7 +413,9 @@ fn two_hundred_sessions_transfer_while_every_attack_is_refused() {
     let started = Instant::now();
     let mut lab = Lab::new("attack", Rules::Nft);
     roomy_vsftpd(&lab, LOAD_SESSIONS + 50);
-    for ip in [BOUNCE_IP, THEFT_IP, THIEF_IP, HTTP_IP, BINARY_IP, FLOOD_IP, SLOWLORIS_IP, THIRD227_IP, LOGINS_IP] {
+    for ip in
+        [BOUNCE_IP, THEFT_IP, THIEF_IP, HTTP_IP, BINARY_IP, FLOOD_IP, SLOWLORIS_IP, THIRD227_IP, LOGINS_IP]
+    {
         add_addr(&lab, Ns::Client, &format!("{ip}/24"));
     }
     let _hostile_server = HostileServer::start(&lab);
@@ -453,7 +473,9 @@ fn two_hundred_sessions_transfer_while_every_attack_is_refused() {
     let report = LoadReport::parse(&finish(load, "lab/chaos_load.py"));
     let ran = started.elapsed();
     let attack = |what: &str| reports.iter().find(|(w, _)| w == what).map(|(_, r)| r.clone()).unwrap();
-    eprintln!("load: {} (prepared in {prepared:?}, ran {ran:?})", report.summary);
+    let slowest =
+        report.jobs.iter().filter_map(|j| json(j, "seconds")?.parse::<f64>().ok()).fold(0.0, f64::max);
+    eprintln!("load: {} (prepared in {prepared:?}, ran {ran:?}, slowest job {slowest} s)", report.summary);
     for (what, r) in &reports {
         eprintln!("{what}: {}", r.trim());
     }
@@ -491,9 +513,13 @@ fn two_hundred_sessions_transfer_while_every_attack_is_refused() {
 
     let r = attack("bounce");
     for key in ["port_third_host", "eprt_third_host", "port_privileged"] {
-        c.check(json(&r, key).is_some_and(|v| v.starts_with("501")), || format!("bounce: {key} not 501: {r}"));
+        c.check(json(&r, key).is_some_and(|v| v.starts_with("501")), || {
+            format!("bounce: {key} not 501: {r}")
+        });
     }
-    c.check(json(&r, "noop_after").is_some_and(|v| v.starts_with("200")), || format!("bounce: session ended: {r}"));
+    c.check(json(&r, "noop_after").is_some_and(|v| v.starts_with("200")), || {
+        format!("bounce: session ended: {r}")
+    });
     c.check(has(BOUNCE_IP, "reason: data address is not the client's") == 2, || {
         format!("bounce: two third-host refusal records wanted: {:#?}", log_of(BOUNCE_IP))
     });
@@ -507,7 +533,9 @@ fn two_hundred_sessions_transfer_while_every_attack_is_refused() {
 
     let r = attack("theft");
     let loot = sha256(&lab.pub_dir().join("loot.bin"));
-    c.check(json(&r, "thief_closed").as_deref() == Some("true"), || format!("theft: the thief got data: {r}"));
+    c.check(json(&r, "thief_closed").as_deref() == Some("true"), || {
+        format!("theft: the thief got data: {r}")
+    });
     c.check(json(&r, "retr_final").is_some_and(|v| v.starts_with("226")), || format!("theft: no 226: {r}"));
     c.check(json(&r, "sha256").as_deref() == Some(loot.as_str()), || format!("theft: wrong bytes: {r}"));
     c.check(
@@ -516,9 +544,10 @@ fn two_hundred_sessions_transfer_while_every_attack_is_refused() {
     );
     lab.assert_transfer(TransferMode::Passive, "RETR", "loot.bin", 300_001);
 
-    for (what, ip, reason) in
-        [("junk-http", HTTP_IP, "reason: not FTP: HTTP request"), ("junk-bin", BINARY_IP, "reason: not FTP: binary")]
-    {
+    for (what, ip, reason) in [
+        ("junk-http", HTTP_IP, "reason: not FTP: HTTP request"),
+        ("junk-bin", BINARY_IP, "reason: not FTP: binary"),
+    ] {
         let r = attack(what);
         c.check(json(&r, "reply").is_some_and(|v| v.starts_with("421")), || format!("{what}: no 421: {r}"));
         c.check(json(&r, "closed").as_deref() == Some("true"), || format!("{what}: session not closed: {r}"));
@@ -527,7 +556,9 @@ fn two_hundred_sessions_transfer_while_every_attack_is_refused() {
             format!("{what}: junk reached the server: {:#?}", server_commands_of(&lab, ip))
         });
     }
-    c.check(!lab.vsftpd_log().contains("HTTP/1.1"), || "junk-http: the request line reached the server".into());
+    c.check(!lab.vsftpd_log().contains("HTTP/1.1"), || {
+        "junk-http: the request line reached the server".into()
+    });
 
     let r = attack("flood");
     c.check(r.contains("\"421"), || format!("flood: never closed with 421: {r}"));
@@ -549,12 +580,19 @@ fn two_hundred_sessions_transfer_while_every_attack_is_refused() {
         format!("slowloris: no idle-timeout record: {:#?}", log_of(SLOWLORIS_IP))
     });
     c.check(server_commands_of(&lab, SLOWLORIS_IP).is_empty(), || {
-        format!("slowloris: its partial line reached the server: {:#?}", server_commands_of(&lab, SLOWLORIS_IP))
+        format!(
+            "slowloris: its partial line reached the server: {:#?}",
+            server_commands_of(&lab, SLOWLORIS_IP)
+        )
     });
 
     let r = attack("third227");
-    c.check(json(&r, "pasv").is_some_and(|v| v.starts_with("425")), || format!("third227: the 227 passed: {r}"));
-    c.check(json(&r, "noop_after").is_some_and(|v| v.starts_with("200")), || format!("third227: session ended: {r}"));
+    c.check(json(&r, "pasv").is_some_and(|v| v.starts_with("425")), || {
+        format!("third227: the 227 passed: {r}")
+    });
+    c.check(json(&r, "noop_after").is_some_and(|v| v.starts_with("200")), || {
+        format!("third227: session ended: {r}")
+    });
     c.check(has(THIRD227_IP, "reason: passive address is not the server's") == 1, || {
         format!("third227: no refusal record: {:#?}", log_of(THIRD227_IP))
     });
@@ -566,18 +604,28 @@ fn two_hundred_sessions_transfer_while_every_attack_is_refused() {
     c.check(r.matches("\"530").count() == MAX_LOGIN_FAILURES, || {
         format!("logins: {MAX_LOGIN_FAILURES} failed logins wanted: {r}")
     });
-    c.check(cooldown, || "logins: this ftpgate has no --max-login-failures (the i12-core merge brings it)".into());
-    c.check(json(&r, "after").is_some_and(|v| v.starts_with("421")), || format!("logins: no 421 cool-down: {r}"));
+    c.check(cooldown, || {
+        "logins: this ftpgate has no --max-login-failures (the i12-core merge brings it)".into()
+    });
+    c.check(json(&r, "after").is_some_and(|v| v.starts_with("421")), || {
+        format!("logins: no 421 cool-down: {r}")
+    });
     c.check(has(LOGINS_IP, "login failed") == MAX_LOGIN_FAILURES, || {
         format!("logins: one record per failed login wanted: {:#?}", log_of(LOGINS_IP))
     });
     c.check(has(LOGINS_IP, "failed logins: refusing new sessions") == 1, || {
         format!("logins: one cool-down record wanted: {:#?}", log_of(LOGINS_IP))
     });
-    c.check(server_commands_of(&lab, LOGINS_IP).iter().filter(|l| l.contains("\"USER mallory")).count()
-        == MAX_LOGIN_FAILURES, || {
-        format!("logins: the refused session reached the server: {:#?}", server_commands_of(&lab, LOGINS_IP))
-    });
+    c.check(
+        server_commands_of(&lab, LOGINS_IP).iter().filter(|l| l.contains("\"USER mallory")).count()
+            == MAX_LOGIN_FAILURES,
+        || {
+            format!(
+                "logins: the refused session reached the server: {:#?}",
+                server_commands_of(&lab, LOGINS_IP)
+            )
+        },
+    );
 
     // Nothing leaks: descriptors and listeners as before.
     c.check(lab.gateway_running(), || "the gateway died".into());
@@ -585,5 +633,307 @@ fn two_hundred_sessions_transfer_while_every_attack_is_refused() {
         c.check(false, || format!("footprint before {before:?}, after {after:?}"));
     }
     eprintln!("attack test: {:?} in all ({} failed checks)", started.elapsed(), c.0.len());
+    assert!(c.0.is_empty(), "{} failed checks:\n- {}\n{}", c.0.len(), c.0.join("\n- "), lab.diagnostics());
+}
+
+// -- 2. chaos: kill -9 in the middle of transfers -------------------------------
+
+/// Client address of the sessions whose server processes are killed.
+const VICTIM_IP: &str = "192.0.2.40";
+/// Client address of the client that is killed.
+const DOOMED_IP: &str = "192.0.2.41";
+/// Bytes per second of the transfers that are broken or must survive: slow
+/// enough that a kill lands in the middle (socket buffers on the way hold
+/// several MiB).
+const SLOW: u64 = 1_000_000;
+
+/// An established TCP connection of a namespace (`ss -Htnp state
+/// established`: no state column) and the PIDs of the processes holding it.
+struct Conn {
+    local: String,
+    peer: String,
+    pids: Vec<u32>,
+}
+
+impl Conn {
+    fn is_control(&self) -> bool {
+        self.local.ends_with(":21") || self.peer.ends_with(":21")
+    }
+
+    fn involves(&self, ip: &str) -> bool {
+        let ip = format!("{ip}:");
+        self.local.starts_with(&ip) || self.peer.starts_with(&ip)
+    }
+}
+
+fn connections(lab: &Lab, ns: Ns) -> Vec<Conn> {
+    let out = lab.exec(ns, 10, &["ss", "-Htnp", "state", "established"]);
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let pids = l.split("pid=").skip(1).filter_map(|p| p.split(',').next()?.parse().ok()).collect();
+            Some(Conn { local: f.get(2)?.to_string(), peer: f.get(3)?.to_string(), pids })
+        })
+        .collect()
+}
+
+/// The PIDs holding connections of client address `ip` in `ns`: data
+/// connections only, or control connections too.
+fn holders(conns: &[Conn], ip: &str, control: bool) -> Vec<u32> {
+    let mut pids: Vec<u32> = conns
+        .iter()
+        .filter(|c| c.involves(ip) && (control || !c.is_control()))
+        .flat_map(|c| c.pids.iter().copied())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Waits (bounded) until `count` data connections of client address `ip`
+/// are established in `ns`, each held by a process; the PIDs holding them.
+fn data_holders(lab: &Lab, ns: Ns, ip: &str, count: usize) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let conns = connections(lab, ns);
+        let data = conns.iter().filter(|c| c.involves(ip) && !c.is_control() && !c.pids.is_empty()).count();
+        if data >= count {
+            return holders(&conns, ip, false);
+        }
+        assert!(Instant::now() < deadline, "{data} of {count} data connections of {ip} came up in 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// SIGKILL process `pid`, which must be a `comm` (a process the lab
+/// started: vsftpd's, or a client's). One that died meanwhile (vsftpd's
+/// privileged parent exits when its session process dies) is fine.
+fn kill9(pid: u32, comm: &str) {
+    let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if name.is_empty() {
+        return;
+    }
+    assert_eq!(name.trim(), comm, "PID {pid} is not {comm}");
+    let st = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(st.success() || !std::path::Path::new(&format!("/proc/{pid}")).exists(), "kill -9 {pid} failed");
+}
+
+fn slow_job(
+    lab: &Lab,
+    id: &str,
+    client: Client,
+    upload: bool,
+    mode: &'static str,
+    source: &str,
+    size: usize,
+) -> Job {
+    let name = format!("{id}.bin");
+    let local = lab.client_path(&if upload { format!("src-{name}") } else { format!("dl-{name}") });
+    Job {
+        id: id.to_string(),
+        client,
+        upload,
+        mode,
+        name,
+        local,
+        source: source.to_string(),
+        rate: SLOW,
+        size,
+    }
+}
+
+/// The final reply of a broken transfer as its client saw it is never a
+/// success: ftplib's reply is not 2xx, curl did not exit 0.
+fn never_success(report: &str) -> bool {
+    json(report, "ok").as_deref() == Some("false")
+        && json(report, "final").is_some_and(|f| !f.starts_with('2') && f != "exit 0")
+}
+
+#[test]
+fn server_session_processes_and_a_client_killed_mid_transfer_the_others_go_on() {
+    let started = Instant::now();
+    let mut lab = Lab::new("chaos", Rules::Nft);
+    roomy_vsftpd(&lab, 100);
+    add_addr(&lab, Ns::Client, &format!("{VICTIM_IP}/24"));
+    add_addr(&lab, Ns::Client, &format!("{DOOMED_IP}/24"));
+    lab.start_gateway(&[]);
+    let pid = gateway_pid(&lab);
+    let before = footprint(&lab, pid);
+
+    let victims = vec![
+        slow_job(&lab, "victim-get-pasv", Client::Ftplib, false, "pasv", VICTIM_IP, 24_000_001),
+        slow_job(&lab, "victim-get-eprt", Client::Curl, false, "eprt", VICTIM_IP, 24_000_003),
+        slow_job(&lab, "victim-put-port", Client::Ftplib, true, "port", VICTIM_IP, 24_000_005),
+        slow_job(&lab, "victim-put-epsv", Client::Curl, true, "epsv", VICTIM_IP, 24_000_007),
+    ];
+    let survivors = vec![
+        slow_job(&lab, "survivor-get-pasv", Client::Ftplib, false, "pasv", CLIENT_IP, 8_000_011),
+        slow_job(&lab, "survivor-put-port", Client::Ftplib, true, "port", CLIENT_IP, 8_000_013),
+        slow_job(&lab, "survivor-get-port", Client::Curl, false, "port", CLIENT_IP, 8_000_017),
+        slow_job(&lab, "survivor-put-pasv", Client::Curl, true, "pasv", CLIENT_IP, 8_000_019),
+    ];
+    let jobs: Vec<Job> = victims.into_iter().chain(survivors).collect();
+    for job in &jobs {
+        job.create(&lab);
+    }
+    lab.server_file("doomed.bin", 24_000_023);
+    let doomed_out = lab.client_path("dl-doomed.bin");
+    let load = start_load(&lab, "chaos", &jobs, 100);
+    let doomed = Command::new("timeout")
+        .args([
+            "-k",
+            "5",
+            "60",
+            "ip",
+            "netns",
+            "exec",
+            &lab.ns(Ns::Client),
+            "curl",
+            "-sS",
+            "--interface",
+            DOOMED_IP,
+        ])
+        .args(["--limit-rate", &SLOW.to_string(), "-o", &doomed_out])
+        .arg(format!("ftp://{}/pub/doomed.bin", common::SERVER_IP))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn curl");
+
+    // Every victim's data connection is up at the server, the doomed
+    // client's at the client: kill the vsftpd processes that hold the
+    // victims' (vsftpd's session process; its privileged parent stays and
+    // says "500 OOPS"), then the client.
+    let servers = data_holders(&lab, Ns::Server, VICTIM_IP, 4);
+    let client = data_holders(&lab, Ns::Client, DOOMED_IP, 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let killed_at = started.elapsed();
+    for p in &servers {
+        kill9(*p, "vsftpd");
+    }
+    for p in &client {
+        kill9(*p, "curl");
+    }
+    let report = LoadReport::parse(&finish(load, "lab/chaos_load.py"));
+    let doomed_status = doomed.wait_with_output().unwrap().status;
+    eprintln!("killed vsftpd {servers:?} and curl {client:?} at {killed_at:?}; load: {}", report.summary);
+    for j in &report.jobs {
+        eprintln!("  {j}");
+    }
+
+    // The broken transfers: never a success, a reset for the uploads'
+    // clients, each recorded failed.
+    for job in jobs.iter().filter(|j| j.source == VICTIM_IP) {
+        let r = report.job(&job.id);
+        assert!(never_success(r), "broken transfer {} looked complete: {r}\n{}", job.id, lab.diagnostics());
+        if job.upload && job.client == Client::Ftplib {
+            assert_eq!(json(r, "data_end").as_deref(), Some("reset"), "upload {}: {r}", job.id);
+        }
+        lab.assert_transfer_result(job.transfer_mode(), job.verb(), &job.name, "failed", None);
+    }
+    // The killed client: its session's transfer did not complete. Which of
+    // its two closes the gateway reads first is the kernel's choice: a
+    // reset data leg (failed) or a closed control connection (aborted,
+    // session ended).
+    assert!(!doomed_status.success(), "the killed curl exited 0");
+    let doomed_record = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) =
+                lab.transfer_records().into_iter().find(|r| r.verb_and_arg().1.ends_with("doomed.bin"))
+            {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no record of the killed client's transfer\n{}",
+                lab.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert!(
+        matches!(doomed_record.result.as_str(), "failed" | "aborted"),
+        "the killed client's transfer: {doomed_record}"
+    );
+
+    // The others went on, whole; and a new session works afterwards.
+    let others: Vec<&Job> = jobs.iter().filter(|j| j.source == CLIENT_IP).collect();
+    assert_all_whole(&lab, &others, &report);
+    let fresh = lab.server_file("after.bin", 1_234_567);
+    let got = lab.client_path("dl-after.bin");
+    common::curl_get(&lab, common::Mode::Epsv, "after.bin", &got);
+    assert_same_file("download after the kills", &fresh, std::path::Path::new(&got));
+    lab.assert_transfer(TransferMode::Passive, "RETR", "after.bin", 1_234_567);
+
+    // Nothing leaks.
+    assert!(lab.gateway_running(), "the gateway died");
+    if let Err(after) = settle(&lab, pid, &before, 20) {
+        panic!("footprint before {before:?}, after {after:?}\n{}", lab.diagnostics());
+    }
+    eprintln!("chaos test: {:?} in all", started.elapsed());
+}
+
+/// A whole vsftpd session dies (its session process and its privileged
+/// parent, so the control connection ends too, without a reply): the
+/// client's data connection ends with a reset, never a clean end, its
+/// control connection ends without a 2xx (a 426 first would be welcome),
+/// the record says failed, and the gateway goes on.
+#[test]
+fn server_session_killed_whole_mid_transfer_client_sees_reset_and_the_end() {
+    let started = Instant::now();
+    let mut lab = Lab::new("chaosall", Rules::Nft);
+    roomy_vsftpd(&lab, 100);
+    add_addr(&lab, Ns::Client, &format!("{VICTIM_IP}/24"));
+    lab.start_gateway(&[]);
+    let pid = gateway_pid(&lab);
+    let before = footprint(&lab, pid);
+    let jobs = vec![
+        slow_job(&lab, "gone-get-pasv", Client::Ftplib, false, "pasv", VICTIM_IP, 24_000_031),
+        slow_job(&lab, "gone-put-port", Client::Ftplib, true, "port", VICTIM_IP, 24_000_033),
+        slow_job(&lab, "stays-get-port", Client::Ftplib, false, "port", CLIENT_IP, 6_000_037),
+    ];
+    for job in &jobs {
+        job.create(&lab);
+    }
+    let load = start_load(&lab, "chaosall", &jobs, 100);
+    data_holders(&lab, Ns::Server, VICTIM_IP, 2);
+    std::thread::sleep(Duration::from_secs(1));
+    // every process holding a socket of the victims' sessions, control too
+    let all = holders(&connections(&lab, Ns::Server), VICTIM_IP, true);
+    for p in &all {
+        kill9(*p, "vsftpd");
+    }
+    let report = LoadReport::parse(&finish(load, "lab/chaos_load.py"));
+    eprintln!("killed vsftpd {all:?}; load: {}", report.summary);
+    for j in &report.jobs {
+        eprintln!("  {j}");
+    }
+    let mut c = Checks(Vec::new());
+    for job in jobs.iter().filter(|j| j.source == VICTIM_IP) {
+        let r = report.job(&job.id);
+        c.check(never_success(r), || format!("{}: looked complete: {r}", job.id));
+        c.check(json(r, "data_end").as_deref() == Some("reset"), || {
+            format!("{}: data not reset: {r}", job.id)
+        });
+        c.check(json(r, "final").is_some_and(|f| f.starts_with("closed") || f.starts_with("426")), || {
+            format!("{}: the control connection should end (426 at most): {r}", job.id)
+        });
+        let record = lab
+            .transfer_records()
+            .into_iter()
+            .find(|t| t.verb_and_arg().1.ends_with(&job.name))
+            .map_or_else(|| "none".to_string(), |t| t.to_string());
+        c.check(record.contains("-> failed"), || format!("{}: record should say failed: {record}", job.id));
+    }
+    let stays: Vec<&Job> = jobs.iter().filter(|j| j.source == CLIENT_IP).collect();
+    assert_all_whole(&lab, &stays, &report);
+    c.check(lab.gateway_running(), || "the gateway died".into());
+    if let Err(after) = settle(&lab, pid, &before, 20) {
+        c.check(false, || format!("footprint before {before:?}, after {after:?}"));
+    }
+    eprintln!("chaos (whole session) test: {:?} in all ({} failed checks)", started.elapsed(), c.0.len());
     assert!(c.0.is_empty(), "{} failed checks:\n- {}\n{}", c.0.len(), c.0.join("\n- "), lab.diagnostics());
 }
