@@ -259,6 +259,7 @@ def main():
     p.add_argument("--server", default="198.51.100.10")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole run")
     p.add_argument("--ready-timeout", type=float, default=30.0)
+    p.add_argument("--stagger", type=float, default=0.01, help="seconds between two ftplib connects")
     ARGS = p.parse_args()
     with open(ARGS.jobs) as f:
         jobs = json.load(f)
@@ -272,6 +273,10 @@ def main():
         t = threading.Thread(target=run_ftplib, args=(j, r), daemon=True)
         t.start()
         threads.append(t)
+        # vsftpd listens with a backlog of 32: a burst of 100+ SYNs in the
+        # same millisecond overflows it, and a connection whose final ACK
+        # the server dropped waits for a greeting that never comes.
+        time.sleep(ARGS.stagger)
     ready = 0
     ready_deadline = time.monotonic() + ARGS.ready_timeout
     while ready < len(ftplib_jobs) and READY.acquire(timeout=max(0.01, ready_deadline - time.monotonic())):
