@@ -447,23 +447,25 @@ impl Session {
     }
 
     /// Session end: close the channel (a running relay with a reset); a
-    /// transfer not yet logged is aborted.
-    pub(super) fn abort_data(&mut self, data: DataId) {
+    /// transfer not yet logged ends with `cut` (aborted, or failed when the
+    /// server went away).
+    pub(super) fn abort_data(&mut self, data: DataId, cut: Cut) {
         if let Some(ch) = self.data.get_mut(&data) {
             if !ch.is_closed() {
-                ch.cut = Some(Cut::Aborted(AbortCause::SessionEnded));
+                ch.cut = Some(cut);
                 if ch.is_connecting_or_relaying() {
                     self.actions.push_back(Action::ResetData { data });
                 }
             }
         }
         self.close_data(self.now, data);
-        self.finish(data, Some(AbortCause::SessionEnded));
+        self.finish(data, Some(cut));
     }
 
     /// Log the transfer once both its relay and its final reply are over,
-    /// then forget the channel. `ended`: the session ends, log what is left.
-    pub(super) fn finish(&mut self, data: DataId, ended: Option<AbortCause>) {
+    /// then forget the channel. `ended`: the session ends, log what is left
+    /// with this result.
+    pub(super) fn finish(&mut self, data: DataId, ended: Option<Cut>) {
         let Some(ch) = self.data.get(&data) else { return };
         if !ch.is_closed() {
             return;
@@ -478,7 +480,7 @@ impl Session {
         };
         let result = match (ch.cut, ch.final_code, ended) {
             (Some(cut), Some(_), _) | (Some(cut), None, Some(_)) => cut.into(),
-            (None, None, Some(cause)) => TransferResult::Aborted(cause),
+            (None, None, Some(ended)) => ended.into(),
             (_, None, None) => return, // the reply is still to come
             (None, Some(code), _) if !(200..300).contains(&code) => {
                 TransferResult::Failed(TransferFailure::ServerReply { code })

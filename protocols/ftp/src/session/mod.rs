@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use self::control::{
     Login, Pending, Phase, PortHold, RefusedRun, ServerHold, REPLY_SHUTTING_DOWN, REPLY_UNREACHABLE,
 };
-use self::data::DataChan;
-use crate::audit::AuditEvent;
+use self::data::{Cut, DataChan};
+use crate::audit::{AbortCause, AuditEvent, TransferFailure};
 use crate::line::LineReader;
 use crate::policy::Config;
 use crate::reply::{Reply, ReplyAssembler};
@@ -487,7 +487,9 @@ impl Session {
             if matches!(self.phase, Phase::ExpectGreeting { .. }) && !self.server_spoke {
                 self.send_client_now(REPLY_UNREACHABLE);
             }
-            self.teardown(Side::Client, "server closed");
+            // The server went away: a transfer it cut failed, the client
+            // did not abort it.
+            self.teardown_cutting(Side::Client, "server closed", Cut::Failed(TransferFailure::ServerClosed));
         } else if self.draining && !self.transfer_running() {
             self.send_client_now(REPLY_SHUTTING_DOWN);
             self.teardown(Side::Client, "gateway shutting down");
@@ -609,8 +611,13 @@ impl Session {
     }
 
     /// End the session: shut both control sockets (`first` first), close
-    /// every data channel, log.
+    /// every data channel, log. A transfer not yet logged is aborted.
     fn teardown(&mut self, first: Side, reason: &'static str) {
+        self.teardown_cutting(first, reason, Cut::Aborted(AbortCause::SessionEnded));
+    }
+
+    /// [`Self::teardown`], logging a transfer not yet logged with `cut`.
+    fn teardown_cutting(&mut self, first: Side, reason: &'static str, cut: Cut) {
         if matches!(self.phase, Phase::Closed | Phase::Blind) {
             return;
         }
@@ -629,7 +636,7 @@ impl Session {
         }
         let ids: Vec<DataId> = self.data.keys().copied().collect();
         for id in ids {
-            self.abort_data(id);
+            self.abort_data(id, cut);
         }
         if first == Side::Server {
             self.actions.push_back(Action::Shutdown { side: Side::Client });

@@ -1057,6 +1057,46 @@ fn relaying_server_closed_processes_buffered_lines_then_closes() {
     assert!(t.s.is_closed());
 }
 
+/// The server's whole session died mid-transfer (kill -9 of vsftpd): its
+/// control connection ends with no final reply. The server went away, the
+/// client did not give up: the transfer failed, and both legs are reset.
+#[test]
+fn relaying_server_closed_without_final_reply_records_failed_server_closed() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Closed { from: Side::Server });
+    let actions = t.actions();
+    assert!(actions.contains(&Action::ResetData { data: DataId(0) }), "{actions:?}");
+    let record = actions.iter().find(|a| matches!(a, Action::Audit(AuditEvent::Transfer { .. })));
+    assert!(
+        matches!(
+            record,
+            Some(Action::Audit(AuditEvent::Transfer {
+                reply: None,
+                server_reply: None,
+                result: TransferResult::Failed(TransferFailure::ServerClosed),
+                ..
+            }))
+        ),
+        "{actions:?}"
+    );
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn relayed_then_server_closed_before_226_records_failed_server_closed() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Relayed { data: DataId(0), to_client: 3, to_server: 0 });
+    t.input(Input::Closed { from: Side::Server });
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            reply: None,
+            result: TransferResult::Failed(TransferFailure::ServerClosed),
+            ..
+        }
+    ));
+}
+
 #[test]
 fn attack_18_expect_accept_421_relayed_then_teardown_closes_listener() {
     let mut t = passive_listening();
