@@ -71,6 +71,7 @@ fn why(r: TransferResult) -> (&'static str, &'static str, &'static str, String) 
             TransferFailure::ServerReply { .. } => ("server refused or failed", "-", "-", none()),
             TransferFailure::NoDataConnection => ("no data connection", "-", "-", none()),
             TransferFailure::ServerClosed => ("server closed the control connection", "-", "-", none()),
+            TransferFailure::WrongDirection { from } => ("data sent the wrong way", side(from), "-", none()),
         },
         TransferResult::Aborted(AbortCause::ClientAbor) => ("client ABOR", "-", "-", none()),
         TransferResult::Aborted(AbortCause::SessionEnded) => ("session ended", "-", "-", none()),

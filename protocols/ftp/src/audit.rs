@@ -75,6 +75,12 @@ pub enum TransferFailure {
     /// give up. (A client close, ABOR or the gateway's shutdown is
     /// [`TransferResult::Aborted`].)
     ServerClosed,
+    /// `Config::enforce_data_direction`: `from` sent a data byte the wrong
+    /// way for the transfer (ATTACKS.md 34); both legs were reset.
+    WrongDirection {
+        /// Who sent it.
+        from: Side,
+    },
 }
 
 /// One data connection of a transfer, as the gateway's socket saw it.

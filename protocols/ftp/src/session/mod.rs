@@ -153,7 +153,8 @@ pub enum Input<'a> {
         data: DataId,
         /// Whose data connection failed: the client's or the server's.
         leg: Side,
-        /// Why.
+        /// Why. [`WRONG_DIRECTION`]: `leg`'s peer sent data against the
+        /// direction of [`Action::DataDirection`].
         error: io::ErrorKind,
         /// Bytes written toward the client before the failure.
         to_client: u64,
@@ -165,6 +166,11 @@ pub enum Input<'a> {
     /// The daemon is shutting down: finish running transfers, then close.
     Drain,
 }
+
+/// The `error` of [`Input::RelayFailed`] when a leg sent data the wrong way
+/// ([`Action::DataDirection`]). No OS error maps to `InvalidData`, so it
+/// cannot be mistaken for a socket error.
+pub const WRONG_DIRECTION: io::ErrorKind = io::ErrorKind::InvalidData;
 
 /// Work the core asks the shell to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +211,20 @@ pub enum Action {
     Relay {
         /// The data channel.
         data: DataId,
+    },
+    /// Only with `Config::enforce_data_direction` (ATTACKS.md 34): the
+    /// transfer that uses this channel is known, and its data may flow only
+    /// toward `toward`. It may come before or after `Relay`. With
+    /// enforcement on, the relay moves nothing until this arrives (bytes
+    /// wait in the kernel); then it moves data toward `toward` only, a FIN
+    /// either way passes, and a byte readable from `toward`'s own leg
+    /// fails the relay: reset both legs and report `RelayFailed` with
+    /// `leg` the sender and `error` [`WRONG_DIRECTION`].
+    DataDirection {
+        /// The data channel.
+        data: DataId,
+        /// The only side data may flow toward.
+        toward: Side,
     },
     /// End both legs of this data channel with a reset (close with
     /// `SO_LINGER` 0), never a FIN: the transfer failed and neither end may
@@ -594,6 +614,13 @@ impl Session {
             to_client,
             to_server,
         }
+    }
+
+    /// The policy this session runs with (the shell reads
+    /// `enforce_data_direction` from it to hold a relay until
+    /// [`Action::DataDirection`]).
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// A complete control line arrived: the connection is not idle.
