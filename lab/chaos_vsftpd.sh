@@ -42,5 +42,6 @@ LD_LIBRARY_PATH=$libpath ip netns exec "$s" "$bin" "$run/vsftpd-chaos.conf" \
     </dev/null >>"$run/vsftpd.out" 2>&1 &
 pid=$!
 pidfile_write "$run/vsftpd.pid" "$pid" "$bin"
-wait_tcp_listen "$s" 21 "$SERVER_IP" 100 || die "vsftpd did not listen on $SERVER_IP:21 within 10 s"
+# lab/vsftpd.conf.in listens on [::]:21, dual-stack
+wait_tcp_listen "$s" 21 "" 100 || die "vsftpd did not listen on port 21 within 10 s"
 log "vsftpd (max $max sessions) listening on $SERVER_IP:21 (pid $pid)"

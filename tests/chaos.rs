@@ -653,6 +653,15 @@ impl Conn {
     }
 }
 
+/// `[::ffff:192.0.2.40]:21` as `192.0.2.40:21`: the lab's vsftpd listens
+/// on `[::]:21` dual-stack, so ss shows its IPv4 peers mapped.
+fn unmapped(addr: &str) -> String {
+    match addr.strip_prefix("[::ffff:").and_then(|a| a.split_once("]:")) {
+        Some((ip, port)) if ip.contains('.') => format!("{ip}:{port}"),
+        _ => addr.to_string(),
+    }
+}
+
 fn connections(lab: &Lab, ns: Ns) -> Vec<Conn> {
     let out = lab.exec(ns, 10, &["ss", "-Htnp", "state", "established"]);
     text(&out.stdout)
@@ -660,7 +669,7 @@ fn connections(lab: &Lab, ns: Ns) -> Vec<Conn> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let pids = l.split("pid=").skip(1).filter_map(|p| p.split(',').next()?.parse().ok()).collect();
-            Some(Conn { local: f.get(2)?.to_string(), peer: f.get(3)?.to_string(), pids })
+            Some(Conn { local: unmapped(f.get(2)?), peer: unmapped(f.get(3)?), pids })
         })
         .collect()
 }
