@@ -25,7 +25,12 @@ bin=$LAB_CACHE/vsftpd/root/usr/sbin/vsftpd
 
 "$LAB_DIR/servers.sh" stop "$name" vsftpd
 
+# IPv4 on the server's address only, not the lab's dual-stack [::]:21: a
+# wildcard listener would keep lab/hostile_server.py from binding
+# 198.51.100.11:21 beside it.
 sed -e "s/^max_clients=.*/max_clients=$max/" \
+    -e "s/^listen=NO$/listen=YES\nlisten_address=$SERVER_IP/" \
+    -e "s/^listen_ipv6=YES$/listen_ipv6=NO/" \
     -e "s/^max_per_ip=.*/max_per_ip=$max/" \
     -e "s/^pasv_min_port=.*/pasv_min_port=30000/" \
     -e "s/^pasv_max_port=.*/pasv_max_port=31000/" \
@@ -42,6 +47,5 @@ LD_LIBRARY_PATH=$libpath ip netns exec "$s" "$bin" "$run/vsftpd-chaos.conf" \
     </dev/null >>"$run/vsftpd.out" 2>&1 &
 pid=$!
 pidfile_write "$run/vsftpd.pid" "$pid" "$bin"
-# lab/vsftpd.conf.in listens on [::]:21, dual-stack
-wait_tcp_listen "$s" 21 "" 100 || die "vsftpd did not listen on port 21 within 10 s"
+wait_tcp_listen "$s" 21 "$SERVER_IP" 100 || die "vsftpd did not listen on $SERVER_IP:21 within 10 s"
 log "vsftpd (max $max sessions) listening on $SERVER_IP:21 (pid $pid)"
