@@ -848,6 +848,7 @@ group = "nogroup"
             "--passive-address-mismatch",
             "rewrite",
             "--allow-privileged-data-ports",
+            "--enforce-data-direction",
             "--log-level",
             "debug",
             "--log-format",
@@ -861,8 +862,9 @@ group = "nogroup"
         ];
         let a = load(FULL, &flags).unwrap().args;
         let flags_only = loader(&[&["ftpgate"], &flags[..]].concat()).load().unwrap().args;
-        // (--allow-privileged-data-ports is a switch: it can only turn the
-        // setting on; a file's `true` is turned off by removing it.)
+        // (--allow-privileged-data-ports and --enforce-data-direction are
+        // switches: they can only turn the setting on; a file's `true` is
+        // turned off by removing it.)
         for ((key, file, _), (_, flag, _)) in settings(&a).into_iter().zip(settings(&flags_only)) {
             assert_eq!(file, flag, "{key}: the flag must win");
         }
