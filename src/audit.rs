@@ -70,6 +70,8 @@ fn why(r: TransferResult) -> (&'static str, &'static str, &'static str, String) 
             TransferFailure::Replaced => ("data channel replaced before use", "-", "-", none()),
             TransferFailure::ServerReply { .. } => ("server refused or failed", "-", "-", none()),
             TransferFailure::NoDataConnection => ("no data connection", "-", "-", none()),
+            TransferFailure::ServerClosed => ("server closed the control connection", "-", "-", none()),
+            TransferFailure::WrongDirection { from } => ("data sent the wrong way", side(from), "-", none()),
         },
         TransferResult::Aborted(AbortCause::ClientAbor) => ("client ABOR", "-", "-", none()),
         TransferResult::Aborted(AbortCause::SessionEnded) => ("session ended", "-", "-", none()),
@@ -399,6 +401,11 @@ mod tests {
             TransferFailure::SetupFailed { step: DataStep::Connect, error: io::ErrorKind::ConnectionRefused };
         let line = render(&transfer(425, 425, TransferResult::Failed(f)));
         assert!(line.contains("step: connect") && line.contains("error: ConnectionRefused"), "{line}");
+        let line = render(&transfer(226, 226, TransferResult::Failed(TransferFailure::ServerClosed)));
+        assert!(
+            line.contains("result: failed") && line.contains("why: server closed the control connection"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -109,6 +109,12 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) allow_privileged_data_ports: bool,
 
+    /// Data of RETR/LIST/NLST/MLSD may flow only server to client, of
+    /// STOR/APPE/STOU only client to server (ATTACKS.md 34): a byte the
+    /// wrong way resets the data connections and the client gets 426.
+    #[arg(long)]
+    pub(crate) enforce_data_direction: bool,
+
     /// FTPS (AUTH TLS): refuse it (534, FEAT no longer advertises it, the
     /// session stays clear text), or pass it through: after the server's
     /// 234 the control connection is relayed blind and the gateway opens no

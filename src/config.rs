@@ -104,6 +104,7 @@ struct Limits {
 struct Protocol {
     passive_address_mismatch: Option<Spanned<PassiveMismatch>>,
     allow_privileged_data_ports: Option<Spanned<bool>>,
+    enforce_data_direction: Option<Spanned<bool>>,
 }
 
 /// FTPS (AUTH TLS): `mode` is `--ftps`.
@@ -329,6 +330,7 @@ impl File {
             g("allow_privileged_data_ports"),
             &p.allow_privileged_data_ports,
         );
+        set(&mut args.enforce_data_direction, g("enforce_data_direction"), &p.enforce_data_direction);
         set(&mut args.ftps, g("ftps"), &ftps.mode);
         set(&mut args.log_level, g("log_level"), &logging.level);
         set(&mut args.log_format, g("log_format"), &logging.format);
@@ -561,6 +563,7 @@ pub(crate) fn core_config(args: &Args) -> Config {
             cli::Ftps::PassThrough => FtpsPolicy::PassThrough,
         },
         max_refused_lines: args.max_refused_lines,
+        enforce_data_direction: args.enforce_data_direction,
         ..Config::default()
     }
 }
@@ -596,7 +599,7 @@ impl Reloadable {
 
 /// Every setting by its file key, its value as text and whether a reload
 /// applies it: what a reload compares.
-fn settings(a: &Args) -> [(&'static str, String, bool); 23] {
+fn settings(a: &Args) -> [(&'static str, String, bool); 24] {
     [
         ("listeners.listen", format!("{:?}", a.listen), false),
         ("limits.data-timeout", a.data_timeout.to_string(), true),
@@ -615,6 +618,7 @@ fn settings(a: &Args) -> [(&'static str, String, bool); 23] {
         ("limits.login-cooldown", a.login_cooldown.to_string(), true),
         ("protocol.passive-address-mismatch", format!("{:?}", a.passive_address_mismatch), true),
         ("protocol.allow-privileged-data-ports", a.allow_privileged_data_ports.to_string(), true),
+        ("protocol.enforce-data-direction", a.enforce_data_direction.to_string(), true),
         ("ftps.mode", format!("{:?}", a.ftps), true),
         ("logging.level", format!("{:?}", a.log_level), false),
         ("logging.format", format!("{:?}", a.log_format), false),
@@ -755,6 +759,7 @@ login-cooldown = 301
 [protocol]
 passive-address-mismatch = "refuse"
 allow-privileged-data-ports = true
+enforce-data-direction = true
 
 [ftps]
 mode = "pass-through"
@@ -793,6 +798,7 @@ group = "nogroup"
         );
         assert_eq!(a.passive_address_mismatch, PassiveMismatch::Refuse);
         assert!(a.allow_privileged_data_ports);
+        assert!(a.enforce_data_direction);
         assert_eq!(a.ftps, cli::Ftps::PassThrough);
         assert_eq!((a.log_level, a.log_format), (LogLevel::Warn, LogFormat::Json));
         assert_eq!(a.metrics, Some("192.0.2.1:9121".parse().unwrap()));
@@ -842,6 +848,7 @@ group = "nogroup"
             "--passive-address-mismatch",
             "rewrite",
             "--allow-privileged-data-ports",
+            "--enforce-data-direction",
             "--log-level",
             "debug",
             "--log-format",
@@ -855,8 +862,9 @@ group = "nogroup"
         ];
         let a = load(FULL, &flags).unwrap().args;
         let flags_only = loader(&[&["ftpgate"], &flags[..]].concat()).load().unwrap().args;
-        // (--allow-privileged-data-ports is a switch: it can only turn the
-        // setting on; a file's `true` is turned off by removing it.)
+        // (--allow-privileged-data-ports and --enforce-data-direction are
+        // switches: they can only turn the setting on; a file's `true` is
+        // turned off by removing it.)
         for ((key, file, _), (_, flag, _)) in settings(&a).into_iter().zip(settings(&flags_only)) {
             assert_eq!(file, flag, "{key}: the flag must win");
         }
@@ -1072,10 +1080,12 @@ group = "nogroup"
         assert_eq!(config.idle_timeout, Duration::from_secs(901));
         assert_eq!(config.data_idle_timeout, Duration::from_secs(301));
         assert!(config.allow_privileged_data_ports);
+        assert!(config.enforce_data_direction);
         assert_eq!(config.passive_address_mismatch, PassiveAddressPolicy::Refuse);
         assert_eq!((config.ftps, config.max_refused_lines), (FtpsPolicy::PassThrough, 4));
         let defaults = core_config(&loader(&["ftpgate"]).load().unwrap().args);
         assert_eq!((defaults.ftps, defaults.max_refused_lines), (FtpsPolicy::Refuse, 10));
+        assert!(!defaults.enforce_data_direction, "ATTACKS.md 34 is off by default");
     }
 
     #[test]

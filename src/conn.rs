@@ -24,7 +24,7 @@ use crate::audit;
 use crate::limits::{Admit, DataChannels};
 use crate::listeners::{Arrival, Channel, ExpectError, Expectation, Handover, Listeners};
 use crate::metrics::{self, Step};
-use crate::relay::{self, Budget, Readiness, Relay, RelayStatus};
+use crate::relay::{self, Budget, Direction, Readiness, Relay, RelayStatus};
 use crate::tproxy;
 
 /// How long a closed session may take to flush its last reply to a peer
@@ -186,6 +186,8 @@ struct DataChan {
     outbound: Option<Leg>,
     outbound_connected: bool,
     relay: Option<Relay>,
+    /// `Action::DataDirection` that came before the relay was set up.
+    direction: Option<Side>,
     /// Byte counts (to client, to server) the core last heard of
     /// (`Input::Progress`).
     reported_counts: (u64, u64),
@@ -584,7 +586,16 @@ impl Conn {
             Action::Refuse { data: _ } => {}
             Action::Connect { data, local, remote } => self.connect_data(ctx, data, local, remote),
             Action::Relay { data } => {
-                let relay = Relay::new();
+                // Enforcing ATTACKS.md 34: nothing moves until the core
+                // says which way (`DataDirection`).
+                let enforce = self.session.config().enforce_data_direction;
+                let told = self.chan(data).and_then(|c| c.direction);
+                let direction = match (enforce, told) {
+                    (false, _) => Direction::Both,
+                    (true, None) => Direction::Held,
+                    (true, Some(toward)) => Direction::Toward(toward),
+                };
+                let relay = Relay::new(direction);
                 match (self.chan(data), relay) {
                     (Some(chan), Ok(relay)) => chan.relay = Some(relay),
                     (Some(_), Err(e)) => {
@@ -592,6 +603,14 @@ impl Conn {
                         self.queue(Input::Failed { data, step: DataStep::Relay, error: e.kind() });
                     }
                     (None, _) => {}
+                }
+            }
+            Action::DataDirection { data, toward } => {
+                if let Some(chan) = self.chan(data) {
+                    chan.direction = Some(toward);
+                    if let Some(relay) = chan.relay.as_mut() {
+                        relay.set_direction(toward);
+                    }
                 }
             }
             Action::ResetData { data } => self.reset_data(ctx, data),
@@ -638,7 +657,7 @@ impl Conn {
                     return (false, false);
                 }
                 let idle_timeout = *idle_timeout;
-                match Relay::new() {
+                match Relay::new(Direction::Both) {
                     Ok(relay) => {
                         // Readiness seen while flushing may be stale: try.
                         client.ready.readable = true;
@@ -733,6 +752,7 @@ impl Conn {
                 outbound_connected: false,
                 relay: None,
                 reported_counts: (0, 0),
+                direction: None,
                 relay_ended: false,
                 _open: metrics::get().data_channel_opened(peer, local),
             });

@@ -14,13 +14,19 @@
 //! end takes the cut for a complete transfer. Whatever sits in the pipes is
 //! dropped: a reset discards unsent socket data anyway, so delivering it
 //! first would only make the counts claim bytes nobody got.
+//!
+//! With `--enforce-data-direction` (ATTACKS.md 34) a relay starts `Held`:
+//! it moves nothing, and the bytes wait in the kernel, until the core says
+//! which way the transfer goes. Then only that pump runs; the other leg
+//! may end with a FIN (passed on), but a byte readable from it (peeked,
+//! never read) fails the relay with [`WRONG_DIRECTION`].
 
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use ftpgate_proto::Side;
+use ftpgate_proto::{Side, WRONG_DIRECTION};
 use mio::net::TcpStream;
 use nix::errno::Errno;
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
@@ -162,6 +168,48 @@ impl Pump {
     }
 }
 
+/// Which way a relay may move data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// Both ways: no enforcement.
+    Both,
+    /// Enforcing, the transfer not yet known: nothing moves.
+    Held,
+    /// Only toward this side; a byte from it is a violation.
+    Toward(Side),
+}
+
+impl Direction {
+    /// May data flow toward `side`?
+    fn allows(self, side: Side) -> bool {
+        match self {
+            Self::Both => true,
+            Self::Held => false,
+            Self::Toward(toward) => toward == side,
+        }
+    }
+}
+
+/// Checks that a leg data may not come from has sent none: `Ok(true)`
+/// when its FIN is waiting (the pump may take it), `Ok(false)` when
+/// nothing is, a `WRONG_DIRECTION` error when a byte is.
+fn guard(src: &TcpStream, ready: &mut Readiness, pump: &Pump) -> io::Result<bool> {
+    if pump.source_eof || !ready.readable {
+        return Ok(false);
+    }
+    let mut byte = [0u8; 1];
+    match src.peek(&mut byte) {
+        Ok(0) => Ok(true),
+        Ok(_) => Err(io::Error::new(WRONG_DIRECTION, "data sent the wrong way")),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            ready.readable = false;
+            Ok(false)
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Where a relay stands after a run.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RelayStatus {
@@ -182,13 +230,20 @@ pub(crate) enum RelayStatus {
 pub(crate) struct Relay {
     to_server: Pump,
     to_client: Pump,
+    direction: Direction,
 }
 
 impl Relay {
     /// Pipes are created only now, when both legs are up: an idle session
     /// holds none.
-    pub(crate) fn new() -> io::Result<Self> {
-        Ok(Self { to_server: Pump::new()?, to_client: Pump::new()? })
+    pub(crate) fn new(direction: Direction) -> io::Result<Self> {
+        Ok(Self { to_server: Pump::new()?, to_client: Pump::new()?, direction })
+    }
+
+    /// The transfer is known: from now on data may flow only toward
+    /// `toward` (ATTACKS.md 34).
+    pub(crate) fn set_direction(&mut self, toward: Side) {
+        self.direction = Direction::Toward(toward);
     }
 
     /// Runs both pumps as far as readiness and `budget` allow. After
@@ -205,15 +260,37 @@ impl Relay {
             if budget.spent() {
                 break None;
             }
-            let up = match self.to_server.step(client, client_ready, server, server_ready, budget) {
-                Ok(moved) => moved,
-                Err(Fault::Source(e)) => break Some((Side::Client, e)),
-                Err(Fault::Sink(e)) => break Some((Side::Server, e)),
+            if self.direction == Direction::Held {
+                break None;
+            }
+            // A leg data may not come from may only end (its FIN).
+            let step_up = if self.direction.allows(Side::Server) {
+                Ok(true)
+            } else {
+                guard(client, client_ready, &self.to_server)
             };
-            let down = match self.to_client.step(server, server_ready, client, client_ready, budget) {
-                Ok(moved) => moved,
-                Err(Fault::Source(e)) => break Some((Side::Server, e)),
-                Err(Fault::Sink(e)) => break Some((Side::Client, e)),
+            let step_down = if self.direction.allows(Side::Client) {
+                Ok(true)
+            } else {
+                guard(server, server_ready, &self.to_client)
+            };
+            let up = match step_up {
+                Err(e) => break Some((Side::Client, e)),
+                Ok(false) => false,
+                Ok(true) => match self.to_server.step(client, client_ready, server, server_ready, budget) {
+                    Ok(moved) => moved,
+                    Err(Fault::Source(e)) => break Some((Side::Client, e)),
+                    Err(Fault::Sink(e)) => break Some((Side::Server, e)),
+                },
+            };
+            let down = match step_down {
+                Err(e) => break Some((Side::Server, e)),
+                Ok(false) => false,
+                Ok(true) => match self.to_client.step(server, server_ready, client, client_ready, budget) {
+                    Ok(moved) => moved,
+                    Err(Fault::Source(e)) => break Some((Side::Server, e)),
+                    Err(Fault::Sink(e)) => break Some((Side::Client, e)),
+                },
             };
             if !(up || down) {
                 break None;
@@ -322,7 +399,7 @@ mod tests {
             client_far.shutdown(Shutdown::Write).unwrap();
             got
         });
-        let mut relay = Relay::new().unwrap();
+        let mut relay = Relay::new(Direction::Both).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         assert_eq!(status, RelayStatus::Done { to_client: payload.len() as u64, to_server: 0 });
         assert_eq!(reader.join().unwrap(), payload);
@@ -347,7 +424,7 @@ mod tests {
             drop(server_far);
             got
         });
-        let mut relay = Relay::new().unwrap();
+        let mut relay = Relay::new(Direction::Both).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         assert_eq!(status, RelayStatus::Done { to_client: 0, to_server: payload.len() as u64 });
         assert_eq!(reader.join().unwrap(), payload);
@@ -359,7 +436,7 @@ mod tests {
         let (client_far, client) = pair();
         let (server_far, server) = pair();
         drop(server_far);
-        let mut relay = Relay::new().unwrap();
+        let mut relay = Relay::new(Direction::Both).unwrap();
         let closer = std::thread::spawn(move || {
             let mut c = client_far;
             let mut got = Vec::new();
@@ -383,7 +460,7 @@ mod tests {
             reset(server_far);
         });
         let reader = std::thread::spawn(move || read_until_end(&mut client_far));
-        let mut relay = Relay::new().unwrap();
+        let mut relay = Relay::new(Direction::Both).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         writer.join().unwrap();
         let RelayStatus::Failed { leg, error, to_client, to_server } = status else {
@@ -410,7 +487,7 @@ mod tests {
             reset(client_far);
         });
         let reader = std::thread::spawn(move || read_until_end(&mut server_far));
-        let mut relay = Relay::new().unwrap();
+        let mut relay = Relay::new(Direction::Both).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         writer.join().unwrap();
         let RelayStatus::Failed { leg, error, to_client, to_server } = status else {
@@ -441,7 +518,7 @@ mod tests {
             }
             read_until_end(&mut server_far).1.expect_err("the server must see the reset, not a clean end")
         });
-        let mut relay = Relay::new().unwrap();
+        let mut relay = Relay::new(Direction::Both).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         let RelayStatus::Failed { leg, .. } = status else {
             panic!("a gone client must fail the relay, got {status:?}");
@@ -472,7 +549,7 @@ mod tests {
             client_far.shutdown(Shutdown::Write).unwrap();
             got.len()
         });
-        let mut relay = Relay::new().unwrap();
+        let mut relay = Relay::new(Direction::Both).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut asked_again = 0;
         let status = loop {
@@ -495,5 +572,85 @@ mod tests {
         assert_eq!(reader.join().unwrap(), len);
         writer.join().unwrap();
         assert!(asked_again > 0, "8 MiB never hit the budget");
+    }
+
+    #[test]
+    fn held_relay_moves_nothing_until_told_then_only_that_way() {
+        let (mut client_far, client) = pair();
+        let (mut server_far, server) = pair();
+        server_far.write_all(b"file data").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut relay = Relay::new(Direction::Held).unwrap();
+        let mut c = Readiness { readable: true, writable: true };
+        let mut s = Readiness { readable: true, writable: true };
+        let status = relay.run(&client, &mut c, &server, &mut s, &mut Budget::per_wakeup());
+        assert_eq!(status, RelayStatus::Running { more: false });
+        assert_eq!(relay.counts(), (0, 0), "a held relay moved bytes");
+        relay.set_direction(Side::Client);
+        server_far.shutdown(Shutdown::Write).unwrap();
+        let reader = std::thread::spawn(move || {
+            let (got, end) = read_until_end(&mut client_far);
+            end.unwrap();
+            client_far.shutdown(Shutdown::Write).unwrap();
+            got
+        });
+        let status = run_to_end(&mut relay, &client, &server);
+        assert_eq!(status, RelayStatus::Done { to_client: 9, to_server: 0 });
+        assert_eq!(reader.join().unwrap(), b"file data");
+    }
+
+    #[test]
+    fn retr_toward_client_a_client_byte_fails_on_client_leg_and_resets_both() {
+        let (mut client_far, client) = pair();
+        let (mut server_far, server) = pair();
+        server_far.write_all(&[3u8; 10_000]).unwrap();
+        client_far.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut relay = Relay::new(Direction::Toward(Side::Client)).unwrap();
+        let status = run_to_end(&mut relay, &client, &server);
+        let RelayStatus::Failed { leg, error, to_server, .. } = status else {
+            panic!("a byte the wrong way must fail the relay, got {status:?}");
+        };
+        assert_eq!((leg, error, to_server), (Side::Client, WRONG_DIRECTION, 0));
+        drop((client, server));
+        let end = read_until_end(&mut server_far).1;
+        assert_eq!(end.expect_err("the server must see a reset").kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn stor_toward_server_a_server_byte_fails_on_server_leg() {
+        let (client_far, client) = pair();
+        let (mut server_far, server) = pair();
+        server_far.write_all(b"?").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut relay = Relay::new(Direction::Toward(Side::Server)).unwrap();
+        let status = run_to_end(&mut relay, &client, &server);
+        let RelayStatus::Failed { leg, error, .. } = status else {
+            panic!("a byte the wrong way must fail the relay, got {status:?}");
+        };
+        assert_eq!((leg, error), (Side::Server, WRONG_DIRECTION));
+        drop(client_far);
+    }
+
+    #[test]
+    fn stor_toward_server_the_servers_fin_is_no_violation() {
+        let (mut client_far, client) = pair();
+        let (mut server_far, server) = pair();
+        // vsftpd half-closes nothing, but a server may FIN its unused way.
+        server_far.shutdown(Shutdown::Write).unwrap();
+        let payload = vec![9u8; 300_000];
+        client_far.write_all(&payload).unwrap();
+        client_far.shutdown(Shutdown::Write).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            server_far.read_to_end(&mut got).unwrap();
+            got.len()
+        });
+        let mut relay = Relay::new(Direction::Toward(Side::Server)).unwrap();
+        let status = run_to_end(&mut relay, &client, &server);
+        assert_eq!(status, RelayStatus::Done { to_client: 0, to_server: 300_000 });
+        drop((client, server));
+        assert_eq!(reader.join().unwrap(), 300_000);
+        let _ = read_until_end(&mut client_far);
     }
 }

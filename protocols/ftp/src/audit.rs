@@ -70,6 +70,17 @@ pub enum TransferFailure {
     /// The server's final reply was 2xx, but no data connection was ever
     /// relayed for the transfer.
     NoDataConnection,
+    /// The server closed (or reset) the control connection before the
+    /// transfer's final reply: the server went away, the client did not
+    /// give up. (A client close, ABOR or the gateway's shutdown is
+    /// [`TransferResult::Aborted`].)
+    ServerClosed,
+    /// `Config::enforce_data_direction`: `from` sent a data byte the wrong
+    /// way for the transfer (ATTACKS.md 34); both legs were reset.
+    WrongDirection {
+        /// Who sent it.
+        from: Side,
+    },
 }
 
 /// One data connection of a transfer, as the gateway's socket saw it.
@@ -98,7 +109,9 @@ pub struct DataLegs {
 pub enum AbortCause {
     /// The client sent ABOR.
     ClientAbor,
-    /// The session ended first (a close, a 421, a deadline, shutdown).
+    /// The session ended first: the client closed, a 421, a deadline, the
+    /// gateway's shutdown. (The server closing its control connection is
+    /// [`TransferFailure::ServerClosed`].)
     SessionEnded,
 }
 

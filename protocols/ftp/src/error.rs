@@ -69,6 +69,12 @@ pub enum Violation {
         /// Who sent them.
         side: Side,
     },
+    /// `Config::enforce_data_direction`: a data byte the wrong way for the
+    /// transfer (into a RETR/LIST, out of a STOR) (ATTACKS.md 34).
+    WrongDirection {
+        /// Who sent it.
+        side: Side,
+    },
 }
 
 impl Violation {
@@ -78,7 +84,8 @@ impl Violation {
             Self::LineTooLong { side }
             | Self::BadLineEnd { side }
             | Self::PrivilegedPort { side }
-            | Self::TlsPipelined { side } => side,
+            | Self::TlsPipelined { side }
+            | Self::WrongDirection { side } => side,
             Self::PassiveAddressMismatch | Self::ReplyMalformed | Self::ReplyTooLong => Side::Server,
             // Too many channels: the client keeps asking for data connections.
             Self::TooManyDataChannels
@@ -117,6 +124,7 @@ impl Violation {
             // One rule for every kind of junk; `reason` says which.
             Self::NotFtp(_) => "not-ftp",
             Self::TlsPipelined { .. } => "tls-pipelined",
+            Self::WrongDirection { .. } => "data-direction",
         }
     }
 
@@ -144,6 +152,7 @@ impl Violation {
             Self::SecurityRefused | Self::TlsPipelined { .. } => 27,
             Self::EpsvAllInEffect => 28,
             Self::LongAddressUnsupported => 29,
+            Self::WrongDirection { .. } => 34,
         })
     }
 
@@ -169,6 +178,7 @@ impl Violation {
             Self::NotFtp(Junk::Binary) => "not FTP: binary",
             Self::NotFtp(Junk::NoVerb) => "not FTP: no command verb",
             Self::TlsPipelined { .. } => "bytes before the TLS handshake",
+            Self::WrongDirection { .. } => "data sent the wrong way",
         }
     }
 }
@@ -198,6 +208,7 @@ mod tests {
             Violation::TooManyDataChannels,
             Violation::ReplyMalformed,
             Violation::ReplyTooLong,
+            Violation::WrongDirection { side: Side::Client },
             Violation::NotFtp(Junk::Http),
             Violation::TlsPipelined { side: Side::Client },
         ];

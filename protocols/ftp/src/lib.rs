@@ -131,4 +131,4 @@ mod session;
 
 pub use audit::{AbortCause, AuditEvent, DataLeg, DataLegs, DataMode, TransferFailure, TransferResult};
 pub use policy::{Config, FtpsPolicy, PassiveAddressPolicy};
-pub use session::{Action, ControlEnds, DataId, DataStep, Input, Session, Side};
+pub use session::{Action, ControlEnds, DataId, DataStep, Input, Session, Side, WRONG_DIRECTION};

@@ -54,6 +54,13 @@ pub struct Config {
     /// After this many client lines in a row refused by the gateway, the
     /// session is closed with `421` (ATTACKS.md 10). 0: never.
     pub max_refused_lines: usize,
+    /// Data of RETR/LIST/NLST/MLSD may flow only toward the client, of
+    /// STOR/APPE/STOU only toward the server (ATTACKS.md 34): the core
+    /// tells the shell which way ([`Action::DataDirection`]), and a byte
+    /// the wrong way fails the transfer.
+    ///
+    /// [`Action::DataDirection`]: crate::Action::DataDirection
+    pub enforce_data_direction: bool,
 }
 
 impl Default for Config {
@@ -70,6 +77,7 @@ impl Default for Config {
             data_idle_timeout: Duration::from_secs(300),
             ftps: FtpsPolicy::Refuse,
             max_refused_lines: 10,
+            enforce_data_direction: false,
         }
     }
 }

@@ -715,7 +715,7 @@ impl Session {
         self.send_reply(&reply);
         let ids: Vec<DataId> = self.data.keys().copied().collect();
         for id in ids {
-            self.abort_data(id);
+            self.abort_data(id, Cut::Aborted(AbortCause::SessionEnded));
         }
         self.set_current_data(None);
         let user = self.login.user.clone();

@@ -11,6 +11,7 @@ use super::control::{Binding, Pending, ServerHold, TransferCommand, REPLY_CANT_O
 use super::{after, Action, DataId, DataStep, Session, Side};
 use crate::addr::canonical_ip;
 use crate::audit::{AbortCause, AuditEvent, DataLeg, DataLegs, DataMode, TransferFailure, TransferResult};
+use crate::error::Violation;
 use crate::reply::Reply;
 
 /// What a data channel waits for, with the deadline of that wait.
@@ -223,8 +224,13 @@ impl Session {
 
     /// A transfer command got its first reply: it uses this channel.
     pub(super) fn bind_transfer(&mut self, data: Option<DataId>, label: TransferCommand) {
-        if let Some(ch) = data.and_then(|id| self.data.get_mut(&id)) {
-            ch.command = Some(label);
+        let Some(ch) = data.and_then(|id| self.data.get_mut(&id)) else { return };
+        let toward = data_direction(&label.verb);
+        ch.command = Some(label);
+        if self.config.enforce_data_direction && !ch.is_closed() {
+            if let Some(toward) = toward {
+                self.actions.push_back(Action::DataDirection { data: ch.id, toward });
+            }
         }
     }
 
@@ -336,7 +342,12 @@ impl Session {
         }
         ch.to_client = counts.0;
         ch.to_server = counts.1;
+        if error == super::WRONG_DIRECTION {
+            let verb = ch.command.as_ref().map(|c| c.verb.clone()).unwrap_or_default();
+            self.refuse(Violation::WrongDirection { side: leg }, verb.as_bytes());
+        }
         let why = match error {
+            super::WRONG_DIRECTION => TransferFailure::WrongDirection { from: leg },
             io::ErrorKind::ConnectionReset => TransferFailure::Reset { leg },
             error => TransferFailure::RelayError { leg, error },
         };
@@ -447,23 +458,25 @@ impl Session {
     }
 
     /// Session end: close the channel (a running relay with a reset); a
-    /// transfer not yet logged is aborted.
-    pub(super) fn abort_data(&mut self, data: DataId) {
+    /// transfer not yet logged ends with `cut` (aborted, or failed when the
+    /// server went away).
+    pub(super) fn abort_data(&mut self, data: DataId, cut: Cut) {
         if let Some(ch) = self.data.get_mut(&data) {
             if !ch.is_closed() {
-                ch.cut = Some(Cut::Aborted(AbortCause::SessionEnded));
+                ch.cut = Some(cut);
                 if ch.is_connecting_or_relaying() {
                     self.actions.push_back(Action::ResetData { data });
                 }
             }
         }
         self.close_data(self.now, data);
-        self.finish(data, Some(AbortCause::SessionEnded));
+        self.finish(data, Some(cut));
     }
 
     /// Log the transfer once both its relay and its final reply are over,
-    /// then forget the channel. `ended`: the session ends, log what is left.
-    pub(super) fn finish(&mut self, data: DataId, ended: Option<AbortCause>) {
+    /// then forget the channel. `ended`: the session ends, log what is left
+    /// with this result.
+    pub(super) fn finish(&mut self, data: DataId, ended: Option<Cut>) {
         let Some(ch) = self.data.get(&data) else { return };
         if !ch.is_closed() {
             return;
@@ -478,7 +491,7 @@ impl Session {
         };
         let result = match (ch.cut, ch.final_code, ended) {
             (Some(cut), Some(_), _) | (Some(cut), None, Some(_)) => cut.into(),
-            (None, None, Some(cause)) => TransferResult::Aborted(cause),
+            (None, None, Some(ended)) => ended.into(),
             (_, None, None) => return, // the reply is still to come
             (None, Some(code), _) if !(200..300).contains(&code) => {
                 TransferResult::Failed(TransferFailure::ServerReply { code })
@@ -525,5 +538,15 @@ impl Session {
             let label = label.clone();
             self.bind_transfer(data, label);
         }
+    }
+}
+
+/// The only side a transfer's data may flow toward (ATTACKS.md 34), for
+/// the verbs `Command::Transfer` knows.
+fn data_direction(verb: &str) -> Option<Side> {
+    match verb {
+        "RETR" | "LIST" | "NLST" | "MLSD" => Some(Side::Client),
+        "STOR" | "APPE" | "STOU" => Some(Side::Server),
+        _ => None,
     }
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use self::control::{
     Login, Pending, Phase, PortHold, RefusedRun, ServerHold, REPLY_SHUTTING_DOWN, REPLY_UNREACHABLE,
 };
-use self::data::DataChan;
-use crate::audit::AuditEvent;
+use self::data::{Cut, DataChan};
+use crate::audit::{AbortCause, AuditEvent, TransferFailure};
 use crate::line::LineReader;
 use crate::policy::Config;
 use crate::reply::{Reply, ReplyAssembler};
@@ -153,7 +153,8 @@ pub enum Input<'a> {
         data: DataId,
         /// Whose data connection failed: the client's or the server's.
         leg: Side,
-        /// Why.
+        /// Why. [`WRONG_DIRECTION`]: `leg`'s peer sent data against the
+        /// direction of [`Action::DataDirection`].
         error: io::ErrorKind,
         /// Bytes written toward the client before the failure.
         to_client: u64,
@@ -165,6 +166,11 @@ pub enum Input<'a> {
     /// The daemon is shutting down: finish running transfers, then close.
     Drain,
 }
+
+/// The `error` of [`Input::RelayFailed`] when a leg sent data the wrong way
+/// ([`Action::DataDirection`]). No OS error maps to `InvalidData`, so it
+/// cannot be mistaken for a socket error.
+pub const WRONG_DIRECTION: io::ErrorKind = io::ErrorKind::InvalidData;
 
 /// Work the core asks the shell to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +211,20 @@ pub enum Action {
     Relay {
         /// The data channel.
         data: DataId,
+    },
+    /// Only with `Config::enforce_data_direction` (ATTACKS.md 34): the
+    /// transfer that uses this channel is known, and its data may flow only
+    /// toward `toward`. It may come before or after `Relay`. With
+    /// enforcement on, the relay moves nothing until this arrives (bytes
+    /// wait in the kernel); then it moves data toward `toward` only, a FIN
+    /// either way passes, and a byte readable from `toward`'s own leg
+    /// fails the relay: reset both legs and report `RelayFailed` with
+    /// `leg` the sender and `error` [`WRONG_DIRECTION`].
+    DataDirection {
+        /// The data channel.
+        data: DataId,
+        /// The only side data may flow toward.
+        toward: Side,
     },
     /// End both legs of this data channel with a reset (close with
     /// `SO_LINGER` 0), never a FIN: the transfer failed and neither end may
@@ -487,7 +507,9 @@ impl Session {
             if matches!(self.phase, Phase::ExpectGreeting { .. }) && !self.server_spoke {
                 self.send_client_now(REPLY_UNREACHABLE);
             }
-            self.teardown(Side::Client, "server closed");
+            // The server went away: a transfer it cut failed, the client
+            // did not abort it.
+            self.teardown_cutting(Side::Client, "server closed", Cut::Failed(TransferFailure::ServerClosed));
         } else if self.draining && !self.transfer_running() {
             self.send_client_now(REPLY_SHUTTING_DOWN);
             self.teardown(Side::Client, "gateway shutting down");
@@ -594,6 +616,13 @@ impl Session {
         }
     }
 
+    /// The policy this session runs with (the shell reads
+    /// `enforce_data_direction` from it to hold a relay until
+    /// [`Action::DataDirection`]).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// A complete control line arrived: the connection is not idle.
     fn line_seen(&mut self) {
         self.idle_at = after(self.now, self.config.idle_timeout);
@@ -609,8 +638,13 @@ impl Session {
     }
 
     /// End the session: shut both control sockets (`first` first), close
-    /// every data channel, log.
+    /// every data channel, log. A transfer not yet logged is aborted.
     fn teardown(&mut self, first: Side, reason: &'static str) {
+        self.teardown_cutting(first, reason, Cut::Aborted(AbortCause::SessionEnded));
+    }
+
+    /// [`Self::teardown`], logging a transfer not yet logged with `cut`.
+    fn teardown_cutting(&mut self, first: Side, reason: &'static str, cut: Cut) {
         if matches!(self.phase, Phase::Closed | Phase::Blind) {
             return;
         }
@@ -629,7 +663,7 @@ impl Session {
         }
         let ids: Vec<DataId> = self.data.keys().copied().collect();
         for id in ids {
-            self.abort_data(id);
+            self.abort_data(id, cut);
         }
         if first == Side::Server {
             self.actions.push_back(Action::Shutdown { side: Side::Client });

@@ -1057,6 +1057,46 @@ fn relaying_server_closed_processes_buffered_lines_then_closes() {
     assert!(t.s.is_closed());
 }
 
+/// The server's whole session died mid-transfer (kill -9 of vsftpd): its
+/// control connection ends with no final reply. The server went away, the
+/// client did not give up: the transfer failed, and both legs are reset.
+#[test]
+fn relaying_server_closed_without_final_reply_records_failed_server_closed() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Closed { from: Side::Server });
+    let actions = t.actions();
+    assert!(actions.contains(&Action::ResetData { data: DataId(0) }), "{actions:?}");
+    let record = actions.iter().find(|a| matches!(a, Action::Audit(AuditEvent::Transfer { .. })));
+    assert!(
+        matches!(
+            record,
+            Some(Action::Audit(AuditEvent::Transfer {
+                reply: None,
+                server_reply: None,
+                result: TransferResult::Failed(TransferFailure::ServerClosed),
+                ..
+            }))
+        ),
+        "{actions:?}"
+    );
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn relayed_then_server_closed_before_226_records_failed_server_closed() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Relayed { data: DataId(0), to_client: 3, to_server: 0 });
+    t.input(Input::Closed { from: Side::Server });
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            reply: None,
+            result: TransferResult::Failed(TransferFailure::ServerClosed),
+            ..
+        }
+    ));
+}
+
 #[test]
 fn attack_18_expect_accept_421_relayed_then_teardown_closes_listener() {
     let mut t = passive_listening();
@@ -2659,4 +2699,93 @@ fn relaying_session_end_record_sums_transfers() {
             to_server: 0,
         }]
     );
+}
+
+// ---- ATTACKS.md 34: data direction ---------------------------------------------
+
+fn enforcing() -> Config {
+    Config { enforce_data_direction: true, ..Config::default() }
+}
+
+#[test]
+fn attack_34_retr_is_bound_toward_the_client_at_its_150() {
+    let mut t = passive_listening_with(enforcing());
+    client!(t, b"RETR file.bin\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    t.input(Input::Connected { data: DataId(0), local: sa("192.0.2.10:41000") });
+    // Both legs up, the verb's channel not yet known: no direction yet.
+    assert!(!t.work().iter().any(|a| matches!(a, Action::DataDirection { .. })));
+    server!(t, b"150 Opening\r\n");
+    expect!(t, work: vec![Action::DataDirection { data: DataId(0), toward: Side::Client }]);
+}
+
+#[test]
+fn attack_34_stor_and_list_directions() {
+    for (line, toward) in [
+        (&b"STOR up.bin\r\n"[..], Side::Server),
+        (b"APPE up.bin\r\n", Side::Server),
+        (b"STOU\r\n", Side::Server),
+        (b"LIST\r\n", Side::Client),
+        (b"NLST\r\n", Side::Client),
+        (b"MLSD\r\n", Side::Client),
+    ] {
+        let mut t = passive_listening_with(enforcing());
+        client!(t, line);
+        server!(t, b"150 Here\r\n");
+        expect!(t, work: vec![Action::DataDirection { data: DataId(0), toward }]);
+    }
+}
+
+#[test]
+fn attack_34_direction_is_not_told_when_not_enforcing() {
+    let mut t = passive_listening();
+    client!(t, b"RETR file.bin\r\n");
+    server!(t, b"150 Opening\r\n");
+    expect!(t, work: vec![]);
+}
+
+#[test]
+fn attack_34_client_bytes_into_retr_reset_426_refusal_and_record() {
+    let mut t = passive_relaying_retr_with(enforcing());
+    t.actions();
+    let failed = Input::RelayFailed {
+        data: DataId(0),
+        leg: Side::Client,
+        error: WRONG_DIRECTION,
+        to_client: 4096,
+        to_server: 0,
+    };
+    t.input(failed);
+    let actions = t.actions();
+    assert_eq!(
+        actions.iter().filter(|a| !matches!(a, Action::Audit(_))).cloned().collect::<Vec<_>>(),
+        reset_close(0)
+    );
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Audit(AuditEvent::Refused {
+                side: Side::Client,
+                rule: "data-direction",
+                attack: Some(34),
+                ..
+            })
+        )),
+        "{actions:?}"
+    );
+    server!(t, b"226 Transfer complete.\r\n");
+    expect!(t, to_client: REPLY_426);
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            reply: Some(426),
+            server_reply: Some(226),
+            to_client: 4096,
+            result: TransferResult::Failed(TransferFailure::WrongDirection { from: Side::Client }),
+            ..
+        }
+    ));
+    // The session goes on.
+    client!(t, b"NOOP\r\n");
+    expect!(t, to_server: b"NOOP\r\n");
 }
