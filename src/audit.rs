@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ftpgate_proto::{
-    AbortCause, AuditEvent, DataLeg, DataMode, DataStep, Side, TransferFailure, TransferResult,
+    AbortCause, AuditEvent, DataLeg, DataMode, DataStep, PolicyStage, Side, TransferFailure, TransferResult,
 };
 use slog::{info, warn, Logger};
 
@@ -30,6 +30,23 @@ fn result(r: TransferResult) -> &'static str {
         TransferResult::Ok => "ok",
         TransferResult::Failed(_) => "failed",
         TransferResult::Aborted(_) => "aborted",
+    }
+}
+
+fn stage(s: PolicyStage) -> &'static str {
+    match s {
+        PolicyStage::Connection => "connection",
+        PolicyStage::User => "user",
+        PolicyStage::Command => "command",
+    }
+}
+
+/// The refusal counter's rule label of a policy denial.
+fn policy_rule(s: PolicyStage) -> &'static str {
+    match s {
+        PolicyStage::Connection => "policy",
+        PolicyStage::User => "policy-user",
+        PolicyStage::Command => "policy-command",
     }
 }
 
@@ -167,6 +184,11 @@ pub(crate) fn record(log: &Logger, event: &AuditEvent) {
                 "error" => if error.is_empty() { NONE.to_string() } else { error }
             )
         }
+        AuditEvent::PolicyDenied { stage: st, rule, user, verb, profile } => warn!(
+            log, "denied by policy";
+            "stage" => stage(*st), "rule" => rule, "user" => text(user.as_deref()),
+            "verb" => text(verb.as_deref()), "profile" => text(profile.as_deref())
+        ),
         AuditEvent::SessionEnded { reason, user, duration, transfers, to_client, to_server } => info!(
             log, "session end";
             "reason" => reason, "user" => text(user.as_deref()), "ms" => millis(*duration),
@@ -209,6 +231,9 @@ fn count(m: &Metrics, event: &AuditEvent) {
             }
         }
         AuditEvent::SessionEnded { reason, .. } => m.session_ended(reason),
+        // By stage, not by the operator's rule names: those are the log's.
+        AuditEvent::PolicyDenied { stage: PolicyStage::Connection, .. } => m.session_refused("policy"),
+        AuditEvent::PolicyDenied { stage: st, .. } => m.refused(Some(Side::Client), policy_rule(*st)),
         _ => {}
     }
 }

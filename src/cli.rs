@@ -98,6 +98,12 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) metrics: Option<SocketAddr>,
 
+    /// Access rules and command profiles: a TOML file holding what goes
+    /// in the configuration's [policy] table (README "Policy"). Without it,
+    /// everything is allowed.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) policy_file: Option<std::path::PathBuf>,
+
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub(crate) log_level: LogLevel,

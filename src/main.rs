@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use ftpgate_proto::{Config, PassiveAddressPolicy};
+use ftpgate_proto::{Config, PassiveAddressPolicy, PolicySet};
 use slog::{crit, info, warn, Logger};
 
 use crate::cli::{Args, PassiveMismatch};
@@ -29,7 +29,19 @@ use crate::cli::{Args, PassiveMismatch};
 fn main() -> ExitCode {
     let args = Args::parse();
     let log = log::build(args.log_level, args.log_format);
-    let config = core_config(&args);
+    let mut config = core_config(&args);
+    if let Some(path) = &args.policy_file {
+        match policy_from_file(path) {
+            Ok(policy) => {
+                info!(log, "policy loaded"; "path" => %path.display(), "rules" => policy.rules.len());
+                config.policy = policy;
+            }
+            Err(e) => {
+                crit!(log, "cannot start"; "error" => %e);
+                return ExitCode::from(2);
+            }
+        }
+    }
     let (max_sessions, max_data_channels) = size_limits(&args, &log);
     let session_rate =
         limits::Rate { per_second: args.session_rate_per_client, burst: args.session_burst_per_client };
@@ -139,6 +151,17 @@ fn size_limits(args: &Args, log: &Logger) -> (usize, usize) {
     (max_sessions, max_data_channels)
 }
 
+/// `--policy-file`: the `[policy]` table's content on its own. Stands in
+/// until the configuration file's loader reads `[policy]` itself.
+fn policy_from_file(path: &std::path::Path) -> Result<PolicySet, String> {
+    let what = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("policy file {what}: {e}"))?;
+    // toml's message names the line and column.
+    let policy: PolicySet = toml::from_str(&text).map_err(|e| format!("policy file {what}: {e}"))?;
+    policy.validate().map_err(|e| format!("policy file {what}: {e}"))?;
+    Ok(policy)
+}
+
 /// The protocol core's settings from the command line.
 fn core_config(args: &Args) -> Config {
     Config {
@@ -166,6 +189,26 @@ mod tests {
         assert_eq!(config.data_idle_timeout, Duration::from_secs(300));
         let config = core_config(&Args::parse_from(["ftpgate", "--data-idle-timeout", "7"]));
         assert_eq!(config.data_idle_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn policy_file_errors_name_the_file_and_the_line() {
+        let dir = std::env::temp_dir().join(format!("ftpgate-policy-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.toml");
+        std::fs::write(
+            &path,
+            "[[rule]]\naction = \"allow\"\n\n[[rule]]\nclient = [\"192.0.2.0/40\"]\naction = \"deny\"\n",
+        )
+        .unwrap();
+        let e = policy_from_file(&path).unwrap_err();
+        assert!(e.contains("policy.toml") && e.contains("line 5") && e.contains("not a network"), "{e}");
+        std::fs::write(&path, "[[rule]]\naction = \"allow\"\nprofile = \"ro\"\n").unwrap();
+        let e = policy_from_file(&path).unwrap_err();
+        assert!(e.contains("rule 1: profile 'ro' is not defined"), "{e}");
+        std::fs::write(&path, "default = \"deny\"\n").unwrap();
+        assert_eq!(policy_from_file(&path).unwrap().default, ftpgate_proto::rules::Action::Deny);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -221,6 +221,9 @@ impl Session {
         };
         // REST applies to the command right after it only (RFC 959 §4.1.3).
         let rest = self.rest.take();
+        if !self.policy_admits(line, &cmd) {
+            return;
+        }
         match cmd {
             Command::User(name) => self.forward(line, Pending::User { name: printable(name, 64) }),
             Command::Port(hp) => self.active(now, line, IpAddr::V4(hp.ip), hp.port, false),
@@ -538,6 +541,7 @@ impl Session {
             Some(Pending::Rein) => {
                 if code == Code::READY {
                     self.login = Login::default();
+                    self.decision = self.policy_decision(None);
                     self.epsv_all = false;
                     self.reset_data_setup(now);
                 }

@@ -5,6 +5,7 @@
 //! `control.rs` pairs commands with replies; `data.rs` runs the data
 //! channels; `tests.rs` has one transcript per rule.
 
+mod access;
 mod control;
 mod data;
 
@@ -20,6 +21,7 @@ use crate::audit::AuditEvent;
 use crate::line::LineReader;
 use crate::policy::Config;
 use crate::reply::{Reply, ReplyAssembler};
+use crate::rules::Decision;
 
 /// One end of the control connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -307,6 +309,10 @@ pub struct Session {
     started_at: Instant,
     /// What its transfer records added up to, for its end record.
     totals: Totals,
+    /// The access rules' decision in force (`access.rs`).
+    decision: Decision,
+    /// The last USER was denied by policy: its PASS is answered here.
+    user_denied: bool,
 }
 
 /// A session's transfers, summed for its end record.
@@ -334,7 +340,11 @@ impl Session {
     /// A session for a control connection just accepted; the shell is
     /// connecting to `ends.server` from `ends.client`.
     pub fn new(config: Arc<Config>, ends: ControlEnds, now: Instant) -> Self {
+        let facts = crate::rules::Facts { client: ends.client.ip(), server: ends.server, user: None };
+        let decision = config.policy.decide(&facts);
         Self {
+            decision,
+            user_denied: false,
             phase: Phase::ExpectGreeting { expires_at: after(now, config.greeting_timeout) },
             idle_at: after(now, config.idle_timeout),
             readers: [LineReader::new(), LineReader::new()],
