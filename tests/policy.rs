@@ -12,7 +12,7 @@
 mod common;
 use std::path::PathBuf;
 
-use common::{assert_same_file, curl_get, text, Lab, Mode, Ns, Rules, SERVER_IP};
+use common::{assert_same_file, curl_get, curl_put, lftp_session, text, Lab, Mode, Ns, Rules, SERVER_IP};
 
 fn policy_file(lab: &Lab, toml: &str) -> PathBuf {
     let path = lab.run.join("policy.toml");
@@ -107,4 +107,50 @@ fn read_only_download_works_upload_550_nothing_written() {
     assert!(d[0].contains("verb: STOR") && d[0].contains("profile: read-only"), "{}", d[0]);
     // The gateway's own rules still apply, and the session's records are whole.
     lab.assert_server_saw_only_client(2);
+}
+
+#[test]
+fn server_data_passive_active_clients_reach_a_vsftpd_without_port() {
+    let mut lab = Lab::with_vsftpd_settings("pconvert", Rules::Nft, &["port_enable=NO"]);
+    let src = lab.server_file("down.bin", 1_500_000);
+    let up = lab.client_path("up.bin");
+    std::fs::write(&up, common::pattern(700_000, 42)).unwrap();
+    // Without conversion, this vsftpd refuses an active-mode client.
+    lab.start_gateway(&[]);
+    let url = format!("ftp://{SERVER_IP}/pub/down.bin");
+    let local = lab.client_path("refused.bin");
+    let out = lab.exec(
+        Ns::Client,
+        30,
+        &["curl", "-sS", "--max-time", "10", "-P", common::CLIENT_IP, "--disable-eprt", "-o", &local, &url],
+    );
+    assert!(!out.status.success(), "vsftpd with port_enable=NO took PORT");
+    lab.stop_gateway();
+    start_with_policy(
+        &mut lab,
+        "[[rule]]\nname = \"to-passive\"\naction = \"allow\"\nserver-data = \"passive\"\n",
+    );
+    for (i, mode) in [Mode::Port, Mode::Eprt].into_iter().enumerate() {
+        let got = lab.client_path(&format!("down-{i}.bin"));
+        curl_get(&lab, mode, "down.bin", &got);
+        assert_same_file(&format!("{mode:?} download"), &src, &PathBuf::from(&got));
+        curl_put(&lab, mode, &up, &format!("up-{i}.bin"));
+        assert_same_file(
+            &format!("{mode:?} upload"),
+            &PathBuf::from(&up),
+            &lab.upload_dir().join(format!("up-{i}.bin")),
+        );
+    }
+    let got = lab.client_path("down-lftp.bin");
+    lftp_session(&lab, false, &[("down.bin", got.as_str())], &[(up.as_str(), "up-lftp.bin")]);
+    assert_same_file("lftp active download", &src, &PathBuf::from(&got));
+    assert_same_file("lftp active upload", &PathBuf::from(&up), &lab.upload_dir().join("up-lftp.bin"));
+    let server_log = lab.vsftpd_log();
+    assert!(server_log.contains("\"PASV\"") && server_log.contains("\"EPSV\""), "{server_log}");
+    // Every session and every transfer came from the client's own address.
+    lab.assert_server_saw_only_client(4);
+    lab.assert_transfers_from_client(6);
+    let records = lab.transfer_records();
+    assert!(records.len() >= 6 && records.iter().all(|r| r.result == "ok"), "{records:#?}");
+    lab.assert_no_data_listeners();
 }

@@ -18,6 +18,7 @@ use crate::error::Violation;
 use crate::line::{write_line, LineError, DM, IAC, IP};
 use crate::policy::PassiveAddressPolicy;
 use crate::reply::{Code, Reply, ReplyError};
+use crate::rules::ServerData;
 
 pub(super) const REPLY_UNREACHABLE: &str =
     "421 Service not available: ftpgate could not reach the server.\r\n";
@@ -68,6 +69,9 @@ pub(super) enum Pending {
     Local(Vec<u8>),
     /// PASV/EPSV forwarded: its 227/229 sets up a data channel.
     Passive,
+    /// PASV/EPSV the gateway sent in place of the client's PORT/EPRT
+    /// (`convert.rs`): its 227/229 becomes the client's `200`.
+    PassiveFor { data: DataId },
     /// PORT/EPRT forwarded with its listener up.
     Active { data: DataId },
     /// A transfer command and the data channel it uses.
@@ -284,6 +288,12 @@ impl Session {
             let v = Violation::PrivilegedPort { side: Side::Client };
             return self.refuse_local(v, line, REPLY_PRIVILEGED);
         }
+        if self.decision.server_data == ServerData::Passive {
+            if !self.convert_to_passive(now, port, extended) {
+                self.refuse_local(Violation::TooManyDataChannels, line, REPLY_TOO_MANY);
+            }
+            return;
+        }
         let local = SocketAddr::new(client_ip, port);
         let Some(data) = self.open_data(now, DataMode::Active, local, self.ends.server.ip(), port) else {
             return self.refuse_local(Violation::TooManyDataChannels, line, REPLY_TOO_MANY);
@@ -486,10 +496,12 @@ impl Session {
         }
         if code.is_preliminary() {
             self.bind_front_transfer();
+            self.front_transfer_started(now);
             return self.send_reply(&reply);
         }
         match self.pending.pop_front() {
             Some(Pending::Passive) => self.passive_reply(now, reply),
+            Some(Pending::PassiveFor { data }) => self.converted_passive_reply(now, data, reply),
             Some(Pending::Active { data }) => {
                 if !code.is_success() {
                     // The server will not use the channel. A hostile one
@@ -587,6 +599,11 @@ impl Session {
     /// The final reply of a transfer command: release it now, or hold it
     /// until the data relay ends (ATTACKS.md 25).
     fn transfer_reply(&mut self, now: Instant, reply: Reply, data: Option<DataId>) {
+        if let Some(id) = data.filter(|_| reply.code.is_success()) {
+            // A converted channel whose transfer had no 1xx: its client leg
+            // is dialed now and the reply held for the relay.
+            self.dial_client_leg(now, id);
+        }
         let Some(ch) = data.and_then(|id| self.data.get_mut(&id)) else {
             return self.send_reply(&reply);
         };

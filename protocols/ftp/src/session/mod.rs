@@ -7,6 +7,7 @@
 
 mod access;
 mod control;
+mod convert;
 mod data;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -115,6 +116,15 @@ pub enum Input<'a> {
         /// The transfer's audit record names it.
         local: SocketAddr,
     },
+    /// A connect asked for with `Action::Dial` completed.
+    Dialed {
+        /// The data channel.
+        data: DataId,
+        /// Which leg: toward the client or toward the server.
+        leg: Side,
+        /// The address the connection was made from (getsockname()).
+        local: SocketAddr,
+    },
     /// A data channel step failed. The shell has released what that step held.
     Failed {
         /// The data channel.
@@ -194,6 +204,22 @@ pub enum Action {
     Connect {
         /// The data channel.
         data: DataId,
+        /// Source address (foreign, IP_TRANSPARENT); port 0: any port.
+        local: SocketAddr,
+        /// Destination.
+        remote: SocketAddr,
+    },
+    /// Open one leg of a data channel whose two legs the gateway both
+    /// connects (`server-data = "passive"` for a client in active mode):
+    /// connect from the foreign address `local` to `remote`, toward `leg`'s
+    /// side. Report `Dialed` or `Failed { step: Connect }`. The first
+    /// `Dial` of a channel opens it in the shell, as `Listen` does for the
+    /// others; `Relay` follows once both legs are up.
+    Dial {
+        /// The data channel.
+        data: DataId,
+        /// Which side the connection goes to.
+        leg: Side,
         /// Source address (foreign, IP_TRANSPARENT); port 0: any port.
         local: SocketAddr,
         /// Destination.
@@ -415,6 +441,7 @@ impl Session {
             Input::Listening { data, local } => self.on_listening(now, data, local),
             Input::Accepted { data, peer } => self.on_accepted(now, data, peer),
             Input::Connected { data, local } => self.on_connected(now, data, local),
+            Input::Dialed { data, leg, local } => self.on_dialed(now, data, leg, local),
             Input::Failed { data, step, error } => self.on_failed(now, data, step, error),
             Input::Relayed { data, to_client, to_server } => self.on_relayed(now, data, to_client, to_server),
             Input::Progress { data, to_client, to_server } => {
