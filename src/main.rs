@@ -212,6 +212,20 @@ mod tests {
     }
 
     #[test]
+    fn readme_policy_examples_load() {
+        let readme = include_str!("../README.md");
+        let policy = readme.split("\n## Policy\n").nth(1).unwrap().split("\n## ").next().unwrap();
+        let examples: Vec<&str> =
+            policy.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+        assert_eq!(examples.len(), 3);
+        for text in examples {
+            let policy: PolicySet = toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            policy.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert!(!policy.rules.is_empty());
+        }
+    }
+
+    #[test]
     fn group_without_user_is_refused() {
         assert!(Args::try_parse_from(["ftpgate", "--group", "nogroup"]).is_err());
         let args = Args::parse_from(["ftpgate", "--user", "nobody", "--group", "nogroup"]);
