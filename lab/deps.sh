@@ -78,13 +78,23 @@ want_lib libpam0g
 want_lib libssl3t64 libssl3
 want_lib libcap2
 want_lib libsodium23     # absent from a minimal Debian
+want_cmd tcpdump tcpdump        # lab/scenario: captures for the ladder diagrams
+want_cmd keepalived keepalived  # lab/scenario failover (VRRP between the gateway namespaces)
 [ "$lint" = 0 ] || want_cmd shellcheck shellcheck
 
 if [ ${#missing[@]} -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     log "installing Debian packages: ${missing[*]}"
     apt_update_once
-    apt-get -q install -y --no-install-recommends "${missing[@]}"
+    # keepalived's package would start a system-wide VRRP daemon; the lab runs
+    # its own, in namespaces. A policy-rc.d that forbids starts (only when
+    # the host has none) keeps the host as it was.
+    guard=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && guard=1
+    fi
+    apt-get -q install -y --no-install-recommends "${missing[@]}" || { [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
+    [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
 fi
 # iptables on Debian defaults to the nf_tables backend (iptables-nft);
 # both forms of the rule set then program nf_tables in the lab's namespace.

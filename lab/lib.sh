@@ -1,13 +1,16 @@
 # shellcheck shell=bash disable=SC2034  # variables for the scripts that source this
 # Common definitions for the ftpgate lab scripts. Sourced, not run.
 #
-# Topology of lab NAME (three network namespaces, documentation addresses):
+# Topology of lab NAME (three network namespaces, documentation addresses,
+# dual-stack):
 #
-#   NAME-c  eth0 192.0.2.10/24  (default via 192.0.2.1)
+#   NAME-c  eth0 192.0.2.10/24    2001:db8:1::10/64  (default via .1 / ::1)
 #     |
-#   NAME-g  gw-c 192.0.2.1/24   gw-s 198.51.100.1/24   (router + ftpgate)
+#   NAME-g  gw-c 192.0.2.1/24     2001:db8:1::1/64   (router + ftpgate)
+#           gw-s 198.51.100.1/24  2001:db8:2::1/64
 #     |
-#   NAME-s  eth0 198.51.100.10/24 (default via 198.51.100.1)  vsftpd :21
+#   NAME-s  eth0 198.51.100.10/24 2001:db8:2::10/64  (default via .1 / ::1)
+#           FTP server :21, both families
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LAB_CACHE=${FTPGATE_LAB_CACHE:-$LAB_DIR/.cache}
@@ -17,9 +20,17 @@ CLIENT_IP=192.0.2.10
 GW_CLIENT_IP=192.0.2.1
 GW_SERVER_IP=198.51.100.1
 SERVER_IP=198.51.100.10
+CLIENT_IP6=2001:db8:1::10
+GW_CLIENT_IP6=2001:db8:1::1
+GW_SERVER_IP6=2001:db8:2::1
+SERVER_IP6=2001:db8:2::10
 GW_PORT=2121
 GW_CLIENT_IF=gw-c
 GW_SERVER_IF=gw-s
+
+# The ftpgate binary whose `rules` output the lab installs (lab/test and
+# the test harness build it first; the harness passes its own path).
+FTPGATE_BIN=${FTPGATE_BIN:-$LAB_DIR/../target/debug/ftpgate}
 
 die() { echo "lab: $*" >&2; exit 1; }
 log() { echo "lab: $*" >&2; }

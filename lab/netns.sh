@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # ftpgate lab: three network namespaces (client, gateway, server) with
-# documentation addresses only, vsftpd in the server namespace, and the
-# TPROXY rule set in the gateway namespace. Never touches the root
-# namespace's routes or firewall. Needs root.
+# documentation addresses only, IPv4 and IPv6, vsftpd in the server
+# namespace, and the TPROXY rule set `ftpgate rules` prints in the gateway
+# namespace. Never touches the root namespace's routes or firewall. Needs
+# root, and a built ftpgate ($FTPGATE_BIN, default target/debug/ftpgate).
 #
 # Usage:
 #   netns.sh up NAME [nft|iptables|none]   create lab NAME (default: nft rules)
 #   netns.sh down NAME                     stop what the lab started, remove it
-#   netns.sh rules NAME add|del nft|iptables
+#   netns.sh rules NAME add|del nft|iptables   (from `$FTPGATE_BIN rules`;
+#                                          default target/debug/ftpgate)
 #   netns.sh vsftpd NAME [KEY=VALUE]...    start vsftpd in NAME-s (foreground
 #                                          process, PID in the run dir)
 #   netns.sh gateway NAME BIN [ARGS...]    start BIN in NAME-g, stderr to
@@ -29,7 +31,8 @@
 # Run directory (RUN = /tmp/ftpgate-lab/NAME, or $FTPGATE_LAB_RUN/NAME):
 #   *.pid (format: lab/lib.sh, "pidfiles"; `down` signals a PID only while
 #   it is still the process the lab started), owner, vsftpd.conf,
-#   vsftpd.log, xferlog, ftpgate.log, ftproot/pub (downloads), ftproot/upload (uploads, owned by 'ftp').
+#   vsftpd.log, xferlog, ftpgate.log, ftproot/pub (downloads), ftproot/upload (uploads, owned by 'ftp'),
+#   routing.sh and rules-add.nft (or rules-*-iptables.sh): what was installed.
 set -Eeuo pipefail
 # shellcheck source=lab/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -91,27 +94,48 @@ ensure_ftp_user() {
 }
 
 # -- rules -------------------------------------------------------------------
+# The lab installs what `ftpgate rules` prints (src/rules.rs), so the tests
+# run what users paste: both families' listeners, the strict profile with
+# the client-facing interface. lab/rules/lab-*.{nft,sh} are those outputs,
+# kept as references (a unit test checks they are current).
+rules_args() {
+    [ -x "$FTPGATE_BIN" ] || die "no ftpgate binary at $FTPGATE_BIN (cargo build first, or set FTPGATE_BIN)"
+    echo "--listen 0.0.0.0:$GW_PORT --listen [::]:$GW_PORT rules --profile strict --client-interface $GW_CLIENT_IF"
+}
+
+# gen_rules NAME FILE [ARG...]: `ftpgate rules ARG...` for the lab, into
+# the run directory's FILE (kept for diagnostics); prints its path
+gen_rules() {
+    local name=$1 file=$2 args out
+    shift 2
+    read -ra args <<<"$(rules_args)"
+    out=$(run_dir "$name")/$file
+    "$FTPGATE_BIN" "${args[@]}" "$@" >"$out" || die "ftpgate rules ${args[*]} $* failed"
+    echo "$out"
+}
+
 rules() {
-    local name=$1 op=$2 form=$3 g
+    local name=$1 op=$2 form=$3 g undo=()
     g=$(ns_g "$name")
+    case "$op" in add) ;; del) undo=(--undo) ;; *) die "rules: add or del (got '$op')" ;; esac
     case "$form" in
     nft)
         command -v nft >/dev/null || die "nft not installed (apt-get install nftables)"
-        if [ "$op" = add ]; then
-            sed -e "s/@CLIENT_IF@/$GW_CLIENT_IF/g" -e "s/@PORT@/$GW_PORT/g" \
-                "$LAB_DIR/rules/ruleset.nft" >"$(run_dir "$name")/ruleset.nft"
-            ip netns exec "$g" nft -f "$(run_dir "$name")/ruleset.nft"
-        else
-            ip netns exec "$g" nft delete table ip ftpgate 2>/dev/null || true
-        fi
+        ip netns exec "$g" nft -f "$(gen_rules "$name" "rules-$op.nft" "${undo[@]}")"
         ;;
     iptables)
         command -v iptables >/dev/null || die "iptables not installed (apt-get install iptables)"
-        ip netns exec "$g" bash "$LAB_DIR/rules/iptables.sh" "$op" "$GW_CLIENT_IF" "$GW_PORT"
+        ip netns exec "$g" sh "$(gen_rules "$name" "rules-$op-iptables.sh" --iptables "${undo[@]}")"
         ;;
     none) ;;
     *) die "rule form must be nft, iptables or none (got '$form')" ;;
     esac
+}
+
+# routing NAME: the policy routing and sysctls, from `ftpgate rules --routing`
+routing() {
+    local name=$1
+    ip netns exec "$(ns_g "$name")" sh "$(gen_rules "$name" routing.sh --routing)"
 }
 
 # -- up / down ---------------------------------------------------------------
@@ -141,26 +165,30 @@ up() {
     ip -n "$c" link add eth0 type veth peer name "$GW_CLIENT_IF" netns "$g"
     ip -n "$s" link add eth0 type veth peer name "$GW_SERVER_IF" netns "$g"
 
+    # IPv6 addresses without duplicate address detection (nodad): usable
+    # at once, no test waits for DAD
     ip -n "$c" addr add "$CLIENT_IP/24" dev eth0
+    ip -n "$c" addr add "$CLIENT_IP6/64" dev eth0 nodad
     ip -n "$c" link set eth0 up
     ip -n "$c" route add default via "$GW_CLIENT_IP"
+    ip -n "$c" -6 route add default via "$GW_CLIENT_IP6"
 
     ip -n "$s" addr add "$SERVER_IP/24" dev eth0
+    ip -n "$s" addr add "$SERVER_IP6/64" dev eth0 nodad
     ip -n "$s" link set eth0 up
     ip -n "$s" route add default via "$GW_SERVER_IP"
+    ip -n "$s" -6 route add default via "$GW_SERVER_IP6"
 
     ip -n "$g" addr add "$GW_CLIENT_IP/24" dev "$GW_CLIENT_IF"
+    ip -n "$g" addr add "$GW_CLIENT_IP6/64" dev "$GW_CLIENT_IF" nodad
     ip -n "$g" addr add "$GW_SERVER_IP/24" dev "$GW_SERVER_IF"
+    ip -n "$g" addr add "$GW_SERVER_IP6/64" dev "$GW_SERVER_IF" nodad
     ip -n "$g" link set "$GW_CLIENT_IF" up
     ip -n "$g" link set "$GW_SERVER_IF" up
-    ns_sysctl "$g" net.ipv4.ip_forward 1
-    local k
-    for k in all default lo "$GW_CLIENT_IF" "$GW_SERVER_IF"; do
-        ns_sysctl "$g" "net.ipv4.conf.$k.rp_filter" 0
-    done
-    # TPROXY policy routing: marked packets are delivered locally
-    ip -n "$g" rule add fwmark 1 lookup 100
-    ip -n "$g" route add local 0.0.0.0/0 dev lo table 100
+    # forwarding, rp_filter, and the TPROXY policy routing (marked packets
+    # are delivered locally), both families: `ftpgate rules --routing`.
+    # Plain routing (rules none) needs it too: forwarding.
+    routing "$name"
 
     rules "$name" add "$form"
 
@@ -214,11 +242,12 @@ start_vsftpd() {
         </dev/null >>"$run/vsftpd.out" 2>&1 &
     pid=$!
     pidfile_write "$run/vsftpd.pid" "$pid" "$VSFTPD_BIN"
-    if ! wait_tcp_listen "$s" 21 "$SERVER_IP" 100; then
+    # dual-stack: ss shows the one socket as *:21
+    if ! wait_tcp_listen "$s" 21 "" 100; then
         cat "$run/vsftpd.out" >&2 || true
-        die "vsftpd did not listen on $SERVER_IP:21 within 10 s"
+        die "vsftpd did not listen on [::]:21 within 10 s"
     fi
-    log "vsftpd listening on $SERVER_IP:21 (pid $pid)"
+    log "vsftpd listening on [::]:21, both families (pid $pid)"
 }
 
 start_gateway() {
@@ -285,7 +314,7 @@ gc() {
 }
 
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,32p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,34p' "$0" >&2; exit 2; }
 shift
 case "$cmd" in
 up)      need_root; check_name "${1:?NAME}"; up "$1" "${2:-nft}" ;;

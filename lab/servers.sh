@@ -4,7 +4,7 @@
 # start system-wide daemons, so each is fetched with `apt-get download`
 # (with the libraries the base system lacks) and unpacked with `dpkg -x`
 # into lab/.cache/SERVER/root; never installed. One server per lab at a
-# time, on 198.51.100.10:21, with the lab's ftproot (pub/, upload/),
+# time, on 198.51.100.10:21 and [2001:db8:2::10]:21, with the lab's ftproot (pub/, upload/),
 # anonymous login, passive ports 30000-30100, active from port 20.
 # Needs root and a lab made by `netns.sh up NAME`.
 #
@@ -123,7 +123,7 @@ start_proftpd() {
     local name=$1 run s bin pid group
     run=$(run_dir "$name"); s=$(ns_s "$name"); bin=$(server_bin proftpd)
     group=$(id -gn ftp)
-    sed -e "s#@RUN@#$run#g" -e "s#@SERVER_IP@#$SERVER_IP#g" \
+    sed -e "s#@RUN@#$run#g" -e "s#@SERVER_IP@#$SERVER_IP#g" -e "s#@SERVER_IP6@#$SERVER_IP6#g" \
         -e "s#@MODULES@#$(server_root proftpd)/usr/lib/proftpd#g" \
         -e "s#@FTP_GROUP@#$group#g" \
         "$LAB_DIR/proftpd.conf.in" >"$run/proftpd.conf"
@@ -150,7 +150,7 @@ start_pure_ftpd() {
     LD_LIBRARY_PATH=$(server_libpath pure-ftpd) \
         ip netns exec "$s" unshare --mount --propagation private \
         sh -c 'mount --bind "$1" "$2" && mount -t tmpfs -o size=1m,mode=755 lab-run /run && shift 2 && exec "$@"' sh "$run/ftproot" "$home" \
-        "$bin" --bind "$SERVER_IP,21" --ipv4only --anonymousonly --chrooteveryone \
+        "$bin" --bind ",21" --anonymousonly --chrooteveryone \
         --dontresolve --passiveportrange 30000:30100 --maxclientsnumber 50 \
         --maxclientsperip 50 --maxidletime 2 --syslogfacility none \
         --altlog "clf:$run/pure-ftpd.xferlog" --pidfile "$run/pure-ftpd.pidfile" \
@@ -176,10 +176,11 @@ start() {
     pure-ftpd) start_pure_ftpd "$name" ;;
     *) die "unknown server '$server'" ;;
     esac
-    if ! wait_tcp_listen "$s" 21 "$SERVER_IP" 100; then
+    # proftpd binds each address, pure-ftpd the wildcard of each family
+    if ! wait_tcp_listen "$s" 21 "" 100; then
         cat "$run/$server.out" >&2 || true
         [ "$server" = proftpd ] && cat "$run/proftpd.log" >&2
-        die "$server did not listen on $SERVER_IP:21 within 10 s"
+        die "$server did not listen on port 21 within 10 s"
     fi
     log "$server listening on $SERVER_IP:21 (pid $(cut -d' ' -f1 "$run/$server.pid"))"
 }

@@ -1,37 +1,62 @@
 //! Command line.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::rules::{Interface, Net, Profile};
 
 /// Transparent FTP gateway for Linux routers (TPROXY).
 ///
 /// Accepts FTP control connections redirected by the TPROXY target, connects
 /// to the real server from the client's own address, and opens every data
 /// channel transparently (listen on / connect from foreign addresses).
-#[derive(Debug, Parser)]
+///
+/// Every option can also be set in the configuration file (--config); an
+/// option given here wins over the file.
+#[derive(Clone, Debug, Parser)]
 #[command(name = "ftpgate", version, about, long_about)]
 pub(crate) struct Args {
+    /// Without a subcommand ftpgate runs the gateway.
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+
+    /// The configuration file (TOML). Default: /etc/ftpgate/ftpgate.toml
+    /// when it exists; `--config /dev/null` reads none. SIGHUP reads it
+    /// again. `rules` and `doctor` read it too.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Check the configuration file and the options, print the verdict and
+    /// exit: 0 when valid, 2 with the file, line and key of the error
+    /// otherwise.
+    #[arg(long)]
+    pub(crate) check_config: bool,
+
     /// Address of the TPROXY port (the `--on-port` / `tproxy to` target).
-    /// Repeat for several.
-    #[arg(long = "listen", value_name = "ADDR:PORT", default_value = "0.0.0.0:2121")]
+    /// Repeat for several: `--listen 0.0.0.0:2121 --listen [::]:2121` (the
+    /// IPv6 one then takes IPv6 only), or `--listen [::]:2121` alone for
+    /// both families on one socket. `rules` and `doctor` read it too.
+    #[arg(long = "listen", value_name = "ADDR:PORT", default_value = "0.0.0.0:2121", global = true)]
     pub(crate) listen: Vec<SocketAddr>,
 
     /// Seconds a data listener waits for its one connection.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = at_least_one_second())]
     pub(crate) data_timeout: u64,
 
     /// Seconds a connect to the server or a data peer may take.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = at_least_one_second())]
     pub(crate) connect_timeout: u64,
 
     /// Seconds without control traffic before a session is closed.
-    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    #[arg(long, value_name = "SECS", default_value_t = 900, value_parser = at_least_one_second())]
     pub(crate) idle_timeout: u64,
 
     /// Seconds a data transfer may move no byte in either direction before
     /// it is ended: both data connections are reset and the client gets 426.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = at_least_one_second())]
     pub(crate) data_idle_timeout: u64,
 
     /// Seconds running transfers get to finish after SIGTERM/SIGINT.
@@ -98,12 +123,6 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) metrics: Option<SocketAddr>,
 
-    /// Access rules and command profiles: a TOML file holding what goes
-    /// in the configuration's [policy] table (README "Policy"). Without it,
-    /// everything is allowed.
-    #[arg(long, value_name = "PATH")]
-    pub(crate) policy_file: Option<std::path::PathBuf>,
-
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub(crate) log_level: LogLevel,
@@ -113,13 +132,99 @@ pub(crate) struct Args {
     pub(crate) log_format: LogFormat,
 }
 
-/// A rate given as `N` or `N/s`.
-fn parse_per_second(text: &str) -> Result<u64, String> {
+#[derive(Clone, Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Print the kernel set-up for the configured listeners: the firewall
+    /// (`| nft -f -`, or `--iptables ... | sh`) and, with --routing, the
+    /// policy routing and sysctls (`| sh`). --undo prints what removes it.
+    Rules(RulesArgs),
+    /// Check this machine's set-up for the configured listeners, one line
+    /// per check with the command that fixes it; exit status 1 when
+    /// something is wrong. Give it the flags given to `rules`.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Clone, Debug, ClapArgs)]
+pub(crate) struct RulesArgs {
+    /// iptables and ip6tables commands (for sh) instead of an nft rule set.
+    #[arg(long, conflicts_with = "routing")]
+    pub(crate) iptables: bool,
+
+    /// The policy routing (`ip rule`, `ip route`) and sysctls, for sh.
+    #[arg(long)]
+    pub(crate) routing: bool,
+
+    /// Print what removes the set-up instead.
+    #[arg(long)]
+    pub(crate) undo: bool,
+
+    #[command(flatten)]
+    pub(crate) plan: PlanArgs,
+}
+
+#[derive(Clone, Debug, ClapArgs)]
+pub(crate) struct DoctorArgs {
+    #[command(flatten)]
+    pub(crate) plan: PlanArgs,
+}
+
+/// What the kernel set-up depends on, besides the listeners: shared by
+/// `rules` and `doctor`.
+#[derive(Clone, Debug, ClapArgs)]
+pub(crate) struct PlanArgs {
+    /// What the forward chain refuses: only the control port (port21), or
+    /// everything between the client side and the server networks that
+    /// ftpgate does not carry (strict).
+    #[arg(long, value_enum, default_value_t = Profile::Port21)]
+    pub(crate) profile: Profile,
+
+    /// The intercepted FTP control port.
+    #[arg(long, value_name = "PORT", default_value_t = 21)]
+    pub(crate) port: u16,
+
+    /// The firewall mark of packets for ftpgate's sockets.
+    #[arg(long, value_name = "MARK", default_value = "1", value_parser = parse_mark)]
+    pub(crate) mark: u32,
+
+    /// The route table that makes marked packets local.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub(crate) table: u32,
+
+    /// A client-facing interface (repeat for several).
+    #[arg(long = "client-interface", value_name = "IF")]
+    pub(crate) client_interfaces: Vec<Interface>,
+
+    /// A client network, IPv4 or IPv6 (repeat for several).
+    #[arg(long = "client-net", value_name = "PREFIX")]
+    pub(crate) client_nets: Vec<Net>,
+
+    /// A server network, IPv4 or IPv6 (repeat for several); none: any.
+    #[arg(long = "server-net", value_name = "PREFIX")]
+    pub(crate) server_nets: Vec<Net>,
+}
+
+/// A mark in decimal or 0x hex (also in the configuration file).
+pub(crate) fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("'{text}' is not a mark (like 1 or 0x10): {e}"))
+}
+
+/// A timeout of 0 would expire at once: the core has no "off" for it.
+fn at_least_one_second() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
+}
+
+/// A rate given as `N` or `N/s` (also in the configuration file).
+pub(crate) fn parse_per_second(text: &str) -> Result<u64, String> {
     let n = text.strip_suffix("/s").unwrap_or(text);
     n.trim().parse().map_err(|e| format!("'{text}' is not a whole number per second (like 20 or 20/s): {e}"))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum LogLevel {
     Error,
     Warn,
@@ -128,7 +233,8 @@ pub(crate) enum LogLevel {
     Trace,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum LogFormat {
     /// One line per record, every key-value pair on it.
     Full,
@@ -139,7 +245,8 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum PassiveMismatch {
     Rewrite,
     Refuse,
@@ -156,6 +263,23 @@ mod tests {
         assert_eq!(parse_per_second("0"), Ok(0));
         assert!(parse_per_second("20/m").is_err());
         assert!(parse_per_second("-1").is_err());
+    }
+
+    #[test]
+    fn plain_invocation_runs_the_daemon_rules_takes_global_listen() {
+        let args = Args::parse_from(["ftpgate", "--listen", "0.0.0.0:2121"]);
+        assert!(args.command.is_none());
+        let args = Args::parse_from(["ftpgate", "--listen", "[::]:2121", "rules", "--iptables"]);
+        assert_eq!(args.listen, vec!["[::]:2121".parse::<SocketAddr>().unwrap()]);
+        assert!(matches!(args.command, Some(Command::Rules(RulesArgs { iptables: true, .. }))));
+        let args = Args::parse_from(["ftpgate", "rules", "--listen", "[::]:2121", "--mark", "0x10"]);
+        assert_eq!(args.listen, vec!["[::]:2121".parse::<SocketAddr>().unwrap()]);
+        let Some(Command::Rules(rules)) = args.command else { panic!("rules expected") };
+        assert_eq!(rules.plan.mark, 16);
+        let args = Args::parse_from(["ftpgate", "rules"]);
+        assert_eq!(args.listen, vec!["0.0.0.0:2121".parse::<SocketAddr>().unwrap()]);
+        assert!(Args::try_parse_from(["ftpgate", "rules", "--client-interface", "a;b"]).is_err());
+        assert!(Args::try_parse_from(["ftpgate", "rules", "--iptables", "--routing"]).is_err());
     }
 
     #[test]

@@ -3,56 +3,126 @@
 //! The protocol lives in the `ftpgate-proto` crate; this binary executes what
 //! it asks for: transparent sockets, the splice relay, the event loop.
 
+mod assets;
 mod audit;
 mod cli;
+mod config;
 mod conn;
+mod doctor;
 mod limits;
 mod listeners;
 mod log;
 mod metrics;
 mod privilege;
 mod relay;
+mod rules;
 mod server;
+mod service;
 mod timers;
 mod tproxy;
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use clap::Parser;
-use ftpgate_proto::{Config, PassiveAddressPolicy, PolicySet};
+use clap::{CommandFactory, FromArgMatches};
 use slog::{crit, info, warn, Logger};
 
-use crate::cli::{Args, PassiveMismatch};
+use crate::cli::Args;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let log = log::build(args.log_level, args.log_format);
-    let mut config = core_config(&args);
-    if let Some(path) = &args.policy_file {
-        match policy_from_file(path) {
-            Ok(policy) => {
-                info!(log, "policy loaded"; "path" => %path.display(), "rules" => policy.rules.len());
-                config.policy = policy;
-            }
-            Err(e) => {
-                crit!(log, "cannot start"; "error" => %e);
-                return ExitCode::from(2);
-            }
-        }
+    // Packaging (lab/package): the man pages and completions, written from
+    // the clap definitions before anything is parsed, bound or logged.
+    if let Some(exit) = assets::generate_if_asked() {
+        return exit;
     }
-    let (max_sessions, max_data_channels) = size_limits(&args, &log);
-    let session_rate =
-        limits::Rate { per_second: args.session_rate_per_client, burst: args.session_burst_per_client };
+    let matches = Args::command().get_matches();
+    let cmdline = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The command line over the file over the flags' defaults; kept to
+    // merge the file again at SIGHUP, where the flags still win.
+    let loader = config::Loader::new(cmdline, config::Given::of(&matches));
+    let loaded = match loader.load() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("ftpgate: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if loaded.args.check_config {
+        return check_config(&loaded);
+    }
+    match &loaded.args.command {
+        None => run_daemon(loader, &loaded),
+        Some(cli::Command::Rules(rules)) => print_rules(&loaded.args, rules),
+        Some(cli::Command::Doctor(doctor)) => run_doctor(&loaded.args, doctor),
+    }
+}
+
+/// The rules' inputs from the command line.
+fn plan(args: &Args, p: &cli::PlanArgs) -> rules::Plan {
+    rules::Plan {
+        listen: args.listen.clone(),
+        port: p.port,
+        mark: p.mark,
+        table: p.table,
+        profile: p.profile,
+        client_interfaces: p.client_interfaces.clone(),
+        client_nets: p.client_nets.clone(),
+        server_nets: p.server_nets.clone(),
+    }
+}
+
+/// `ftpgate rules`: the set-up text on stdout, or why not on stderr.
+fn print_rules(args: &Args, r: &cli::RulesArgs) -> ExitCode {
+    let plan = plan(args, &r.plan);
+    if let Err(e) = plan.check() {
+        eprintln!("ftpgate rules: {e}");
+        return ExitCode::from(2);
+    }
+    let text = match (r.routing, r.iptables, r.undo) {
+        (true, _, false) => plan.routing(),
+        (true, _, true) => plan.routing_undo(),
+        (false, true, false) => plan.iptables(),
+        (false, true, true) => plan.iptables_undo(),
+        (false, false, false) => plan.nft(),
+        (false, false, true) => plan.nft_undo(),
+    };
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+/// `ftpgate doctor`: one line per check on stdout; 1 when one is wrong.
+fn run_doctor(args: &Args, d: &cli::DoctorArgs) -> ExitCode {
+    let plan = plan(args, &d.plan);
+    if let Err(e) = plan.check() {
+        eprintln!("ftpgate doctor: {e}");
+        return ExitCode::from(2);
+    }
+    let checks = doctor::evaluate(&plan, &doctor::Facts::gather(&plan));
+    for check in &checks {
+        println!("{check}");
+    }
+    if checks.iter().all(doctor::Check::ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
+    let args = &loaded.args;
+    let log = log::build(args.log_level, args.log_format);
+    info!(log, "configuration"; "file" => loaded.file_name());
+    loaded.log_policy(&log);
+    let (max_sessions, max_data_channels) = size_limits(args, &log);
+    let reloadable = config::Reloadable::of(loaded);
     let opts = server::Options {
         listen: args.listen.clone(),
-        config: Arc::new(config),
+        config: reloadable.core,
         max_sessions,
-        max_sessions_per_client: args.max_sessions_per_client,
-        session_rate,
+        max_sessions_per_client: reloadable.max_sessions_per_client,
+        session_rate: reloadable.session_rate,
         max_data_channels,
-        drain_timeout: Duration::from_secs(args.drain_timeout),
+        drain_timeout: reloadable.drain_timeout,
+        reloader: config::Reloader::new(loader, loaded),
     };
     // Checked before any socket exists, carried out once the control
     // listeners are bound: they are the only sockets opened as root.
@@ -91,6 +161,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     info!(log, "ftpgate started"; "version" => env!("CARGO_PKG_VERSION"));
+    // systemd's Type=notify: started means a client is served from now on.
+    service::notify_ready(&log);
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -151,37 +223,24 @@ fn size_limits(args: &Args, log: &Logger) -> (usize, usize) {
     (max_sessions, max_data_channels)
 }
 
-/// `--policy-file`: the `[policy]` table's content on its own. Stands in
-/// until the configuration file's loader reads `[policy]` itself.
-fn policy_from_file(path: &std::path::Path) -> Result<PolicySet, String> {
-    let what = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("policy file {what}: {e}"))?;
-    // toml's message names the line and column.
-    let policy: PolicySet = toml::from_str(&text).map_err(|e| format!("policy file {what}: {e}"))?;
-    policy.validate().map_err(|e| format!("policy file {what}: {e}"))?;
-    Ok(policy)
-}
-
-/// The protocol core's settings from the command line.
-fn core_config(args: &Args) -> Config {
-    Config {
-        data_accept_timeout: Duration::from_secs(args.data_timeout),
-        data_connect_timeout: Duration::from_secs(args.connect_timeout),
-        greeting_timeout: Duration::from_secs(args.connect_timeout.max(1) * 3),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        data_idle_timeout: Duration::from_secs(args.data_idle_timeout),
-        allow_privileged_data_ports: args.allow_privileged_data_ports,
-        passive_address_mismatch: match args.passive_address_mismatch {
-            PassiveMismatch::Rewrite => PassiveAddressPolicy::Rewrite,
-            PassiveMismatch::Refuse => PassiveAddressPolicy::Refuse,
-        },
-        ..Config::default()
+/// `--check-config`: the verdict on stdout, 0. (An invalid file never
+/// gets here: `main` exits 2 with the error on stderr.)
+fn check_config(loaded: &config::Loaded) -> ExitCode {
+    match &loaded.file {
+        Some(path) => println!("{}: valid", path.display()),
+        None => println!("no configuration file ({} absent); the options are valid", config::DEFAULT_PATH),
     }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
     use super::*;
+    use crate::config::core_config;
 
     #[test]
     fn data_idle_timeout_defaults_to_300_seconds_and_reaches_the_core() {
@@ -192,37 +251,29 @@ mod tests {
     }
 
     #[test]
-    fn policy_file_errors_name_the_file_and_the_line() {
-        let dir = std::env::temp_dir().join(format!("ftpgate-policy-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("policy.toml");
-        std::fs::write(
-            &path,
-            "[[rule]]\naction = \"allow\"\n\n[[rule]]\nclient = [\"192.0.2.0/40\"]\naction = \"deny\"\n",
-        )
-        .unwrap();
-        let e = policy_from_file(&path).unwrap_err();
-        assert!(e.contains("policy.toml") && e.contains("line 5") && e.contains("not a network"), "{e}");
-        std::fs::write(&path, "[[rule]]\naction = \"allow\"\nprofile = \"ro\"\n").unwrap();
-        let e = policy_from_file(&path).unwrap_err();
-        assert!(e.contains("rule 1: profile 'ro' is not defined"), "{e}");
-        std::fs::write(&path, "default = \"deny\"\n").unwrap();
-        assert_eq!(policy_from_file(&path).unwrap().default, ftpgate_proto::rules::Action::Deny);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
     fn readme_policy_examples_load() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            policy: ftpgate_proto::PolicySet,
+        }
         let readme = include_str!("../README.md");
         let policy = readme.split("\n## Policy\n").nth(1).unwrap().split("\n## ").next().unwrap();
         let examples: Vec<&str> =
             policy.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
         assert_eq!(examples.len(), 3);
         for text in examples {
-            let policy: PolicySet = toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-            policy.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
-            assert!(!policy.rules.is_empty());
+            let file: File = toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            file.policy.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert!(!file.policy.rules.is_empty());
         }
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused_on_the_command_line_too() {
+        for flag in ["--data-timeout", "--connect-timeout", "--idle-timeout", "--data-idle-timeout"] {
+            assert!(Args::try_parse_from(["ftpgate", flag, "0"]).is_err(), "{flag} 0");
+        }
+        assert!(Args::try_parse_from(["ftpgate", "--drain-timeout", "0"]).is_ok());
     }
 
     #[test]

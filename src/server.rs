@@ -67,6 +67,8 @@ pub(crate) struct Options {
     pub(crate) session_rate: Rate,
     pub(crate) max_data_channels: usize,
     pub(crate) drain_timeout: Duration,
+    /// SIGHUP: reads the configuration again.
+    pub(crate) reloader: crate::config::Reloader,
 }
 
 /// Why accept() is paused.
@@ -136,6 +138,7 @@ impl Server {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGTERM);
         mask.add(Signal::SIGINT);
+        mask.add(Signal::SIGHUP);
         mask.thread_block().map_err(|e| StartError::Setup("blocking signals", e.into()))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| StartError::Setup("signalfd", e.into()))?;
@@ -145,12 +148,13 @@ impl Server {
             .map_err(|e| StartError::Setup("registering the signalfd", e))?;
         let mut listeners = Vec::new();
         for (i, &addr) in opts.listen.iter().enumerate() {
-            let mut listener = tproxy::listen(addr, 1024).map_err(StartError::Listen)?;
+            let family = control_family(addr, &opts.listen);
+            let mut listener = tproxy::listen_family(addr, 1024, family).map_err(StartError::Listen)?;
             poll.registry()
                 .register(&mut listener, Token(1 + i), Interest::READABLE)
                 .map_err(|e| StartError::Setup("registering a listener", e))?;
             let addr = listener.local_addr().unwrap_or(addr);
-            info!(log, "listening"; "addr" => %addr);
+            info!(log, "listening"; "addr" => %addr, "family" => family.describe(addr));
             crate::metrics::get().control_listener_opened();
             listeners.push(ControlListener { listener, addr, ready: false });
         }
@@ -329,13 +333,18 @@ impl Server {
     fn on_signal(&mut self, now: Instant) {
         let mut got = None;
         while let Ok(Some(info)) = self.signals.read_signal() {
-            got = Some(info.ssi_signo);
+            if info.ssi_signo == Signal::SIGHUP as u32 {
+                self.reload();
+            } else {
+                got = Some(info.ssi_signo);
+            }
         }
         let Some(signo) = got else { return };
         if self.drain_until.is_some() {
             return;
         }
         info!(self.log, "signal: draining"; "signal" => signo, "sessions" => self.conns.len());
+        crate::service::notify_stopping(&self.log);
         // Stop accepting at once: the listener sockets close here.
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l.listener);
@@ -348,6 +357,30 @@ impl Server {
                 conn.drain(&mut self.ctx(now));
                 self.conns.insert(conn);
                 self.again.push(key);
+            }
+        }
+    }
+
+    /// SIGHUP: new sessions get the reloaded settings. Open sessions keep
+    /// the `Arc<Config>` they started with: a running transfer is never cut.
+    fn reload(&mut self) {
+        let Some(new) = self.opts.reloader.reload(&self.log) else { return };
+        self.opts.config = new.core;
+        self.opts.drain_timeout = new.drain_timeout;
+        if new.session_rate != self.opts.session_rate {
+            // A new table: clients start with a full burst at the new rate.
+            self.opts.session_rate = new.session_rate;
+            self.session_rate = SessionRate::new(new.session_rate);
+        }
+        if new.max_sessions_per_client != self.opts.max_sessions_per_client {
+            // The counts are kept only while the cap is on: count the open
+            // sessions afresh, so that a cap turned on applies to them too.
+            self.opts.max_sessions_per_client = new.max_sessions_per_client;
+            self.per_client.clear();
+            if new.max_sessions_per_client > 0 {
+                for (_, conn) in self.conns.iter() {
+                    *self.per_client.entry(conn.client_ip).or_insert(0) += 1;
+                }
             }
         }
     }
@@ -453,6 +486,9 @@ impl Server {
     ) -> Option<usize> {
         let id = self.next_session;
         self.next_session += 1;
+        // On a dual-stack listener an IPv4 client is ::ffff:a.b.c.d: as
+        // IPv4 from here on (per-client caps, the core, every socket).
+        let peer = tproxy::canonical(peer);
         let server = match tproxy::original_dst(&stream) {
             Ok(addr) => addr,
             Err(e) => {
@@ -537,6 +573,22 @@ impl Server {
     }
 }
 
+/// What an IPv6 control listener takes: IPv6 only when an IPv4 listener
+/// has the same port (`--listen 0.0.0.0:2121 --listen [::]:2121`, where a
+/// dual-stack `[::]:2121` would collide with the IPv4 one: EADDRINUSE),
+/// both families otherwise (a single `--listen [::]:2121`).
+fn control_family(addr: SocketAddr, all: &[SocketAddr]) -> tproxy::Family {
+    if !addr.is_ipv6() {
+        return tproxy::Family::AsGiven;
+    }
+    let v4_beside = all.iter().any(|a| a.is_ipv4() && a.port() == addr.port());
+    if v4_beside {
+        tproxy::Family::V6Only
+    } else {
+        tproxy::Family::DualStack
+    }
+}
+
 /// Why a control connection is turned away before a session starts.
 #[derive(Clone, Copy, Debug)]
 enum Refusal {
@@ -611,4 +663,28 @@ fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal, loud: boo
     }
     let _ = io::Write::write(&mut stream, reply);
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn control_family_v6_beside_v4_same_port_is_v6_only() {
+        let all = addrs(&["0.0.0.0:2121", "[::]:2121"]);
+        assert_eq!(control_family(all[0], &all), tproxy::Family::AsGiven);
+        assert_eq!(control_family(all[1], &all), tproxy::Family::V6Only);
+    }
+
+    #[test]
+    fn control_family_v6_alone_or_other_port_is_dual_stack() {
+        let all = addrs(&["[::]:2121"]);
+        assert_eq!(control_family(all[0], &all), tproxy::Family::DualStack);
+        let all = addrs(&["0.0.0.0:2121", "[::]:2122"]);
+        assert_eq!(control_family(all[1], &all), tproxy::Family::DualStack);
+    }
 }

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ftpgate_proto::DataStep;
 use mio::net::{TcpListener, TcpStream};
@@ -70,6 +70,22 @@ impl fmt::Display for TproxyError {
 
 impl std::error::Error for TproxyError {}
 
+/// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as plain
+/// IPv4. A dual-stack listener reports IPv4 clients and their original
+/// destinations in that form; every address check and every socket made for
+/// them works on the IPv4 address, so that the server connection, the data
+/// listeners and their connects are AF_INET sockets as for an IPv4 listener,
+/// and an IPv4 client is one client, not one of a shared ::ffff:0:0/96.
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
 fn transparent_socket(addr: SocketAddr) -> Result<Socket, TproxyError> {
     let domain = Domain::for_address(addr);
     let socket =
@@ -89,7 +105,47 @@ fn transparent_socket(addr: SocketAddr) -> Result<Socket, TproxyError> {
 /// A non-blocking IP_TRANSPARENT listener on `addr`, which may be foreign:
 /// the socket-match divert rule brings connections for it here.
 pub(crate) fn listen(addr: SocketAddr, backlog: i32) -> Result<TcpListener, TproxyError> {
+    listen_family(addr, backlog, Family::AsGiven)
+}
+
+/// Which address families an IPv6 listener takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// An IPv4 address: IPv4. An IPv6 one: the system's default
+    /// (net.ipv6.bindv6only, 0 on Linux: dual-stack for `[::]`).
+    AsGiven,
+    /// IPv6 only (IPV6_V6ONLY): an IPv4 listener on the same port takes
+    /// the IPv4 connections, and the two binds do not collide.
+    V6Only,
+    /// Both families on one IPv6 socket (IPV6_V6ONLY off), whatever the
+    /// system default.
+    DualStack,
+}
+
+impl Family {
+    /// For the log: what a listener on `addr` takes.
+    pub(crate) fn describe(self, addr: SocketAddr) -> &'static str {
+        match (addr.is_ipv6(), self) {
+            (false, _) => "ipv4",
+            (true, Self::V6Only) => "ipv6",
+            (true, Self::DualStack) => "ipv4+ipv6",
+            (true, Self::AsGiven) => "ipv6 (system default for ipv4)",
+        }
+    }
+}
+
+/// Like [`listen`], choosing what an IPv6 listener takes: the control
+/// listeners, where `[::]:P` beside `0.0.0.0:P` must be IPv6 only.
+pub(crate) fn listen_family(
+    addr: SocketAddr,
+    backlog: i32,
+    family: Family,
+) -> Result<TcpListener, TproxyError> {
+    let addr = canonical(addr);
     let socket = transparent_socket(addr)?;
+    if addr.is_ipv6() && family != Family::AsGiven {
+        socket.set_only_v6(family == Family::V6Only).map_err(|error| TproxyError::Bind { addr, error })?;
+    }
     socket.bind(&SockAddr::from(addr)).map_err(|error| TproxyError::Bind { addr, error })?;
     socket.listen(backlog).map_err(|error| TproxyError::Listen { addr, error })?;
     Ok(TcpListener::from_std(socket.into()))
@@ -98,6 +154,7 @@ pub(crate) fn listen(addr: SocketAddr, backlog: i32) -> Result<TcpListener, Tpro
 /// Starts a non-blocking connect to `to` from the (foreign) address `from`.
 /// Completion is reported by a WRITABLE event; see [`connect_result`].
 pub(crate) fn connect_from(from: SocketAddr, to: SocketAddr) -> Result<TcpStream, TproxyError> {
+    let (from, to) = (canonical(from), canonical(to));
     let socket = transparent_socket(from)?;
     socket.bind(&SockAddr::from(from)).map_err(|error| TproxyError::Bind { addr: from, error })?;
     let _ = socket.set_tcp_nodelay(true);
@@ -125,22 +182,34 @@ pub(crate) fn connect_result(stream: &TcpStream) -> io::Result<bool> {
 
 /// The original destination of a connection redirected by TPROXY: TPROXY
 /// does not rewrite the packet, so the accepted socket's own address is the
-/// address the client wanted.
+/// address the client wanted (IPv4 as IPv4 on a dual-stack listener).
 pub(crate) fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
-    stream.local_addr()
+    stream.local_addr().map(canonical)
 }
 
 /// Whether `ip` is one of this host's own addresses: a plain (not
 /// transparent) bind to it succeeds only then. A client that asks the router
 /// itself for FTP must not be proxied: the gateway would connect to itself
 /// from a foreign address and the answer would leave toward the client.
-pub(crate) fn is_local_address(ip: std::net::IpAddr) -> bool {
-    let addr = SocketAddr::new(ip, 0);
+pub(crate) fn is_local_address(ip: IpAddr) -> bool {
+    let addr = canonical(SocketAddr::new(ip, 0));
     let Ok(socket) = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))
     else {
         return false;
     };
     socket.bind(&SockAddr::from(addr)).is_ok()
+}
+
+/// Whether this process may make an IPv4 (`v6` false) or IPv6 socket
+/// transparent: what every ftpgate socket needs (`ftpgate doctor`).
+pub(crate) fn may_set_transparent(v6: bool) -> io::Result<()> {
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    if v6 {
+        socket.set_ip_transparent_v6(true)
+    } else {
+        socket.set_ip_transparent_v4(true)
+    }
 }
 
 /// Keeps TCP urgent data in the normal stream (SO_OOBINLINE).
@@ -151,4 +220,19 @@ pub(crate) fn set_urgent_inline(stream: &TcpStream) -> io::Result<()> {
 /// Sends `bytes` with MSG_OOB: the last byte becomes the urgent byte.
 pub(crate) fn send_urgent(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     socket2::SockRef::from(stream).send_out_of_band(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_v4_mapped_becomes_ipv4_others_unchanged() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.10]:2121".parse().unwrap();
+        assert_eq!(canonical(mapped), "192.0.2.10:2121".parse().unwrap());
+        for plain in ["192.0.2.10:21", "[2001:db8:1::10]:21", "[::]:2121", "[::1]:21"] {
+            let addr: SocketAddr = plain.parse().unwrap();
+            assert_eq!(canonical(addr), addr, "{plain}");
+        }
+    }
 }

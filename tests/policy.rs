@@ -1,5 +1,5 @@
 //! The access rules and command profiles through the real daemon, vsftpd
-//! and real clients (`--policy-file`, the `[policy]` table on its own):
+//! and real clients (the configuration file's `[policy]`):
 //! - a client in a denied network gets 421 from the gateway and vsftpd
 //!   never sees a connection;
 //! - a denied user gets 530 from the gateway, vsftpd never sees the name,
@@ -14,15 +14,11 @@ use std::path::PathBuf;
 
 use common::{assert_same_file, curl_get, curl_put, lftp_session, text, Lab, Mode, Ns, Rules, SERVER_IP};
 
-fn policy_file(lab: &Lab, toml: &str) -> PathBuf {
-    let path = lab.run.join("policy.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-fn start_with_policy(lab: &mut Lab, toml: &str) {
-    let path = policy_file(lab, toml);
-    lab.start_gateway(&["--policy-file", path.to_str().unwrap()]);
+/// Starts the gateway with a configuration file holding `[policy]`.
+fn start_with_policy(lab: &mut Lab, policy: &str) {
+    let path = lab.run.join("ftpgate.toml");
+    std::fs::write(&path, format!("[policy]\n{policy}")).unwrap();
+    lab.start_gateway(&["--config", path.to_str().unwrap()]);
 }
 
 /// The gateway's `denied by policy` records.
@@ -35,7 +31,7 @@ fn denied_client_network_421_and_server_never_contacted() {
     let mut lab = Lab::new("pdenynet", Rules::Nft);
     start_with_policy(
         &mut lab,
-        "[[rule]]\nname = \"no-test-net\"\nclient = [\"192.0.2.0/24\"]\naction = \"deny\"\n",
+        "[[policy.rule]]\nname = \"no-test-net\"\nclient = [\"192.0.2.0/24\"]\naction = \"deny\"\n",
     );
     let url = format!("ftp://{SERVER_IP}/pub/");
     let out = lab.exec(Ns::Client, 30, &["curl", "-sS", "-v", "--max-time", "10", &url]);
@@ -53,7 +49,7 @@ fn denied_client_network_421_and_server_never_contacted() {
 fn denied_user_530_session_goes_on_with_another_user() {
     let mut lab = Lab::new("pdenyusr", Rules::Iptables);
     lab.server_file("hello.txt", 1000);
-    start_with_policy(&mut lab, "[[rule]]\nname = \"not-ftp\"\nuser = [\"ftp\"]\naction = \"deny\"\n");
+    start_with_policy(&mut lab, "[[policy.rule]]\nname = \"not-ftp\"\nuser = [\"ftp\"]\naction = \"deny\"\n");
     // One session: USER ftp refused, then USER anonymous logs in and lists.
     let script = format!(
         "import ftplib\n\
@@ -87,7 +83,7 @@ fn read_only_download_works_upload_550_nothing_written() {
     let mut lab = Lab::new("preadonly", Rules::Nft);
     start_with_policy(
         &mut lab,
-        "[[rule]]\nname = \"anon-ro\"\nuser = [\"anonymous\"]\naction = \"allow\"\nprofile = \"read-only\"\n",
+        "[[policy.rule]]\nname = \"anon-ro\"\nuser = [\"anonymous\"]\naction = \"allow\"\nprofile = \"read-only\"\n",
     );
     let src = lab.server_file("fetch.bin", 200_000);
     let got = lab.client_path("fetch.bin");
@@ -128,7 +124,7 @@ fn server_data_passive_active_clients_reach_a_vsftpd_without_port() {
     lab.stop_gateway();
     start_with_policy(
         &mut lab,
-        "[[rule]]\nname = \"to-passive\"\naction = \"allow\"\nserver-data = \"passive\"\n",
+        "[[policy.rule]]\nname = \"to-passive\"\naction = \"allow\"\nserver-data = \"passive\"\n",
     );
     for (i, mode) in [Mode::Port, Mode::Eprt].into_iter().enumerate() {
         let got = lab.client_path(&format!("down-{i}.bin"));

@@ -31,6 +31,12 @@ pub const GW_CLIENT_IP: &str = "192.0.2.1";
 pub const GW_SERVER_IP: &str = "198.51.100.1";
 pub const SERVER_IP: &str = "198.51.100.10";
 pub const GW_PORT: u16 = 2121;
+/// The lab's IPv6 addresses (lab/lib.sh): client side 2001:db8:1::/64,
+/// server side 2001:db8:2::/64.
+pub const CLIENT_IP6: &str = "2001:db8:1::10";
+pub const GW_CLIENT_IP6: &str = "2001:db8:1::1";
+pub const GW_SERVER_IP6: &str = "2001:db8:2::1";
+pub const SERVER_IP6: &str = "2001:db8:2::10";
 /// A multi-MiB size that is not a multiple of any buffer size.
 pub const BIG: usize = 4 * 1024 * 1024 + 12_345;
 
@@ -257,6 +263,8 @@ impl Lab {
             .arg(Self::script())
             .args(["up", &lab.name, rules.arg()])
             .env("FTPGATE_LAB_OWNER", &pid)
+            // the lab installs `ftpgate rules` output of the binary under test
+            .env("FTPGATE_BIN", gateway_bin())
             .stdin(Stdio::null())
             .output()
             .expect("run lab/netns.sh up");
@@ -311,7 +319,20 @@ impl Lab {
     /// `lab/netns.sh rules NAME add|del nft|iptables`: change the rule set
     /// of the gateway namespace under a running lab.
     pub fn rules(&self, op: &str, form: Rules) {
-        self.script_ok(30, &["rules", &self.name, op, form.arg()]);
+        let out = Command::new("timeout")
+            .args(["-k", "5", "30"])
+            .arg(Self::script())
+            .args(["rules", &self.name, op, form.arg()])
+            .env("FTPGATE_BIN", gateway_bin())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run lab/netns.sh rules");
+        assert!(
+            out.status.success(),
+            "lab/netns.sh rules {op} {form:?} failed: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
     }
 
     pub fn ns(&self, ns: Ns) -> String {
@@ -352,6 +373,12 @@ impl Lab {
     /// `--listen 0.0.0.0:2121 --log-level debug`. stderr goes to
     /// RUN/ftpgate.log; the PID is recorded so that `down` can stop it too.
     pub fn start_gateway(&mut self, extra: &[&str]) {
+        self.start_gateway_on(&[&format!("0.0.0.0:{GW_PORT}")], extra);
+    }
+
+    /// Like `start_gateway`, with these `--listen` addresses instead of
+    /// 0.0.0.0:2121 (all on port 2121: the lab's rules send FTP there).
+    pub fn start_gateway_on(&mut self, listen: &[&str], extra: &[&str]) {
         assert!(self.gateway.is_none(), "gateway already running");
         let log =
             fs::OpenOptions::new().create(true).append(true).open(self.run.join("ftpgate.log")).unwrap();
@@ -365,8 +392,11 @@ impl Lab {
         } else {
             cmd.arg(gateway_bin());
         }
+        for addr in listen {
+            cmd.args(["--listen", addr]);
+        }
         let child = cmd
-            .args(["--listen", &format!("0.0.0.0:{GW_PORT}"), "--log-level", "debug"])
+            .args(["--log-level", "debug"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -472,6 +502,13 @@ impl Lab {
         ))
     }
 
+    /// Send `signal` (a kill(1) name: HUP, USR1...) to the running gateway.
+    pub fn signal_gateway(&self, signal: &str) {
+        let pid = self.gateway.as_ref().expect("gateway not running").id().to_string();
+        let st = Command::new("kill").args(["-s", signal, &pid]).status().expect("run kill");
+        assert!(st.success(), "kill -s {signal} {pid}: {st}");
+    }
+
     pub fn gateway_running(&mut self) -> bool {
         match self.gateway.as_mut() {
             Some(c) => c.try_wait().unwrap().is_none(),
@@ -543,7 +580,7 @@ impl Lab {
         while let Some(i) = rest.find("Client \"") {
             rest = &rest[i + 8..];
             if let Some(j) = rest.find('"') {
-                v.push(rest[..j].to_string());
+                v.push(unmapped(&rest[..j]));
                 rest = &rest[j..];
             }
         }
@@ -583,7 +620,7 @@ impl Lab {
         fs::read_to_string(self.run.join(file))
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| l.split_whitespace().nth(field).map(str::to_string))
+            .filter_map(|l| l.split_whitespace().nth(field).map(unmapped))
             .collect()
     }
 
@@ -731,6 +768,16 @@ impl Drop for Lab {
         if let Some(why) = verdict {
             panic!("{why}");
         }
+    }
+}
+
+/// A server log's address with an IPv4-mapped IPv6 address as its IPv4
+/// address: a dual-stack server (vsftpd on [::]:21) logs an IPv4 client as
+/// `::ffff:192.0.2.10`, which is the same client.
+pub fn unmapped(addr: &str) -> String {
+    match addr.strip_prefix("::ffff:") {
+        Some(v4) if v4.parse::<std::net::Ipv4Addr>().is_ok() => v4.to_string(),
+        _ => addr.to_string(),
     }
 }
 
@@ -1078,4 +1125,122 @@ pub fn curl_scenario(tag: &str, rules: Rules, mode: Mode) {
     lab.assert_transfers_from_client(n);
     assert_eq!(lab.server_transfers(), (rt.files.len(), rt.files.len()), "{}", lab.diagnostics());
     lab.assert_no_data_listeners();
+}
+
+// -- clients by server address (IPv6) ------------------------------------------
+
+/// `ip` as the host part of a URL: an IPv6 literal in brackets.
+pub fn url_host(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+/// curl's data-mode flags for a server at any address: active mode names
+/// no address (`-P -`: the control connection's own, IPv4 or IPv6).
+fn curl_mode_args_any(mode: Mode) -> Vec<&'static str> {
+    match mode {
+        Mode::Epsv => vec![],
+        Mode::Pasv => vec!["--disable-epsv"],
+        Mode::Eprt => vec!["-P", "-"],
+        Mode::Port => vec!["-P", "-", "--disable-eprt"],
+    }
+}
+
+/// Like `curl_get`, from the server at `server_ip` (IPv4 or IPv6).
+pub fn curl_get_at(lab: &Lab, server_ip: &str, mode: Mode, remote: &str, local: &str) {
+    let url = format!("ftp://{}/pub/{remote}", url_host(server_ip));
+    let mut argv = vec!["curl", "-sS", "--max-time", "30", "--connect-timeout", "10"];
+    argv.extend(curl_mode_args_any(mode));
+    argv.extend(["-o", local, url.as_str()]);
+    lab.client_ok(90, &argv);
+    if !Path::new(local).exists() {
+        fs::write(local, b"").unwrap();
+    }
+}
+
+/// Like `curl_put`, to the server at `server_ip` (IPv4 or IPv6).
+pub fn curl_put_at(lab: &Lab, server_ip: &str, mode: Mode, local: &str, remote: &str) {
+    let url = format!("ftp://{}/upload/{remote}", url_host(server_ip));
+    let mut argv = vec!["curl", "-sS", "--max-time", "30", "--connect-timeout", "10"];
+    argv.extend(curl_mode_args_any(mode));
+    argv.extend(["-T", local, url.as_str()]);
+    lab.client_ok(90, &argv);
+}
+
+/// Like `lftp_session`, with the server at `server_ip`. Over IPv6 lftp
+/// uses EPSV (passive) and EPRT (active): PASV and PORT cannot name an
+/// IPv6 address.
+pub fn lftp_session_at(
+    lab: &Lab,
+    server_ip: &str,
+    passive: bool,
+    gets: &[(&str, &str)],
+    puts: &[(&str, &str)],
+) {
+    let mut script = format!(
+        "set net:max-retries 1; set net:timeout 20; set net:reconnect-interval-base 1; \
+         set ftp:ssl-allow no; set ftp:passive-mode {}; set xfer:clobber yes; \
+         open -u anonymous,lab@example.org ftp://{}; ",
+        if passive { "on" } else { "off" },
+        url_host(server_ip)
+    );
+    for (r, l) in gets {
+        script.push_str(&format!("get /pub/{r} -o {l}; "));
+    }
+    for (l, r) in puts {
+        script.push_str(&format!("put {l} -o /upload/{r}; "));
+    }
+    script.push_str("bye");
+    lab.client_ok(120, &["lftp", "-c", &script]);
+}
+
+/// Like `ftplib_session`, with the server at `server_ip` (ftplib uses
+/// EPSV/EPRT on an IPv6 control connection).
+pub fn ftplib_session_at(
+    lab: &Lab,
+    server_ip: &str,
+    passive: bool,
+    gets: &[(&str, &str)],
+    puts: &[(&str, &str)],
+) -> String {
+    let script = repo_root().join("lab/ftpclient.py");
+    let gets: Vec<(String, String)> =
+        gets.iter().map(|(r, l)| (format!("/pub/{r}"), l.to_string())).collect();
+    let puts: Vec<(String, String)> =
+        puts.iter().map(|(l, r)| (l.to_string(), format!("/upload/{r}"))).collect();
+    let mut argv: Vec<&str> = vec![
+        "python3",
+        script.to_str().unwrap(),
+        "--host",
+        server_ip,
+        "--mode",
+        if passive { "passive" } else { "active" },
+    ];
+    for (r, l) in &gets {
+        argv.extend(["--get", r.as_str(), l.as_str()]);
+    }
+    for (l, r) in &puts {
+        argv.extend(["--put", l.as_str(), r.as_str()]);
+    }
+    text(&lab.client_ok(120, &argv).stdout)
+}
+
+/// The `"peer": [ip, port]` of every data connection in an ftpclient.py
+/// report, as the client saw it.
+pub fn ftplib_peers(report: &str) -> Vec<(String, u16)> {
+    let mut v = Vec::new();
+    let mut rest = report;
+    while let Some(i) = rest.find("\"peer\": [\"") {
+        rest = &rest[i + 10..];
+        let Some(j) = rest.find('"') else { break };
+        let ip = rest[..j].to_string();
+        rest = &rest[j + 1..];
+        let Some(k) = rest.find(']') else { break };
+        let port = rest[..k].trim_start_matches(',').trim().parse().unwrap_or(0);
+        v.push((ip, port));
+    }
+    v
 }

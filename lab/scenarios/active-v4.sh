@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
+# shellcheck shell=bash
+# summary: PORT download and upload through ftpgate (IPv4): the server's data connection meets a listener wearing the client's address
+# The client (python's ftplib) downloads and uploads in active mode. The
+# server connects back to the PORT address; ftpgate listens there with the
+# client's address (a foreign listener, reached through the socket-match
+# divert) and connects on to the client from the server's port 20.
+scenario_main() {
+    need_cmds tcpdump python3
+    step "lab up ($FORM rules), vsftpd, ftpgate"
+    std_up
+    std_gateway
+    pub_file scen.bin 512
+    capture_std
+    step "client: PORT, RETR pub/scen.bin, STOR upload/back.bin"
+    local res=0
+    in_ns "$C_NS" python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP" --mode active \
+        --get pub/scen.bin "$OUT/got.bin" --put "$OUT/got.bin" upload/back.bin \
+        >"$OUT/client.json" || res=$?
+    capture_stop
+    collect_std
+    cp "$RUN/ftproot/upload/back.bin" "$OUT/server-got.bin" 2>/dev/null || true
+    ladder_std "active-v4: PORT through ftpgate" \
+        --caption "The server connects to the PORT address: ftpgate's foreign listener wears the client's address there," \
+        --caption "and ftpgate's connection on to the client leaves from the server's address and port 20."
+    step "what happened"
+    say "  client: $(cat "$OUT/client.json")"
+    say "  server saw clients: $(server_saw | tr '\n' ' ')"
+    check "client finished (exit 0)" equals "$res" 0
+    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
+    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
+    check "the server saw only the client's address $CLIENT_IP" equals "$(server_saw)" "$CLIENT_IP"
+    check "the client's data connections came from $SERVER_IP:20" python3 -c '
+import json, sys
+t = json.load(open(sys.argv[1]))["transfers"]
+sys.exit(0 if len(t) == 2 and all(x["peer"] == ["198.51.100.10", 20] for x in t) else 1)' "$OUT/client.json"
+    check "control: TPROXY redirect on the client side" at_least "$(conns_with tproxy-redirect)" 1
+    check "data: the server met foreign listeners (2 transfers)" at_least "$(conns_with foreign-listener)" 2
+    check "foreign connects: control to the server, 2 data to the client" at_least "$(conns_with foreign-connect)" 3
+    check "ftpgate logged 2 active transfers, ok" equals "$(gw_records transfer mode=active result=ok)" 2
+}
