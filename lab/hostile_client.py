@@ -13,6 +13,18 @@ the lab's client namespace. Prints one JSON report; the Rust test judges it.
   abort     ftplib's ABOR (sent as TCP urgent data) in the middle of a RETR,
             passive or active: the transfer's 426 and the ABOR's own reply
             must both arrive, in that order, and the session goes on
+  junk KIND a first line that is not FTP (KIND http: "GET / HTTP/1.1" and
+            headers; tls: the start of a TLS ClientHello, no line end):
+            the reply and whether the gateway then closed the connection
+  flood N   log in, then N lines the gateway refuses itself (LPSV): every
+            reply, and whether the connection was closed at the end
+  feat      log in, FEAT (every line of the reply), then AUTH TLS's reply
+  badlogin N USER  N sessions that each try USER (a name the server
+            refuses with 530), then one more connection: its first reply
+  ftps      AUTH TLS; after a 234, binary bytes (TLS-like records with
+            CR/LF, 0xFF and FTP-looking text inside) must come back
+            byte for byte from the scripted server's echo: the control
+            connection is relayed blind
 """
 import json
 import re
@@ -142,6 +154,118 @@ def abort(path, active):
     return {"got": len(first), "transfer_reply": transfer_reply, "abor_reply": abor_reply, "noop": noop}
 
 
+def read_until_closed(s, seconds):
+    """Everything the peer sends until it closes (bounded); closed: bool."""
+    s.settimeout(seconds)
+    got = b""
+    closed = False
+    deadline = time.time() + seconds
+    while time.time() < deadline and len(got) < 65536:
+        try:
+            chunk = s.recv(4096)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+        got += chunk
+    return got, closed
+
+
+def junk(kind):
+    s = socket.create_connection((SERVER, 21), timeout=10)
+    f = s.makefile("rb")
+    greeting = reply(f)
+    if kind == "http":
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 198.51.100.10:21\r\nUser-Agent: lab\r\n\r\n")
+    else:
+        # record header (handshake, TLS 1.0), then a ClientHello's start
+        s.sendall(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(32)))
+    got, closed = read_until_closed(s, 10)
+    return {"greeting": greeting, "reply": got.decode("latin-1"), "closed": closed}
+
+
+def flood(n):
+    s, f, cmd = session()
+    replies = []
+    for _ in range(n):
+        try:
+            s.sendall(b"LPSV\r\n")
+            r = reply(f)
+        except OSError as e:
+            r = "error: %s" % e
+        replies.append(r)
+        if not r or r.startswith("421"):
+            break
+    got, closed = read_until_closed(s, 5)
+    return {"replies": replies, "closed": closed, "after": got.decode("latin-1")}
+
+
+def feat():
+    s, f, cmd = session()
+    s.sendall(b"FEAT\r\n")
+    lines = [line(f)]
+    if lines[0][3:4] == "-":
+        for _ in range(1000):
+            lines.append(line(f))
+            if lines[-1].startswith(lines[0][:3] + " "):
+                break
+    auth = cmd("AUTH TLS")
+    noop = cmd("NOOP")
+    return {"feat": lines, "auth": auth, "noop": noop}
+
+
+def badlogin(n, user):
+    replies = []
+    for _ in range(n):
+        s = socket.create_connection((SERVER, 21), timeout=10)
+        f = s.makefile("rb")
+        greeting = reply(f)
+        if not greeting.startswith("220"):
+            replies.append(greeting)
+            break
+        s.sendall(("USER %s\r\n" % user).encode())
+        r = reply(f)
+        if r.startswith("331"):
+            s.sendall(b"PASS wrong\r\n")
+            r = reply(f)
+        replies.append(r)
+        s.close()
+    s = socket.create_connection((SERVER, 21), timeout=10)
+    after = reply(s.makefile("rb"))
+    return {"replies": replies, "after": after}
+
+
+def ftps():
+    s = socket.create_connection((SERVER, 21), timeout=10)
+    f = s.makefile("rb")
+    greeting = reply(f)
+    s.sendall(b"AUTH TLS\r\n")
+    auth = reply(f)
+    out = {"greeting": greeting, "auth": auth}
+    if not auth.startswith("234"):
+        return out
+    payload = (b"\x16\x03\x01\x00\x05\x01\x02\xff\xff\xfe\r\nPORT 203,0,113,5,0,25\r\n"
+               b"227 Entering Passive Mode (203,0,113,5,0,25)\r\n\x00\xf4\xf2" + bytes(range(256)) * 40)
+    s.sendall(payload)
+    s.settimeout(10)
+    echoed = b""
+    deadline = time.time() + 10
+    while len(echoed) < len(payload) and time.time() < deadline:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        echoed += chunk
+    s.shutdown(socket.SHUT_WR)
+    tail, closed = read_until_closed(s, 10)
+    out.update({"sent": len(payload), "echoed": len(echoed), "same": echoed == payload,
+                "closed_after_fin": closed, "tail": len(tail)})
+    return out
+
+
 if __name__ == "__main__":
     what = sys.argv[1]
     if what == "bounce":
@@ -157,3 +281,13 @@ if __name__ == "__main__":
         print(json.dumps(abort(sys.argv[2], sys.argv[3] == "active")))
     elif what == "linger":
         print(json.dumps(linger()))
+    elif what == "junk":
+        print(json.dumps(junk(sys.argv[2])))
+    elif what == "flood":
+        print(json.dumps(flood(int(sys.argv[2]))))
+    elif what == "feat":
+        print(json.dumps(feat()))
+    elif what == "badlogin":
+        print(json.dumps(badlogin(int(sys.argv[2]), sys.argv[3])))
+    elif what == "ftps":
+        print(json.dumps(ftps()))

@@ -15,6 +15,10 @@ end of a data connection saw through ftpgate:
                         data connection (control stays open) until the data
                         connection ends or --stall-seconds pass; then the
                         same "226" lie.
+  --ftps-echo           FEAT also lists AUTH TLS, PBSZ and PROT; AUTH TLS is
+                        answered "234" and from then on every byte read is
+                        sent back as it came (a stand-in for a TLS peer: no
+                        line is parsed), until EOF; then close.
   STOR (always)         read the data connection until a clean end (EOF) or
                         an error, and answer 226 whatever happened; the
                         report says which it was ("eof" or "reset").
@@ -63,6 +67,7 @@ def parse_args():
     p.add_argument("--retr-stall", action="store_true")
     p.add_argument("--stall-after", type=int, default=64 * 1024, metavar="BYTES")
     p.add_argument("--stall-seconds", type=float, default=30.0)
+    p.add_argument("--ftps-echo", action="store_true")
     p.add_argument("--pasv-port", type=int, metavar="N", help="announce port N for every PASV/EPSV")
     return p.parse_args()
 
@@ -309,7 +314,11 @@ class Session:
         elif verb == "SYST":
             self.send("215 UNIX Type: L8")
         elif verb == "FEAT":
-            self.send("211-Features:\r\n EPSV\r\n EPRT\r\n PASV\r\n SIZE\r\n211 End")
+            tls = " AUTH TLS\r\n PBSZ\r\n PROT\r\n" if ARGS.ftps_echo else ""
+            self.send("211-Features:\r\n EPSV\r\n EPRT\r\n" + tls + " PASV\r\n SIZE\r\n211 End")
+        elif verb == "AUTH" and ARGS.ftps_echo and arg.upper() == "TLS":
+            self.send("234 Proceed with negotiation.")
+            return "echo"
         elif verb == "TYPE":
             self.send("200 Switching to Binary mode." if arg.upper().startswith("I") else "200 Type set.")
         elif verb in ("MODE", "STRU"):
@@ -367,6 +376,17 @@ class Session:
             self.send("502 Command not implemented.")
         return None
 
+    def echo(self):
+        """After 234: send back every byte as it came, until EOF (bounded)."""
+        moved = 0
+        for _ in range(100_000):
+            chunk = self.conn.recv(65536)
+            if not chunk:
+                break
+            self.conn.sendall(chunk)
+            moved += len(chunk)
+        report({"cmd": "AUTH", "end": "eof", "bytes": moved, "peer": self.peer[0]})
+
     def run(self):
         self.conn.settimeout(ARGS.lifetime)
         self.send("220 scripted server ready")
@@ -376,7 +396,11 @@ class Session:
                 break
             line = raw.decode("latin-1").rstrip("\r\n")
             verb, _, arg = line.partition(" ")
-            if self.handle(verb.upper(), arg) == "quit":
+            what = self.handle(verb.upper(), arg)
+            if what == "quit":
+                break
+            if what == "echo":
+                self.echo()
                 break
         self.close_data_setup()
         self.conn.close()

@@ -50,7 +50,7 @@ fn policy_rule(s: PolicyStage) -> &'static str {
     }
 }
 
-fn side(s: Side) -> &'static str {
+pub(crate) fn side(s: Side) -> &'static str {
     match s {
         Side::Client => "client",
         Side::Server => "server",
@@ -186,13 +186,24 @@ pub(crate) fn record(log: &Logger, event: &AuditEvent) {
         }
         AuditEvent::PolicyDenied { stage: st, rule, user, verb, profile } => warn!(
             log, "denied by policy";
-            "stage" => stage(*st), "rule" => rule, "user" => text(user.as_deref()),
+            // No attack case: the operator's own rule, not protocol abuse.
+            "stage" => stage(*st), "rule" => rule, "attack" => NONE, "user" => text(user.as_deref()),
             "verb" => text(verb.as_deref()), "profile" => text(profile.as_deref())
         ),
         AuditEvent::SessionEnded { reason, user, duration, transfers, to_client, to_server } => info!(
             log, "session end";
             "reason" => reason, "user" => text(user.as_deref()), "ms" => millis(*duration),
             "transfers" => transfers, "to_client" => to_client, "to_server" => to_server
+        ),
+        AuditEvent::RefusedLines { side: s, count, reason, rule, attack: case, what } => warn!(
+            log, "refused lines";
+            "side" => side(*s), "count" => count, "rule" => rule, "attack" => attack(*case),
+            "reason" => reason, "what" => what
+        ),
+        AuditEvent::LoginFailed { user } => info!(log, "login failed"; "user" => text(user.as_deref())),
+        AuditEvent::TlsPassThrough { mechanism, user } => info!(
+            log, "FTPS pass-through: control connection no longer parsed";
+            "mechanism" => mechanism, "user" => text(user.as_deref())
         ),
         // The core grows; an unknown event is still worth a line.
         other => info!(log, "event"; "event" => ?other),
@@ -231,9 +242,15 @@ fn count(m: &Metrics, event: &AuditEvent) {
             }
         }
         AuditEvent::SessionEnded { reason, .. } => m.session_ended(reason),
+        AuditEvent::RefusedLines { side: s, rule, count, .. } => {
+            m.refused_n(Some(*s), rule, u64::try_from(*count).unwrap_or(u64::MAX))
+        }
+        AuditEvent::LoginFailed { .. } => m.login_failed(),
+        AuditEvent::TlsPassThrough { .. } => m.ftps_pass_through(),
         // By stage, not by the operator's rule names: those are the log's.
         AuditEvent::PolicyDenied { stage: PolicyStage::Connection, .. } => m.session_refused("policy"),
         AuditEvent::PolicyDenied { stage: st, .. } => m.refused(Some(Side::Client), policy_rule(*st)),
+        // A kind this table does not know yet is logged by `record`.
         _ => {}
     }
 }
@@ -331,6 +348,38 @@ mod tests {
                 to_client: 10,
                 to_server: 0,
             },
+            AuditEvent::RefusedLines {
+                side: Side::Client,
+                count: 5,
+                reason: "LPRT/LPSV unsupported",
+                rule: "lprt-lpsv",
+                attack: Some(29),
+                what: "LPSV".into(),
+            },
+            AuditEvent::LoginFailed { user: Some("mallory".into()) },
+            AuditEvent::LoginFailed { user: None },
+            AuditEvent::TlsPassThrough { mechanism: "TLS".into(), user: None },
+            AuditEvent::PolicyDenied {
+                stage: PolicyStage::Command,
+                rule: "contractors".into(),
+                user: Some("anna".into()),
+                verb: Some("STOR".into()),
+                profile: Some("read-only".into()),
+            },
+            AuditEvent::PolicyDenied {
+                stage: PolicyStage::Connection,
+                rule: "rule 2".into(),
+                user: None,
+                verb: None,
+                profile: None,
+            },
+            AuditEvent::PolicyDenied {
+                stage: PolicyStage::User,
+                rule: "default".into(),
+                user: Some("mallory".into()),
+                verb: None,
+                profile: None,
+            },
         ]
     }
 
@@ -409,6 +458,57 @@ mod tests {
     }
 
     #[test]
+    fn refused_lines_record_counts_the_run_and_names_its_rule() {
+        let line = render(&every_event()[7]);
+        for kv in [
+            "WARN refused lines",
+            "side: client",
+            "count: 5",
+            "rule: lprt-lpsv",
+            "attack: 29",
+            "reason: LPRT/LPSV unsupported",
+            "what: LPSV",
+        ] {
+            assert!(line.contains(kv), "{kv:?} missing in {line}");
+        }
+    }
+
+    #[test]
+    fn login_failed_and_pass_through_records_have_their_keys() {
+        let line = render(&every_event()[8]);
+        assert!(line.contains("INFO login failed") && line.contains("user: mallory"), "{line}");
+        assert!(render(&every_event()[9]).contains("user: -"));
+        let line = render(&every_event()[10]);
+        assert!(line.contains("FTPS pass-through") && line.contains("mechanism: TLS"), "{line}");
+    }
+
+    #[test]
+    fn policy_denied_record_names_stage_rule_user_verb_profile() {
+        let line = render(&every_event()[11]);
+        for kv in [
+            "WARN denied by policy",
+            "stage: command",
+            "rule: contractors",
+            "attack: -",
+            "user: anna",
+            "verb: STOR",
+            "profile: read-only",
+        ] {
+            assert!(line.contains(kv), "{kv:?} missing in {line}");
+        }
+        let line = render(&every_event()[12]);
+        assert!(line.contains("stage: connection") && line.contains("user: -"), "{line}");
+    }
+
+    #[test]
+    fn every_event_has_a_record_of_its_own() {
+        for event in every_event() {
+            let line = render(&event);
+            assert!(!line.contains(" INFO event, "), "{event:?} fell through to the catch-all: {line}");
+        }
+    }
+
+    #[test]
     fn json_record_has_the_text_records_keys_plus_ts_level_msg() {
         for event in every_event() {
             let text = render_as(LogFormat::Full, &event);
@@ -450,6 +550,14 @@ mod tests {
             ("ftpgate_logins_total", 1.0),
             (r#"ftpgate_refusals_total{side="third-party",rule="port-theft"}"#, 1.0),
             (r#"ftpgate_refusals_total{side="client",rule="bounce"}"#, 1.0),
+            // A run of refused lines is one record and counts each line.
+            (r#"ftpgate_refusals_total{side="client",rule="lprt-lpsv"}"#, 5.0),
+            ("ftpgate_login_failures_total", 2.0),
+            ("ftpgate_ftps_pass_through_total", 1.0),
+            // Policy denials by stage, not by the operator's rule names.
+            (r#"ftpgate_refusals_total{side="client",rule="policy-command"}"#, 1.0),
+            (r#"ftpgate_refusals_total{side="client",rule="policy-user"}"#, 1.0),
+            (r#"ftpgate_sessions_refused_total{rule="policy"}"#, 1.0),
             ("ftpgate_data_address_rewrites_total", 1.0),
             (r#"ftpgate_transfers_total{result="ok"}"#, 1.0),
             (r#"ftpgate_transfers_total{result="failed"}"#, 3.0),

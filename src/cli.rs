@@ -109,6 +109,32 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) allow_privileged_data_ports: bool,
 
+    /// FTPS (AUTH TLS): refuse it (534, FEAT no longer advertises it, the
+    /// session stays clear text), or pass it through: after the server's
+    /// 234 the control connection is relayed blind and the gateway opens no
+    /// data channel for it (the firewall must then allow the data ports).
+    #[arg(long, value_enum, default_value_t = Ftps::Refuse)]
+    pub(crate) ftps: Ftps,
+
+    /// Client lines in a row the gateway refuses before it closes the
+    /// session with 421 (0: never).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub(crate) max_refused_lines: usize,
+
+    /// Failed logins (530) from one client address within
+    /// --login-failure-window after which its new sessions get 421 for
+    /// --login-cooldown (0: never).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub(crate) max_login_failures: u32,
+
+    /// Seconds over which failed logins are counted.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = at_least_one_second())]
+    pub(crate) login_failure_window: u64,
+
+    /// Seconds a client past --max-login-failures is refused.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub(crate) login_cooldown: u64,
+
     /// After the control listeners are bound, run as this user, keeping only
     /// CAP_NET_ADMIN and CAP_NET_BIND_SERVICE (needs a start as root).
     #[arg(long, value_name = "NAME")]
@@ -250,6 +276,14 @@ pub(crate) enum LogFormat {
 pub(crate) enum PassiveMismatch {
     Rewrite,
     Refuse,
+}
+
+/// `--ftps` (and `[ftps] mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Ftps {
+    Refuse,
+    PassThrough,
 }
 
 #[cfg(test)]

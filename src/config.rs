@@ -9,15 +9,16 @@
 //! Keys are the flags' names without `--`, in the section of their
 //! concern (`--data-idle-timeout` is `[limits] data-idle-timeout`); the
 //! exceptions are the sections' own words: `[listeners] listen`,
-//! `[logging] level`/`format`, `[metrics] listen`, `[privilege]
-//! user`/`group`. `deny_unknown_fields` everywhere: a misspelt key is an
+//! `[ftps] mode` (`--ftps`), `[logging] level`/`format`, `[metrics]
+//! listen`, `[privilege] user`/`group`. `deny_unknown_fields` everywhere: a misspelt key is an
 //! error, never a silently ignored setting.
 //!
 //! Errors say `FILE:LINE: KEY: what is wrong`. toml reports a byte span;
 //! [`key_at`] finds the dotted key whose name or value holds it.
 //!
 //! SIGHUP reloads the file through [`Reloader`]: what a new session reads
-//! (the core's `Config`, the per-client limits, the drain deadline) is
+//! (the core's `Config`, the per-client limits and failed-login limits,
+//! the drain deadline) is
 //! swapped; sessions already open keep the `Arc<Config>` they started with,
 //! so a running transfer is never cut. Listeners, the user, the metrics
 //! endpoint, logging and the global caps are fixed at start: a change to
@@ -34,15 +35,18 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, ValueEnum};
-use ftpgate_proto::{Config, PassiveAddressPolicy};
+use ftpgate_proto::{Config, FtpsPolicy, PassiveAddressPolicy};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use slog::{error, info, warn, Logger};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::cli::{Args, Command, DoctorArgs, LogFormat, LogLevel, PassiveMismatch, PlanArgs, RulesArgs};
+use crate::cli::{
+    self, Args, Command, DoctorArgs, LogFormat, LogLevel, PassiveMismatch, PlanArgs, RulesArgs,
+};
 use crate::limits::Rate;
+use crate::logins;
 use crate::rules::{Interface, Net, Profile};
 use ftpgate_proto::rules::{Action as PolicyAction, PolicySet};
 
@@ -89,6 +93,10 @@ struct Limits {
     session_rate_per_client: Option<Spanned<PerSecond>>,
     session_burst_per_client: Option<Spanned<u64>>,
     max_data_channels: Option<Spanned<usize>>,
+    max_refused_lines: Option<Spanned<usize>>,
+    max_login_failures: Option<Spanned<u32>>,
+    login_failure_window: Option<Spanned<u64>>,
+    login_cooldown: Option<Spanned<u64>>,
 }
 
 /// The gateway's own protocol rules on data channels.
@@ -99,11 +107,12 @@ struct Protocol {
     allow_privileged_data_ports: Option<Spanned<bool>>,
 }
 
-/// FTPS (AUTH TLS). No key yet: the `--ftps` setting is not on main; any
-/// key here is refused as unknown rather than ignored.
+/// FTPS (AUTH TLS): `mode` is `--ftps`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-struct Ftps {}
+struct Ftps {
+    mode: Option<Spanned<cli::Ftps>>,
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -191,7 +200,7 @@ impl<'de> Deserialize<'de> for Mark {
                 u32::try_from(n).map(Mark).map_err(|_| E::custom("a mark is 0 to 4294967295"))
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<Mark, E> {
-                crate::cli::parse_mark(text).map(Mark).map_err(E::custom)
+                cli::parse_mark(text).map(Mark).map_err(E::custom)
             }
         }
         d.deserialize_any(MarkVisitor)
@@ -217,7 +226,7 @@ impl<'de> Deserialize<'de> for PerSecond {
                 Ok(PerSecond(n))
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<PerSecond, E> {
-                crate::cli::parse_per_second(text).map(PerSecond).map_err(E::custom)
+                cli::parse_per_second(text).map(PerSecond).map_err(E::custom)
             }
         }
         d.deserialize_any(PerSecondVisitor)
@@ -275,17 +284,8 @@ impl File {
     /// Checks every value, then writes each one whose flag was not given
     /// on the command line into `args`.
     fn apply(&self, args: &mut Args, given: &Given) -> Result<(), Spot> {
-        let Self {
-            listeners,
-            limits: l,
-            protocol: p,
-            ftps: Ftps {},
-            logging,
-            metrics,
-            privilege,
-            router,
-            policy,
-        } = self;
+        let Self { listeners, limits: l, protocol: p, ftps, logging, metrics, privilege, router, policy } =
+            self;
         if let Some(policy) = policy {
             // What serde cannot see: profiles named but not defined, verbs
             // that are not verbs, server-data modes not implemented.
@@ -296,7 +296,13 @@ impl File {
                 return Err(Spot::new(listen, "needs at least one address, like [\"0.0.0.0:2121\"]"));
             }
         }
-        for timeout in [&l.data_timeout, &l.connect_timeout, &l.idle_timeout, &l.data_idle_timeout] {
+        for timeout in [
+            &l.data_timeout,
+            &l.connect_timeout,
+            &l.idle_timeout,
+            &l.data_idle_timeout,
+            &l.login_failure_window,
+        ] {
             positive(timeout)?;
         }
         // `group` alone would be ignored by the privilege drop: refuse it,
@@ -319,12 +325,17 @@ impl File {
         }
         set(&mut args.session_burst_per_client, g("session_burst_per_client"), &l.session_burst_per_client);
         set_some(&mut args.max_data_channels, g("max_data_channels"), &l.max_data_channels);
+        set(&mut args.max_refused_lines, g("max_refused_lines"), &l.max_refused_lines);
+        set(&mut args.max_login_failures, g("max_login_failures"), &l.max_login_failures);
+        set(&mut args.login_failure_window, g("login_failure_window"), &l.login_failure_window);
+        set(&mut args.login_cooldown, g("login_cooldown"), &l.login_cooldown);
         set(&mut args.passive_address_mismatch, g("passive_address_mismatch"), &p.passive_address_mismatch);
         set(
             &mut args.allow_privileged_data_ports,
             g("allow_privileged_data_ports"),
             &p.allow_privileged_data_ports,
         );
+        set(&mut args.ftps, g("ftps"), &ftps.mode);
         set(&mut args.log_level, g("log_level"), &logging.level);
         set(&mut args.log_format, g("log_format"), &logging.format);
         set_some(&mut args.metrics, g("metrics"), &metrics.listen);
@@ -550,6 +561,11 @@ pub(crate) fn core_config(args: &Args) -> Config {
             PassiveMismatch::Rewrite => PassiveAddressPolicy::Rewrite,
             PassiveMismatch::Refuse => PassiveAddressPolicy::Refuse,
         },
+        ftps: match args.ftps {
+            cli::Ftps::Refuse => FtpsPolicy::Refuse,
+            cli::Ftps::PassThrough => FtpsPolicy::PassThrough,
+        },
+        max_refused_lines: args.max_refused_lines,
         ..Config::default()
     }
 }
@@ -560,6 +576,7 @@ pub(crate) struct Reloadable {
     pub(crate) core: Arc<Config>,
     pub(crate) session_rate: Rate,
     pub(crate) max_sessions_per_client: usize,
+    pub(crate) login_failures: logins::Limits,
     pub(crate) drain_timeout: Duration,
 }
 
@@ -573,6 +590,11 @@ impl Reloadable {
                 burst: args.session_burst_per_client,
             },
             max_sessions_per_client: args.max_sessions_per_client,
+            login_failures: logins::Limits {
+                limit: args.max_login_failures,
+                window: Duration::from_secs(args.login_failure_window),
+                cooldown: Duration::from_secs(args.login_cooldown),
+            },
             drain_timeout: Duration::from_secs(args.drain_timeout),
         }
     }
@@ -580,7 +602,7 @@ impl Reloadable {
 
 /// Every setting by its file key, its value as text and whether a reload
 /// applies it: what a reload compares.
-fn settings(a: &Args) -> [(&'static str, String, bool); 18] {
+fn settings(a: &Args) -> [(&'static str, String, bool); 23] {
     [
         ("listeners.listen", format!("{:?}", a.listen), false),
         ("limits.data-timeout", a.data_timeout.to_string(), true),
@@ -593,8 +615,13 @@ fn settings(a: &Args) -> [(&'static str, String, bool); 18] {
         ("limits.session-rate-per-client", a.session_rate_per_client.to_string(), true),
         ("limits.session-burst-per-client", a.session_burst_per_client.to_string(), true),
         ("limits.max-data-channels", format!("{:?}", a.max_data_channels), false),
+        ("limits.max-refused-lines", a.max_refused_lines.to_string(), true),
+        ("limits.max-login-failures", a.max_login_failures.to_string(), true),
+        ("limits.login-failure-window", a.login_failure_window.to_string(), true),
+        ("limits.login-cooldown", a.login_cooldown.to_string(), true),
         ("protocol.passive-address-mismatch", format!("{:?}", a.passive_address_mismatch), true),
         ("protocol.allow-privileged-data-ports", a.allow_privileged_data_ports.to_string(), true),
+        ("ftps.mode", format!("{:?}", a.ftps), true),
         ("logging.level", format!("{:?}", a.log_level), false),
         ("logging.format", format!("{:?}", a.log_format), false),
         ("metrics.listen", format!("{:?}", a.metrics), false),
@@ -736,10 +763,17 @@ max-sessions-per-client = 7
 session-rate-per-client = "5/s"
 session-burst-per-client = 50
 max-data-channels = 99
+max-refused-lines = 4
+max-login-failures = 6
+login-failure-window = 61
+login-cooldown = 301
 
 [protocol]
 passive-address-mismatch = "refuse"
 allow-privileged-data-ports = true
+
+[ftps]
+mode = "pass-through"
 
 [logging]
 level = "warn"
@@ -769,8 +803,13 @@ group = "nogroup"
             (Some(500), 7, Some(99))
         );
         assert_eq!((a.session_rate_per_client, a.session_burst_per_client), (5, 50));
+        assert_eq!(
+            (a.max_refused_lines, a.max_login_failures, a.login_failure_window, a.login_cooldown),
+            (4, 6, 61, 301)
+        );
         assert_eq!(a.passive_address_mismatch, PassiveMismatch::Refuse);
         assert!(a.allow_privileged_data_ports);
+        assert_eq!(a.ftps, cli::Ftps::PassThrough);
         assert_eq!((a.log_level, a.log_format), (LogLevel::Warn, LogFormat::Json));
         assert_eq!(a.metrics, Some("192.0.2.1:9121".parse().unwrap()));
         assert_eq!((a.user.as_deref(), a.group.as_deref()), (Some("ftpgate"), Some("nogroup")));
@@ -806,6 +845,16 @@ group = "nogroup"
             "12",
             "--max-data-channels",
             "13",
+            "--max-refused-lines",
+            "14",
+            "--max-login-failures",
+            "15",
+            "--login-failure-window",
+            "16",
+            "--login-cooldown",
+            "17",
+            "--ftps",
+            "refuse",
             "--passive-address-mismatch",
             "rewrite",
             "--allow-privileged-data-ports",
@@ -1053,6 +1102,29 @@ group = "nogroup"
         assert_eq!(config.data_idle_timeout, Duration::from_secs(301));
         assert!(config.allow_privileged_data_ports);
         assert_eq!(config.passive_address_mismatch, PassiveAddressPolicy::Refuse);
+        assert_eq!((config.ftps, config.max_refused_lines), (FtpsPolicy::PassThrough, 4));
+        let defaults = core_config(&loader(&["ftpgate"]).load().unwrap().args);
+        assert_eq!((defaults.ftps, defaults.max_refused_lines), (FtpsPolicy::Refuse, 10));
+    }
+
+    #[test]
+    fn reloadable_carries_the_failed_login_limits() {
+        let r = Reloadable::of(&load(FULL, &[]).unwrap());
+        let expected =
+            logins::Limits { limit: 6, window: Duration::from_secs(61), cooldown: Duration::from_secs(301) };
+        assert_eq!(r.login_failures, expected);
+    }
+
+    #[test]
+    fn error_ftps_mode_and_login_window_are_checked() {
+        let e = error("[ftps]\nmode = \"blind\"\n");
+        assert!(e.starts_with("FILE:2: ftps.mode: unknown variant `blind`"), "{e}");
+        let e = error("[ftps]\nftps = \"refuse\"\n");
+        assert!(e.starts_with("FILE:2: ftps.ftps: unknown field `ftps`"), "{e}");
+        assert_eq!(
+            error("[limits]\nlogin-failure-window = 0\n"),
+            "FILE:2: limits.login-failure-window: must be at least 1 second"
+        );
     }
 
     fn discard() -> Logger {
@@ -1074,6 +1146,25 @@ group = "nogroup"
         assert_eq!(
             changed(&started.args, &reloader.current, true),
             ["limits.idle-timeout", "limits.session-rate-per-client"]
+        );
+    }
+
+    #[test]
+    fn reload_applies_ftps_refused_lines_and_login_limits() {
+        let file = TempFile::new("reload-ftps.toml", "");
+        let loader = loader(&["ftpgate", "--config", file.path()]);
+        let started = loader.load().unwrap();
+        let mut reloader = Reloader::new(loader, &started);
+        file.write(
+            "[limits]\nmax-refused-lines = 3\nmax-login-failures = 2\nlogin-cooldown = 9\n\
+             [ftps]\nmode = \"pass-through\"\n",
+        );
+        let new = reloader.reload(&discard()).expect("a valid file reloads");
+        assert_eq!((new.core.ftps, new.core.max_refused_lines), (FtpsPolicy::PassThrough, 3));
+        assert_eq!((new.login_failures.limit, new.login_failures.cooldown), (2, Duration::from_secs(9)));
+        assert_eq!(
+            changed(&started.args, &reloader.current, true),
+            ["limits.max-refused-lines", "limits.max-login-failures", "limits.login-cooldown", "ftps.mode"]
         );
     }
 

@@ -202,6 +202,24 @@ struct DataChan {
     _open: metrics::OpenDataChannel,
 }
 
+/// FTPS pass-through (`Action::PassThrough`): the control connection is
+/// TLS the core does not parse; the two control sockets are joined by a
+/// splice relay, like a data channel, until both directions end.
+#[derive(Debug)]
+enum Blind {
+    /// Writing out what the core still had for either side (the 234),
+    /// by `by` at the latest.
+    Flushing {
+        idle_timeout: Duration,
+        by: Instant,
+    },
+    Relaying {
+        relay: Relay,
+        idle_timeout: Duration,
+        idle_at: Instant,
+    },
+}
+
 /// A fact for the core, queued until `feed_facts` hands it over.
 #[derive(Debug)]
 enum Fact {
@@ -229,6 +247,10 @@ pub(crate) struct Conn {
     /// A socket could not join the event loop: the session ends with a 421
     /// and every socket it registered is released.
     broken: Option<RegisterError>,
+    /// The control connection is relayed blind (FTPS pass-through).
+    blind: Option<Blind>,
+    /// `530`s to USER/PASS not yet handed to the failed-login tracker.
+    login_failures: u32,
     /// The server socket could not be created for want of descriptors
     /// (EMFILE, ENFILE): the client hears the core's reply for an
     /// unreachable server, and the loop pauses accepting.
@@ -284,6 +306,8 @@ impl Conn {
             close_by: None,
             connect_by: Some(ctx.now + connect_timeout),
             broken: None,
+            blind: None,
+            login_failures: 0,
             starved: None,
             started: ctx.now,
             end_logged: false,
@@ -374,7 +398,17 @@ impl Conn {
 
     /// When the loop must wake this session next.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        [self.session.poll_timeout(), self.close_by, self.connect_by].into_iter().flatten().min()
+        let blind = match &self.blind {
+            Some(Blind::Relaying { idle_at: at, .. } | Blind::Flushing { by: at, .. }) => Some(*at),
+            None => None,
+        };
+        [self.session.poll_timeout(), self.close_by, self.connect_by, blind].into_iter().flatten().min()
+    }
+
+    /// Failed logins (`530` to USER/PASS) since the last call, for the
+    /// per-client tracker (RFC 2577 §5).
+    pub(crate) fn take_login_failures(&mut self) -> u32 {
+        std::mem::take(&mut self.login_failures)
     }
 
     /// True when the session is over: every socket is gone, or the daemon
@@ -407,6 +441,9 @@ impl Conn {
             for side in [Side::Client, Side::Server] {
                 progress |= self.write_control(ctx, side);
             }
+            let (p, m) = self.run_blind(ctx, &mut budget);
+            progress |= p;
+            more |= m;
             rounds += 1;
             if !progress {
                 break;
@@ -425,7 +462,8 @@ impl Conn {
             self.give_up();
             return false;
         }
-        if self.session.is_closed() {
+        // A blind relay ends on its own (both directions, a reset, idle).
+        if self.session.is_closed() && self.blind.is_none() {
             let close_by = *self.close_by.get_or_insert(ctx.now + LINGER);
             if close_by <= ctx.now {
                 for side in [Side::Client, Side::Server] {
@@ -571,11 +609,106 @@ impl Conn {
                 control.closing = true;
             }
             Action::Audit(event) => {
-                self.end_logged |= matches!(event, AuditEvent::SessionEnded { .. });
+                match &event {
+                    AuditEvent::LoginFailed { .. } => self.login_failures += 1,
+                    AuditEvent::SessionEnded { .. } => self.end_logged = true,
+                    _ => {}
+                }
                 audit::record(&self.log, &event);
+            }
+            Action::PassThrough { idle_timeout } => {
+                self.blind = Some(Blind::Flushing { idle_timeout, by: ctx.now + LINGER })
             }
             other => debug!(self.log, "unknown action"; "action" => ?other),
         }
+    }
+
+    /// FTPS pass-through: once the core's last bytes (the 234) are out,
+    /// splice the two control sockets together; when the relay ends (both
+    /// FINs passed on, a reset passed on as a reset, or idle), close them.
+    /// Returns (progress, more) like `run_data`.
+    fn run_blind(&mut self, ctx: &mut Ctx<'_>, budget: &mut Budget) -> (bool, bool) {
+        let Some(blind) = self.blind.as_mut() else { return (false, false) };
+        let (Some(client), Some(server)) = (self.client.leg.as_mut(), self.server.leg.as_mut()) else {
+            // A control socket failed while the 234 was being written.
+            self.end_blind(ctx, "pass-through: a control connection ended", None);
+            return (true, false);
+        };
+        match blind {
+            Blind::Flushing { idle_timeout, by } => {
+                if !self.session.pending(Side::Client).is_empty()
+                    || !self.session.pending(Side::Server).is_empty()
+                {
+                    if *by <= ctx.now {
+                        self.end_blind(ctx, "pass-through: the client did not take the 234", None);
+                        return (true, false);
+                    }
+                    return (false, false);
+                }
+                let idle_timeout = *idle_timeout;
+                match Relay::new() {
+                    Ok(relay) => {
+                        // Readiness seen while flushing may be stale: try.
+                        client.ready.readable = true;
+                        server.ready.readable = true;
+                        let idle_at = ctx.now + idle_timeout;
+                        self.blind = Some(Blind::Relaying { relay, idle_timeout, idle_at });
+                        info!(self.log, "pass-through: control connection relayed blind");
+                    }
+                    Err(e) => {
+                        warn!(self.log, "relay pipes failed"; "error" => %e);
+                        self.end_blind(ctx, "pass-through: relay could not start", None);
+                    }
+                }
+                (true, false)
+            }
+            Blind::Relaying { relay, idle_timeout, idle_at } => {
+                if *idle_at <= ctx.now {
+                    relay::reset_on_close(&client.stream);
+                    relay::reset_on_close(&server.stream);
+                    let counts = relay.counts();
+                    self.end_blind(ctx, "pass-through idle", Some(counts));
+                    return (true, false);
+                }
+                let before = relay.counts();
+                let status =
+                    relay.run(&client.stream, &mut client.ready, &server.stream, &mut server.ready, budget);
+                let progress = relay.counts() != before;
+                if progress {
+                    *idle_at = ctx.now + *idle_timeout;
+                }
+                match status {
+                    RelayStatus::Running { more } => (progress, more),
+                    RelayStatus::Done { to_client, to_server } => {
+                        self.end_blind(ctx, "pass-through ended", Some((to_client, to_server)));
+                        (true, false)
+                    }
+                    RelayStatus::Failed { leg, error, to_client, to_server } => {
+                        info!(
+                            self.log, "pass-through relay failed";
+                            "leg" => audit::side(leg), "error" => format!("{error:?}")
+                        );
+                        self.end_blind(ctx, "pass-through reset", Some((to_client, to_server)));
+                        (true, false)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes both control sockets after a blind relay (a relay that
+    /// failed or went idle armed them to reset) and records the end.
+    fn end_blind(&mut self, ctx: &mut Ctx<'_>, reason: &'static str, counts: Option<(u64, u64)>) {
+        self.blind = None;
+        for side in [Side::Client, Side::Server] {
+            if let Some(mut leg) = self.control(side).leg.take() {
+                ctx.deregister(&mut leg.stream, leg.token);
+            }
+        }
+        let (to_client, to_server) = counts.unwrap_or_default();
+        info!(self.log, "pass-through relay end"; "to_client" => to_client, "to_server" => to_server);
+        self.end_logged = true;
+        audit::record(&self.log, &self.session.end_record(ctx.now, reason));
     }
 
     fn listen(

@@ -356,16 +356,20 @@ impl Listeners {
     /// session's context and with the address it expected.
     fn refuse(&self, key: usize, peer: SocketAddr, log: &Logger) {
         let entry = &self.table.entries[key];
+        // The same rule name and ATTACKS.md case as the core's
+        // DataPeerRefused record (docs/audit.md), and counted the same way.
+        crate::metrics::get().refused(None, "port-theft");
         match entry.expecting.as_slice() {
             [one] => warn!(
                 one.log, "data peer refused";
                 "data" => one.channel.data.0, "local" => %entry.local, "peer" => %peer,
-                "expected" => %one.accept_from, "peer_side" => side(one.peer), "rule" => "ATTACKS.md 5"
+                "expected" => %one.accept_from, "peer_side" => side(one.peer),
+                "rule" => "port-theft", "attack" => crate::audit::attack(Some(5))
             ),
             many => warn!(
                 log, "data peer refused";
                 "local" => %entry.local, "peer" => %peer, "sessions" => many.len(),
-                "rule" => "ATTACKS.md 5"
+                "rule" => "port-theft", "attack" => crate::audit::attack(Some(5))
             ),
         }
     }

@@ -12,6 +12,7 @@ mod doctor;
 mod limits;
 mod listeners;
 mod log;
+mod logins;
 mod metrics;
 mod privilege;
 mod relay;
@@ -122,6 +123,7 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
         session_rate: reloadable.session_rate,
         max_data_channels,
         drain_timeout: reloadable.drain_timeout,
+        login_failures: reloadable.login_failures,
         reloader: config::Reloader::new(loader, loaded),
     };
     // Checked before any socket exists, carried out once the control

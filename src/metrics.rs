@@ -178,6 +178,8 @@ pub(crate) struct Metrics {
     sessions_refused: Family<RuleLabel, Counter>,
     sessions_ended: Family<ReasonLabel, Counter>,
     logins: Counter,
+    login_failures: Counter,
+    ftps_pass_through: Counter,
     refusals: Family<RefusalLabels, Counter>,
     rewrites: Counter,
     data_channels_open: Family<DataLabels, Gauge>,
@@ -203,6 +205,8 @@ impl Metrics {
             sessions_refused: Family::default(),
             sessions_ended: Family::default(),
             logins: Counter::default(),
+            login_failures: Counter::default(),
+            ftps_pass_through: Counter::default(),
             refusals: Family::default(),
             rewrites: Counter::default(),
             data_channels_open: Family::default(),
@@ -250,6 +254,16 @@ impl Metrics {
         );
         r.register("sessions_ended", "Sessions ended, by reason", self.sessions_ended.clone());
         r.register("logins", "Logins the server accepted (230)", self.logins.clone());
+        r.register(
+            "login_failures",
+            "Logins the server refused (530 to USER or PASS)",
+            self.login_failures.clone(),
+        );
+        r.register(
+            "ftps_pass_through",
+            "Control connections relayed blind after the server accepted AUTH TLS (--ftps pass-through)",
+            self.ftps_pass_through.clone(),
+        );
         r.register(
             "refusals",
             "Commands, replies and data connections the gateway refused, by the side that broke the rule and the rule",
@@ -314,15 +328,29 @@ impl Metrics {
         self.logins.inc();
     }
 
+    pub(crate) fn login_failed(&self) {
+        self.login_failures.inc();
+    }
+
+    pub(crate) fn ftps_pass_through(&self) {
+        self.ftps_pass_through.inc();
+    }
+
     /// A refusal by `rule`; `side` is `None` where the offender is not one
     /// of the session's two peers (a port thief).
     pub(crate) fn refused(&self, side: Option<Side>, rule: &'static str) {
+        self.refused_n(side, rule, 1);
+    }
+
+    /// `n` refusals by `rule` at once: a run of refused lines has one
+    /// record, and each of its lines counts.
+    pub(crate) fn refused_n(&self, side: Option<Side>, rule: &'static str, n: u64) {
         let side = match side {
             Some(Side::Client) => "client",
             Some(Side::Server) => "server",
             None => "third-party",
         };
-        self.refusals.get_or_create(&RefusalLabels { side, rule }).inc();
+        self.refusals.get_or_create(&RefusalLabels { side, rule }).inc_by(n);
     }
 
     pub(crate) fn rewrite(&self) {
@@ -703,6 +731,8 @@ mod tests {
             ("ftpgate_sessions_open", "gauge"),
             ("ftpgate_sessions_total", "counter"),
             ("ftpgate_logins_total", "counter"),
+            ("ftpgate_login_failures_total", "counter"),
+            ("ftpgate_ftps_pass_through_total", "counter"),
             ("ftpgate_data_address_rewrites_total", "counter"),
             ("ftpgate_data_channels_open", "gauge"),
             ("ftpgate_data_channels_total", "counter"),
@@ -719,6 +749,8 @@ mod tests {
         for series in [
             "ftpgate_sessions_open",
             "ftpgate_sessions_total",
+            "ftpgate_login_failures_total",
+            "ftpgate_ftps_pass_through_total",
             r#"ftpgate_transfers_total{result="ok"}"#,
             r#"ftpgate_transfers_total{result="failed"}"#,
             r#"ftpgate_transfers_total{result="aborted"}"#,

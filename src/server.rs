@@ -21,6 +21,7 @@ use slog::{debug, error, info, o, warn, Logger};
 use crate::conn::{Conn, Ctx, Registration};
 use crate::limits::{ClientKey, DataChannels, Rate, RateVerdict, SessionRate};
 use crate::listeners::Listeners;
+use crate::logins::{self, LoginFailures};
 use crate::tproxy::{self, TproxyError};
 
 const SIGNALS: Token = Token(0);
@@ -67,6 +68,7 @@ pub(crate) struct Options {
     pub(crate) session_rate: Rate,
     pub(crate) max_data_channels: usize,
     pub(crate) drain_timeout: Duration,
+    pub(crate) login_failures: logins::Limits,
     /// SIGHUP: reads the configuration again.
     pub(crate) reloader: crate::config::Reloader,
 }
@@ -130,6 +132,8 @@ pub(crate) struct Server {
     accept_paused_until: Option<Instant>,
     pause_episode: Option<PauseEpisode>,
     drain_until: Option<Instant>,
+    /// Failed logins per client address (RFC 2577 §5).
+    logins: LoginFailures,
 }
 
 impl Server {
@@ -160,6 +164,7 @@ impl Server {
         }
         let session_rate = SessionRate::new(opts.session_rate);
         let data_channels = DataChannels::new(opts.max_data_channels);
+        let logins = LoginFailures::new(opts.login_failures);
         Ok(Self {
             poll,
             listeners,
@@ -180,6 +185,7 @@ impl Server {
             accept_paused_until: None,
             pause_episode: None,
             drain_until: None,
+            logins,
         })
     }
 
@@ -299,6 +305,15 @@ impl Server {
     fn drive(&mut self, key: usize, now: Instant) {
         let Some(mut conn) = self.conns.try_remove(key) else { return };
         let more = conn.drive(&mut self.ctx(now));
+        let failures = conn.take_login_failures();
+        if let Some(c) = self.logins.failed(conn.client_ip, failures, now) {
+            warn!(
+                conn.log, "failed logins: refusing new sessions from this client";
+                "failures" => c.failures, "cooldown_s" => c.cooldown.as_secs(),
+                "rule" => Refusal::LoginCooldown.rule().0,
+                "attack" => crate::audit::attack(Refusal::LoginCooldown.rule().1)
+            );
+        }
         if conn.finished() {
             // The slot is free again only now, after this session's tokens
             // were retired.
@@ -371,6 +386,10 @@ impl Server {
             // A new table: clients start with a full burst at the new rate.
             self.opts.session_rate = new.session_rate;
             self.session_rate = SessionRate::new(new.session_rate);
+        }
+        if new.login_failures != self.opts.login_failures {
+            self.opts.login_failures = new.login_failures;
+            self.logins.set_limits(new.login_failures);
         }
         if new.max_sessions_per_client != self.opts.max_sessions_per_client {
             // The counts are kept only while the cap is on: count the open
@@ -506,8 +525,15 @@ impl Server {
         if tproxy::is_local_address(server.ip()) {
             return refuse(&log, stream, Refusal::GatewayItself, true);
         }
+        // The policy first: a network the operator denies is refused by
+        // its rule, whether or not it is also cooling down.
         if let Err(rule) = self.opts.config.policy.admit(peer.ip(), server) {
             return refuse_by_policy(&log, stream, rule);
+        }
+        if self.logins.cooling_down(peer.ip(), now) {
+            // Logged once, when the cool-down started; each session it
+            // turns away is counted under its rule and logged at debug.
+            return refuse(&log, stream, Refusal::LoginCooldown, false);
         }
         if let Some(rate) = self.session_rate.as_mut() {
             let client = ClientKey::of(peer.ip());
@@ -601,6 +627,8 @@ enum Refusal {
     TooManyFromClient,
     /// The per-client rate of new sessions (ATTACKS.md 22).
     SessionRate,
+    /// A cool-down after too many failed logins (RFC 2577 §5, ATTACKS.md 33).
+    LoginCooldown,
 }
 
 impl Refusal {
@@ -612,6 +640,7 @@ impl Refusal {
             Self::GatewayItself => ("gateway-itself", Some(32)),
             Self::TooManyFromClient => ("per-client-cap", Some(22)),
             Self::SessionRate => ("per-client-rate", Some(22)),
+            Self::LoginCooldown => ("login-cooldown", Some(33)),
         }
     }
 }
@@ -653,6 +682,9 @@ fn refuse(log: &Logger, mut stream: mio::net::TcpStream, why: Refusal, loud: boo
             "refused: too many new sessions from this client",
             b"421 ftpgate: too many new sessions from your address; try again later.\r\n",
         ),
+        Refusal::LoginCooldown => {
+            ("refused: too many failed logins from this client", logins::REPLY_COOLING_DOWN)
+        }
     };
     let (rule, attack) = why.rule();
     crate::metrics::get().session_refused(rule);

@@ -258,7 +258,8 @@ fn shared_passive_port_two_clients_both_transfer_with_the_reply_unchanged() {
         format!("peer: {THIEF_IP}:"),
         format!("local: {SERVER_IP}:{SHARED_PORT}"),
         "sessions: 2".to_string(),
-        "rule: ATTACKS.md 5".to_string(),
+        "rule: port-theft".to_string(),
+        "attack: 5".to_string(),
     ] {
         assert!(refused[0].contains(&want), "{want:?} missing: {}", refused[0]);
     }

@@ -16,6 +16,14 @@ C_NS=$LAB-c
 G_NS=$LAB-g
 S_NS=$LAB-s
 CHECKS_FAILED=0
+# the listeners ftpgate runs with (std_gateway, gw_start), both families:
+# the ones `ftpgate rules` generates for (lab/netns.sh's rules_args, gw_rules)
+GW_LISTEN=(--listen "0.0.0.0:$GW_PORT" --listen "[::]:$GW_PORT")
+# how every scenario runs ftpgate: the JSON audit trail; and a short drain
+# on SIGTERM, within the 5 s teardown gives it (a session whose gateway
+# lost its cables, as in failover, never finishes: the default 30 s would
+# end in SIGKILL)
+GW_ARGS=("${GW_LISTEN[@]}" --log-level info --log-format json --drain-timeout 2)
 
 step() { printf '\n==> %s\n' "$*"; }
 # say: a line of "what happened", on the terminal and in OUT/summary.txt
@@ -53,10 +61,28 @@ std_up() {
     bash "$LAB_DIR/netns.sh" vsftpd "$LAB" 2>/dev/null
 }
 
+# std_ipv6_settled: wait (at most 3 s) until no IPv6 address of the
+# standard lab is tentative. The lab's own addresses skip duplicate address
+# detection (nodad), but each interface's link-local address still runs it
+# for about a second, and a router cannot send neighbour solicitations
+# before it has one: the first connection of an IPv6 scenario would show
+# a second's wait that is no part of the story.
+std_ipv6_settled() {
+    local i ns busy
+    for ((i = 0; i < 30; i++)); do
+        busy=""
+        for ns in "$C_NS" "$G_NS" "$S_NS"; do
+            [ -z "$(ip -n "$ns" -6 addr show tentative)" ] || busy=$ns
+        done
+        [ -n "$busy" ] || return 0
+        sleep 0.1
+    done
+    say "  (IPv6 addresses in $busy still tentative after 3 s; going on)"
+}
+
 # std_gateway [ARGS...]: ftpgate in LAB-g with the JSON audit trail
 std_gateway() {
-    bash "$LAB_DIR/netns.sh" gateway "$LAB" "$BIN" --listen "0.0.0.0:$GW_PORT" \
-        --log-level info --log-format json "$@" 2>/dev/null
+    bash "$LAB_DIR/netns.sh" gateway "$LAB" "$BIN" "${GW_ARGS[@]}" "$@" 2>/dev/null
 }
 
 # a random file of KiB kibibytes in the server's pub/
@@ -108,14 +134,16 @@ mac_of() { ip -n "$1" -br link show "$2" | awk '{print $3}'; }
 
 # ladder_std TITLE [--caption TEXT]... : render the standard lab's captures
 # (named with PFX) and ftpgate's log (when there is one) into
-# OUT/ladder.{svg,txt,json}, or OUT/$LADDER_BASE.*
+# OUT/ladder.{svg,txt,json}, or OUT/$LADDER_BASE.*; the end hosts' lifelines
+# are named after their IPv4 addresses unless CLIENT_LABEL/SERVER_LABEL say
+# otherwise
 LADDER_BASE=ladder
 ladder_std() {
     local title=$1; shift
     local log="" base=$OUT/$LADDER_BASE
     [ -s "$OUT/ftpgate.json" ] && log=",$OUT/ftpgate.json"
     "$LADDER" --title "$title" "$@" \
-        --client-label "client $CLIENT_IP" --server-label "server $SERVER_IP" \
+        --client-label "${CLIENT_LABEL:-client $CLIENT_IP}" --server-label "${SERVER_LABEL:-server $SERVER_IP}" \
         --gateway "${GATEWAY_LABEL:-gateway (ftpgate)},$OUT/pcap/${PFX}gw-c.pcap,$(mac_of "$G_NS" "$GW_CLIENT_IF"),$OUT/pcap/${PFX}gw-s.pcap,$(mac_of "$G_NS" "$GW_SERVER_IF")$log" \
         --svg "$base.svg" --text "$base.txt" --json "$base.json"
 }
@@ -129,8 +157,14 @@ collect_std() {
     done
 }
 
-# the client addresses vsftpd logged (CONNECT lines), one per line, unique
-server_saw() { sed -n 's/.*CONNECT: Client "\([^"]*\)".*/\1/p' "$OUT/vsftpd.log" | sort -u; }
+# server_saw [LOG]: the client addresses vsftpd logged (CONNECT lines), one
+# per line, unique. vsftpd listens dual-stack (one [::]:21 socket), so it
+# logs an IPv4 client in the mapped form ::ffff:192.0.2.10: that is the
+# IPv4 client, and is shown as such; every other address stays as logged.
+server_saw() {
+    sed -n 's/.*CONNECT: Client "\([^"]*\)".*/\1/p' "${1:-$OUT/vsftpd.log}" \
+        | sed -E 's/^::ffff:([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)$/\1/' | sort -u
+}
 
 # conns_with SOCKET: the ladder's connections whose socket kind is SOCKET
 conns_with() { python3 -c '
@@ -198,32 +232,45 @@ topo2() {
     chown ftp "$RUN/ftproot/upload"
 }
 
-# gw_router NS CLIENT_SIDE_IP SERVER_SIDE_IP: addresses, forwarding, the
-# lab's TPROXY rule set (lab/rules, the form the scenario runs with) and
-# its policy route, as netns.sh up sets them for LAB-g
+# gw_router NS CLIENT_SIDE_IP SERVER_SIDE_IP: addresses, and the set-up
+# `ftpgate rules` prints for the lab's listeners (both families), as
+# netns.sh up installs it in LAB-g: the policy routing and sysctls
+# (--routing), and the strict rule set with gw-c as the client side, in
+# the form the scenario runs with. Each gateway's scripts stay in OUT.
 gw_router() {
-    local ns=$1 k
+    local ns=$1
     ip -n "$ns" addr add "$2/24" dev "$GW_CLIENT_IF"
     ip -n "$ns" addr add "$3/24" dev "$GW_SERVER_IF"
-    ns_sysctl "$ns" net.ipv4.ip_forward 1
-    for k in all default lo "$GW_CLIENT_IF" "$GW_SERVER_IF"; do
-        ns_sysctl "$ns" "net.ipv4.conf.$k.rp_filter" 0
-    done
-    ip -n "$ns" rule add fwmark 1 lookup 100
-    ip -n "$ns" route add local 0.0.0.0/0 dev lo table 100
-    if [ "$FORM" = nft ]; then
-        sed -e "s/@CLIENT_IF@/$GW_CLIENT_IF/g" -e "s/@PORT@/$GW_PORT/g" \
-            "$LAB_DIR/rules/ruleset.nft" | ip netns exec "$ns" nft -f -
-    else
-        ip netns exec "$ns" bash "$LAB_DIR/rules/iptables.sh" add "$GW_CLIENT_IF" "$GW_PORT"
-    fi
+    gw_rules "$ns" routing
+    gw_rules "$ns" "$FORM"
+}
+
+# gw_rules NS routing|nft|iptables [--undo]: `ftpgate rules` with the
+# lab's arguments (the strict profile, gw-c the client side), its output
+# kept as OUT/rules-NS-WHAT[-undo].txt and run in NS
+gw_rules() {
+    local ns=$1 what=$2 undo=${3:-} args=() file
+    case "$what" in
+    routing) args=(--routing) ;;
+    nft) ;;
+    iptables) args=(--iptables) ;;
+    *) die "gw_rules: routing, nft or iptables (got '$what')" ;;
+    esac
+    [ -z "$undo" ] || args+=("$undo")
+    file=$OUT/rules-${ns#"$LAB"-}-$what${undo:+-undo}.txt
+    "$BIN" "${GW_LISTEN[@]}" rules --profile strict --client-interface "$GW_CLIENT_IF" "${args[@]}" >"$file" \
+        || die "ftpgate rules ${args[*]} failed"
+    case "$what" in
+    nft) ip netns exec "$ns" nft -f "$file" ;;
+    *) ip netns exec "$ns" sh "$file" >/dev/null ;;
+    esac
 }
 
 # gw_start NS NAME [ARGS...]: ftpgate in NS, JSON log OUT/ftpgate-NAME.json
 gw_start() {
     local ns=$1 name=$2 pid
     shift 2
-    ip netns exec "$ns" "$BIN" --listen "0.0.0.0:$GW_PORT" --log-level info --log-format json "$@" \
+    ip netns exec "$ns" "$BIN" "${GW_ARGS[@]}" "$@" \
         </dev/null >/dev/null 2>>"$OUT/ftpgate-$name.json" &
     pid=$!
     pidfile_write "$RUN/ftpgate-$name.pid" "$pid" "$BIN"

@@ -86,7 +86,8 @@ scenario_main() {
     before=$(wc -l <"$RUN/vsftpd.log")
     transfers ftpgate || res_g=$?
     capture_stop
-    seen_g=$(tail -n +"$((before + 1))" "$RUN/vsftpd.log" | sed -n 's/.*CONNECT: Client "\([^"]*\)".*/\1/p' | sort -u | tr '\n' ' ')
+    tail -n +"$((before + 1))" "$RUN/vsftpd.log" >"$OUT/vsftpd-ftpgate.log"
+    seen_g=$(server_saw "$OUT/vsftpd-ftpgate.log" | tr '\n' ' ')
     bash "$LAB_DIR/netns.sh" stop-gateway "$LAB"
     cp "$RUN/ftpgate.log" "$OUT/ftpgate.json"
     bash "$LAB_DIR/netns.sh" rules "$LAB" del "$FORM"
@@ -97,7 +98,8 @@ scenario_main() {
     before=$(wc -l <"$RUN/vsftpd.log")
     transfers kernel || res_k=$?
     capture_stop
-    seen_k=$(tail -n +"$((before + 1))" "$RUN/vsftpd.log" | sed -n 's/.*CONNECT: Client "\([^"]*\)".*/\1/p' | sort -u | tr '\n' ' ')
+    tail -n +"$((before + 1))" "$RUN/vsftpd.log" >"$OUT/vsftpd-kernel.log"
+    seen_k=$(server_saw "$OUT/vsftpd-kernel.log" | tr '\n' ' ')
     ip netns exec "$G_NS" cat /proc/net/nf_conntrack_expect >"$OUT/nf_conntrack_expect.txt" 2>/dev/null || true
     helper_rules del
     collect_std

@@ -33,7 +33,19 @@ import json, os, sys
 r = json.load(open(sys.argv[1]))
 sys.exit(0 if r["bytes"] == os.path.getsize(sys.argv[2]) and r["retr_final"].startswith("226") else 1)' \
         "$OUT/client.json" "$RUN/ftproot/pub/scen.bin"
-    check "ftpgate logged the theft (data peer refused, rule port-theft)" equals "$(gw_records 'data peer refused' rule=port-theft attack=5)" 1
+    # the refusal: who connected, whom the listener expected, and the rule
+    # that refused it (docs/audit.md: port-theft, ATTACKS.md case 5)
+    check "ftpgate logged the theft once (data peer refused: peer 192.0.2.20, expected $CLIENT_IP)" python3 -c '
+import json, sys
+n = 0
+for line in open(sys.argv[1]):
+    try: r = json.loads(line)
+    except ValueError: continue
+    if r.get("msg") == "data peer refused":
+        n += 1
+        ok = (r.get("peer", "").startswith("192.0.2.20:") and r.get("expected") == sys.argv[2]
+              and r.get("rule") == "port-theft" and r.get("attack") == "5")
+sys.exit(0 if n == 1 and ok else 1)' "$OUT/ftpgate.json" "$CLIENT_IP"
     check "the ladder shows the thief's connection at ftpgate's foreign listener" python3 -c '
 import json, sys
 c = json.load(open(sys.argv[1]))["connections"]

@@ -231,4 +231,38 @@ pub enum AuditEvent {
         /// Bytes relayed toward the server over all its transfers.
         to_server: u64,
     },
+    /// Several client lines in a row were refused by the gateway; one
+    /// record for the whole run (a single refused line is a [`Refused`](Self::Refused)).
+    /// Recorded when the run ends: a line forwarded, the session closed, or
+    /// `Config::max_refused_lines` reached (then the session closes).
+    RefusedLines {
+        /// Who sent them (the client: the gateway answers only its lines).
+        side: Side,
+        /// How many lines in a row.
+        count: usize,
+        /// Fixed reason text of the first one.
+        reason: &'static str,
+        /// The rule that refused the first one
+        /// ([`Violation::rule`](crate::error::Violation::rule)).
+        rule: &'static str,
+        /// The case of ATTACKS.md the first one answers, if any.
+        attack: Option<u8>,
+        /// The first offending line, printable and truncated; of a line
+        /// that starts with `PASS`, only the verb.
+        what: String,
+    },
+    /// The server answered a USER or PASS with `530` (RFC 2577 §5, ATTACKS.md 33).
+    LoginFailed {
+        /// The name given with USER, if any (never the password).
+        user: Option<String>,
+    },
+    /// The server accepted `AUTH` with `234` under `FtpsPolicy::PassThrough`:
+    /// from here the control connection is relayed blind
+    /// ([`Action::PassThrough`](crate::Action::PassThrough)).
+    TlsPassThrough {
+        /// The mechanism the client asked for (`TLS`, `SSL`, …), printable.
+        mechanism: String,
+        /// The user logged in before, if any.
+        user: Option<String>,
+    },
 }

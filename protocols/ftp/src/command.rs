@@ -44,8 +44,11 @@ pub enum Command<'a> {
     Epsv(EpsvArg),
     /// `LPRT`/`LPSV` (RFC 1639): refused, never relayed.
     LongPassive,
-    /// `AUTH`, `ADAT`, `MIC`, `CONF`, `ENC` (RFC 2228): they would make the
-    /// channel unparseable or carry commands the gateway cannot inspect.
+    /// `AUTH mechanism` (RFC 2228, RFC 4217): `AUTH TLS` turns the control
+    /// channel into TLS the gateway cannot parse.
+    Auth(&'a [u8]),
+    /// `ADAT`, `MIC`, `CONF`, `ENC` (RFC 2228): they carry commands the
+    /// gateway cannot inspect.
     Security,
     /// `REIN`: resets the login.
     Rein,
@@ -83,6 +86,76 @@ fn verb_and_arg(line: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
         .parse(line)
 }
 
+/// Why a client line is not FTP at all (ATTACKS.md 10): the session ends
+/// instead of answering it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Junk {
+    /// An HTTP request line (`GET / HTTP/1.1`): a browser or a slipstreaming
+    /// page talking to the FTP port.
+    Http,
+    /// A control byte (other than the line end) where FTP has text: a TLS
+    /// ClientHello (`16 03 …`), an SSH or binary protocol.
+    Binary,
+    /// The line does not start with a 3–4 letter verb followed by a space or
+    /// the line end (RFC 959 §5.3.1).
+    NoVerb,
+}
+
+/// HTTP/1.x request methods (RFC 9110 §9, plus PATCH). FTP has none of them.
+const HTTP_METHODS: [&[u8]; 9] =
+    [b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT", b"PATCH"];
+
+/// `METHOD SP target SP HTTP/d.d`: an HTTP request line, whatever the
+/// case. Only HTTP methods count, so no FTP command whose argument happens
+/// to end in `HTTP/1.1` is taken for one.
+pub fn is_http_request_line(line: &[u8]) -> bool {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let version_ok = matches!(version, [h, t1, t2, p, b'/', major, b'.', minor]
+        if [*h, *t1, *t2, *p].eq_ignore_ascii_case(b"HTTP") && major.is_ascii_digit() && minor.is_ascii_digit());
+    !target.is_empty() && version_ok && HTTP_METHODS.iter().any(|m| m.eq_ignore_ascii_case(method))
+}
+
+/// Whether a complete line (framed, without its line end) is not FTP. Used
+/// on the client's first line, where anything but a command ends the
+/// session, and (HTTP only) on every line.
+pub fn junk(line: &[u8]) -> Option<Junk> {
+    if is_http_request_line(line) {
+        return Some(Junk::Http);
+    }
+    if line.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Some(Junk::Binary);
+    }
+    if verb_and_arg(line).is_err() {
+        return Some(Junk::NoVerb);
+    }
+    None
+}
+
+/// Whether the start of a first line still being received (decoded bytes,
+/// no line end yet) can no longer become an FTP command: a TLS ClientHello
+/// or a binary greeting is refused at once, not after `MAX_LINE` bytes or
+/// the idle timeout.
+pub fn junk_prefix(partial: &[u8]) -> Option<Junk> {
+    let line = partial.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Some(Junk::Binary);
+    }
+    for (i, &b) in line.iter().take(5).enumerate() {
+        match b {
+            b if b.is_ascii_alphabetic() && i < 4 => {}
+            b' ' if i >= 3 => return None,
+            _ => return Some(Junk::NoVerb),
+        }
+    }
+    None
+}
+
 /// Parse one command line.
 pub fn parse_command(line: &[u8]) -> Result<Command<'_>, CommandError> {
     let (_, (verb, arg)) = verb_and_arg(line).map_err(|_| CommandError::Syntax)?;
@@ -104,7 +177,8 @@ pub fn parse_command(line: &[u8]) -> Result<Command<'_>, CommandError> {
         b"PASV" => Command::Pasv,
         b"EPSV" => Command::Epsv(epsv_arg(arg)?),
         b"LPRT" | b"LPSV" => Command::LongPassive,
-        b"AUTH" | b"ADAT" | b"MIC" | b"CONF" | b"ENC" => Command::Security,
+        b"AUTH" => Command::Auth(arg),
+        b"ADAT" | b"MIC" | b"CONF" | b"ENC" => Command::Security,
         b"REIN" => Command::Rein,
         b"ABOR" => Command::Abor,
         b"RETR" | b"STOR" | b"STOU" | b"APPE" | b"LIST" | b"NLST" | b"MLSD" => {
@@ -140,7 +214,8 @@ mod tests {
         assert_eq!(parse_command(b"pasv"), Ok(Command::Pasv));
         assert_eq!(parse_command(b"EPSV ALL"), Ok(Command::Epsv(EpsvArg::All)));
         assert_eq!(parse_command(b"EPSV 2"), Ok(Command::Epsv(EpsvArg::Proto(2))));
-        assert_eq!(parse_command(b"auth TLS"), Ok(Command::Security));
+        assert_eq!(parse_command(b"auth TLS"), Ok(Command::Auth(b"TLS")));
+        assert_eq!(parse_command(b"ADAT x"), Ok(Command::Security));
         assert_eq!(parse_command(b"LPSV"), Ok(Command::LongPassive));
         assert_eq!(parse_command(b"abor"), Ok(Command::Abor));
     }
@@ -178,6 +253,62 @@ mod tests {
             b"EPSV x",
         ] {
             assert_eq!(parse_command(bad), Err(CommandError::Syntax), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn junk_http_request_lines_in_any_case() {
+        for http in [
+            &b"GET / HTTP/1.1"[..],
+            b"POST /upload HTTP/1.0",
+            b"get /index.html http/1.1",
+            b"CONNECT ftp.example:21 HTTP/1.1",
+            b"OPTIONS * HTTP/1.1",
+        ] {
+            assert!(is_http_request_line(http), "{http:?}");
+            assert_eq!(junk(http), Some(Junk::Http), "{http:?}");
+        }
+    }
+
+    #[test]
+    fn junk_not_for_ftp_commands_that_mention_http() {
+        for ftp in [
+            &b"RETR / HTTP/1.1"[..],
+            b"STOR a HTTP/1.1",
+            b"USER anna",
+            b"GET",
+            b"GET /",
+            b"GET / HTTP/1.1 x",
+            b"GET / HTTP/x.1",
+            b"NOOP",
+            b"RETR caf\xc3\xa9.txt",
+        ] {
+            assert!(!is_http_request_line(ftp), "{ftp:?}");
+        }
+        assert_eq!(junk(b"USER anna"), None);
+        assert_eq!(junk(b"RETR caf\xc3\xa9.txt"), None);
+        assert_eq!(junk(b"EPSV x"), None, "a bad argument is a syntax error, not junk");
+    }
+
+    #[test]
+    fn junk_binary_and_verbless_lines() {
+        assert_eq!(junk(b"\x16\x03\x01\x02\x00"), Some(Junk::Binary));
+        assert_eq!(junk(b"USER a\tb"), Some(Junk::Binary));
+        assert_eq!(junk(b"SSH-2.0-OpenSSH_9.6"), Some(Junk::NoVerb));
+        assert_eq!(junk(b"12 x"), Some(Junk::NoVerb));
+        assert_eq!(junk(b""), Some(Junk::NoVerb));
+        assert_eq!(junk(b"\xff\xfe"), Some(Junk::NoVerb));
+    }
+
+    #[test]
+    fn junk_prefix_refuses_a_tls_hello_before_its_line_ends() {
+        assert_eq!(junk_prefix(b"\x16\x03\x01\x00\xa5\x01"), Some(Junk::Binary));
+        assert_eq!(junk_prefix(b"SSH-"), Some(Junk::NoVerb));
+        assert_eq!(junk_prefix(b"USERS"), Some(Junk::NoVerb));
+        assert_eq!(junk_prefix(b"1"), Some(Junk::NoVerb));
+        // still possible FTP: wait for the line
+        for ok in [&b""[..], b"U", b"USE", b"USER", b"USER ", b"USER an", b"PWD\r", b"GET / HTTP/1"] {
+            assert_eq!(junk_prefix(ok), None, "{ok:?}");
         }
     }
 }

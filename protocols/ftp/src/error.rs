@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 
+use crate::command::Junk;
 use crate::Side;
 
 /// Something a peer did that the gateway refuses.
@@ -57,13 +58,27 @@ pub enum Violation {
     ReplyMalformed,
     /// A multi-line reply over the line cap (ATTACKS.md 17).
     ReplyTooLong,
+    /// Client bytes that are not FTP: an HTTP request line, binary, no
+    /// command verb on the first line (ATTACKS.md 10).
+    NotFtp(Junk),
+    /// FTPS pass-through: bytes read past the AUTH exchange before the TLS
+    /// handshake (the client did not wait for 234, or the server sent more
+    /// after it). They were decoded as Telnet, so they cannot be relayed
+    /// as they came.
+    TlsPipelined {
+        /// Who sent them.
+        side: Side,
+    },
 }
 
 impl Violation {
     /// Which side broke the rules.
     pub fn side(&self) -> Side {
         match *self {
-            Self::LineTooLong { side } | Self::BadLineEnd { side } | Self::PrivilegedPort { side } => side,
+            Self::LineTooLong { side }
+            | Self::BadLineEnd { side }
+            | Self::PrivilegedPort { side }
+            | Self::TlsPipelined { side } => side,
             Self::PassiveAddressMismatch | Self::ReplyMalformed | Self::ReplyTooLong => Side::Server,
             // Too many channels: the client keeps asking for data connections.
             Self::TooManyDataChannels
@@ -74,7 +89,8 @@ impl Violation {
             | Self::NotLoggedIn
             | Self::EpsvAllInEffect
             | Self::LongAddressUnsupported
-            | Self::SecurityRefused => Side::Client,
+            | Self::SecurityRefused
+            | Self::NotFtp(_) => Side::Client,
         }
     }
 
@@ -98,6 +114,9 @@ impl Violation {
             Self::TooManyDataChannels => "data-channel-cap",
             Self::ReplyMalformed => "reply-malformed",
             Self::ReplyTooLong => "reply-too-long",
+            // One rule for every kind of junk; `reason` says which.
+            Self::NotFtp(_) => "not-ftp",
+            Self::TlsPipelined { .. } => "tls-pipelined",
         }
     }
 
@@ -114,13 +133,15 @@ impl Violation {
             Self::PassiveAddressMismatch => 7,
             // A data command before login, or a line that is no command:
             // the slipstreaming defences of case 10.
-            Self::NotLoggedIn | Self::CommandSyntax => 10,
+            // A first line that is no FTP at all closes the session (case 10).
+            Self::NotLoggedIn | Self::CommandSyntax | Self::NotFtp(_) => 10,
             Self::LineTooLong { .. } => 12,
             Self::BadLineEnd { .. } => 13,
             Self::ReplyTooLong => 17,
             Self::ReplyMalformed => 18,
             Self::TooManyDataChannels => 20,
-            Self::SecurityRefused => 27,
+            // AUTH refused, or a TLS pass-through that cannot start clean.
+            Self::SecurityRefused | Self::TlsPipelined { .. } => 27,
             Self::EpsvAllInEffect => 28,
             Self::LongAddressUnsupported => 29,
         })
@@ -144,6 +165,10 @@ impl Violation {
             Self::TooManyDataChannels => "too many data channels",
             Self::ReplyMalformed => "malformed reply",
             Self::ReplyTooLong => "reply too long",
+            Self::NotFtp(Junk::Http) => "not FTP: HTTP request",
+            Self::NotFtp(Junk::Binary) => "not FTP: binary",
+            Self::NotFtp(Junk::NoVerb) => "not FTP: no command verb",
+            Self::TlsPipelined { .. } => "bytes before the TLS handshake",
         }
     }
 }
@@ -173,6 +198,8 @@ mod tests {
             Violation::TooManyDataChannels,
             Violation::ReplyMalformed,
             Violation::ReplyTooLong,
+            Violation::NotFtp(Junk::Http),
+            Violation::TlsPipelined { side: Side::Client },
         ];
         let mut names: Vec<&str> = all.iter().map(Violation::rule).collect();
         assert!(names.iter().all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')), "{names:?}");

@@ -133,6 +133,6 @@ mod session;
 pub use audit::{
     AbortCause, AuditEvent, DataLeg, DataLegs, DataMode, PolicyStage, TransferFailure, TransferResult,
 };
-pub use policy::{Config, PassiveAddressPolicy};
+pub use policy::{Config, FtpsPolicy, PassiveAddressPolicy};
 pub use rules::PolicySet;
 pub use session::{Action, ControlEnds, DataId, DataStep, Input, Session, Side};

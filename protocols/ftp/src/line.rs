@@ -120,6 +120,22 @@ impl LineReader {
         self.buf.is_empty()
     }
 
+    /// The decoded bytes buffered so far: the start of the line being
+    /// received (and any complete lines not taken yet).
+    pub fn partial(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Nothing buffered and no Telnet command half-read: every byte fed so
+    /// far was handed out as a line (or a refusal).
+    pub fn is_clear(&self) -> bool {
+        self.buf.is_empty()
+            && self.telnet == Telnet::Data
+            && self.sub_len == 0
+            && !self.broken
+            && !self.sub_overflow
+    }
+
     /// Decoded bytes buffered (for sizes in logs; never the bytes).
     pub fn buffered(&self) -> usize {
         self.buf.len()

@@ -15,6 +15,20 @@ pub enum PassiveAddressPolicy {
     Refuse,
 }
 
+/// What to do with `AUTH TLS` / `AUTH SSL` (RFC 4217, ATTACKS.md 27).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FtpsPolicy {
+    /// Answer `AUTH` with `534` and keep the session in clear text; the
+    /// TLS lines of the server's `FEAT` reply (`AUTH`, `PBSZ`, `PROT`,
+    /// `CCC`) are removed so clients do not try.
+    Refuse,
+    /// Forward `AUTH TLS`/`AUTH SSL`; after the server's `234` the control
+    /// connection is relayed blind ([`Action::PassThrough`](crate::Action::PassThrough)):
+    /// nothing is parsed and no data channel is ever opened again, so the
+    /// firewall must allow the data ports itself.
+    PassThrough,
+}
+
 /// Limits and rules of one session. Shared by all sessions of a daemon.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -39,6 +53,11 @@ pub struct Config {
     pub data_idle_timeout: Duration,
     /// Access rules and command profiles (default: allow everything).
     pub policy: PolicySet,
+    /// See [`FtpsPolicy`].
+    pub ftps: FtpsPolicy,
+    /// After this many client lines in a row refused by the gateway, the
+    /// session is closed with `421` (ATTACKS.md 10). 0: never.
+    pub max_refused_lines: usize,
 }
 
 impl Default for Config {
@@ -54,6 +73,8 @@ impl Default for Config {
             max_data_channels: 1,
             data_idle_timeout: Duration::from_secs(300),
             policy: PolicySet::default(),
+            ftps: FtpsPolicy::Refuse,
+            max_refused_lines: 10,
         }
     }
 }

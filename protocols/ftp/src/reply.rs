@@ -117,6 +117,39 @@ impl Reply {
     }
 }
 
+/// FEAT lines (RFC 2389) that advertise TLS on the control channel (RFC
+/// 4217): removed from the server's FEAT reply while `AUTH` is refused, so
+/// clients do not try it.
+pub const TLS_FEATURES: [&[u8]; 4] = [b"AUTH", b"PBSZ", b"PROT", b"CCC"];
+
+/// A FEAT reply without the feature lines named in `names` (any case). The
+/// first and last lines stay, so the multi-line framing is intact; a reply
+/// of fewer than three lines is unchanged. A feature line is
+/// ` NAME[ args]` (RFC 2389 §3.2); a continuation line that repeats the
+/// code (`211-AUTH TLS`) is judged by its text.
+pub fn without_features(mut reply: Reply, names: &[&[u8]]) -> Reply {
+    let n = reply.lines.len();
+    if n < 3 {
+        return reply;
+    }
+    let last = reply.lines.pop();
+    let first = reply.lines.remove(0);
+    let code = reply.code;
+    reply.lines.retain(|line| !names.iter().any(|f| f.eq_ignore_ascii_case(feature_name(code, line))));
+    reply.lines.insert(0, first);
+    reply.lines.extend(last);
+    reply
+}
+
+/// The feature name of a FEAT continuation line.
+pub fn feature_name(code: Code, line: &[u8]) -> &[u8] {
+    let text = match parse_reply_line(line) {
+        Ok((c, _, text)) if c == code => text,
+        _ => line,
+    };
+    text.trim_ascii_start().split(|&b| b == b' ').next().unwrap_or_default()
+}
+
 /// Collects the lines of one reply at a time.
 #[derive(Debug)]
 pub struct ReplyAssembler {

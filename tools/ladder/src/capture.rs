@@ -102,8 +102,11 @@ fn segment(t: f64, frame: &[u8], gateway_mac: [u8; 6]) -> Option<Segment> {
             (h.source_addr().into(), h.destination_addr().into(), l4)
         }
         LaxNetSlice::Ipv6(ip) => {
+            // the payload length counts the extension headers between the
+            // fixed header and TCP, too
             let h = ip.header();
-            (h.source_addr().into(), h.destination_addr().into(), usize::from(h.payload_length()))
+            let l4 = usize::from(h.payload_length()).saturating_sub(ip.extensions().slice().len());
+            (h.source_addr().into(), h.destination_addr().into(), l4)
         }
     };
     let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else {
@@ -165,5 +168,70 @@ mod tests {
         let cut = segment(1.5, &frame[..frame.len() - 6], gw).unwrap();
         assert_eq!(cut.len, 16);
         assert_eq!(cut.payload, b"USER anony");
+    }
+
+    fn v6(text: &str) -> [u8; 16] {
+        text.parse::<std::net::Ipv6Addr>().unwrap().octets()
+    }
+
+    #[test]
+    fn segment_from_an_ipv6_frame_has_its_addresses_and_wire_length() {
+        let gw = [2, 0, 0, 0, 0, 1];
+        let host = [2, 0, 0, 0, 0, 2];
+        let payload = b"EPRT |2|2001:db8:1::10|40001|\r\n";
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2(gw, host)
+            .ipv6(v6("2001:db8:1::10"), v6("2001:db8:2::10"), 64)
+            .tcp(40000, 21, 7, 64000)
+            .ack(9)
+            .write(&mut frame, payload)
+            .unwrap();
+        let seg = segment(2.0, &frame, gw).unwrap();
+        assert!(seg.from_gateway);
+        assert_eq!(seg.src.to_string(), "[2001:db8:1::10]:40000");
+        assert_eq!(seg.dst.to_string(), "[2001:db8:2::10]:21");
+        assert_eq!(seg.len as usize, payload.len());
+        assert_eq!(seg.payload, payload);
+        let cut = segment(2.0, &frame[..frame.len() - 10], gw).unwrap();
+        assert_eq!(cut.len as usize, payload.len());
+        assert_eq!(cut.payload, &payload[..payload.len() - 10]);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_not_payload() {
+        let gw = [2, 0, 0, 0, 0, 1];
+        let host = [2, 0, 0, 0, 0, 2];
+        let payload = b"229 Entering Extended Passive Mode (|||30001|)\r\n";
+        let mut tcp = Vec::new();
+        etherparse::TcpHeader::new(21, 40000, 5, 64000).write(&mut tcp).unwrap();
+        // a hop-by-hop options header (8 bytes: next header TCP, length 0,
+        // PadN over the rest) between the IPv6 header and TCP
+        let hop_by_hop = [6u8, 0, 1, 4, 0, 0, 0, 0];
+        let ip = etherparse::Ipv6Header {
+            traffic_class: 0,
+            flow_label: Default::default(),
+            payload_length: u16::try_from(hop_by_hop.len() + tcp.len() + payload.len()).unwrap(),
+            next_header: etherparse::IpNumber::IPV6_HEADER_HOP_BY_HOP,
+            hop_limit: 64,
+            source: v6("2001:db8:2::10"),
+            destination: v6("2001:db8:1::10"),
+        };
+        let mut frame = Vec::new();
+        etherparse::Ethernet2Header {
+            source: host,
+            destination: gw,
+            ether_type: etherparse::EtherType::IPV6,
+        }
+        .write(&mut frame)
+        .unwrap();
+        ip.write(&mut frame).unwrap();
+        frame.extend_from_slice(&hop_by_hop);
+        frame.extend_from_slice(&tcp);
+        frame.extend_from_slice(payload);
+        let seg = segment(3.0, &frame, gw).unwrap();
+        assert!(!seg.from_gateway);
+        assert_eq!(seg.src.to_string(), "[2001:db8:2::10]:21");
+        assert_eq!(seg.len as usize, payload.len());
+        assert_eq!(seg.payload, payload);
     }
 }

@@ -44,11 +44,14 @@ pub enum Kind {
         result: String,
         reply: String,
     },
+    /// A `refused` record (`lines` 1), or a `refused lines` record: a run
+    /// of refused lines in a row, named by its first line and its rule.
     Refused {
         side: String,
         rule: String,
         attack: String,
         what: String,
+        lines: u64,
     },
     PeerRefused {
         data: u64,
@@ -95,7 +98,16 @@ fn record(line: &str) -> Option<Record> {
             result: s("result"),
             reply: s("reply"),
         },
-        "refused" => Kind::Refused { side: s("side"), rule: s("rule"), attack: s("attack"), what: s("what") },
+        "refused" => {
+            Kind::Refused { side: s("side"), rule: s("rule"), attack: s("attack"), what: s("what"), lines: 1 }
+        }
+        "refused lines" => Kind::Refused {
+            side: s("side"),
+            rule: s("rule"),
+            attack: s("attack"),
+            what: s("what"),
+            lines: num("count"),
+        },
         "data peer refused" => {
             Kind::PeerRefused { data: num("data"), peer: addr("peer"), expected: s("expected") }
         }
@@ -124,6 +136,28 @@ mod tests {
         assert_eq!(client_data_local.unwrap().to_string(), "198.51.100.10:30001");
         assert_eq!(server_data_local.unwrap().to_string(), "192.0.2.10:51000");
         assert!((r.t - 1_767_323_045.25).abs() < 1e-3);
+    }
+
+    #[test]
+    fn refused_lines_record_is_a_refusal_with_its_count() {
+        let line = r#"{"msg":"refused lines","level":"WARN","ts":"2026-11-27T15:41:54.027Z","server":"198.51.100.10:21","client":"192.0.2.10:52986","session":1,"what":"PORT 203,0,113,5,200,10","reason":"data address is not the client's","attack":"1","rule":"bounce","count":5,"side":"client"}"#;
+        let Kind::Refused { rule, attack, lines, .. } = record(line).unwrap().kind else {
+            panic!("not a refusal");
+        };
+        assert_eq!((rule.as_str(), attack.as_str(), lines), ("bounce", "1", 5));
+    }
+
+    #[test]
+    fn ipv6_endpoints_parse_in_their_bracketed_form() {
+        let line = r#"{"msg":"transfer","level":"INFO","ts":"2026-11-27T15:26:36.471086226Z","server":"[2001:db8:2::10]:21","client":"[2001:db8:1::10]:38870","session":1,"result":"ok","reply":"226","server_data_local":"[2001:db8:1::10]:34187","server_data":"[2001:db8:2::10]:30077","client_data_local":"[2001:db8:2::10]:30077","client_data":"[2001:db8:1::10]:40040","command":"RETR","mode":"passive","data":0}"#;
+        let r = record(line).unwrap();
+        assert_eq!(r.client.unwrap().to_string(), "[2001:db8:1::10]:38870");
+        assert_eq!(r.server.unwrap().to_string(), "[2001:db8:2::10]:21");
+        let Kind::Transfer { client_data, server_data_local, .. } = r.kind else {
+            panic!("not a transfer: {r:?}");
+        };
+        assert_eq!(client_data.unwrap().to_string(), "[2001:db8:1::10]:40040");
+        assert_eq!(server_data_local.unwrap().to_string(), "[2001:db8:1::10]:34187");
     }
 
     #[test]

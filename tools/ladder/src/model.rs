@@ -411,9 +411,12 @@ fn log_event(r: &Record, lifeline: usize) -> Option<Event> {
             local.map_or_else(|| "-".to_owned(), |a| a.to_string())
         ),
         Kind::AddressRewritten { announced, local } => format!("ftpgate rewrote {announced} to {local}"),
-        Kind::Refused { side, rule, attack, what } => {
+        Kind::Refused { side, rule, attack, what, lines: 1 } => {
             format!("ftpgate refused {side}'s {what:?}: rule {rule}, attack {attack}")
         }
+        Kind::Refused { side, rule, attack, what, lines } => format!(
+            "ftpgate refused {lines} of {side}'s lines in a row, the first {what:?}: rule {rule}, attack {attack}"
+        ),
         Kind::PeerRefused { data, peer, expected } => format!(
             "ftpgate: data {data} closed {} (not {expected})",
             peer.map_or_else(|| "-".to_owned(), |a| a.to_string())
@@ -633,6 +636,45 @@ mod tests {
         assert_eq!(l.conns[0].socket, SocketKind::KernelForwarded);
         assert_eq!(l.events.len(), 1);
         assert_eq!((l.events[0].from, l.events[0].to, l.events[0].via), (0, 2, Some(1)));
+    }
+
+    #[test]
+    fn ipv6_active_data_meets_a_foreign_listener_and_leaves_from_port_20() {
+        let (c6, s6) = ("[2001:db8:1::10]:35281", "[2001:db8:2::10]:20");
+        let server_side = vec![
+            seg(2.0, false, s6, c6, 10, "S", b""),
+            seg(2.001, true, c6, s6, 90, "SA", b""),
+            seg(2.002, false, s6, c6, 11, "AF", &[1; 64]),
+        ];
+        let client_side = vec![
+            seg(2.0005, true, s6, c6, 500, "S", b""),
+            seg(2.0006, false, c6, s6, 800, "SA", b""),
+            seg(2.003, true, s6, c6, 501, "AF", &[1; 64]),
+        ];
+        let log = vec![Record {
+            t: 2.004,
+            session: 1,
+            client: "[2001:db8:1::10]:46540".parse().ok(),
+            server: "[2001:db8:2::10]:21".parse().ok(),
+            kind: Kind::Transfer {
+                data: 0,
+                command: "RETR".into(),
+                client_data: c6.parse().ok(),
+                client_data_local: s6.parse().ok(),
+                server_data: s6.parse().ok(),
+                server_data_local: c6.parse().ok(),
+                result: "ok".into(),
+                reply: "226".into(),
+            },
+        }];
+        let l = build(vec![GatewayInput { name: "gw".into(), client_side, server_side, log }], &opts());
+        assert_eq!(l.conns.len(), 2);
+        let (listener, connect) = (&l.conns[0], &l.conns[1]);
+        assert_eq!((listener.leg, listener.socket), (Leg::ServerSide, SocketKind::ForeignListener));
+        assert_eq!(listener.initiator.to_string(), s6);
+        assert_eq!((connect.leg, connect.socket), (Leg::ClientSide, SocketKind::ForeignConnect));
+        assert!(connect.socket_text.contains("from [2001:db8:2::10]:20"), "{}", connect.socket_text);
+        assert!(l.conns.iter().all(|c| c.data == Some(0) && c.bytes == [64, 0]));
     }
 
     #[test]

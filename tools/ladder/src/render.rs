@@ -104,11 +104,22 @@ const PALETTE: [&str; 8] =
 
 pub fn svg(l: &Ladder, captions: &[String]) -> String {
     let n = l.lifelines.len();
-    let col = if n > 3 { 300.0 } else { 380.0 };
-    let left = 80.0;
     let row_h = 20.0;
     let font = 12.0;
     let char_w = 7.2;
+    // a SYN names the connection's real endpoints, the one thing an arrow
+    // must never cut: columns widen until the longest fits (IPv6)
+    let syn_chars = l
+        .events
+        .iter()
+        .filter(|e| e.conn.is_some() && e.label.contains(" SYN "))
+        .map(|e| e.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let col = f64::max(if n > 3 { 300.0 } else { 380.0 }, syn_chars as f64 * char_w + 24.0);
+    let box_w = |name: &str| (name.len() as f64 * char_w + 16.0).min(col - 10.0);
+    // the first lifeline's name box stays inside the picture
+    let left = f64::max(80.0, l.lifelines.first().map_or(0.0, |name| box_w(name) / 2.0 + 8.0));
     let legend = legend(l);
     let legend_w = legend.iter().map(|s| s.len()).max().unwrap_or(0) as f64 * char_w;
     let width = (left + (n - 1) as f64 * col + 60.0).max(legend_w + 40.0);
@@ -141,7 +152,7 @@ pub fn svg(l: &Ladder, captions: &[String]) -> String {
     let bottom = top + 20.0 + l.events.len() as f64 * row_h + 10.0;
     for (i, name) in l.lifelines.iter().enumerate() {
         let x = x_of(i);
-        let w = (name.len() as f64 * char_w + 16.0).min(col - 10.0);
+        let w = box_w(name);
         body.push(Box::new(
             Rectangle::new()
                 .set("x", x - w / 2.0)
@@ -292,4 +303,52 @@ pub fn json(l: &Ladder) -> serde_json::Value {
             "label": e.label,
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Event;
+
+    fn ladder(client: &str, syn: &str) -> Ladder {
+        Ladder {
+            title: "t".into(),
+            lifelines: vec![client.into(), "gateway (ftpgate)".into(), "server".into()],
+            conns: Vec::new(),
+            events: vec![Event { t: 1.0, conn: Some(1), from: 0, to: 1, via: None, label: syn.into() }],
+            t0: 1.0,
+        }
+    }
+
+    /// The x of the first `<rect` after `after`.
+    fn rect_x_after(svg: &str, after: &str) -> f64 {
+        let rest = &svg[svg.find(after).expect(after)..];
+        let rect = &rest[rest.find("<rect").unwrap()..];
+        let x = &rect[rect.find(" x=\"").unwrap() + 4..];
+        x[..x.find('"').unwrap()].parse().unwrap()
+    }
+
+    /// `label` whole as the text of an element (the svg crate escapes `>`
+    /// and puts the text on a line of its own).
+    fn has_text(svg: &str, label: &str) -> bool {
+        svg.contains(&format!("\n{}\n</text>", label.replace('>', "&gt;")))
+    }
+
+    #[test]
+    fn ipv6_syn_labels_are_not_cut_and_the_client_box_is_inside() {
+        let syn = "#1 SYN [2001:db8:1::10]:45796 > [2001:db8:2::10]:21";
+        let svg = svg(&ladder("client 2001:db8:1::10", syn), &[]);
+        assert!(has_text(&svg, syn), "the SYN label was cut:\n{svg}");
+        // the first lifeline box: after the legend header
+        assert!(rect_x_after(&svg, "gateway socket that handled each") >= 0.0, "{svg}");
+    }
+
+    #[test]
+    fn ipv4_ladders_keep_their_columns() {
+        let syn = "#1 SYN 192.0.2.10:45796 > 198.51.100.10:21";
+        let svg = svg(&ladder("client 192.0.2.10", syn), &[]);
+        assert!(has_text(&svg, syn), "{svg}");
+        // lifelines at 80, 460, 840: the picture is as wide as before
+        assert!(svg.contains("width=\"900\""), "{}", &svg[..200]);
+    }
 }

@@ -9,11 +9,15 @@
 //! - an accepted line has no CR, LF or NUL and is at most `MAX_LINE` long;
 //! - `write_line` then framing again gives the same line and no Telnet answers;
 //! - a parsed PORT/EPRT address writes back to the same address;
-//! - the verb is case-insensitive.
+//! - the verb is case-insensitive;
+//! - junk (ATTACKS.md 10): a line start that `junk_prefix` refuses belongs
+//!   to a line `junk` refuses (the early verdict on a first line still
+//!   arriving never refuses what the complete line would accept), and an
+//!   HTTP request line is always junk.
 #![no_main]
 
 use ftpgate_proto::addr::{ExtAddr, HostPort};
-use ftpgate_proto::command::{parse_command, Command};
+use ftpgate_proto::command::{is_http_request_line, junk, junk_prefix, parse_command, Command, Junk};
 use ftpgate_proto::line::{write_line, LineError, LineReader, MAX_LINE};
 use libfuzzer_sys::fuzz_target;
 
@@ -47,6 +51,15 @@ fuzz_target!(|data: &[u8]| {
     }
 
     for line in lines.into_iter().flatten() {
+        let verdict = junk(&line);
+        for k in 0..=line.len().min(16) {
+            if let Some(early) = junk_prefix(&line[..k]) {
+                assert!(verdict.is_some(), "prefix {k} refused ({early:?}), whole line accepted: {line:?}");
+            }
+        }
+        if is_http_request_line(&line) {
+            assert_eq!(verdict, Some(Junk::Http));
+        }
         assert!(line.len() <= MAX_LINE);
         assert!(!line.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)), "{line:?}");
 

@@ -11,12 +11,19 @@
 //! - the assembler is idle after a complete reply or an error, and a
 //!   malformed line is reported only for the first line of a reply;
 //! - `Reply::write` framed again gives the same lines;
-//! - a parsed 227/229 address has a non-zero port and writes back unchanged.
+//! - a parsed 227/229 address has a non-zero port and writes back unchanged;
+//! - the FEAT filter (`reply::without_features` with `TLS_FEATURES`) keeps
+//!   the first and last lines, keeps every other line in order except the
+//!   TLS feature lines, leaves none of those, and its output framed and
+//!   assembled again is the same reply (the multi-line framing is intact).
 #![no_main]
 
 use ftpgate_proto::addr::{ExtAddr, HostPort};
 use ftpgate_proto::line::LineReader;
-use ftpgate_proto::reply::{parse_reply_line, ReplyAssembler, ReplyError, Sep, MAX_REPLY_BYTES};
+use ftpgate_proto::reply::{
+    feature_name, parse_reply_line, without_features, Reply, ReplyAssembler, ReplyError, Sep,
+    MAX_REPLY_BYTES, TLS_FEATURES,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -54,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
                         assert!(!reply.lines[1..reply.lines.len() - 1].iter().any(|l| ends(l)));
                     }
                     assert_eq!(reply.texts().count(), reply.lines.len());
+                    check_feat_filter(&reply, cap);
 
                     let mut wire = Vec::new();
                     reply.write(&mut wire);
@@ -96,3 +104,33 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+fn is_tls(reply: &Reply, line: &[u8]) -> bool {
+    TLS_FEATURES.iter().any(|f| f.eq_ignore_ascii_case(feature_name(reply.code, line)))
+}
+
+fn check_feat_filter(reply: &Reply, cap: usize) {
+    let out = without_features(reply.clone(), &TLS_FEATURES);
+    let n = reply.lines.len();
+    if n < 3 {
+        assert_eq!(&out, reply, "a reply of {n} lines changed");
+        return;
+    }
+    assert_eq!(out.code, reply.code);
+    assert_eq!(out.lines.first(), reply.lines.first(), "first line changed");
+    assert_eq!(out.lines.last(), reply.lines.last(), "last line changed");
+    let kept: Vec<&Vec<u8>> = reply.lines[1..n - 1].iter().filter(|l| !is_tls(reply, l)).collect();
+    let middle: Vec<&Vec<u8>> = out.lines[1..out.lines.len() - 1].iter().collect();
+    assert_eq!(middle, kept, "lines other than TLS features removed or reordered");
+    let mut wire = Vec::new();
+    out.write(&mut wire);
+    let mut reader = LineReader::new();
+    reader.feed(&wire);
+    let mut asm = ReplyAssembler::new(cap);
+    let mut again = None;
+    while let Some(Ok(line)) = reader.next_line() {
+        assert!(again.is_none(), "filtered reply ends before its last line");
+        again = asm.push(line).expect("filtered reply frames");
+    }
+    assert_eq!(again.as_ref(), Some(&out), "filtered reply does not re-assemble to itself");
+}

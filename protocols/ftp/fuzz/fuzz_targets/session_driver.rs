@@ -7,6 +7,11 @@
 //! ports; bit 3: `PassiveAddressPolicy::Refuse`; bit 4: all timeouts zero
 //! (data idle included); bit 5: all timeouts `Duration::MAX`; bit 6: IPv6 control ends; bit 7:
 //! IPv4-mapped IPv6 control ends. Cap byte: `max_reply_lines` (0: 1000).
+//! Header `%` + flags + cap + policy byte: as `#`, and policy bit 0:
+//! `FtpsPolicy::PassThrough`; bits 1–3: `max_refused_lines` (0: off);
+//! bit 4: one access rule allowing all with `server-data = "passive"` (the
+//! core dials both data legs of a PORT/EPRT); bit 5: that rule (or one of
+//! its own) names the `read-only` profile.
 //!
 //! Then records; missing argument bytes read as 0, which always means the
 //! ordinary case (the newest data channel, the address the core asked for).
@@ -20,6 +25,7 @@
 //! | `L` id how p1 p2  | `Listening`: how 0 = the asked address (port 0 → p1p2 or 50000), 1 = asked IP + port p1p2, 2 = another IP |
 //! | `A` id who p1     | `Accepted`: who 0 = the expected peer, 1 = a stranger, 2 = expected as IPv4-mapped / unmapped |
 //! | `K` id            | `Connected`                                                       |
+//! | `N` id leg        | `Dialed` (leg even: client, odd: server) from the asked address (port 0 → 45000) |
 //! | `F` id step err   | `Failed` (step % 5, err: AddrInUse, AddrNotAvailable, ConnectionRefused, TimedOut, ConnectionReset) |
 //! | `R` id a b        | `Relayed { to_client: a, to_server: b }` (KiB)                    |
 //! | `G` id a b        | `Progress { to_client: a, to_server: b }` (KiB)                   |
@@ -43,6 +49,10 @@
 //!   second `Listen` for an open id only right after `Failed { Bind }` fed
 //!   for it, and only once; `Refuse`/`Connect`/`Relay` only for open ids,
 //!   `Connect` only as the answer to `Accepted`, `Relay` to `Connected`.
+//! - `Dial` (server-data conversion): the first opens the channel (it
+//!   counts toward `max_data_channels`), at most one per leg, never for a
+//!   closed id; `Relay` only once both legs were fed `Dialed`; from then
+//!   on the channel has legs up (ResetData or Relayed before CloseData).
 //! - `ResetData` only for an open channel whose legs are up (after
 //!   `Connect`), at most once, and its `CloseData` follows in the same
 //!   drain. A channel with legs up never gets a plain `CloseData` (a FIN)
@@ -57,6 +67,16 @@
 //! - `Shutdown` at most once per side; `SessionEnded` at most once, and the
 //!   session reports `is_closed()` exactly once it ended; nothing after that.
 //! - The harness never feeds more than `read_budget(side)` bytes.
+//! - FTPS: `PassThrough` only under `FtpsPolicy::PassThrough`, at most once,
+//!   after every data channel got its `CloseData`; after it nothing: no
+//!   action, `is_closed()`, both read budgets 0, no timeout, no byte more
+//!   toward the server, and only the drain's bytes toward the client.
+//! - Refused lines: between two lines forwarded to the server, at most two
+//!   client refusal records (the run's `Refused`/`RefusedLines`, then one
+//!   that ends the session: not FTP, line too long); a `RefusedLines` has
+//!   2..=`max_refused_lines` lines, and one of `max_refused_lines` closes
+//!   the session.
+//! - `LoginFailed` never outnumbers the `530` replies the server sent.
 //! - The end: ticking far into the future (feeding `Timeout` while
 //!   `poll_timeout()` is due) closes every session, running relays
 //!   included (they meet the data idle deadline); then `Closed` from both
@@ -70,9 +90,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ftpgate_proto::rules::{Action as RuleAction, PolicySet, Rule, ServerData};
 use ftpgate_proto::{
-    Action, AuditEvent, Config, ControlEnds, DataId, DataStep, Input, PassiveAddressPolicy, Session, Side,
-    TransferFailure, TransferResult,
+    Action, AuditEvent, Config, ControlEnds, DataId, DataStep, FtpsPolicy, Input, PassiveAddressPolicy,
+    Session, Side, TransferFailure, TransferResult,
 };
 
 const ERRORS: [ErrorKind; 5] = [
@@ -92,6 +113,8 @@ enum Chan {
     Listening,
     Connecting,
     Relaying,
+    /// Opened by `Dial`: some leg is still being dialed.
+    Dialing,
 }
 
 #[derive(Debug)]
@@ -117,6 +140,9 @@ pub struct Driver {
     bind_failed: BTreeSet<DataId>,
     accepted: BTreeSet<DataId>,
     connected: BTreeSet<DataId>,
+    /// Legs asked for with `Dial`, and legs fed `Dialed`, per id.
+    dial_asked: BTreeSet<(DataId, u8)>,
+    dialed: BTreeSet<(DataId, u8)>,
     /// Ids fed `Relayed` (a clean end allows a plain `CloseData`).
     relayed: BTreeSet<DataId>,
     /// Ids that got `ResetData`.
@@ -131,6 +157,15 @@ pub struct Driver {
     partial: Option<usize>,
     /// Every action seen, for failure messages.
     pub log: Vec<String>,
+    /// `PassThrough` seen: the control connection went blind.
+    blind: bool,
+    /// Client refusal records since a line last went to the server.
+    refusals: usize,
+    /// Lines sent toward the server while actions were still queued.
+    forwarded: usize,
+    /// `530` reply lines the server sent; `LoginFailed` records seen.
+    server_530: usize,
+    login_failed: usize,
 }
 
 fn i(side: Side) -> usize {
@@ -160,6 +195,8 @@ impl Driver {
             bind_failed: BTreeSet::new(),
             accepted: BTreeSet::new(),
             connected: BTreeSet::new(),
+            dial_asked: BTreeSet::new(),
+            dialed: BTreeSet::new(),
             relayed: BTreeSet::new(),
             reset: BTreeSet::new(),
             replaced_2xx: 0,
@@ -168,6 +205,11 @@ impl Driver {
             full: [false; 2],
             partial: None,
             log: Vec::new(),
+            blind: false,
+            refusals: 0,
+            forwarded: 0,
+            server_530: 0,
+            login_failed: 0,
         }
     }
 
@@ -176,7 +218,14 @@ impl Driver {
         let was_closed = self.session.is_closed() && !self.queued;
         if let Input::Received { from, data } = input {
             assert!(data.len() <= self.session.read_budget(from), "harness fed over budget");
+            if from == Side::Server {
+                // A line starting 530 (a cheap upper bound on 530 replies).
+                self.server_530 += data.windows(3).filter(|w| *w == b"530").count();
+            }
         }
+        let pending_before =
+            [self.session.pending(Side::Client).len(), self.session.pending(Side::Server).len()];
+        let blind_before = self.blind;
         match input {
             Input::Failed { data, step: DataStep::Bind, .. } => {
                 self.bind_failed.insert(data);
@@ -186,6 +235,18 @@ impl Driver {
             }
             Input::Connected { data, .. } => {
                 self.connected.insert(data);
+            }
+            Input::Dialed { data, leg, .. } => {
+                // The core ignores a Dialed it did not ask for.
+                if self.dial_asked.contains(&(data, i(leg) as u8)) {
+                    self.dialed.insert((data, i(leg) as u8));
+                    let both = [0, 1].iter().all(|l| self.dialed.contains(&(data, *l)));
+                    if let Some((state @ Chan::Dialing, _)) = self.chans.open.get_mut(&data) {
+                        if both {
+                            *state = Chan::Connecting;
+                        }
+                    }
+                }
             }
             Input::Relayed { data, .. } => {
                 self.relayed.insert(data);
@@ -207,6 +268,25 @@ impl Driver {
                 self.fail(&format!("action after the session closed: {action:?}"));
             }
             self.action(action);
+        }
+        let pending_now =
+            [self.session.pending(Side::Client).len(), self.session.pending(Side::Server).len()];
+        if blind_before && pending_now != pending_before {
+            self.fail("control bytes after PassThrough");
+        }
+        // Lines that reached the server in this step: each ends a run of
+        // refused lines, whose one record may come with it.
+        let pending = self.session.pending(Side::Server);
+        self.forwarded +=
+            pending.get(pending_before[1]..).map_or(0, |new| new.iter().filter(|&&b| b == b'\n').count());
+        if !self.queued {
+            if self.refusals > 2 + self.forwarded {
+                self.fail("more than one record for a run of refused lines");
+            }
+            if self.forwarded > 0 {
+                self.refusals = 0;
+                self.forwarded = 0;
+            }
         }
         for side in [Side::Client, Side::Server] {
             if !self.full[i(side)] {
@@ -230,6 +310,9 @@ impl Driver {
 
     fn action(&mut self, action: Action) {
         self.log.push(format!("out {action:?}"));
+        if self.blind {
+            self.fail("an action after PassThrough");
+        }
         let chans = &mut self.chans;
         match &action {
             Action::Listen { data, .. } => {
@@ -249,9 +332,28 @@ impl Driver {
                     }
                 }
             }
+            Action::Dial { data, leg, .. } => {
+                if chans.closed.contains(data) {
+                    self.fail("Dial after CloseData");
+                }
+                if !self.dial_asked.insert((*data, i(*leg) as u8)) {
+                    self.fail("second Dial for one leg");
+                }
+                match chans.open.get(data) {
+                    Some((Chan::Dialing, _)) => {}
+                    Some(_) => self.fail("Dial for a channel opened by Listen"),
+                    None => {
+                        chans.order.push(*data);
+                        chans.open.insert(*data, (Chan::Dialing, action.clone()));
+                        if chans.open.len() > self.config.max_data_channels {
+                            self.fail("more data channels open than max_data_channels");
+                        }
+                    }
+                }
+            }
             Action::ResetData { data } => {
                 match chans.open.get(data) {
-                    Some((Chan::Connecting | Chan::Relaying, _)) => {}
+                    Some((Chan::Connecting | Chan::Relaying | Chan::Dialing, _)) => {}
                     Some(_) => self.fail("ResetData for a channel with no leg up"),
                     None => self.fail("ResetData for a channel that is not open"),
                 }
@@ -284,8 +386,9 @@ impl Driver {
                 }
             }
             Action::Relay { data } => {
-                if !self.connected.contains(data) {
-                    self.fail("Relay not in answer to Connected");
+                let dialed = [0, 1].iter().all(|l| self.dialed.contains(&(*data, *l)));
+                if !self.connected.contains(data) && !dialed {
+                    self.fail("Relay not in answer to Connected or both legs Dialed");
                 }
                 match chans.open.get_mut(data) {
                     Some((state @ Chan::Connecting, _)) => *state = Chan::Relaying,
@@ -325,8 +428,43 @@ impl Driver {
                     self.replaced_2xx += 1;
                 }
             }
+            Action::PassThrough { .. } => {
+                if self.config.ftps != FtpsPolicy::PassThrough {
+                    self.fail("PassThrough while FTPS is refused");
+                }
+                if !chans.open.is_empty() {
+                    self.fail("PassThrough with data channels open");
+                }
+                self.blind = true;
+            }
+            Action::Audit(AuditEvent::Refused { side: Side::Client, .. }) => self.refused(None),
+            Action::Audit(AuditEvent::RefusedLines { count, .. }) => self.refused(Some(*count)),
+            Action::Audit(AuditEvent::LoginFailed { .. }) => {
+                self.login_failed += 1;
+                if self.login_failed > self.server_530 {
+                    self.fail("more LoginFailed than 530 replies");
+                }
+            }
+            Action::Audit(AuditEvent::TlsPassThrough { .. }) => {
+                if self.config.ftps != FtpsPolicy::PassThrough {
+                    self.fail("TlsPassThrough while FTPS is refused");
+                }
+            }
             Action::Audit(_) => {}
             _ => {}
+        }
+    }
+
+    /// A client refusal record: at most two per run of lines the server
+    /// never saw (the run's own, and one that ends the session), checked
+    /// in `feed`.
+    fn refused(&mut self, count: Option<usize>) {
+        self.refusals += 1;
+        if let Some(count) = count {
+            let max = self.config.max_refused_lines;
+            if count < 2 || (max > 0 && count > max) {
+                self.fail(&format!("RefusedLines with count {count} (max {max})"));
+            }
         }
     }
 
@@ -336,13 +474,23 @@ impl Driver {
             return;
         }
         let closed = self.session.is_closed();
-        if closed != self.ended {
+        if closed != self.ended && !self.blind {
             self.fail(&format!("is_closed() = {closed} but SessionEnded seen = {}", self.ended));
         }
         if let Some(id) = self.reset.iter().find(|id| self.chans.open.contains_key(id)) {
             self.fail(&format!("ResetData for {id:?} without its CloseData"));
         }
-        if closed {
+        if self.blind {
+            if !closed {
+                self.fail("not closed after PassThrough");
+            }
+            if self.session.read_budget(Side::Client) + self.session.read_budget(Side::Server) > 0 {
+                self.fail("reads after PassThrough");
+            }
+            if self.session.poll_timeout().is_some() {
+                self.fail("a timeout after PassThrough");
+            }
+        } else if closed {
             if self.shut != [true, true] {
                 self.fail("closed without Shutdown for both sides");
             }
@@ -483,6 +631,21 @@ impl Driver {
                 let local = SocketAddr::new(self.ends.client.ip(), 41000);
                 self.feed(Input::Connected { data: id, local });
             }
+            b'N' => {
+                let (id, leg) = (self.pick(arg()), arg());
+                let leg = if leg % 2 == 0 { Side::Client } else { Side::Server };
+                let mut local = match self.chans.open.get(&id) {
+                    Some((_, Action::Dial { local, leg: first, .. })) if *first == leg => *local,
+                    // The other leg: its asked address is not kept; the
+                    // core only checks the IP.
+                    _ if leg == Side::Client => self.ends.server,
+                    _ => SocketAddr::new(self.ends.client.ip(), 0),
+                };
+                if local.port() == 0 {
+                    local.set_port(45000);
+                }
+                self.feed(Input::Dialed { data: id, leg, local });
+            }
             b'F' => {
                 let (id, step, err) = (self.pick(arg()), arg(), arg());
                 let step = STEPS[usize::from(step) % STEPS.len()];
@@ -565,6 +728,7 @@ impl Driver {
 pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
     let flags = header.first().copied().unwrap_or(0);
     let cap = header.get(1).copied().unwrap_or(0);
+    let policy = header.get(2).copied();
     let mut config = Config {
         max_data_channels: usize::from(flags & 3) + 1,
         allow_privileged_data_ports: flags & 4 != 0,
@@ -576,6 +740,20 @@ pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
         max_reply_lines: if cap == 0 { 1000 } else { usize::from(cap) },
         ..Config::default()
     };
+    if let Some(p) = policy {
+        config.ftps = if p & 1 != 0 { FtpsPolicy::PassThrough } else { FtpsPolicy::Refuse };
+        config.max_refused_lines = usize::from((p >> 1) & 7);
+        if p & 0x30 != 0 {
+            let rule = Rule {
+                action: RuleAction::Allow,
+                server_data: if p & 0x10 != 0 { ServerData::Passive } else { ServerData::Keep },
+                profile: (p & 0x20 != 0).then(|| "read-only".to_string()),
+                ..Rule::default()
+            };
+            config.policy = PolicySet { rules: vec![rule], ..PolicySet::default() };
+            config.policy.validate().expect("the fuzz policy is valid");
+        }
+    }
     let t = if flags & 16 != 0 {
         Some(Duration::ZERO)
     } else if flags & 32 != 0 {
@@ -612,6 +790,7 @@ pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
 pub fn run(data: &[u8]) {
     let (header, mut rest) = match data {
         [b'#', a, b, rest @ ..] => (&[*a, *b][..], rest),
+        [b'%', a, b, c, rest @ ..] => (&[*a, *b, *c][..], rest),
         _ => (&[][..], data),
     };
     let (config, ends) = config_from(header);

@@ -55,6 +55,7 @@ cmd("attack-verbs", b"RETR PORT 1,2,3,4,5,6\r\nLPRT 4,4,1,2,3,4,2,0,20\r\nLPSV\r
 
 # ---- reply lines --------------------------------------------------------
 rep("greeting-login", b"220 ready\r\n331 pw\r\n230 ok\r\n")
+rep("feat-tls", b"211-Features:\r\n AUTH TLS\r\n PBSZ\r\n211-PROT\r\n MDTM\r\n ccc\r\n211 End\r\n211-x\r\n211 y\r\n")
 rep("pasv", b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n")
 rep("pasv-irregular", b"227 =198,51,100,10,195,80\r\n227 Entering Passive Mode 198,51,100,10,195,80\r\n227 Logout.\r\n")
 rep("epsv", b"229 Entering Extended Passive Mode (|||50000|)\r\n229 (!!!50000!)\r\n229 (|||0|)\r\n")
@@ -159,6 +160,45 @@ sess("attack-data-command-during-transfer", *LOGIN, C(b"PASV"), S(PASV_REPLY), b
 # abor_while_227_waits_for_listener_releases_it_as_425).
 seeds["session"]["crash-abor-held-227-regression"] = (
     b"S220\nS230\nCPASV\nS227 8,5,0,0,9,8\nc\xffSTOR\nABOR\n")
+
+# ---- issue 12: FEAT filter, FTPS pass-through, junk, refused runs, logins ----
+# header "%" flags cap policy: policy bit 0 pass-through, bits 1-3 max_refused_lines
+def sess12(name, *records, policy=0, flags=0, cap=0):
+    seeds["session"][name] = b"%" + bytes([flags, cap, policy]) + b"".join(records)
+
+FEAT = b"211-Features:\r\n AUTH TLS\r\n EPRT\r\n PBSZ\r\n PROT\r\n CCC\r\n211-AUTH SSL\r\n SIZE\r\n211 End"
+sess12("feat-refuse", *LOGIN, C(b"FEAT"), S(FEAT), C(b"HELP"), S(b"214-x\r\n AUTH TLS\r\n214 ok"), C(b"AUTH TLS"))
+sess12("feat-pass-through", *LOGIN, C(b"FEAT"), S(FEAT), policy=1)
+sess12("ftps-pass-through", S(b"220 ready"), C(b"AUTH TLS"), S(b"234 go"),
+       raw(b"c", b"\x16\x03\x01\x00\x05hello\r\n"), raw(b"s", b"\x16\x03\x03\x00\x02ok"), b"T\xff", policy=1)
+sess12("ftps-after-pasv", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"AUTH SSL"), S(b"234 go"), policy=1)
+sess12("ftps-refused-by-server", S(b"220 ready"), C(b"AUTH TLS"), S(b"504 no"), *LOGIN[1:], policy=1)
+sess12("ftps-pipelined-hello", S(b"220 ready"), raw(b"c", b"AUTH TLS\r\n\x16\x03\x01\x00\x05"), S(b"234 go"), policy=1)
+sess12("junk-http-first", S(b"220 ready"), C(b"GET / HTTP/1.1"), C(b"Host: x"))
+sess12("junk-tls-hello", S(b"220 ready"), raw(b"c", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"))
+sess12("junk-flood", *LOGIN, C(b"LPSV"), C(b"X"), C(b"LPSV"), C(b"NOOP"), S(b"200 ok"), C(b"LPSV"), C(b"LPSV"),
+       C(b"LPSV"), C(b"LPSV"), C(b"LPSV"), policy=5 << 1)
+sess12("junk-flood-one-read", *LOGIN, raw(b"c", b"LPSV\r\nNOOP\r\nLPSV\r\nLPSV\r\nNOOP\r\nLPSV\r\n" * 3), policy=3 << 1)
+sess12("login-failures", S(b"220 ready"), C(b"USER foo"), S(b"530 anonymous only"), C(b"USER anna"), S(b"331 pw"),
+       C(b"PASS x"), S(b"530 Login incorrect."), C(b"PASS y"), S(b"503 USER first"))
+
+# ---- issue 15: server-data conversion (policy bit 4), read-only (bit 5) ----
+PORT_CONV = C(b"PORT 192,0,2,10,156,64")
+sess12("convert-passive-port", *LOGIN, PORT_CONV, S(b"227 Entering Passive Mode (198,51,100,10,117,48)"),
+       b"N\x00\x01", C(b"RETR f"), S(b"150 ok"), b"N\x00\x00", b"R\x00\x05\x00", S(b"226 done"), policy=0x10)
+sess12("convert-read-only-reset", *LOGIN, C(b"STOR x"), C(b"EPRT |1|192.0.2.10|40000|"),
+       S(b"229 Entering Extended Passive Mode (|||30000|)"), b"N\x00\x01", C(b"LIST"), S(b"150 ok"),
+       b"N\x00\x00", b"E\x00\x01\x03", S(b"226 done"), policy=0x30)
+# A malformed 227 for a converted PORT: the channel was never dialed, so
+# the shell never opened it and gets no CloseData (session_driver.rs).
+seeds["session"]["crash-convert-closed-before-dial-regression"] = (
+    b"%\x00\x00\x10S220 hi\nCUSER a\nS230 ok\nCPORT 192,0,2,10,156,64\nS227 Entering Pas f\n")
+
+# Connected (not Dialed) for a converted channel started its relay with
+# one leg dialed (session/data.rs on_connected).
+seeds["session"]["crash-convert-connected-not-dialed-regression"] = (
+    b"%\x00\x00\x10S220 hi\nCUSER a\nS230 ok\nCPORT 192,0,2,10,156,64\n"
+    b"S227 Entering Passive Mode (198,51,100,10,117,48)\nCRETR f\nS150 ok\nK\x00")
 
 # The server connects to the PORT listener, then refuses the PORT: the
 # accepted leg was closed with a FIN, not a reset (src/session/tests.rs

@@ -66,6 +66,15 @@ impl Session {
         }
     }
 
+    /// FTPS pass-through hides every later command: allowed only while
+    /// nothing the policy says depends on reading them (no profile or
+    /// conversion in force, and no rule a later USER could select).
+    pub(super) fn policy_allows_blind(&self) -> bool {
+        self.decision.profile.is_none()
+            && self.decision.server_data == rules::ServerData::Keep
+            && self.config.policy.rules.iter().all(|r| r.user.is_empty())
+    }
+
     fn policy_denied(&mut self, stage: PolicyStage, d: &Decision, user: Option<&[u8]>, verb: Option<&[u8]>) {
         let user = user.map(|u| printable(u, 64)).or_else(|| self.login.user.clone());
         self.actions.push_back(Action::Audit(AuditEvent::PolicyDenied {
@@ -100,9 +109,13 @@ mod tests {
     use crate::rules::PolicySet;
 
     fn session(policy: &str) -> Session {
+        session_with(policy, Config::default())
+    }
+
+    fn session_with(policy: &str, config: Config) -> Session {
         let policy: PolicySet = toml::from_str(policy).unwrap();
         policy.validate().unwrap();
-        let config = Config { policy, ..Config::default() };
+        let config = Config { policy, ..config };
         let ends = ControlEnds {
             client: "192.0.2.10:40000".parse().unwrap(),
             server: "198.51.100.10:21".parse().unwrap(),
@@ -231,5 +244,41 @@ mod tests {
         feed(&mut s, Side::Client, b"PORT 203,0,113,5,156,64\r\n");
         assert_eq!(take(&mut s, Side::Server), "");
         assert!(take(&mut s, Side::Client).starts_with("501 "));
+    }
+
+    #[test]
+    fn relaying_policy_denials_neither_count_nor_end_a_refused_run() {
+        let config = Config { max_refused_lines: 3, ..Config::default() };
+        let mut s = session_with("[[rule]]\naction = \"allow\"\nprofile = \"no-site\"\n", config);
+        // Five denied commands: no 421, the session goes on.
+        let audits = feed(&mut s, Side::Client, b"SITE a\r\nSITE b\r\nSITE c\r\nSITE d\r\nSITE e\r\n");
+        assert_eq!(audits.len(), 5);
+        assert!(!s.is_closed());
+        // A refused line, a denial, a refused line: one run of two.
+        let audits = feed(&mut s, Side::Client, b"LPSV\r\nSITE f\r\nLPSV\r\nNOOP\r\n");
+        assert!(matches!(&audits[0], AuditEvent::PolicyDenied { .. }), "{audits:?}");
+        assert!(matches!(&audits[1], AuditEvent::RefusedLines { count: 2, .. }), "{audits:?}");
+        assert_eq!(take(&mut s, Side::Server), "NOOP\r\n");
+        // Interleaved denials do not dodge the cap on refused lines.
+        feed(&mut s, Side::Client, b"LPSV\r\nSITE g\r\nLPSV\r\nSITE h\r\nLPSV\r\n");
+        assert!(take(&mut s, Side::Client).ends_with("421 ftpgate: too many refused commands; closing.\r\n"));
+    }
+
+    #[test]
+    fn relaying_ftps_pass_through_refused_while_the_policy_judges_commands() {
+        let ftps = || Config { ftps: crate::policy::FtpsPolicy::PassThrough, ..Config::default() };
+        for policy in [
+            "[[rule]]\naction = \"allow\"\nprofile = \"no-site\"\n",
+            "[[rule]]\naction = \"allow\"\nserver-data = \"passive\"\n",
+            "[[rule]]\nuser = [\"root\"]\naction = \"deny\"\n",
+        ] {
+            let mut s = session_with(policy, ftps());
+            feed(&mut s, Side::Client, b"AUTH TLS\r\n");
+            assert_eq!(take(&mut s, Side::Server), "", "{policy}");
+            assert!(take(&mut s, Side::Client).starts_with("534 "), "{policy}");
+        }
+        let mut s = session_with("[[rule]]\nclient = [\"203.0.113.0/24\"]\naction = \"deny\"\n", ftps());
+        feed(&mut s, Side::Client, b"AUTH TLS\r\n");
+        assert_eq!(take(&mut s, Side::Server), "AUTH TLS\r\n");
     }
 }

@@ -13,11 +13,11 @@ use super::data::Cut;
 use super::{idx, printable, Action, DataId, DataStep, Session, Side, MAX_PENDING};
 use crate::addr::{canonical_ip, AddrError, ExtAddr, HostPort};
 use crate::audit::{AbortCause, AuditEvent, DataMode, TransferFailure};
-use crate::command::{parse_command, Command, CommandError, EpsvArg};
+use crate::command::{self, parse_command, Command, CommandError, EpsvArg, Junk};
 use crate::error::Violation;
-use crate::line::{write_line, LineError, DM, IAC, IP};
-use crate::policy::PassiveAddressPolicy;
-use crate::reply::{Code, Reply, ReplyError};
+use crate::line::{write_line, LineError, LineReader, DM, IAC, IP};
+use crate::policy::{FtpsPolicy, PassiveAddressPolicy};
+use crate::reply::{without_features, Code, Reply, ReplyError, TLS_FEATURES};
 use crate::rules::ServerData;
 
 pub(super) const REPLY_UNREACHABLE: &str =
@@ -42,6 +42,25 @@ const REPLY_LOGIN_FIRST: &str = "530 Please login first.\r\n";
 const REPLY_EPSV_ALL: &str = "503 ftpgate: EPSV ALL in effect, use EPSV.\r\n";
 const REPLY_PASSIVE_REFUSED: &str = "425 ftpgate: passive reply refused by gateway policy.\r\n";
 const REPLY_TOO_MANY: &str = "425 ftpgate: too many data connections.\r\n";
+const REPLY_NOT_FTP: &str = "421 ftpgate: this is an FTP service; closing.\r\n";
+const REPLY_TOO_MANY_REFUSED: &str = "421 ftpgate: too many refused commands; closing.\r\n";
+const REPLY_TLS_PIPELINED: &str = "421 ftpgate: bytes before the TLS handshake; closing.\r\n";
+
+/// `AUTH` mechanisms that mean TLS (RFC 4217 §6, and the older drafts'
+/// `SSL`, `TLS-C`, `TLS-P`): the only ones passed through. Others (GSSAPI,
+/// Kerberos) would protect commands with MIC/ENC on a channel still
+/// framed as lines, which the gateway cannot inspect: refused.
+const TLS_MECHANISMS: [&[u8]; 4] = [b"TLS", b"SSL", b"TLS-C", b"TLS-P"];
+
+/// A refused line as its audit record shows it: printable and truncated.
+/// A refused line may be a mangled PASS (`PASS\tsecret` is a syntax
+/// error): a password is never logged, so only the verb is kept.
+fn audit_text(line: &[u8]) -> String {
+    match line.get(..4) {
+        Some(verb) if verb.eq_ignore_ascii_case(b"PASS") => printable(verb, 4),
+        _ => printable(line, 64),
+    }
+}
 
 /// What the control channel waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +69,9 @@ pub(super) enum Phase {
     ExpectGreeting { expires_at: Instant },
     /// Lines pass through, commands paired with replies FIFO.
     Relaying,
+    /// FTPS pass-through: the server said 234 to AUTH; the shell relays the
+    /// control connection byte for byte and the core takes no more input.
+    Blind,
     /// Both sides shut down.
     Closed,
 }
@@ -84,6 +106,11 @@ pub(super) enum Pending {
     Rein,
     /// EPSV ALL: takes effect on the server's 2xx.
     EpsvAll,
+    /// FEAT: its multi-line reply loses the TLS lines when AUTH is refused.
+    Feat,
+    /// AUTH forwarded (FTPS pass-through): a 234 makes the channel blind.
+    /// Client lines wait for this reply.
+    Auth { mechanism: String },
     /// Anything else.
     Other,
 }
@@ -119,6 +146,19 @@ pub(super) enum Binding {
     Bound(DataId),
     /// No channel was current: the server will refuse or fail it.
     NoChannel,
+}
+
+/// Client lines refused in a row by the gateway, recorded once when the run
+/// ends (ATTACKS.md 10): a flood of junk makes one record, not one each.
+#[derive(Debug)]
+pub(crate) struct RefusedRun {
+    count: usize,
+    /// The first refused line's violation, as its record names it.
+    side: Side,
+    reason: &'static str,
+    rule: &'static str,
+    attack: Option<u8>,
+    what: String,
 }
 
 /// A PORT/EPRT waiting for its listener before it is forwarded.
@@ -158,15 +198,33 @@ impl Session {
                 || self.port_hold.is_some()
                 || self.server_eof
                 || self.pending.len() >= MAX_PENDING
+                || self.auth_pending()
             {
                 return;
             }
             let line = match self.stash.take() {
                 Some(line) => line,
                 None => match self.readers[idx(Side::Client)].next_line() {
-                    None => return,
+                    None => {
+                        // A TLS ClientHello or a binary protocol has no line
+                        // end to wait for: judge the first line's start.
+                        let partial = self.readers[idx(Side::Client)].partial();
+                        if let Some(junk) = command::junk_prefix(partial).filter(|_| !self.client_spoke_ftp) {
+                            let what = partial.to_vec();
+                            self.not_ftp(junk, &what);
+                        }
+                        return;
+                    }
                     Some(Ok(line)) => {
                         self.line_seen();
+                        let junk = match self.client_spoke_ftp {
+                            false => command::junk(&line),
+                            true => command::is_http_request_line(&line).then_some(Junk::Http),
+                        };
+                        if let Some(junk) = junk {
+                            return self.not_ftp(junk, &line);
+                        }
+                        self.client_spoke_ftp = true;
                         line
                     }
                     Some(Err(LineError::TooLong)) => {
@@ -175,9 +233,11 @@ impl Session {
                         self.teardown(Side::Client, "client line too long");
                         return;
                     }
+                    Some(Err(LineError::Nul | LineError::BareCr)) if !self.client_spoke_ftp => {
+                        return self.not_ftp(Junk::Binary, b"");
+                    }
                     Some(Err(LineError::Nul | LineError::BareCr)) => {
-                        self.refuse(Violation::BadLineEnd { side: Side::Client }, b"");
-                        self.reply_local(REPLY_BAD_LINE);
+                        self.refuse_local(Violation::BadLineEnd { side: Side::Client }, b"", REPLY_BAD_LINE);
                         continue;
                     }
                 },
@@ -200,6 +260,21 @@ impl Session {
             }
             self.handle_command(now, &line, cmd);
         }
+    }
+
+    /// An AUTH is forwarded and unanswered: no client byte is taken until
+    /// its reply says whether the channel stays clear text.
+    pub(super) fn auth_pending(&self) -> bool {
+        self.pending.iter().any(|p| matches!(p, Pending::Auth { .. }))
+    }
+
+    /// The client's bytes are not FTP (ATTACKS.md 10): nothing of them
+    /// reaches the server; 421 and close.
+    fn not_ftp(&mut self, junk: Junk, what: &[u8]) {
+        self.flush_refused();
+        self.refuse(Violation::NotFtp(junk), what);
+        self.send_client_now(REPLY_NOT_FTP);
+        self.teardown(Side::Client, "client is not speaking FTP");
     }
 
     pub(super) fn transfer_outstanding(&self) -> bool {
@@ -249,7 +324,17 @@ impl Session {
             Command::LongPassive => {
                 self.refuse_local(Violation::LongAddressUnsupported, line, REPLY_LONG_ADDRESS)
             }
-            Command::Security => self.refuse_local(Violation::SecurityRefused, line, REPLY_SECURITY),
+            Command::Auth(mechanism)
+                if self.config.ftps == FtpsPolicy::PassThrough
+                    && self.policy_allows_blind()
+                    && TLS_MECHANISMS.iter().any(|m| m.eq_ignore_ascii_case(mechanism)) =>
+            {
+                let mechanism = printable(mechanism, 8).to_ascii_uppercase();
+                self.forward(line, Pending::Auth { mechanism });
+            }
+            Command::Auth(_) | Command::Security => {
+                self.refuse_local(Violation::SecurityRefused, line, REPLY_SECURITY)
+            }
             Command::Rein => self.forward(line, Pending::Rein),
             Command::Abor => self.abort(now, line),
             Command::Transfer { verb, arg } => {
@@ -264,6 +349,9 @@ impl Session {
                 // Relayed whatever the offset; only a printable copy is kept.
                 self.rest = Some(printable(arg, 24));
                 self.forward(line, Pending::Other);
+            }
+            Command::Other { verb, .. } if verb.eq_ignore_ascii_case(b"FEAT") => {
+                self.forward(line, Pending::Feat)
             }
             Command::Pass => self.forward(line, Pending::Pass),
             Command::Other { .. } => self.forward(line, Pending::Other),
@@ -364,6 +452,8 @@ impl Session {
 
     /// Send a command line to the server and remember what answers it.
     pub(super) fn forward(&mut self, line: &[u8], kind: Pending) {
+        // A line that passes ends a run of refused ones.
+        self.flush_refused();
         write_line(line, &mut self.out[idx(Side::Server)]);
         self.pending.push_back(kind);
     }
@@ -378,24 +468,47 @@ impl Session {
         }
     }
 
+    /// A client line the gateway answers itself. Refused lines in a row
+    /// make one record when the run ends; at `max_refused_lines` the
+    /// session closes instead of answering.
     fn refuse_local(&mut self, v: Violation, line: &[u8], text: &str) {
-        self.refuse(v, line);
+        let run = self.refused.get_or_insert_with(|| RefusedRun {
+            count: 0,
+            side: v.side(),
+            reason: v.reason(),
+            rule: v.rule(),
+            attack: v.attack(),
+            what: audit_text(line),
+        });
+        run.count += 1;
+        let max = self.config.max_refused_lines;
+        if max > 0 && run.count >= max {
+            self.flush_refused();
+            self.send_client_now(REPLY_TOO_MANY_REFUSED);
+            return self.teardown(Side::Client, "too many refused lines");
+        }
         self.reply_local(text);
     }
 
-    pub(super) fn refuse(&mut self, v: Violation, what: &[u8]) {
-        // A refused line may be a mangled PASS (`PASS\tsecret` is a syntax
-        // error): a password is never logged, so keep only the verb.
-        let what = match what.get(..4) {
-            Some(verb) if verb.eq_ignore_ascii_case(b"PASS") => printable(verb, 4),
-            _ => printable(what, 64),
+    /// Record the run of refused lines, if any: `Refused` for one line,
+    /// `RefusedLines` for more.
+    pub(super) fn flush_refused(&mut self) {
+        let Some(run) = self.refused.take() else { return };
+        let RefusedRun { count, side, reason, rule, attack, what } = run;
+        let event = match count {
+            1 => AuditEvent::Refused { side, reason, rule, attack, what },
+            count => AuditEvent::RefusedLines { side, count, reason, rule, attack, what },
         };
+        self.actions.push_back(Action::Audit(event));
+    }
+
+    pub(super) fn refuse(&mut self, v: Violation, what: &[u8]) {
         self.actions.push_back(Action::Audit(AuditEvent::Refused {
             side: v.side(),
             reason: v.reason(),
             rule: v.rule(),
             attack: v.attack(),
-            what,
+            what: audit_text(what),
         }));
     }
 
@@ -418,7 +531,7 @@ impl Session {
     pub(super) fn process_server(&mut self, now: Instant) {
         loop {
             self.flush_local();
-            if self.phase == Phase::Closed {
+            if matches!(self.phase, Phase::Closed | Phase::Blind) {
                 return;
             }
             if self.server_hold.is_none() {
@@ -535,7 +648,10 @@ impl Session {
                         self.login.pending_user = Some(name);
                         self.logged_out();
                     }
-                    530 => self.logged_out(),
+                    530 => {
+                        self.logged_out();
+                        self.login_failed(Some(name));
+                    }
                     // A syntax or sequence error changed nothing.
                     _ => {}
                 }
@@ -544,7 +660,11 @@ impl Session {
             Some(Pending::Pass) => {
                 match code.0 {
                     230 => self.logged_in(),
-                    332 | 530 => self.logged_out(),
+                    332 => self.logged_out(),
+                    530 => {
+                        self.logged_out();
+                        self.login_failed(self.login.pending_user.clone());
+                    }
                     // 202 (superfluous), 503 (already logged in), …
                     _ => {}
                 }
@@ -565,6 +685,12 @@ impl Session {
                 }
                 self.send_reply(&reply);
             }
+            Some(Pending::Feat) => match self.config.ftps {
+                FtpsPolicy::Refuse => self.send_reply(&without_features(reply, &TLS_FEATURES)),
+                FtpsPolicy::PassThrough => self.send_reply(&reply),
+            },
+            Some(Pending::Auth { mechanism }) if code.0 == 234 => self.pass_through(reply, mechanism),
+            Some(Pending::Auth { .. }) => self.send_reply(&reply),
             Some(Pending::Local(bytes)) => {
                 // Cannot happen (locals are flushed first); keep order anyway.
                 self.out[idx(Side::Client)].extend_from_slice(&bytes);
@@ -577,6 +703,43 @@ impl Session {
                 self.send_reply(&reply);
             }
         }
+    }
+
+    /// RFC 2577 §5: the shell counts these per client address.
+    fn login_failed(&mut self, user: Option<String>) {
+        self.actions.push_back(Action::Audit(AuditEvent::LoginFailed { user }));
+    }
+
+    /// The server accepted AUTH (234) under FTPS pass-through: the control
+    /// connection is TLS from the next byte. Nothing may be left that was
+    /// read past the AUTH exchange: such bytes were decoded as Telnet and
+    /// cannot be passed on as they came, so the session ends instead.
+    fn pass_through(&mut self, reply: Reply, mechanism: String) {
+        let client = &self.readers[idx(Side::Client)];
+        let server = &self.readers[idx(Side::Server)];
+        let early = if !client.is_clear() || self.stash.is_some() || !self.pending.is_empty() {
+            Some(Side::Client)
+        } else if !server.is_clear() || self.replies.buffered() > 0 || !self.backlog.is_empty() {
+            Some(Side::Server)
+        } else {
+            None
+        };
+        if let Some(side) = early {
+            self.refuse(Violation::TlsPipelined { side }, mechanism.as_bytes());
+            self.send_client_now(REPLY_TLS_PIPELINED);
+            return self.teardown(Side::Client, "bytes before the TLS handshake");
+        }
+        self.send_reply(&reply);
+        let ids: Vec<DataId> = self.data.keys().copied().collect();
+        for id in ids {
+            self.abort_data(id);
+        }
+        self.set_current_data(None);
+        let user = self.login.user.clone();
+        self.actions.push_back(Action::Audit(AuditEvent::TlsPassThrough { mechanism, user }));
+        self.actions.push_back(Action::PassThrough { idle_timeout: self.config.idle_timeout });
+        self.phase = Phase::Blind;
+        self.readers = [LineReader::new(), LineReader::new()];
     }
 
     fn logged_out(&mut self) {

@@ -153,11 +153,12 @@ impl Session {
         // As the audit names legs by mode (active: the accepted leg is the
         // server's), the server's dialed leg goes where an accepted one would.
         match leg {
-            Side::Server if !conv.server_up => {
+            // A leg counts only once its Dial was asked for.
+            Side::Server if !conv.server_up && ch.connect_to.is_some() => {
                 conv.server_up = true;
                 ch.accepted_leg = Some(DataLeg { peer: SocketAddr::new(server_ip, ch.remote_port), local });
             }
-            Side::Client if !conv.client_up => {
+            Side::Client if !conv.client_up && matches!(ch.state, DataState::ExpectConnect { .. }) => {
                 conv.client_up = true;
                 ch.outbound_leg = Some(DataLeg { peer: SocketAddr::new(client_ip, conv.client_port), local });
             }
@@ -304,7 +305,8 @@ mod tests {
         let mut s = converted();
         step(&mut s, Input::Received { from: Side::Client, data: b"PORT 192,0,2,10,156,64\r\n" });
         let a = step(&mut s, Input::Received { from: Side::Server, data: b"500 no passive here\r\n" });
-        assert_eq!(work(&a), [&Action::CloseData { data: DataId(0) }]);
+        // Never dialed, so never opened in the shell: nothing to close.
+        assert_eq!(work(&a), [] as [&Action; 0]);
         assert_eq!(take(&mut s, Side::Client), "500 no passive here\r\n");
     }
 
@@ -319,7 +321,7 @@ mod tests {
                 data: b"227 Entering Passive Mode (198,51,100,10,0,22).\r\n",
             },
         );
-        assert_eq!(work(&a), [&Action::CloseData { data: DataId(0) }]);
+        assert_eq!(work(&a), [] as [&Action; 0]);
         assert!(take(&mut s, Side::Client).starts_with("425 "));
     }
 

@@ -309,7 +309,8 @@ impl Session {
 
     pub(super) fn on_connected(&mut self, now: Instant, data: DataId, local: SocketAddr) {
         let Some(ch) = self.data.get_mut(&data) else { return };
-        if !matches!(ch.state, DataState::ExpectConnect { .. }) {
+        // A converted channel's legs report `Dialed`, both of them.
+        if !matches!(ch.state, DataState::ExpectConnect { .. }) || ch.conversion.is_some() {
             return;
         }
         ch.outbound_leg = ch.connect_to.map(|peer| DataLeg { peer, local });
@@ -482,7 +483,12 @@ impl Session {
         if !ch.is_closed() {
             ch.state = DataState::Done;
             ch.ended_at.get_or_insert(now);
-            self.actions.push_back(Action::CloseData { data });
+            // A converted channel exists in the shell from its first Dial
+            // on (`Action::Dial`); before it there is nothing to close.
+            let in_shell = ch.conversion.is_none() || ch.connect_to.is_some();
+            if in_shell {
+                self.actions.push_back(Action::CloseData { data });
+            }
         }
         self.finish(data, None);
     }

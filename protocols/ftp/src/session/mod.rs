@@ -16,7 +16,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use self::control::{Login, Pending, Phase, PortHold, ServerHold, REPLY_SHUTTING_DOWN, REPLY_UNREACHABLE};
+use self::control::{
+    Login, Pending, Phase, PortHold, RefusedRun, ServerHold, REPLY_SHUTTING_DOWN, REPLY_UNREACHABLE,
+};
 use self::data::DataChan;
 use crate::audit::AuditEvent;
 use crate::line::LineReader;
@@ -252,6 +254,18 @@ pub enum Action {
     },
     /// Log this.
     Audit(AuditEvent),
+    /// FTPS pass-through (`Config::ftps`): the server accepted `AUTH`, so
+    /// what follows on the control connection is TLS, which the gateway
+    /// never parses. Write `pending` for both sides (the `234` for the
+    /// client), then relay the two control sockets byte for byte, both
+    /// ways, until both directions end (a FIN passed on as a FIN, a reset
+    /// as a reset) or no byte moves for `idle_timeout`. Every data channel
+    /// is already closed and none is opened again: the session takes no
+    /// more input and [`Session::is_closed`] is true.
+    PassThrough {
+        /// End the blind relay after this long without a byte either way.
+        idle_timeout: Duration,
+    },
 }
 
 /// Outgoing control bytes above this stop reading from the side that
@@ -280,7 +294,9 @@ const MAX_PENDING: usize = 64;
 ///    (how much to read from each side; 0: do not read),
 ///    [`poll_timeout`](Self::poll_timeout) (when to feed
 ///    [`Input::Timeout`]), [`is_closed`](Self::is_closed) (drop the session
-///    once `pending` is written).
+///    once `pending` is written). After [`Action::PassThrough`],
+///    [`end_record`](Self::end_record) is the session's end record for the
+///    shell to write when its blind relay ends.
 ///
 /// The getters never change state; only `handle_input` and `consume` do.
 /// The session never panics on peer input and never returns an error: bad
@@ -329,6 +345,11 @@ pub struct Session {
     server_spoke: bool,
     draining: bool,
     shutdown: [bool; 2],
+    /// The client's first line passed as FTP (ATTACKS.md 10): until then
+    /// anything else ends the session.
+    client_spoke_ftp: bool,
+    /// Client lines refused in a row, not yet recorded (one record per run).
+    refused: Option<RefusedRun>,
     /// The `now` of the input being handled.
     now: Instant,
     /// When the session began, for its end record.
@@ -393,6 +414,8 @@ impl Session {
             server_spoke: false,
             draining: false,
             shutdown: [false; 2],
+            client_spoke_ftp: false,
+            refused: None,
             now,
             started_at: now,
             totals: Totals::default(),
@@ -403,7 +426,7 @@ impl Session {
 
     /// Feed one fact. Then drain [`poll_action`](Self::poll_action).
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
-        if self.phase == Phase::Closed {
+        if matches!(self.phase, Phase::Closed | Phase::Blind) {
             return;
         }
         self.now = self.now.max(now);
@@ -493,7 +516,7 @@ impl Session {
     fn pump(&mut self, now: Instant) {
         self.process_server(now);
         self.process_client(now);
-        if self.phase == Phase::Closed {
+        if matches!(self.phase, Phase::Closed | Phase::Blind) {
             return;
         }
         if self.server_eof && self.server_hold.is_none() && self.backlog.is_empty() {
@@ -518,7 +541,7 @@ impl Session {
         let control = match self.phase {
             Phase::ExpectGreeting { expires_at } => Some(expires_at),
             Phase::Relaying if !self.transfer_running() => Some(self.idle_at),
-            Phase::Relaying | Phase::Closed => None,
+            Phase::Relaying | Phase::Closed | Phase::Blind => None,
         };
         self.data.values().filter_map(DataChan::deadline).chain(control).min()
     }
@@ -556,7 +579,7 @@ impl Session {
 
     /// How many bytes the core takes from that side now (0: stop reading).
     pub fn read_budget(&self, from: Side) -> usize {
-        if self.phase == Phase::Closed || self.shutdown[idx(from)] {
+        if matches!(self.phase, Phase::Closed | Phase::Blind) || self.shutdown[idx(from)] {
             return 0;
         }
         if self.out[idx(from.peer())].len() > HIGH_WATER || self.out[idx(from)].len() > HIGH_WATER {
@@ -569,6 +592,7 @@ impl Session {
                     || self.stash.is_some()
                     || self.pending.len() >= MAX_PENDING
                     || self.server_eof
+                    || self.auth_pending()
             }
             // Behind a held reply, read on (a 421 must get through) up to
             // a bound, which the reply being assembled counts against.
@@ -581,11 +605,30 @@ impl Session {
         }
     }
 
-    /// True when the session is over: both sides got `Shutdown` and every data
+    /// True when the session is over: both sides got `Shutdown` (or the
+    /// control connection went blind, [`Action::PassThrough`]) and every data
     /// channel got `CloseData`. The shell drops the session once `pending` of
-    /// both sides is written (or can no longer be).
+    /// both sides is written (or can no longer be), or once the blind relay
+    /// ends.
     pub fn is_closed(&self) -> bool {
-        self.shutdown == [true, true] && self.data.values().all(|d| d.is_closed())
+        (self.shutdown == [true, true] || self.phase == Phase::Blind)
+            && self.data.values().all(|d| d.is_closed())
+    }
+
+    /// The session's end record ([`AuditEvent::SessionEnded`]) as of `now`.
+    /// The core writes it itself when it ends the session; after
+    /// [`Action::PassThrough`] it takes no more input, so the shell writes
+    /// this one when the blind relay ends, with its own `reason`.
+    pub fn end_record(&self, now: Instant, reason: &'static str) -> AuditEvent {
+        let Totals { transfers, to_client, to_server } = self.totals;
+        AuditEvent::SessionEnded {
+            reason,
+            user: self.login.user.clone(),
+            duration: now.saturating_duration_since(self.started_at),
+            transfers,
+            to_client,
+            to_server,
+        }
     }
 
     /// A complete control line arrived: the connection is not idle.
@@ -605,9 +648,10 @@ impl Session {
     /// End the session: shut both control sockets (`first` first), close
     /// every data channel, log.
     fn teardown(&mut self, first: Side, reason: &'static str) {
-        if self.phase == Phase::Closed {
+        if matches!(self.phase, Phase::Closed | Phase::Blind) {
             return;
         }
+        self.flush_refused();
         self.phase = Phase::Closed;
         if let Some(ServerHold::ExpectRelayEnd { data, .. }) = &self.server_hold {
             // Dropped with the session: the record must not claim the
@@ -628,15 +672,8 @@ impl Session {
             self.actions.push_back(Action::Shutdown { side: Side::Client });
         }
         self.shutdown = [true, true];
-        let Totals { transfers, to_client, to_server } = self.totals;
-        self.actions.push_back(Action::Audit(AuditEvent::SessionEnded {
-            reason,
-            user: self.login.user.clone(),
-            duration: self.now.saturating_duration_since(self.started_at),
-            transfers,
-            to_client,
-            to_server,
-        }));
+        let end = self.end_record(self.now, reason);
+        self.actions.push_back(Action::Audit(end));
         self.port_hold = None;
         self.server_hold = None;
         self.backlog.clear();

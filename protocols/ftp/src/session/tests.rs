@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::audit::{AbortCause, DataLeg, DataLegs, DataMode, TransferFailure, TransferResult};
-use crate::policy::PassiveAddressPolicy;
+use crate::policy::{FtpsPolicy, PassiveAddressPolicy};
 
 const CLIENT: &str = "192.0.2.10:40000";
 const SERVER: &str = "198.51.100.10:21";
@@ -611,15 +611,21 @@ fn attack_01_relaying_port_eprt_third_host_refused_501() {
     client!(t, b"PORT 203,0,113,5,0,80\r\n");
     expect!(t, to_client: b"501 ftpgate: the data address must be the client's own.\r\n");
     expect!(t, to_server: b"");
+    // Recorded when the run of refused lines ends.
+    assert_eq!(t.actions(), vec![]);
+    client!(t, b"NOOP\r\n");
+    expect!(t, to_server: b"NOOP\r\n");
+    server!(t, b"200 ok\r\n");
+    expect!(t, to_client: b"200 ok\r\n");
     assert_eq!(
-        t.actions(),
-        vec![Action::Audit(AuditEvent::Refused {
+        t.audits(),
+        vec![AuditEvent::Refused {
             side: Side::Client,
             reason: "data address is not the client's",
             rule: "bounce",
             attack: Some(1),
             what: "PORT 203,0,113,5,0,80".into(),
-        })]
+        }]
     );
     client!(t, b"EPRT |1|203.0.113.5|4000|\r\n");
     expect!(t, to_client: b"501 ftpgate: the data address must be the client's own.\r\n");
@@ -631,6 +637,9 @@ fn relaying_mangled_pass_refused_without_the_password() {
     let mut t = T::logged_in();
     client!(t, b"pass\tsecret\r\n");
     expect!(t, to_client: b"500 Syntax error, command unrecognized.\r\n");
+    // Recorded when the run of refused lines ends.
+    client!(t, b"NOOP\r\n");
+    expect!(t, to_server: b"NOOP\r\n");
     assert!(matches!(
         &t.audits()[..],
         [AuditEvent::Refused { rule: "command-syntax", what, .. }] if what == "pass"
@@ -1185,10 +1194,302 @@ fn attack_27_relaying_auth_tls_refused_locally() {
 #[test]
 fn attack_10_relaying_junk_line_500_not_forwarded() {
     let mut t = T::logged_in();
-    client!(t, b"GET / HTTP/1.1\r\n\r\nPOST/x\r\n");
-    expect!(t, to_server: b"GET / HTTP/1.1\r\n");
-    server!(t, b"500 what\r\n");
-    expect!(t, to_client: b"500 what\r\n500 Syntax error, command unrecognized.\r\n500 Syntax error, command unrecognized.\r\n");
+    client!(t, b"\r\nPOST/x\r\nNOOP\r\n");
+    expect!(t, to_client: b"500 Syntax error, command unrecognized.\r\n500 Syntax error, command unrecognized.\r\n");
+    expect!(t, to_server: b"NOOP\r\n");
+    assert_eq!(
+        t.audits(),
+        vec![AuditEvent::RefusedLines {
+            side: Side::Client,
+            count: 2,
+            reason: "command syntax",
+            rule: "command-syntax",
+            attack: Some(10),
+            what: "".into()
+        }]
+    );
+}
+
+#[test]
+fn attack_10_relaying_http_request_line_421_never_forwarded() {
+    let mut t = T::logged_in();
+    client!(t, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect!(t, to_server: b"");
+    expect!(t, to_client: b"421 ftpgate: this is an FTP service; closing.\r\n");
+    let actions = t.actions();
+    assert_eq!(
+        actions[0],
+        Action::Audit(AuditEvent::Refused {
+            side: Side::Client,
+            reason: "not FTP: HTTP request",
+            rule: "not-ftp",
+            attack: Some(10),
+            what: "GET / HTTP/1.1".into()
+        })
+    );
+    assert!(t.s.is_closed());
+}
+
+fn greeted() -> T {
+    let mut t = T::new();
+    server!(t, b"220 ready\r\n");
+    t.take(Side::Client);
+    t
+}
+
+#[test]
+fn attack_10_first_line_not_ftp_421_nothing_reaches_server() {
+    for (first, reason) in [
+        (&b"GET / HTTP/1.1\r\n"[..], "not FTP: HTTP request"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "not FTP: no command verb"),
+        (b"12345\r\n", "not FTP: no command verb"),
+        (b"USER a\x01b\r\n", "not FTP: binary"),
+        (b"USER a\0b\r\n", "not FTP: binary"),
+        // a TLS ClientHello: judged on its first bytes, no line end needed
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", "not FTP: binary"),
+    ] {
+        let mut t = greeted();
+        client!(t, first);
+        expect!(t, to_server: b"");
+        expect!(t, to_client: b"421 ftpgate: this is an FTP service; closing.\r\n");
+        let audits = t.audits();
+        assert!(
+            matches!(&audits[0], AuditEvent::Refused { side: Side::Client, reason: r, .. } if *r == reason),
+            "{first:?}: {audits:?}"
+        );
+        assert!(matches!(audits.last(), Some(AuditEvent::SessionEnded { .. })), "{audits:?}");
+        assert!(t.s.is_closed(), "{first:?}");
+    }
+}
+
+#[test]
+fn attack_10_first_line_ftp_then_later_syntax_errors_only_500() {
+    let mut t = greeted();
+    client!(t, b"USER caf\xc3\xa9\r\n");
+    expect!(t, to_server: b"USER caf\xc3\xa9\r\n");
+    client!(t, b"12345\r\n");
+    server!(t, b"331 pw\r\n");
+    expect!(t, to_client: b"331 pw\r\n500 Syntax error, command unrecognized.\r\n");
+    assert!(!t.s.is_closed());
+}
+
+#[test]
+fn attack_10_relaying_ten_refused_lines_close_with_one_record() {
+    let mut t = T::logged_in();
+    let flood = b"LPSV\r\n".repeat(9);
+    client!(t, &flood);
+    assert_eq!(
+        t.take(Side::Client).len(),
+        9 * b"502 ftpgate: LPRT/LPSV not supported, use EPRT/EPSV.\r\n".len()
+    );
+    assert_eq!(t.actions(), vec![]);
+    client!(t, b"X\r\nLPSV\r\nNOOP\r\n");
+    expect!(t, to_server: b"");
+    expect!(t, to_client: b"421 ftpgate: too many refused commands; closing.\r\n");
+    let audits = t.audits();
+    assert_eq!(
+        audits,
+        vec![
+            AuditEvent::RefusedLines {
+                side: Side::Client,
+                count: 10,
+                reason: "LPRT/LPSV unsupported",
+                rule: "lprt-lpsv",
+                attack: Some(29),
+                what: "LPSV".into()
+            },
+            AuditEvent::SessionEnded {
+                reason: "too many refused lines",
+                user: Some("anna".into()),
+                duration: Duration::ZERO,
+                transfers: 0,
+                to_client: 0,
+                to_server: 0,
+            },
+        ]
+    );
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn attack_10_relaying_refused_run_ends_at_a_forwarded_line() {
+    let config = Config { max_refused_lines: 3, ..Config::default() };
+    let mut t = T::logged_in_with(config);
+    client!(t, b"LPSV\r\nLPSV\r\nNOOP\r\nLPSV\r\nLPSV\r\nNOOP\r\n");
+    expect!(t, to_server: b"NOOP\r\nNOOP\r\n");
+    let audits = t.audits();
+    assert_eq!(audits.len(), 2, "{audits:?}");
+    assert!(audits.iter().all(|a| matches!(a, AuditEvent::RefusedLines { count: 2, .. })), "{audits:?}");
+    assert!(!t.s.is_closed());
+}
+
+#[test]
+fn attack_10_relaying_refused_run_recorded_at_session_end() {
+    let mut t = T::logged_in();
+    client!(t, b"LPSV\r\n");
+    t.input(Input::Closed { from: Side::Client });
+    let audits = t.audits();
+    assert!(matches!(audits[0], AuditEvent::Refused { reason: "LPRT/LPSV unsupported", .. }), "{audits:?}");
+    assert!(matches!(audits[1], AuditEvent::SessionEnded { .. }), "{audits:?}");
+}
+
+// ---- FEAT filtering, FTPS pass-through (ATTACKS.md 27) ----------------------
+
+const FEAT: &[u8] =
+    b"211-Features:\r\n AUTH TLS\r\n EPRT\r\n PBSZ\r\n pRoT\r\n CCC\r\n211-AUTH SSL\r\n SIZE\r\n211 End\r\n";
+
+#[test]
+fn relaying_feat_refuse_policy_drops_tls_lines_keeps_framing() {
+    let mut t = T::logged_in();
+    client!(t, b"FEAT\r\n");
+    expect!(t, to_server: b"FEAT\r\n");
+    server!(t, FEAT);
+    expect!(t, to_client: b"211-Features:\r\n EPRT\r\n SIZE\r\n211 End\r\n");
+}
+
+#[test]
+fn relaying_feat_tls_lines_only_then_framing_stays() {
+    let mut t = T::logged_in();
+    client!(t, b"FEAT\r\n");
+    server!(t, b"211-Features:\r\n AUTH TLS\r\n211 End\r\n");
+    expect!(t, to_client: b"211-Features:\r\n211 End\r\n");
+    client!(t, b"FEAT\r\n");
+    server!(t, b"211 no features\r\n");
+    expect!(t, to_client: b"211 no features\r\n");
+}
+
+#[test]
+fn relaying_feat_filter_only_for_the_feat_reply() {
+    let mut t = T::logged_in();
+    // HELP's reply and a FEAT pipelined behind it pair FIFO.
+    client!(t, b"HELP\r\nFEAT\r\n");
+    let help = b"214-Commands:\r\n AUTH PBSZ PROT\r\n AUTH TLS\r\n214 ok\r\n";
+    server!(t, help);
+    expect!(t, to_client: help);
+    server!(t, FEAT);
+    expect!(t, to_client: b"211-Features:\r\n EPRT\r\n SIZE\r\n211 End\r\n");
+}
+
+#[test]
+fn relaying_feat_pass_through_policy_unchanged() {
+    let mut t = T::logged_in_with(Config { ftps: FtpsPolicy::PassThrough, ..Config::default() });
+    client!(t, b"FEAT\r\n");
+    server!(t, FEAT);
+    expect!(t, to_client: FEAT);
+}
+
+fn pass_through() -> T {
+    let mut t = T::with(Config { ftps: FtpsPolicy::PassThrough, ..Config::default() });
+    server!(t, b"220 ready\r\n");
+    t.take(Side::Client);
+    t
+}
+
+#[test]
+fn relaying_auth_tls_pass_through_234_goes_blind() {
+    let mut t = pass_through();
+    client!(t, b"AUTH TLS\r\n");
+    expect!(t, to_server: b"AUTH TLS\r\n");
+    // Nothing more is read from the client until the reply.
+    assert_eq!(t.s.read_budget(Side::Client), 0);
+    server!(t, b"234 Proceed with negotiation.\r\n");
+    expect!(t, to_client: b"234 Proceed with negotiation.\r\n");
+    assert_eq!(
+        t.actions(),
+        vec![
+            Action::Audit(AuditEvent::TlsPassThrough { mechanism: "TLS".into(), user: None }),
+            Action::PassThrough { idle_timeout: Config::default().idle_timeout },
+        ]
+    );
+    assert!(t.s.is_closed());
+    assert_eq!(t.s.read_budget(Side::Client), 0);
+    assert_eq!(t.s.read_budget(Side::Server), 0);
+    assert_eq!(t.s.poll_timeout(), None);
+    // Nothing is parsed any more: TLS records, a fake PASV reply.
+    t.input(Input::Timeout);
+    server!(t, b"227 (198,51,100,10,195,80)\r\n");
+    assert_eq!(t.actions(), vec![]);
+    expect!(t, to_client: b"");
+    // The shell writes the end record when the blind relay ends.
+    assert_eq!(
+        t.s.end_record(t.now + Duration::from_secs(5), "pass-through ended"),
+        AuditEvent::SessionEnded {
+            reason: "pass-through ended",
+            user: None,
+            duration: Duration::from_secs(5),
+            transfers: 0,
+            to_client: 0,
+            to_server: 0,
+        }
+    );
+}
+
+#[test]
+fn relaying_auth_tls_refused_by_server_stays_clear_text() {
+    let mut t = pass_through();
+    client!(t, b"AUTH SSL\r\n");
+    expect!(t, to_server: b"AUTH SSL\r\n");
+    server!(t, b"504 not configured\r\n");
+    expect!(t, to_client: b"504 not configured\r\n");
+    client!(t, b"USER anna\r\n");
+    expect!(t, to_server: b"USER anna\r\n");
+    assert!(!t.s.is_closed());
+}
+
+#[test]
+fn relaying_auth_other_mechanism_refused_even_in_pass_through() {
+    let mut t = pass_through();
+    client!(t, b"AUTH GSSAPI\r\n");
+    expect!(t, to_server: b"");
+    expect!(t, to_client: b"534 ftpgate: AUTH/TLS on the control channel refused by policy.\r\n");
+}
+
+#[test]
+fn relaying_auth_pipelined_client_hello_ends_session() {
+    let mut t = pass_through();
+    client!(t, b"AUTH TLS\r\n\x16\x03\x01\x00\x05hello");
+    expect!(t, to_server: b"AUTH TLS\r\n");
+    server!(t, b"234 go\r\n");
+    expect!(t, to_client: b"421 ftpgate: bytes before the TLS handshake; closing.\r\n");
+    let actions = t.actions();
+    assert!(!actions.iter().any(|a| matches!(a, Action::PassThrough { .. })), "{actions:?}");
+    assert!(actions.contains(&Action::Audit(AuditEvent::Refused {
+        side: Side::Client,
+        reason: "bytes before the TLS handshake",
+        rule: "tls-pipelined",
+        attack: Some(27),
+        what: "TLS".into()
+    })));
+    assert!(t.s.is_closed());
+}
+
+#[test]
+fn relaying_auth_after_pasv_closes_listener_then_blind() {
+    let mut t = passive_listening_with(Config { ftps: FtpsPolicy::PassThrough, ..Config::default() });
+    client!(t, b"AUTH TLS\r\n");
+    server!(t, b"234 go\r\n");
+    expect!(t, to_client: b"234 go\r\n");
+    let actions = t.actions();
+    assert_eq!(actions[0], Action::CloseData { data: DataId(0) });
+    assert!(matches!(actions.last(), Some(Action::PassThrough { .. })), "{actions:?}");
+    assert!(t.s.is_closed());
+}
+
+// ---- failed logins (RFC 2577 §5, ATTACKS.md 33) -------------------------------
+
+#[test]
+fn relaying_530_to_user_or_pass_audited_as_login_failed() {
+    let mut t = greeted();
+    client!(t, b"USER foo\r\n");
+    server!(t, b"530 This FTP server is anonymous only.\r\n");
+    assert_eq!(t.audits(), vec![AuditEvent::LoginFailed { user: Some("foo".into()) }]);
+    client!(t, b"USER anna\r\nPASS wrong\r\n");
+    server!(t, b"331 pw\r\n530 Login incorrect.\r\n");
+    assert_eq!(t.audits(), vec![AuditEvent::LoginFailed { user: Some("anna".into()) }]);
+    // other codes are no failure
+    client!(t, b"PASS x\r\n");
+    server!(t, b"503 Login with USER first.\r\n");
+    assert_eq!(t.audits(), vec![]);
 }
 
 #[test]
@@ -1411,7 +1712,8 @@ fn assert_all_refused(t: &mut T, lines: usize, code: &str) {
 
 #[test]
 fn attack_03_relaying_port_malformed_numbers_501_nothing_opened() {
-    let mut t = T::logged_in();
+    // More than the default run of refused lines: no cap here.
+    let mut t = T::logged_in_with(Config { max_refused_lines: 0, ..Config::default() });
     let bad: &[&[u8]] = &[
         b"PORT 256,0,2,10,156,65",
         b"PORT -1,0,2,10,156,65",
@@ -1513,15 +1815,10 @@ fn attack_10_expect_greeting_http_slipstream_opens_nothing() {
     client!(t, b"POST / HTTP/1.1\r\nHost: x\r\n\r\nPORT 192,0,2,10,0,22\r\nPORT 203,0,113,5,0,25\r\n");
     expect!(t, to_server: b"");
     server!(t, b"220 ready\r\n");
-    expect!(t, to_client: b"220 ready\r\n");
-    // `POST /` parses as a verb with an argument: the server refuses it.
-    expect!(t, to_server: b"POST / HTTP/1.1\r\n");
-    server!(t, b"500 unknown\r\n");
-    expect!(
-        t,
-        to_client: b"500 unknown\r\n500 Syntax error, command unrecognized.\r\n500 Syntax error, command unrecognized.\r\n530 Please login first.\r\n530 Please login first.\r\n"
-    );
-    assert!(t.work().is_empty());
+    // The first line is an HTTP request: 421, nothing reaches the server.
+    expect!(t, to_client: b"220 ready\r\n421 ftpgate: this is an FTP service; closing.\r\n");
+    expect!(t, to_server: b"");
+    assert_eq!(t.work(), shutdown_all(&[]));
 }
 
 #[test]

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
+# shellcheck shell=bash
+# summary: EPRT download and upload through ftpgate over IPv6: the server's data connection from [2001:db8:2::10]:20 meets a listener wearing the client's IPv6 address
+# The client (python's ftplib, which sends EPRT |2|...| on an IPv6
+# connection) downloads and uploads in active mode. The server connects
+# back from port 20 to the EPRT address; ftpgate listens there with the
+# client's IPv6 address (a foreign listener, reached through the ip6
+# socket-match divert) and connects on to the client from the server's
+# address and port 20.
+# shellcheck disable=SC2034  # the lifelines' names (ladder_std)
+CLIENT_LABEL="client $CLIENT_IP6"
+# shellcheck disable=SC2034
+SERVER_LABEL="server $SERVER_IP6"
+scenario_main() {
+    need_cmds tcpdump python3
+    step "lab up ($FORM rules, both families), vsftpd, ftpgate"
+    std_up
+    std_ipv6_settled
+    std_gateway
+    pub_file scen.bin 512
+    capture_std
+    step "client: [$SERVER_IP6]:21, EPRT, RETR pub/scen.bin, EPRT, STOR upload/back.bin"
+    local res=0
+    in_ns "$C_NS" python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP6" --mode active \
+        --get pub/scen.bin "$OUT/got.bin" --put "$OUT/got.bin" upload/back.bin \
+        >"$OUT/client.json" || res=$?
+    capture_stop
+    collect_std
+    cp "$RUN/ftproot/upload/back.bin" "$OUT/server-got.bin" 2>/dev/null || true
+    ladder_std "active-v6: EPRT through ftpgate over IPv6" \
+        --caption "The server connects to the EPRT address: ftpgate's foreign listener wears $CLIENT_IP6 there," \
+        --caption "and ftpgate's connection on to the client leaves from [$SERVER_IP6]:20."
+    step "what happened"
+    say "  client: $(cat "$OUT/client.json")"
+    say "  server saw clients: $(server_saw | tr '\n' ' ')"
+    check "client finished (exit 0)" equals "$res" 0
+    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
+    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
+    check "the server saw only the client's address $CLIENT_IP6" equals "$(server_saw)" "$CLIENT_IP6"
+    check "the client's data connections came from [$SERVER_IP6]:20" python3 -c '
+import json, sys
+t = json.load(open(sys.argv[1]))["transfers"]
+sys.exit(0 if len(t) == 2 and all(x["peer"] == ["2001:db8:2::10", 20] for x in t) else 1)' "$OUT/client.json"
+    check "every captured connection is IPv6" python3 -c '
+import json, sys
+c = json.load(open(sys.argv[1]))["connections"]
+sys.exit(0 if c and all(x["initiator"].startswith("[") and x["responder"].startswith("[") for x in c) else 1)' "$OUT/ladder.json"
+    check "the client sent EPRT |2|$CLIENT_IP6|" grep -q "\"#[0-9]* EPRT |2|$CLIENT_IP6|" "$OUT/ladder.json"
+    check "control: TPROXY redirect on the client side" equals "$(conns_with tproxy-redirect)" 1
+    check "data: the server's connections from [$SERVER_IP6]:20 met foreign listeners on [$CLIENT_IP6] (2 transfers)" python3 -c '
+import json, sys
+c = json.load(open(sys.argv[1]))["connections"]
+ls = [x for x in c if x["socket"] == "foreign-listener"]
+sys.exit(0 if len(ls) == 2 and all(x["leg"] == "server side" and x["initiator"] == "[2001:db8:2::10]:20"
+                                   and x["responder"].startswith("[2001:db8:1::10]:") for x in ls) else 1)' "$OUT/ladder.json"
+    check "foreign connects: control to the server, 2 data to the client from [$SERVER_IP6]:20" python3 -c '
+import json, sys
+c = [x for x in json.load(open(sys.argv[1]))["connections"] if x["socket"] == "foreign-connect"]
+to_client = [x for x in c if x["leg"] == "client side"]
+sys.exit(0 if len(c) == 3 and len(to_client) == 2 and all(x["initiator"] == "[2001:db8:2::10]:20" for x in to_client) else 1)' "$OUT/ladder.json"
+    check "ftpgate logged 2 active transfers, ok" equals "$(gw_records transfer mode=active result=ok)" 2
+}
