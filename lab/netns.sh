@@ -10,7 +10,7 @@
 #   netns.sh down NAME                     stop what the lab started, remove it
 #   netns.sh rules NAME add|del nft|iptables   (from `$FTPGATE_BIN rules`;
 #                                          default target/debug/ftpgate)
-#   netns.sh vsftpd NAME                   start vsftpd in NAME-s (foreground
+#   netns.sh vsftpd NAME [KEY=VALUE]...    start vsftpd in NAME-s (foreground
 #                                          process, PID in the run dir)
 #   netns.sh gateway NAME BIN [ARGS...]    start BIN in NAME-g, stderr to
 #                                          RUN/ftpgate.log (default args:
@@ -221,13 +221,20 @@ down() {
 
 # -- daemons -----------------------------------------------------------------
 start_vsftpd() {
-    local name=$1 run s pid
+    local name=$1 run s pid setting
+    shift
     run=$(run_dir "$name"); s=$(ns_s "$name")
     ns_exists "$s" || die "lab '$name' is not up"
     fetch_vsftpd
     ensure_ftp_user
     sed -e "s#@RUN@#$run#g" -e "s#@SERVER_IP@#$SERVER_IP#g" \
         "$LAB_DIR/vsftpd.conf.in" >"$run/vsftpd.conf"
+    # KEY=VALUE arguments replace the template's settings (port_enable=NO)
+    for setting in "$@"; do
+        [[ $setting =~ ^([a-z_]+)=([A-Za-z0-9_./-]*)$ ]] || die "vsftpd setting '$setting' is not KEY=VALUE"
+        grep -q "^${BASH_REMATCH[1]}=" "$run/vsftpd.conf" || die "vsftpd.conf.in has no '${BASH_REMATCH[1]}'"
+        sed -i -e "s#^${BASH_REMATCH[1]}=.*#$setting#" "$run/vsftpd.conf"
+    done
     chmod 600 "$run/vsftpd.conf"   # vsftpd wants its config owned by root
     : >"$run/vsftpd.log"; : >"$run/xferlog"
     LD_LIBRARY_PATH=$(vsftpd_libpath) \
@@ -313,7 +320,7 @@ case "$cmd" in
 up)      need_root; check_name "${1:?NAME}"; up "$1" "${2:-nft}" ;;
 down)    need_root; check_name "${1:?NAME}"; down "$1" ;;
 rules)   need_root; check_name "${1:?NAME}"; rules "$1" "${2:?add|del}" "${3:?nft|iptables}" ;;
-vsftpd)  need_root; check_name "${1:?NAME}"; start_vsftpd "$1" ;;
+vsftpd)  need_root; check_name "${1:?NAME}"; start_vsftpd "$@" ;;
 gateway) need_root; check_name "${1:?NAME}"; start_gateway "$@" ;;
 stop-gateway) need_root; check_name "${1:?NAME}"; stop_gateway "$1" ;;
 record-pid) need_root; check_name "${1:?NAME}"; record_pid "$1" "${2:?WHAT}" "${3:?PID}" "${4:?CMD}" ;;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ftpgate_proto::{
-    AbortCause, AuditEvent, DataLeg, DataMode, DataStep, Side, TransferFailure, TransferResult,
+    AbortCause, AuditEvent, DataLeg, DataMode, DataStep, PolicyStage, Side, TransferFailure, TransferResult,
 };
 use slog::{info, warn, Logger};
 
@@ -30,6 +30,23 @@ fn result(r: TransferResult) -> &'static str {
         TransferResult::Ok => "ok",
         TransferResult::Failed(_) => "failed",
         TransferResult::Aborted(_) => "aborted",
+    }
+}
+
+fn stage(s: PolicyStage) -> &'static str {
+    match s {
+        PolicyStage::Connection => "connection",
+        PolicyStage::User => "user",
+        PolicyStage::Command => "command",
+    }
+}
+
+/// The refusal counter's rule label of a policy denial.
+fn policy_rule(s: PolicyStage) -> &'static str {
+    match s {
+        PolicyStage::Connection => "policy",
+        PolicyStage::User => "policy-user",
+        PolicyStage::Command => "policy-command",
     }
 }
 
@@ -169,6 +186,12 @@ pub(crate) fn record(log: &Logger, event: &AuditEvent) {
                 "error" => if error.is_empty() { NONE.to_string() } else { error }
             )
         }
+        AuditEvent::PolicyDenied { stage: st, rule, user, verb, profile } => warn!(
+            log, "denied by policy";
+            // No attack case: the operator's own rule, not protocol abuse.
+            "stage" => stage(*st), "rule" => rule, "attack" => NONE, "user" => text(user.as_deref()),
+            "verb" => text(verb.as_deref()), "profile" => text(profile.as_deref())
+        ),
         AuditEvent::SessionEnded { reason, user, duration, transfers, to_client, to_server } => info!(
             log, "session end";
             "reason" => reason, "user" => text(user.as_deref()), "ms" => millis(*duration),
@@ -226,6 +249,9 @@ fn count(m: &Metrics, event: &AuditEvent) {
         }
         AuditEvent::LoginFailed { .. } => m.login_failed(),
         AuditEvent::TlsPassThrough { .. } => m.ftps_pass_through(),
+        // By stage, not by the operator's rule names: those are the log's.
+        AuditEvent::PolicyDenied { stage: PolicyStage::Connection, .. } => m.session_refused("policy"),
+        AuditEvent::PolicyDenied { stage: st, .. } => m.refused(Some(Side::Client), policy_rule(*st)),
         // A kind this table does not know yet is logged by `record`.
         _ => {}
     }
@@ -335,6 +361,27 @@ mod tests {
             AuditEvent::LoginFailed { user: Some("mallory".into()) },
             AuditEvent::LoginFailed { user: None },
             AuditEvent::TlsPassThrough { mechanism: "TLS".into(), user: None },
+            AuditEvent::PolicyDenied {
+                stage: PolicyStage::Command,
+                rule: "contractors".into(),
+                user: Some("anna".into()),
+                verb: Some("STOR".into()),
+                profile: Some("read-only".into()),
+            },
+            AuditEvent::PolicyDenied {
+                stage: PolicyStage::Connection,
+                rule: "rule 2".into(),
+                user: None,
+                verb: None,
+                profile: None,
+            },
+            AuditEvent::PolicyDenied {
+                stage: PolicyStage::User,
+                rule: "default".into(),
+                user: Some("mallory".into()),
+                verb: None,
+                profile: None,
+            },
         ]
     }
 
@@ -443,6 +490,24 @@ mod tests {
     }
 
     #[test]
+    fn policy_denied_record_names_stage_rule_user_verb_profile() {
+        let line = render(&every_event()[11]);
+        for kv in [
+            "WARN denied by policy",
+            "stage: command",
+            "rule: contractors",
+            "attack: -",
+            "user: anna",
+            "verb: STOR",
+            "profile: read-only",
+        ] {
+            assert!(line.contains(kv), "{kv:?} missing in {line}");
+        }
+        let line = render(&every_event()[12]);
+        assert!(line.contains("stage: connection") && line.contains("user: -"), "{line}");
+    }
+
+    #[test]
     fn every_event_has_a_record_of_its_own() {
         for event in every_event() {
             let line = render(&event);
@@ -496,6 +561,10 @@ mod tests {
             (r#"ftpgate_refusals_total{side="client",rule="lprt-lpsv"}"#, 5.0),
             ("ftpgate_login_failures_total", 2.0),
             ("ftpgate_ftps_pass_through_total", 1.0),
+            // Policy denials by stage, not by the operator's rule names.
+            (r#"ftpgate_refusals_total{side="client",rule="policy-command"}"#, 1.0),
+            (r#"ftpgate_refusals_total{side="client",rule="policy-user"}"#, 1.0),
+            (r#"ftpgate_sessions_refused_total{rule="policy"}"#, 1.0),
             ("ftpgate_data_address_rewrites_total", 1.0),
             (r#"ftpgate_transfers_total{result="ok"}"#, 1.0),
             (r#"ftpgate_transfers_total{result="failed"}"#, 3.0),

@@ -48,6 +48,7 @@ use crate::cli::{
 use crate::limits::Rate;
 use crate::logins;
 use crate::rules::{Interface, Net, Profile};
+use ftpgate_proto::rules::{Action as PolicyAction, PolicySet};
 
 /// Read when `--config` is not given, if it exists.
 pub(crate) const DEFAULT_PATH: &str = "/etc/ftpgate/ftpgate.toml";
@@ -66,9 +67,9 @@ struct File {
     metrics: Metrics,
     privilege: Privilege,
     router: Router,
-    /// Access and command rules (issue 15). Read as any table until the
-    /// core's rule types land; not enforced yet, and said so at start.
-    policy: Option<Spanned<toml::Table>>,
+    /// Access rules and command profiles (README "Policy"): the core's own
+    /// type, so the file and the rules cannot drift apart.
+    policy: Option<Spanned<PolicySet>>,
 }
 
 /// The control listeners (`--listen`).
@@ -284,8 +285,13 @@ impl File {
     /// Checks every value, then writes each one whose flag was not given
     /// on the command line into `args`.
     fn apply(&self, args: &mut Args, given: &Given) -> Result<(), Spot> {
-        let Self { listeners, limits: l, protocol: p, ftps, logging, metrics, privilege, router, policy: _ } =
+        let Self { listeners, limits: l, protocol: p, ftps, logging, metrics, privilege, router, policy } =
             self;
+        if let Some(policy) = policy {
+            // What serde cannot see: profiles named but not defined, verbs
+            // that are not verbs, server-data modes not implemented.
+            policy.get_ref().validate().map_err(|e| Spot::new(policy, e.to_string()))?;
+        }
         if let Some(listen) = &listeners.listen {
             if listen.get_ref().is_empty() {
                 return Err(Spot::new(listen, "needs at least one address, like [\"0.0.0.0:2121\"]"));
@@ -487,9 +493,8 @@ pub(crate) struct Loaded {
     pub(crate) args: Args,
     /// The file read, if any.
     pub(crate) file: Option<PathBuf>,
-    /// The file has a `[policy]` section, which this build does not
-    /// enforce yet.
-    pub(crate) has_policy: bool,
+    /// The access rules (`[policy]`; without it, everything is allowed).
+    pub(crate) policy: PolicySet,
 }
 
 impl Loaded {
@@ -497,15 +502,14 @@ impl Loaded {
         self.file.as_ref().map_or_else(|| "none".to_owned(), |p| p.display().to_string())
     }
 
-    /// Says, once per load, that `[policy]` is read but not enforced: an
-    /// operator must not believe rules protect what they do not.
-    pub(crate) fn warn_unenforced(&self, log: &Logger) {
-        if self.has_policy {
-            warn!(
-                log, "[policy] is accepted but not enforced by this build";
-                "file" => self.file_name(), "hint" => "access and command rules come with issue 15"
-            );
-        }
+    /// One record per load: how many access rules are in force.
+    pub(crate) fn log_policy(&self, log: &Logger) {
+        let p = &self.policy;
+        info!(
+            log, "policy";
+            "rules" => p.rules.len(), "profiles" => p.profiles.len(),
+            "default" => if p.default == PolicyAction::Allow { "allow" } else { "deny" }
+        );
     }
 }
 
@@ -533,13 +537,14 @@ impl Loader {
     pub(crate) fn load(&self) -> Result<Loaded, Error> {
         let mut args = self.cmdline.clone();
         let Some(path) = self.source.path() else {
-            return Ok(Loaded { args, file: None, has_policy: false });
+            return Ok(Loaded { args, file: None, policy: PolicySet::default() });
         };
         let text =
             std::fs::read_to_string(path).map_err(|error| Error::Read { path: path.to_owned(), error })?;
         let file = File::parse(&text).map_err(|spot| spot.in_file(path, &text))?;
         file.apply(&mut args, &self.given).map_err(|spot| spot.in_file(path, &text))?;
-        Ok(Loaded { args, file: Some(path.to_owned()), has_policy: file.policy.is_some() })
+        let policy = file.policy.map(Spanned::into_inner).unwrap_or_default();
+        Ok(Loaded { args, file: Some(path.to_owned()), policy })
     }
 }
 
@@ -579,9 +584,10 @@ pub(crate) struct Reloadable {
 }
 
 impl Reloadable {
-    pub(crate) fn of(args: &Args) -> Self {
+    pub(crate) fn of(loaded: &Loaded) -> Self {
+        let args = &loaded.args;
         Self {
-            core: Arc::new(core_config(args)),
+            core: Arc::new(Config { policy: loaded.policy.clone(), ..core_config(args) }),
             session_rate: Rate {
                 per_second: args.session_rate_per_client,
                 burst: args.session_burst_per_client,
@@ -647,11 +653,17 @@ pub(crate) struct Reloader {
     started: Args,
     /// As of the last load that worked.
     current: Args,
+    policy: PolicySet,
 }
 
 impl Reloader {
     pub(crate) fn new(loader: Loader, started: &Loaded) -> Self {
-        Self { loader, started: started.args.clone(), current: started.args.clone() }
+        Self {
+            loader,
+            started: started.args.clone(),
+            current: started.args.clone(),
+            policy: started.policy.clone(),
+        }
     }
 
     /// `None` when the file is refused: the running configuration stays.
@@ -674,8 +686,12 @@ impl Reloader {
             log, "configuration reloaded";
             "file" => loaded.file_name(), "changed" => changed(&self.current, &loaded.args, true).join(" ")
         );
-        loaded.warn_unenforced(log);
-        let new = Reloadable::of(&loaded.args);
+        if loaded.policy != self.policy {
+            info!(log, "configuration: the policy changed; new sessions use it"; "rules" => loaded.policy.rules.len());
+        }
+        loaded.log_policy(log);
+        let new = Reloadable::of(&loaded);
+        self.policy = loaded.policy;
         self.current = loaded.args;
         Some(new)
     }
@@ -895,7 +911,7 @@ group = "nogroup"
         assert_eq!(loaded.args.metrics, Some("127.0.0.1:9121".parse().unwrap()));
         assert_eq!(loaded.args.max_sessions, Some(10000));
         assert_eq!(loaded.args.user.as_deref(), Some("ftpgate"));
-        assert!(loaded.has_policy);
+        assert_eq!(loaded.policy, PolicySet::default());
     }
 
     #[test]
@@ -1055,12 +1071,25 @@ group = "nogroup"
     }
 
     #[test]
-    fn policy_section_is_accepted_as_any_table_and_flagged() {
-        let loaded =
-            load("[policy]\ndefault = \"allow\"\n[[policy.rule]]\nclient = \"192.0.2.0/24\"\n", &[]).unwrap();
-        assert!(loaded.has_policy);
-        assert!(!load("[limits]\n", &[]).unwrap().has_policy);
-        assert_eq!(error("policy = 3\n"), "FILE:1: policy: invalid type: integer `3`, expected a map");
+    fn policy_section_becomes_the_core_policy() {
+        let text = "[policy]\ndefault = \"deny\"\n[[policy.rule]]\nclient = [\"192.0.2.0/24\"]\naction = \"allow\"\nprofile = \"read-only\"\n";
+        let loaded = load(text, &[]).unwrap();
+        assert_eq!(loaded.policy.default, PolicyAction::Deny);
+        assert_eq!(loaded.policy.rules.len(), 1);
+        assert_eq!(Reloadable::of(&loaded).core.policy, loaded.policy);
+        assert_eq!(load("[limits]\n", &[]).unwrap().policy, PolicySet::default());
+        assert_eq!(
+            error("policy = 3\n"),
+            "FILE:1: policy: invalid type: integer `3`, expected struct PolicySet"
+        );
+    }
+
+    #[test]
+    fn policy_errors_name_the_line() {
+        let e = error("[policy]\n[[policy.rule]]\naction = \"allow\"\n\n[[policy.rule]]\nclient = [\"192.0.2.0/40\"]\naction = \"deny\"\n");
+        assert!(e.starts_with("FILE:6:") && e.contains("'192.0.2.0/40' is not a network"), "{e}");
+        let e = error("[[policy.rule]]\naction = \"allow\"\nprofile = \"ro\"\n");
+        assert!(e.contains("rule 1: profile 'ro' is not defined"), "{e}");
     }
 
     #[test]
@@ -1090,7 +1119,7 @@ group = "nogroup"
 
     #[test]
     fn reloadable_carries_the_failed_login_limits() {
-        let r = Reloadable::of(&load(FULL, &[]).unwrap().args);
+        let r = Reloadable::of(&load(FULL, &[]).unwrap());
         let expected =
             logins::Limits { limit: 6, window: Duration::from_secs(61), cooldown: Duration::from_secs(301) };
         assert_eq!(r.login_failures, expected);

@@ -182,9 +182,16 @@ struct DataChan {
     /// closes what the verdict left (a refusal); the keeping verdict,
     /// `Action::Connect`, takes it.
     accepted_pending_verdict: Option<TcpStream>,
+    /// The leg toward `peer`: accepted on the listener, or dialed
+    /// (`Action::Dial`, then `peer` is the server).
     accepted: Option<Leg>,
+    /// False while a dialed `accepted` leg connects.
+    accepted_connected: bool,
     outbound: Option<Leg>,
     outbound_connected: bool,
+    /// Both legs are dialed (`Action::Dial`): completions are reported as
+    /// `Input::Dialed` with their side.
+    dialed: bool,
     relay: Option<Relay>,
     /// `Action::DataDirection` that came before the relay was set up.
     direction: Option<Side>,
@@ -585,6 +592,7 @@ impl Conn {
             // accept_data closes the connection that no verdict took.
             Action::Refuse { data: _ } => {}
             Action::Connect { data, local, remote } => self.connect_data(ctx, data, local, remote),
+            Action::Dial { data, leg, local, remote } => self.dial_data(ctx, data, leg, local, remote),
             Action::Relay { data } => {
                 // Enforcing ATTACKS.md 34: nothing moves until the core
                 // says which way (`DataDirection`).
@@ -748,8 +756,10 @@ impl Conn {
                 arrivals: VecDeque::new(),
                 accepted_pending_verdict: None,
                 accepted: None,
+                accepted_connected: true,
                 outbound: None,
                 outbound_connected: false,
+                dialed: false,
                 relay: None,
                 reported_counts: (0, 0),
                 direction: None,
@@ -855,6 +865,67 @@ impl Conn {
                 if let Some(chan) = self.chan(data) {
                     chan.outbound = Some(Leg { stream, token, ready: Readiness::default() });
                     chan.outbound_connected = false;
+                }
+            }
+            Err(e) => self.broken = Some(e),
+        }
+    }
+
+    /// One leg of a channel whose legs the gateway both connects: the
+    /// server's goes where an accepted leg would (`peer` is the server),
+    /// the client's where an outbound one would, so the relay runs as for
+    /// an active-mode channel. The first dial opens the channel.
+    fn dial_data(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        data: DataId,
+        leg: Side,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) {
+        let key = self.key;
+        if self.chan(data).is_none() {
+            if !self.admit_data(ctx, data) {
+                let error = io::ErrorKind::QuotaExceeded;
+                self.queue(Input::Failed { data, step: DataStep::Connect, error });
+                return;
+            }
+            self.data.push(DataChan {
+                id: data,
+                peer: Side::Server,
+                arrivals: VecDeque::new(),
+                accepted_pending_verdict: None,
+                accepted: None,
+                accepted_connected: false,
+                outbound: None,
+                outbound_connected: false,
+                dialed: true,
+                relay: None,
+                reported_counts: (0, 0),
+                relay_ended: false,
+                direction: None,
+                _open: metrics::get().data_channel_opened(Side::Server, local),
+            });
+        }
+        let mut stream = match tproxy::connect_from(local, remote) {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(self.log, "data connect failed"; "data" => data.0, "leg" => ?leg, "error" => %e);
+                self.queue(Input::Failed { data, step: e.step(), error: e.kind() });
+                return;
+            }
+        };
+        let role = match leg {
+            Side::Server => Role::DataAccepted(data),
+            Side::Client => Role::DataOutbound(data),
+        };
+        match ctx.register(key, &mut stream, role, Interest::READABLE | Interest::WRITABLE) {
+            Ok(token) => {
+                let Some(chan) = self.chan(data) else { return };
+                let leg_state = Some(Leg { stream, token, ready: Readiness::default() });
+                match leg {
+                    Side::Server => (chan.accepted, chan.accepted_connected) = (leg_state, false),
+                    Side::Client => (chan.outbound, chan.outbound_connected) = (leg_state, false),
                 }
             }
             Err(e) => self.broken = Some(e),
@@ -1080,11 +1151,14 @@ impl Conn {
     }
 
     fn complete_data_connect(&mut self, ctx: &mut Ctx<'_>, id: DataId) -> bool {
-        let Some(chan) = chan_in(&mut self.data, id) else { return false };
+        // A dialed server leg sits where an accepted one would.
+        let server_leg = self.complete_dialed_server_leg(ctx, id);
+        let Some(chan) = chan_in(&mut self.data, id) else { return server_leg };
         if chan.outbound_connected {
-            return false;
+            return server_leg;
         }
-        let Some(leg) = chan.outbound.as_mut().filter(|l| l.ready.writable) else { return false };
+        let dialed = chan.dialed;
+        let Some(leg) = chan.outbound.as_mut().filter(|l| l.ready.writable) else { return server_leg };
         // The source address the kernel gave the connect goes into the
         // transfer's record; a socket that cannot say it is not usable.
         let result = tproxy::connect_result(&leg.stream).and_then(|done| {
@@ -1097,12 +1171,17 @@ impl Conn {
         match result {
             Ok(Some(local)) => {
                 chan.outbound_connected = true;
-                self.tell(ctx, Input::Connected { data: id, local });
+                let input = if dialed {
+                    Input::Dialed { data: id, leg: Side::Client, local }
+                } else {
+                    Input::Connected { data: id, local }
+                };
+                self.tell(ctx, input);
                 true
             }
             Ok(None) => {
                 leg.ready.writable = false;
-                false
+                server_leg
             }
             Err(e) => {
                 debug!(self.log, "data connect failed"; "data" => id.0, "error" => %e);
@@ -1115,9 +1194,43 @@ impl Conn {
         }
     }
 
+    /// Completes the connect of a dialed channel's server leg.
+    fn complete_dialed_server_leg(&mut self, ctx: &mut Ctx<'_>, id: DataId) -> bool {
+        let Some(chan) = chan_in(&mut self.data, id).filter(|c| c.dialed && !c.accepted_connected) else {
+            return false;
+        };
+        let Some(leg) = chan.accepted.as_mut().filter(|l| l.ready.writable) else { return false };
+        let result = tproxy::connect_result(&leg.stream).and_then(|done| {
+            if done {
+                leg.stream.local_addr().map(Some)
+            } else {
+                Ok(None)
+            }
+        });
+        match result {
+            Ok(Some(local)) => {
+                chan.accepted_connected = true;
+                self.tell(ctx, Input::Dialed { data: id, leg: Side::Server, local });
+                true
+            }
+            Ok(None) => {
+                leg.ready.writable = false;
+                false
+            }
+            Err(e) => {
+                debug!(self.log, "data connect failed"; "data" => id.0, "leg" => "server", "error" => %e);
+                if let Some(mut leg) = chan.accepted.take() {
+                    ctx.deregister(&mut leg.stream, leg.token);
+                }
+                self.tell(ctx, Input::Failed { data: id, step: DataStep::Connect, error: e.kind() });
+                true
+            }
+        }
+    }
+
     fn relay_data(&mut self, ctx: &mut Ctx<'_>, id: DataId, budget: &mut Budget) -> (bool, bool) {
         let Some(chan) = self.chan(id) else { return (false, false) };
-        if chan.relay_ended || !chan.outbound_connected {
+        if chan.relay_ended || !chan.outbound_connected || !chan.accepted_connected {
             return (false, false);
         }
         let (Some(relay), Some(accepted), Some(outbound)) =

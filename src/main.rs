@@ -112,9 +112,9 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
     let args = &loaded.args;
     let log = log::build(args.log_level, args.log_format);
     info!(log, "configuration"; "file" => loaded.file_name());
-    loaded.warn_unenforced(&log);
+    loaded.log_policy(&log);
     let (max_sessions, max_data_channels) = size_limits(args, &log);
-    let reloadable = config::Reloadable::of(args);
+    let reloadable = config::Reloadable::of(loaded);
     let opts = server::Options {
         listen: args.listen.clone(),
         config: reloadable.core,
@@ -232,9 +232,6 @@ fn check_config(loaded: &config::Loaded) -> ExitCode {
         Some(path) => println!("{}: valid", path.display()),
         None => println!("no configuration file ({} absent); the options are valid", config::DEFAULT_PATH),
     }
-    if loaded.has_policy {
-        eprintln!("note: [policy] is accepted but not enforced by this build");
-    }
     ExitCode::SUCCESS
 }
 
@@ -253,6 +250,24 @@ mod tests {
         assert_eq!(config.data_idle_timeout, Duration::from_secs(300));
         let config = core_config(&Args::parse_from(["ftpgate", "--data-idle-timeout", "7"]));
         assert_eq!(config.data_idle_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn readme_policy_examples_load() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            policy: ftpgate_proto::PolicySet,
+        }
+        let readme = include_str!("../README.md");
+        let policy = readme.split("\n## Policy\n").nth(1).unwrap().split("\n## ").next().unwrap();
+        let examples: Vec<&str> =
+            policy.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+        assert_eq!(examples.len(), 3);
+        for text in examples {
+            let file: File = toml::from_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            file.policy.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert!(!file.policy.rules.is_empty());
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ftpgate_proto::{Config, ControlEnds, Session};
+use ftpgate_proto::rules::RuleRef;
+use ftpgate_proto::{AuditEvent, Config, ControlEnds, PolicyStage, Session};
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -524,6 +525,11 @@ impl Server {
         if tproxy::is_local_address(server.ip()) {
             return refuse(&log, stream, Refusal::GatewayItself, true);
         }
+        // The policy first: a network the operator denies is refused by
+        // its rule, whether or not it is also cooling down.
+        if let Err(rule) = self.opts.config.policy.admit(peer.ip(), server) {
+            return refuse_by_policy(&log, stream, rule);
+        }
         if self.logins.cooling_down(peer.ip(), now) {
             // Logged once, when the cool-down started; each session it
             // turns away is counted under its rule and logged at debug.
@@ -637,6 +643,22 @@ impl Refusal {
             Self::LoginCooldown => ("login-cooldown", Some(33)),
         }
     }
+}
+
+/// The access rules refuse every user of this connection: one audit
+/// record naming the rule, a best-effort 421, and the server never hears
+/// of it.
+fn refuse_by_policy(log: &Logger, mut stream: mio::net::TcpStream, rule: RuleRef) -> Option<usize> {
+    let event = AuditEvent::PolicyDenied {
+        stage: PolicyStage::Connection,
+        rule: rule.to_string(),
+        user: None,
+        verb: None,
+        profile: None,
+    };
+    crate::audit::record(log, &event);
+    let _ = io::Write::write(&mut stream, b"421 ftpgate: connection denied by policy.\r\n");
+    None
 }
 
 /// Logs the refusal and tells the client with a best-effort 421. A refusal

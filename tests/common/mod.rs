@@ -229,8 +229,17 @@ impl Lab {
         Self::with_server(tag, rules, Server::Vsftpd)
     }
 
+    /// Like `new`, with vsftpd settings replaced (`port_enable=NO`).
+    pub fn with_vsftpd_settings(tag: &str, rules: Rules, settings: &[&str]) -> Self {
+        Self::build(tag, rules, Server::Vsftpd, settings)
+    }
+
     /// Like `new`, with another FTP server than vsftpd.
     pub fn with_server(tag: &str, rules: Rules, server: Server) -> Self {
+        Self::build(tag, rules, server, &[])
+    }
+
+    fn build(tag: &str, rules: Rules, server: Server, vsftpd_settings: &[&str]) -> Self {
         require_root();
         let seq = SEQ.fetch_add(1, Ordering::SeqCst);
         let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
@@ -263,7 +272,9 @@ impl Lab {
         let name = lab.name.clone();
         match server {
             Server::Vsftpd => {
-                lab.script_ok(300, &["vsftpd", &name]);
+                let mut args = vec!["vsftpd", name.as_str()];
+                args.extend_from_slice(vsftpd_settings);
+                lab.script_ok(300, &args);
             }
             other => {
                 let script = repo_root().join("lab/servers.sh");

@@ -115,6 +115,17 @@ pub enum AbortCause {
     SessionEnded,
 }
 
+/// What the policy refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyStage {
+    /// The connection, before the server is contacted.
+    Connection,
+    /// A USER: the name is not allowed.
+    User,
+    /// A command the session's profile (or a deny decision) refuses.
+    Command,
+}
+
 /// One event worth a log record. `#[non_exhaustive]`: the core grows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -200,6 +211,23 @@ pub enum AuditEvent {
         server_reply: Option<u16>,
         /// Outcome.
         result: TransferResult,
+    },
+    /// The access rules or a command profile refused something: the
+    /// connection (`421`, the server never contacted), a user (`530`, the
+    /// server never told the name), or a command (`530`/`550`/`502`, never
+    /// forwarded).
+    PolicyDenied {
+        /// What was refused.
+        stage: PolicyStage,
+        /// The rule that decided: its name, `rule N` (1-based), or `default`.
+        rule: String,
+        /// The user name (given with USER), printable; `None` before any.
+        user: Option<String>,
+        /// The refused verb, upper case (stage `Command` only).
+        verb: Option<String>,
+        /// The profile that refused it (stage `Command`, unless the access
+        /// rules denied the session itself).
+        profile: Option<String>,
     },
     /// The session ended.
     SessionEnded {

@@ -127,8 +127,12 @@ pub mod error;
 pub mod line;
 pub mod policy;
 pub mod reply;
+pub mod rules;
 mod session;
 
-pub use audit::{AbortCause, AuditEvent, DataLeg, DataLegs, DataMode, TransferFailure, TransferResult};
+pub use audit::{
+    AbortCause, AuditEvent, DataLeg, DataLegs, DataMode, PolicyStage, TransferFailure, TransferResult,
+};
 pub use policy::{Config, FtpsPolicy, PassiveAddressPolicy};
+pub use rules::PolicySet;
 pub use session::{Action, ControlEnds, DataId, DataStep, Input, Session, Side, WRONG_DIRECTION};

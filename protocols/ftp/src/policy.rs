@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::rules::PolicySet;
+
 /// What to do with a 227/229 whose address is not the control connection's
 /// server address (a NAT'd server announcing a private address, or a hostile
 /// server trying to make the gateway listen on a third host's address).
@@ -49,6 +51,8 @@ pub struct Config {
     /// A relaying data channel that moves no byte either way for this long
     /// fails: both legs are reset and the client gets 426.
     pub data_idle_timeout: Duration,
+    /// Access rules and command profiles (default: allow everything).
+    pub policy: PolicySet,
     /// See [`FtpsPolicy`].
     pub ftps: FtpsPolicy,
     /// After this many client lines in a row refused by the gateway, the
@@ -75,6 +79,7 @@ impl Default for Config {
             max_reply_lines: 1000,
             max_data_channels: 1,
             data_idle_timeout: Duration::from_secs(300),
+            policy: PolicySet::default(),
             ftps: FtpsPolicy::Refuse,
             max_refused_lines: 10,
             enforce_data_direction: false,

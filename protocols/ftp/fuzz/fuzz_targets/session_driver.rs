@@ -8,7 +8,10 @@
 //! (data idle included); bit 5: all timeouts `Duration::MAX`; bit 6: IPv6 control ends; bit 7:
 //! IPv4-mapped IPv6 control ends. Cap byte: `max_reply_lines` (0: 1000).
 //! Header `%` + flags + cap + policy byte: as `#`, and policy bit 0:
-//! `FtpsPolicy::PassThrough`; bits 1–3: `max_refused_lines` (0: off).
+//! `FtpsPolicy::PassThrough`; bits 1–3: `max_refused_lines` (0: off);
+//! bit 4: one access rule allowing all with `server-data = "passive"` (the
+//! core dials both data legs of a PORT/EPRT); bit 5: that rule (or one of
+//! its own) names the `read-only` profile.
 //!
 //! Then records; missing argument bytes read as 0, which always means the
 //! ordinary case (the newest data channel, the address the core asked for).
@@ -22,6 +25,7 @@
 //! | `L` id how p1 p2  | `Listening`: how 0 = the asked address (port 0 → p1p2 or 50000), 1 = asked IP + port p1p2, 2 = another IP |
 //! | `A` id who p1     | `Accepted`: who 0 = the expected peer, 1 = a stranger, 2 = expected as IPv4-mapped / unmapped |
 //! | `K` id            | `Connected`                                                       |
+//! | `N` id leg        | `Dialed` (leg even: client, odd: server) from the asked address (port 0 → 45000) |
 //! | `F` id step err   | `Failed` (step % 5, err: AddrInUse, AddrNotAvailable, ConnectionRefused, TimedOut, ConnectionReset) |
 //! | `R` id a b        | `Relayed { to_client: a, to_server: b }` (KiB)                    |
 //! | `G` id a b        | `Progress { to_client: a, to_server: b }` (KiB)                   |
@@ -45,6 +49,10 @@
 //!   second `Listen` for an open id only right after `Failed { Bind }` fed
 //!   for it, and only once; `Refuse`/`Connect`/`Relay` only for open ids,
 //!   `Connect` only as the answer to `Accepted`, `Relay` to `Connected`.
+//! - `Dial` (server-data conversion): the first opens the channel (it
+//!   counts toward `max_data_channels`), at most one per leg, never for a
+//!   closed id; `Relay` only once both legs were fed `Dialed`; from then
+//!   on the channel has legs up (ResetData or Relayed before CloseData).
 //! - `ResetData` only for an open channel whose legs are up (after
 //!   `Connect`), at most once, and its `CloseData` follows in the same
 //!   drain. A channel with legs up never gets a plain `CloseData` (a FIN)
@@ -82,6 +90,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ftpgate_proto::rules::{Action as RuleAction, PolicySet, Rule, ServerData};
 use ftpgate_proto::{
     Action, AuditEvent, Config, ControlEnds, DataId, DataStep, FtpsPolicy, Input, PassiveAddressPolicy,
     Session, Side, TransferFailure, TransferResult,
@@ -104,6 +113,8 @@ enum Chan {
     Listening,
     Connecting,
     Relaying,
+    /// Opened by `Dial`: some leg is still being dialed.
+    Dialing,
 }
 
 #[derive(Debug)]
@@ -129,6 +140,9 @@ pub struct Driver {
     bind_failed: BTreeSet<DataId>,
     accepted: BTreeSet<DataId>,
     connected: BTreeSet<DataId>,
+    /// Legs asked for with `Dial`, and legs fed `Dialed`, per id.
+    dial_asked: BTreeSet<(DataId, u8)>,
+    dialed: BTreeSet<(DataId, u8)>,
     /// Ids fed `Relayed` (a clean end allows a plain `CloseData`).
     relayed: BTreeSet<DataId>,
     /// Ids that got `ResetData`.
@@ -181,6 +195,8 @@ impl Driver {
             bind_failed: BTreeSet::new(),
             accepted: BTreeSet::new(),
             connected: BTreeSet::new(),
+            dial_asked: BTreeSet::new(),
+            dialed: BTreeSet::new(),
             relayed: BTreeSet::new(),
             reset: BTreeSet::new(),
             replaced_2xx: 0,
@@ -219,6 +235,18 @@ impl Driver {
             }
             Input::Connected { data, .. } => {
                 self.connected.insert(data);
+            }
+            Input::Dialed { data, leg, .. } => {
+                // The core ignores a Dialed it did not ask for.
+                if self.dial_asked.contains(&(data, i(leg) as u8)) {
+                    self.dialed.insert((data, i(leg) as u8));
+                    let both = [0, 1].iter().all(|l| self.dialed.contains(&(data, *l)));
+                    if let Some((state @ Chan::Dialing, _)) = self.chans.open.get_mut(&data) {
+                        if both {
+                            *state = Chan::Connecting;
+                        }
+                    }
+                }
             }
             Input::Relayed { data, .. } => {
                 self.relayed.insert(data);
@@ -304,9 +332,28 @@ impl Driver {
                     }
                 }
             }
+            Action::Dial { data, leg, .. } => {
+                if chans.closed.contains(data) {
+                    self.fail("Dial after CloseData");
+                }
+                if !self.dial_asked.insert((*data, i(*leg) as u8)) {
+                    self.fail("second Dial for one leg");
+                }
+                match chans.open.get(data) {
+                    Some((Chan::Dialing, _)) => {}
+                    Some(_) => self.fail("Dial for a channel opened by Listen"),
+                    None => {
+                        chans.order.push(*data);
+                        chans.open.insert(*data, (Chan::Dialing, action.clone()));
+                        if chans.open.len() > self.config.max_data_channels {
+                            self.fail("more data channels open than max_data_channels");
+                        }
+                    }
+                }
+            }
             Action::ResetData { data } => {
                 match chans.open.get(data) {
-                    Some((Chan::Connecting | Chan::Relaying, _)) => {}
+                    Some((Chan::Connecting | Chan::Relaying | Chan::Dialing, _)) => {}
                     Some(_) => self.fail("ResetData for a channel with no leg up"),
                     None => self.fail("ResetData for a channel that is not open"),
                 }
@@ -339,8 +386,9 @@ impl Driver {
                 }
             }
             Action::Relay { data } => {
-                if !self.connected.contains(data) {
-                    self.fail("Relay not in answer to Connected");
+                let dialed = [0, 1].iter().all(|l| self.dialed.contains(&(*data, *l)));
+                if !self.connected.contains(data) && !dialed {
+                    self.fail("Relay not in answer to Connected or both legs Dialed");
                 }
                 match chans.open.get_mut(data) {
                     Some((state @ Chan::Connecting, _)) => *state = Chan::Relaying,
@@ -583,6 +631,21 @@ impl Driver {
                 let local = SocketAddr::new(self.ends.client.ip(), 41000);
                 self.feed(Input::Connected { data: id, local });
             }
+            b'N' => {
+                let (id, leg) = (self.pick(arg()), arg());
+                let leg = if leg % 2 == 0 { Side::Client } else { Side::Server };
+                let mut local = match self.chans.open.get(&id) {
+                    Some((_, Action::Dial { local, leg: first, .. })) if *first == leg => *local,
+                    // The other leg: its asked address is not kept; the
+                    // core only checks the IP.
+                    _ if leg == Side::Client => self.ends.server,
+                    _ => SocketAddr::new(self.ends.client.ip(), 0),
+                };
+                if local.port() == 0 {
+                    local.set_port(45000);
+                }
+                self.feed(Input::Dialed { data: id, leg, local });
+            }
             b'F' => {
                 let (id, step, err) = (self.pick(arg()), arg(), arg());
                 let step = STEPS[usize::from(step) % STEPS.len()];
@@ -680,6 +743,16 @@ pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
     if let Some(p) = policy {
         config.ftps = if p & 1 != 0 { FtpsPolicy::PassThrough } else { FtpsPolicy::Refuse };
         config.max_refused_lines = usize::from((p >> 1) & 7);
+        if p & 0x30 != 0 {
+            let rule = Rule {
+                action: RuleAction::Allow,
+                server_data: if p & 0x10 != 0 { ServerData::Passive } else { ServerData::Keep },
+                profile: (p & 0x20 != 0).then(|| "read-only".to_string()),
+                ..Rule::default()
+            };
+            config.policy = PolicySet { rules: vec![rule], ..PolicySet::default() };
+            config.policy.validate().expect("the fuzz policy is valid");
+        }
     }
     let t = if flags & 16 != 0 {
         Some(Duration::ZERO)

@@ -182,6 +182,24 @@ sess12("junk-flood-one-read", *LOGIN, raw(b"c", b"LPSV\r\nNOOP\r\nLPSV\r\nLPSV\r
 sess12("login-failures", S(b"220 ready"), C(b"USER foo"), S(b"530 anonymous only"), C(b"USER anna"), S(b"331 pw"),
        C(b"PASS x"), S(b"530 Login incorrect."), C(b"PASS y"), S(b"503 USER first"))
 
+# ---- issue 15: server-data conversion (policy bit 4), read-only (bit 5) ----
+PORT_CONV = C(b"PORT 192,0,2,10,156,64")
+sess12("convert-passive-port", *LOGIN, PORT_CONV, S(b"227 Entering Passive Mode (198,51,100,10,117,48)"),
+       b"N\x00\x01", C(b"RETR f"), S(b"150 ok"), b"N\x00\x00", b"R\x00\x05\x00", S(b"226 done"), policy=0x10)
+sess12("convert-read-only-reset", *LOGIN, C(b"STOR x"), C(b"EPRT |1|192.0.2.10|40000|"),
+       S(b"229 Entering Extended Passive Mode (|||30000|)"), b"N\x00\x01", C(b"LIST"), S(b"150 ok"),
+       b"N\x00\x00", b"E\x00\x01\x03", S(b"226 done"), policy=0x30)
+# A malformed 227 for a converted PORT: the channel was never dialed, so
+# the shell never opened it and gets no CloseData (session_driver.rs).
+seeds["session"]["crash-convert-closed-before-dial-regression"] = (
+    b"%\x00\x00\x10S220 hi\nCUSER a\nS230 ok\nCPORT 192,0,2,10,156,64\nS227 Entering Pas f\n")
+
+# Connected (not Dialed) for a converted channel started its relay with
+# one leg dialed (session/data.rs on_connected).
+seeds["session"]["crash-convert-connected-not-dialed-regression"] = (
+    b"%\x00\x00\x10S220 hi\nCUSER a\nS230 ok\nCPORT 192,0,2,10,156,64\n"
+    b"S227 Entering Passive Mode (198,51,100,10,117,48)\nCRETR f\nS150 ok\nK\x00")
+
 # The server connects to the PORT listener, then refuses the PORT: the
 # accepted leg was closed with a FIN, not a reset (src/session/tests.rs
 # expect_connect_port_refused_after_server_connected_resets).

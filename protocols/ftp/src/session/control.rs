@@ -18,6 +18,7 @@ use crate::error::Violation;
 use crate::line::{write_line, LineError, LineReader, DM, IAC, IP};
 use crate::policy::{FtpsPolicy, PassiveAddressPolicy};
 use crate::reply::{without_features, Code, Reply, ReplyError, TLS_FEATURES};
+use crate::rules::ServerData;
 
 pub(super) const REPLY_UNREACHABLE: &str =
     "421 Service not available: ftpgate could not reach the server.\r\n";
@@ -90,6 +91,9 @@ pub(super) enum Pending {
     Local(Vec<u8>),
     /// PASV/EPSV forwarded: its 227/229 sets up a data channel.
     Passive,
+    /// PASV/EPSV the gateway sent in place of the client's PORT/EPRT
+    /// (`convert.rs`): its 227/229 becomes the client's `200`.
+    PassiveFor { data: DataId },
     /// PORT/EPRT forwarded with its listener up.
     Active { data: DataId },
     /// A transfer command and the data channel it uses.
@@ -296,6 +300,9 @@ impl Session {
         };
         // REST applies to the command right after it only (RFC 959 §4.1.3).
         let rest = self.rest.take();
+        if !self.policy_admits(line, &cmd) {
+            return;
+        }
         match cmd {
             Command::User(name) => self.forward(line, Pending::User { name: printable(name, 64) }),
             Command::Port(hp) => self.active(now, line, IpAddr::V4(hp.ip), hp.port, false),
@@ -319,6 +326,7 @@ impl Session {
             }
             Command::Auth(mechanism)
                 if self.config.ftps == FtpsPolicy::PassThrough
+                    && self.policy_allows_blind()
                     && TLS_MECHANISMS.iter().any(|m| m.eq_ignore_ascii_case(mechanism)) =>
             {
                 let mechanism = printable(mechanism, 8).to_ascii_uppercase();
@@ -367,6 +375,12 @@ impl Session {
         if port < 1024 && !self.config.allow_privileged_data_ports {
             let v = Violation::PrivilegedPort { side: Side::Client };
             return self.refuse_local(v, line, REPLY_PRIVILEGED);
+        }
+        if self.decision.server_data == ServerData::Passive {
+            if !self.convert_to_passive(now, port, extended) {
+                self.refuse_local(Violation::TooManyDataChannels, line, REPLY_TOO_MANY);
+            }
+            return;
         }
         let local = SocketAddr::new(client_ip, port);
         let Some(data) = self.open_data(now, DataMode::Active, local, self.ends.server.ip(), port) else {
@@ -595,10 +609,12 @@ impl Session {
         }
         if code.is_preliminary() {
             self.bind_front_transfer();
+            self.front_transfer_started(now);
             return self.send_reply(&reply);
         }
         match self.pending.pop_front() {
             Some(Pending::Passive) => self.passive_reply(now, reply),
+            Some(Pending::PassiveFor { data }) => self.converted_passive_reply(now, data, reply),
             Some(Pending::Active { data }) => {
                 if !code.is_success() {
                     // The server will not use the channel. A hostile one
@@ -657,6 +673,7 @@ impl Session {
             Some(Pending::Rein) => {
                 if code == Code::READY {
                     self.login = Login::default();
+                    self.decision = self.policy_decision(None);
                     self.epsv_all = false;
                     self.reset_data_setup(now);
                 }
@@ -745,6 +762,11 @@ impl Session {
     /// The final reply of a transfer command: release it now, or hold it
     /// until the data relay ends (ATTACKS.md 25).
     fn transfer_reply(&mut self, now: Instant, reply: Reply, data: Option<DataId>) {
+        if let Some(id) = data.filter(|_| reply.code.is_success()) {
+            // A converted channel whose transfer had no 1xx: its client leg
+            // is dialed now and the reply held for the relay.
+            self.dial_client_leg(now, id);
+        }
         let Some(ch) = data.and_then(|id| self.data.get_mut(&id)) else {
             return self.send_reply(&reply);
         };

@@ -21,7 +21,14 @@ pub(super) enum DataState {
     ExpectListening { expires_at: Instant },
     /// Listening; waiting for the expected peer.
     ExpectAccept { expires_at: Instant },
-    /// Accepted; waiting for the foreign-source connect.
+    /// Converted to passive toward the server (`convert.rs`): waiting for
+    /// the server's 227/229 to the gateway's PASV/EPSV.
+    ExpectPassiveReply { expires_at: Instant },
+    /// Converted: the server's leg is dialed; waiting for the transfer
+    /// command's first reply to dial the client's.
+    ExpectTransfer { expires_at: Instant },
+    /// Accepted (converted: the client's leg dialed); waiting for the
+    /// foreign-source connect.
     ExpectConnect { expires_at: Instant },
     /// Both legs up; waiting for `Relayed`. `idle_at`: last byte moved plus
     /// `data_idle_timeout`.
@@ -79,6 +86,8 @@ pub(super) struct DataChan {
     /// The last byte counts the shell reported.
     pub(super) to_client: u64,
     pub(super) to_server: u64,
+    /// Set for a channel the gateway connects both legs of (`convert.rs`).
+    pub(super) conversion: Option<super::convert::Conversion>,
     /// The transfer command using this channel, once bound.
     pub(super) command: Option<TransferCommand>,
     /// The server's final reply to that command.
@@ -94,6 +103,8 @@ impl DataChan {
         match self.state {
             DataState::ExpectListening { expires_at }
             | DataState::ExpectAccept { expires_at }
+            | DataState::ExpectPassiveReply { expires_at }
+            | DataState::ExpectTransfer { expires_at }
             | DataState::ExpectConnect { expires_at } => Some(expires_at),
             DataState::Relaying { idle_at } => Some(idle_at),
             DataState::Done => None,
@@ -111,7 +122,20 @@ impl DataChan {
 
     /// Not connected to anyone yet: a new data command may replace it.
     pub(super) fn is_unused(&self) -> bool {
-        matches!(self.state, DataState::ExpectListening { .. } | DataState::ExpectAccept { .. })
+        matches!(
+            self.state,
+            DataState::ExpectListening { .. }
+                | DataState::ExpectAccept { .. }
+                | DataState::ExpectPassiveReply { .. }
+                | DataState::ExpectTransfer { .. }
+        )
+    }
+
+    /// A live connection exists: a cut resets it. Beside the states of
+    /// [`is_connecting_or_relaying`](Self::is_connecting_or_relaying), a
+    /// converted channel's server leg dialed before the transfer starts.
+    pub(super) fn has_live_leg(&self) -> bool {
+        self.is_connecting_or_relaying() || matches!(self.state, DataState::ExpectTransfer { .. })
     }
 
     /// Active mode, listening for the server's connection, which has not
@@ -165,6 +189,24 @@ impl Session {
         accept_from: IpAddr,
         remote_port: u16,
     ) -> Option<DataId> {
+        let id = self.new_data(now, mode, local, accept_from, remote_port)?;
+        let peer = self.data.get(&id).map_or(Side::Client, DataChan::peer_side);
+        self.actions.push_back(Action::Listen { data: id, local, accept_from, peer });
+        self.actions.push_back(Action::Audit(AuditEvent::DataOpened { data: id, mode, local, accept_from }));
+        Some(id)
+    }
+
+    /// A new data channel, current from now on, in `ExpectListening`.
+    /// Channels that have not started relaying are closed first; `None` if
+    /// the cap is still reached.
+    pub(super) fn new_data(
+        &mut self,
+        now: Instant,
+        mode: DataMode,
+        local: SocketAddr,
+        accept_from: IpAddr,
+        remote_port: u16,
+    ) -> Option<DataId> {
         self.retire_idle_data(now);
         if self.data.values().filter(|d| !d.is_closed()).count() >= self.config.max_data_channels {
             return None;
@@ -190,15 +232,13 @@ impl Session {
             relayed: false,
             to_client: 0,
             to_server: 0,
+            conversion: None,
             command: None,
             final_code: None,
             final_dropped: false,
         };
-        let peer = chan.peer_side();
         self.data.insert(id, chan);
         self.set_current_data(Some(id));
-        self.actions.push_back(Action::Listen { data: id, local, accept_from, peer });
-        self.actions.push_back(Action::Audit(AuditEvent::DataOpened { data: id, mode, local, accept_from }));
         Some(id)
     }
 
@@ -275,7 +315,8 @@ impl Session {
 
     pub(super) fn on_connected(&mut self, now: Instant, data: DataId, local: SocketAddr) {
         let Some(ch) = self.data.get_mut(&data) else { return };
-        if !matches!(ch.state, DataState::ExpectConnect { .. }) {
+        // A converted channel's legs report `Dialed`, both of them.
+        if !matches!(ch.state, DataState::ExpectConnect { .. }) || ch.conversion.is_some() {
             return;
         }
         ch.outbound_leg = ch.connect_to.map(|peer| DataLeg { peer, local });
@@ -365,9 +406,10 @@ impl Session {
             .filter(|d| d.deadline().is_some_and(|t| t <= now))
             .filter_map(|d| {
                 let why = match d.state {
-                    DataState::ExpectListening { .. } | DataState::ExpectAccept { .. } => {
-                        TransferFailure::AcceptTimeout
-                    }
+                    DataState::ExpectListening { .. }
+                    | DataState::ExpectAccept { .. }
+                    | DataState::ExpectPassiveReply { .. }
+                    | DataState::ExpectTransfer { .. } => TransferFailure::AcceptTimeout,
                     DataState::ExpectConnect { .. } => TransferFailure::ConnectTimeout,
                     DataState::Relaying { .. } => TransferFailure::DataIdle,
                     DataState::Done => return None,
@@ -399,7 +441,7 @@ impl Session {
         if let Some(ch) = self.data.get_mut(&data) {
             if !ch.is_closed() {
                 ch.cut = Some(cut);
-                if ch.is_connecting_or_relaying() {
+                if ch.has_live_leg() {
                     // A FIN would tell the peer its data was complete.
                     self.actions.push_back(Action::ResetData { data });
                 }
@@ -452,7 +494,12 @@ impl Session {
         if !ch.is_closed() {
             ch.state = DataState::Done;
             ch.ended_at.get_or_insert(now);
-            self.actions.push_back(Action::CloseData { data });
+            // A converted channel exists in the shell from its first Dial
+            // on (`Action::Dial`); before it there is nothing to close.
+            let in_shell = ch.conversion.is_none() || ch.connect_to.is_some();
+            if in_shell {
+                self.actions.push_back(Action::CloseData { data });
+            }
         }
         self.finish(data, None);
     }
@@ -464,7 +511,7 @@ impl Session {
         if let Some(ch) = self.data.get_mut(&data) {
             if !ch.is_closed() {
                 ch.cut = Some(cut);
-                if ch.is_connecting_or_relaying() {
+                if ch.has_live_leg() {
                     self.actions.push_back(Action::ResetData { data });
                 }
             }

@@ -5,7 +5,9 @@
 //! `control.rs` pairs commands with replies; `data.rs` runs the data
 //! channels; `tests.rs` has one transcript per rule.
 
+mod access;
 mod control;
+mod convert;
 mod data;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -22,6 +24,7 @@ use crate::audit::{AbortCause, AuditEvent, TransferFailure};
 use crate::line::LineReader;
 use crate::policy::Config;
 use crate::reply::{Reply, ReplyAssembler};
+use crate::rules::Decision;
 
 /// One end of the control connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -115,6 +118,15 @@ pub enum Input<'a> {
         /// The transfer's audit record names it.
         local: SocketAddr,
     },
+    /// A connect asked for with `Action::Dial` completed.
+    Dialed {
+        /// The data channel.
+        data: DataId,
+        /// Which leg: toward the client or toward the server.
+        leg: Side,
+        /// The address the connection was made from (getsockname()).
+        local: SocketAddr,
+    },
     /// A data channel step failed. The shell has released what that step held.
     Failed {
         /// The data channel.
@@ -200,6 +212,22 @@ pub enum Action {
     Connect {
         /// The data channel.
         data: DataId,
+        /// Source address (foreign, IP_TRANSPARENT); port 0: any port.
+        local: SocketAddr,
+        /// Destination.
+        remote: SocketAddr,
+    },
+    /// Open one leg of a data channel whose two legs the gateway both
+    /// connects (`server-data = "passive"` for a client in active mode):
+    /// connect from the foreign address `local` to `remote`, toward `leg`'s
+    /// side. Report `Dialed` or `Failed { step: Connect }`. The first
+    /// `Dial` of a channel opens it in the shell, as `Listen` does for the
+    /// others; `Relay` follows once both legs are up.
+    Dial {
+        /// The data channel.
+        data: DataId,
+        /// Which side the connection goes to.
+        leg: Side,
         /// Source address (foreign, IP_TRANSPARENT); port 0: any port.
         local: SocketAddr,
         /// Destination.
@@ -348,6 +376,10 @@ pub struct Session {
     started_at: Instant,
     /// What its transfer records added up to, for its end record.
     totals: Totals,
+    /// The access rules' decision in force (`access.rs`).
+    decision: Decision,
+    /// The last USER was denied by policy: its PASS is answered here.
+    user_denied: bool,
 }
 
 /// A session's transfers, summed for its end record.
@@ -375,7 +407,11 @@ impl Session {
     /// A session for a control connection just accepted; the shell is
     /// connecting to `ends.server` from `ends.client`.
     pub fn new(config: Arc<Config>, ends: ControlEnds, now: Instant) -> Self {
+        let facts = crate::rules::Facts { client: ends.client.ip(), server: ends.server, user: None };
+        let decision = config.policy.decide(&facts);
         Self {
+            decision,
+            user_denied: false,
             phase: Phase::ExpectGreeting { expires_at: after(now, config.greeting_timeout) },
             idle_at: after(now, config.idle_timeout),
             readers: [LineReader::new(), LineReader::new()],
@@ -448,6 +484,7 @@ impl Session {
             Input::Listening { data, local } => self.on_listening(now, data, local),
             Input::Accepted { data, peer } => self.on_accepted(now, data, peer),
             Input::Connected { data, local } => self.on_connected(now, data, local),
+            Input::Dialed { data, leg, local } => self.on_dialed(now, data, leg, local),
             Input::Failed { data, step, error } => self.on_failed(now, data, step, error),
             Input::Relayed { data, to_client, to_server } => self.on_relayed(now, data, to_client, to_server),
             Input::Progress { data, to_client, to_server } => {

@@ -1,0 +1,284 @@
+//! The access rules and command profiles inside a session: which USER the
+//! server may hear of, and which commands may reach it at all.
+//!
+//! Read first: `crate::rules` (the pure decisions), RFC 959 §5.4 (the
+//! replies a refused command may get), LIFECYCLE.md "Policy".
+//!
+//! The session holds the [`Decision`] in force: the one made for its
+//! addresses at its start, replaced at every USER the rules allow, and
+//! back to the start's after a REIN. Every command goes through
+//! [`Session::policy_admits`] before the gateway's own protocol rules,
+//! which apply whatever a profile allows.
+
+use super::{printable, Action, Session};
+use crate::audit::{AuditEvent, PolicyStage};
+use crate::command::Command;
+use crate::rules::{self, Decision, Facts, Verdict};
+
+const REPLY_USER_DENIED: &str = "530 ftpgate: user denied by policy.\r\n";
+const REPLY_SESSION_DENIED: &str = "530 ftpgate: denied by policy; send USER.\r\n";
+const REPLY_USER_FIRST: &str = "503 Login with USER first.\r\n";
+
+impl Session {
+    /// The decision for this session's addresses and `user`.
+    pub(super) fn policy_decision(&self, user: Option<&[u8]>) -> Decision {
+        let facts = Facts { client: self.ends.client.ip(), server: self.ends.server, user };
+        self.config.policy.decide(&facts)
+    }
+
+    /// May this command go on to the protocol rules and the server? If
+    /// not, it is answered here and audited. A USER the rules allow makes
+    /// its decision the one in force.
+    pub(super) fn policy_admits(&mut self, line: &[u8], cmd: &Command<'_>) -> bool {
+        let verb = verb_of(line);
+        match *cmd {
+            Command::User(name) => {
+                let decision = self.policy_decision(Some(name));
+                if decision.action == rules::Action::Deny {
+                    // The server never hears the name; the PASS that
+                    // follows is answered here too, so neither is the
+                    // password.
+                    self.user_denied = true;
+                    self.policy_denied(PolicyStage::User, &decision, Some(name), None);
+                    self.reply_local(REPLY_USER_DENIED);
+                    return false;
+                }
+                self.user_denied = false;
+                self.decision = decision;
+                true
+            }
+            Command::Pass if self.user_denied => {
+                self.reply_local(REPLY_USER_FIRST);
+                false
+            }
+            _ => {
+                let reply = match self.decision.check(verb) {
+                    Verdict::Pass => return true,
+                    Verdict::NotAllowed => REPLY_SESSION_DENIED.to_string(),
+                    Verdict::Refused => format!("550 ftpgate: {} denied by policy.\r\n", upper(verb)),
+                    Verdict::Unknown => format!("502 ftpgate: {} not allowed by policy.\r\n", upper(verb)),
+                };
+                let decision = self.decision.clone();
+                self.policy_denied(PolicyStage::Command, &decision, None, Some(verb));
+                self.reply_local(&reply);
+                false
+            }
+        }
+    }
+
+    /// FTPS pass-through hides every later command: allowed only while
+    /// nothing the policy says depends on reading them (no profile or
+    /// conversion in force, and no rule a later USER could select).
+    pub(super) fn policy_allows_blind(&self) -> bool {
+        self.decision.profile.is_none()
+            && self.decision.server_data == rules::ServerData::Keep
+            && self.config.policy.rules.iter().all(|r| r.user.is_empty())
+    }
+
+    fn policy_denied(&mut self, stage: PolicyStage, d: &Decision, user: Option<&[u8]>, verb: Option<&[u8]>) {
+        let user = user.map(|u| printable(u, 64)).or_else(|| self.login.user.clone());
+        self.actions.push_back(Action::Audit(AuditEvent::PolicyDenied {
+            stage,
+            rule: d.rule.to_string(),
+            user,
+            verb: verb.map(upper),
+            profile: d.profile.as_ref().filter(|_| d.action == rules::Action::Allow).map(|p| p.name.clone()),
+        }));
+    }
+}
+
+/// The verb of a line that parsed as a command: 3 or 4 letters up to the
+/// first space.
+fn verb_of(line: &[u8]) -> &[u8] {
+    let end = line.iter().position(|&b| b == b' ').unwrap_or(line.len()).min(4);
+    &line[..end]
+}
+
+fn upper(verb: &[u8]) -> String {
+    printable(verb, 4).to_ascii_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::super::{Action, ControlEnds, Input, Session, Side};
+    use crate::audit::{AuditEvent, PolicyStage};
+    use crate::policy::Config;
+    use crate::rules::PolicySet;
+
+    fn session(policy: &str) -> Session {
+        session_with(policy, Config::default())
+    }
+
+    fn session_with(policy: &str, config: Config) -> Session {
+        let policy: PolicySet = toml::from_str(policy).unwrap();
+        policy.validate().unwrap();
+        let config = Config { policy, ..config };
+        let ends = ControlEnds {
+            client: "192.0.2.10:40000".parse().unwrap(),
+            server: "198.51.100.10:21".parse().unwrap(),
+        };
+        let mut s = Session::new(Arc::new(config), ends, Instant::now());
+        feed(&mut s, Side::Server, b"220 ready\r\n");
+        take(&mut s, Side::Client);
+        s
+    }
+
+    fn feed(s: &mut Session, from: Side, data: &[u8]) -> Vec<AuditEvent> {
+        s.handle_input(Instant::now(), Input::Received { from, data });
+        std::iter::from_fn(|| s.poll_action())
+            .filter_map(|a| match a {
+                Action::Audit(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn take(s: &mut Session, side: Side) -> String {
+        let out = String::from_utf8_lossy(s.pending(side)).into_owned();
+        s.consume(side, out.len());
+        out
+    }
+
+    const BOB_DENIED: &str = "[[rule]]\nname = \"no-bob\"\nuser = [\"bob\"]\naction = \"deny\"\n";
+
+    #[test]
+    fn relaying_denied_user_530_server_never_hears_name_or_password() {
+        let mut s = session(BOB_DENIED);
+        let audits = feed(&mut s, Side::Client, b"USER bob\r\nPASS secret\r\n");
+        assert_eq!(
+            take(&mut s, Side::Client),
+            "530 ftpgate: user denied by policy.\r\n503 Login with USER first.\r\n"
+        );
+        assert_eq!(take(&mut s, Side::Server), "");
+        assert_eq!(
+            audits,
+            vec![AuditEvent::PolicyDenied {
+                stage: PolicyStage::User,
+                rule: "no-bob".into(),
+                user: Some("bob".into()),
+                verb: None,
+                profile: None,
+            }]
+        );
+        // The session stays open for another USER.
+        feed(&mut s, Side::Client, b"USER anna\r\nPASS pw\r\n");
+        assert_eq!(take(&mut s, Side::Server), "USER anna\r\nPASS pw\r\n");
+        let audits = feed(&mut s, Side::Server, b"331 pw\r\n230 ok\r\n");
+        assert_eq!(take(&mut s, Side::Client), "331 pw\r\n230 ok\r\n");
+        assert_eq!(audits, vec![AuditEvent::LoggedIn { user: "anna".into() }]);
+        assert!(!s.is_closed());
+    }
+
+    #[test]
+    fn relaying_read_only_stor_550_never_forwarded_retr_passes() {
+        let mut s =
+            session("[[rule]]\nuser = [\"anonymous\"]\naction = \"allow\"\nprofile = \"read-only\"\n");
+        feed(&mut s, Side::Client, b"USER ftp\r\n");
+        feed(&mut s, Side::Server, b"230 ok\r\n");
+        take(&mut s, Side::Server);
+        take(&mut s, Side::Client);
+        let audits = feed(&mut s, Side::Client, b"STOR x\r\nDELE y\r\nsite chmod 777 z\r\nRETR f\r\n");
+        assert_eq!(take(&mut s, Side::Server), "RETR f\r\n");
+        assert_eq!(take(&mut s, Side::Client), "550 ftpgate: STOR denied by policy.\r\n550 ftpgate: DELE denied by policy.\r\n550 ftpgate: SITE denied by policy.\r\n");
+        assert_eq!(audits.len(), 3);
+        assert!(matches!(
+            &audits[0],
+            AuditEvent::PolicyDenied { stage: PolicyStage::Command, rule, user: Some(u), verb: Some(v), profile: Some(p) }
+                if rule == "rule 1" && u == "ftp" && v == "STOR" && p == "read-only"
+        ));
+    }
+
+    #[test]
+    fn relaying_local_policy_replies_keep_command_order() {
+        let mut s = session("[[rule]]\naction = \"allow\"\nprofile = \"no-site\"\n");
+        feed(&mut s, Side::Client, b"PWD\r\nSITE x\r\nSYST\r\n");
+        assert_eq!(take(&mut s, Side::Server), "PWD\r\nSYST\r\n");
+        assert_eq!(take(&mut s, Side::Client), "");
+        feed(&mut s, Side::Server, b"257 \"/\"\r\n215 UNIX\r\n");
+        assert_eq!(
+            take(&mut s, Side::Client),
+            "257 \"/\"\r\n550 ftpgate: SITE denied by policy.\r\n215 UNIX\r\n"
+        );
+    }
+
+    #[test]
+    fn relaying_user_allowed_by_its_rule_after_a_deny_for_the_network() {
+        let policy = "[[rule]]\nuser = [\"ops\"]\naction = \"allow\"\n[[rule]]\nclient = [\"192.0.2.0/24\"]\naction = \"deny\"\n";
+        let mut s = session(policy);
+        // Before USER nothing but USER and QUIT passes.
+        feed(&mut s, Side::Client, b"FEAT\r\nUSER anna\r\nPASS x\r\n");
+        assert_eq!(take(&mut s, Side::Server), "");
+        assert_eq!(
+            take(&mut s, Side::Client),
+            "530 ftpgate: denied by policy; send USER.\r\n530 ftpgate: user denied by policy.\r\n503 Login with USER first.\r\n"
+        );
+        feed(&mut s, Side::Client, b"USER ops\r\nPASS x\r\n");
+        assert_eq!(take(&mut s, Side::Server), "USER ops\r\nPASS x\r\n");
+    }
+
+    #[test]
+    fn logged_in_rein_returns_to_the_decision_before_user() {
+        let policy = "[[rule]]\nuser = [\"ops\"]\naction = \"allow\"\n[[rule]]\naction = \"deny\"\n";
+        let mut s = session(policy);
+        feed(&mut s, Side::Client, b"USER ops\r\n");
+        feed(&mut s, Side::Server, b"230 ok\r\n");
+        feed(&mut s, Side::Client, b"REIN\r\n");
+        feed(&mut s, Side::Server, b"220 again\r\n");
+        take(&mut s, Side::Server);
+        take(&mut s, Side::Client);
+        feed(&mut s, Side::Client, b"LIST\r\n");
+        assert_eq!(take(&mut s, Side::Server), "");
+        assert_eq!(take(&mut s, Side::Client), "530 ftpgate: denied by policy; send USER.\r\n");
+    }
+
+    #[test]
+    fn relaying_profile_allows_port_gateway_rules_still_refuse_bounce() {
+        let mut s = session("[[rule]]\naction = \"allow\"\nprofile = \"no-site\"\n");
+        feed(&mut s, Side::Client, b"USER anna\r\n");
+        feed(&mut s, Side::Server, b"230 ok\r\n");
+        take(&mut s, Side::Server);
+        take(&mut s, Side::Client);
+        feed(&mut s, Side::Client, b"PORT 203,0,113,5,156,64\r\n");
+        assert_eq!(take(&mut s, Side::Server), "");
+        assert!(take(&mut s, Side::Client).starts_with("501 "));
+    }
+
+    #[test]
+    fn relaying_policy_denials_neither_count_nor_end_a_refused_run() {
+        let config = Config { max_refused_lines: 3, ..Config::default() };
+        let mut s = session_with("[[rule]]\naction = \"allow\"\nprofile = \"no-site\"\n", config);
+        // Five denied commands: no 421, the session goes on.
+        let audits = feed(&mut s, Side::Client, b"SITE a\r\nSITE b\r\nSITE c\r\nSITE d\r\nSITE e\r\n");
+        assert_eq!(audits.len(), 5);
+        assert!(!s.is_closed());
+        // A refused line, a denial, a refused line: one run of two.
+        let audits = feed(&mut s, Side::Client, b"LPSV\r\nSITE f\r\nLPSV\r\nNOOP\r\n");
+        assert!(matches!(&audits[0], AuditEvent::PolicyDenied { .. }), "{audits:?}");
+        assert!(matches!(&audits[1], AuditEvent::RefusedLines { count: 2, .. }), "{audits:?}");
+        assert_eq!(take(&mut s, Side::Server), "NOOP\r\n");
+        // Interleaved denials do not dodge the cap on refused lines.
+        feed(&mut s, Side::Client, b"LPSV\r\nSITE g\r\nLPSV\r\nSITE h\r\nLPSV\r\n");
+        assert!(take(&mut s, Side::Client).ends_with("421 ftpgate: too many refused commands; closing.\r\n"));
+    }
+
+    #[test]
+    fn relaying_ftps_pass_through_refused_while_the_policy_judges_commands() {
+        let ftps = || Config { ftps: crate::policy::FtpsPolicy::PassThrough, ..Config::default() };
+        for policy in [
+            "[[rule]]\naction = \"allow\"\nprofile = \"no-site\"\n",
+            "[[rule]]\naction = \"allow\"\nserver-data = \"passive\"\n",
+            "[[rule]]\nuser = [\"root\"]\naction = \"deny\"\n",
+        ] {
+            let mut s = session_with(policy, ftps());
+            feed(&mut s, Side::Client, b"AUTH TLS\r\n");
+            assert_eq!(take(&mut s, Side::Server), "", "{policy}");
+            assert!(take(&mut s, Side::Client).starts_with("534 "), "{policy}");
+        }
+        let mut s = session_with("[[rule]]\nclient = [\"203.0.113.0/24\"]\naction = \"deny\"\n", ftps());
+        feed(&mut s, Side::Client, b"AUTH TLS\r\n");
+        assert_eq!(take(&mut s, Side::Server), "AUTH TLS\r\n");
+    }
+}
