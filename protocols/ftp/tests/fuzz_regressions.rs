@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ftpgate_proto::{Action, Config, ControlEnds, DataId, Input, Session, Side};
+use ftpgate_proto::{Action, AuditEvent, Config, ControlEnds, DataId, Input, Session, Side};
 
 fn ends() -> ControlEnds {
     ControlEnds { client: "192.0.2.10:40000".parse().unwrap(), server: "198.51.100.10:21".parse().unwrap() }
@@ -60,5 +60,67 @@ fn abor_while_227_waits_for_listener_releases_it_as_425() {
     assert_eq!(to_client, b"425 no data\r\n226 ABOR ok\r\n", "server replies stuck behind the hold");
 
     let (_, _, _) = step(&mut s, now, Input::Closed { from: Side::Client });
+    assert!(s.is_closed());
+}
+
+/// fuzz/seeds/session/crash-passive-cap-refusals-in-refused-run-regression:
+/// a refused client line, then the channel cap refuses two 229s answering
+/// PASVs forwarded before it, then the session ends. The core's records
+/// were right (the run's one `Refused` comes at the teardown; the two 229
+/// refusals answer lines the server saw); the fuzz driver counted the 229
+/// refusals as records of the run. This pins what the core does.
+#[test]
+fn passive_cap_refusals_inside_a_refused_run_are_not_line_records() {
+    fn audits(actions: &[Action]) -> Vec<(&'static str, String)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Audit(AuditEvent::Refused { side: Side::Client, rule, what, .. }) => {
+                    Some((*rule, what.clone()))
+                }
+                Action::Audit(AuditEvent::RefusedLines { .. }) => Some(("lines", String::new())),
+                _ => None,
+            })
+            .collect()
+    }
+    let now = Instant::now();
+    let config = Config { max_data_channels: 1, ..Config::default() };
+    let mut s = Session::new(Arc::new(config), ends(), now);
+    step(&mut s, now, Input::Received { from: Side::Server, data: b"220 ready\r\n" });
+    step(&mut s, now, Input::Received { from: Side::Server, data: b"230 ok\r\n" });
+    let (_, _, to_server) =
+        step(&mut s, now, Input::Received { from: Side::Client, data: b"PASV\r\nPASV\r\nPASV\r\n" });
+    assert_eq!(to_server, b"PASV\r\nPASV\r\nPASV\r\n");
+    let epsv = Input::Received { from: Side::Server, data: b"229 (|||50001|)\r\n" };
+    step(&mut s, now, epsv);
+    let local: SocketAddr = "198.51.100.10:50001".parse().unwrap();
+    step(&mut s, now, Input::Listening { data: DataId(0), local });
+    let peer: SocketAddr = "192.0.2.10:20000".parse().unwrap();
+    let (actions, _, _) = step(&mut s, now, Input::Accepted { data: DataId(0), peer });
+    assert!(matches!(actions[..], [Action::Connect { data: DataId(0), .. }]), "{actions:?}");
+
+    // The refused line: its record waits for the end of the run.
+    let (actions, _, to_server) =
+        step(&mut s, now, Input::Received { from: Side::Client, data: b"R150\r\n" });
+    assert!(audits(&actions).is_empty() && to_server.is_empty(), "{actions:?}");
+
+    // Two 229s the cap refuses: one record each, right away.
+    let mut to_client = Vec::new();
+    for _ in 0..2 {
+        let epsv = Input::Received { from: Side::Server, data: b"229 (|||50001|)\r\n" };
+        let (actions, out, _) = step(&mut s, now, epsv);
+        assert_eq!(audits(&actions), [("data-channel-cap", "229".to_string())]);
+        to_client.extend(out);
+    }
+    assert_eq!(
+        to_client,
+        b"425 ftpgate: passive reply refused by gateway policy.\r\n\
+          425 ftpgate: passive reply refused by gateway policy.\r\n\
+          500 Syntax error, command unrecognized.\r\n"
+    );
+
+    // The session ends: the run's one record, for R150.
+    let (actions, _, _) = step(&mut s, now, Input::Closed { from: Side::Client });
+    assert_eq!(audits(&actions), [("command-syntax", "R150".to_string())]);
     assert!(s.is_closed());
 }

@@ -75,7 +75,8 @@
 //!   client refusal records (the run's `Refused`/`RefusedLines`, then one
 //!   that ends the session: not FTP, line too long); a `RefusedLines` has
 //!   2..=`max_refused_lines` lines, and one of `max_refused_lines` closes
-//!   the session.
+//!   the session. Client-side `Refused` records that refuse no client line
+//!   are not counted (`refuses_a_client_line`).
 //! - `LoginFailed` never outnumbers the `530` replies the server sent.
 //! - The end: ticking far into the future (feeding `Timeout` while
 //!   `poll_timeout()` is due) closes every session, running relays
@@ -437,7 +438,11 @@ impl Driver {
                 }
                 self.blind = true;
             }
-            Action::Audit(AuditEvent::Refused { side: Side::Client, .. }) => self.refused(None),
+            Action::Audit(AuditEvent::Refused { side: Side::Client, rule, what, .. })
+                if refuses_a_client_line(rule, what) =>
+            {
+                self.refused(None)
+            }
             Action::Audit(AuditEvent::RefusedLines { count, .. }) => self.refused(Some(*count)),
             Action::Audit(AuditEvent::LoginFailed { .. }) => {
                 self.login_failed += 1;
@@ -785,6 +790,18 @@ pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
         }
     };
     (config, ends)
+}
+
+/// Whether a client-side `Refused` record is about a client line (and so
+/// belongs to a run of refused lines, or ends the session). Two are not:
+/// the channel cap refusing a server's 227/229 (`what` is the reply code;
+/// the PASV/EPSV it answers reached the server, so it neither starts nor
+/// ends a run, and any number of them may fall inside one run), and a data
+/// byte the wrong way (`data-direction`, from the relay). A PORT/EPRT the
+/// cap refuses is a refused line: its `what` is the command line.
+fn refuses_a_client_line(rule: &str, what: &str) -> bool {
+    let passive_reply = rule == "data-channel-cap" && matches!(what, "227" | "229");
+    !(passive_reply || rule == "data-direction")
 }
 
 pub fn run(data: &[u8]) {

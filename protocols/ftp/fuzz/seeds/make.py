@@ -213,6 +213,16 @@ seeds["session"]["crash-held-226-dropped-at-teardown-regression"] = (
     b"S220\nS230\nCPASV\nS227 (198,51,100,10,195,80)\nL\x00\x00\x00\x00CRETR x\n"
     b"A\x00\x00\x00K\x00S150 ok\nS226 ok\nSxyz\n")
 
+# A refused line, then the channel cap refusing two 229s (answers to
+# PASVs forwarded before it), then the run's record at the teardown: the
+# core is right (one record for the run); the driver counted the two 229
+# refusals as refused-line records (session_driver.rs refuses_a_client_line;
+# tests/fuzz_regressions.rs
+# passive_cap_refusals_inside_a_refused_run_are_not_line_records).
+seeds["session"]["crash-passive-cap-refusals-in-refused-run-regression"] = (
+    b"#\x00\x00S220\nS230\nCPASV\nCPASV\nCPASV\nS229 (|||50001|)\nL\x00\x00\x00\x00A\x00\x00\x00CR150\n"
+    b"S229 (|||50001|)\nS229 (|||50001|)\n")
+
 for target, files in seeds.items():
     d = os.path.join(HERE, target)
     os.makedirs(d, exist_ok=True)
