@@ -12,11 +12,9 @@
 //!   its rule and ATTACKS.md case (docs/audit.md).
 mod common;
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, text, Lab, Ns, Rules, GW_CLIENT_IP, SERVER_IP};
+use common::{repo_root, text, Lab, Rules, ScriptedServer, GW_CLIENT_IP};
 use serde_json::{Map, Value};
 
 fn hostile(lab: &Lab, args: &[&str]) -> String {
@@ -27,52 +25,7 @@ fn hostile(lab: &Lab, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
-/// lab/scripted_server.py in place of vsftpd (stopped first), with `flags`.
-/// Its PID file sits in the run directory, so `netns.sh down` stops it if
-/// this test dies.
-struct ScriptedServer {
-    child: Option<Child>,
-    report: PathBuf,
-}
-
 impl ScriptedServer {
-    fn start(lab: &Lab, flags: &[&str]) -> Self {
-        let servers = repo_root().join("lab/servers.sh");
-        let out = common::run_bounded(30, &[servers.to_str().unwrap(), "stop", &lab.name, "vsftpd"]);
-        assert!(out.status.success(), "stop vsftpd: {}", text(&out.stderr));
-        let report = lab.run.join("scripted-server.jsonl");
-        let stderr = fs::File::create(lab.run.join("scripted-server.err")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.ns(Ns::Server), "python3"])
-            .arg(repo_root().join("lab/scripted_server.py"))
-            .arg("--root")
-            .arg(lab.run.join("ftproot"))
-            .arg("--report")
-            .arg(&report)
-            .arg("--pidfile")
-            .arg(lab.run.join("scripted-server.pid"))
-            .args(["--listen", &format!("{SERVER_IP}:21"), "--lifetime", "120"])
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn lab/scripted_server.py");
-        let mut server = Self { child: Some(child), report };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = lab.exec(Ns::Server, 5, &["ss", "-Hltn", "sport = :21"]);
-            if text(&out.stdout).contains(&format!("{SERVER_IP}:21")) {
-                return server;
-            }
-            if let Some(st) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("scripted server exited at start ({st})");
-            }
-            assert!(Instant::now() < deadline, "scripted server did not listen within 10 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     /// The server's report, waiting (bounded) until it contains `needle`.
     fn report_with(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -82,23 +35,6 @@ impl ScriptedServer {
                 return r;
             }
             std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for ScriptedServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // our own child, by PID
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
         }
     }
 }

@@ -16,11 +16,9 @@
 //!   and a `failed` record whose reason names the idle deadline.
 mod common;
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, text, Lab, Ns, Rules, TransferMode, TransferRecord, SERVER_IP};
+use common::{repo_root, text, Lab, Rules, ScriptedServer, TransferMode, TransferRecord};
 
 const KIB: usize = 1024;
 /// Where the scripted server cuts a download.
@@ -35,62 +33,7 @@ const UPLOAD: usize = 2 * 1024 * KIB + 999;
 
 // -- the scripted server (local helper; a harness version may replace it) --
 
-/// lab/scripted_server.py running in the server namespace in place of
-/// vsftpd, which is stopped by its PID file first. Its PID is also written
-/// to the run directory, so `netns.sh down` stops it if this test dies.
-struct ScriptedServer {
-    child: Option<Child>,
-    report: PathBuf,
-}
-
 impl ScriptedServer {
-    fn start(lab: &Lab, flags: &[&str]) -> Self {
-        let servers = repo_root().join("lab/servers.sh");
-        let out = common::run_bounded(30, &[servers.to_str().unwrap(), "stop", &lab.name, "vsftpd"]);
-        assert!(out.status.success(), "stop vsftpd: {}", text(&out.stderr));
-        let report = lab.run.join("scripted-server.jsonl");
-        let _ = fs::remove_file(&report);
-        let script = repo_root().join("lab/scripted_server.py");
-        let root = lab.run.join("ftproot");
-        let pidfile = lab.run.join("scripted-server.pid");
-        let stderr = fs::File::create(lab.run.join("scripted-server.err")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.ns(Ns::Server), "python3"])
-            .arg(&script)
-            .arg("--root")
-            .arg(&root)
-            .arg("--report")
-            .arg(&report)
-            .arg("--pidfile")
-            .arg(&pidfile)
-            .args(["--listen", &format!("{SERVER_IP}:21"), "--lifetime", "150"])
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn lab/scripted_server.py");
-        let mut server = Self { child: Some(child), report };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = lab.exec(Ns::Server, 5, &["ss", "-Hltn", "sport = :21"]);
-            if text(&out.stdout).contains(&format!("{SERVER_IP}:21")) {
-                return server;
-            }
-            if let Some(st) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "scripted server exited at start ({st}): {}",
-                    fs::read_to_string(lab.run.join("scripted-server.err")).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "scripted server did not listen on {SERVER_IP}:21 within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     /// The server's record of every transfer with `cmd` (one JSON object per
     /// line), waiting a bounded time for at least `min` of them: a stalled
     /// RETR is recorded only when its data connection ends.
@@ -107,14 +50,6 @@ impl ScriptedServer {
                 return found;
             }
             std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for ScriptedServer {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            common::stop_child(child);
         }
     }
 }

@@ -11,12 +11,8 @@
 //! passive mode before any opens its data connection, so both expectations
 //! are on ftpgate's listener at once.
 mod common;
+use common::{repo_root, text, Lab, Ns, Rules, ScriptedServer, TransferMode, CLIENT_IP, SERVER_IP};
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use common::{repo_root, text, Lab, Ns, Rules, TransferMode, CLIENT_IP, SERVER_IP};
 
 /// The one passive port the scripted server announces to everyone.
 const SHARED_PORT: u16 = 40123;
@@ -31,59 +27,7 @@ const SIZE_B: usize = 5 * 1024 * 1024 + 777;
 
 // -- the scripted server (a local helper, as in tests/integrity.rs) ----------
 
-/// lab/scripted_server.py in the server namespace in place of vsftpd (which
-/// is stopped first); its PID file in the run directory lets `netns.sh
-/// down` stop it if this test dies.
-struct ScriptedServer {
-    child: Option<Child>,
-    report: PathBuf,
-}
-
 impl ScriptedServer {
-    fn start(lab: &Lab, flags: &[&str]) -> Self {
-        let servers = repo_root().join("lab/servers.sh");
-        let out = common::run_bounded(30, &[servers.to_str().unwrap(), "stop", &lab.name, "vsftpd"]);
-        assert!(out.status.success(), "stop vsftpd: {}", text(&out.stderr));
-        let report = lab.run.join("scripted-server.jsonl");
-        let _ = fs::remove_file(&report);
-        let stderr = fs::File::create(lab.run.join("scripted-server.err")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.ns(Ns::Server), "python3"])
-            .arg(repo_root().join("lab/scripted_server.py"))
-            .arg("--root")
-            .arg(lab.run.join("ftproot"))
-            .arg("--report")
-            .arg(&report)
-            .arg("--pidfile")
-            .arg(lab.run.join("scripted-server.pid"))
-            .args(["--listen", &format!("{SERVER_IP}:21"), "--lifetime", "150"])
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn lab/scripted_server.py");
-        let mut server = Self { child: Some(child), report };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = lab.exec(Ns::Server, 5, &["ss", "-Hltn", "sport = :21"]);
-            if text(&out.stdout).contains(&format!("{SERVER_IP}:21")) {
-                return server;
-            }
-            if let Some(st) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "scripted server exited at start ({st}): {}",
-                    fs::read_to_string(lab.run.join("scripted-server.err")).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "scripted server did not listen on {SERVER_IP}:21 within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     /// The server's report lines whose "cmd" is `cmd`.
     fn reported(&self, cmd: &str) -> Vec<String> {
         fs::read_to_string(&self.report)
@@ -92,23 +36,6 @@ impl ScriptedServer {
             .filter(|l| json_raw(l, "cmd").as_deref() == Some(cmd))
             .map(str::to_string)
             .collect()
-    }
-}
-
-impl Drop for ScriptedServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // our own child, by PID
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if c.try_wait().ok().flatten().is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
     }
 }
 

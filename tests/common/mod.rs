@@ -152,6 +152,75 @@ pub fn stop_child(mut child: Child) {
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// lab/scripted_server.py in place of vsftpd (stopped first), with `flags`:
+/// a scripted FTP server for what real servers won't do on demand (reset a
+/// RETR, stall, echo after AUTH, one passive port for every session). Its
+/// PID file sits in the run directory, so `netns.sh down` stops it if the
+/// test dies; each transfer adds one JSON line to `report`.
+pub struct ScriptedServer {
+    child: Option<Child>,
+    pub report: PathBuf,
+}
+
+impl ScriptedServer {
+    pub fn start(lab: &Lab, flags: &[&str]) -> Self {
+        let servers = repo_root().join("lab/servers.sh");
+        let out = run_bounded(30, &[servers.to_str().unwrap(), "stop", &lab.name, "vsftpd"]);
+        assert!(out.status.success(), "stop vsftpd: {}", text(&out.stderr));
+        let report = lab.run.join("scripted-server.jsonl");
+        let _ = fs::remove_file(&report);
+        let stderr = fs::File::create(lab.run.join("scripted-server.err")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(Ns::Server), "python3"])
+            .arg(repo_root().join("lab/scripted_server.py"))
+            .arg("--root")
+            .arg(lab.run.join("ftproot"))
+            .arg("--report")
+            .arg(&report)
+            .arg("--pidfile")
+            .arg(lab.run.join("scripted-server.pid"))
+            .args(["--listen", &format!("{SERVER_IP}:21"), "--lifetime", "150"])
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn lab/scripted_server.py");
+        let mut server = Self { child: Some(child), report };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = lab.exec(Ns::Server, 5, &["ss", "-Hltn", "sport = :21"]);
+            if text(&out.stdout).contains(&format!("{SERVER_IP}:21")) {
+                return server;
+            }
+            if let Some(st) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "scripted server exited at start ({st}): {}",
+                    fs::read_to_string(lab.run.join("scripted-server.err")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scripted server did not listen on {SERVER_IP}:21 within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the server has reported so far.
+    pub fn report_text(&self) -> String {
+        fs::read_to_string(&self.report).unwrap_or_default()
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            stop_child(child);
+        }
+    }
+}
+
 /// Run `cmd` with a hard time limit (timeout(1), SIGKILL 5 s later).
 pub fn run_bounded(secs: u64, argv: &[&str]) -> Output {
     let out = Command::new("timeout")
