@@ -637,6 +637,13 @@ const DOOMED_IP: &str = "192.0.2.41";
 /// enough that a kill lands in the middle (socket buffers on the way hold
 /// several MiB).
 const SLOW: u64 = 1_000_000;
+/// Size of a download that must still be running when its server is
+/// killed. The path holds more than 20 MB in flight (the server's send
+/// buffer, the gateway's receive and send buffers and pipe, the client's
+/// receive buffer, all autotuned): with 24 MB a server could write its
+/// whole file and its 226 before the kill, and the transfer was rightly
+/// complete. 96 MB keeps it running behind the 1 MB/s reader.
+const VICTIM_DOWNLOAD: usize = 96_000_000;
 
 /// An established TCP connection of a namespace (`ss -Htnp state
 /// established`: no state column) and the PIDs of the processes holding it.
@@ -762,8 +769,8 @@ fn server_session_processes_and_a_client_killed_mid_transfer_the_others_go_on() 
     let before = footprint(&lab, pid);
 
     let victims = vec![
-        slow_job(&lab, "victim-get-pasv", Client::Ftplib, false, "pasv", VICTIM_IP, 24_000_001),
-        slow_job(&lab, "victim-get-eprt", Client::Curl, false, "eprt", VICTIM_IP, 24_000_003),
+        slow_job(&lab, "victim-get-pasv", Client::Ftplib, false, "pasv", VICTIM_IP, VICTIM_DOWNLOAD + 1),
+        slow_job(&lab, "victim-get-eprt", Client::Curl, false, "eprt", VICTIM_IP, VICTIM_DOWNLOAD + 3),
         slow_job(&lab, "victim-put-port", Client::Ftplib, true, "port", VICTIM_IP, 24_000_005),
         slow_job(&lab, "victim-put-epsv", Client::Curl, true, "epsv", VICTIM_IP, 24_000_007),
     ];
@@ -777,7 +784,7 @@ fn server_session_processes_and_a_client_killed_mid_transfer_the_others_go_on() 
     for job in &jobs {
         job.create(&lab);
     }
-    lab.server_file("doomed.bin", 24_000_023);
+    lab.server_file("doomed.bin", VICTIM_DOWNLOAD + 23);
     let doomed_out = lab.client_path("dl-doomed.bin");
     let load = start_load(&lab, "chaos", &jobs, 100);
     let doomed = Command::new("timeout")
@@ -891,7 +898,7 @@ fn server_session_killed_whole_mid_transfer_client_sees_reset_and_the_end() {
     let pid = gateway_pid(&lab);
     let before = footprint(&lab, pid);
     let jobs = vec![
-        slow_job(&lab, "gone-get-pasv", Client::Ftplib, false, "pasv", VICTIM_IP, 24_000_031),
+        slow_job(&lab, "gone-get-pasv", Client::Ftplib, false, "pasv", VICTIM_IP, VICTIM_DOWNLOAD + 31),
         slow_job(&lab, "gone-put-port", Client::Ftplib, true, "port", VICTIM_IP, 24_000_033),
         slow_job(&lab, "stays-get-port", Client::Ftplib, false, "port", CLIENT_IP, 6_000_037),
     ];
