@@ -667,9 +667,14 @@ impl Conn {
 /// `[::ffff:192.0.2.40]:21` as `192.0.2.40:21`: the lab's vsftpd listens
 /// on `[::]:21` dual-stack, so ss shows its IPv4 peers mapped.
 fn unmapped(addr: &str) -> String {
-    match addr.strip_prefix("[::ffff:").and_then(|a| a.split_once("]:")) {
-        Some((ip, port)) if ip.contains('.') => format!("{ip}:{port}"),
-        _ => addr.to_string(),
+    let Some((ip, port)) = addr.strip_prefix('[').and_then(|a| a.split_once("]:")) else {
+        return addr.to_string();
+    };
+    let v4 = common::unmapped(ip);
+    if v4 == ip {
+        addr.to_string()
+    } else {
+        format!("{v4}:{port}")
     }
 }
 

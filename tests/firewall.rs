@@ -14,15 +14,11 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::{repo_root, text, Lab, Rules, ScriptedServer, GW_CLIENT_IP};
+use common::{text, Lab, Rules, ScriptedServer, GW_CLIENT_IP};
 use serde_json::{Map, Value};
 
 fn hostile(lab: &Lab, args: &[&str]) -> String {
-    let script = repo_root().join("lab/hostile_client.py");
-    let mut argv = vec!["python3", script.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    let out = lab.client_ok(90, &argv);
-    text(&out.stdout)
+    common::hostile_client(lab, 90, args)
 }
 
 impl ScriptedServer {

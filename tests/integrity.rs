@@ -18,7 +18,7 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::{repo_root, text, Lab, Rules, ScriptedServer, TransferMode, TransferRecord};
+use common::{json_raw, repo_root, text, Lab, Rules, ScriptedServer, TransferMode, TransferRecord};
 
 const KIB: usize = 1024;
 /// Where the scripted server cuts a download.
@@ -66,21 +66,6 @@ fn scripted_client(lab: &Lab, args: &[&str]) -> String {
 }
 
 // -- small JSON and log readers (local helpers; the harness may grow its own)
-
-/// The raw value of `key` in a flat JSON object printed by Python's
-/// json.dumps (`"key": value`): a string without its quotes, or a number /
-/// true / false as written. Nested objects: pass the part of the text that
-/// holds the one wanted (see `split_then`).
-fn json_raw(obj: &str, key: &str) -> Option<String> {
-    let needle = format!("\"{key}\": ");
-    let rest = &obj[obj.find(&needle)? + needle.len()..];
-    if let Some(s) = rest.strip_prefix('"') {
-        // our values never contain an escaped quote
-        return Some(s[..s.find('"')?].to_string());
-    }
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim().to_string())
-}
 
 fn json_num(obj: &str, key: &str) -> Option<usize> {
     json_raw(obj, key)?.parse().ok()

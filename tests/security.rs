@@ -19,11 +19,7 @@ use std::time::{Duration, Instant};
 use common::{repo_root, text, Lab, Ns, Rules, TransferMode, SERVER_IP};
 
 fn hostile(lab: &Lab, args: &[&str]) -> String {
-    let script = repo_root().join("lab/hostile_client.py");
-    let mut argv = vec!["python3", script.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    let out = lab.client_ok(60, &argv);
-    text(&out.stdout)
+    common::hostile_client(lab, 60, args)
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! passive mode before any opens its data connection, so both expectations
 //! are on ftpgate's listener at once.
 mod common;
-use common::{repo_root, text, Lab, Ns, Rules, ScriptedServer, TransferMode, CLIENT_IP, SERVER_IP};
+use common::{json_raw, repo_root, text, Lab, Ns, Rules, ScriptedServer, TransferMode, CLIENT_IP, SERVER_IP};
 use std::fs;
 
 /// The one passive port the scripted server announces to everyone.
@@ -37,19 +37,6 @@ impl ScriptedServer {
             .map(str::to_string)
             .collect()
     }
-}
-
-/// The raw value of `key` in a flat JSON object printed by Python's
-/// json.dumps: a string without its quotes (our values hold no escaped
-/// quote), or a number / null as written.
-fn json_raw(obj: &str, key: &str) -> Option<String> {
-    let needle = format!("\"{key}\": ");
-    let rest = &obj[obj.find(&needle)? + needle.len()..];
-    if let Some(s) = rest.strip_prefix('"') {
-        return Some(s[..s.find('"')?].to_string());
-    }
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim().to_string())
 }
 
 // -- the scenario --------------------------------------------------------------

@@ -1065,9 +1065,18 @@ fn curl_mode_args(mode: Mode) -> Vec<&'static str> {
 }
 
 pub fn curl_get(lab: &Lab, mode: Mode, remote: &str, local: &str) {
-    let url = format!("ftp://{SERVER_IP}/pub/{remote}");
+    curl_download(lab, SERVER_IP, curl_mode_args(mode), remote, local);
+}
+
+pub fn curl_put(lab: &Lab, mode: Mode, local: &str, remote: &str) {
+    curl_upload(lab, SERVER_IP, curl_mode_args(mode), local, remote);
+}
+
+/// One curl download of /pub/`remote` from `server_ip` into `local`.
+fn curl_download(lab: &Lab, server_ip: &str, mode_args: Vec<&str>, remote: &str, local: &str) {
+    let url = format!("ftp://{}/pub/{remote}", url_host(server_ip));
     let mut argv = vec!["curl", "-sS", "--max-time", "30", "--connect-timeout", "10"];
-    argv.extend(curl_mode_args(mode));
+    argv.extend(mode_args);
     argv.extend(["-o", local, url.as_str()]);
     lab.client_ok(90, &argv);
     // curl does not create the output file for an empty download
@@ -1076,10 +1085,11 @@ pub fn curl_get(lab: &Lab, mode: Mode, remote: &str, local: &str) {
     }
 }
 
-pub fn curl_put(lab: &Lab, mode: Mode, local: &str, remote: &str) {
-    let url = format!("ftp://{SERVER_IP}/upload/{remote}");
+/// One curl upload of `local` to /upload/`remote` on `server_ip`.
+fn curl_upload(lab: &Lab, server_ip: &str, mode_args: Vec<&str>, local: &str, remote: &str) {
+    let url = format!("ftp://{}/upload/{remote}", url_host(server_ip));
     let mut argv = vec!["curl", "-sS", "--max-time", "30", "--connect-timeout", "10"];
-    argv.extend(curl_mode_args(mode));
+    argv.extend(mode_args);
     argv.extend(["-T", local, url.as_str()]);
     lab.client_ok(90, &argv);
 }
@@ -1087,11 +1097,26 @@ pub fn curl_put(lab: &Lab, mode: Mode, local: &str, remote: &str) {
 /// One lftp session: `gets` (remote in /pub, local) then `puts` (local,
 /// remote in /upload).
 pub fn lftp_session(lab: &Lab, passive: bool, gets: &[(&str, &str)], puts: &[(&str, &str)]) {
+    // PASV/PORT over IPv4, as most lftp users see it
+    lftp_run(lab, SERVER_IP, passive, "set ftp:prefer-epsv no; ", gets, puts);
+}
+
+/// One lftp session with the server at `server_ip`, `settings` added to the
+/// common ones.
+fn lftp_run(
+    lab: &Lab,
+    server_ip: &str,
+    passive: bool,
+    settings: &str,
+    gets: &[(&str, &str)],
+    puts: &[(&str, &str)],
+) {
     let mut script = format!(
         "set net:max-retries 1; set net:timeout 20; set net:reconnect-interval-base 1; \
-         set ftp:ssl-allow no; set ftp:passive-mode {}; set ftp:prefer-epsv no; \
-         set xfer:clobber yes; open -u anonymous,lab@example.org {SERVER_IP}; ",
-        if passive { "on" } else { "off" }
+         set ftp:ssl-allow no; set ftp:passive-mode {}; {settings}set xfer:clobber yes; \
+         open -u anonymous,lab@example.org ftp://{}; ",
+        if passive { "on" } else { "off" },
+        url_host(server_ip)
     );
     for (r, l) in gets {
         script.push_str(&format!("get /pub/{r} -o {l}; "));
@@ -1103,29 +1128,33 @@ pub fn lftp_session(lab: &Lab, passive: bool, gets: &[(&str, &str)], puts: &[(&s
     lab.client_ok(120, &["lftp", "-c", &script]);
 }
 
+/// lab/hostile_client.py in the client namespace with `args` (its first
+/// is the attack), bounded by `secs`; returns its JSON report.
+pub fn hostile_client(lab: &Lab, secs: u64, args: &[&str]) -> String {
+    let script = repo_root().join("lab/hostile_client.py");
+    let mut argv = vec!["python3", script.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    text(&lab.client_ok(secs, &argv).stdout)
+}
+
+/// The raw value of `key` in a flat JSON object printed by Python's
+/// json.dumps (`"key": value`): a string without its quotes (the lab's
+/// values hold no escaped quote), or a number / true / false / null as
+/// written. Nested objects: pass the part of the text that holds the one
+/// wanted.
+pub fn json_raw(obj: &str, key: &str) -> Option<String> {
+    let needle = format!("\"{key}\": ");
+    let rest = &obj[obj.find(&needle)? + needle.len()..];
+    if let Some(s) = rest.strip_prefix('"') {
+        return Some(s[..s.find('"')?].to_string());
+    }
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim().to_string())
+}
+
 /// One python ftplib session (lab/ftpclient.py); returns its JSON report.
 pub fn ftplib_session(lab: &Lab, passive: bool, gets: &[(&str, &str)], puts: &[(&str, &str)]) -> String {
-    let script = repo_root().join("lab/ftpclient.py");
-    let gets: Vec<(String, String)> =
-        gets.iter().map(|(r, l)| (format!("/pub/{r}"), l.to_string())).collect();
-    let puts: Vec<(String, String)> =
-        puts.iter().map(|(l, r)| (l.to_string(), format!("/upload/{r}"))).collect();
-    let mut argv: Vec<&str> = vec![
-        "python3",
-        script.to_str().unwrap(),
-        "--host",
-        SERVER_IP,
-        "--mode",
-        if passive { "passive" } else { "active" },
-    ];
-    for (r, l) in &gets {
-        argv.extend(["--get", r.as_str(), l.as_str()]);
-    }
-    for (l, r) in &puts {
-        argv.extend(["--put", l.as_str(), r.as_str()]);
-    }
-    let out = lab.client_ok(120, &argv);
-    text(&out.stdout)
+    ftplib_session_at(lab, SERVER_IP, passive, gets, puts)
 }
 
 /// The standard round trip of a scenario in one data mode: download an
@@ -1220,23 +1249,12 @@ fn curl_mode_args_any(mode: Mode) -> Vec<&'static str> {
 
 /// Like `curl_get`, from the server at `server_ip` (IPv4 or IPv6).
 pub fn curl_get_at(lab: &Lab, server_ip: &str, mode: Mode, remote: &str, local: &str) {
-    let url = format!("ftp://{}/pub/{remote}", url_host(server_ip));
-    let mut argv = vec!["curl", "-sS", "--max-time", "30", "--connect-timeout", "10"];
-    argv.extend(curl_mode_args_any(mode));
-    argv.extend(["-o", local, url.as_str()]);
-    lab.client_ok(90, &argv);
-    if !Path::new(local).exists() {
-        fs::write(local, b"").unwrap();
-    }
+    curl_download(lab, server_ip, curl_mode_args_any(mode), remote, local);
 }
 
 /// Like `curl_put`, to the server at `server_ip` (IPv4 or IPv6).
 pub fn curl_put_at(lab: &Lab, server_ip: &str, mode: Mode, local: &str, remote: &str) {
-    let url = format!("ftp://{}/upload/{remote}", url_host(server_ip));
-    let mut argv = vec!["curl", "-sS", "--max-time", "30", "--connect-timeout", "10"];
-    argv.extend(curl_mode_args_any(mode));
-    argv.extend(["-T", local, url.as_str()]);
-    lab.client_ok(90, &argv);
+    curl_upload(lab, server_ip, curl_mode_args_any(mode), local, remote);
 }
 
 /// Like `lftp_session`, with the server at `server_ip`. Over IPv6 lftp
@@ -1249,21 +1267,7 @@ pub fn lftp_session_at(
     gets: &[(&str, &str)],
     puts: &[(&str, &str)],
 ) {
-    let mut script = format!(
-        "set net:max-retries 1; set net:timeout 20; set net:reconnect-interval-base 1; \
-         set ftp:ssl-allow no; set ftp:passive-mode {}; set xfer:clobber yes; \
-         open -u anonymous,lab@example.org ftp://{}; ",
-        if passive { "on" } else { "off" },
-        url_host(server_ip)
-    );
-    for (r, l) in gets {
-        script.push_str(&format!("get /pub/{r} -o {l}; "));
-    }
-    for (l, r) in puts {
-        script.push_str(&format!("put {l} -o /upload/{r}; "));
-    }
-    script.push_str("bye");
-    lab.client_ok(120, &["lftp", "-c", &script]);
+    lftp_run(lab, server_ip, passive, "", gets, puts);
 }
 
 /// Like `ftplib_session`, with the server at `server_ip` (ftplib uses
