@@ -22,7 +22,7 @@ use slog::{debug, error, info, warn, Logger};
 
 use crate::audit;
 use crate::limits::{Admit, DataChannels};
-use crate::listeners::{Arrival, Channel, ExpectError, Expectation, Handover, Listeners};
+use crate::listeners::{Arrival, Channel, ExpectError, Expectation, Handover, SharedListeners};
 use crate::metrics::{self, Step};
 use crate::relay::{self, Budget, Direction, Readiness, Relay, RelayStatus};
 use crate::tproxy;
@@ -85,6 +85,15 @@ impl fmt::Display for RegisterError {
 
 impl std::error::Error for RegisterError {}
 
+/// Where a new session lives: its key in the loop's slab, and its number
+/// in the process (the `session` log key), which a reused key does not
+/// repeat.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SessionRef {
+    pub(crate) key: usize,
+    pub(crate) serial: u64,
+}
+
 /// The owner of a token.
 #[derive(Debug)]
 pub(crate) struct Registration {
@@ -107,10 +116,12 @@ pub(crate) struct Ctx<'a> {
     /// Data channels open in all sessions, against the global cap. Every
     /// `DataChan` in a session was admitted here and is released in
     /// `close_data`, its one way out.
-    pub(crate) data_channels: &'a mut DataChannels,
+    pub(crate) data_channels: &'a DataChannels,
+    /// The event loop driving the session (`--workers`).
+    pub(crate) worker: usize,
     /// The daemon's data listeners, shared by the sessions that expect a
     /// connection on the same (address, port).
-    pub(crate) listeners: &'a mut Listeners,
+    pub(crate) listeners: &'a SharedListeners,
 }
 
 impl Ctx<'_> {
@@ -233,6 +244,10 @@ enum Fact {
 
 pub(crate) struct Conn {
     key: usize,
+    /// The session's number in the process (its `session` log key): a
+    /// slab key is reused, so a connection handed over by another loop
+    /// names this too.
+    serial: u64,
     pub(crate) client_ip: std::net::IpAddr,
     pub(crate) log: Logger,
     session: Session,
@@ -268,7 +283,7 @@ impl Conn {
     /// connect to the original destination. If the client's socket cannot
     /// join the event loop, the client gets a 421 and there is no session.
     pub(crate) fn start(
-        key: usize,
+        SessionRef { key, serial }: SessionRef,
         log: Logger,
         session: Session,
         mut client: TcpStream,
@@ -297,6 +312,7 @@ impl Conn {
         };
         let mut conn = Self {
             key,
+            serial,
             client_ip: ends.client.ip(),
             log,
             session,
@@ -382,7 +398,7 @@ impl Conn {
     /// channels; `drive` tells the core. Nothing is kept for a channel that
     /// is gone: the connection closes.
     pub(crate) fn hand_over(&mut self, handover: Handover) {
-        debug_assert_eq!(handover.channel.session, self.key);
+        debug_assert_eq!((handover.channel.session, handover.channel.serial), (self.key, self.serial));
         if let Some(chan) = self.chan(handover.channel.data) {
             chan.arrivals.push_back(handover.arrival);
         }
@@ -391,6 +407,16 @@ impl Conn {
     /// The session's key in the loop's slab.
     pub(crate) fn key(&self) -> usize {
         self.key
+    }
+
+    /// The session's number in the process.
+    pub(crate) fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// How the listener table names one of this session's data channels.
+    fn channel(&self, ctx: &Ctx<'_>, data: DataId) -> Channel {
+        Channel { worker: ctx.worker, session: self.key, serial: self.serial, data }
     }
 
     /// Feeds the daemon's shutdown to the session.
@@ -768,13 +794,9 @@ impl Conn {
             });
         }
         self.close_listener(ctx, data);
-        let expectation = Expectation {
-            channel: Channel { session: self.key, data },
-            accept_from,
-            peer,
-            log: self.log.clone(),
-        };
-        match ctx.listeners.expect(ctx.registry, local, expectation) {
+        let expectation =
+            Expectation { channel: self.channel(ctx, data), accept_from, peer, log: self.log.clone() };
+        match ctx.listeners.expect(local, expectation) {
             Ok(expected) => self.queue(Input::Listening { data, local: expected.local }),
             Err(ExpectError::Ambiguous) => {
                 // Told as the bind failure it stands for: the core listens
@@ -936,7 +958,7 @@ impl Conn {
     /// unless another session expects one there, and what was handed over
     /// but not yet judged closes.
     fn close_listener(&mut self, ctx: &mut Ctx<'_>, data: DataId) {
-        ctx.listeners.forget(ctx.registry, Channel { session: self.key, data });
+        ctx.listeners.forget(self.channel(ctx, data));
         if let Some(chan) = self.chan(data) {
             chan.arrivals.clear();
         }
