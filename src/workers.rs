@@ -21,7 +21,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -403,12 +403,12 @@ impl Daemon {
     /// Starts the loops and serves signals until every loop has ended.
     pub(crate) fn run(mut self) -> io::Result<()> {
         let mut running: Vec<Option<JoinHandle<io::Result<()>>>> = Vec::new();
+        let (ended, ends) = mpsc::channel();
         for (index, worker) in std::mem::take(&mut self.workers).into_iter().enumerate() {
-            let shared = self.shared.clone();
+            let guard = Ended { index, to: ended.clone(), shared: self.shared.clone() };
             let spawned = std::thread::Builder::new().name(format!("ftpgate-w{index}")).spawn(move || {
-                let result = worker.run();
-                let _ = shared.supervisor.wake();
-                result
+                let _guard = guard;
+                worker.run()
             });
             match spawned {
                 Ok(handle) => running.push(Some(handle)),
@@ -417,17 +417,21 @@ impl Daemon {
                     crit!(self.log, "cannot start an event loop"; "worker" => index, "error" => %e);
                     self.drain(Instant::now(), None);
                     // The spawn error is the one to report.
-                    let _ = self.supervise(running);
+                    let _ = self.supervise(running, &ends);
                     return Err(e);
                 }
             }
         }
-        self.supervise(running)
+        self.supervise(running, &ends)
     }
 
     /// Signals in, loops joined as they end. The first loop to fail
     /// drains the others: the daemon then exits with its error.
-    fn supervise(&mut self, mut running: Vec<Option<JoinHandle<io::Result<()>>>>) -> io::Result<()> {
+    fn supervise(
+        &mut self,
+        mut running: Vec<Option<JoinHandle<io::Result<()>>>>,
+        ends: &mpsc::Receiver<usize>,
+    ) -> io::Result<()> {
         let mut events = Events::with_capacity(8);
         let mut failed: Option<io::Error> = None;
         while running.iter().any(Option::is_some) {
@@ -440,11 +444,10 @@ impl Daemon {
             if events.iter().any(|e| e.token() == SIGNALS) {
                 self.on_signal();
             }
-            for (index, slot) in running.iter_mut().enumerate() {
-                if !slot.as_ref().is_some_and(JoinHandle::is_finished) {
-                    continue;
-                }
-                let outcome = match slot.take().map(JoinHandle::join) {
+            for index in ends.try_iter() {
+                // The loop has returned (or unwound): join() waits only
+                // for its thread to finish exiting.
+                let outcome = match running.get_mut(index).and_then(Option::take).map(JoinHandle::join) {
                     Some(Ok(result)) => result,
                     Some(Err(_)) => Err(io::Error::other("event loop panicked")),
                     None => continue,
@@ -498,6 +501,21 @@ impl Daemon {
             crate::metrics::get().control_listener_closed();
         }
         self.shared.request_drain(now + self.shared.settings().drain_timeout);
+    }
+}
+
+/// Tells the supervisor that a loop's thread is ending, when it returns
+/// or unwinds from a panic.
+struct Ended {
+    index: usize,
+    to: mpsc::Sender<usize>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.to.send(self.index);
+        let _ = self.shared.supervisor.wake();
     }
 }
 
