@@ -580,6 +580,33 @@ mod tests {
     }
 
     #[test]
+    fn data_channels_racing_loops_never_pass_the_cap() {
+        // Four event loops open at once: exactly `max` get in, and the
+        // episode has one first refusal however they interleave.
+        let d = DataChannels::new(100);
+        let (admitted, first_refusals) = std::thread::scope(|s| {
+            let loops: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (mut yes, mut first) = (0, 0);
+                        for _ in 0..1000 {
+                            match d.open() {
+                                Admit::Yes { .. } => yes += 1,
+                                Admit::No { first: true } => first += 1,
+                                Admit::No { first: false } => {}
+                            }
+                        }
+                        (yes, first)
+                    })
+                })
+                .collect();
+            loops.into_iter().map(|l| l.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        });
+        assert_eq!((admitted, first_refusals), (100, 1));
+        assert_eq!(d.open_now(), 100);
+    }
+
+    #[test]
     fn raise_nofile_reaches_the_hard_limit() {
         let got = raise_nofile().unwrap();
         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();

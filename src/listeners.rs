@@ -266,6 +266,14 @@ impl Listeners {
         self.table.entries.iter().any(|(_, e)| e.ready && e.worker == worker)
     }
 
+    /// Whether the channel still expects a connection. A connection that
+    /// another loop accepted for it may arrive after it stopped (it took
+    /// its one connection, or closed): it is then closed, as the ones
+    /// queued behind the first are when the hole closes.
+    pub(crate) fn expects(&self, channel: Channel) -> bool {
+        self.table.by_channel.contains_key(&channel)
+    }
+
     /// Open listeners (also the metrics' gauge).
     pub(crate) fn len(&self) -> usize {
         self.table.entries.len()

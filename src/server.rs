@@ -17,7 +17,7 @@ use slog::{debug, error, info, o, warn, Logger};
 
 use crate::conn::{Conn, Ctx, Registration, SessionRef};
 use crate::limits::{ClientKey, RateVerdict};
-use crate::listeners::Handover;
+use crate::listeners::{Arrival, Handover};
 use crate::logins;
 use crate::tproxy::{self, TproxyError};
 use crate::workers::{PauseCause, Shared, ACCEPT_PAUSE};
@@ -189,7 +189,7 @@ impl Worker {
                 if let (None, Some(until)) = (self.drain_until, self.shared.drain_requested()) {
                     self.drain(until, now);
                 }
-                let mail = self.shared.take_mail(self.index);
+                let mail = self.take_mail();
                 dirty.extend(self.deliver(mail));
             }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
@@ -265,6 +265,19 @@ impl Worker {
             self.shared.post(handover);
         }
         self.deliver(mine)
+    }
+
+    /// What other loops accepted for this loop's sessions, less the
+    /// connections whose channel stopped expecting one meanwhile (only
+    /// this loop's sessions forget their expectations, so the answer holds
+    /// until they are delivered).
+    fn take_mail(&self) -> Vec<Handover> {
+        let mut mail = self.shared.take_mail(self.index);
+        if !mail.is_empty() {
+            let table = self.shared.data_listeners.lock();
+            mail.retain(|h| matches!(h.arrival, Arrival::AcceptFailed(_)) || table.expects(h.channel));
+        }
+        mail
     }
 
     /// Gives each connection to its session. Returns the sessions to drive.
