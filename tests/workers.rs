@@ -10,7 +10,7 @@
 //! loops each round has an even chance.
 mod common;
 use common::{
-    curl_get, curl_put, json_raw, repo_root, text, Lab, Mode, Ns, Rules, ScriptedServer, CLIENT_IP,
+    curl_get, curl_put, json_raw, repo_root, text, Lab, Mode, Ns, Rules, ScriptedServer, CLIENT_IP, SERVER_IP,
 };
 use std::collections::BTreeSet;
 use std::fs;
@@ -34,12 +34,18 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 /// (client address, session, worker) of every `session start` in `lines`.
 fn session_starts(lines: &[&str]) -> Vec<(String, u64, u64)> {
+    session_starts_by(lines, "client")
+}
+
+/// Like `session_starts`, with the address of the `side` key (client or
+/// server).
+fn session_starts_by(lines: &[&str], side: &str) -> Vec<(String, u64, u64)> {
     lines
         .iter()
         .filter(|l| l.contains("INFO session start"))
         .map(|l| {
-            let client = field(l, "client").expect("client key");
-            let ip = client.rsplit_once(':').map_or(client, |(ip, _)| ip).to_string();
+            let addr = field(l, side).expect("address key");
+            let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip).to_string();
             let session = field(l, "session").and_then(|s| s.parse().ok()).expect("session key");
             let worker =
                 field(l, "worker").and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("no worker: {l}"));
@@ -140,6 +146,84 @@ fn two_workers_shared_passive_port_hands_the_connection_to_the_other_loop() {
         assert_ne!(to, from, "{}", passed[0]);
         assert!([wa, wb].contains(&to) && [wa, wb].contains(&from), "{}", passed[0]);
         let shared = lines.iter().find(|l| l.contains("data listener shared")).unwrap();
+        assert_eq!(field(shared, "accepting_worker"), Some(from.to_string().as_str()), "{shared}");
+        return;
+    }
+    panic!("in {ROUNDS} rounds the two sessions were always on one loop ({rounds_on_one_loop})");
+}
+
+/// A second FTP server, in the server namespace.
+const SERVER_B_IP: &str = "198.51.100.11";
+
+/// Two active-mode sessions from the client address, one to each server,
+/// both announcing the same client port: one data listener of ftpgate's on
+/// that foreign address, expecting a connection from each server.
+fn shared_active_round(lab: &Lab, port: u16) -> Vec<String> {
+    let before = lab.gateway_log().lines().count();
+    let script = repo_root().join("lab/shared_active_clients.py");
+    let specs = [
+        format!("{SERVER_IP}:pub/a.bin:{}", lab.client_path("a.bin")),
+        format!("{SERVER_B_IP}:pub/b.bin:{}", lab.client_path("b.bin")),
+    ];
+    let port = port.to_string();
+    let argv =
+        ["python3", script.to_str().unwrap(), "--src", CLIENT_IP, "--port", &port, &specs[0], &specs[1]];
+    let out = lab.client_ok(150, &argv);
+    let report = text(&out.stdout);
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 2, "one report per session: {report}\n{}", lab.diagnostics());
+    for (line, (name, size)) in lines.iter().zip([("a.bin", SIZE_A), ("b.bin", SIZE_B)]) {
+        assert_eq!(json_raw(line, "error").as_deref(), Some("null"), "{name}: {line}\n{}", lab.diagnostics());
+        assert!(json_raw(line, "port_reply").is_some_and(|f| f.starts_with("200")), "{name}: {line}");
+        assert!(json_raw(line, "final").is_some_and(|f| f.starts_with("226")), "{name}: {line}");
+        assert_eq!(json_raw(line, "bytes").and_then(|b| b.parse().ok()), Some(size), "{name}: {line}");
+        common::assert_same_file(name, &lab.pub_dir().join(name), &lab.client_dir().join(name));
+    }
+    lab.assert_no_data_listeners();
+    lab.gateway_log().lines().skip(before).map(str::to_string).collect()
+}
+
+#[test]
+fn two_workers_shared_active_port_hands_the_connection_to_the_other_loop() {
+    let mut lab = Lab::new("wkactive", Rules::Nft);
+    let out = lab.exec(Ns::Server, 10, &["ip", "addr", "add", &format!("{SERVER_B_IP}/24"), "dev", "eth0"]);
+    assert!(out.status.success(), "add {SERVER_B_IP}: {}", text(&out.stderr));
+    lab.start_gateway(&["--workers", "2"]);
+    let _server_a = ScriptedServer::start(&lab, &[]);
+    let _server_b = ScriptedServer::start_at(&lab, SERVER_B_IP, &[]);
+    lab.server_file("a.bin", SIZE_A);
+    lab.server_file("b.bin", SIZE_B);
+    let mut rounds_on_one_loop = 0;
+    for round in 0..ROUNDS as u16 {
+        // A port per round: no 4-tuple of an earlier round's data
+        // connections (and their TIME_WAIT) comes back.
+        let lines = shared_active_round(&lab, 40200 + round);
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let starts = session_starts_by(&lines, "server");
+        assert_eq!(starts.len(), 2, "{starts:?}");
+        let worker_of = |ip: &str| starts.iter().find(|s| s.0 == ip).map(|s| s.2).unwrap();
+        let (wa, wb) = (worker_of(SERVER_IP), worker_of(SERVER_B_IP));
+        assert_ok_record(&lines, "pub/a.bin", SIZE_A, wa);
+        assert_ok_record(&lines, "pub/b.bin", SIZE_B, wb);
+        let shared = lines
+            .iter()
+            .find(|l| l.contains("data listener shared") && l.contains("sessions: 2"))
+            .unwrap_or_else(|| panic!("the two sessions did not share one listener:\n{}", lines.join("\n")));
+        assert_eq!(field(shared, "peer_side"), Some("server"), "{shared}");
+        assert!(!lines.iter().any(|l| l.contains("data address rewritten")), "{}", lines.join("\n"));
+        let passed: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.contains("data connection passed to its session's event loop"))
+            .collect();
+        if wa == wb {
+            assert!(passed.is_empty(), "{passed:?}");
+            rounds_on_one_loop += 1;
+            continue;
+        }
+        assert_eq!(passed.len(), 1, "one connection crossed loops:\n{}", lines.join("\n"));
+        let to = field(passed[0], "to_worker").and_then(|w| w.parse::<u64>().ok()).expect("to_worker");
+        let from = field(passed[0], "worker").and_then(|w| w.parse::<u64>().ok()).expect("worker");
+        assert_ne!(to, from, "{}", passed[0]);
         assert_eq!(field(shared, "accepting_worker"), Some(from.to_string().as_str()), "{shared}");
         return;
     }
