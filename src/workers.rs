@@ -30,7 +30,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use slog::{crit, error, info, o, warn, Logger};
+use slog::{crit, error, info, warn, Logger};
 
 use crate::limits::{DataChannels, Rate, SessionRate};
 use crate::listeners::{Handover, Listeners, SharedListeners};
@@ -488,7 +488,7 @@ impl Daemon {
 
     /// Every loop stops accepting and drains its sessions.
     fn drain(&self, now: Instant, signo: Option<u32>) {
-        let log = self.log.new(o!());
+        let log = &self.log;
         match signo {
             Some(signal) => {
                 info!(log, "signal: draining"; "signal" => signal, "sessions" => self.shared.sessions())
