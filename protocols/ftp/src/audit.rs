@@ -70,8 +70,9 @@ pub enum TransferFailure {
     /// The server's final reply was 2xx, but no data connection was ever
     /// relayed for the transfer.
     NoDataConnection,
-    /// The server closed (or reset) the control connection before the
-    /// transfer's final reply: the server went away, the client did not
+    /// The server closed (or reset) the control connection, or announced
+    /// with `421` that it was closing it, before the transfer's final
+    /// reply: the server went away, the client did not
     /// give up. (A client close, ABOR or the gateway's shutdown is
     /// [`TransferResult::Aborted`].)
     ServerClosed,

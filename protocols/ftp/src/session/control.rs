@@ -568,11 +568,13 @@ impl Session {
 
     /// A 421 arrived behind a held reply (ATTACKS.md 18): close every data
     /// channel, which releases the held reply; deliver what the server said
-    /// before the 421, in order; then the 421 and the teardown.
+    /// before the 421, in order; then the 421 and the teardown. The server
+    /// is going away, as when it just closes: a transfer it cuts this way
+    /// failed, it was not aborted by anyone on purpose.
     fn server_closing(&mut self, now: Instant, reply: Reply) {
         let ids: Vec<DataId> = self.data.keys().copied().collect();
         for id in ids {
-            self.cut_data(now, id, Cut::Aborted(AbortCause::SessionEnded));
+            self.cut_data(now, id, Cut::Failed(TransferFailure::ServerClosed));
         }
         while let Some(earlier) = self.backlog.pop_front() {
             self.flush_local();
@@ -605,7 +607,9 @@ impl Session {
         }
         if code == Code::NOT_AVAILABLE {
             self.send_reply(&reply);
-            return self.teardown(Side::Client, "server closing (421)");
+            // The server is going away: a transfer it cuts failed.
+            let cut = Cut::Failed(TransferFailure::ServerClosed);
+            return self.teardown_cutting(Side::Client, "server closing (421)", cut);
         }
         if code.is_preliminary() {
             self.bind_front_transfer();
