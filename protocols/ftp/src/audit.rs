@@ -264,6 +264,11 @@ pub enum AuditEvent {
         /// The first offending line, printable and truncated; of a line
         /// that starts with `PASS`, only the verb.
         what: String,
+        /// Every rule that refused a line of the run, in the order first
+        /// used, with how many lines it refused; the counts add up to
+        /// `count`. A run may mix junk, LPSV and a bounce attempt: the
+        /// record names each, not only the first.
+        rules: Vec<(&'static str, usize)>,
     },
     /// The server answered a USER or PASS with `530` (RFC 2577 §5, ATTACKS.md 33).
     LoginFailed {

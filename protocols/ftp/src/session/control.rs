@@ -159,6 +159,9 @@ pub(crate) struct RefusedRun {
     rule: &'static str,
     attack: Option<u8>,
     what: String,
+    /// Each rule of the run with its count, in the order first used; few
+    /// entries at most, as there are few rules.
+    rules: Vec<(&'static str, usize)>,
 }
 
 /// A PORT/EPRT waiting for its listener before it is forwarded.
@@ -472,15 +475,22 @@ impl Session {
     /// make one record when the run ends; at `max_refused_lines` the
     /// session closes instead of answering.
     fn refuse_local(&mut self, v: Violation, line: &[u8], text: &str) {
-        let run = self.refused.get_or_insert_with(|| RefusedRun {
-            count: 0,
-            side: v.side(),
-            reason: v.reason(),
-            rule: v.rule(),
-            attack: v.attack(),
-            what: audit_text(line),
+        let run = self.refused.get_or_insert_with(|| {
+            Box::new(RefusedRun {
+                count: 0,
+                side: v.side(),
+                reason: v.reason(),
+                rule: v.rule(),
+                attack: v.attack(),
+                what: audit_text(line),
+                rules: Vec::new(),
+            })
         });
         run.count += 1;
+        match run.rules.iter_mut().find(|(rule, _)| *rule == v.rule()) {
+            Some((_, n)) => *n += 1,
+            None => run.rules.push((v.rule(), 1)),
+        }
         let max = self.config.max_refused_lines;
         if max > 0 && run.count >= max {
             self.flush_refused();
@@ -494,10 +504,10 @@ impl Session {
     /// `RefusedLines` for more.
     pub(super) fn flush_refused(&mut self) {
         let Some(run) = self.refused.take() else { return };
-        let RefusedRun { count, side, reason, rule, attack, what } = run;
+        let RefusedRun { count, side, reason, rule, attack, what, rules } = *run;
         let event = match count {
             1 => AuditEvent::Refused { side, reason, rule, attack, what },
-            count => AuditEvent::RefusedLines { side, count, reason, rule, attack, what },
+            count => AuditEvent::RefusedLines { side, count, reason, rule, attack, what, rules },
         };
         self.actions.push_back(Action::Audit(event));
     }

@@ -1288,7 +1288,8 @@ fn attack_10_relaying_junk_line_500_not_forwarded() {
             reason: "command syntax",
             rule: "command-syntax",
             attack: Some(10),
-            what: "".into()
+            what: "".into(),
+            rules: vec![("command-syntax", 2)],
         }]
     );
 }
@@ -1379,7 +1380,8 @@ fn attack_10_relaying_ten_refused_lines_close_with_one_record() {
                 reason: "LPRT/LPSV unsupported",
                 rule: "lprt-lpsv",
                 attack: Some(29),
-                what: "LPSV".into()
+                what: "LPSV".into(),
+                rules: vec![("lprt-lpsv", 9), ("command-syntax", 1)],
             },
             AuditEvent::SessionEnded {
                 reason: "too many refused lines",
