@@ -485,6 +485,7 @@ mod tests {
             "attack: 29",
             "reason: LPRT/LPSV unsupported",
             "what: LPSV",
+            "rules: lprt-lpsv:4,command-syntax:1",
         ] {
             assert!(line.contains(kv), "{kv:?} missing in {line}");
         }
@@ -567,8 +568,10 @@ mod tests {
             ("ftpgate_logins_total", 1.0),
             (r#"ftpgate_refusals_total{side="third-party",rule="port-theft"}"#, 1.0),
             (r#"ftpgate_refusals_total{side="client",rule="bounce"}"#, 1.0),
-            // A run of refused lines is one record and counts each line.
-            (r#"ftpgate_refusals_total{side="client",rule="lprt-lpsv"}"#, 5.0),
+            // A run of refused lines is one record and counts each line
+            // under the rule that refused it.
+            (r#"ftpgate_refusals_total{side="client",rule="lprt-lpsv"}"#, 4.0),
+            (r#"ftpgate_refusals_total{side="client",rule="command-syntax"}"#, 1.0),
             ("ftpgate_login_failures_total", 2.0),
             ("ftpgate_ftps_pass_through_total", 1.0),
             // Policy denials by stage, not by the operator's rule names.
