@@ -12,8 +12,10 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ftpgate_proto::rules::PolicySet;
 use ftpgate_proto::{Action, AuditEvent, ControlEnds, DataId, DataStep, Input, Session, Side};
 use mio::net::TcpStream;
 use mio::{event::Source, Interest, Registry, Token};
@@ -229,6 +231,8 @@ enum Fact {
     Received { from: Side, data: Vec<u8> },
     /// Any other fact: these borrow nothing.
     Input(Input<'static>),
+    /// Reloaded access rules (`Input::PolicyChanged` borrows them).
+    PolicyChanged(Arc<PolicySet>),
 }
 
 pub(crate) struct Conn {
@@ -398,6 +402,13 @@ impl Conn {
         self.tell(ctx, Input::Drain);
     }
 
+    /// Feeds reloaded access rules to the session: its next command
+    /// follows them (a running transfer goes on).
+    pub(crate) fn policy_changed(&mut self, ctx: &mut Ctx<'_>, policy: &Arc<PolicySet>) {
+        self.facts.push_back(Fact::PolicyChanged(Arc::clone(policy)));
+        self.feed_facts(ctx);
+    }
+
     /// When the loop must wake this session next.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         let blind = match &self.blind {
@@ -533,6 +544,9 @@ impl Conn {
                     self.session.handle_input(ctx.now, Input::Received { from: *from, data })
                 }
                 Fact::Input(input) => self.session.handle_input(ctx.now, *input),
+                Fact::PolicyChanged(policy) => {
+                    self.session.handle_input(ctx.now, Input::PolicyChanged { policy })
+                }
             }
             while self.broken.is_none() {
                 let Some(action) = self.session.poll_action() else { break };

@@ -58,7 +58,22 @@ fn server_answer(line: &[u8]) -> &'static [u8] {
 /// Drives a session with `script` cut into `cuts`, answering every line the
 /// server gets; returns those lines.
 fn run(policy: PolicySet, client: IpAddr, script: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
-    let config = Config { policy, ..Config::default() };
+    run_reloading(policy, None, client, script, cuts).0
+}
+
+/// As [`run`]; with `reload = Some((at, new))`, the rules become `new`
+/// once `at` bytes of the script were fed (mid-line, pipelined or not).
+/// Returns the lines the server got before the reload and after it.
+fn run_reloading(
+    policy: PolicySet,
+    reload: Option<(usize, PolicySet)>,
+    client: IpAddr,
+    script: &[u8],
+    cuts: &[usize],
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut reload = reload.map(|(at, new)| (at, Arc::new(new)));
+    let mut before = None;
+    let config = Config { policy: Arc::new(policy), ..Config::default() };
     let ends =
         ControlEnds { client: SocketAddr::new(client, 40000), server: "198.51.100.10:21".parse().unwrap() };
     let now = Instant::now();
@@ -85,15 +100,24 @@ fn run(policy: PolicySet, client: IpAddr, script: &[u8], cuts: &[usize]) -> Vec<
             s.handle_input(now, Input::Received { from: Side::Server, data: &answers });
             continue;
         }
+        if let Some((_, new)) = reload.take_if(|(at, _)| script.len() - rest.len() >= *at) {
+            before = Some(seen.len());
+            s.handle_input(now, Input::PolicyChanged { policy: &new });
+            continue;
+        }
         let budget = s.read_budget(Side::Client);
         if rest.is_empty() || budget == 0 || s.is_closed() {
             break;
         }
-        let n = (*cuts.next().unwrap_or(&1)).clamp(1, budget).min(rest.len());
+        let mut n = (*cuts.next().unwrap_or(&1)).clamp(1, budget).min(rest.len());
+        if let Some((at, _)) = &reload {
+            n = n.min(at - (script.len() - rest.len()));
+        }
         s.handle_input(now, Input::Received { from: Side::Client, data: &rest[..n] });
         rest = &rest[n..];
     }
-    seen
+    let after = seen.split_off(before.unwrap_or(seen.len()));
+    (seen, after)
 }
 
 fn script() -> impl Strategy<Value = Vec<u8>> {
@@ -142,6 +166,33 @@ proptest! {
         for line in run(policy, client, &script, &cuts) {
             prop_assert!(line.eq_ignore_ascii_case(b"QUIT"), "reached the server: {:?}", String::from_utf8_lossy(&line));
         }
+    }
+
+    /// A reload that denies the client's network, at any point of any
+    /// script (mid-line, pipelined, during a login or a REIN): no command
+    /// that comes after it reaches the server, not even QUIT (the session
+    /// ends with 421).
+    #[test]
+    fn reload_denying_the_client_network_no_later_command_reaches_the_server(
+        host in 0u8..=255,
+        profile in any::<bool>(),
+        script in script(),
+        at in any::<proptest::sample::Index>(),
+        cuts in proptest::collection::vec(1usize..64, 1..8),
+    ) {
+        let allow = Rule {
+            action: RuleAction::Allow,
+            profile: profile.then(|| "read-only".to_string()),
+            ..Rule::default()
+        };
+        let before = PolicySet { rules: vec![allow.clone()], ..PolicySet::default() };
+        let deny = Rule { client: vec![net("192.0.2.0/24")], action: RuleAction::Deny, ..Rule::default() };
+        let after = PolicySet { rules: vec![deny, allow], ..PolicySet::default() };
+        let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, host));
+        let at = at.index(script.len() + 1);
+        let (_, late) = run_reloading(before, Some((at, after)), client, &script, &cuts);
+        prop_assert!(late.is_empty(), "reached the server after the reload: {:?}",
+            late.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect::<Vec<_>>());
     }
 
     /// Under `read-only`, no write verb reaches the server, in any case,

@@ -38,6 +38,7 @@
 //! | `W` side n        | the socket takes n*64 bytes of `pending(side)` (0: all)            |
 //! | `B` side          | toggle "socket full" for that side (not written after each step)  |
 //! | `P` k             | the next drain stops after k actions (the rest stays queued)      |
+//! | `Y` k             | `PolicyChanged` (a reload): k bit 0 denies every client network; bit 1 `read-only`; bit 2 `server-data = "passive"` |
 //!
 //! `id`: < 0x80 picks among the ids the core has used (0 = newest); ≥ 0x80
 //! is the raw id `id & 0x7f`. Other bytes are skipped.
@@ -78,6 +79,9 @@
 //!   the session. Client-side `Refused` records that refuse no client line
 //!   are not counted (`refuses_a_client_line`).
 //! - `LoginFailed` never outnumbers the `530` replies the server sent.
+//! - Reload: while the last `PolicyChanged` fed denies every client
+//!   network, no byte more goes toward the server (a running session's
+//!   next command gets `421`).
 //! - The end: ticking far into the future (feeding `Timeout` while
 //!   `poll_timeout()` is due) closes every session, running relays
 //!   included (they meet the data idle deadline); then `Closed` from both
@@ -91,7 +95,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ftpgate_proto::rules::{Action as RuleAction, PolicySet, Rule, ServerData};
+use ftpgate_proto::rules::{Action as RuleAction, Net, PolicySet, Rule, ServerData};
 use ftpgate_proto::{
     Action, AuditEvent, Config, ControlEnds, DataId, DataStep, FtpsPolicy, Input, PassiveAddressPolicy,
     Session, Side, TransferFailure, TransferResult,
@@ -167,6 +171,8 @@ pub struct Driver {
     /// `530` reply lines the server sent; `LoginFailed` records seen.
     server_530: usize,
     login_failed: usize,
+    /// The last reload denied every client network.
+    denied_by_reload: bool,
 }
 
 fn i(side: Side) -> usize {
@@ -211,6 +217,7 @@ impl Driver {
             forwarded: 0,
             server_530: 0,
             login_failed: 0,
+            denied_by_reload: false,
         }
     }
 
@@ -278,8 +285,13 @@ impl Driver {
         // Lines that reached the server in this step: each ends a run of
         // refused lines, whose one record may come with it.
         let pending = self.session.pending(Side::Server);
-        self.forwarded +=
+        let lines =
             pending.get(pending_before[1]..).map_or(0, |new| new.iter().filter(|&&b| b == b'\n').count());
+        // Telnet answers (no line end) may still go to the server.
+        if self.denied_by_reload && lines > 0 {
+            self.fail("a command reached the server after a reload denied the client's network");
+        }
+        self.forwarded += lines;
         if !self.queued {
             if self.refusals > 2 + self.forwarded {
                 self.fail("more than one record for a run of refused lines");
@@ -685,6 +697,12 @@ impl Driver {
             }
             b'U' => self.feed(Input::ServerUnreachable { error: ErrorKind::ConnectionRefused }),
             b'D' => self.feed(Input::Drain),
+            b'Y' => {
+                let k = arg();
+                let policy = Arc::new(reload_policy(k));
+                self.denied_by_reload = k & 1 != 0;
+                self.feed(Input::PolicyChanged { policy: &policy });
+            }
             b'T' | b'+' => {
                 let d = arg();
                 let d = if d < 200 {
@@ -730,6 +748,24 @@ impl Driver {
     }
 }
 
+/// The rules a `Y` record reloads.
+fn reload_policy(k: u8) -> PolicySet {
+    let mut rules = Vec::new();
+    if k & 1 != 0 {
+        let all: [Net; 2] = ["0.0.0.0/0".parse().expect("a net"), "::/0".parse().expect("a net")];
+        rules.push(Rule { client: all.to_vec(), action: RuleAction::Deny, ..Rule::default() });
+    }
+    rules.push(Rule {
+        action: RuleAction::Allow,
+        server_data: if k & 4 != 0 { ServerData::Passive } else { ServerData::Keep },
+        profile: (k & 2 != 0).then(|| "read-only".to_string()),
+        ..Rule::default()
+    });
+    let policy = PolicySet { rules, ..PolicySet::default() };
+    policy.validate().expect("the fuzz policy is valid");
+    policy
+}
+
 pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
     let flags = header.first().copied().unwrap_or(0);
     let cap = header.get(1).copied().unwrap_or(0);
@@ -755,8 +791,9 @@ pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
                 profile: (p & 0x20 != 0).then(|| "read-only".to_string()),
                 ..Rule::default()
             };
-            config.policy = PolicySet { rules: vec![rule], ..PolicySet::default() };
-            config.policy.validate().expect("the fuzz policy is valid");
+            let policy = PolicySet { rules: vec![rule], ..PolicySet::default() };
+            policy.validate().expect("the fuzz policy is valid");
+            config.policy = Arc::new(policy);
         }
     }
     let t = if flags & 16 != 0 {

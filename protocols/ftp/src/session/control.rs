@@ -195,6 +195,7 @@ impl Session {
     pub(super) fn process_client(&mut self, now: Instant) {
         loop {
             if self.phase != Phase::Relaying
+                || self.closing_by_policy
                 || self.port_hold.is_some()
                 || self.server_eof
                 || self.pending.len() >= MAX_PENDING
@@ -673,6 +674,7 @@ impl Session {
             Some(Pending::Rein) => {
                 if code == Code::READY {
                     self.login = Login::default();
+                    self.policy_user = None;
                     self.decision = self.policy_decision(None);
                     self.epsv_all = false;
                     self.reset_data_setup(now);

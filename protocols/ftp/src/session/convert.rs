@@ -189,7 +189,7 @@ mod tests {
     /// Logged in as anna under `server-data = "passive"`.
     fn converted() -> Session {
         let policy = toml::from_str("[[rule]]\naction = \"allow\"\nserver-data = \"passive\"\n").unwrap();
-        let config = Config { policy, ..Config::default() };
+        let config = Config { policy: Arc::new(policy), ..Config::default() };
         let ends = ControlEnds { client: sa("192.0.2.10:40000"), server: sa("198.51.100.10:21") };
         let mut s = Session::new(Arc::new(config), ends, Instant::now());
         step(&mut s, Input::Received { from: Side::Server, data: b"220 ready\r\n" });
