@@ -293,7 +293,7 @@ impl File {
             self;
         if let Some(policy) = policy {
             // What serde cannot see: profiles named but not defined, verbs
-            // that are not verbs, server-data modes not implemented.
+            // that are not verbs, built-in profiles redefined.
             policy.get_ref().validate().map_err(|e| Spot::new(policy, e.to_string()))?;
         }
         if let Some(listen) = &listeners.listen {

@@ -244,6 +244,18 @@ pub enum Action {
         /// Destination.
         remote: SocketAddr,
     },
+    /// Keep the connection just accepted on this data channel (`Accepted`)
+    /// as `leg`'s leg, and close the listener it came through. For a
+    /// channel whose two legs the gateway both accepts (`server-data =
+    /// "active"` for a client in passive mode: one listener per side, each
+    /// asked for with `Listen` and its `peer`); `Relay` follows once both
+    /// legs are kept. Nothing to report.
+    Keep {
+        /// The data channel.
+        data: DataId,
+        /// Whose connection it is.
+        leg: Side,
+    },
     /// Both legs are up: relay between them until both directions end, then
     /// report `Relayed`; report `Progress` while bytes move, `RelayFailed`
     /// if a leg fails, `Failed { step: Relay }` if the relay cannot start.
@@ -356,8 +368,9 @@ pub struct Session {
     /// A client line taken from the framer that must wait (a data-setup
     /// command while a transfer is outstanding).
     stash: Option<Vec<u8>>,
-    /// A PORT/EPRT held until its listener is up.
-    port_hold: Option<PortHold>,
+    /// A PORT/EPRT held until its listener is up. Boxed: rare, and an idle
+    /// session must stay small.
+    port_hold: Option<Box<PortHold>>,
     /// A server reply held (227/229 until Listening, final reply until
     /// Relayed); later server replies wait behind it in `backlog`.
     server_hold: Option<ServerHold>,
@@ -535,7 +548,9 @@ impl Session {
         let state = |id: &DataId| self.data.get(id).map(|d| d.state);
         let expecting_listening = |id: &DataId| self.data.get(id).is_some_and(|d| d.is_expecting_listening());
         match &self.server_hold {
-            Some(ServerHold::ExpectListening { data, .. }) => {
+            Some(
+                ServerHold::ExpectListening { data, .. } | ServerHold::ExpectConvertedListening { data, .. },
+            ) => {
                 debug_assert!(expecting_listening(data), "227 held for {data:?} in {:?}", state(data));
             }
             Some(ServerHold::ExpectRelayEnd { data, .. }) => debug_assert!(
