@@ -519,4 +519,37 @@ mod tests {
             "{actions:?}"
         );
     }
+
+    #[test]
+    fn passive_reload_to_active_mid_setup_finishes_as_asked_next_pasv_converted() {
+        let mut s = logged_in("");
+        feed(&mut s, Side::Client, b"PASV\r\n");
+        assert_eq!(take(&mut s, Side::Server), "PASV\r\n");
+        reload(&mut s, "[[rule]]\naction = \"allow\"\nserver-data = \"active\"\n");
+        // The PASV already out is the server's: its 227 opens the usual listener.
+        let actions = step(
+            &mut s,
+            Input::Received {
+                from: Side::Server,
+                data: b"227 Entering Passive Mode (198,51,100,10,117,48).\r\n",
+            },
+        );
+        assert!(
+            actions.iter().any(
+                |a| matches!(a, Action::Listen { peer: Side::Client, local, .. } if local.port() == 30000)
+            ),
+            "{actions:?}"
+        );
+        step(&mut s, Input::Listening { data: DataId(0), local: "198.51.100.10:30000".parse().unwrap() });
+        assert!(take(&mut s, Side::Client).starts_with("227 "));
+        // The next PASV is converted: a listener on the client's address first.
+        let actions = step(&mut s, Input::Received { from: Side::Client, data: b"PASV\r\n" });
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Listen { peer: Side::Server, local, .. } if local.port() == 0)),
+            "{actions:?}"
+        );
+        assert_eq!(take(&mut s, Side::Server), "");
+    }
 }
