@@ -116,6 +116,12 @@ fn leg(l: Option<DataLeg>) -> (String, String) {
     l.map_or_else(|| (NONE.to_string(), NONE.to_string()), |l| (addr(l.peer), addr(l.local)))
 }
 
+/// `rule:count,rule:count`, in the order the run first used each rule.
+fn rule_counts(rules: &[(&'static str, usize)]) -> String {
+    let parts: Vec<String> = rules.iter().map(|(rule, n)| format!("{rule}:{n}")).collect();
+    parts.join(",")
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -199,10 +205,10 @@ pub(crate) fn record(log: &Logger, event: &AuditEvent) {
             "reason" => reason, "user" => text(user.as_deref()), "ms" => millis(*duration),
             "transfers" => transfers, "to_client" => to_client, "to_server" => to_server
         ),
-        AuditEvent::RefusedLines { side: s, count, reason, rule, attack: case, what } => warn!(
+        AuditEvent::RefusedLines { side: s, count, reason, rule, attack: case, what, rules } => warn!(
             log, "refused lines";
             "side" => side(*s), "count" => count, "rule" => rule, "attack" => attack(*case),
-            "reason" => reason, "what" => what
+            "reason" => reason, "what" => what, "rules" => rule_counts(rules)
         ),
         AuditEvent::LoginFailed { user } => info!(log, "login failed"; "user" => text(user.as_deref())),
         AuditEvent::TlsPassThrough { mechanism, user } => info!(
@@ -246,8 +252,11 @@ fn count(m: &Metrics, event: &AuditEvent) {
             }
         }
         AuditEvent::SessionEnded { reason, .. } => m.session_ended(reason),
-        AuditEvent::RefusedLines { side: s, rule, count, .. } => {
-            m.refused_n(Some(*s), rule, u64::try_from(*count).unwrap_or(u64::MAX))
+        // Each line under the rule that refused it.
+        AuditEvent::RefusedLines { side: s, rules, .. } => {
+            for (rule, n) in rules {
+                m.refused_n(Some(*s), rule, u64::try_from(*n).unwrap_or(u64::MAX))
+            }
         }
         AuditEvent::LoginFailed { .. } => m.login_failed(),
         AuditEvent::TlsPassThrough { .. } => m.ftps_pass_through(),
@@ -359,6 +368,7 @@ mod tests {
                 rule: "lprt-lpsv",
                 attack: Some(29),
                 what: "LPSV".into(),
+                rules: vec![("lprt-lpsv", 4), ("command-syntax", 1)],
             },
             AuditEvent::LoginFailed { user: Some("mallory".into()) },
             AuditEvent::LoginFailed { user: None },

@@ -13,7 +13,7 @@
 //! core dials both data legs of a PORT/EPRT); bit 6 (without bit 4): that
 //! rule says `server-data = "active"` (the core listens for both legs of a
 //! PASV/EPSV); bit 5: that rule (or one of its own) names the `read-only`
-//! profile.
+//! profile; bit 7: `enforce_data_direction` (ATTACKS.md 34).
 //!
 //! Then records; missing argument bytes read as 0, which always means the
 //! ordinary case (the newest data channel, the address the core asked for).
@@ -31,7 +31,7 @@
 //! | `F` id step err   | `Failed` (step % 5, err: AddrInUse, AddrNotAvailable, ConnectionRefused, TimedOut, ConnectionReset) |
 //! | `R` id a b        | `Relayed { to_client: a, to_server: b }` (KiB)                    |
 //! | `G` id a b        | `Progress { to_client: a, to_server: b }` (KiB)                   |
-//! | `E` id leg err    | `RelayFailed` (leg even: client, odd: server; err as for `F`), counts 1 KiB / 0 |
+//! | `E` id leg err    | `RelayFailed` (leg even: client, odd: server; err as for `F`, and 5 = `WRONG_DIRECTION` under enforcement), counts 1 KiB / 0 |
 //! | `X` side          | `Closed { from }` (even: client, odd: server)                     |
 //! | `U`               | `ServerUnreachable`                                               |
 //! | `D`               | `Drain`                                                           |
@@ -62,6 +62,9 @@
 //!   counts toward `max_data_channels`), at most one per leg, never for a
 //!   closed id; `Relay` only once both legs were fed `Dialed`; from then
 //!   on the channel has legs up (ResetData or Relayed before CloseData).
+//! - `DataDirection` only under `enforce_data_direction`, only for an open
+//!   channel, at most once per channel; a transfer record that failed
+//!   with `WrongDirection` only under `enforce_data_direction`.
 //! - `ResetData` only for an open channel whose legs are up (after
 //!   `Connect`), at most once, and its `CloseData` follows in the same
 //!   drain. A channel with legs up never gets a plain `CloseData` (a FIN)
@@ -106,7 +109,7 @@ use std::time::{Duration, Instant};
 use ftpgate_proto::rules::{Action as RuleAction, Net, PolicySet, Rule, ServerData};
 use ftpgate_proto::{
     Action, AuditEvent, Config, ControlEnds, DataId, DataStep, FtpsPolicy, Input, PassiveAddressPolicy,
-    Session, Side, TransferFailure, TransferResult,
+    Session, Side, TransferFailure, TransferResult, WRONG_DIRECTION,
 };
 
 const ERRORS: [ErrorKind; 5] = [
@@ -160,6 +163,8 @@ pub struct Driver {
     relayed: BTreeSet<DataId>,
     /// Ids that got `ResetData`.
     reset: BTreeSet<DataId>,
+    /// Channels that were told their direction (`DataDirection`).
+    directed: BTreeSet<DataId>,
     /// Transfer records that put a 426 in place of the server's 2xx.
     replaced_2xx: usize,
     /// Every byte written to the client.
@@ -217,6 +222,7 @@ impl Driver {
             dialed: BTreeSet::new(),
             relayed: BTreeSet::new(),
             reset: BTreeSet::new(),
+            directed: BTreeSet::new(),
             replaced_2xx: 0,
             to_client: Vec::new(),
             queued: false,
@@ -257,15 +263,13 @@ impl Driver {
             Input::Connected { data, .. } => {
                 self.connected.insert(data);
             }
-            Input::Dialed { data, leg, .. } => {
-                // The core ignores a Dialed it did not ask for.
-                if self.dial_asked.contains(&(data, i(leg) as u8)) {
-                    self.dialed.insert((data, i(leg) as u8));
-                    let both = [0, 1].iter().all(|l| self.dialed.contains(&(data, *l)));
-                    if let Some((state @ Chan::Dialing, _)) = self.chans.open.get_mut(&data) {
-                        if both {
-                            *state = Chan::Connecting;
-                        }
+            // The core ignores a Dialed it did not ask for.
+            Input::Dialed { data, leg, .. } if self.dial_asked.contains(&(data, i(leg) as u8)) => {
+                self.dialed.insert((data, i(leg) as u8));
+                let both = [0, 1].iter().all(|l| self.dialed.contains(&(data, *l)));
+                if let Some((state @ Chan::Dialing, _)) = self.chans.open.get_mut(&data) {
+                    if both {
+                        *state = Chan::Connecting;
                     }
                 }
             }
@@ -401,6 +405,17 @@ impl Driver {
                     }
                 }
             }
+            Action::DataDirection { data, .. } => {
+                if !self.config.enforce_data_direction {
+                    self.fail("DataDirection without enforce_data_direction");
+                }
+                if !chans.open.contains_key(data) {
+                    self.fail("DataDirection for a channel that is not open");
+                }
+                if !self.directed.insert(*data) {
+                    self.fail("second DataDirection for one channel");
+                }
+            }
             Action::ResetData { data } => {
                 let kept = [0, 1].iter().any(|l| self.kept.contains(&(*data, *l)));
                 match chans.open.get(data) {
@@ -458,13 +473,13 @@ impl Driver {
             }
             Action::Audit(AuditEvent::Transfer { data, reply, server_reply, result, .. }) => {
                 let client_2xx = reply.is_some_and(|c| (200..300).contains(&c));
-                let cut = match result {
-                    TransferResult::Ok => false,
-                    TransferResult::Failed(
-                        TransferFailure::ServerReply { .. } | TransferFailure::NoDataConnection,
-                    ) => false,
-                    _ => true,
-                };
+                let cut = !matches!(
+                    result,
+                    TransferResult::Ok
+                        | TransferResult::Failed(
+                            TransferFailure::ServerReply { .. } | TransferFailure::NoDataConnection,
+                        )
+                );
                 if cut && client_2xx {
                     self.fail("a cut transfer gave the client a 2xx");
                 }
@@ -475,6 +490,11 @@ impl Driver {
                     )
                 {
                     self.fail("the client got a 2xx for a transfer that is not ok");
+                }
+                if matches!(result, TransferResult::Failed(TransferFailure::WrongDirection { .. }))
+                    && !self.config.enforce_data_direction
+                {
+                    self.fail("a transfer failed the wrong way without enforce_data_direction");
                 }
                 if *result == TransferResult::Ok && !self.relayed.contains(data) {
                     self.fail("transfer ok without Relayed");
@@ -504,10 +524,10 @@ impl Driver {
                     self.fail("more LoginFailed than 530 replies");
                 }
             }
-            Action::Audit(AuditEvent::TlsPassThrough { .. }) => {
-                if self.config.ftps != FtpsPolicy::PassThrough {
-                    self.fail("TlsPassThrough while FTPS is refused");
-                }
+            Action::Audit(AuditEvent::TlsPassThrough { .. })
+                if self.config.ftps != FtpsPolicy::PassThrough =>
+            {
+                self.fail("TlsPassThrough while FTPS is refused");
             }
             Action::Audit(_) => {}
             _ => {}
@@ -736,7 +756,13 @@ impl Driver {
             b'E' => {
                 let (id, leg, err) = (self.pick(arg()), arg(), arg());
                 let leg = if leg % 2 == 0 { Side::Client } else { Side::Server };
-                let error = ERRORS[usize::from(err) % ERRORS.len()];
+                // The daemon reports WRONG_DIRECTION only while it
+                // enforces a direction.
+                let error = match usize::from(err) % (ERRORS.len() + 1) {
+                    5 if self.config.enforce_data_direction => WRONG_DIRECTION,
+                    5 => ErrorKind::ConnectionReset,
+                    e => ERRORS[e],
+                };
                 self.feed(Input::RelayFailed { data: id, leg, error, to_client: 1024, to_server: 0 });
             }
             b'X' => {
@@ -836,6 +862,7 @@ pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
     if let Some(p) = policy {
         config.ftps = if p & 1 != 0 { FtpsPolicy::PassThrough } else { FtpsPolicy::Refuse };
         config.max_refused_lines = usize::from((p >> 1) & 7);
+        config.enforce_data_direction = p & 0x80 != 0;
         if p & 0x70 != 0 {
             let rule = Rule {
                 action: RuleAction::Allow,

@@ -163,6 +163,9 @@ pub(crate) struct RefusedRun {
     rule: &'static str,
     attack: Option<u8>,
     what: String,
+    /// Each rule of the run with its count, in the order first used; few
+    /// entries at most, as there are few rules.
+    rules: Vec<(&'static str, usize)>,
 }
 
 /// A PORT/EPRT waiting for its listener before it is forwarded.
@@ -498,15 +501,22 @@ impl Session {
     /// make one record when the run ends; at `max_refused_lines` the
     /// session closes instead of answering.
     pub(super) fn refuse_local(&mut self, v: Violation, line: &[u8], text: &str) {
-        let run = self.refused.get_or_insert_with(|| RefusedRun {
-            count: 0,
-            side: v.side(),
-            reason: v.reason(),
-            rule: v.rule(),
-            attack: v.attack(),
-            what: audit_text(line),
+        let run = self.refused.get_or_insert_with(|| {
+            Box::new(RefusedRun {
+                count: 0,
+                side: v.side(),
+                reason: v.reason(),
+                rule: v.rule(),
+                attack: v.attack(),
+                what: audit_text(line),
+                rules: Vec::new(),
+            })
         });
         run.count += 1;
+        match run.rules.iter_mut().find(|(rule, _)| *rule == v.rule()) {
+            Some((_, n)) => *n += 1,
+            None => run.rules.push((v.rule(), 1)),
+        }
         let max = self.config.max_refused_lines;
         if max > 0 && run.count >= max {
             self.flush_refused();
@@ -520,10 +530,10 @@ impl Session {
     /// `RefusedLines` for more.
     pub(super) fn flush_refused(&mut self) {
         let Some(run) = self.refused.take() else { return };
-        let RefusedRun { count, side, reason, rule, attack, what } = run;
+        let RefusedRun { count, side, reason, rule, attack, what, rules } = *run;
         let event = match count {
             1 => AuditEvent::Refused { side, reason, rule, attack, what },
-            count => AuditEvent::RefusedLines { side, count, reason, rule, attack, what },
+            count => AuditEvent::RefusedLines { side, count, reason, rule, attack, what, rules },
         };
         self.actions.push_back(Action::Audit(event));
     }
@@ -594,11 +604,13 @@ impl Session {
 
     /// A 421 arrived behind a held reply (ATTACKS.md 18): close every data
     /// channel, which releases the held reply; deliver what the server said
-    /// before the 421, in order; then the 421 and the teardown.
+    /// before the 421, in order; then the 421 and the teardown. The server
+    /// is going away, as when it just closes: a transfer it cuts this way
+    /// failed, it was not aborted by anyone on purpose.
     fn server_closing(&mut self, now: Instant, reply: Reply) {
         let ids: Vec<DataId> = self.data.keys().copied().collect();
         for id in ids {
-            self.cut_data(now, id, Cut::Aborted(AbortCause::SessionEnded));
+            self.cut_data(now, id, Cut::Failed(TransferFailure::ServerClosed));
         }
         while let Some(earlier) = self.backlog.pop_front() {
             self.flush_local();
@@ -631,7 +643,9 @@ impl Session {
         }
         if code == Code::NOT_AVAILABLE {
             self.send_reply(&reply);
-            return self.teardown(Side::Client, "server closing (421)");
+            // The server is going away: a transfer it cuts failed.
+            let cut = Cut::Failed(TransferFailure::ServerClosed);
+            return self.teardown_cutting(Side::Client, "server closing (421)", cut);
         }
         if code.is_preliminary() {
             self.bind_front_transfer();

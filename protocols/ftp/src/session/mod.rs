@@ -393,7 +393,8 @@ pub struct Session {
     /// anything else ends the session.
     client_spoke_ftp: bool,
     /// Client lines refused in a row, not yet recorded (one record per run).
-    refused: Option<RefusedRun>,
+    /// Boxed: rare, and an idle session must stay small.
+    refused: Option<Box<RefusedRun>>,
     /// The `now` of the input being handled.
     now: Instant,
     /// When the session began, for its end record.
