@@ -38,6 +38,7 @@ fn stage(s: PolicyStage) -> &'static str {
         PolicyStage::Connection => "connection",
         PolicyStage::User => "user",
         PolicyStage::Command => "command",
+        PolicyStage::Reload => "reload",
     }
 }
 
@@ -47,6 +48,7 @@ fn policy_rule(s: PolicyStage) -> &'static str {
         PolicyStage::Connection => "policy",
         PolicyStage::User => "policy-user",
         PolicyStage::Command => "policy-command",
+        PolicyStage::Reload => "policy-reload",
     }
 }
 

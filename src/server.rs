@@ -349,7 +349,7 @@ impl Server {
         let mut got = None;
         while let Ok(Some(info)) = self.signals.read_signal() {
             if info.ssi_signo == Signal::SIGHUP as u32 {
-                self.reload();
+                self.reload(now);
             } else {
                 got = Some(info.ssi_signo);
             }
@@ -377,9 +377,21 @@ impl Server {
     }
 
     /// SIGHUP: new sessions get the reloaded settings. Open sessions keep
-    /// the `Arc<Config>` they started with: a running transfer is never cut.
-    fn reload(&mut self) {
-        let Some(new) = self.opts.reloader.reload(&self.log) else { return };
+    /// the rest of the `Config` they started with, but a changed policy
+    /// reaches them too: it judges their next command (a running transfer
+    /// is never cut).
+    fn reload(&mut self, now: Instant) {
+        let Some(new) = self.opts.reloader.reload(&self.log, self.conns.len()) else { return };
+        if new.policy_changed {
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                if let Some(mut conn) = self.conns.try_remove(key) {
+                    conn.policy_changed(&mut self.ctx(now), &new.core.policy);
+                    self.conns.insert(conn);
+                    self.again.push(key);
+                }
+            }
+        }
         self.opts.config = new.core;
         self.opts.drain_timeout = new.drain_timeout;
         if new.session_rate != self.opts.session_rate {

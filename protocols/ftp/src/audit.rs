@@ -125,6 +125,9 @@ pub enum PolicyStage {
     User,
     /// A command the session's profile (or a deny decision) refuses.
     Command,
+    /// A running session's next command after a reload whose rules deny
+    /// its addresses: `421`, and the session ends.
+    Reload,
 }
 
 /// One event worth a log record. `#[non_exhaustive]`: the core grows.
