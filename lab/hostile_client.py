@@ -188,12 +188,14 @@ def junk(kind):
     return {"greeting": greeting, "reply": got.decode("latin-1"), "closed": closed}
 
 
-def flood(n):
+def flood(n, mixed=False):
+    """n refused lines in a row: LPSV, or with mixed LPSV and a line that
+    is no FTP command, by turns (two rules in one run)."""
     s, f, cmd = session()
     replies = []
-    for _ in range(n):
+    for i in range(n):
         try:
-            s.sendall(b"LPSV\r\n")
+            s.sendall(b"X\r\n" if mixed and i % 2 else b"LPSV\r\n")
             r = reply(f)
         except OSError as e:
             r = "error: %s" % e
@@ -284,7 +286,7 @@ if __name__ == "__main__":
     elif what == "junk":
         print(json.dumps(junk(sys.argv[2])))
     elif what == "flood":
-        print(json.dumps(flood(int(sys.argv[2]))))
+        print(json.dumps(flood(int(sys.argv[2]), sys.argv[3:4] == ["mixed"])))
     elif what == "feat":
         print(json.dumps(feat()))
     elif what == "badlogin":

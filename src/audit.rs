@@ -38,6 +38,7 @@ fn stage(s: PolicyStage) -> &'static str {
         PolicyStage::Connection => "connection",
         PolicyStage::User => "user",
         PolicyStage::Command => "command",
+        PolicyStage::Reload => "reload",
     }
 }
 
@@ -47,6 +48,7 @@ fn policy_rule(s: PolicyStage) -> &'static str {
         PolicyStage::Connection => "policy",
         PolicyStage::User => "policy-user",
         PolicyStage::Command => "policy-command",
+        PolicyStage::Reload => "policy-reload",
     }
 }
 
@@ -112,6 +114,12 @@ pub(crate) fn attack(case: Option<u8>) -> String {
 fn leg(l: Option<DataLeg>) -> (String, String) {
     let addr = |a: SocketAddr| a.to_string();
     l.map_or_else(|| (NONE.to_string(), NONE.to_string()), |l| (addr(l.peer), addr(l.local)))
+}
+
+/// `rule:count,rule:count`, in the order the run first used each rule.
+fn rule_counts(rules: &[(&'static str, usize)]) -> String {
+    let parts: Vec<String> = rules.iter().map(|(rule, n)| format!("{rule}:{n}")).collect();
+    parts.join(",")
 }
 
 fn millis(d: Duration) -> u64 {
@@ -197,10 +205,10 @@ pub(crate) fn record(log: &Logger, event: &AuditEvent) {
             "reason" => reason, "user" => text(user.as_deref()), "ms" => millis(*duration),
             "transfers" => transfers, "to_client" => to_client, "to_server" => to_server
         ),
-        AuditEvent::RefusedLines { side: s, count, reason, rule, attack: case, what } => warn!(
+        AuditEvent::RefusedLines { side: s, count, reason, rule, attack: case, what, rules } => warn!(
             log, "refused lines";
             "side" => side(*s), "count" => count, "rule" => rule, "attack" => attack(*case),
-            "reason" => reason, "what" => what
+            "reason" => reason, "what" => what, "rules" => rule_counts(rules)
         ),
         AuditEvent::LoginFailed { user } => info!(log, "login failed"; "user" => text(user.as_deref())),
         AuditEvent::TlsPassThrough { mechanism, user } => info!(
@@ -244,8 +252,11 @@ fn count(m: &Metrics, event: &AuditEvent) {
             }
         }
         AuditEvent::SessionEnded { reason, .. } => m.session_ended(reason),
-        AuditEvent::RefusedLines { side: s, rule, count, .. } => {
-            m.refused_n(Some(*s), rule, u64::try_from(*count).unwrap_or(u64::MAX))
+        // Each line under the rule that refused it.
+        AuditEvent::RefusedLines { side: s, rules, .. } => {
+            for (rule, n) in rules {
+                m.refused_n(Some(*s), rule, u64::try_from(*n).unwrap_or(u64::MAX))
+            }
         }
         AuditEvent::LoginFailed { .. } => m.login_failed(),
         AuditEvent::TlsPassThrough { .. } => m.ftps_pass_through(),
@@ -357,6 +368,7 @@ mod tests {
                 rule: "lprt-lpsv",
                 attack: Some(29),
                 what: "LPSV".into(),
+                rules: vec![("lprt-lpsv", 4), ("command-syntax", 1)],
             },
             AuditEvent::LoginFailed { user: Some("mallory".into()) },
             AuditEvent::LoginFailed { user: None },
@@ -475,6 +487,7 @@ mod tests {
             "attack: 29",
             "reason: LPRT/LPSV unsupported",
             "what: LPSV",
+            "rules: lprt-lpsv:4,command-syntax:1",
         ] {
             assert!(line.contains(kv), "{kv:?} missing in {line}");
         }
@@ -557,8 +570,10 @@ mod tests {
             ("ftpgate_logins_total", 1.0),
             (r#"ftpgate_refusals_total{side="third-party",rule="port-theft"}"#, 1.0),
             (r#"ftpgate_refusals_total{side="client",rule="bounce"}"#, 1.0),
-            // A run of refused lines is one record and counts each line.
-            (r#"ftpgate_refusals_total{side="client",rule="lprt-lpsv"}"#, 5.0),
+            // A run of refused lines is one record and counts each line
+            // under the rule that refused it.
+            (r#"ftpgate_refusals_total{side="client",rule="lprt-lpsv"}"#, 4.0),
+            (r#"ftpgate_refusals_total{side="client",rule="command-syntax"}"#, 1.0),
             ("ftpgate_login_failures_total", 2.0),
             ("ftpgate_ftps_pass_through_total", 1.0),
             // Policy denials by stage, not by the operator's rule names.

@@ -19,8 +19,12 @@
 //! SIGHUP reloads the file through [`Reloader`]: what a new session reads
 //! (the core's `Config`, the per-client limits and failed-login limits,
 //! the drain deadline) is
-//! swapped; sessions already open keep the `Arc<Config>` they started with,
-//! so a running transfer is never cut. Listeners, the user, the metrics
+//! swapped; sessions already open keep the rest of the `Config` they
+//! started with, but a changed `[policy]` reaches them too: it judges
+//! their next command, and a running transfer is never cut. One record
+//! per SIGHUP says what happened: `configuration reloaded` (with what
+//! changed, whether the policy did, and the keys that need a restart) or
+//! `configuration not reloaded` (with file, line and key). Listeners, the user, the metrics
 //! endpoint, logging and the global caps are fixed at start: a change to
 //! them is logged as needing a restart.
 
@@ -290,7 +294,7 @@ impl File {
             self;
         if let Some(policy) = policy {
             // What serde cannot see: profiles named but not defined, verbs
-            // that are not verbs, server-data modes not implemented.
+            // that are not verbs, built-in profiles redefined.
             policy.get_ref().validate().map_err(|e| Spot::new(policy, e.to_string()))?;
         }
         if let Some(listen) = &listeners.listen {
@@ -586,13 +590,15 @@ pub(crate) struct Reloadable {
     pub(crate) max_sessions_per_client: usize,
     pub(crate) login_failures: logins::Limits,
     pub(crate) drain_timeout: Duration,
+    /// `[policy]` differs from the one in force: running sessions get it.
+    pub(crate) policy_changed: bool,
 }
 
 impl Reloadable {
     pub(crate) fn of(loaded: &Loaded) -> Self {
         let args = &loaded.args;
         Self {
-            core: Arc::new(Config { policy: loaded.policy.clone(), ..core_config(args) }),
+            core: Arc::new(Config { policy: Arc::new(loaded.policy.clone()), ..core_config(args) }),
             session_rate: Rate {
                 per_second: args.session_rate_per_client,
                 burst: args.session_burst_per_client,
@@ -604,6 +610,7 @@ impl Reloadable {
                 cooldown: Duration::from_secs(args.login_cooldown),
             },
             drain_timeout: Duration::from_secs(args.drain_timeout),
+            policy_changed: false,
         }
     }
 }
@@ -673,7 +680,8 @@ impl Reloader {
     }
 
     /// `None` when the file is refused: the running configuration stays.
-    pub(crate) fn reload(&mut self, log: &Logger) -> Option<Reloadable> {
+    /// `sessions`: how many are open, which a changed policy reaches.
+    pub(crate) fn reload(&mut self, log: &Logger, sessions: usize) -> Option<Reloadable> {
         let loaded = match self.loader.load() {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -684,19 +692,31 @@ impl Reloader {
                 return None;
             }
         };
-        let fixed = changed(&self.started, &loaded.args, false);
-        if !fixed.is_empty() {
-            warn!(log, "configuration: these changes need a restart"; "keys" => fixed.join(" "));
+        let fixed = changed(&self.started, &loaded.args, false).join(" ");
+        let policy_changed = loaded.policy != self.policy;
+        let p = &loaded.policy;
+        let changed_keys = changed(&self.current, &loaded.args, true).join(" ");
+        // One record: its level says whether something needs a restart.
+        macro_rules! record {
+            ($level:ident) => {
+                $level!(
+                    log, "configuration reloaded";
+                    "file" => loaded.file_name(),
+                    "changed" => &changed_keys,
+                    "policy" => if policy_changed { "changed" } else { "unchanged" },
+                    "sessions_following" => if policy_changed { sessions } else { 0 },
+                    "rules" => p.rules.len(), "profiles" => p.profiles.len(),
+                    "default" => if p.default == PolicyAction::Allow { "allow" } else { "deny" },
+                    "restart_needed" => if fixed.is_empty() { "-" } else { fixed.as_str() }
+                )
+            };
         }
-        info!(
-            log, "configuration reloaded";
-            "file" => loaded.file_name(), "changed" => changed(&self.current, &loaded.args, true).join(" ")
-        );
-        if loaded.policy != self.policy {
-            info!(log, "configuration: the policy changed; new sessions use it"; "rules" => loaded.policy.rules.len());
+        if fixed.is_empty() {
+            record!(info);
+        } else {
+            record!(warn);
         }
-        loaded.log_policy(log);
-        let new = Reloadable::of(&loaded);
+        let new = Reloadable { policy_changed, ..Reloadable::of(&loaded) };
         self.policy = loaded.policy;
         self.current = loaded.args;
         Some(new)
@@ -1086,7 +1106,7 @@ group = "nogroup"
         let loaded = load(text, &[]).unwrap();
         assert_eq!(loaded.policy.default, PolicyAction::Deny);
         assert_eq!(loaded.policy.rules.len(), 1);
-        assert_eq!(Reloadable::of(&loaded).core.policy, loaded.policy);
+        assert_eq!(*Reloadable::of(&loaded).core.policy, loaded.policy);
         assert_eq!(load("[limits]\n", &[]).unwrap().policy, PolicySet::default());
         assert_eq!(
             error("policy = 3\n"),
@@ -1159,7 +1179,7 @@ group = "nogroup"
         assert_eq!((started.args.idle_timeout, started.args.data_timeout), (60, 5));
         let mut reloader = Reloader::new(loader, &started);
         file.write("[limits]\nidle-timeout = 2\ndata-timeout = 21\nsession-rate-per-client = 1\n");
-        let new = reloader.reload(&discard()).expect("a valid file reloads");
+        let new = reloader.reload(&discard(), 0).expect("a valid file reloads");
         assert_eq!(new.core.idle_timeout, Duration::from_secs(2));
         assert_eq!(new.core.data_accept_timeout, Duration::from_secs(5), "--data-timeout still wins");
         assert_eq!(new.session_rate, Rate { per_second: 1, burst: 100 });
@@ -1179,7 +1199,7 @@ group = "nogroup"
             "[limits]\nmax-refused-lines = 3\nmax-login-failures = 2\nlogin-cooldown = 9\n\
              [ftps]\nmode = \"pass-through\"\n",
         );
-        let new = reloader.reload(&discard()).expect("a valid file reloads");
+        let new = reloader.reload(&discard(), 0).expect("a valid file reloads");
         assert_eq!((new.core.ftps, new.core.max_refused_lines), (FtpsPolicy::PassThrough, 3));
         assert_eq!((new.login_failures.limit, new.login_failures.cooldown), (2, Duration::from_secs(9)));
         assert_eq!(
@@ -1195,8 +1215,25 @@ group = "nogroup"
         let started = loader.load().unwrap();
         let mut reloader = Reloader::new(loader, &started);
         file.write("[limits]\nidle-timeout = 0\n");
-        assert!(reloader.reload(&discard()).is_none());
+        assert!(reloader.reload(&discard(), 0).is_none());
         assert_eq!(reloader.current.idle_timeout, 60);
+    }
+
+    #[test]
+    fn reload_says_whether_the_policy_changed_a_broken_policy_keeps_the_last_good() {
+        let allow = "[[policy.rule]]\naction = \"allow\"\n";
+        let file = TempFile::new("reload-policy.toml", allow);
+        let loader = loader(&["ftpgate", "--config", file.path()]);
+        let started = loader.load().unwrap();
+        let mut reloader = Reloader::new(loader, &started);
+        assert!(!reloader.reload(&discard(), 0).expect("unchanged file").policy_changed);
+        file.write("[[policy.rule]]\naction = \"allow\"\nprofile = \"read-only\"\n");
+        let new = reloader.reload(&discard(), 0).expect("a valid policy reloads");
+        assert!(new.policy_changed);
+        assert_eq!(new.core.policy.rules[0].profile.as_deref(), Some("read-only"));
+        file.write("[[policy.rule]]\naction = \"allow\"\nprofile = \"nope\"\n");
+        assert!(reloader.reload(&discard(), 0).is_none(), "an unknown profile is refused");
+        assert_eq!(reloader.policy.rules[0].profile.as_deref(), Some("read-only"));
     }
 
     #[test]

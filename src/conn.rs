@@ -12,8 +12,10 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ftpgate_proto::rules::PolicySet;
 use ftpgate_proto::{Action, AuditEvent, ControlEnds, DataId, DataStep, Input, Session, Side};
 use mio::net::TcpStream;
 use mio::{event::Source, Interest, Registry, Token};
@@ -240,6 +242,8 @@ enum Fact {
     Received { from: Side, data: Vec<u8> },
     /// Any other fact: these borrow nothing.
     Input(Input<'static>),
+    /// Reloaded access rules (`Input::PolicyChanged` borrows them).
+    PolicyChanged(Arc<PolicySet>),
 }
 
 pub(crate) struct Conn {
@@ -414,14 +418,22 @@ impl Conn {
         self.serial
     }
 
-    /// How the listener table names one of this session's data channels.
-    fn channel(&self, ctx: &Ctx<'_>, data: DataId) -> Channel {
-        Channel { worker: ctx.worker, session: self.key, serial: self.serial, data }
+    /// How the listener table names one side's expectation of one of this
+    /// session's data channels.
+    fn channel(&self, ctx: &Ctx<'_>, data: DataId, peer: Side) -> Channel {
+        Channel { worker: ctx.worker, session: self.key, serial: self.serial, data, peer }
     }
 
     /// Feeds the daemon's shutdown to the session.
     pub(crate) fn drain(&mut self, ctx: &mut Ctx<'_>) {
         self.tell(ctx, Input::Drain);
+    }
+
+    /// Feeds reloaded access rules to the session: its next command
+    /// follows them (a running transfer goes on).
+    pub(crate) fn policy_changed(&mut self, ctx: &mut Ctx<'_>, policy: &Arc<PolicySet>) {
+        self.facts.push_back(Fact::PolicyChanged(Arc::clone(policy)));
+        self.feed_facts(ctx);
     }
 
     /// When the loop must wake this session next.
@@ -559,6 +571,9 @@ impl Conn {
                     self.session.handle_input(ctx.now, Input::Received { from: *from, data })
                 }
                 Fact::Input(input) => self.session.handle_input(ctx.now, *input),
+                Fact::PolicyChanged(policy) => {
+                    self.session.handle_input(ctx.now, Input::PolicyChanged { policy })
+                }
             }
             while self.broken.is_none() {
                 let Some(action) = self.session.poll_action() else { break };
@@ -619,6 +634,7 @@ impl Conn {
             Action::Refuse { data: _ } => {}
             Action::Connect { data, local, remote } => self.connect_data(ctx, data, local, remote),
             Action::Dial { data, leg, local, remote } => self.dial_data(ctx, data, leg, local, remote),
+            Action::Keep { data, leg } => self.keep_data(ctx, data, leg),
             Action::Relay { data } => {
                 // Enforcing ATTACKS.md 34: nothing moves until the core
                 // says which way (`DataDirection`).
@@ -793,9 +809,11 @@ impl Conn {
                 _open: metrics::get().data_channel_opened(peer, local),
             });
         }
-        self.close_listener(ctx, data);
-        let expectation =
-            Expectation { channel: self.channel(ctx, data), accept_from, peer, log: self.log.clone() };
+        // A retry replaces this side's listener; a channel that listens for
+        // both sides (`Action::Keep`) keeps the other's.
+        let channel = self.channel(ctx, data, peer);
+        ctx.listeners.forget(channel);
+        let expectation = Expectation { channel, accept_from, peer, log: self.log.clone() };
         match ctx.listeners.expect(local, expectation) {
             Ok(expected) => self.queue(Input::Listening { data, local: expected.local }),
             Err(ExpectError::Ambiguous) => {
@@ -840,6 +858,33 @@ impl Conn {
                 }
                 false
             }
+        }
+    }
+
+    /// The verdict on the connection just accepted: keep it as `leg`'s leg
+    /// of a channel whose two legs are both accepted. Its listener closes
+    /// (one connection per listener); the other side's stays.
+    fn keep_data(&mut self, ctx: &mut Ctx<'_>, data: DataId, leg: Side) {
+        let key = self.key;
+        let kept = self.chan(data).and_then(|c| c.accepted_pending_verdict.take());
+        ctx.listeners.forget(self.channel(ctx, data, leg));
+        let (Some(chan), Some(mut stream)) = (chan_in(&mut self.data, data), kept) else { return };
+        let _ = stream.set_nodelay(true);
+        // Where an accepted leg goes: `accepted` is the first listener's
+        // side (`chan.peer`), `outbound` the other's.
+        let role = if leg == chan.peer { Role::DataAccepted(data) } else { Role::DataOutbound(data) };
+        match ctx.register(key, &mut stream, role, Interest::READABLE | Interest::WRITABLE) {
+            Ok(token) => {
+                // The leg may already hold data (STOR): read it.
+                let ready = Readiness { readable: true, writable: true };
+                let kept = Some(Leg { stream, token, ready });
+                if leg == chan.peer {
+                    (chan.accepted, chan.accepted_connected) = (kept, true);
+                } else {
+                    (chan.outbound, chan.outbound_connected) = (kept, true);
+                }
+            }
+            Err(e) => self.broken = Some(e),
         }
     }
 
@@ -958,7 +1003,9 @@ impl Conn {
     /// unless another session expects one there, and what was handed over
     /// but not yet judged closes.
     fn close_listener(&mut self, ctx: &mut Ctx<'_>, data: DataId) {
-        ctx.listeners.forget(self.channel(ctx, data));
+        for peer in [Side::Client, Side::Server] {
+            ctx.listeners.forget(self.channel(ctx, data, peer));
+        }
         if let Some(chan) = self.chan(data) {
             chan.arrivals.clear();
         }

@@ -50,7 +50,9 @@ const DATA_BACKLOG: i32 = 8;
 /// of thieves on one port cannot starve the loop; the listener stays ready.
 const ACCEPTS_PER_ROUND: usize = 8;
 
-/// One data channel of one session: whom a connection is for.
+/// One listener of one data channel of one session: whom a connection is
+/// for. A channel listens for one side at a time, or for each side once
+/// (`server-data = "active"`: the gateway accepts both legs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Channel {
     /// The event loop that owns the session.
@@ -61,6 +63,8 @@ pub(crate) struct Channel {
     /// later session by the time another loop's handover arrives.
     pub(crate) serial: u64,
     pub(crate) data: DataId,
+    /// The side that connects to this listener.
+    pub(crate) peer: Side,
 }
 
 /// A data channel waiting for its peer on a listener.
@@ -460,7 +464,7 @@ mod tests {
     }
 
     fn channel(session: usize, data: u32) -> Channel {
-        Channel { worker: 0, session, serial: session as u64, data: DataId(data) }
+        Channel { worker: 0, session, serial: session as u64, data: DataId(data), peer: Side::Client }
     }
 
     fn expecting(channel: Channel, from: Ipv4Addr) -> Expectation {
@@ -543,6 +547,18 @@ mod tests {
         assert_eq!((entry.local, entry.socket), (local(40000), "socket"));
         assert!(t.entries.is_empty() && t.by_local.is_empty() && t.by_channel.is_empty());
         assert_eq!(t.place(local(40000), IpAddr::V4(CLIENT_A)), Place::New);
+    }
+
+    #[test]
+    fn one_channel_two_peers_two_listeners_forget_one_keeps_the_other() {
+        let (mut t, a) = table_with_a();
+        let server_side = Channel { peer: Side::Server, ..channel(1, 0) };
+        let b =
+            t.insert(SocketAddr::new(IpAddr::V4(CLIENT_A), 40001), "socket", expecting(server_side, SERVER));
+        assert_ne!(a, b);
+        assert!(t.forget(server_side).is_some(), "its own listener closes");
+        assert!(t.entries.contains(a), "the client's stays");
+        assert!(t.forget(channel(1, 0)).is_some());
     }
 
     #[test]

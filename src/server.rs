@@ -111,6 +111,8 @@ pub(crate) struct Worker {
     log: Logger,
     accept_paused_until: Option<Instant>,
     drain_until: Option<Instant>,
+    /// The `Shared::policy_epoch` this loop's sessions follow.
+    policy_epoch: u64,
 }
 
 impl Worker {
@@ -130,6 +132,7 @@ impl Worker {
             log: log.new(o!("worker" => index)),
             accept_paused_until: None,
             drain_until: None,
+            policy_epoch: 0,
         }
     }
 
@@ -189,6 +192,7 @@ impl Worker {
                 if let (None, Some(until)) = (self.drain_until, self.shared.drain_requested()) {
                     self.drain(until, now);
                 }
+                self.follow_policy(now);
                 let mail = self.take_mail();
                 dirty.extend(self.deliver(mail));
             }
@@ -351,6 +355,25 @@ impl Worker {
         for key in keys {
             if let Some(mut conn) = self.conns.try_remove(key) {
                 conn.drain(&mut self.ctx(now));
+                self.conns.insert(conn);
+                self.again.push(key);
+            }
+        }
+    }
+
+    /// A reload changed the policy: this loop's open sessions follow it
+    /// from their next command on.
+    fn follow_policy(&mut self, now: Instant) {
+        let epoch = self.shared.policy_epoch();
+        if epoch == self.policy_epoch {
+            return;
+        }
+        self.policy_epoch = epoch;
+        let policy = self.shared.settings().config.policy.clone();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(mut conn) = self.conns.try_remove(key) {
+                conn.policy_changed(&mut self.ctx(now), &policy);
                 self.conns.insert(conn);
                 self.again.push(key);
             }

@@ -137,6 +137,9 @@ pub(crate) struct Shared {
     logins: Mutex<LoginFailures>,
     pause: Mutex<Option<PauseEpisode>>,
     drain_until: Mutex<Option<Instant>>,
+    /// Bumped by a reload that changed `[policy]`: each loop then feeds the
+    /// new policy to its open sessions (`Worker::follow_policy`).
+    policy_epoch: AtomicU64,
     mailboxes: Vec<Mailbox>,
     /// Wakes the supervisor when a loop ends.
     supervisor: Waker,
@@ -302,10 +305,18 @@ impl Shared {
         }
     }
 
+    /// How many reloads changed the policy; see `policy_epoch`.
+    pub(crate) fn policy_epoch(&self) -> u64 {
+        self.policy_epoch.load(Ordering::Acquire)
+    }
+
     /// SIGHUP: new sessions get the reloaded settings. Open sessions keep
-    /// the `Arc<Config>` they started with: a running transfer is never cut.
+    /// the rest of the `Config` they started with, but a changed policy
+    /// reaches them too, through their loops: it judges their next command
+    /// (a running transfer is never cut).
     fn reload(&self, reloader: &mut crate::config::Reloader, log: &Logger) {
-        let Some(new) = reloader.reload(log) else { return };
+        let Some(new) = reloader.reload(log, self.sessions()) else { return };
+        let policy_changed = new.policy_changed;
         let mut settings = self.settings.write().unwrap_or_else(PoisonError::into_inner);
         settings.config = new.core;
         settings.drain_timeout = new.drain_timeout;
@@ -321,6 +332,13 @@ impl Shared {
         // The counts are kept whether or not the cap is on: a cap turned
         // on applies to the sessions already open.
         settings.max_sessions_per_client = new.max_sessions_per_client;
+        drop(settings);
+        if policy_changed {
+            self.policy_epoch.fetch_add(1, Ordering::AcqRel);
+            for m in &self.mailboxes {
+                let _ = m.waker.wake();
+            }
+        }
     }
 }
 
@@ -388,6 +406,7 @@ impl Daemon {
             logins: Mutex::new(LoginFailures::new(opts.login_failures)),
             pause: Mutex::new(None),
             drain_until: Mutex::new(None),
+            policy_epoch: AtomicU64::new(0),
             mailboxes,
             supervisor,
         });

@@ -106,7 +106,19 @@ fn refused_line_flood_closed_with_one_record() {
     assert_eq!(records.len(), 1, "one record for the run:\n{log}");
     assert!(records[0].contains("count: 5") && records[0].contains("what: LPSV"), "{}", records[0]);
     assert!(!log.lines().any(|l| l.contains("refused, side")), "one record per line:\n{log}");
+    assert!(records[0].contains("rules: lprt-lpsv:5"), "{}", records[0]);
     assert!(!lab.vsftpd_log().contains("LPSV"), "a refused line reached the server");
+
+    // A run that mixes rules is still one record, and it names each rule
+    // with its count, not only the first.
+    let report = hostile(&lab, &["flood", "50", "mixed"]);
+    assert!(report.contains(r#""500 Syntax error, command unrecognized.""#), "{report}");
+    assert!(report.contains(r#""closed": true"#), "session not closed: {report}");
+    let log = lab.gateway_log();
+    let records: Vec<&str> = log.lines().filter(|l| l.contains("WARN refused lines")).collect();
+    assert_eq!(records.len(), 2, "one record per run:\n{log}");
+    assert!(records[1].contains("count: 5") && records[1].contains("rule: lprt-lpsv"), "{}", records[1]);
+    assert!(records[1].contains("rules: lprt-lpsv:3,command-syntax:2"), "{}", records[1]);
 }
 
 #[test]

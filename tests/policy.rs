@@ -8,11 +8,18 @@
 //!   on the server;
 //! - `server-data = "passive"` toward a vsftpd that refuses PORT
 //!   (`port_enable=NO`), with curl and lftp in active mode: checksums
-//!   compared, and vsftpd still sees only the client's address.
+//!   compared, and vsftpd still sees only the client's address;
+//! - `server-data = "active"` toward a vsftpd that refuses PASV
+//!   (`pasv_enable=NO`), with curl and lftp in passive mode: likewise, and
+//!   the transfer records name both legs (the server's from vsftpd to the
+//!   client's address, the client's to the server's).
 mod common;
 use std::path::PathBuf;
 
-use common::{assert_same_file, curl_get, curl_put, lftp_session, text, Lab, Mode, Ns, Rules, SERVER_IP};
+use common::{
+    assert_same_file, curl_get, curl_put, lftp_session, text, Lab, Mode, Ns, Rules, CLIENT_IP6, SERVER_IP,
+    SERVER_IP6,
+};
 
 /// Starts the gateway with a configuration file holding `[policy]`.
 fn start_with_policy(lab: &mut Lab, policy: &str) {
@@ -148,5 +155,122 @@ fn server_data_passive_active_clients_reach_a_vsftpd_without_port() {
     lab.assert_transfers_from_client(6);
     let records = lab.transfer_records();
     assert!(records.len() >= 6 && records.iter().all(|r| r.result == "ok"), "{records:#?}");
+    lab.assert_no_data_listeners();
+}
+
+#[test]
+fn server_data_active_passive_clients_reach_a_vsftpd_without_pasv() {
+    let mut lab = Lab::with_vsftpd_settings("pconvact", Rules::Nft, &["pasv_enable=NO"]);
+    let src = lab.server_file("down.bin", 1_500_000);
+    let up = lab.client_path("up.bin");
+    std::fs::write(&up, common::pattern(700_000, 43)).unwrap();
+    // Without conversion, this vsftpd refuses a passive-mode client.
+    lab.start_gateway(&[]);
+    let url = format!("ftp://{SERVER_IP}/pub/down.bin");
+    let local = lab.client_path("refused.bin");
+    let out =
+        lab.exec(Ns::Client, 30, &["curl", "-sS", "--max-time", "10", "--disable-epsv", "-o", &local, &url]);
+    assert!(!out.status.success(), "vsftpd with pasv_enable=NO took PASV");
+    lab.stop_gateway();
+    let before = lab.vsftpd_log().len();
+    start_with_policy(
+        &mut lab,
+        "[[policy.rule]]\nname = \"to-active\"\naction = \"allow\"\nserver-data = \"active\"\n",
+    );
+    for (i, mode) in [Mode::Pasv, Mode::Epsv].into_iter().enumerate() {
+        let got = lab.client_path(&format!("down-{i}.bin"));
+        curl_get(&lab, mode, "down.bin", &got);
+        assert_same_file(&format!("{mode:?} download"), &src, &PathBuf::from(&got));
+        curl_put(&lab, mode, &up, &format!("up-{i}.bin"));
+        assert_same_file(
+            &format!("{mode:?} upload"),
+            &PathBuf::from(&up),
+            &lab.upload_dir().join(format!("up-{i}.bin")),
+        );
+    }
+    let got = lab.client_path("down-lftp.bin");
+    lftp_session(&lab, true, &[("down.bin", got.as_str())], &[(up.as_str(), "up-lftp.bin")]);
+    assert_same_file("lftp passive download", &src, &PathBuf::from(&got));
+    assert_same_file("lftp passive upload", &PathBuf::from(&up), &lab.upload_dir().join("up-lftp.bin"));
+    let server_log = lab.vsftpd_log().split_off(before);
+    assert!(server_log.contains("\"PORT ") && server_log.contains("\"EPRT "), "{server_log}");
+    assert!(!server_log.contains("\"PASV\"") && !server_log.contains("\"EPSV"), "{server_log}");
+    // Every session and every transfer came from the client's own address.
+    lab.assert_server_saw_only_client(4);
+    lab.assert_transfers_from_client(6);
+    for (verb, file, bytes) in [
+        ("RETR", "down.bin", 1_500_000u64),
+        ("STOR", "up-0.bin", 700_000),
+        ("RETR", "down.bin", 1_500_000),
+        ("STOR", "up-1.bin", 700_000),
+        ("RETR", "down.bin", 1_500_000),
+        ("STOR", "up-lftp.bin", 700_000),
+    ] {
+        let r = lab.assert_transfer(common::TransferMode::Passive, verb, file, bytes);
+        // The client's leg ends at the server's address, the server's at the client's.
+        let get = |k| r.get(k).unwrap_or("-");
+        assert!(get("client_data").starts_with(&format!("{}:", common::CLIENT_IP)), "{r}");
+        assert!(get("client_data_local").starts_with(&format!("{SERVER_IP}:")), "{r}");
+        assert!(get("server_data").starts_with(&format!("{SERVER_IP}:")), "{r}");
+        assert!(get("server_data_local").starts_with(&format!("{}:", common::CLIENT_IP)), "{r}");
+    }
+    lab.assert_no_data_listeners();
+}
+
+/// The same over IPv6: an EPSV client (curl, lftp) gets 229, vsftpd gets
+/// EPRT naming the client's IPv6 address and connects to it.
+#[test]
+fn server_data_active_ipv6_epsv_clients_reach_a_vsftpd_without_pasv() {
+    let mut lab = Lab::with_vsftpd_settings("pconvact6", Rules::Nft, &["pasv_enable=NO"]);
+    let src = lab.server_file("down6.bin", 900_001);
+    let up = lab.client_path("up6.bin");
+    std::fs::write(&up, common::pattern(300_007, 44)).unwrap();
+    let path = lab.run.join("ftpgate.toml");
+    std::fs::write(&path, "[[policy.rule]]\naction = \"allow\"\nserver-data = \"active\"\n").unwrap();
+    lab.start_gateway_on(&["0.0.0.0:2121", "[::]:2121"], &["--config", path.to_str().unwrap()]);
+    let got = lab.client_path("down6-curl.bin");
+    common::curl_get_at(&lab, SERVER_IP6, Mode::Epsv, "down6.bin", &got);
+    assert_same_file("curl EPSV download over IPv6", &src, &PathBuf::from(&got));
+    common::curl_put_at(&lab, SERVER_IP6, Mode::Epsv, &up, "up6-curl.bin");
+    assert_same_file(
+        "curl EPSV upload over IPv6",
+        &PathBuf::from(&up),
+        &lab.upload_dir().join("up6-curl.bin"),
+    );
+    let got = lab.client_path("down6-lftp.bin");
+    common::lftp_session_at(
+        &lab,
+        SERVER_IP6,
+        true,
+        &[("down6.bin", got.as_str())],
+        &[(up.as_str(), "up6-lftp.bin")],
+    );
+    assert_same_file("lftp EPSV download over IPv6", &src, &PathBuf::from(&got));
+    assert_same_file(
+        "lftp EPSV upload over IPv6",
+        &PathBuf::from(&up),
+        &lab.upload_dir().join("up6-lftp.bin"),
+    );
+    let server_log = lab.vsftpd_log();
+    let eprt = format!("\"EPRT |2|{CLIENT_IP6}|");
+    assert_eq!(server_log.matches(&eprt).count(), 4, "{server_log}");
+    assert!(!server_log.contains("\"EPSV") && !server_log.contains("\"PASV\""), "{server_log}");
+    let seen = lab.server_seen_clients();
+    assert!(!seen.is_empty() && seen.iter().all(|a| a == CLIENT_IP6), "vsftpd saw {seen:?}");
+    let xfer = lab.server_transfer_clients();
+    assert!(xfer.len() == 4 && xfer.iter().all(|a| a == CLIENT_IP6), "vsftpd transfers from {xfer:?}");
+    for (verb, file, bytes) in [
+        ("RETR", "down6.bin", 900_001u64),
+        ("STOR", "up6-curl.bin", 300_007),
+        ("RETR", "down6.bin", 900_001),
+        ("STOR", "up6-lftp.bin", 300_007),
+    ] {
+        let r = lab.assert_transfer(common::TransferMode::Passive, verb, file, bytes);
+        let get = |k| r.get(k).unwrap_or("-");
+        assert!(get("client_data").starts_with(&format!("[{CLIENT_IP6}]:")), "{r}");
+        assert!(get("client_data_local").starts_with(&format!("[{SERVER_IP6}]:")), "{r}");
+        assert!(get("server_data").starts_with(&format!("[{SERVER_IP6}]:")), "{r}");
+        assert!(get("server_data_local").starts_with(&format!("[{CLIENT_IP6}]:")), "{r}");
+    }
     lab.assert_no_data_listeners();
 }

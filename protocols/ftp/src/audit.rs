@@ -70,8 +70,9 @@ pub enum TransferFailure {
     /// The server's final reply was 2xx, but no data connection was ever
     /// relayed for the transfer.
     NoDataConnection,
-    /// The server closed (or reset) the control connection before the
-    /// transfer's final reply: the server went away, the client did not
+    /// The server closed (or reset) the control connection, or announced
+    /// with `421` that it was closing it, before the transfer's final
+    /// reply: the server went away, the client did not
     /// give up. (A client close, ABOR or the gateway's shutdown is
     /// [`TransferResult::Aborted`].)
     ServerClosed,
@@ -124,6 +125,9 @@ pub enum PolicyStage {
     User,
     /// A command the session's profile (or a deny decision) refuses.
     Command,
+    /// A running session's next command after a reload whose rules deny
+    /// its addresses: `421`, and the session ends.
+    Reload,
 }
 
 /// One event worth a log record. `#[non_exhaustive]`: the core grows.
@@ -263,6 +267,11 @@ pub enum AuditEvent {
         /// The first offending line, printable and truncated; of a line
         /// that starts with `PASS`, only the verb.
         what: String,
+        /// Every rule that refused a line of the run, in the order first
+        /// used, with how many lines it refused; the counts add up to
+        /// `count`. A run may mix junk, LPSV and a bounce attempt: the
+        /// record names each, not only the first.
+        rules: Vec<(&'static str, usize)>,
     },
     /// The server answered a USER or PASS with `530` (RFC 2577 §5, ATTACKS.md 33).
     LoginFailed {

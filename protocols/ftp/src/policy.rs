@@ -1,5 +1,6 @@
 //! Knobs of the session machine, with safe defaults (mechanism vs policy).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::rules::PolicySet;
@@ -52,7 +53,9 @@ pub struct Config {
     /// fails: both legs are reset and the client gets 426.
     pub data_idle_timeout: Duration,
     /// Access rules and command profiles (default: allow everything).
-    pub policy: PolicySet,
+    /// Shared: a reload hands one new set to every running session
+    /// ([`Input::PolicyChanged`](crate::Input::PolicyChanged)).
+    pub policy: Arc<PolicySet>,
     /// See [`FtpsPolicy`].
     pub ftps: FtpsPolicy,
     /// After this many client lines in a row refused by the gateway, the
@@ -79,7 +82,7 @@ impl Default for Config {
             max_reply_lines: 1000,
             max_data_channels: 1,
             data_idle_timeout: Duration::from_secs(300),
-            policy: PolicySet::default(),
+            policy: Arc::default(),
             ftps: FtpsPolicy::Refuse,
             max_refused_lines: 10,
             enforce_data_direction: false,

@@ -59,8 +59,10 @@ pub enum ServerData {
     /// inbound data connections).
     Passive,
     /// Always active toward the server (servers behind a firewall that
-    /// forbids passive ports). Not implemented yet: a rule naming it is
-    /// refused by [`PolicySet::validate`].
+    /// forbids passive ports): a client's PASV/EPSV is answered `227`/`229`
+    /// by the gateway with a port it listens on at the server's address,
+    /// while the server gets PORT/EPRT naming a port the gateway listens
+    /// on at the client's address; both data legs are accepted.
     Active,
 }
 
@@ -377,11 +379,6 @@ pub enum PolicyError {
         /// What it lists.
         verb: String,
     },
-    /// A rule asks for `server-data = "active"`, which this version cannot do.
-    ActiveUnsupported {
-        /// The rule.
-        rule: RuleRef,
-    },
 }
 
 impl fmt::Display for PolicyError {
@@ -397,10 +394,6 @@ impl fmt::Display for PolicyError {
             Self::BadVerb { profile, verb } => {
                 write!(f, "profile '{profile}': '{verb}' is not an FTP verb (3 or 4 letters, like STOR)")
             }
-            Self::ActiveUnsupported { rule } => write!(
-                f,
-                "{rule}: server-data = \"active\" is not supported yet: use \"keep\" or \"passive\""
-            ),
         }
     }
 }
@@ -429,9 +422,6 @@ impl PolicySet {
                 if builtin(profile).is_none() && !self.profiles.contains_key(profile) {
                     return Err(PolicyError::UnknownProfile { rule: at(), profile: profile.clone() });
                 }
-            }
-            if rule.server_data == ServerData::Active {
-                return Err(PolicyError::ActiveUnsupported { rule: at() });
             }
         }
         Ok(())
@@ -692,6 +682,10 @@ mod tests {
             profile = "fetch-only"
             server-data = "passive"
             [[rule]]
+            server = ["203.0.113.0/24"]
+            action = "allow"
+            server-data = "active"
+            [[rule]]
             action = "deny"
             [profile.fetch-only]
             allow = ["RETR", "LIST"]
@@ -699,7 +693,8 @@ mod tests {
         let p: PolicySet = toml::from_str(text).unwrap();
         p.validate().unwrap();
         assert_eq!(p.default, Action::Deny);
-        assert_eq!(p.rules.len(), 2);
+        assert_eq!(p.rules.len(), 3);
+        assert_eq!(p.rules[1].server_data, ServerData::Active);
         let r = &p.rules[0];
         assert_eq!(r.user, vec![UserMatch::Anonymous, UserMatch::Name("anna".into())]);
         assert_eq!((r.port.clone(), r.server_data), (vec![21, 2121], ServerData::Passive));

@@ -10,8 +10,10 @@
 //! Header `%` + flags + cap + policy byte: as `#`, and policy bit 0:
 //! `FtpsPolicy::PassThrough`; bits 1–3: `max_refused_lines` (0: off);
 //! bit 4: one access rule allowing all with `server-data = "passive"` (the
-//! core dials both data legs of a PORT/EPRT); bit 5: that rule (or one of
-//! its own) names the `read-only` profile.
+//! core dials both data legs of a PORT/EPRT); bit 6 (without bit 4): that
+//! rule says `server-data = "active"` (the core listens for both legs of a
+//! PASV/EPSV); bit 5: that rule (or one of its own) names the `read-only`
+//! profile; bit 7: `enforce_data_direction` (ATTACKS.md 34).
 //!
 //! Then records; missing argument bytes read as 0, which always means the
 //! ordinary case (the newest data channel, the address the core asked for).
@@ -23,13 +25,13 @@
 //! | `c` n bytes[n]    | client bytes, raw (any bytes, no LF needed)                       |
 //! | `s` n bytes[n]    | server bytes, raw                                                 |
 //! | `L` id how p1 p2  | `Listening`: how 0 = the asked address (port 0 → p1p2 or 50000), 1 = asked IP + port p1p2, 2 = another IP |
-//! | `A` id who p1     | `Accepted`: who 0 = the expected peer, 1 = a stranger, 2 = expected as IPv4-mapped / unmapped |
+//! | `A` id who p1     | `Accepted`: who 0 = the expected peer (of the channel's last `Listen`), 1 = a stranger, 2 = expected as IPv4-mapped / unmapped, 3 = the other control end |
 //! | `K` id            | `Connected`                                                       |
 //! | `N` id leg        | `Dialed` (leg even: client, odd: server) from the asked address (port 0 → 45000) |
 //! | `F` id step err   | `Failed` (step % 5, err: AddrInUse, AddrNotAvailable, ConnectionRefused, TimedOut, ConnectionReset) |
 //! | `R` id a b        | `Relayed { to_client: a, to_server: b }` (KiB)                    |
 //! | `G` id a b        | `Progress { to_client: a, to_server: b }` (KiB)                   |
-//! | `E` id leg err    | `RelayFailed` (leg even: client, odd: server; err as for `F`), counts 1 KiB / 0 |
+//! | `E` id leg err    | `RelayFailed` (leg even: client, odd: server; err as for `F`, and 5 = `WRONG_DIRECTION` under enforcement), counts 1 KiB / 0 |
 //! | `X` side          | `Closed { from }` (even: client, odd: server)                     |
 //! | `U`               | `ServerUnreachable`                                               |
 //! | `D`               | `Drain`                                                           |
@@ -38,6 +40,7 @@
 //! | `W` side n        | the socket takes n*64 bytes of `pending(side)` (0: all)            |
 //! | `B` side          | toggle "socket full" for that side (not written after each step)  |
 //! | `P` k             | the next drain stops after k actions (the rest stays queued)      |
+//! | `Y` k             | `PolicyChanged` (a reload): k bit 0 denies every client network; bit 1 `read-only`; bit 2 `server-data = "passive"`, else bit 3 `"active"` |
 //!
 //! `id`: < 0x80 picks among the ids the core has used (0 = newest); ≥ 0x80
 //! is the raw id `id & 0x7f`. Other bytes are skipped.
@@ -49,10 +52,19 @@
 //!   second `Listen` for an open id only right after `Failed { Bind }` fed
 //!   for it, and only once; `Refuse`/`Connect`/`Relay` only for open ids,
 //!   `Connect` only as the answer to `Accepted`, `Relay` to `Connected`.
+//! - `Listen` for an open id with the other `peer` than its first: once
+//!   (a channel whose two legs are both accepted, `server-data = "active"`).
+//!   `Keep` only in answer to `Accepted` for an open id, once per leg;
+//!   a kept leg is up (ResetData allowed; a plain `CloseData` too, as for
+//!   dialed legs: the transfer's error reply came); `Relay` once both legs
+//!   are kept.
 //! - `Dial` (server-data conversion): the first opens the channel (it
 //!   counts toward `max_data_channels`), at most one per leg, never for a
 //!   closed id; `Relay` only once both legs were fed `Dialed`; from then
 //!   on the channel has legs up (ResetData or Relayed before CloseData).
+//! - `DataDirection` only under `enforce_data_direction`, only for an open
+//!   channel, at most once per channel; a transfer record that failed
+//!   with `WrongDirection` only under `enforce_data_direction`.
 //! - `ResetData` only for an open channel whose legs are up (after
 //!   `Connect`), at most once, and its `CloseData` follows in the same
 //!   drain. A channel with legs up never gets a plain `CloseData` (a FIN)
@@ -78,6 +90,9 @@
 //!   the session. Client-side `Refused` records that refuse no client line
 //!   are not counted (`refuses_a_client_line`).
 //! - `LoginFailed` never outnumbers the `530` replies the server sent.
+//! - Reload: while the last `PolicyChanged` fed denies every client
+//!   network, no byte more goes toward the server (a running session's
+//!   next command gets `421`).
 //! - The end: ticking far into the future (feeding `Timeout` while
 //!   `poll_timeout()` is due) closes every session, running relays
 //!   included (they meet the data idle deadline); then `Closed` from both
@@ -91,10 +106,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ftpgate_proto::rules::{Action as RuleAction, PolicySet, Rule, ServerData};
+use ftpgate_proto::rules::{Action as RuleAction, Net, PolicySet, Rule, ServerData};
 use ftpgate_proto::{
     Action, AuditEvent, Config, ControlEnds, DataId, DataStep, FtpsPolicy, Input, PassiveAddressPolicy,
-    Session, Side, TransferFailure, TransferResult,
+    Session, Side, TransferFailure, TransferResult, WRONG_DIRECTION,
 };
 
 const ERRORS: [ErrorKind; 5] = [
@@ -148,6 +163,8 @@ pub struct Driver {
     relayed: BTreeSet<DataId>,
     /// Ids that got `ResetData`.
     reset: BTreeSet<DataId>,
+    /// Channels that were told their direction (`DataDirection`).
+    directed: BTreeSet<DataId>,
     /// Transfer records that put a 426 in place of the server's 2xx.
     replaced_2xx: usize,
     /// Every byte written to the client.
@@ -167,6 +184,11 @@ pub struct Driver {
     /// `530` reply lines the server sent; `LoginFailed` records seen.
     server_530: usize,
     login_failed: usize,
+    /// The last reload denied every client network.
+    denied_by_reload: bool,
+    /// Ids that listen for both sides; legs kept (`Keep`) per id.
+    dual: BTreeSet<DataId>,
+    kept: BTreeSet<(DataId, u8)>,
 }
 
 fn i(side: Side) -> usize {
@@ -200,6 +222,7 @@ impl Driver {
             dialed: BTreeSet::new(),
             relayed: BTreeSet::new(),
             reset: BTreeSet::new(),
+            directed: BTreeSet::new(),
             replaced_2xx: 0,
             to_client: Vec::new(),
             queued: false,
@@ -211,6 +234,9 @@ impl Driver {
             forwarded: 0,
             server_530: 0,
             login_failed: 0,
+            denied_by_reload: false,
+            dual: BTreeSet::new(),
+            kept: BTreeSet::new(),
         }
     }
 
@@ -237,15 +263,13 @@ impl Driver {
             Input::Connected { data, .. } => {
                 self.connected.insert(data);
             }
-            Input::Dialed { data, leg, .. } => {
-                // The core ignores a Dialed it did not ask for.
-                if self.dial_asked.contains(&(data, i(leg) as u8)) {
-                    self.dialed.insert((data, i(leg) as u8));
-                    let both = [0, 1].iter().all(|l| self.dialed.contains(&(data, *l)));
-                    if let Some((state @ Chan::Dialing, _)) = self.chans.open.get_mut(&data) {
-                        if both {
-                            *state = Chan::Connecting;
-                        }
+            // The core ignores a Dialed it did not ask for.
+            Input::Dialed { data, leg, .. } if self.dial_asked.contains(&(data, i(leg) as u8)) => {
+                self.dialed.insert((data, i(leg) as u8));
+                let both = [0, 1].iter().all(|l| self.dialed.contains(&(data, *l)));
+                if let Some((state @ Chan::Dialing, _)) = self.chans.open.get_mut(&data) {
+                    if both {
+                        *state = Chan::Connecting;
                     }
                 }
             }
@@ -278,8 +302,13 @@ impl Driver {
         // Lines that reached the server in this step: each ends a run of
         // refused lines, whose one record may come with it.
         let pending = self.session.pending(Side::Server);
-        self.forwarded +=
+        let lines =
             pending.get(pending_before[1]..).map_or(0, |new| new.iter().filter(|&&b| b == b'\n').count());
+        // Telnet answers (no line end) may still go to the server.
+        if self.denied_by_reload && lines > 0 {
+            self.fail("a command reached the server after a reload denied the client's network");
+        }
+        self.forwarded += lines;
         if !self.queued {
             if self.refusals > 2 + self.forwarded {
                 self.fail("more than one record for a run of refused lines");
@@ -321,7 +350,15 @@ impl Driver {
                     self.fail("Listen after CloseData");
                 }
                 if let Some(entry) = chans.open.get_mut(data) {
-                    if !self.bind_failed.contains(data) || !chans.retried.insert(*data) {
+                    let other_side = matches!(
+                        (&entry.1, &action),
+                        (Action::Listen { peer: first, .. }, Action::Listen { peer, .. }) if first != peer
+                    );
+                    if other_side {
+                        if !self.dual.insert(*data) {
+                            self.fail("a third Listen side for one channel");
+                        }
+                    } else if !self.bind_failed.contains(data) || !chans.retried.insert(*data) {
                         self.fail("second Listen for an open channel without a bind failure");
                     }
                     *entry = (Chan::Asked, action.clone());
@@ -352,9 +389,38 @@ impl Driver {
                     }
                 }
             }
+            Action::Keep { data, leg } => {
+                if !self.accepted.contains(data) {
+                    self.fail("Keep not in answer to Accepted");
+                }
+                if !chans.open.contains_key(data) {
+                    self.fail("Keep for a channel that is not open");
+                }
+                if !self.kept.insert((*data, i(*leg) as u8)) {
+                    self.fail("second Keep for one leg");
+                }
+                if [0, 1].iter().all(|l| self.kept.contains(&(*data, *l))) {
+                    if let Some(entry) = chans.open.get_mut(data) {
+                        entry.0 = Chan::Connecting;
+                    }
+                }
+            }
+            Action::DataDirection { data, .. } => {
+                if !self.config.enforce_data_direction {
+                    self.fail("DataDirection without enforce_data_direction");
+                }
+                if !chans.open.contains_key(data) {
+                    self.fail("DataDirection for a channel that is not open");
+                }
+                if !self.directed.insert(*data) {
+                    self.fail("second DataDirection for one channel");
+                }
+            }
             Action::ResetData { data } => {
+                let kept = [0, 1].iter().any(|l| self.kept.contains(&(*data, *l)));
                 match chans.open.get(data) {
                     Some((Chan::Connecting | Chan::Relaying | Chan::Dialing, _)) => {}
+                    Some(_) if kept => {}
                     Some(_) => self.fail("ResetData for a channel with no leg up"),
                     None => self.fail("ResetData for a channel that is not open"),
                 }
@@ -365,8 +431,10 @@ impl Driver {
             Action::CloseData { data } => {
                 match chans.open.remove(data) {
                     None => self.fail("CloseData for a channel that is not open"),
-                    Some((Chan::Connecting | Chan::Relaying, _))
-                        if !self.reset.contains(data) && !self.relayed.contains(data) =>
+                    Some((state @ (Chan::Connecting | Chan::Relaying), _))
+                        if !self.reset.contains(data)
+                            && !self.relayed.contains(data)
+                            && !(self.dual.contains(data) && state == Chan::Connecting) =>
                     {
                         self.fail("a channel with legs up closed without ResetData or Relayed")
                     }
@@ -388,7 +456,8 @@ impl Driver {
             }
             Action::Relay { data } => {
                 let dialed = [0, 1].iter().all(|l| self.dialed.contains(&(*data, *l)));
-                if !self.connected.contains(data) && !dialed {
+                let kept = [0, 1].iter().all(|l| self.kept.contains(&(*data, *l)));
+                if !self.connected.contains(data) && !dialed && !kept {
                     self.fail("Relay not in answer to Connected or both legs Dialed");
                 }
                 match chans.open.get_mut(data) {
@@ -404,13 +473,13 @@ impl Driver {
             }
             Action::Audit(AuditEvent::Transfer { data, reply, server_reply, result, .. }) => {
                 let client_2xx = reply.is_some_and(|c| (200..300).contains(&c));
-                let cut = match result {
-                    TransferResult::Ok => false,
-                    TransferResult::Failed(
-                        TransferFailure::ServerReply { .. } | TransferFailure::NoDataConnection,
-                    ) => false,
-                    _ => true,
-                };
+                let cut = !matches!(
+                    result,
+                    TransferResult::Ok
+                        | TransferResult::Failed(
+                            TransferFailure::ServerReply { .. } | TransferFailure::NoDataConnection,
+                        )
+                );
                 if cut && client_2xx {
                     self.fail("a cut transfer gave the client a 2xx");
                 }
@@ -421,6 +490,11 @@ impl Driver {
                     )
                 {
                     self.fail("the client got a 2xx for a transfer that is not ok");
+                }
+                if matches!(result, TransferResult::Failed(TransferFailure::WrongDirection { .. }))
+                    && !self.config.enforce_data_direction
+                {
+                    self.fail("a transfer failed the wrong way without enforce_data_direction");
                 }
                 if *result == TransferResult::Ok && !self.relayed.contains(data) {
                     self.fail("transfer ok without Relayed");
@@ -450,10 +524,10 @@ impl Driver {
                     self.fail("more LoginFailed than 530 replies");
                 }
             }
-            Action::Audit(AuditEvent::TlsPassThrough { .. }) => {
-                if self.config.ftps != FtpsPolicy::PassThrough {
-                    self.fail("TlsPassThrough while FTPS is refused");
-                }
+            Action::Audit(AuditEvent::TlsPassThrough { .. })
+                if self.config.ftps != FtpsPolicy::PassThrough =>
+            {
+                self.fail("TlsPassThrough while FTPS is refused");
             }
             Action::Audit(_) => {}
             _ => {}
@@ -618,9 +692,15 @@ impl Driver {
                     Some((_, Action::Listen { accept_from, .. })) => *accept_from,
                     _ => self.ends.client.ip(),
                 };
-                let ip = match who % 3 {
+                let other = if canonical(expected) == canonical(self.ends.client.ip()) {
+                    self.ends.server.ip()
+                } else {
+                    self.ends.client.ip()
+                };
+                let ip = match who % 4 {
                     0 => expected,
                     1 => IpAddr::V4(Ipv4Addr::new(203, 0, 113, 66)),
+                    3 => other,
                     _ => match expected {
                         IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
                         IpAddr::V6(v6) => {
@@ -676,7 +756,13 @@ impl Driver {
             b'E' => {
                 let (id, leg, err) = (self.pick(arg()), arg(), arg());
                 let leg = if leg % 2 == 0 { Side::Client } else { Side::Server };
-                let error = ERRORS[usize::from(err) % ERRORS.len()];
+                // The daemon reports WRONG_DIRECTION only while it
+                // enforces a direction.
+                let error = match usize::from(err) % (ERRORS.len() + 1) {
+                    5 if self.config.enforce_data_direction => WRONG_DIRECTION,
+                    5 => ErrorKind::ConnectionReset,
+                    e => ERRORS[e],
+                };
                 self.feed(Input::RelayFailed { data: id, leg, error, to_client: 1024, to_server: 0 });
             }
             b'X' => {
@@ -685,6 +771,12 @@ impl Driver {
             }
             b'U' => self.feed(Input::ServerUnreachable { error: ErrorKind::ConnectionRefused }),
             b'D' => self.feed(Input::Drain),
+            b'Y' => {
+                let k = arg();
+                let policy = Arc::new(reload_policy(k));
+                self.denied_by_reload = k & 1 != 0;
+                self.feed(Input::PolicyChanged { policy: &policy });
+            }
             b'T' | b'+' => {
                 let d = arg();
                 let d = if d < 200 {
@@ -730,6 +822,28 @@ impl Driver {
     }
 }
 
+/// The rules a `Y` record reloads.
+fn reload_policy(k: u8) -> PolicySet {
+    let mut rules = Vec::new();
+    if k & 1 != 0 {
+        let all: [Net; 2] = ["0.0.0.0/0".parse().expect("a net"), "::/0".parse().expect("a net")];
+        rules.push(Rule { client: all.to_vec(), action: RuleAction::Deny, ..Rule::default() });
+    }
+    rules.push(Rule {
+        action: RuleAction::Allow,
+        server_data: match (k & 4 != 0, k & 8 != 0) {
+            (true, _) => ServerData::Passive,
+            (false, true) => ServerData::Active,
+            (false, false) => ServerData::Keep,
+        },
+        profile: (k & 2 != 0).then(|| "read-only".to_string()),
+        ..Rule::default()
+    });
+    let policy = PolicySet { rules, ..PolicySet::default() };
+    policy.validate().expect("the fuzz policy is valid");
+    policy
+}
+
 pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
     let flags = header.first().copied().unwrap_or(0);
     let cap = header.get(1).copied().unwrap_or(0);
@@ -748,15 +862,21 @@ pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
     if let Some(p) = policy {
         config.ftps = if p & 1 != 0 { FtpsPolicy::PassThrough } else { FtpsPolicy::Refuse };
         config.max_refused_lines = usize::from((p >> 1) & 7);
-        if p & 0x30 != 0 {
+        config.enforce_data_direction = p & 0x80 != 0;
+        if p & 0x70 != 0 {
             let rule = Rule {
                 action: RuleAction::Allow,
-                server_data: if p & 0x10 != 0 { ServerData::Passive } else { ServerData::Keep },
+                server_data: match (p & 0x10 != 0, p & 0x40 != 0) {
+                    (true, _) => ServerData::Passive,
+                    (false, true) => ServerData::Active,
+                    (false, false) => ServerData::Keep,
+                },
                 profile: (p & 0x20 != 0).then(|| "read-only".to_string()),
                 ..Rule::default()
             };
-            config.policy = PolicySet { rules: vec![rule], ..PolicySet::default() };
-            config.policy.validate().expect("the fuzz policy is valid");
+            let policy = PolicySet { rules: vec![rule], ..PolicySet::default() };
+            policy.validate().expect("the fuzz policy is valid");
+            config.policy = Arc::new(policy);
         }
     }
     let t = if flags & 16 != 0 {
@@ -818,4 +938,12 @@ pub fn run(data: &[u8]) {
         steps += 1;
     }
     driver.finish();
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4, as the core compares them.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }

@@ -189,6 +189,22 @@ sess12("convert-passive-port", *LOGIN, PORT_CONV, S(b"227 Entering Passive Mode 
 sess12("convert-read-only-reset", *LOGIN, C(b"STOR x"), C(b"EPRT |1|192.0.2.10|40000|"),
        S(b"229 Entering Extended Passive Mode (|||30000|)"), b"N\x00\x01", C(b"LIST"), S(b"150 ok"),
        b"N\x00\x00", b"E\x00\x01\x03", S(b"226 done"), policy=0x30)
+# server-data = "active" (policy bit 6): PASV -> the gateway's PORT, two
+# listeners, both legs accepted (A who 0: the last listener's peer, the
+# client; who 3: the other end, the server).
+sess12("convert-active-pasv", *LOGIN, C(b"PASV"), b"L\x00\x00\x00\x00", S(b"200 PORT ok"),
+       b"L\x00\x00\x00\x00", C(b"RETR f"), b"A\x00\x03\x00", S(b"150 ok"), b"A\x00\x00\x00",
+       b"R\x00\x05\x00", S(b"226 done"), policy=0x40)
+sess12("convert-active-epsv-thief-refused", *LOGIN, C(b"EPSV ALL"), C(b"EPSV"), b"L\x00\x00\x00\x00",
+       S(b"500 no"), C(b"EPSV"), b"L\x00\x00\x00\x00", S(b"200 ok"), b"L\x00\x00\x00\x00",
+       b"A\x00\x01\x00", C(b"STOR f"), b"A\x00\x03\x00", S(b"150 ok"), S(b"226 done"), b"T\x40",
+       policy=0x40)
+# A reload (Y) denying everyone while a transfer runs: nothing more reaches
+# the server.
+sess12("reload-deny-during-transfer", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00\x00\x00\x00",
+       C(b"RETR f"), b"A\x00\x00\x00K\x00", S(b"150 ok"), b"Y\x01", C(b"NOOP"), C(b"STOR x"),
+       S(b"226 done"), b"R\x00\x05\x00", policy=0)
+
 # A malformed 227 for a converted PORT: the channel was never dialed, so
 # the shell never opened it and gets no CloseData (session_driver.rs).
 seeds["session"]["crash-convert-closed-before-dial-regression"] = (

@@ -9,13 +9,27 @@
 //! back to the start's after a REIN. Every command goes through
 //! [`Session::policy_admits`] before the gateway's own protocol rules,
 //! which apply whatever a profile allows.
+//!
+//! A reload ([`Input::PolicyChanged`](super::Input::PolicyChanged)) makes
+//! the decision again from the same facts (addresses, the USER in force),
+//! between two commands: the next command is judged by the new rules. A
+//! data channel already being set up keeps its mode (its state carries it);
+//! the next PORT/PASV gets the new `server-data`. When the new rules deny
+//! the session's addresses outright (as [`rules::PolicySet::admit`] would
+//! at connect time), the next command gets `421` and the session ends once
+//! every reply owed before it is out and no transfer runs: a running
+//! transfer is never cut, and the session ends as a connection refused at
+//! connect time would have, with one audit record naming the rule.
+
+use std::sync::Arc;
 
 use super::{printable, Action, Session};
 use crate::audit::{AuditEvent, PolicyStage};
 use crate::command::Command;
-use crate::rules::{self, Decision, Facts, Verdict};
+use crate::rules::{self, Decision, Facts, PolicySet, RuleRef, Verdict};
 
 const REPLY_USER_DENIED: &str = "530 ftpgate: user denied by policy.\r\n";
+const REPLY_RELOAD_DENIED: &str = "421 ftpgate: session denied by the reloaded policy; closing.\r\n";
 const REPLY_SESSION_DENIED: &str = "530 ftpgate: denied by policy; send USER.\r\n";
 const REPLY_USER_FIRST: &str = "503 Login with USER first.\r\n";
 
@@ -31,6 +45,10 @@ impl Session {
     /// its decision the one in force.
     pub(super) fn policy_admits(&mut self, line: &[u8], cmd: &Command<'_>) -> bool {
         let verb = verb_of(line);
+        if std::mem::take(&mut self.revoked) {
+            self.end_by_policy(verb);
+            return false;
+        }
         match *cmd {
             Command::User(name) => {
                 let decision = self.policy_decision(Some(name));
@@ -45,6 +63,7 @@ impl Session {
                 }
                 self.user_denied = false;
                 self.decision = decision;
+                self.policy_user = Some(name.into());
                 true
             }
             Command::Pass if self.user_denied => {
@@ -64,6 +83,41 @@ impl Session {
                 false
             }
         }
+    }
+
+    /// New rules from a reload: decide again for this session's facts.
+    /// Only the next command sees the change; nothing running is touched.
+    pub(super) fn policy_changed(&mut self, policy: &Arc<PolicySet>) {
+        Arc::make_mut(&mut self.config).policy = Arc::clone(policy);
+        if self.closing_by_policy {
+            // Already ending: a later reload does not take the 421 back.
+            return;
+        }
+        self.revoked = policy.admit(self.ends.client.ip(), self.ends.server).is_err();
+        let user = self.policy_user.clone();
+        self.decision = self.policy_decision(user.as_deref());
+    }
+
+    /// The first command after a reload that denies the session's
+    /// addresses: `421`, in order behind the replies still owed, one audit
+    /// record, and no more client lines; `pump` ends the session once
+    /// nothing is owed and no transfer runs.
+    fn end_by_policy(&mut self, verb: &[u8]) {
+        let rule = match self.config.policy.admit(self.ends.client.ip(), self.ends.server) {
+            Err(rule) => rule,
+            // Cannot happen: `revoked` is set with these rules in force.
+            Ok(()) => RuleRef::Default,
+        };
+        let user = self.login.user.clone();
+        self.actions.push_back(Action::Audit(AuditEvent::PolicyDenied {
+            stage: PolicyStage::Reload,
+            rule: rule.to_string(),
+            user,
+            verb: Some(upper(verb)),
+            profile: None,
+        }));
+        self.reply_local(REPLY_RELOAD_DENIED);
+        self.closing_by_policy = true;
     }
 
     /// FTPS pass-through hides every later command: allowed only while
@@ -103,7 +157,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use super::super::{Action, ControlEnds, Input, Session, Side};
+    use super::super::{Action, ControlEnds, DataId, Input, Session, Side};
     use crate::audit::{AuditEvent, PolicyStage};
     use crate::policy::Config;
     use crate::rules::PolicySet;
@@ -115,7 +169,7 @@ mod tests {
     fn session_with(policy: &str, config: Config) -> Session {
         let policy: PolicySet = toml::from_str(policy).unwrap();
         policy.validate().unwrap();
-        let config = Config { policy, ..config };
+        let config = Config { policy: Arc::new(policy), ..config };
         let ends = ControlEnds {
             client: "192.0.2.10:40000".parse().unwrap(),
             server: "198.51.100.10:21".parse().unwrap(),
@@ -280,5 +334,222 @@ mod tests {
         let mut s = session_with("[[rule]]\nclient = [\"203.0.113.0/24\"]\naction = \"deny\"\n", ftps());
         feed(&mut s, Side::Client, b"AUTH TLS\r\n");
         assert_eq!(take(&mut s, Side::Server), "AUTH TLS\r\n");
+    }
+
+    fn reload(s: &mut Session, policy: &str) -> Vec<AuditEvent> {
+        let policy: PolicySet = toml::from_str(policy).unwrap();
+        policy.validate().unwrap();
+        s.handle_input(Instant::now(), Input::PolicyChanged { policy: &Arc::new(policy) });
+        std::iter::from_fn(|| s.poll_action())
+            .filter_map(|a| match a {
+                Action::Audit(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn step(s: &mut Session, input: Input<'_>) -> Vec<Action> {
+        s.handle_input(Instant::now(), input);
+        std::iter::from_fn(|| s.poll_action()).collect()
+    }
+
+    fn logged_in(policy: &str) -> Session {
+        let mut s = session(policy);
+        feed(&mut s, Side::Client, b"USER anna\r\n");
+        feed(&mut s, Side::Server, b"230 ok\r\n");
+        take(&mut s, Side::Server);
+        take(&mut s, Side::Client);
+        s
+    }
+
+    /// A RETR through a passive channel, relaying, its 226 held.
+    fn relaying_retr(s: &mut Session) -> DataId {
+        let d = DataId(0);
+        feed(s, Side::Client, b"PASV\r\nRETR big\r\n");
+        feed(s, Side::Server, b"227 Entering Passive Mode (198,51,100,10,117,48).\r\n");
+        step(s, Input::Listening { data: d, local: "198.51.100.10:30000".parse().unwrap() });
+        step(s, Input::Accepted { data: d, peer: "192.0.2.10:50000".parse().unwrap() });
+        step(s, Input::Connected { data: d, local: "192.0.2.10:50001".parse().unwrap() });
+        feed(s, Side::Server, b"150 here\r\n226 done\r\n");
+        assert_eq!(take(s, Side::Server), "PASV\r\nRETR big\r\n");
+        take(s, Side::Client);
+        d
+    }
+
+    const NO_TEST_NET: &str =
+        "[[rule]]\nname = \"no-test-net\"\nclient = [\"192.0.2.0/24\"]\naction = \"deny\"\n";
+
+    #[test]
+    fn relaying_reload_read_only_next_stor_550_retr_passes() {
+        let mut s = logged_in("");
+        feed(&mut s, Side::Client, b"DELE a\r\n");
+        assert_eq!(take(&mut s, Side::Server), "DELE a\r\n");
+        feed(&mut s, Side::Server, b"250 gone\r\n");
+        take(&mut s, Side::Client);
+        assert_eq!(reload(&mut s, "[[rule]]\naction = \"allow\"\nprofile = \"read-only\"\n"), []);
+        let audits = feed(&mut s, Side::Client, b"STOR x\r\nRETR f\r\n");
+        assert_eq!(take(&mut s, Side::Server), "RETR f\r\n");
+        assert_eq!(take(&mut s, Side::Client), "550 ftpgate: STOR denied by policy.\r\n");
+        assert!(matches!(&audits[..], [AuditEvent::PolicyDenied { stage: PolicyStage::Command, .. }]));
+    }
+
+    #[test]
+    fn relaying_reload_denying_the_network_running_transfer_ends_ok_then_421_and_close() {
+        let mut s = logged_in("");
+        let d = relaying_retr(&mut s);
+        // The reload itself touches nothing running.
+        assert_eq!(reload(&mut s, NO_TEST_NET), []);
+        assert_eq!(step(&mut s, Input::Progress { data: d, to_client: 10, to_server: 0 }), []);
+        // The next command: refused, judged now, answered in order.
+        let audits = feed(&mut s, Side::Client, b"NOOP\r\nLIST\r\n");
+        assert_eq!(take(&mut s, Side::Server), "");
+        assert_eq!(take(&mut s, Side::Client), "", "the 226 is owed first");
+        assert_eq!(
+            audits,
+            vec![AuditEvent::PolicyDenied {
+                stage: PolicyStage::Reload,
+                rule: "no-test-net".into(),
+                user: Some("anna".into()),
+                verb: Some("NOOP".into()),
+                profile: None,
+            }]
+        );
+        assert!(!s.is_closed());
+        assert_eq!(s.read_budget(Side::Client), 0, "no client line is read any more");
+        let actions = step(&mut s, Input::Relayed { data: d, to_client: 1000, to_server: 0 });
+        assert_eq!(
+            take(&mut s, Side::Client),
+            "226 done\r\n421 ftpgate: session denied by the reloaded policy; closing.\r\n"
+        );
+        let transfer = actions.iter().find_map(|a| match a {
+            Action::Audit(AuditEvent::Transfer { result, .. }) => Some(*result),
+            _ => None,
+        });
+        assert_eq!(transfer, Some(crate::audit::TransferResult::Ok));
+        assert!(actions.contains(&Action::Shutdown { side: Side::Client }));
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::Audit(AuditEvent::SessionEnded { reason: "denied by the reloaded policy", .. })
+        )));
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn relaying_reload_denying_the_network_idle_session_next_command_421_and_close() {
+        let mut s = logged_in("");
+        reload(&mut s, NO_TEST_NET);
+        let actions = step(&mut s, Input::Received { from: Side::Client, data: b"QUIT\r\n" });
+        assert_eq!(take(&mut s, Side::Server), "");
+        assert_eq!(
+            take(&mut s, Side::Client),
+            "421 ftpgate: session denied by the reloaded policy; closing.\r\n"
+        );
+        assert_eq!(
+            actions.iter().filter(|a| matches!(a, Action::Audit(AuditEvent::PolicyDenied { .. }))).count(),
+            1
+        );
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn relaying_reload_denying_then_allowing_before_a_command_changes_nothing() {
+        let mut s = logged_in("");
+        reload(&mut s, NO_TEST_NET);
+        reload(&mut s, "");
+        assert_eq!(feed(&mut s, Side::Client, b"NOOP\r\n"), []);
+        assert_eq!(take(&mut s, Side::Server), "NOOP\r\n");
+    }
+
+    #[test]
+    fn relaying_reload_denying_the_user_530_another_user_may_follow() {
+        let mut s = logged_in("");
+        let audits = reload(&mut s, "[[rule]]\nname = \"no-anna\"\nuser = [\"anna\"]\naction = \"deny\"\n");
+        assert_eq!(audits, []);
+        let audits = feed(&mut s, Side::Client, b"LIST\r\nUSER bob\r\n");
+        assert_eq!(take(&mut s, Side::Client), "530 ftpgate: denied by policy; send USER.\r\n");
+        assert_eq!(take(&mut s, Side::Server), "USER bob\r\n");
+        assert!(matches!(
+            &audits[..],
+            [AuditEvent::PolicyDenied { stage: PolicyStage::Command, rule, .. }] if rule == "no-anna"
+        ));
+        assert!(!s.is_closed());
+    }
+
+    #[test]
+    fn relaying_reload_decides_again_for_the_user_in_force() {
+        // ops may write, everyone else is read-only; a reload that keeps
+        // the rules keeps ops's decision, one that drops ops's rule does not.
+        let both = "[[rule]]\nuser = [\"ops\"]\naction = \"allow\"\n[[rule]]\naction = \"allow\"\nprofile = \"read-only\"\n";
+        let mut s = session(both);
+        feed(&mut s, Side::Client, b"USER ops\r\n");
+        feed(&mut s, Side::Server, b"230 ok\r\n");
+        take(&mut s, Side::Server);
+        take(&mut s, Side::Client);
+        reload(&mut s, both);
+        feed(&mut s, Side::Client, b"DELE a\r\n");
+        assert_eq!(take(&mut s, Side::Server), "DELE a\r\n");
+        feed(&mut s, Side::Server, b"250 ok\r\n");
+        take(&mut s, Side::Client);
+        reload(&mut s, "[[rule]]\naction = \"allow\"\nprofile = \"read-only\"\n");
+        feed(&mut s, Side::Client, b"DELE a\r\n");
+        assert_eq!(take(&mut s, Side::Server), "");
+        assert_eq!(take(&mut s, Side::Client), "550 ftpgate: DELE denied by policy.\r\n");
+    }
+
+    #[test]
+    fn converting_reload_to_keep_mid_setup_finishes_converted_next_port_listens() {
+        let mut s = logged_in("[[rule]]\naction = \"allow\"\nserver-data = \"passive\"\n");
+        feed(&mut s, Side::Client, b"PORT 192,0,2,10,156,64\r\n");
+        assert_eq!(take(&mut s, Side::Server), "PASV\r\n");
+        reload(&mut s, "");
+        let actions = step(
+            &mut s,
+            Input::Received {
+                from: Side::Server,
+                data: b"227 Entering Passive Mode (198,51,100,10,117,48).\r\n",
+            },
+        );
+        assert!(actions.iter().any(|a| matches!(a, Action::Dial { leg: Side::Server, .. })), "{actions:?}");
+        assert_eq!(take(&mut s, Side::Client), "200 PORT command successful.\r\n");
+        // The next PORT is the new rule's: a listener on the client's address.
+        let actions =
+            step(&mut s, Input::Received { from: Side::Client, data: b"PORT 192,0,2,10,156,65\r\n" });
+        assert!(
+            actions.iter().any(|a| matches!(a, Action::Listen { peer: Side::Server, .. })),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn passive_reload_to_active_mid_setup_finishes_as_asked_next_pasv_converted() {
+        let mut s = logged_in("");
+        feed(&mut s, Side::Client, b"PASV\r\n");
+        assert_eq!(take(&mut s, Side::Server), "PASV\r\n");
+        reload(&mut s, "[[rule]]\naction = \"allow\"\nserver-data = \"active\"\n");
+        // The PASV already out is the server's: its 227 opens the usual listener.
+        let actions = step(
+            &mut s,
+            Input::Received {
+                from: Side::Server,
+                data: b"227 Entering Passive Mode (198,51,100,10,117,48).\r\n",
+            },
+        );
+        assert!(
+            actions.iter().any(
+                |a| matches!(a, Action::Listen { peer: Side::Client, local, .. } if local.port() == 30000)
+            ),
+            "{actions:?}"
+        );
+        step(&mut s, Input::Listening { data: DataId(0), local: "198.51.100.10:30000".parse().unwrap() });
+        assert!(take(&mut s, Side::Client).starts_with("227 "));
+        // The next PASV is converted: a listener on the client's address first.
+        let actions = step(&mut s, Input::Received { from: Side::Client, data: b"PASV\r\n" });
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Listen { peer: Side::Server, local, .. } if local.port() == 0)),
+            "{actions:?}"
+        );
+        assert_eq!(take(&mut s, Side::Server), "");
     }
 }

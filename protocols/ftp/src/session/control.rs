@@ -40,8 +40,9 @@ const REPLY_LONG_ADDRESS: &str = "502 ftpgate: LPRT/LPSV not supported, use EPRT
 const REPLY_SECURITY: &str = "534 ftpgate: AUTH/TLS on the control channel refused by policy.\r\n";
 const REPLY_LOGIN_FIRST: &str = "530 Please login first.\r\n";
 const REPLY_EPSV_ALL: &str = "503 ftpgate: EPSV ALL in effect, use EPSV.\r\n";
+const REPLY_EPSV_ALL_OK: &str = "200 EPSV ALL command successful.\r\n";
 const REPLY_PASSIVE_REFUSED: &str = "425 ftpgate: passive reply refused by gateway policy.\r\n";
-const REPLY_TOO_MANY: &str = "425 ftpgate: too many data connections.\r\n";
+pub(super) const REPLY_TOO_MANY: &str = "425 ftpgate: too many data connections.\r\n";
 const REPLY_NOT_FTP: &str = "421 ftpgate: this is an FTP service; closing.\r\n";
 const REPLY_TOO_MANY_REFUSED: &str = "421 ftpgate: too many refused commands; closing.\r\n";
 const REPLY_TLS_PIPELINED: &str = "421 ftpgate: bytes before the TLS handshake; closing.\r\n";
@@ -94,6 +95,9 @@ pub(super) enum Pending {
     /// PASV/EPSV the gateway sent in place of the client's PORT/EPRT
     /// (`convert.rs`): its 227/229 becomes the client's `200`.
     PassiveFor { data: DataId },
+    /// PORT/EPRT the gateway sent in place of the client's PASV/EPSV
+    /// (`convert.rs`): its 200 lets the client's 227/229 be made.
+    ActiveFor { data: DataId },
     /// PORT/EPRT forwarded with its listener up.
     Active { data: DataId },
     /// A transfer command and the data channel it uses.
@@ -159,6 +163,9 @@ pub(crate) struct RefusedRun {
     rule: &'static str,
     attack: Option<u8>,
     what: String,
+    /// Each rule of the run with its count, in the order first used; few
+    /// entries at most, as there are few rules.
+    rules: Vec<(&'static str, usize)>,
 }
 
 /// A PORT/EPRT waiting for its listener before it is forwarded.
@@ -169,13 +176,22 @@ pub(super) struct PortHold {
     pub(super) ip: IpAddr,
     pub(super) port: u16,
     pub(super) extended: bool,
+    /// The gateway's own PORT/EPRT for a client's PASV/EPSV (`convert.rs`):
+    /// made from the listener's address, not the client's line.
+    pub(super) converted: bool,
 }
 
 /// A server reply the client may not see yet, named after what it waits for.
 #[derive(Debug)]
+// Named after what each waits for (STYLE.md), so all start with Expect.
+#[allow(clippy::enum_variant_names)]
 pub(super) enum ServerHold {
     /// A 227/229 until its listener is up (`Listening`).
     ExpectListening { data: DataId, reply: Reply, announced: SocketAddr, extended: bool },
+    /// The 227/229 the gateway makes for a client's PASV/EPSV under
+    /// `server-data = "active"` (`convert.rs`), until the listener for the
+    /// client's connection is up; it names that listener.
+    ExpectConvertedListening { data: DataId, extended: bool },
     /// The final reply of a transfer until its relay ends (`Relayed`, or a
     /// cut).
     ExpectRelayEnd { data: DataId, reply: Reply },
@@ -185,7 +201,9 @@ impl ServerHold {
     /// The data channel it waits for.
     pub(super) fn data(&self) -> DataId {
         match *self {
-            Self::ExpectListening { data, .. } | Self::ExpectRelayEnd { data, .. } => data,
+            Self::ExpectListening { data, .. }
+            | Self::ExpectConvertedListening { data, .. }
+            | Self::ExpectRelayEnd { data, .. } => data,
         }
     }
 }
@@ -195,6 +213,7 @@ impl Session {
     pub(super) fn process_client(&mut self, now: Instant) {
         loop {
             if self.phase != Phase::Relaying
+                || self.closing_by_policy
                 || self.port_hold.is_some()
                 || self.server_eof
                 || self.pending.len() >= MAX_PENDING
@@ -316,7 +335,16 @@ impl Session {
             Command::Pasv if self.epsv_all => {
                 self.refuse_local(Violation::EpsvAllInEffect, line, REPLY_EPSV_ALL)
             }
+            // The gateway sends the server PORT/EPRT: the server must not
+            // be in EPSV ALL. The gateway enforces it for the client.
+            Command::Epsv(EpsvArg::All) if self.decision.server_data == ServerData::Active => {
+                self.epsv_all = true;
+                self.reply_local(REPLY_EPSV_ALL_OK);
+            }
             Command::Epsv(EpsvArg::All) => self.forward(line, Pending::EpsvAll),
+            Command::Pasv | Command::Epsv(_) if self.decision.server_data == ServerData::Active => {
+                self.convert_to_active(now, line, matches!(cmd, Command::Epsv(_)))
+            }
             Command::Pasv | Command::Epsv(_) => {
                 self.retire_idle_data(now);
                 self.forward(line, Pending::Passive);
@@ -386,7 +414,8 @@ impl Session {
         let Some(data) = self.open_data(now, DataMode::Active, local, self.ends.server.ip(), port) else {
             return self.refuse_local(Violation::TooManyDataChannels, line, REPLY_TOO_MANY);
         };
-        self.port_hold = Some(PortHold { data, line: line.to_vec(), ip, port, extended });
+        self.port_hold =
+            Some(Box::new(PortHold { data, line: line.to_vec(), ip, port, extended, converted: false }));
     }
 
     /// ABOR (RFC 959 §4.1.3, ATTACKS.md 15): cut the data channel of the
@@ -471,16 +500,23 @@ impl Session {
     /// A client line the gateway answers itself. Refused lines in a row
     /// make one record when the run ends; at `max_refused_lines` the
     /// session closes instead of answering.
-    fn refuse_local(&mut self, v: Violation, line: &[u8], text: &str) {
-        let run = self.refused.get_or_insert_with(|| RefusedRun {
-            count: 0,
-            side: v.side(),
-            reason: v.reason(),
-            rule: v.rule(),
-            attack: v.attack(),
-            what: audit_text(line),
+    pub(super) fn refuse_local(&mut self, v: Violation, line: &[u8], text: &str) {
+        let run = self.refused.get_or_insert_with(|| {
+            Box::new(RefusedRun {
+                count: 0,
+                side: v.side(),
+                reason: v.reason(),
+                rule: v.rule(),
+                attack: v.attack(),
+                what: audit_text(line),
+                rules: Vec::new(),
+            })
         });
         run.count += 1;
+        match run.rules.iter_mut().find(|(rule, _)| *rule == v.rule()) {
+            Some((_, n)) => *n += 1,
+            None => run.rules.push((v.rule(), 1)),
+        }
         let max = self.config.max_refused_lines;
         if max > 0 && run.count >= max {
             self.flush_refused();
@@ -494,10 +530,10 @@ impl Session {
     /// `RefusedLines` for more.
     pub(super) fn flush_refused(&mut self) {
         let Some(run) = self.refused.take() else { return };
-        let RefusedRun { count, side, reason, rule, attack, what } = run;
+        let RefusedRun { count, side, reason, rule, attack, what, rules } = *run;
         let event = match count {
             1 => AuditEvent::Refused { side, reason, rule, attack, what },
-            count => AuditEvent::RefusedLines { side, count, reason, rule, attack, what },
+            count => AuditEvent::RefusedLines { side, count, reason, rule, attack, what, rules },
         };
         self.actions.push_back(Action::Audit(event));
     }
@@ -568,11 +604,13 @@ impl Session {
 
     /// A 421 arrived behind a held reply (ATTACKS.md 18): close every data
     /// channel, which releases the held reply; deliver what the server said
-    /// before the 421, in order; then the 421 and the teardown.
+    /// before the 421, in order; then the 421 and the teardown. The server
+    /// is going away, as when it just closes: a transfer it cuts this way
+    /// failed, it was not aborted by anyone on purpose.
     fn server_closing(&mut self, now: Instant, reply: Reply) {
         let ids: Vec<DataId> = self.data.keys().copied().collect();
         for id in ids {
-            self.cut_data(now, id, Cut::Aborted(AbortCause::SessionEnded));
+            self.cut_data(now, id, Cut::Failed(TransferFailure::ServerClosed));
         }
         while let Some(earlier) = self.backlog.pop_front() {
             self.flush_local();
@@ -605,7 +643,9 @@ impl Session {
         }
         if code == Code::NOT_AVAILABLE {
             self.send_reply(&reply);
-            return self.teardown(Side::Client, "server closing (421)");
+            // The server is going away: a transfer it cuts failed.
+            let cut = Cut::Failed(TransferFailure::ServerClosed);
+            return self.teardown_cutting(Side::Client, "server closing (421)", cut);
         }
         if code.is_preliminary() {
             self.bind_front_transfer();
@@ -615,6 +655,7 @@ impl Session {
         match self.pending.pop_front() {
             Some(Pending::Passive) => self.passive_reply(now, reply),
             Some(Pending::PassiveFor { data }) => self.converted_passive_reply(now, data, reply),
+            Some(Pending::ActiveFor { data }) => self.converted_port_reply(now, data, reply),
             Some(Pending::Active { data }) => {
                 if !code.is_success() {
                     // The server will not use the channel. A hostile one
@@ -673,6 +714,7 @@ impl Session {
             Some(Pending::Rein) => {
                 if code == Code::READY {
                     self.login = Login::default();
+                    self.policy_user = None;
                     self.decision = self.policy_decision(None);
                     self.epsv_all = false;
                     self.reset_data_setup(now);
@@ -857,6 +899,7 @@ impl Session {
             other => self.server_hold = other,
         }
         match self.port_hold.take() {
+            Some(hold) if hold.data == data && hold.converted => self.send_converted_port(data, local),
             Some(hold) if hold.data == data => {
                 if local.port() == hold.port {
                     self.forward(&hold.line, Pending::Active { data });
@@ -885,7 +928,7 @@ impl Session {
     }
 
     /// A canonical 227/229 naming `local`.
-    fn passive_rewrite(&self, local: SocketAddr, extended: bool) -> Option<Reply> {
+    pub(super) fn passive_rewrite(&self, local: SocketAddr, extended: bool) -> Option<Reply> {
         if extended {
             let text = format!("229 Entering Extended Passive Mode (|||{}|)", local.port());
             return Some(Reply::local(229, &text));

@@ -24,6 +24,10 @@ pub(super) enum DataState {
     /// Converted to passive toward the server (`convert.rs`): waiting for
     /// the server's 227/229 to the gateway's PASV/EPSV.
     ExpectPassiveReply { expires_at: Instant },
+    /// Converted to active toward the server (`convert.rs`): the listener
+    /// for the server's connection is up, the gateway's PORT/EPRT is out;
+    /// waiting for its 200.
+    ExpectPortReply { expires_at: Instant },
     /// Converted: the server's leg is dialed; waiting for the transfer
     /// command's first reply to dial the client's.
     ExpectTransfer { expires_at: Instant },
@@ -88,6 +92,8 @@ pub(super) struct DataChan {
     pub(super) to_server: u64,
     /// Set for a channel the gateway connects both legs of (`convert.rs`).
     pub(super) conversion: Option<super::convert::Conversion>,
+    /// Set for a channel the gateway accepts both legs of (`convert.rs`).
+    pub(super) to_active: Option<super::convert::ToActive>,
     /// The transfer command using this channel, once bound.
     pub(super) command: Option<TransferCommand>,
     /// The server's final reply to that command.
@@ -104,6 +110,7 @@ impl DataChan {
             DataState::ExpectListening { expires_at }
             | DataState::ExpectAccept { expires_at }
             | DataState::ExpectPassiveReply { expires_at }
+            | DataState::ExpectPortReply { expires_at }
             | DataState::ExpectTransfer { expires_at }
             | DataState::ExpectConnect { expires_at } => Some(expires_at),
             DataState::Relaying { idle_at } => Some(idle_at),
@@ -127,22 +134,28 @@ impl DataChan {
             DataState::ExpectListening { .. }
                 | DataState::ExpectAccept { .. }
                 | DataState::ExpectPassiveReply { .. }
+                | DataState::ExpectPortReply { .. }
                 | DataState::ExpectTransfer { .. }
-        )
+        ) && !self.to_active.is_some_and(|c| c.has_leg())
     }
 
     /// A live connection exists: a cut resets it. Beside the states of
     /// [`is_connecting_or_relaying`](Self::is_connecting_or_relaying), a
     /// converted channel's server leg dialed before the transfer starts.
     pub(super) fn has_live_leg(&self) -> bool {
-        self.is_connecting_or_relaying() || matches!(self.state, DataState::ExpectTransfer { .. })
+        self.is_connecting_or_relaying()
+            || matches!(self.state, DataState::ExpectTransfer { .. })
+            || self.to_active.is_some_and(|c| c.has_leg())
     }
 
     /// Active mode, listening for the server's connection, which has not
     /// been accepted yet. (In passive mode the server cannot have had a data
     /// connection before the gateway accepted the client's.)
     pub(super) fn is_awaiting_server(&self) -> bool {
-        self.mode == DataMode::Active && matches!(self.state, DataState::ExpectAccept { .. })
+        // Converted to active toward the server: the server connects to the
+        // gateway as in active mode, whatever the client asked for.
+        (self.mode == DataMode::Active || self.to_active.is_some())
+            && matches!(self.state, DataState::ExpectAccept { .. })
     }
 
     /// At least one leg is a live connection (the accepted one, or both).
@@ -233,6 +246,7 @@ impl Session {
             to_client: 0,
             to_server: 0,
             conversion: None,
+            to_active: None,
             command: None,
             final_code: None,
             final_dropped: false,
@@ -279,6 +293,9 @@ impl Session {
         if !ch.is_expecting_listening() {
             return;
         }
+        if ch.to_active.is_some() {
+            return self.converted_listening(now, data, local);
+        }
         ch.state = DataState::ExpectAccept { expires_at: after(now, self.config.data_accept_timeout) };
         ch.listening = Some(local);
         self.listener_up(data, local);
@@ -286,6 +303,9 @@ impl Session {
 
     pub(super) fn on_accepted(&mut self, now: Instant, data: DataId, peer: SocketAddr) {
         let Some(ch) = self.data.get_mut(&data) else { return };
+        if ch.to_active.is_some() {
+            return self.converted_accepted(now, data, peer);
+        }
         if !matches!(ch.state, DataState::ExpectAccept { .. }) {
             return;
         }
@@ -330,7 +350,13 @@ impl Session {
             return;
         }
         let in_use = matches!(error, io::ErrorKind::AddrInUse | io::ErrorKind::AddrNotAvailable);
-        if step == DataStep::Bind && in_use && ch.is_expecting_listening() && !ch.retried {
+        // A converted channel listens on port 0 already: nothing to retry.
+        if step == DataStep::Bind
+            && in_use
+            && ch.is_expecting_listening()
+            && !ch.retried
+            && ch.to_active.is_none()
+        {
             // The announced port is taken here (another session, ATTACKS.md
             // 21): listen on any port and rewrite what the peer is told.
             ch.retried = true;
@@ -409,6 +435,7 @@ impl Session {
                     DataState::ExpectListening { .. }
                     | DataState::ExpectAccept { .. }
                     | DataState::ExpectPassiveReply { .. }
+                    | DataState::ExpectPortReply { .. }
                     | DataState::ExpectTransfer { .. } => TransferFailure::AcceptTimeout,
                     DataState::ExpectConnect { .. } => TransferFailure::ConnectTimeout,
                     DataState::Relaying { .. } => TransferFailure::DataIdle,
@@ -450,7 +477,10 @@ impl Session {
         // Held replies first: the channel is forgotten once closed and
         // logged, and a held 2xx must still learn that it was cut.
         match self.server_hold.take() {
-            Some(ServerHold::ExpectListening { data: held, .. }) if held == data => {
+            Some(
+                ServerHold::ExpectListening { data: held, .. }
+                | ServerHold::ExpectConvertedListening { data: held, .. },
+            ) if held == data => {
                 self.send_client_now(REPLY_CANT_OPEN);
             }
             other => self.server_hold = other,

@@ -24,7 +24,7 @@ use crate::audit::{AbortCause, AuditEvent, TransferFailure};
 use crate::line::LineReader;
 use crate::policy::Config;
 use crate::reply::{Reply, ReplyAssembler};
-use crate::rules::Decision;
+use crate::rules::{Decision, PolicySet};
 
 /// One end of the control connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -177,6 +177,17 @@ pub enum Input<'a> {
     Timeout,
     /// The daemon is shutting down: finish running transfers, then close.
     Drain,
+    /// The operator reloaded the access rules (SIGHUP). They judge this
+    /// session's next commands: its decision is made again from its facts
+    /// (client, server, the user in force). A data channel being set up
+    /// keeps the mode it started with; a running transfer is never cut. A
+    /// session whose addresses the new rules deny outright
+    /// ([`PolicySet::admit`](crate::rules::PolicySet::admit)) gets `421` for
+    /// its next command and ends once its running transfer has.
+    PolicyChanged {
+        /// The new rules, validated.
+        policy: &'a Arc<PolicySet>,
+    },
 }
 
 /// The `error` of [`Input::RelayFailed`] when a leg sent data the wrong way
@@ -232,6 +243,18 @@ pub enum Action {
         local: SocketAddr,
         /// Destination.
         remote: SocketAddr,
+    },
+    /// Keep the connection just accepted on this data channel (`Accepted`)
+    /// as `leg`'s leg, and close the listener it came through. For a
+    /// channel whose two legs the gateway both accepts (`server-data =
+    /// "active"` for a client in passive mode: one listener per side, each
+    /// asked for with `Listen` and its `peer`); `Relay` follows once both
+    /// legs are kept. Nothing to report.
+    Keep {
+        /// The data channel.
+        data: DataId,
+        /// Whose connection it is.
+        leg: Side,
     },
     /// Both legs are up: relay between them until both directions end, then
     /// report `Relayed`; report `Progress` while bytes move, `RelayFailed`
@@ -345,8 +368,9 @@ pub struct Session {
     /// A client line taken from the framer that must wait (a data-setup
     /// command while a transfer is outstanding).
     stash: Option<Vec<u8>>,
-    /// A PORT/EPRT held until its listener is up.
-    port_hold: Option<PortHold>,
+    /// A PORT/EPRT held until its listener is up. Boxed: rare, and an idle
+    /// session must stay small.
+    port_hold: Option<Box<PortHold>>,
     /// A server reply held (227/229 until Listening, final reply until
     /// Relayed); later server replies wait behind it in `backlog`.
     server_hold: Option<ServerHold>,
@@ -369,7 +393,8 @@ pub struct Session {
     /// anything else ends the session.
     client_spoke_ftp: bool,
     /// Client lines refused in a row, not yet recorded (one record per run).
-    refused: Option<RefusedRun>,
+    /// Boxed: rare, and an idle session must stay small.
+    refused: Option<Box<RefusedRun>>,
     /// The `now` of the input being handled.
     now: Instant,
     /// When the session began, for its end record.
@@ -380,6 +405,16 @@ pub struct Session {
     decision: Decision,
     /// The last USER was denied by policy: its PASS is answered here.
     user_denied: bool,
+    /// The name of the USER whose decision is in force (`None` before one,
+    /// and after REIN): a reload decides again for it.
+    policy_user: Option<Box<[u8]>>,
+    /// A reload denied this session's addresses: the next command gets
+    /// `421` (`access.rs`). The rule that did is found again then (a pure
+    /// function of the rules in force): the session stays small.
+    revoked: bool,
+    /// That `421` is queued: the session ends once it and every reply owed
+    /// before it are out and no transfer runs.
+    closing_by_policy: bool,
 }
 
 /// A session's transfers, summed for its end record.
@@ -412,6 +447,9 @@ impl Session {
         Self {
             decision,
             user_denied: false,
+            policy_user: None,
+            revoked: false,
+            closing_by_policy: false,
             phase: Phase::ExpectGreeting { expires_at: after(now, config.greeting_timeout) },
             idle_at: after(now, config.idle_timeout),
             readers: [LineReader::new(), LineReader::new()],
@@ -450,7 +488,10 @@ impl Session {
             return;
         }
         self.now = self.now.max(now);
-        if !matches!(input, Input::Timeout | Input::Drain | Input::Received { .. }) {
+        if !matches!(
+            input,
+            Input::Timeout | Input::Drain | Input::Received { .. } | Input::PolicyChanged { .. }
+        ) {
             // Data-channel activity keeps the control connection alive: a
             // long transfer must not end in an idle 421. Control bytes count
             // only once they complete a line (`line_seen`), so a slowloris
@@ -495,6 +536,7 @@ impl Session {
             }
             Input::Timeout => self.on_timeout(now),
             Input::Drain => self.draining = true,
+            Input::PolicyChanged { policy } => self.policy_changed(policy),
         }
         self.pump(now);
         self.debug_check_holds();
@@ -507,7 +549,9 @@ impl Session {
         let state = |id: &DataId| self.data.get(id).map(|d| d.state);
         let expecting_listening = |id: &DataId| self.data.get(id).is_some_and(|d| d.is_expecting_listening());
         match &self.server_hold {
-            Some(ServerHold::ExpectListening { data, .. }) => {
+            Some(
+                ServerHold::ExpectListening { data, .. } | ServerHold::ExpectConvertedListening { data, .. },
+            ) => {
                 debug_assert!(expecting_listening(data), "227 held for {data:?} in {:?}", state(data));
             }
             Some(ServerHold::ExpectRelayEnd { data, .. }) => debug_assert!(
@@ -550,6 +594,13 @@ impl Session {
         } else if self.draining && !self.transfer_running() {
             self.send_client_now(REPLY_SHUTTING_DOWN);
             self.teardown(Side::Client, "gateway shutting down");
+        } else if self.closing_by_policy
+            && self.pending.is_empty()
+            && self.server_hold.is_none()
+            && !self.transfer_running()
+        {
+            // The 421 is out (queued in order); nothing is owed any more.
+            self.teardown(Side::Client, "denied by the reloaded policy");
         }
     }
 
@@ -610,6 +661,7 @@ impl Session {
         let blocked = match from {
             Side::Client => {
                 matches!(self.phase, Phase::ExpectGreeting { .. })
+                    || self.closing_by_policy
                     || self.port_hold.is_some()
                     || self.stash.is_some()
                     || self.pending.len() >= MAX_PENDING

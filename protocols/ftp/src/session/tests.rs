@@ -1082,6 +1082,49 @@ fn relaying_server_closed_without_final_reply_records_failed_server_closed() {
     assert!(t.s.is_closed());
 }
 
+/// A server that says `421` mid-transfer is going away just as one that
+/// closes: the client gets the 421 (never a 2xx), both legs are reset and
+/// the transfer failed; nobody aborted it.
+#[test]
+fn relaying_server_421_mid_transfer_records_failed_server_closed() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Progress { data: DataId(0), to_client: 4096, to_server: 0 });
+    server!(t, b"421 Service going down.\r\n");
+    expect!(t, to_client: b"421 Service going down.\r\n");
+    let actions = t.actions();
+    assert!(actions.contains(&Action::ResetData { data: DataId(0) }), "{actions:?}");
+    let record = actions.iter().find(|a| matches!(a, Action::Audit(AuditEvent::Transfer { .. })));
+    assert!(
+        matches!(
+            record,
+            Some(Action::Audit(AuditEvent::Transfer {
+                result: TransferResult::Failed(TransferFailure::ServerClosed),
+                ..
+            }))
+        ),
+        "{actions:?}"
+    );
+    assert!(t.s.is_closed());
+}
+
+/// The same behind a held 226 (ATTACKS.md 18): the relay is still running,
+/// so the 226 becomes a 426, then the 421; the transfer failed.
+#[test]
+fn relaying_held_226_then_421_records_failed_server_closed() {
+    let mut t = passive_relaying_retr();
+    server!(t, b"226 Transfer complete.\r\n421 Service going down.\r\n");
+    expect!(t, to_client: b"426 Connection closed; transfer aborted.\r\n421 Service going down.\r\n");
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            reply: Some(426),
+            result: TransferResult::Failed(TransferFailure::ServerClosed),
+            ..
+        }
+    ));
+    assert!(t.s.is_closed());
+}
+
 #[test]
 fn relayed_then_server_closed_before_226_records_failed_server_closed() {
     let mut t = passive_relaying_retr();
@@ -1245,7 +1288,8 @@ fn attack_10_relaying_junk_line_500_not_forwarded() {
             reason: "command syntax",
             rule: "command-syntax",
             attack: Some(10),
-            what: "".into()
+            what: "".into(),
+            rules: vec![("command-syntax", 2)],
         }]
     );
 }
@@ -1336,7 +1380,8 @@ fn attack_10_relaying_ten_refused_lines_close_with_one_record() {
                 reason: "LPRT/LPSV unsupported",
                 rule: "lprt-lpsv",
                 attack: Some(29),
-                what: "LPSV".into()
+                what: "LPSV".into(),
+                rules: vec![("lprt-lpsv", 9), ("command-syntax", 1)],
             },
             AuditEvent::SessionEnded {
                 reason: "too many refused lines",
