@@ -28,6 +28,8 @@
 #   host.sh capture-stop DIR            stop this host's captures
 #   host.sh stop DIR                    stop every process DIR has a
 #                                       pidfile for (lib.sh's pidfiles)
+#   host.sh wait-listen PORT [ADDR] [TENTHS]
+#                                       bounded wait for a TCP listener
 #   host.sh if-of ADDR                  the interface holding ADDR
 #   host.sh v6-settled                  wait (3 s at most) until no IPv6
 #                                       address is tentative; status 1 if
@@ -327,6 +329,7 @@ capture) check_dir "${1:?DIR}"; check_dir "${2:?PCAPDIR}"; host_capture "$1" "$2
 capture-stop) check_dir "${1:?DIR}"; host_capture_stop "$1" ;;
 stop)    check_dir "${1:?DIR}"; host_stop "$1" ;;
 if-of)   if_of "${1:?ADDR}" ;;
+wait-listen) wait_listen_here "${1:?PORT}" "${2:-}" "${3:-100}" ;;
 v6-settled) v6_settled ;;
-*) die "unknown command '$cmd' (client|server|gateway|rules|vsftpd|ftpgate|spawn|capture|capture-stop|stop|if-of|v6-settled)" ;;
+*) die "unknown command '$cmd' (client|server|gateway|rules|vsftpd|ftpgate|spawn|capture|capture-stop|stop|wait-listen|if-of|v6-settled)" ;;
 esac
