@@ -4,6 +4,8 @@
 # namespace, and the TPROXY rule set `ftpgate rules` prints in the gateway
 # namespace. Never touches the root namespace's routes or firewall. Needs
 # root, and a built ftpgate ($FTPGATE_BIN, default target/debug/ftpgate).
+# Each host's set-up and daemons are lab/host.sh's, run inside
+# `ip netns exec` (the Vagrant VMs run the same script).
 #
 # Usage:
 #   netns.sh up NAME [nft|iptables|none]   create lab NAME (default: nft rules)
@@ -199,7 +201,7 @@ gc() {
 }
 
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,34p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,36p' "$0" >&2; exit 2; }
 shift
 case "$cmd" in
 up)      need_root; check_name "${1:?NAME}"; up "$1" "${2:-nft}" ;;

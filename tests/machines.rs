@@ -280,10 +280,24 @@ impl Machines {
         assert!(stdout.contains("hosts: machines"), "{name} did not run in machines mode:\n{stdout}");
         assert!(stdout.contains(&format!("scenario {name}: every check held")), "{stdout}");
         let run = Run { name, out, stdout };
-        // every host captured, and the client's and server's pcaps came back
-        for pcap in ["client-eth1", "gw-c", "gw-s", "server-eth1"] {
-            let len = fs::metadata(run.path(&format!("pcap/{pcap}.pcap"))).map_or(0, |m| m.len());
-            assert!(len > 24, "{name}: pcap/{pcap}.pcap is missing or empty ({len} bytes)");
+        // every host captured, and the client's and server's pcaps came
+        // back (kernel-helper captures twice: a prefix per phase)
+        let pcaps: Vec<(String, u64)> = fs::read_dir(run.path("pcap"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| {
+                        (e.file_name().to_string_lossy().into_owned(), e.metadata().map_or(0, |m| m.len()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for host in ["client-eth1", "gw-c", "gw-s", "server-eth1"] {
+            let found =
+                pcaps.iter().filter(|(f, _)| f.ends_with(&format!("{host}.pcap"))).collect::<Vec<_>>();
+            assert!(
+                !found.is_empty() && found.iter().all(|(_, len)| *len > 24),
+                "{name}: no {host}.pcap with packets: {pcaps:?}"
+            );
         }
         self.assert_clean(name);
         run
