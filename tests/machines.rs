@@ -466,6 +466,75 @@ fn other_scenarios_across_machines() {
     assert!(!addrs.contains("192.0.2.20"), "the thief's address stayed on the client: {addrs}");
 }
 
+/// Ctrl-C in the middle of a machines-mode scenario (SIGINT to its process
+/// group, as a terminal sends it, while vsftpd runs on the server machine):
+/// the scenario fails, and every machine is left as provisioned: no
+/// process of it on the server, no work directory, the gateway's rule set.
+#[test]
+fn interrupted_machines_scenario_cleans_up() {
+    use std::os::unix::process::CommandExt;
+    let _one = ONE_SET.lock().unwrap_or_else(|p| p.into_inner());
+    let m = Machines::up();
+    let out = m.dir.join("out-interrupted");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &m.gateway])
+        .arg(common::repo_root().join("lab/scenario"))
+        .args(["--hosts", "machines", "--out", &out.to_string_lossy(), "kernel-helper"])
+        .env("FTPGATE_LAB_MACHINES", m.dir.join("gateway-etc/machines.env"))
+        .env("FTPGATE_BIN", common::gateway_bin())
+        .env("FTPGATE_LADDER", &m.ladder)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start lab/scenario");
+    // `ip netns exec` execs: the scenario's shell has the child's PID, and
+    // names its work directories after it. The server machine's tmpfs is
+    // seen through its sshd's root (/proc/PID/root).
+    let server_sshd = m.sshd[1].id();
+    let work = PathBuf::from(format!("/proc/{server_sshd}/root"))
+        .join(m.dir.join("host-run").strip_prefix("/").expect("absolute"))
+        .join(format!("sc{}-server", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !work.join("vsftpd.pid").exists() {
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vsftpd never ran on the server machine ({})", work.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let vsftpd: u32 = fs::read_to_string(work.join("vsftpd.pid"))
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .expect("vsftpd's pidfile");
+    // stopped first, so the interrupt lands mid-scenario however fast it runs
+    let group = format!("-{}", child.id());
+    for sig in ["-STOP", "-INT", "-CONT"] {
+        assert!(Command::new("kill").args([sig, "--", &group]).status().expect("kill").success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("lab/scenario still ran 60 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "an interrupted scenario must not report success");
+    let state = fs::read_to_string(format!("/proc/{vsftpd}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')),
+        "the server machine's vsftpd {vsftpd} still runs: {state}"
+    );
+    m.assert_clean("interrupted kernel-helper");
+}
+
 /// scale-out and failover need two gateways: machines mode refuses them
 /// and says why, before it touches anything.
 #[test]
