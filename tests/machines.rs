@@ -259,12 +259,19 @@ impl Machines {
 
     /// `lab/scenario --hosts machines NAME` in the gateway machine.
     fn scenario(&self, name: &'static str) -> Run {
-        let out = self.dir.join(format!("out-{name}"));
+        self.scenario_with(name, &[])
+    }
+
+    /// The same with more options (`--iptables`).
+    fn scenario_with(&self, name: &'static str, options: &[&str]) -> Run {
+        let out = self.dir.join(format!("out-{name}{}", options.join("")));
         let script = common::repo_root().join("lab/scenario");
         let res = Command::new("timeout")
             .args(["-k", "10", "120", "ip", "netns", "exec", &self.gateway])
             .arg(&script)
-            .args(["--hosts", "machines", "--out", &out.to_string_lossy(), name])
+            .args(["--hosts", "machines", "--out", &out.to_string_lossy()])
+            .args(options)
+            .arg(name)
             .env("FTPGATE_LAB_MACHINES", self.dir.join("gateway-etc/machines.env"))
             .env("FTPGATE_BIN", common::gateway_bin())
             .env("FTPGATE_LADDER", &self.ladder)
@@ -315,8 +322,14 @@ impl Machines {
         let rules =
             must(10, &["ip", "netns", "exec", &self.gateway, "nft", "list", "table", "inet", "ftpgate"]);
         assert!(rules.contains("iifname \"eth1\" tcp dport 21 reject"), "{name}: gateway rules: {rules}");
+        // no kernel-helper table, no iptables chain of ftpgate's (iptables
+        // may leave its own empty base tables: those pass everything)
         let all = must(10, &["ip", "netns", "exec", &self.gateway, "nft", "list", "tables"]);
-        assert_eq!(all.trim(), "table inet ftpgate", "{name}: gateway tables left: {all}");
+        assert!(!all.contains("kernelftp"), "{name}: gateway tables left: {all}");
+        for tool in ["iptables-save", "ip6tables-save"] {
+            let saved = must(10, &["ip", "netns", "exec", &self.gateway, tool]);
+            assert!(!saved.contains("FTPGATE") && !saved.contains("--helper"), "{name}: {tool}: {saved}");
+        }
     }
 
     /// A shell command on a machine, over ssh from the gateway with the
@@ -449,6 +462,14 @@ fn passive_and_active_v4_across_machines() {
     }
     assert_eq!(r.transfers("active"), 2);
     r.assert_diagram_names(&["TPROXY", "foreign listener", "foreign connect", "PORT 192,0,2,10"]);
+
+    // the iptables form of the rule set on the gateway machine, then the
+    // provisioned nft one back (assert_clean)
+    let r = m.scenario_with("passive-v4", &["--iptables"]);
+    assert!(r.stdout.contains("lab up (iptables rules)"), "{}", r.stdout);
+    r.assert_same("got.bin", "scen.bin");
+    assert_eq!(r.server_saw(), ["192.0.2.10"]);
+    assert_eq!(r.transfers("passive"), 2);
 }
 
 /// The other scenarios written for machines: each must pass its own checks
