@@ -19,6 +19,8 @@
 #   host.sh rules add|del FORM CIF DIR  the TPROXY rule set only
 #   host.sh vsftpd DIR [KEY=VALUE]...   vsftpd with run dir DIR (its files
 #                                       in DIR/ftproot), in the background
+#   host.sh proftpd DIR | pure-ftpd DIR instead of vsftpd (servers.sh
+#                                       unpacks them), in the background
 #   host.sh ftpgate DIR BIN [ARGS...]   BIN in the background, stderr to
 #                                       DIR/ftpgate.log
 #   host.sh spawn DIR WHAT CMD...       CMD in the background, DIR/WHAT.pid
@@ -210,6 +212,50 @@ host_vsftpd() {
     log "vsftpd listening on [::]:21, both families (pid $pid)"
 }
 
+host_proftpd() {
+    local run=$1 bin pid group
+    bin=$(server_bin proftpd)
+    [ -x "$bin" ] || die "proftpd not unpacked at $bin (servers.sh fetch proftpd)"
+    [ -d "$run/ftproot" ] || die "no $run/ftproot (host.sh server makes it)"
+    group=$(id -gn ftp)
+    sed -e "s#@RUN@#$run#g" -e "s#@SERVER_IP@#$SERVER_IP#g" -e "s#@SERVER_IP6@#$SERVER_IP6#g" \
+        -e "s#@MODULES@#$(server_root proftpd)/usr/lib/proftpd#g" \
+        -e "s#@FTP_GROUP@#$group#g" \
+        "$LAB_DIR/proftpd.conf.in" >"$run/proftpd.conf"
+    chmod 600 "$run/proftpd.conf"
+    : >"$run/proftpd.log"; : >"$run/proftpd.cmdlog"; : >"$run/proftpd.xferlog"
+    LD_LIBRARY_PATH=$(server_libpath proftpd) \
+        "$bin" --nodaemon --config "$run/proftpd.conf" \
+        </dev/null >>"$run/proftpd.out" 2>&1 &
+    pid=$!
+    pidfile_write "$run/proftpd.pid" "$pid" "$bin"
+}
+
+host_pure_ftpd() {
+    local run=$1 bin pid home
+    bin=$(server_bin pure-ftpd)
+    [ -x "$bin" ] || die "pure-ftpd not unpacked at $bin (servers.sh fetch pure-ftpd)"
+    [ -d "$run/ftproot" ] || die "no $run/ftproot (host.sh server makes it)"
+    # pure-ftpd's anonymous root is the 'ftp' user's home: bind the lab's
+    # ftproot over it, in a mount namespace of the server's own (private
+    # propagation: the host's mount table never changes); a tmpfs on /run
+    # there too, for the /run/pure-ftpd it creates
+    home=$(getent passwd ftp | cut -d: -f6)
+    [ -d "$home" ] || die "home of user 'ftp' ($home) missing"
+    : >"$run/pure-ftpd.xferlog"
+    # shellcheck disable=SC2016  # $1.. expand in the inner sh
+    LD_LIBRARY_PATH=$(server_libpath pure-ftpd) \
+        unshare --mount --propagation private \
+        sh -c 'mount --bind "$1" "$2" && mount -t tmpfs -o size=1m,mode=755 lab-run /run && shift 2 && exec "$@"' sh "$run/ftproot" "$home" \
+        "$bin" --bind ",21" --anonymousonly --chrooteveryone \
+        --dontresolve --passiveportrange 30000:30100 --maxclientsnumber 50 \
+        --maxclientsperip 50 --maxidletime 2 --syslogfacility none \
+        --altlog "clf:$run/pure-ftpd.xferlog" --pidfile "$run/pure-ftpd.pidfile" \
+        </dev/null >>"$run/pure-ftpd.out" 2>&1 &
+    pid=$!
+    pidfile_write "$run/pure-ftpd.pid" "$pid" "$bin"
+}
+
 host_ftpgate() {
     local dir=$1 bin=$2 pid
     shift 2
@@ -323,6 +369,8 @@ server)  check_dir "${3:?DIR}"; host_server "${1:?IF}" "${2:?default|lab}" "$3" 
 gateway) check_dir "${3:?DIR}"; host_gateway "${1:?CLIENT_IF}" "${2:?SERVER_IF}" "$3" "${4:?nft|iptables|none}" ;;
 rules)   check_dir "${4:?DIR}"; host_rules "${1:?add|del}" "${2:?nft|iptables|none}" "${3:?CLIENT_IF}" "$4" ;;
 vsftpd)  check_dir "${1:?DIR}"; host_vsftpd "$@" ;;
+proftpd) check_dir "${1:?DIR}"; host_proftpd "$1" ;;
+pure-ftpd) check_dir "${1:?DIR}"; host_pure_ftpd "$1" ;;
 ftpgate) check_dir "${1:?DIR}"; host_ftpgate "$@" ;;
 spawn)   check_dir "${1:?DIR}"; [ $# -ge 3 ] || die "spawn DIR WHAT CMD..."; host_spawn "$@" ;;
 capture) check_dir "${1:?DIR}"; check_dir "${2:?PCAPDIR}"; host_capture "$1" "$2" "${3:?IF}" "${4:?NAME}" "${5:-tcp or vrrp}" ;;
@@ -331,5 +379,5 @@ stop)    check_dir "${1:?DIR}"; host_stop "$1" ;;
 if-of)   if_of "${1:?ADDR}" ;;
 wait-listen) wait_listen_here "${1:?PORT}" "${2:-}" "${3:-100}" ;;
 v6-settled) v6_settled ;;
-*) die "unknown command '$cmd' (client|server|gateway|rules|vsftpd|ftpgate|spawn|capture|capture-stop|stop|wait-listen|if-of|v6-settled)" ;;
+*) die "unknown command '$cmd' (client|server|gateway|rules|vsftpd|proftpd|pure-ftpd|ftpgate|spawn|capture|capture-stop|stop|wait-listen|if-of|v6-settled)" ;;
 esac
