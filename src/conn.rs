@@ -111,6 +111,9 @@ pub(crate) struct Ctx<'a> {
     /// The daemon's data listeners, shared by the sessions that expect a
     /// connection on the same (address, port).
     pub(crate) listeners: &'a mut Listeners,
+    /// The kernel data path (`--data-path pinhole`): the session's data
+    /// actions go there instead of to sockets.
+    pub(crate) pinholes: Option<&'a mut crate::pinhole::Pinholes>,
 }
 
 impl Ctx<'_> {
@@ -496,6 +499,9 @@ impl Conn {
         for id in self.data.iter().map(|c| c.id).collect::<Vec<_>>() {
             self.close_data(ctx, id);
         }
+        if let Some(pinholes) = ctx.pinholes.as_deref_mut() {
+            pinholes.close_session(self.key);
+        }
     }
 
     fn control(&mut self, side: Side) -> &mut Control {
@@ -585,6 +591,13 @@ impl Conn {
     }
 
     fn execute(&mut self, ctx: &mut Ctx<'_>, action: Action) {
+        let action = match ctx.pinholes.as_deref_mut() {
+            Some(pinholes) => match self.execute_kernel(pinholes, ctx.now, action) {
+                Some(action) => action,
+                None => return,
+            },
+            None => action,
+        };
         match action {
             Action::Listen { data, local, accept_from, peer } => {
                 self.listen(ctx, data, local, accept_from, peer)
@@ -639,6 +652,76 @@ impl Conn {
                 self.blind = Some(Blind::Flushing { idle_timeout, by: ctx.now + LINGER })
             }
             other => debug!(self.log, "unknown action"; "action" => ?other),
+        }
+    }
+
+    /// The data actions under `--data-path pinhole`: the kernel forwards
+    /// the one expected connection, so a listen becomes a pinhole, a
+    /// connect and a relay are already done by it. Returns the actions
+    /// that are not about data.
+    fn execute_kernel(
+        &mut self,
+        pinholes: &mut crate::pinhole::Pinholes,
+        now: Instant,
+        action: Action,
+    ) -> Option<Action> {
+        let _ = now;
+        match action {
+            Action::Listen { data, local, accept_from, peer } => {
+                let timeout = self.session.config().data_accept_timeout;
+                let from_client = peer == Side::Client;
+                match pinholes.open_pinhole(self.key, data, accept_from, local, from_client, timeout) {
+                    Ok(()) => self.queue(Input::Listening { data, local }),
+                    Err(e) => {
+                        warn!(self.log, "pinhole failed"; "data" => data.0, "peer" => %accept_from,
+                              "target" => %local, "error" => %e);
+                        // Not AddrInUse: the core would retry on port 0.
+                        self.queue(Input::Failed {
+                            data,
+                            step: DataStep::Listen,
+                            error: io::ErrorKind::Other,
+                        });
+                    }
+                }
+            }
+            Action::Connect { data, local, .. } => {
+                // The kernel forwards the connection as it came.
+                let local = pinholes.peer(self.key, data).unwrap_or(local);
+                self.queue(Input::Connected { data, local });
+            }
+            Action::Dial { data, .. } => {
+                // Conversion needs both legs in ftpgate: not on this path.
+                warn!(self.log, "server-data conversion is not possible with --data-path pinhole"; "data" => data.0);
+                self.queue(Input::Failed {
+                    data,
+                    step: DataStep::Connect,
+                    error: io::ErrorKind::Unsupported,
+                });
+            }
+            Action::Relay { .. } | Action::DataDirection { .. } | Action::Refuse { .. } => {}
+            Action::ResetData { data } => pinholes.cut(self.key, data),
+            Action::CloseData { data } => pinholes.close(self.key, data),
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// A kernel report on one of this session's pinholes.
+    pub(crate) fn kernel_event(&mut self, event: crate::pinhole::Event) {
+        use crate::pinhole::Event;
+        match event {
+            Event::Connected { data, peer, .. } => self.queue(Input::Accepted { data, peer }),
+            Event::Ended { data, to_client, to_server, reset: false, .. } => {
+                self.queue(Input::Relayed { data, to_client, to_server })
+            }
+            Event::Ended { data, to_client, to_server, reset: true, .. } => self.queue(Input::RelayFailed {
+                data,
+                // Conntrack does not say which end sent the reset.
+                leg: Side::Server,
+                error: io::ErrorKind::ConnectionReset,
+                to_client,
+                to_server,
+            }),
         }
     }
 
