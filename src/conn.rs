@@ -592,7 +592,7 @@ impl Conn {
 
     fn execute(&mut self, ctx: &mut Ctx<'_>, action: Action) {
         let action = match ctx.pinholes.as_deref_mut() {
-            Some(pinholes) => match self.execute_kernel(pinholes, ctx.now, action) {
+            Some(pinholes) => match self.execute_kernel(pinholes, action) {
                 Some(action) => action,
                 None => return,
             },
@@ -659,13 +659,7 @@ impl Conn {
     /// the one expected connection, so a listen becomes a pinhole, a
     /// connect and a relay are already done by it. Returns the actions
     /// that are not about data.
-    fn execute_kernel(
-        &mut self,
-        pinholes: &mut crate::pinhole::Pinholes,
-        now: Instant,
-        action: Action,
-    ) -> Option<Action> {
-        let _ = now;
+    fn execute_kernel(&mut self, pinholes: &mut crate::pinhole::Pinholes, action: Action) -> Option<Action> {
         match action {
             Action::Listen { data, local, accept_from, peer } => {
                 let timeout = self.session.config().data_accept_timeout;
