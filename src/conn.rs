@@ -679,9 +679,11 @@ impl Conn {
                 }
             }
             Action::Connect { data, local, .. } => {
-                // The kernel forwards the connection as it came.
+                // The kernel forwards the connection as it came: it is
+                // connected already. First in line, so that an end the
+                // kernel reported in the same batch finds it relaying.
                 let local = pinholes.peer(self.key, data).unwrap_or(local);
-                self.queue(Input::Connected { data, local });
+                self.facts.push_front(Fact::Input(Input::Connected { data, local }));
             }
             Action::Dial { data, .. } => {
                 // Conversion needs both legs in ftpgate: not on this path.

@@ -114,7 +114,7 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
     let log = log::build(args.log_level, args.log_format);
     info!(log, "configuration"; "file" => loaded.file_name());
     loaded.log_policy(&log);
-    if let Err(what) = pinhole_conflicts(args) {
+    if let Err(what) = pinhole_conflicts(args, &loaded.policy) {
         crit!(log, "cannot start"; "error" => what);
         return ExitCode::from(2);
     }
@@ -233,7 +233,7 @@ fn size_limits(args: &Args, log: &Logger) -> (usize, usize) {
 /// `--check-config`: the verdict on stdout, 0. (An invalid file never
 /// gets here: `main` exits 2 with the error on stderr.)
 /// What the kernel data path cannot do, refused at start.
-fn pinhole_conflicts(args: &Args) -> Result<(), &'static str> {
+fn pinhole_conflicts(args: &Args, policy: &ftpgate_proto::rules::PolicySet) -> Result<(), &'static str> {
     if args.data_path != cli::DataPath::Pinhole {
         return Ok(());
     }
@@ -244,6 +244,10 @@ fn pinhole_conflicts(args: &Args) -> Result<(), &'static str> {
     if args.ftps == cli::Ftps::PassThrough {
         return Err("--data-path pinhole cannot open pinholes for FTPS: the gateway does not see \
                     the encrypted PASV/PORT; use --ftps refuse or --data-path relay");
+    }
+    if policy.rules.iter().any(|r| r.server_data != ftpgate_proto::rules::ServerData::Keep) {
+        return Err("--data-path pinhole cannot convert data modes (server-data in a policy rule): \
+                    both data connections would have to be ftpgate's; use --data-path relay");
     }
     Ok(())
 }

@@ -166,10 +166,92 @@ pub(crate) struct Pinholes {
     seq: u32,
     /// Source ports of the placeholder masters, cycled.
     next_port: u16,
+    book: Book,
+    buf: Vec<u8>,
+}
+
+/// Which conntrack entry is whose: the pure part of the kernel data path.
+#[derive(Debug, Default)]
+struct Book {
     pinholes: HashMap<(usize, DataId), Pinhole>,
     by_master: HashMap<Tuple, Owner>,
     by_conn: HashMap<Tuple, Owner>,
-    buf: Vec<u8>,
+}
+
+/// What a conntrack event means for the pinholes.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Event(Event),
+    /// A pinhole's connection ended; its counts are to be read.
+    Ended {
+        conn: Tuple,
+        reset: bool,
+    },
+}
+
+impl Book {
+    fn insert(&mut self, owner: Owner, master: Tuple) {
+        self.by_master.insert(master, owner);
+        self.pinholes.insert((owner.session, owner.data), Pinhole { master: Some(master), conn: None });
+    }
+
+    fn peer(&self, session: usize, data: DataId) -> Option<SocketAddr> {
+        let conn = self.pinholes.get(&(session, data))?.conn?;
+        Some(SocketAddr::new(conn.src, conn.sport))
+    }
+
+    /// Forgets the channel's connection; returns its tuple.
+    fn take_conn(&mut self, session: usize, data: DataId) -> Option<Tuple> {
+        let conn = self.pinholes.get_mut(&(session, data)).and_then(|p| p.conn.take())?;
+        self.by_conn.remove(&conn);
+        Some(conn)
+    }
+
+    /// Forgets the channel; returns its placeholder master.
+    fn remove(&mut self, session: usize, data: DataId) -> Option<Tuple> {
+        let p = self.pinholes.remove(&(session, data))?;
+        if let Some(conn) = p.conn {
+            self.by_conn.remove(&conn);
+        }
+        let master = p.master?;
+        self.by_master.remove(&master);
+        Some(master)
+    }
+
+    fn seen(&mut self, kind: u16, flags: u16, ct: &Conntrack) -> Option<Seen> {
+        let orig = ct.orig?;
+        if kind == IPCTNL_MSG_CT_NEW && flags & NLM_F_CREATE != 0 {
+            let owner = *self.by_master.get(&ct.master?)?;
+            self.by_conn.insert(orig, owner);
+            if let Some(p) = self.pinholes.get_mut(&(owner.session, owner.data)) {
+                p.conn = Some(orig);
+            }
+            let peer = SocketAddr::new(orig.src, orig.sport);
+            return Some(Seen::Event(Event::Connected { session: owner.session, data: owner.data, peer }));
+        }
+        if !self.by_conn.contains_key(&orig) {
+            return None;
+        }
+        match (kind, ct.tcp_state) {
+            (IPCTNL_MSG_CT_NEW, Some(TCP_CONNTRACK_TIME_WAIT)) => {
+                Some(Seen::Ended { conn: orig, reset: false })
+            }
+            (IPCTNL_MSG_CT_NEW, Some(TCP_CONNTRACK_CLOSE)) => Some(Seen::Ended { conn: orig, reset: true }),
+            (IPCTNL_MSG_CT_DELETE, state) => self
+                .end(orig, (ct.orig_bytes, ct.reply_bytes), state == Some(TCP_CONNTRACK_CLOSE))
+                .map(Seen::Event),
+            _ => None,
+        }
+    }
+
+    /// The end of a pinhole's connection, with its (original, reply) IP
+    /// byte counts: once per connection.
+    fn end(&mut self, conn: Tuple, (orig_bytes, reply_bytes): (u64, u64), reset: bool) -> Option<Event> {
+        let owner = self.by_conn.remove(&conn)?;
+        let (to_client, to_server) =
+            if owner.from_client { (reply_bytes, orig_bytes) } else { (orig_bytes, reply_bytes) };
+        Some(Event::Ended { session: owner.session, data: owner.data, to_client, to_server, reset })
+    }
 }
 
 impl Pinholes {
@@ -190,16 +272,8 @@ impl Pinholes {
         events.set_non_blocking(true).map_err(un("making the event socket non-blocking"))?;
         std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1")
             .map_err(un("turning on conntrack accounting (net.netfilter.nf_conntrack_acct)"))?;
-        let mut p = Self {
-            requests,
-            events,
-            seq: 0,
-            next_port: 1,
-            pinholes: HashMap::new(),
-            by_master: HashMap::new(),
-            by_conn: HashMap::new(),
-            buf: vec![0; 64 * 1024],
-        };
+        let mut p =
+            Self { requests, events, seq: 0, next_port: 1, book: Book::default(), buf: vec![0; 64 * 1024] };
         let probe = Tuple {
             src: IpAddr::from([192, 0, 2, 1]),
             dst: IpAddr::from([192, 0, 2, 2]),
@@ -236,7 +310,7 @@ impl Pinholes {
             let port = self.next_port;
             self.next_port = self.next_port.checked_add(1).unwrap_or(1);
             let t = Tuple { src: peer, dst: target.ip(), sport: port, dport: 0 };
-            if !self.by_master.contains_key(&t) {
+            if !self.book.by_master.contains_key(&t) {
                 break t;
             }
         };
@@ -246,24 +320,20 @@ impl Pinholes {
             let _ = self.delete(master);
             return Err(e);
         }
-        let owner = Owner { session, data, from_client };
-        self.by_master.insert(master, owner);
-        self.pinholes.insert((session, data), Pinhole { master: Some(master), conn: None });
+        self.book.insert(Owner { session, data, from_client }, master);
         Ok(())
     }
 
     /// The peer of the connection that used the pinhole, once it came.
     pub(crate) fn peer(&self, session: usize, data: DataId) -> Option<SocketAddr> {
-        let conn = self.pinholes.get(&(session, data))?.conn?;
-        Some(SocketAddr::new(conn.src, conn.sport))
+        self.book.peer(session, data)
     }
 
     /// Stops forwarding the channel's connection: its conntrack entry goes,
     /// and a strict firewall drops what follows (no reset can be sent from
     /// here; both ends time out).
     pub(crate) fn cut(&mut self, session: usize, data: DataId) {
-        if let Some(conn) = self.pinholes.get_mut(&(session, data)).and_then(|p| p.conn.take()) {
-            self.by_conn.remove(&conn);
+        if let Some(conn) = self.book.take_conn(session, data) {
             let _ = self.delete(conn);
         }
     }
@@ -271,19 +341,15 @@ impl Pinholes {
     /// The channel is over: its placeholder master goes, with an unused
     /// expectation. A connection still running is left to the kernel.
     pub(crate) fn close(&mut self, session: usize, data: DataId) {
-        let Some(p) = self.pinholes.remove(&(session, data)) else { return };
-        if let Some(master) = p.master {
-            self.by_master.remove(&master);
+        if let Some(master) = self.book.remove(session, data) {
             let _ = self.delete(master);
-        }
-        if let Some(conn) = p.conn {
-            self.by_conn.remove(&conn);
         }
     }
 
     /// The session is gone: close all its pinholes.
     pub(crate) fn close_session(&mut self, session: usize) {
-        let ids: Vec<DataId> = self.pinholes.keys().filter(|(s, _)| *s == session).map(|(_, d)| *d).collect();
+        let ids: Vec<DataId> =
+            self.book.pinholes.keys().filter(|(s, _)| *s == session).map(|(_, d)| *d).collect();
         for data in ids {
             self.close(session, data);
         }
@@ -320,33 +386,14 @@ impl Pinholes {
     }
 
     fn on_event(&mut self, kind: u16, flags: u16, ct: &Conntrack) -> Option<Event> {
-        let orig = ct.orig?;
-        if kind == IPCTNL_MSG_CT_NEW && flags & NLM_F_CREATE != 0 {
-            let owner = *self.by_master.get(&ct.master?)?;
-            self.by_conn.insert(orig, owner);
-            if let Some(p) = self.pinholes.get_mut(&(owner.session, owner.data)) {
-                p.conn = Some(orig);
+        match self.book.seen(kind, flags, ct)? {
+            Seen::Event(event) => Some(event),
+            Seen::Ended { conn, reset } => {
+                // Gone already (a DESTROY follows): counted as nothing.
+                let counts = self.counters(conn).unwrap_or_default();
+                self.book.end(conn, counts, reset)
             }
-            let peer = SocketAddr::new(orig.src, orig.sport);
-            return Some(Event::Connected { session: owner.session, data: owner.data, peer });
         }
-        let owner = *self.by_conn.get(&orig)?;
-        let (counts, reset) = match kind {
-            IPCTNL_MSG_CT_NEW => match ct.tcp_state {
-                Some(TCP_CONNTRACK_TIME_WAIT) => (self.counters(orig).unwrap_or_default(), false),
-                Some(TCP_CONNTRACK_CLOSE) => (self.counters(orig).unwrap_or_default(), true),
-                _ => return None,
-            },
-            IPCTNL_MSG_CT_DELETE => {
-                ((ct.orig_bytes, ct.reply_bytes), ct.tcp_state == Some(TCP_CONNTRACK_CLOSE))
-            }
-            _ => return None,
-        };
-        self.by_conn.remove(&orig);
-        let (orig_bytes, reply_bytes) = counts;
-        let (to_client, to_server) =
-            if owner.from_client { (reply_bytes, orig_bytes) } else { (orig_bytes, reply_bytes) };
-        Some(Event::Ended { session: owner.session, data: owner.data, to_client, to_server, reset })
     }
 
     /// The byte counts of a live entry (original, reply).
@@ -628,6 +675,112 @@ mod tests {
             assert_eq!(kind, CTA_TUPLE_ORIG);
             assert_eq!(parse_tuple(value), Some(t));
         }
+    }
+
+    fn t(src: &str, sport: u16, dst: &str, dport: u16) -> Tuple {
+        Tuple { src: src.parse().unwrap(), dst: dst.parse().unwrap(), sport, dport }
+    }
+
+    fn new_ct(orig: Tuple, master: Option<Tuple>) -> Conntrack {
+        Conntrack { orig: Some(orig), master, ..Conntrack::default() }
+    }
+
+    const CREATE: u16 = NLM_F_CREATE | NLM_F_EXCL;
+
+    /// A passive pinhole: master, the client's data connection.
+    fn passive() -> (Book, Tuple, Tuple) {
+        let mut book = Book::default();
+        let master = t("192.0.2.10", 7, "198.51.100.10", 0);
+        book.insert(Owner { session: 3, data: DataId(1), from_client: true }, master);
+        (book, master, t("192.0.2.10", 40001, "198.51.100.10", 50000))
+    }
+
+    #[test]
+    fn new_related_to_our_master_is_connected() {
+        let (mut book, master, conn) = passive();
+        let seen = book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(master)));
+        let peer = "192.0.2.10:40001".parse().unwrap();
+        assert_eq!(seen, Some(Seen::Event(Event::Connected { session: 3, data: DataId(1), peer })));
+        assert_eq!(book.peer(3, DataId(1)), Some(peer));
+    }
+
+    #[test]
+    fn new_with_other_or_no_master_is_ignored() {
+        let (mut book, _, conn) = passive();
+        let other = t("192.0.2.10", 8, "198.51.100.10", 0);
+        assert_eq!(book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(other))), None);
+        assert_eq!(book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, None)), None);
+        assert_eq!(book.peer(3, DataId(1)), None);
+    }
+
+    #[test]
+    fn update_to_time_wait_ends_clean_close_ends_reset_others_ignored() {
+        for (state, reset) in
+            [(TCP_CONNTRACK_TIME_WAIT, Some(false)), (TCP_CONNTRACK_CLOSE, Some(true)), (3, None)]
+        {
+            let (mut book, master, conn) = passive();
+            book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(master)));
+            let update = Conntrack { tcp_state: Some(state), ..new_ct(conn, None) };
+            let want = reset.map(|reset| Seen::Ended { conn, reset });
+            assert_eq!(book.seen(IPCTNL_MSG_CT_NEW, 0, &update), want, "state {state}");
+        }
+    }
+
+    #[test]
+    fn end_counts_by_direction_once() {
+        let (mut book, master, conn) = passive();
+        book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(master)));
+        // Passive: the original direction is the client's, toward the server.
+        let ended =
+            Event::Ended { session: 3, data: DataId(1), to_client: 5000, to_server: 60, reset: false };
+        assert_eq!(book.end(conn, (60, 5000), false), Some(ended));
+        assert_eq!(book.end(conn, (60, 5000), false), None);
+        let destroy = Conntrack { orig_bytes: 1, reply_bytes: 2, ..new_ct(conn, None) };
+        assert_eq!(book.seen(IPCTNL_MSG_CT_DELETE, 0, &destroy), None);
+    }
+
+    #[test]
+    fn active_destroy_before_time_wait_ends_with_its_counts() {
+        let mut book = Book::default();
+        let master = t("198.51.100.10", 9, "192.0.2.10", 0);
+        book.insert(Owner { session: 4, data: DataId(0), from_client: false }, master);
+        let conn = t("198.51.100.10", 20, "192.0.2.10", 40947);
+        book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(master)));
+        let destroy = Conntrack { orig_bytes: 7000, reply_bytes: 80, ..new_ct(conn, None) };
+        let ended =
+            Event::Ended { session: 4, data: DataId(0), to_client: 7000, to_server: 80, reset: false };
+        assert_eq!(book.seen(IPCTNL_MSG_CT_DELETE, 0, &destroy), Some(Seen::Event(ended)));
+    }
+
+    #[test]
+    fn removed_channel_forgets_master_and_connection() {
+        let (mut book, master, conn) = passive();
+        book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(master)));
+        assert_eq!(book.remove(3, DataId(1)), Some(master));
+        assert_eq!(book.end(conn, (1, 1), false), None);
+        assert_eq!(book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(master))), None);
+    }
+
+    #[test]
+    fn event_message_parsed_tuple_master_state_counters() {
+        let conn = t("2001:db8:1::10", 40001, "2001:db8:2::10", 50000);
+        let master = t("2001:db8:1::10", 7, "2001:db8:2::10", 0);
+        let mut body = Vec::new();
+        put_tuple(&mut body, CTA_TUPLE_ORIG, conn);
+        put_tuple(&mut body, CTA_TUPLE_MASTER, master);
+        let state = nest(|b| put(b, CTA_PROTOINFO_TCP_STATE, &[TCP_CONNTRACK_TIME_WAIT]));
+        let tcp = nest(|b| put(b, CTA_PROTOINFO_TCP | NLA_F_NESTED, &state));
+        put(&mut body, CTA_PROTOINFO | NLA_F_NESTED, &tcp);
+        for (kind, bytes) in [(CTA_COUNTERS_ORIG, 123u64), (CTA_COUNTERS_REPLY, 4_567_890)] {
+            let counters = nest(|b| put(b, CTA_COUNTERS_BYTES, &bytes.to_be_bytes()));
+            put(&mut body, kind | NLA_F_NESTED, &counters);
+        }
+        let ct = Conntrack::parse(&body);
+        assert_eq!(
+            (ct.orig, ct.master, ct.tcp_state),
+            (Some(conn), Some(master), Some(TCP_CONNTRACK_TIME_WAIT))
+        );
+        assert_eq!((ct.orig_bytes, ct.reply_bytes), (123, 4_567_890));
     }
 
     #[test]

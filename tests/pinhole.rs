@@ -166,4 +166,22 @@ fn pinhole_refuses_what_it_cannot_do() {
     let out = lab.exec(Ns::Gateway, 10, &argv);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("cannot enforce the data direction"), "{}", text(&out.stderr));
+    let config = lab.run.join("convert.toml");
+    std::fs::write(
+        &config,
+        "[[policy.rule]]\nname = \"to-passive\"\naction = \"allow\"\nserver-data = \"passive\"\n",
+    )
+    .unwrap();
+    let argv = [
+        bin.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "0.0.0.0:2199",
+        "--data-path",
+        "pinhole",
+    ];
+    let out = lab.exec(Ns::Gateway, 10, &argv);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot convert data modes"), "{}", text(&out.stderr));
 }
