@@ -119,7 +119,8 @@ pub(crate) struct Args {
     /// through one-shot conntrack expectations (pinhole: the firewall must
     /// accept `ct state established,related` in its forward chain; see
     /// README, "The kernel data path").
-    #[arg(long, value_enum, default_value_t = DataPath::Relay)]
+    /// `rules` then adds that accept.
+    #[arg(long, value_enum, default_value_t = DataPath::Relay, global = true)]
     pub(crate) data_path: DataPath,
 
     /// FTPS (AUTH TLS): refuse it (534, FEAT no longer advertises it, the

@@ -467,6 +467,7 @@ mod tests {
             client_interfaces: vec!["gw-c".parse().unwrap()],
             client_nets: Vec::new(),
             server_nets: Vec::new(),
+            related: false,
         }
     }
 

@@ -69,6 +69,7 @@ fn plan(args: &Args, p: &cli::PlanArgs) -> rules::Plan {
         client_interfaces: p.client_interfaces.clone(),
         client_nets: p.client_nets.clone(),
         server_nets: p.server_nets.clone(),
+        related: args.data_path == cli::DataPath::Pinhole,
     }
 }
 

@@ -1,7 +1,8 @@
 //! `--data-path pinhole`: the kernel forwards each approved data
 //! connection once, through a conntrack expectation (src/pinhole.rs). The
-//! lab's strict forward chain gets one rule for it, `ct state
-//! established,related accept`, and nothing else is forwarded.
+//! lab's strict forward chain gets one rule for it (`ftpgate rules
+//! --data-path pinhole`: `ct state established,related accept`), and
+//! nothing else is forwarded.
 //! Downloads and uploads in passive and active mode (contents compared,
 //! vsftpd's log shows the client's own address, ftpgate's transfer record
 //! counts the IP bytes the kernel forwarded); a second connection to a
@@ -9,26 +10,23 @@
 mod common;
 use common::*;
 
-/// A lab in pinhole mode: the strict nft rule set plus the one forward
-/// rule this mode needs.
-fn pinhole_lab(tag: &str) -> Lab {
-    let mut lab = Lab::new(tag, Rules::Nft);
-    let rule = [
-        "nft",
-        "insert",
-        "rule",
-        "inet",
-        "ftpgate",
-        "forward",
-        "ct",
-        "state",
-        "established,related",
-        "accept",
-    ];
-    let out = lab.exec(Ns::Gateway, 10, &rule);
-    assert!(out.status.success(), "adding the related rule: {}", text(&out.stderr));
+/// The lab's rules come from `ftpgate rules --data-path pinhole`
+/// (lab/netns.sh): the strict profile plus the one forward rule this mode
+/// needs. Every test of this file wants them.
+fn pinhole_rules() {
+    std::env::set_var("FTPGATE_LAB_DATA_PATH", "pinhole");
+}
+
+/// A lab in pinhole mode under `rules`.
+fn pinhole_lab_with(tag: &str, rules: Rules) -> Lab {
+    pinhole_rules();
+    let mut lab = Lab::new(tag, rules);
     lab.start_gateway(&["--data-path", "pinhole"]);
     lab
+}
+
+fn pinhole_lab(tag: &str) -> Lab {
+    pinhole_lab_with(tag, Rules::Nft)
 }
 
 /// The record of a transfer of `len` bytes: IP bytes, headers included,
@@ -127,28 +125,47 @@ fn pinhole_is_one_shot_and_nothing_unexpected_is_forwarded() {
     assert_kernel_transfer(&lab, Mode::Epsv, "RETR", "phshot.bin", len);
 }
 
-/// Under the iptables rule set the mode works as well when the forward
-/// chain admits RELATED connections: expectations are conntrack's, not
-/// nft's. Without that rule, nothing is forwarded and the transfer fails
-/// cleanly (no 2xx for data that never came).
+/// Under the iptables rule set the mode works the same: expectations are
+/// conntrack's, not nft's; `ftpgate rules --iptables --data-path pinhole`
+/// admits RELATED connections in FTPGATE_FORWARD.
 #[test]
-fn pinhole_iptables_related_rule_needed_and_enough() {
-    let mut lab = Lab::new("phipt", Rules::Iptables);
+fn pinhole_iptables_passive_and_active() {
+    let lab = pinhole_lab_with("phipt", Rules::Iptables);
+    for mode in [Mode::Pasv, Mode::Eprt] {
+        let name = format!("phipt-{}.bin", mode.transfer_mode().as_str());
+        let src = lab.server_file(&name, 50_000);
+        let dl = lab.client_path(&format!("dl-{name}"));
+        curl_get(&lab, mode, &name, &dl);
+        assert_same_file("download", &src, std::path::Path::new(&dl));
+        assert_kernel_transfer(&lab, mode, "RETR", &name, 50_000);
+    }
+    let rules = lab.exec(Ns::Gateway, 10, &["iptables", "-S", "FTPGATE_FORWARD"]);
+    assert!(text(&rules.stdout).contains("RELATED"), "{}", text(&rules.stdout));
+}
+
+/// Without the RELATED rule (the forward chain of the relay's rule set),
+/// nothing is forwarded: the transfer fails.
+#[test]
+fn pinhole_without_related_rule_forwards_nothing() {
+    pinhole_rules();
+    let mut lab = Lab::new("phnorel", Rules::Nft);
+    let forward = lab.exec(Ns::Gateway, 10, &["nft", "-a", "list", "chain", "inet", "ftpgate", "forward"]);
+    let listing = text(&forward.stdout);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("established,related"))
+        .and_then(|l| l.rsplit("handle ").next())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| panic!("no related rule in {listing}"));
+    let delete = ["nft", "delete", "rule", "inet", "ftpgate", "forward", "handle", &handle];
+    assert!(lab.exec(Ns::Gateway, 10, &delete).status.success());
     lab.start_gateway(&["--data-path", "pinhole", "--data-timeout", "3"]);
-    let src = lab.server_file("phipt.bin", 50_000);
-    let dl = lab.client_path("dl-phipt.bin");
-    let url = format!("ftp://{SERVER_IP}/pub/phipt.bin");
+    lab.server_file("phnorel.bin", 50_000);
+    let dl = lab.client_path("dl-phnorel.bin");
+    let url = format!("ftp://{SERVER_IP}/pub/phnorel.bin");
     let out =
         lab.exec(Ns::Client, 30, &["curl", "-sS", "--connect-timeout", "5", "-m", "15", "-o", &dl, &url]);
-    assert!(!out.status.success(), "without a RELATED rule nothing may be forwarded");
-    let rule =
-        ["iptables", "-I", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"];
-    let out = lab.exec(Ns::Gateway, 10, &rule);
-    assert!(out.status.success(), "adding the related rule: {}", text(&out.stderr));
-    curl_get(&lab, Mode::Pasv, "phipt.bin", &dl);
-    assert_same_file("download", &src, std::path::Path::new(&dl));
-    let len = std::fs::metadata(&src).unwrap().len();
-    assert_kernel_transfer(&lab, Mode::Pasv, "RETR", "phipt.bin", len);
+    assert!(!out.status.success(), "a data connection crossed a forward chain without a RELATED rule");
 }
 
 #[test]
