@@ -500,7 +500,9 @@ impl Conn {
             self.close_data(ctx, id);
         }
         if let Some(pinholes) = ctx.pinholes.as_deref_mut() {
-            pinholes.close_session(self.key);
+            for _ in 0..pinholes.close_session(self.key) {
+                ctx.data_channels.close();
+            }
         }
     }
 
@@ -591,12 +593,13 @@ impl Conn {
     }
 
     fn execute(&mut self, ctx: &mut Ctx<'_>, action: Action) {
-        let action = match ctx.pinholes.as_deref_mut() {
-            Some(pinholes) => match self.execute_kernel(pinholes, action) {
+        let action = if ctx.pinholes.is_some() {
+            match self.execute_kernel(ctx, action) {
                 Some(action) => action,
                 None => return,
-            },
-            None => action,
+            }
+        } else {
+            action
         };
         match action {
             Action::Listen { data, local, accept_from, peer } => {
@@ -659,14 +662,22 @@ impl Conn {
     /// the one expected connection, so a listen becomes a pinhole, a
     /// connect and a relay are already done by it. Returns the actions
     /// that are not about data.
-    fn execute_kernel(&mut self, pinholes: &mut crate::pinhole::Pinholes, action: Action) -> Option<Action> {
+    fn execute_kernel(&mut self, ctx: &mut Ctx<'_>, action: Action) -> Option<Action> {
         match action {
             Action::Listen { data, local, accept_from, peer } => {
+                // The cap counts pinholes as it counts listeners.
+                if !self.admit_data(ctx, data) {
+                    let error = io::ErrorKind::QuotaExceeded;
+                    self.queue(Input::Failed { data, step: DataStep::Listen, error });
+                    return None;
+                }
                 let timeout = self.session.config().data_accept_timeout;
                 let from_client = peer == Side::Client;
+                let pinholes = ctx.pinholes.as_deref_mut()?;
                 match pinholes.open_pinhole(self.key, data, accept_from, local, from_client, timeout) {
                     Ok(()) => self.queue(Input::Listening { data, local }),
                     Err(e) => {
+                        ctx.data_channels.close();
                         warn!(self.log, "pinhole failed"; "data" => data.0, "peer" => %accept_from,
                               "target" => %local, "error" => %e);
                         // Not AddrInUse: the core would retry on port 0.
@@ -682,11 +693,12 @@ impl Conn {
                 // The kernel forwards the connection as it came: it is
                 // connected already. First in line, so that an end the
                 // kernel reported in the same batch finds it relaying.
-                let local = pinholes.peer(self.key, data).unwrap_or(local);
+                let local = ctx.pinholes.as_deref().and_then(|p| p.peer(self.key, data)).unwrap_or(local);
                 self.facts.push_front(Fact::Input(Input::Connected { data, local }));
             }
             Action::Dial { data, .. } => {
-                // Conversion needs both legs in ftpgate: not on this path.
+                // Conversion needs both legs in ftpgate (refused at start;
+                // a reload may bring a rule that asks for it).
                 warn!(self.log, "server-data conversion is not possible with --data-path pinhole"; "data" => data.0);
                 self.queue(Input::Failed {
                     data,
@@ -695,8 +707,12 @@ impl Conn {
                 });
             }
             Action::Relay { .. } | Action::DataDirection { .. } | Action::Refuse { .. } => {}
-            Action::ResetData { data } => pinholes.cut(self.key, data),
-            Action::CloseData { data } => pinholes.close(self.key, data),
+            Action::ResetData { data } => ctx.pinholes.as_deref_mut()?.cut(self.key, data),
+            Action::CloseData { data } => {
+                if ctx.pinholes.as_deref_mut()?.close(self.key, data) {
+                    ctx.data_channels.close();
+                }
+            }
             other => return Some(other),
         }
         None

@@ -302,7 +302,9 @@ impl Pinholes {
         from_client: bool,
         timeout: Duration,
     ) -> io::Result<()> {
-        self.close(session, data);
+        // The core asks once per channel: it retries a listen only after
+        // AddrInUse, which a pinhole never reports.
+        debug_assert!(!self.book.pinholes.contains_key(&(session, data)), "pinhole opened twice");
         if peer.is_ipv4() != target.is_ipv4() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "peer and target of different families"));
         }
@@ -340,19 +342,18 @@ impl Pinholes {
 
     /// The channel is over: its placeholder master goes, with an unused
     /// expectation. A connection still running is left to the kernel.
-    pub(crate) fn close(&mut self, session: usize, data: DataId) {
-        if let Some(master) = self.book.remove(session, data) {
-            let _ = self.delete(master);
-        }
+    /// Returns whether the channel had a pinhole.
+    pub(crate) fn close(&mut self, session: usize, data: DataId) -> bool {
+        let Some(master) = self.book.remove(session, data) else { return false };
+        let _ = self.delete(master);
+        true
     }
 
-    /// The session is gone: close all its pinholes.
-    pub(crate) fn close_session(&mut self, session: usize) {
+    /// The session is gone: close all its pinholes; returns how many.
+    pub(crate) fn close_session(&mut self, session: usize) -> usize {
         let ids: Vec<DataId> =
             self.book.pinholes.keys().filter(|(s, _)| *s == session).map(|(_, d)| *d).collect();
-        for data in ids {
-            self.close(session, data);
-        }
+        ids.into_iter().filter(|&data| self.close(session, data)).count()
     }
 
     /// Reads the pending conntrack events; returns what concerns pinholes,

@@ -31,10 +31,11 @@ fn pinhole_lab(tag: &str) -> Lab {
 
 /// The record of a transfer of `len` bytes: IP bytes, headers included,
 /// so at least the file and at most a few percent more.
-fn assert_kernel_transfer(lab: &Lab, mode: Mode, verb: &str, name: &str, len: u64) {
+fn assert_kernel_transfer(lab: &Lab, mode: Mode, verb: &str, name: &str, len: u64) -> TransferRecord {
     let r = lab.assert_transfer_result(mode.transfer_mode(), verb, name, "ok", None);
     let moved = if verb == "STOR" { r.to_server } else { r.to_client }.unwrap_or(0);
     assert!(moved >= len && moved <= len + len / 20 + 4096, "{name}: {moved} IP bytes for {len} bytes: {r}");
+    r
 }
 
 fn matrix(tag: &str, mode: Mode) {
@@ -67,6 +68,33 @@ fn pinhole_passive_epsv_nft() {
 #[test]
 fn pinhole_active_port_nft() {
     matrix("phport", Mode::Port);
+}
+
+/// IPv6: the expectation and its placeholder master in the other family.
+#[test]
+fn pinhole_ipv6_epsv_and_eprt() {
+    pinhole_rules();
+    let mut lab = Lab::new("ph6", Rules::Nft);
+    lab.start_gateway_on(&["0.0.0.0:2121", "[::]:2121"], &["--data-path", "pinhole"]);
+    for mode in [Mode::Epsv, Mode::Eprt] {
+        let name = format!("ph6-{}.bin", mode.transfer_mode().as_str());
+        let src = lab.server_file(&name, 300_000);
+        let dl = lab.client_path(&format!("dl-{name}"));
+        curl_get_at(&lab, SERVER_IP6, mode, &name, &dl);
+        assert_same_file("download", &src, std::path::Path::new(&dl));
+        let r = assert_kernel_transfer(&lab, mode, "RETR", &name, 300_000);
+        assert!(r.get("client_data").is_some_and(|a| a.contains(CLIENT_IP6)), "{r}");
+        let up = format!("up-{name}");
+        curl_put_at(&lab, SERVER_IP6, mode, &dl, &up);
+        assert_same_file("upload", &src, &lab.upload_dir().join(&up));
+        assert_kernel_transfer(&lab, mode, "STOR", &up, 300_000);
+    }
+    let log = lab.vsftpd_log();
+    assert!(log.contains(CLIENT_IP6), "vsftpd never saw {CLIENT_IP6}:\n{log}");
+    assert!(
+        !log.contains(&format!("\"{GW_SERVER_IP6}\"")) && !log.contains(&format!("\"{GW_CLIENT_IP6}\"")),
+        "vsftpd saw the gateway:\n{log}"
+    );
 }
 
 /// In the client namespace: EPSV, one connection to the announced port
