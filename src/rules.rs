@@ -339,6 +339,9 @@ impl Plan {
         if self.table != 100 {
             let _ = write!(s, " --table {}", self.table);
         }
+        if self.related {
+            s.push_str(" --data-path pinhole");
+        }
         for i in &self.client_interfaces {
             let _ = write!(s, " --client-interface {i}");
         }
