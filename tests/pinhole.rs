@@ -230,3 +230,40 @@ fn pinhole_refuses_what_it_cannot_do() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("cannot convert data modes"), "{}", text(&out.stderr));
 }
+
+/// The server resets a download after 64 KiB and then says 226. The reset
+/// reaches the client as a reset (the kernel forwards it), and ftpgate's
+/// record says the transfer failed, with the reply the client got: 426 if
+/// the kernel reported the reset before the 226 arrived (here it does:
+/// the server resets first), the 226 itself otherwise (it is not held).
+#[test]
+fn pinhole_server_reset_reaches_client_recorded_failed() {
+    pinhole_rules();
+    let mut lab = Lab::new("phrst", Rules::Nft);
+    lab.server_file("cut.bin", 1 << 20);
+    let server = ScriptedServer::start(&lab, &["--retr-reset-after", "65536"]);
+    lab.start_gateway(&["--data-path", "pinhole"]);
+    let script = repo_root().join("lab/scripted_client.py");
+    let argv = ["python3", script.to_str().unwrap(), "get", "/pub/cut.bin", "--mode", "passive"];
+    let report = text(&lab.client_ok(150, &argv).stdout);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server.report_text().contains("RETR") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let served = server.report_text();
+    let ctx = || format!("client: {report}\nserver: {served}\n{}", lab.diagnostics());
+    assert_eq!(json_raw(&served, "end").as_deref(), Some("reset_sent"), "{}", ctx());
+    assert_eq!(
+        json_raw(&report, "end").as_deref(),
+        Some("reset"),
+        "the client must see the reset: {}",
+        ctx()
+    );
+    let got = json_raw(&report, "final").unwrap_or_default();
+    assert!(got.starts_with("426") || got.starts_with("226"), "{}", ctx());
+    let r = lab.assert_transfer_result(TransferMode::Passive, "RETR", "/pub/cut.bin", "failed", None);
+    assert_eq!(r.reply, got[..3], "the record's reply is the client's: {r}\n{}", ctx());
+    let log = lab.gateway_log();
+    assert!(lab.gateway_running(), "gateway died:\n{log}");
+    drop(server);
+}
