@@ -272,15 +272,14 @@ impl Pinholes {
         events.set_non_blocking(true).map_err(un("making the event socket non-blocking"))?;
         std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1")
             .map_err(un("turning on conntrack accounting (net.netfilter.nf_conntrack_acct)"))?;
+        // Placeholders of an earlier run (or of another event loop in this
+        // namespace) may still exist: start elsewhere, and step over them.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let next_port = (std::process::id() as u16 ^ nanos.subsec_nanos() as u16).max(1);
         let mut p =
-            Self { requests, events, seq: 0, next_port: 1, book: Book::default(), buf: vec![0; 64 * 1024] };
-        let probe = Tuple {
-            src: IpAddr::from([192, 0, 2, 1]),
-            dst: IpAddr::from([192, 0, 2, 2]),
-            sport: 0,
-            dport: 0,
-        };
-        p.create_master(probe, Duration::from_secs(1))
+            Self { requests, events, seq: 0, next_port, book: Book::default(), buf: vec![0; 64 * 1024] };
+        let probe = p
+            .new_master(IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2]), Duration::from_secs(1))
             .map_err(un("creating a conntrack entry with the ftp helper"))?;
         let _ = p.delete(probe);
         Ok(p)
@@ -308,15 +307,7 @@ impl Pinholes {
         if peer.is_ipv4() != target.is_ipv4() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "peer and target of different families"));
         }
-        let master = loop {
-            let port = self.next_port;
-            self.next_port = self.next_port.checked_add(1).unwrap_or(1);
-            let t = Tuple { src: peer, dst: target.ip(), sport: port, dport: 0 };
-            if !self.book.by_master.contains_key(&t) {
-                break t;
-            }
-        };
-        self.create_master(master, timeout + MASTER_GRACE)?;
+        let master = self.new_master(peer, target.ip(), timeout + MASTER_GRACE)?;
         let expected = Tuple { src: peer, dst: target.ip(), sport: 0, dport: target.port() };
         if let Err(e) = self.create_expectation(master, expected, timeout) {
             let _ = self.delete(master);
@@ -324,6 +315,25 @@ impl Pinholes {
         }
         self.book.insert(Owner { session, data, from_client }, master);
         Ok(())
+    }
+
+    /// A placeholder master `src:N -> dst:0` for a free N.
+    fn new_master(&mut self, src: IpAddr, dst: IpAddr, timeout: Duration) -> io::Result<Tuple> {
+        let mut last = io::Error::from_raw_os_error(libc::EEXIST);
+        for _ in 0..64 {
+            let sport = self.next_port;
+            self.next_port = self.next_port.checked_add(1).unwrap_or(1);
+            let t = Tuple { src, dst, sport, dport: 0 };
+            if self.book.by_master.contains_key(&t) {
+                continue;
+            }
+            match self.create_master(t, timeout) {
+                Ok(()) => return Ok(t),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
     /// The peer of the connection that used the pinhole, once it came.
