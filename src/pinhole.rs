@@ -262,6 +262,12 @@ impl Pinholes {
         let mut requests =
             Socket::new(NETLINK_NETFILTER).map_err(un("opening a netfilter netlink socket"))?;
         requests.bind_auto().map_err(un("binding the netlink socket"))?;
+        // Requests are answered at once; a kernel that does not answer must
+        // not stop the event loop.
+        let timeout = nix::sys::time::TimeVal::new(1, 0);
+        nix::sys::socket::setsockopt(&requests, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(io::Error::from)
+            .map_err(un("setting a receive timeout on the netlink socket"))?;
         let mut events = Socket::new(NETLINK_NETFILTER).map_err(un("opening a netfilter netlink socket"))?;
         events.bind_auto().map_err(un("binding the netlink socket"))?;
         for group in [NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY] {
@@ -382,7 +388,7 @@ impl Pinholes {
                 }
             };
             let msgs: Vec<(u16, u16, Vec<u8>)> =
-                messages(&self.buf[..n]).map(|(t, f, b)| (t, f, b.to_vec())).collect();
+                messages(&self.buf[..n]).map(|(t, f, _, b)| (t, f, b.to_vec())).collect();
             for (kind, flags, body) in msgs {
                 if kind >> 8 != NFNL_SUBSYS_CTNETLINK || body.len() < 4 {
                     continue;
@@ -465,30 +471,26 @@ impl Pinholes {
     fn delete(&mut self, t: Tuple) -> io::Result<()> {
         let mut body = Vec::new();
         put_tuple(&mut body, CTA_TUPLE_ORIG, t);
-        self.request(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE, family(t.src), 0, &body).map(drop)
+        // No acknowledgement to wait for: an entry already gone (ENOENT)
+        // answers with an error that the next request skips.
+        self.send(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE, family(t.src), 0, &body).map(drop)
     }
 
     /// Sends one request and waits for its answer: the first message body
     /// that is not an acknowledgement, or an empty one on success.
     fn request(&mut self, subsys: u16, msg: u16, family: u8, flags: u16, body: &[u8]) -> io::Result<Vec<u8>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut packet = Vec::with_capacity(20 + body.len());
-        let len = u32::try_from(20 + body.len()).unwrap_or(u32::MAX);
-        packet.extend_from_slice(&len.to_ne_bytes());
-        packet.extend_from_slice(&((subsys << 8) | msg).to_ne_bytes());
-        packet.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | flags).to_ne_bytes());
-        packet.extend_from_slice(&seq.to_ne_bytes());
-        packet.extend_from_slice(&0u32.to_ne_bytes());
-        packet.extend_from_slice(&[family, 0, 0, 0]);
-        packet.extend_from_slice(body);
-        self.requests.send_to(&packet, &NlAddr::new(0, 0), 0)?;
+        let seq = self.send(subsys, msg, family, NLM_F_ACK | flags, body)?;
         let mut answer = Vec::new();
-        // The kernel answers at once; bounded by the messages it sends.
+        // The kernel answers at once (and the socket has a receive
+        // timeout); bounded by the messages it sends.
         for _ in 0..16 {
             let n = self.requests.recv(&mut &mut self.buf[..], 0)?;
             let mut done = false;
-            for (kind, _, payload) in messages(&self.buf[..n]) {
+            for (kind, _, their_seq, payload) in messages(&self.buf[..n]) {
+                // Errors of requests sent without an ACK come in between.
+                if their_seq != seq {
+                    continue;
+                }
                 match kind {
                     NLMSG_ERROR => {
                         let code =
@@ -508,6 +510,23 @@ impl Pinholes {
             }
         }
         Err(io::Error::new(io::ErrorKind::TimedOut, "no answer from ctnetlink"))
+    }
+
+    /// Sends one request; returns its sequence number.
+    fn send(&mut self, subsys: u16, msg: u16, family: u8, flags: u16, body: &[u8]) -> io::Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut packet = Vec::with_capacity(20 + body.len());
+        let len = u32::try_from(20 + body.len()).unwrap_or(u32::MAX);
+        packet.extend_from_slice(&len.to_ne_bytes());
+        packet.extend_from_slice(&((subsys << 8) | msg).to_ne_bytes());
+        packet.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        packet.extend_from_slice(&seq.to_ne_bytes());
+        packet.extend_from_slice(&0u32.to_ne_bytes());
+        packet.extend_from_slice(&[family, 0, 0, 0]);
+        packet.extend_from_slice(body);
+        self.requests.send_to(&packet, &NlAddr::new(0, 0), 0)?;
+        Ok(seq)
     }
 }
 
@@ -566,8 +585,8 @@ fn v6(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-/// Netlink messages in a datagram: (type, flags, payload).
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = (u16, u16, &[u8])> {
+/// Netlink messages in a datagram: (type, flags, sequence number, payload).
+fn messages(mut buf: &[u8]) -> impl Iterator<Item = (u16, u16, u32, &[u8])> {
     std::iter::from_fn(move || {
         let len = u32::from_ne_bytes(buf.get(..4)?.try_into().ok()?) as usize;
         if len < 16 || len > buf.len() {
@@ -575,9 +594,10 @@ fn messages(mut buf: &[u8]) -> impl Iterator<Item = (u16, u16, &[u8])> {
         }
         let kind = u16::from_ne_bytes(buf[4..6].try_into().ok()?);
         let flags = u16::from_ne_bytes(buf[6..8].try_into().ok()?);
+        let seq = u32::from_ne_bytes(buf[8..12].try_into().ok()?);
         let payload = &buf[16..len];
         buf = &buf[((len + 3) & !3).min(buf.len())..];
-        Some((kind, flags, payload))
+        Some((kind, flags, seq, payload))
     })
 }
 
@@ -792,6 +812,24 @@ mod tests {
             (Some(conn), Some(master), Some(TCP_CONNTRACK_TIME_WAIT))
         );
         assert_eq!((ct.orig_bytes, ct.reply_bytes), (123, 4_567_890));
+    }
+
+    #[test]
+    fn messages_of_a_datagram_with_their_sequence_numbers() {
+        let mut buf = Vec::new();
+        for (seq, body) in [(7u32, &[1u8, 2, 3][..]), (8, &[][..])] {
+            let len = 16 + body.len();
+            buf.extend_from_slice(&(len as u32).to_ne_bytes());
+            buf.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+            buf.extend_from_slice(&0u16.to_ne_bytes());
+            buf.extend_from_slice(&seq.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            buf.extend_from_slice(body);
+            buf.resize(buf.len() + (4 - len % 4) % 4, 0);
+        }
+        let got: Vec<(u16, u32, usize)> = messages(&buf).map(|(k, _, seq, p)| (k, seq, p.len())).collect();
+        assert_eq!(got, [(NLMSG_ERROR, 7, 3), (NLMSG_ERROR, 8, 0)]);
+        assert_eq!(messages(&buf[..10]).count(), 0);
     }
 
     #[test]
