@@ -158,6 +158,17 @@ impl fmt::Display for Unavailable {
 
 impl std::error::Error for Unavailable {}
 
+impl Drop for Pinholes {
+    /// At exit no pinhole stays open behind ftpgate: the placeholders go,
+    /// with their unused expectations (connections running go on).
+    fn drop(&mut self) {
+        let masters: Vec<Tuple> = self.book.by_master.keys().copied().collect();
+        for master in masters {
+            let _ = self.delete(master);
+        }
+    }
+}
+
 /// The ctnetlink side of the kernel data path: one socket for requests,
 /// one for conntrack events.
 pub(crate) struct Pinholes {
