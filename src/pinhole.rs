@@ -287,8 +287,14 @@ impl Pinholes {
         // Bursts of events must not overflow (ENOBUFS loses them).
         let _ = events.set_rx_buf_sz(8 << 20);
         events.set_non_blocking(true).map_err(un("making the event socket non-blocking"))?;
-        std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1")
-            .map_err(un("turning on conntrack accounting (net.netfilter.nf_conntrack_acct)"))?;
+        // `ftpgate rules --routing --data-path pinhole` sets it; a service
+        // with ProtectKernelTunables= cannot, so only write it when off.
+        const ACCT: &str = "/proc/sys/net/netfilter/nf_conntrack_acct";
+        if std::fs::read_to_string(ACCT).map_or(true, |v| v.trim() != "1") {
+            std::fs::write(ACCT, "1")
+                .map_err(un("turning on conntrack accounting (sysctl net.netfilter.nf_conntrack_acct=1, \
+                 which `ftpgate rules --routing --data-path pinhole` sets)"))?;
+        }
         // Placeholders of an earlier run (or of another event loop in this
         // namespace) may still exist: start elsewhere, and step over them.
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

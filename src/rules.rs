@@ -624,6 +624,11 @@ impl Plan {
         self.describe(&mut out, "#");
         out.push_str(ROUTING_HEADER);
         out.push_str("set -e\n");
+        if self.related {
+            // The transfer records' byte counts of --data-path pinhole.
+            out.push_str("\n# --data-path pinhole: conntrack counts the bytes it forwards\n");
+            out.push_str("sysctl -qw net.netfilter.nf_conntrack_acct=1\n");
+        }
         for family in self.families() {
             let _ = writeln!(out, "\n# {}", family.name());
             match family {
@@ -747,6 +752,8 @@ mod tests {
         let forward = &nft[nft.find("chain forward").unwrap()..];
         let related = forward.find("ct state established,related accept").unwrap();
         assert!(related < forward.find("drop").unwrap(), "{nft}");
+        assert!(p.routing().contains("sysctl -qw net.netfilter.nf_conntrack_acct=1\n"));
+        assert!(!lab().routing().contains("nf_conntrack_acct"));
         let ipt = p.iptables();
         let accept = ipt.find("--ctstate ESTABLISHED,RELATED -j ACCEPT").unwrap();
         assert!(accept < ipt.find("-j DROP").unwrap(), "{ipt}");
