@@ -122,6 +122,7 @@ impl Facts {
             "net.ipv6.conf.all.forwarding".to_string(),
             "net.ipv4.conf.all.rp_filter".to_string(),
             "net.netfilter.nf_conntrack_helper".to_string(),
+            "net.netfilter.nf_conntrack_acct".to_string(),
         ];
         keys.extend(facts.interfaces.iter().map(|i| format!("net.ipv4.conf.{i}.rp_filter")));
         for key in keys {
@@ -443,6 +444,13 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
     ));
     if plan.related {
         checks.push(related_check(&rules, facts, &fix_rules));
+        let acct = facts.sysctl.get("net.netfilter.nf_conntrack_acct").map_or("unreadable", String::as_str);
+        checks.push(Check::new(
+            "conntrack accounting (pinhole)",
+            acct == "1",
+            format!("net.netfilter.nf_conntrack_acct = {acct}: the transfer records' byte counts"),
+            "sysctl -w net.netfilter.nf_conntrack_acct=1",
+        ));
     }
     checks
 }
@@ -582,14 +590,24 @@ mod tests {
     }
 
     #[test]
-    fn pinhole_plan_wants_a_forward_rule_accepting_related() {
+    fn pinhole_plan_wants_a_forward_rule_accepting_related_and_accounting() {
         let mut plan = lab_plan();
         plan.related = true;
         let c = evaluate(&plan, &healthy());
-        assert_eq!(wrong(&c), ["forward accepts related (pinhole)"]);
+        assert_eq!(wrong(&c), ["forward accepts related (pinhole)", "conntrack accounting (pinhole)"]);
         let fix = &find(&c, "forward accepts related (pinhole)").fix;
         assert!(fix.contains(" --data-path pinhole") && fix.ends_with(" | nft -f -"), "{fix}");
-        let mut f = healthy();
+        assert_eq!(
+            find(&c, "conntrack accounting (pinhole)").fix,
+            "sysctl -w net.netfilter.nf_conntrack_acct=1"
+        );
+        let acct_on = || {
+            let mut f = healthy();
+            f.sysctl.insert("net.netfilter.nf_conntrack_acct".into(), "1".into());
+            f
+        };
+        assert_eq!(wrong(&evaluate(&plan, &acct_on())), ["forward accepts related (pinhole)"]);
+        let mut f = acct_on();
         let with_rule = LAB_RULESET.replace(
             "policy accept;\n\t\tiifname \"gw-c\" tcp dport 21 reject",
             "policy accept;\n\t\tct state established,related accept # handle 9\n\t\tiifname \"gw-c\" tcp dport 21 reject",
@@ -597,7 +615,7 @@ mod tests {
         assert_ne!(with_rule, LAB_RULESET);
         f.nft_ruleset = Some(Ok(with_rule));
         assert!(wrong(&evaluate(&plan, &f)).is_empty());
-        let mut f = healthy();
+        let mut f = acct_on();
         f.xt_save[0] = Some(
             "*filter\n-A FTPGATE_FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n"
                 .into(),
