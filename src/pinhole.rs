@@ -111,9 +111,10 @@ struct Owner {
     from_client: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Pinhole {
-    master: Option<Tuple>,
+    /// Its placeholder master.
+    master: Tuple,
     /// The related connection, once the kernel reported it.
     conn: Option<Tuple>,
 }
@@ -149,8 +150,7 @@ impl fmt::Display for Unavailable {
             f,
             "--data-path pinhole: {} failed ({}); it needs ctnetlink (CONFIG_NF_CT_NETLINK, \
              CONFIG_NF_CONNTRACK_EVENTS), the kernel's ftp conntrack helper \
-             (nf_conntrack_ftp) and CAP_NET_ADMIN, and a firewall that accepts \
-             `ct state established,related` in its forward chain",
+             (nf_conntrack_ftp) and CAP_NET_ADMIN (README: The kernel data path)",
             self.what, self.error
         )
     }
@@ -203,7 +203,7 @@ enum Seen {
 impl Book {
     fn insert(&mut self, owner: Owner, master: Tuple) {
         self.by_master.insert(master, owner);
-        self.pinholes.insert((owner.session, owner.data), Pinhole { master: Some(master), conn: None });
+        self.pinholes.insert((owner.session, owner.data), Pinhole { master, conn: None });
     }
 
     fn peer(&self, session: usize, data: DataId) -> Option<SocketAddr> {
@@ -224,9 +224,8 @@ impl Book {
         if let Some(conn) = p.conn {
             self.by_conn.remove(&conn);
         }
-        let master = p.master?;
-        self.by_master.remove(&master);
-        Some(master)
+        self.by_master.remove(&p.master);
+        Some(p.master)
     }
 
     fn seen(&mut self, kind: u16, flags: u16, ct: &Conntrack) -> Option<Seen> {
