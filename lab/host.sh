@@ -138,9 +138,13 @@ host_gateway() {
 # run what users paste: both families' listeners, the strict profile with
 # the client-facing interface. lab/rules/lab-*.{nft,sh} are those outputs,
 # kept as references (a unit test checks they are current).
+# FTPGATE_LAB_DATA_PATH=pinhole (tests/pinhole.rs): the rules for the kernel
+# data path, whose forward chain admits RELATED connections first.
 rules_args() {
     [ -x "$FTPGATE_BIN" ] || die "no ftpgate binary at $FTPGATE_BIN (cargo build first, or set FTPGATE_BIN)"
-    echo "--listen 0.0.0.0:$GW_PORT --listen [::]:$GW_PORT rules --profile strict --client-interface $1"
+    local data_path=${FTPGATE_LAB_DATA_PATH:-relay}
+    case "$data_path" in relay | pinhole) ;; *) die "FTPGATE_LAB_DATA_PATH must be relay or pinhole (got '$data_path')" ;; esac
+    echo "--listen 0.0.0.0:$GW_PORT --listen [::]:$GW_PORT rules --profile strict --client-interface $1 --data-path $data_path"
 }
 
 # gen_rules CIF DIR FILE [ARG...]: `ftpgate rules ARG...` for the lab, into

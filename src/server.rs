@@ -25,6 +25,8 @@ use crate::logins::{self, LoginFailures};
 use crate::tproxy::{self, TproxyError};
 
 const SIGNALS: Token = Token(0);
+/// The conntrack event socket of the kernel data path (`--data-path pinhole`).
+const PINHOLE_EVENTS: Token = Token(usize::MAX / 2 - 1);
 /// Control listeners use tokens 1..FIRST_DYNAMIC; sockets of sessions use
 /// FIRST_DYNAMIC + their registration key.
 const FIRST_DYNAMIC: usize = 1024;
@@ -47,6 +49,7 @@ const EPISODE_QUIET: Duration = Duration::from_secs(1);
 pub(crate) enum StartError {
     Listen(TproxyError),
     Setup(&'static str, io::Error),
+    Pinhole(crate::pinhole::Unavailable),
 }
 
 impl std::fmt::Display for StartError {
@@ -54,6 +57,7 @@ impl std::fmt::Display for StartError {
         match self {
             Self::Listen(e) => write!(f, "control listener: {e}"),
             Self::Setup(what, e) => write!(f, "{what}: {e}"),
+            Self::Pinhole(e) => write!(f, "{e}"),
         }
     }
 }
@@ -134,6 +138,8 @@ pub(crate) struct Server {
     drain_until: Option<Instant>,
     /// Failed logins per client address (RFC 2577 §5).
     logins: LoginFailures,
+    /// The kernel data path, with `--data-path pinhole`.
+    pinholes: Option<crate::pinhole::Pinholes>,
 }
 
 impl Server {
@@ -162,6 +168,16 @@ impl Server {
             crate::metrics::get().control_listener_opened();
             listeners.push(ControlListener { listener, addr, ready: false });
         }
+        let pinholes = if opts.config.kernel_data_path {
+            let p = crate::pinhole::Pinholes::open().map_err(StartError::Pinhole)?;
+            poll.registry()
+                .register(&mut SourceFd(&p.fd()), PINHOLE_EVENTS, Interest::READABLE)
+                .map_err(|e| StartError::Setup("registering the conntrack event socket", e))?;
+            info!(log, "data path: kernel pinholes (conntrack expectations)");
+            Some(p)
+        } else {
+            None
+        };
         let session_rate = SessionRate::new(opts.session_rate);
         let data_channels = DataChannels::new(opts.max_data_channels);
         let logins = LoginFailures::new(opts.login_failures);
@@ -186,6 +202,7 @@ impl Server {
             pause_episode: None,
             drain_until: None,
             logins,
+            pinholes,
         })
     }
 
@@ -217,6 +234,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signal(now),
+                    PINHOLE_EVENTS => dirty.extend(self.pinhole_events()),
                     token if self.data_listeners.owns(token) => self.data_listeners.on_event(token),
                     Token(t) if t < FIRST_DYNAMIC => {
                         if let Some(l) = self.listeners.get_mut(t - 1) {
@@ -280,7 +298,27 @@ impl Server {
             first_token: FIRST_DYNAMIC,
             data_channels: &mut self.data_channels,
             listeners: &mut self.data_listeners,
+            pinholes: self.pinholes.as_mut(),
         }
+    }
+
+    /// Hands the kernel's reports on pinholes to their sessions; returns
+    /// the sessions to drive.
+    fn pinhole_events(&mut self) -> Vec<usize> {
+        let Some(pinholes) = self.pinholes.as_mut() else { return Vec::new() };
+        let (events, lost) = pinholes.read_events();
+        if let Some(e) = lost {
+            warn!(self.log, "conntrack events lost; transfers they ended are logged at session end"; "error" => %e);
+        }
+        let mut keys = Vec::new();
+        for event in events {
+            let key = event.session();
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.kernel_event(event);
+                keys.push(key);
+            }
+        }
+        keys
     }
 
     /// Accepts on the ready data listeners and hands each connection to
