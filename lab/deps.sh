@@ -80,6 +80,13 @@ want_lib libcap2
 want_lib libsodium23     # absent from a minimal Debian
 want_cmd tcpdump tcpdump        # lab/scenario: captures for the ladder diagrams
 want_cmd keepalived keepalived  # lab/scenario failover (VRRP between the gateway namespaces)
+# tests/machines.rs: lab/scenario's machines mode against three namespaces
+# that each run sshd (bound to the lab's addresses only), and `ruby -c` on
+# lab/Vagrantfile
+want_cmd ssh openssh-client
+want_cmd ssh-keygen openssh-client
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+want_cmd ruby ruby
 [ "$lint" = 0 ] || want_cmd shellcheck shellcheck
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -95,6 +102,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     apt-get -q install -y --no-install-recommends "${missing[@]}" || { [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
     [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
+    # openssh-server's package enables a system-wide sshd for the next boot;
+    # the lab only runs its own, in namespaces (tests/machines.rs). When this
+    # run installed it, the host's boot stays as it was too.
+    case " ${missing[*]} " in
+    *" openssh-server "*)
+        if command -v systemctl >/dev/null 2>&1; then
+            systemctl disable ssh.service ssh.socket >/dev/null 2>&1 || true
+        fi
+        log "openssh-server installed for tests/machines.rs; its system-wide sshd is not started nor enabled at boot"
+        ;;
+    esac
 fi
 # iptables on Debian defaults to the nf_tables backend (iptables-nft);
 # both forms of the rule set then program nf_tables in the lab's namespace.

@@ -24,9 +24,33 @@ CLIENT_IP6=2001:db8:1::10
 GW_CLIENT_IP6=2001:db8:1::1
 GW_SERVER_IP6=2001:db8:2::1
 SERVER_IP6=2001:db8:2::10
+CLIENT_NET=192.0.2.0/24
+SERVER_NET=198.51.100.0/24
+CLIENT_NET6=2001:db8:1::/64
+SERVER_NET6=2001:db8:2::/64
 GW_PORT=2121
 GW_CLIENT_IF=gw-c
 GW_SERVER_IF=gw-s
+
+# Where the FTP servers other than vsftpd are unpacked (servers.sh fetches
+# them, host.sh runs them)
+server_root() { echo "$LAB_CACHE/$1/root"; }
+server_bin() {
+    case "$1" in
+    proftpd) echo "$(server_root proftpd)/usr/sbin/proftpd" ;;
+    pure-ftpd) echo "$(server_root pure-ftpd)/usr/sbin/pure-ftpd" ;;
+    esac
+}
+
+server_libpath() {
+    local root d out=""
+    root=$(server_root "$1")
+    for d in "$root"/lib/x86_64-linux-gnu "$root"/usr/lib/x86_64-linux-gnu \
+             "$root"/lib/*-linux-gnu* "$root"/usr/lib/*-linux-gnu*; do
+        [ -d "$d" ] && out="$out${out:+:}$d"
+    done
+    echo "$out"
+}
 
 # The ftpgate binary whose `rules` output the lab installs (lab/test and
 # the test harness build it first; the harness passes its own path).

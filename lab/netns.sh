@@ -4,6 +4,8 @@
 # namespace, and the TPROXY rule set `ftpgate rules` prints in the gateway
 # namespace. Never touches the root namespace's routes or firewall. Needs
 # root, and a built ftpgate ($FTPGATE_BIN, default target/debug/ftpgate).
+# Each host's set-up and daemons are lab/host.sh's, run inside
+# `ip netns exec` (the Vagrant VMs run the same script).
 #
 # Usage:
 #   netns.sh up NAME [nft|iptables|none]   create lab NAME (default: nft rules)
@@ -65,77 +67,22 @@ fetch_vsftpd() {
     ) 9>"$LAB_CACHE/vsftpd.lock"
 }
 
-vsftpd_libpath() {
-    local d out=""
-    for d in "$VSFTPD_ROOT"/lib/x86_64-linux-gnu "$VSFTPD_ROOT"/usr/lib/x86_64-linux-gnu \
-             "$VSFTPD_ROOT"/lib/*-linux-gnu* "$VSFTPD_ROOT"/usr/lib/*-linux-gnu* "$VSFTPD_ROOT"/lib; do
-        [ -d "$d" ] && out="$out${out:+:}$d"
-    done
-    echo "$out"
-}
-
-ensure_ftp_user() {
-    local home
-    # vsftpd changes into the ftp user's home before going to anon_root
-    home=$(getent passwd ftp | cut -d: -f6 || true)
-    if [ -n "$home" ]; then
-        [ -d "$home" ] || { mkdir -p "$home"; chmod 755 "$home"; }
-        return 0
-    fi
-    (
-        flock -w 60 9 || true
-        getent passwd ftp >/dev/null && exit 0
-        log "creating system user 'ftp' (vsftpd anonymous user)"
-        useradd --system --home-dir /srv/ftp --no-create-home \
-            --shell /usr/sbin/nologin ftp 2>/dev/null \
-            || useradd -r -d /srv/ftp -M -s /bin/false ftp
-        [ -d /srv/ftp ] || { mkdir -p /srv/ftp; chmod 755 /srv/ftp; }
-    ) 9>/tmp/.ftpgate-lab-useradd.lock
+# host NS ROLE|CMD ARGS...: lab/host.sh inside namespace NS: the per-host
+# set-up and daemons are the same functions a real machine runs
+# (lab/Vagrantfile, lab/scenario in machines mode)
+host() {
+    local ns=$1
+    shift
+    ip netns exec "$ns" bash "$LAB_DIR/host.sh" "$@"
 }
 
 # -- rules -------------------------------------------------------------------
-# The lab installs what `ftpgate rules` prints (src/rules.rs), so the tests
-# run what users paste: both families' listeners, the strict profile with
-# the client-facing interface. lab/rules/lab-*.{nft,sh} are those outputs,
-# kept as references (a unit test checks they are current).
-rules_args() {
-    [ -x "$FTPGATE_BIN" ] || die "no ftpgate binary at $FTPGATE_BIN (cargo build first, or set FTPGATE_BIN)"
-    echo "--listen 0.0.0.0:$GW_PORT --listen [::]:$GW_PORT rules --profile strict --client-interface $GW_CLIENT_IF"
-}
-
-# gen_rules NAME FILE [ARG...]: `ftpgate rules ARG...` for the lab, into
-# the run directory's FILE (kept for diagnostics); prints its path
-gen_rules() {
-    local name=$1 file=$2 args out
-    shift 2
-    read -ra args <<<"$(rules_args)"
-    out=$(run_dir "$name")/$file
-    "$FTPGATE_BIN" "${args[@]}" "$@" >"$out" || die "ftpgate rules ${args[*]} $* failed"
-    echo "$out"
-}
-
+# What `ftpgate rules` prints (host.sh), installed in NAME-g; the generated
+# files stay in the run directory (rules-add.nft, routing.sh, ...)
 rules() {
-    local name=$1 op=$2 form=$3 g undo=()
-    g=$(ns_g "$name")
-    case "$op" in add) ;; del) undo=(--undo) ;; *) die "rules: add or del (got '$op')" ;; esac
-    case "$form" in
-    nft)
-        command -v nft >/dev/null || die "nft not installed (apt-get install nftables)"
-        ip netns exec "$g" nft -f "$(gen_rules "$name" "rules-$op.nft" "${undo[@]}")"
-        ;;
-    iptables)
-        command -v iptables >/dev/null || die "iptables not installed (apt-get install iptables)"
-        ip netns exec "$g" sh "$(gen_rules "$name" "rules-$op-iptables.sh" --iptables "${undo[@]}")"
-        ;;
-    none) ;;
-    *) die "rule form must be nft, iptables or none (got '$form')" ;;
-    esac
-}
-
-# routing NAME: the policy routing and sysctls, from `ftpgate rules --routing`
-routing() {
-    local name=$1
-    ip netns exec "$(ns_g "$name")" sh "$(gen_rules "$name" routing.sh --routing)"
+    local name=$1 op=$2 form=$3
+    case "$op" in add | del) ;; *) die "rules: add or del (got '$op')" ;; esac
+    host "$(ns_g "$name")" rules "$op" "$form" "$GW_CLIENT_IF" "$(run_dir "$name")"
 }
 
 # -- up / down ---------------------------------------------------------------
@@ -165,40 +112,11 @@ up() {
     ip -n "$c" link add eth0 type veth peer name "$GW_CLIENT_IF" netns "$g"
     ip -n "$s" link add eth0 type veth peer name "$GW_SERVER_IF" netns "$g"
 
-    # IPv6 addresses without duplicate address detection (nodad): usable
-    # at once, no test waits for DAD
-    ip -n "$c" addr add "$CLIENT_IP/24" dev eth0
-    ip -n "$c" addr add "$CLIENT_IP6/64" dev eth0 nodad
-    ip -n "$c" link set eth0 up
-    ip -n "$c" route add default via "$GW_CLIENT_IP"
-    ip -n "$c" -6 route add default via "$GW_CLIENT_IP6"
-
-    ip -n "$s" addr add "$SERVER_IP/24" dev eth0
-    ip -n "$s" addr add "$SERVER_IP6/64" dev eth0 nodad
-    ip -n "$s" link set eth0 up
-    ip -n "$s" route add default via "$GW_SERVER_IP"
-    ip -n "$s" -6 route add default via "$GW_SERVER_IP6"
-
-    ip -n "$g" addr add "$GW_CLIENT_IP/24" dev "$GW_CLIENT_IF"
-    ip -n "$g" addr add "$GW_CLIENT_IP6/64" dev "$GW_CLIENT_IF" nodad
-    ip -n "$g" addr add "$GW_SERVER_IP/24" dev "$GW_SERVER_IF"
-    ip -n "$g" addr add "$GW_SERVER_IP6/64" dev "$GW_SERVER_IF" nodad
-    ip -n "$g" link set "$GW_CLIENT_IF" up
-    ip -n "$g" link set "$GW_SERVER_IF" up
-    # forwarding, rp_filter, and the TPROXY policy routing (marked packets
-    # are delivered locally), both families: `ftpgate rules --routing`.
-    # Plain routing (rules none) needs it too: forwarding.
-    routing "$name"
-
-    rules "$name" add "$form"
-
-    # server files
-    mkdir -p "$run/empty" "$run/ftproot/pub" "$run/ftproot/upload"
-    chmod 755 "$run/empty" "$run/ftproot" "$run/ftproot/pub"
-    ensure_ftp_user
-    chown ftp "$run/ftproot/upload"; chmod 755 "$run/ftproot/upload"
-    echo "hello from the ftpgate lab server" >"$run/ftproot/pub/hello.txt"
-    chmod 644 "$run/ftproot/pub/hello.txt"
+    # each host's addresses, routes and (gateway) `ftpgate rules` output,
+    # (server) files: lab/host.sh, as on real machines
+    host "$c" client eth0 default
+    host "$s" server eth0 default "$run"
+    host "$g" gateway "$GW_CLIENT_IF" "$GW_SERVER_IF" "$run" "$form"
     trap - ERR
     log "lab '$name' up (rules: $form, run dir: $run)"
 }
@@ -221,51 +139,20 @@ down() {
 
 # -- daemons -----------------------------------------------------------------
 start_vsftpd() {
-    local name=$1 run s pid setting
+    local name=$1 s
     shift
-    run=$(run_dir "$name"); s=$(ns_s "$name")
+    s=$(ns_s "$name")
     ns_exists "$s" || die "lab '$name' is not up"
     fetch_vsftpd
-    ensure_ftp_user
-    sed -e "s#@RUN@#$run#g" -e "s#@SERVER_IP@#$SERVER_IP#g" \
-        "$LAB_DIR/vsftpd.conf.in" >"$run/vsftpd.conf"
-    # KEY=VALUE arguments replace the template's settings (port_enable=NO)
-    for setting in "$@"; do
-        [[ $setting =~ ^([a-z_]+)=([A-Za-z0-9_./-]*)$ ]] || die "vsftpd setting '$setting' is not KEY=VALUE"
-        grep -q "^${BASH_REMATCH[1]}=" "$run/vsftpd.conf" || die "vsftpd.conf.in has no '${BASH_REMATCH[1]}'"
-        sed -i -e "s#^${BASH_REMATCH[1]}=.*#$setting#" "$run/vsftpd.conf"
-    done
-    chmod 600 "$run/vsftpd.conf"   # vsftpd wants its config owned by root
-    : >"$run/vsftpd.log"; : >"$run/xferlog"
-    LD_LIBRARY_PATH=$(vsftpd_libpath) \
-        ip netns exec "$s" "$VSFTPD_BIN" "$run/vsftpd.conf" \
-        </dev/null >>"$run/vsftpd.out" 2>&1 &
-    pid=$!
-    pidfile_write "$run/vsftpd.pid" "$pid" "$VSFTPD_BIN"
-    # dual-stack: ss shows the one socket as *:21
-    if ! wait_tcp_listen "$s" 21 "" 100; then
-        cat "$run/vsftpd.out" >&2 || true
-        die "vsftpd did not listen on [::]:21 within 10 s"
-    fi
-    log "vsftpd listening on [::]:21, both families (pid $pid)"
+    host "$s" vsftpd "$(run_dir "$name")" "$@"
 }
 
 start_gateway() {
-    local name=$1 bin=$2 run g pid
+    local name=$1 bin=$2 g
     shift 2
-    run=$(run_dir "$name"); g=$(ns_g "$name")
+    g=$(ns_g "$name")
     ns_exists "$g" || die "lab '$name' is not up"
-    [ -x "$bin" ] || die "gateway binary '$bin' not found/executable"
-    [ $# -gt 0 ] || set -- --listen "0.0.0.0:$GW_PORT" --log-level info
-    ip netns exec "$g" "$bin" "$@" </dev/null >>"$run/ftpgate.out" 2>>"$run/ftpgate.log" &
-    pid=$!
-    pidfile_write "$run/ftpgate.pid" "$pid" "$bin"
-    if ! wait_tcp_listen "$g" "$GW_PORT" "" 100; then
-        log "gateway log:"; cat "$run/ftpgate.log" >&2 || true
-        pid_alive "$pid" || die "gateway exited at start"
-        die "gateway did not listen on :$GW_PORT within 10 s"
-    fi
-    log "ftpgate listening on :$GW_PORT in $g (pid $pid)"
+    host "$g" ftpgate "$(run_dir "$name")" "$bin" "$@"
 }
 
 stop_gateway() {
@@ -314,7 +201,7 @@ gc() {
 }
 
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,34p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,36p' "$0" >&2; exit 2; }
 shift
 case "$cmd" in
 up)      need_root; check_name "${1:?NAME}"; up "$1" "${2:-nft}" ;;

@@ -15,7 +15,8 @@
 #                                    `netns.sh down` stops it too)
 #   servers.sh stop NAME SERVER      stop it (only the PID it recorded)
 #   servers.sh version SERVER        the Debian package version used
-# SERVER: vsftpd (delegates to netns.sh) | proftpd | pure-ftpd
+# SERVER: vsftpd (delegates to netns.sh) | proftpd | pure-ftpd; each runs
+# as lab/host.sh runs it on a server machine, inside NAME-s
 #
 # Run directory files: proftpd.conf, proftpd.log (system log),
 # proftpd.cmdlog (commands and replies with the client address),
@@ -52,24 +53,6 @@ missing_libs() {
             queue+=("$d")
         done
     done
-}
-
-server_root() { echo "$LAB_CACHE/$1/root"; }
-server_bin() {
-    case "$1" in
-    proftpd) echo "$(server_root proftpd)/usr/sbin/proftpd" ;;
-    pure-ftpd) echo "$(server_root pure-ftpd)/usr/sbin/pure-ftpd" ;;
-    esac
-}
-
-server_libpath() {
-    local root d out=""
-    root=$(server_root "$1")
-    for d in "$root"/lib/x86_64-linux-gnu "$root"/usr/lib/x86_64-linux-gnu \
-             "$root"/lib/*-linux-gnu* "$root"/usr/lib/*-linux-gnu*; do
-        [ -d "$d" ] && out="$out${out:+:}$d"
-    done
-    echo "$out"
 }
 
 fetch() {
@@ -119,44 +102,14 @@ version() {
     echo "$server $(dpkg-deb -f "$deb" Version)"
 }
 
+# proftpd and pure-ftpd run as the server host's daemons (lab/host.sh), in
+# NAME-s: the same functions a real server machine would run
 start_proftpd() {
-    local name=$1 run s bin pid group
-    run=$(run_dir "$name"); s=$(ns_s "$name"); bin=$(server_bin proftpd)
-    group=$(id -gn ftp)
-    sed -e "s#@RUN@#$run#g" -e "s#@SERVER_IP@#$SERVER_IP#g" -e "s#@SERVER_IP6@#$SERVER_IP6#g" \
-        -e "s#@MODULES@#$(server_root proftpd)/usr/lib/proftpd#g" \
-        -e "s#@FTP_GROUP@#$group#g" \
-        "$LAB_DIR/proftpd.conf.in" >"$run/proftpd.conf"
-    chmod 600 "$run/proftpd.conf"
-    : >"$run/proftpd.log"; : >"$run/proftpd.cmdlog"; : >"$run/proftpd.xferlog"
-    LD_LIBRARY_PATH=$(server_libpath proftpd) \
-        ip netns exec "$s" "$bin" --nodaemon --config "$run/proftpd.conf" \
-        </dev/null >>"$run/proftpd.out" 2>&1 &
-    pid=$!
-    pidfile_write "$run/proftpd.pid" "$pid" "$bin"
+    ip netns exec "$(ns_s "$1")" bash "$LAB_DIR/host.sh" proftpd "$(run_dir "$1")"
 }
 
 start_pure_ftpd() {
-    local name=$1 run s bin pid home
-    run=$(run_dir "$name"); s=$(ns_s "$name"); bin=$(server_bin pure-ftpd)
-    # pure-ftpd's anonymous root is the 'ftp' user's home: bind the lab's
-    # ftproot over it, in a mount namespace of the server's own (private
-    # propagation: the host's mount table never changes); a tmpfs on /run
-    # there too, for the /run/pure-ftpd it creates
-    home=$(getent passwd ftp | cut -d: -f6)
-    [ -d "$home" ] || die "home of user 'ftp' ($home) missing"
-    : >"$run/pure-ftpd.xferlog"
-    # shellcheck disable=SC2016  # $1.. expand in the inner sh
-    LD_LIBRARY_PATH=$(server_libpath pure-ftpd) \
-        ip netns exec "$s" unshare --mount --propagation private \
-        sh -c 'mount --bind "$1" "$2" && mount -t tmpfs -o size=1m,mode=755 lab-run /run && shift 2 && exec "$@"' sh "$run/ftproot" "$home" \
-        "$bin" --bind ",21" --anonymousonly --chrooteveryone \
-        --dontresolve --passiveportrange 30000:30100 --maxclientsnumber 50 \
-        --maxclientsperip 50 --maxidletime 2 --syslogfacility none \
-        --altlog "clf:$run/pure-ftpd.xferlog" --pidfile "$run/pure-ftpd.pidfile" \
-        </dev/null >>"$run/pure-ftpd.out" 2>&1 &
-    pid=$!
-    pidfile_write "$run/pure-ftpd.pid" "$pid" "$bin"
+    ip netns exec "$(ns_s "$1")" bash "$LAB_DIR/host.sh" pure-ftpd "$(run_dir "$1")"
 }
 
 start() {
@@ -200,7 +153,7 @@ stop() {
 }
 
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,22p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,23p' "$0" >&2; exit 2; }
 shift
 case "$cmd" in
 fetch)   need_root; fetch "${1:?SERVER}" ;;

@@ -124,6 +124,14 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) enforce_data_direction: bool,
 
+    /// Who carries the data connections: ftpgate's relay, or the kernel
+    /// through one-shot conntrack expectations (pinhole: the firewall must
+    /// accept `ct state established,related` in its forward chain; see
+    /// README, "The kernel data path").
+    /// `rules` then adds that accept.
+    #[arg(long, value_enum, default_value_t = DataPath::Relay, global = true)]
+    pub(crate) data_path: DataPath,
+
     /// FTPS (AUTH TLS): refuse it (534, FEAT no longer advertises it, the
     /// session stays clear text), or pass it through: after the server's
     /// 234 the control connection is relayed blind and the gateway opens no
@@ -291,6 +299,16 @@ pub(crate) enum LogFormat {
 pub(crate) enum PassiveMismatch {
     Rewrite,
     Refuse,
+}
+
+/// `--data-path`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum DataPath {
+    /// ftpgate relays every data byte (splice).
+    Relay,
+    /// The kernel forwards each approved data connection, once.
+    Pinhole,
 }
 
 /// `--ftps` (and `[ftps] mode`).

@@ -578,6 +578,7 @@ pub(crate) fn core_config(args: &Args) -> Config {
         },
         max_refused_lines: args.max_refused_lines,
         enforce_data_direction: args.enforce_data_direction,
+        kernel_data_path: args.data_path == cli::DataPath::Pinhole,
         ..Config::default()
     }
 }

@@ -124,6 +124,9 @@ pub(crate) struct Ctx<'a> {
     /// The daemon's data listeners, shared by the sessions that expect a
     /// connection on the same (address, port).
     pub(crate) listeners: &'a SharedListeners,
+    /// The kernel data path (`--data-path pinhole`): the session's data
+    /// actions go there instead of to sockets.
+    pub(crate) pinholes: Option<&'a mut crate::pinhole::Pinholes>,
 }
 
 impl Ctx<'_> {
@@ -534,6 +537,11 @@ impl Conn {
         for id in self.data.iter().map(|c| c.id).collect::<Vec<_>>() {
             self.close_data(ctx, id);
         }
+        if let Some(pinholes) = ctx.pinholes.as_deref_mut() {
+            for _ in 0..pinholes.close_session(self.key) {
+                ctx.data_channels.close();
+            }
+        }
     }
 
     fn control(&mut self, side: Side) -> &mut Control {
@@ -626,6 +634,14 @@ impl Conn {
     }
 
     fn execute(&mut self, ctx: &mut Ctx<'_>, action: Action) {
+        let action = if ctx.pinholes.is_some() {
+            match self.execute_kernel(ctx, action) {
+                Some(action) => action,
+                None => return,
+            }
+        } else {
+            action
+        };
         match action {
             Action::Listen { data, local, accept_from, peer } => {
                 self.listen(ctx, data, local, accept_from, peer)
@@ -681,6 +697,85 @@ impl Conn {
                 self.blind = Some(Blind::Flushing { idle_timeout, by: ctx.now + LINGER })
             }
             other => debug!(self.log, "unknown action"; "action" => ?other),
+        }
+    }
+
+    /// The data actions under `--data-path pinhole`: the kernel forwards
+    /// the one expected connection, so a listen becomes a pinhole, a
+    /// connect and a relay are already done by it. Returns the actions
+    /// that are not about data.
+    fn execute_kernel(&mut self, ctx: &mut Ctx<'_>, action: Action) -> Option<Action> {
+        match action {
+            Action::Listen { data, local, accept_from, peer } => {
+                // The cap counts pinholes as it counts listeners.
+                if !self.admit_data(ctx, data) {
+                    let error = io::ErrorKind::QuotaExceeded;
+                    self.queue(Input::Failed { data, step: DataStep::Listen, error });
+                    return None;
+                }
+                let timeout = self.session.config().data_accept_timeout;
+                let from_client = peer == Side::Client;
+                let pinholes = ctx.pinholes.as_deref_mut()?;
+                match pinholes.open_pinhole(self.key, data, accept_from, local, from_client, timeout) {
+                    Ok(()) => self.queue(Input::Listening { data, local }),
+                    Err(e) => {
+                        ctx.data_channels.close();
+                        warn!(self.log, "pinhole failed"; "data" => data.0, "peer" => %accept_from,
+                              "target" => %local, "error" => %e);
+                        // Not AddrInUse: the core would retry on port 0.
+                        self.queue(Input::Failed {
+                            data,
+                            step: DataStep::Listen,
+                            error: io::ErrorKind::Other,
+                        });
+                    }
+                }
+            }
+            Action::Connect { data, local, .. } => {
+                // The kernel forwards the connection as it came: it is
+                // connected already. First in line, so that an end the
+                // kernel reported in the same batch finds it relaying.
+                let local = ctx.pinholes.as_deref().and_then(|p| p.peer(self.key, data)).unwrap_or(local);
+                self.facts.push_front(Fact::Input(Input::Connected { data, local }));
+            }
+            Action::Dial { data, .. } => {
+                // Conversion needs both legs in ftpgate (refused at start;
+                // a reload may bring a rule that asks for it).
+                warn!(self.log, "server-data conversion is not possible with --data-path pinhole"; "data" => data.0);
+                self.queue(Input::Failed {
+                    data,
+                    step: DataStep::Connect,
+                    error: io::ErrorKind::Unsupported,
+                });
+            }
+            Action::Relay { .. } | Action::DataDirection { .. } | Action::Refuse { .. } => {}
+            Action::ResetData { data } => ctx.pinholes.as_deref_mut()?.cut(self.key, data),
+            Action::CloseData { data } => {
+                if ctx.pinholes.as_deref_mut()?.close(self.key, data) {
+                    ctx.data_channels.close();
+                }
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// A kernel report on one of this session's pinholes.
+    pub(crate) fn kernel_event(&mut self, event: crate::pinhole::Event) {
+        use crate::pinhole::Event;
+        match event {
+            Event::Connected { data, peer, .. } => self.queue(Input::Accepted { data, peer }),
+            Event::Ended { data, to_client, to_server, reset: false, .. } => {
+                self.queue(Input::Relayed { data, to_client, to_server })
+            }
+            Event::Ended { data, to_client, to_server, reset: true, .. } => self.queue(Input::RelayFailed {
+                data,
+                // Conntrack does not say which end sent the reset.
+                leg: Side::Server,
+                error: io::ErrorKind::ConnectionReset,
+                to_client,
+                to_server,
+            }),
         }
     }
 

@@ -122,6 +122,7 @@ impl Facts {
             "net.ipv6.conf.all.forwarding".to_string(),
             "net.ipv4.conf.all.rp_filter".to_string(),
             "net.netfilter.nf_conntrack_helper".to_string(),
+            "net.netfilter.nf_conntrack_acct".to_string(),
         ];
         keys.extend(facts.interfaces.iter().map(|i| format!("net.ipv4.conf.{i}.rp_filter")));
         for key in keys {
@@ -441,7 +442,41 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
         if helpers.is_empty() { "not attached to any traffic".to_string() } else { helpers.join("; ") },
         fixes.join(" && "),
     ));
+    if plan.related {
+        checks.push(related_check(&rules, facts, &fix_rules));
+        let acct = facts.sysctl.get("net.netfilter.nf_conntrack_acct").map_or("unreadable", String::as_str);
+        checks.push(Check::new(
+            "conntrack accounting (pinhole)",
+            acct == "1",
+            format!("net.netfilter.nf_conntrack_acct = {acct}: the transfer records' byte counts"),
+            "sysctl -w net.netfilter.nf_conntrack_acct=1",
+        ));
+    }
     checks
+}
+
+/// `--data-path pinhole`: some forward chain must accept the RELATED
+/// connections the kernel expects for ftpgate (and their packets).
+fn related_check(rules: &[NftRule<'_>], facts: &Facts, fix_rules: &str) -> Check {
+    let nft = rules
+        .iter()
+        .find(|r| r.chain.contains("forward") && r.text.contains("ct state established,related accept"));
+    let xt = facts.xt_save.iter().flatten().flat_map(|s| s.lines()).find(|l| {
+        l.starts_with("-A ") && l.contains("--ctstate RELATED,ESTABLISHED") && l.contains("-j ACCEPT")
+    });
+    let found = match (nft, xt) {
+        (Some(r), _) => Some(format!("nft {} {} {}: {}", r.family, r.table, r.chain, r.text)),
+        (None, Some(line)) => Some(format!("iptables: {line}")),
+        (None, None) => None,
+    };
+    Check::new(
+        "forward accepts related (pinhole)",
+        found.is_some(),
+        found.unwrap_or_else(|| {
+            "no forward rule accepts ct state related: pinholes forward nothing".to_string()
+        }),
+        fix_rules.to_string(),
+    )
 }
 
 /// The fix when the checks themselves lack the privilege to look.
@@ -467,6 +502,7 @@ mod tests {
             client_interfaces: vec!["gw-c".parse().unwrap()],
             client_nets: Vec::new(),
             server_nets: Vec::new(),
+            related: false,
         }
     }
 
@@ -551,6 +587,40 @@ mod tests {
                 "nf_conntrack_ftp",
             ]
         );
+    }
+
+    #[test]
+    fn pinhole_plan_wants_a_forward_rule_accepting_related_and_accounting() {
+        let mut plan = lab_plan();
+        plan.related = true;
+        let c = evaluate(&plan, &healthy());
+        assert_eq!(wrong(&c), ["forward accepts related (pinhole)", "conntrack accounting (pinhole)"]);
+        let fix = &find(&c, "forward accepts related (pinhole)").fix;
+        assert!(fix.contains(" --data-path pinhole") && fix.ends_with(" | nft -f -"), "{fix}");
+        assert_eq!(
+            find(&c, "conntrack accounting (pinhole)").fix,
+            "sysctl -w net.netfilter.nf_conntrack_acct=1"
+        );
+        let acct_on = || {
+            let mut f = healthy();
+            f.sysctl.insert("net.netfilter.nf_conntrack_acct".into(), "1".into());
+            f
+        };
+        assert_eq!(wrong(&evaluate(&plan, &acct_on())), ["forward accepts related (pinhole)"]);
+        let mut f = acct_on();
+        let with_rule = LAB_RULESET.replace(
+            "policy accept;\n\t\tiifname \"gw-c\" tcp dport 21 reject",
+            "policy accept;\n\t\tct state established,related accept # handle 9\n\t\tiifname \"gw-c\" tcp dport 21 reject",
+        );
+        assert_ne!(with_rule, LAB_RULESET);
+        f.nft_ruleset = Some(Ok(with_rule));
+        assert!(wrong(&evaluate(&plan, &f)).is_empty());
+        let mut f = acct_on();
+        f.xt_save[0] = Some(
+            "*filter\n-A FTPGATE_FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n"
+                .into(),
+        );
+        assert!(wrong(&evaluate(&plan, &f)).is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod listeners;
 mod log;
 mod logins;
 mod metrics;
+mod pinhole;
 mod privilege;
 mod relay;
 mod rules;
@@ -69,6 +70,7 @@ fn plan(args: &Args, p: &cli::PlanArgs) -> rules::Plan {
         client_interfaces: p.client_interfaces.clone(),
         client_nets: p.client_nets.clone(),
         server_nets: p.server_nets.clone(),
+        related: args.data_path == cli::DataPath::Pinhole,
     }
 }
 
@@ -114,6 +116,10 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
     let log = log::build(args.log_level, args.log_format);
     info!(log, "configuration"; "file" => loaded.file_name());
     loaded.log_policy(&log);
+    if let Err(what) = pinhole_conflicts(args, &loaded.policy) {
+        crit!(log, "cannot start"; "error" => what);
+        return ExitCode::from(2);
+    }
     let workers = args.workers.map_or_else(workers::default_count, usize::from);
     let (max_sessions, max_data_channels) = size_limits(args, workers, &log);
     let reloadable = config::Reloadable::of(loaded);
@@ -236,6 +242,26 @@ fn size_limits(args: &Args, workers: usize, log: &Logger) -> (usize, usize) {
 
 /// `--check-config`: the verdict on stdout, 0. (An invalid file never
 /// gets here: `main` exits 2 with the error on stderr.)
+/// What the kernel data path cannot do, refused at start.
+fn pinhole_conflicts(args: &Args, policy: &ftpgate_proto::rules::PolicySet) -> Result<(), &'static str> {
+    if args.data_path != cli::DataPath::Pinhole {
+        return Ok(());
+    }
+    if args.enforce_data_direction {
+        return Err("--data-path pinhole cannot enforce the data direction: the kernel forwards \
+                    the data; drop --enforce-data-direction or use --data-path relay");
+    }
+    if args.ftps == cli::Ftps::PassThrough {
+        return Err("--data-path pinhole cannot open pinholes for FTPS: the gateway does not see \
+                    the encrypted PASV/PORT; use --ftps refuse or --data-path relay");
+    }
+    if policy.rules.iter().any(|r| r.server_data != ftpgate_proto::rules::ServerData::Keep) {
+        return Err("--data-path pinhole cannot convert data modes (server-data in a policy rule): \
+                    both data connections would have to be ftpgate's; use --data-path relay");
+    }
+    Ok(())
+}
+
 fn check_config(loaded: &config::Loaded) -> ExitCode {
     match &loaded.file {
         Some(path) => println!("{}: valid", path.display()),

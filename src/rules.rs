@@ -195,6 +195,9 @@ pub(crate) struct Plan {
     pub(crate) client_nets: Vec<Net>,
     /// The servers' prefixes; none: any destination.
     pub(crate) server_nets: Vec<Net>,
+    /// `--data-path pinhole`: the forward chain admits the connections the
+    /// kernel expects for ftpgate (RELATED) and their packets, first.
+    pub(crate) related: bool,
 }
 
 /// Why no rules can be generated.
@@ -336,6 +339,9 @@ impl Plan {
         if self.table != 100 {
             let _ = write!(s, " --table {}", self.table);
         }
+        if self.related {
+            s.push_str(" --data-path pinhole");
+        }
         for i in &self.client_interfaces {
             let _ = write!(s, " --client-interface {i}");
         }
@@ -406,6 +412,9 @@ impl Plan {
         out.push_str(
             "    chain forward {\n        type filter hook forward priority filter; policy accept;\n",
         );
+        if self.related {
+            out.push_str("        ct state established,related accept\n");
+        }
         let families: Vec<Option<Family>> =
             if self.by_family() { Family::BOTH.map(Some).to_vec() } else { vec![None] };
         for family in families {
@@ -521,6 +530,12 @@ impl Plan {
             }
             let _ = writeln!(out, "{ipt} -t mangle -I PREROUTING 1 -j FTPGATE_PREROUTING");
             let _ = writeln!(out, "{ipt} -t filter -N FTPGATE_FORWARD");
+            if self.related {
+                let _ = writeln!(
+                    out,
+                    "{ipt} -t filter -A FTPGATE_FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+                );
+            }
             if sides {
                 for m in self.ipt_matches(family, Dir::From) {
                     let _ = writeln!(
@@ -609,6 +624,11 @@ impl Plan {
         self.describe(&mut out, "#");
         out.push_str(ROUTING_HEADER);
         out.push_str("set -e\n");
+        if self.related {
+            // The transfer records' byte counts of --data-path pinhole.
+            out.push_str("\n# --data-path pinhole: conntrack counts the bytes it forwards\n");
+            out.push_str("sysctl -qw net.netfilter.nf_conntrack_acct=1\n");
+        }
         for family in self.families() {
             let _ = writeln!(out, "\n# {}", family.name());
             match family {
@@ -720,7 +740,24 @@ mod tests {
             client_interfaces: Vec::new(),
             client_nets: Vec::new(),
             server_nets: Vec::new(),
+            related: false,
         }
+    }
+
+    #[test]
+    fn pinhole_data_path_forward_admits_related_first() {
+        let mut p = lab();
+        p.related = true;
+        let nft = p.nft();
+        let forward = &nft[nft.find("chain forward").unwrap()..];
+        let related = forward.find("ct state established,related accept").unwrap();
+        assert!(related < forward.find("drop").unwrap(), "{nft}");
+        assert!(p.routing().contains("sysctl -qw net.netfilter.nf_conntrack_acct=1\n"));
+        assert!(!lab().routing().contains("nf_conntrack_acct"));
+        let ipt = p.iptables();
+        let accept = ipt.find("--ctstate ESTABLISHED,RELATED -j ACCEPT").unwrap();
+        assert!(accept < ipt.find("-j DROP").unwrap(), "{ipt}");
+        assert!(!lab().nft().contains("related") && !lab().iptables().contains("RELATED"));
     }
 
     /// The lab's plan (lab/netns.sh `rules`).

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ftpgate_proto::rules::RuleRef;
 use ftpgate_proto::{AuditEvent, ControlEnds, PolicyStage, Session};
 use mio::net::TcpListener;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 use slog::{debug, error, info, o, warn, Logger};
@@ -24,6 +25,8 @@ use crate::workers::{PauseCause, Shared, ACCEPT_PAUSE};
 
 /// Another loop passed a data connection, or a drain began.
 const WAKE: Token = Token(0);
+/// The conntrack event socket of the kernel data path (`--data-path pinhole`).
+const PINHOLE_EVENTS: Token = Token(usize::MAX / 2 - 1);
 /// Control listeners use tokens 1..FIRST_DYNAMIC; sockets of sessions use
 /// FIRST_DYNAMIC + their registration key.
 const FIRST_DYNAMIC: usize = 1024;
@@ -36,6 +39,7 @@ pub(crate) const FIRST_DATA_LISTENER: usize = usize::MAX / 2;
 pub(crate) enum StartError {
     Listen(TproxyError),
     Setup(&'static str, io::Error),
+    Pinhole(crate::pinhole::Unavailable),
 }
 
 impl std::fmt::Display for StartError {
@@ -43,6 +47,7 @@ impl std::fmt::Display for StartError {
         match self {
             Self::Listen(e) => write!(f, "control listener: {e}"),
             Self::Setup(what, e) => write!(f, "{what}: {e}"),
+            Self::Pinhole(e) => write!(f, "{e}"),
         }
     }
 }
@@ -60,12 +65,19 @@ pub(crate) struct Loop {
     index: usize,
     poll: Poll,
     listeners: Vec<ControlListener>,
+    pinholes: Option<crate::pinhole::Pinholes>,
 }
 
 impl Loop {
     /// Binds this loop's control listener on every address. Each loop has
     /// its own socket (SO_REUSEPORT): the kernel spreads the connections.
-    pub(crate) fn bind(index: usize, listen: &[SocketAddr], log: &Logger) -> Result<Self, StartError> {
+    /// With `kernel_data_path`, also opens this loop's conntrack sockets.
+    pub(crate) fn bind(
+        index: usize,
+        listen: &[SocketAddr],
+        kernel_data_path: bool,
+        log: &Logger,
+    ) -> Result<Self, StartError> {
         let poll = Poll::new().map_err(|e| StartError::Setup("epoll", e))?;
         let mut listeners = Vec::new();
         for (i, &addr) in listen.iter().enumerate() {
@@ -78,7 +90,16 @@ impl Loop {
             debug!(log, "control listener bound"; "worker" => index, "addr" => %addr);
             listeners.push(ControlListener { listener, addr, family: family.describe(addr), ready: false });
         }
-        Ok(Self { index, poll, listeners })
+        let pinholes = if kernel_data_path {
+            let p = crate::pinhole::Pinholes::open().map_err(StartError::Pinhole)?;
+            poll.registry()
+                .register(&mut SourceFd(&p.fd()), PINHOLE_EVENTS, Interest::READABLE)
+                .map_err(|e| StartError::Setup("registering the conntrack event socket", e))?;
+            Some(p)
+        } else {
+            None
+        };
+        Ok(Self { index, poll, listeners, pinholes })
     }
 
     /// The addresses listened on, and what each takes.
@@ -113,11 +134,15 @@ pub(crate) struct Worker {
     drain_until: Option<Instant>,
     /// The `Shared::policy_epoch` this loop's sessions follow.
     policy_epoch: u64,
+    /// The kernel data path, with `--data-path pinhole`: each loop has its
+    /// own sockets and its own pinholes (events of the others' are not
+    /// in its book, and are ignored).
+    pinholes: Option<crate::pinhole::Pinholes>,
 }
 
 impl Worker {
     pub(crate) fn new(bound: Loop, shared: Arc<Shared>, log: &Logger) -> Self {
-        let Loop { index, poll, listeners } = bound;
+        let Loop { index, poll, listeners, pinholes } = bound;
         Self {
             index,
             poll,
@@ -133,6 +158,7 @@ impl Worker {
             accept_paused_until: None,
             drain_until: None,
             policy_epoch: 0,
+            pinholes,
         }
     }
 
@@ -167,6 +193,7 @@ impl Worker {
             for event in events.iter() {
                 match event.token() {
                     WAKE => woken = true,
+                    PINHOLE_EVENTS => dirty.extend(self.pinhole_events()),
                     token if token.0 >= FIRST_DATA_LISTENER => {
                         self.shared.data_listeners.lock().on_event(self.index, token)
                     }
@@ -244,7 +271,27 @@ impl Worker {
             data_channels: &self.shared.data_channels,
             worker: self.index,
             listeners: &self.shared.data_listeners,
+            pinholes: self.pinholes.as_mut(),
         }
+    }
+
+    /// Hands the kernel's reports on this loop's pinholes to their
+    /// sessions; returns the sessions to drive.
+    fn pinhole_events(&mut self) -> Vec<usize> {
+        let Some(pinholes) = self.pinholes.as_mut() else { return Vec::new() };
+        let (events, lost) = pinholes.read_events();
+        if let Some(e) = lost {
+            warn!(self.log, "conntrack events lost; transfers they ended are logged at session end"; "error" => %e);
+        }
+        let mut keys = Vec::new();
+        for event in events {
+            let key = event.session();
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.kernel_event(event);
+                keys.push(key);
+            }
+        }
+        keys
     }
 
     /// Accepts on this loop's ready data listeners and hands each

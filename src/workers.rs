@@ -376,7 +376,10 @@ impl Daemon {
         let count = opts.workers.max(1);
         let mut loops = Vec::with_capacity(count);
         for index in 0..count {
-            loops.push(server::Loop::bind(index, &opts.listen, &log)?);
+            loops.push(server::Loop::bind(index, &opts.listen, opts.config.kernel_data_path, &log)?);
+        }
+        if opts.config.kernel_data_path {
+            info!(log, "data path: kernel pinholes (conntrack expectations)"; "workers" => count);
         }
         for (addr, family) in loops[0].listening() {
             info!(log, "listening"; "addr" => %addr, "family" => family, "workers" => count);

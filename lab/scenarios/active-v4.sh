@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
+# machines: yes
 # summary: PORT download and upload through ftpgate (IPv4): the server's data connection meets a listener wearing the client's address
 # The client (python's ftplib) downloads and uploads in active mode. The
 # server connects back to the PORT address; ftpgate listens there with the
@@ -15,12 +16,13 @@ scenario_main() {
     capture_std
     step "client: PORT, RETR pub/scen.bin, STOR upload/back.bin"
     local res=0
-    in_ns "$C_NS" python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP" --mode active \
-        --get pub/scen.bin "$OUT/got.bin" --put "$OUT/got.bin" upload/back.bin \
+    on client python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP" --mode active \
+        --get pub/scen.bin "$C_DIR/got.bin" --put "$C_DIR/got.bin" upload/back.bin \
         >"$OUT/client.json" || res=$?
     capture_stop
     collect_std
-    cp "$RUN/ftproot/upload/back.bin" "$OUT/server-got.bin" 2>/dev/null || true
+    fetch client "$C_DIR/got.bin" "$OUT/got.bin" 2>/dev/null || true
+    uploaded back.bin "$OUT/server-got.bin"
     ladder_std "active-v4: PORT through ftpgate" \
         --caption "The server connects to the PORT address: ftpgate's foreign listener wears the client's address there," \
         --caption "and ftpgate's connection on to the client leaves from the server's address and port 20."
@@ -28,8 +30,8 @@ scenario_main() {
     say "  client: $(cat "$OUT/client.json")"
     say "  server saw clients: $(server_saw | tr '\n' ' ')"
     check "client finished (exit 0)" equals "$res" 0
-    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
-    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
+    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$(pub_src scen.bin)")"
+    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$(pub_src scen.bin)")"
     check "the server saw only the client's address $CLIENT_IP" equals "$(server_saw)" "$CLIENT_IP"
     check "the client's data connections came from $SERVER_IP:20" python3 -c '
 import json, sys

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
+# machines: yes
 # summary: EPRT download and upload through ftpgate over IPv6: the server's data connection from [2001:db8:2::10]:20 meets a listener wearing the client's IPv6 address
 # The client (python's ftplib, which sends EPRT |2|...| on an IPv6
 # connection) downloads and uploads in active mode. The server connects
@@ -22,12 +23,13 @@ scenario_main() {
     capture_std
     step "client: [$SERVER_IP6]:21, EPRT, RETR pub/scen.bin, EPRT, STOR upload/back.bin"
     local res=0
-    in_ns "$C_NS" python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP6" --mode active \
-        --get pub/scen.bin "$OUT/got.bin" --put "$OUT/got.bin" upload/back.bin \
+    on client python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP6" --mode active \
+        --get pub/scen.bin "$C_DIR/got.bin" --put "$C_DIR/got.bin" upload/back.bin \
         >"$OUT/client.json" || res=$?
     capture_stop
     collect_std
-    cp "$RUN/ftproot/upload/back.bin" "$OUT/server-got.bin" 2>/dev/null || true
+    fetch client "$C_DIR/got.bin" "$OUT/got.bin" 2>/dev/null || true
+    uploaded back.bin "$OUT/server-got.bin"
     ladder_std "active-v6: EPRT through ftpgate over IPv6" \
         --caption "The server connects to the EPRT address: ftpgate's foreign listener wears $CLIENT_IP6 there," \
         --caption "and ftpgate's connection on to the client leaves from [$SERVER_IP6]:20."
@@ -35,8 +37,8 @@ scenario_main() {
     say "  client: $(cat "$OUT/client.json")"
     say "  server saw clients: $(server_saw | tr '\n' ' ')"
     check "client finished (exit 0)" equals "$res" 0
-    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
-    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
+    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$(pub_src scen.bin)")"
+    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$(pub_src scen.bin)")"
     check "the server saw only the client's address $CLIENT_IP6" equals "$(server_saw)" "$CLIENT_IP6"
     check "the client's data connections came from [$SERVER_IP6]:20" python3 -c '
 import json, sys

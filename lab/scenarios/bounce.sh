@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
+# machines: yes
 # summary: attack: PORT/EPRT naming a third host or a privileged port; ftpgate answers 501/522 itself, the server never sees it
 # ATTACKS.md 1 (FTP bounce), 2 (PORT to the client's own port 22), 4 (EPRT
 # with an unknown family) and 29 (LPRT): the client sends them after login.
@@ -14,7 +15,7 @@ scenario_main() {
     capture_std
     step "client: PORT 203,0,113,5,200,10 / EPRT to 203.0.113.5 / PORT to :22 / EPRT |3| / LPRT / NOOP"
     local res=0
-    in_ns "$C_NS" python3 "$LAB_DIR/hostile_client.py" bounce >"$OUT/client.json" || res=$?
+    on client python3 "$LAB_DIR/hostile_client.py" bounce >"$OUT/client.json" || res=$?
     capture_stop
     collect_std
     ladder_std "bounce: PORT/EPRT to a third host, refused by ftpgate" \

@@ -7,10 +7,15 @@
 #   OUT        the artefact directory     RUN   the lab's run directory
 #   BIN        ftpgate                    LADDER ftpgate-ladder
 #   FORM       nft|iptables (the TPROXY rule set)
+#   HOSTS      ns: the hosts are network namespaces of this machine;
+#              machines: this machine is the gateway, the client and the
+#              server are other machines reached with ssh (lab/Vagrantfile;
+#              MACHINES names the file that says how, see "hosts" below)
 #
-# Every process a scenario starts has a pidfile in RUN (lib.sh's format), so
-# teardown stops exactly those; every namespace it creates is listed in
-# RUN/namespaces, so teardown removes exactly those.
+# Every process a scenario starts has a pidfile in RUN (lib.sh's format), or
+# in its work directory on a client or server machine, so teardown stops
+# exactly those; every namespace it creates is listed in RUN/namespaces,
+# so teardown removes exactly those.
 
 C_NS=$LAB-c
 G_NS=$LAB-g
@@ -53,84 +58,289 @@ sha() { if [ -f "$1" ]; then sha256sum <"$1" | cut -d' ' -f1; else echo missing;
 # the command at once and the teardown trap runs without waiting for it)
 in_ns() { local ns=$1; shift; timeout --foreground -k 5 60 ip netns exec "$ns" "$@"; }
 
-# -- the standard three-namespace lab (lab/netns.sh) -------------------------
-std_up() {
+# -- hosts: the client, the gateway and the server ------------------------------
+# A scenario that runs on real machines too ("# machines: yes") names hosts,
+# never namespaces: `on client CMD...`, `host_sh server ARGS...`, files in
+# C_DIR (the client's work directory) and S_DIR (the server's run
+# directory, ftproot in it), `fetch`/`push` between a host and here, and
+# captures with `capture_on`. In ns mode a host is a namespace of the
+# standard lab (C_DIR is OUT, S_DIR is RUN: one file system); in machines
+# mode the gateway is this machine and the others are reached with
+# `ssh -F SSH_CONFIG client|server` as root. The lab's scripts are at the
+# same path on every machine (Vagrant: /vagrant).
+#
+# MACHINES (machines mode; lab/scenario reads it, lab/Vagrantfile's
+# provisioning writes /etc/ftpgate-lab/machines.env) sets:
+#   SSH_CONFIG  ssh_config with Host client and Host server
+#   HOST_RUN    where client and server keep a scenario's work directories
+#   HOST_CACHE  FTPGATE_LAB_CACHE on client and server (vsftpd unpacked)
+C_IF=eth0
+S_IF=eth0
+C_DIR=$OUT
+S_DIR=$RUN
+# machines mode: captures leave out ssh, the scenario's own remote control
+CAPTURE_FILTER="tcp or vrrp"
+if [ "$HOSTS" = machines ]; then
+    : "${SSH_CONFIG:?MACHINES sets no SSH_CONFIG}" "${HOST_RUN:?MACHINES sets no HOST_RUN}"
+    HOST_CACHE=${HOST_CACHE:-$LAB_CACHE}
+    C_DIR=$HOST_RUN/$LAB-client
+    S_DIR=$HOST_RUN/$LAB-server
+    CAPTURE_FILTER="(tcp or vrrp) and not port 22"
+fi
+
+ns_of() {
+    case "$1" in client) echo "$C_NS" ;; gateway) echo "$G_NS" ;; server) echo "$S_NS" ;; *) die "no host '$1'" ;; esac
+}
+local_host() { [ "$HOSTS" = ns ] || [ "$1" = gateway ]; }
+
+# on HOST CMD...: CMD on client, gateway or server, bounded to 60 s. Over
+# ssh, CMD's words are quoted for the remote shell and stdin is /dev/null.
+on() {
+    local h=$1
+    shift
+    if [ "$HOSTS" = ns ]; then
+        timeout --foreground -k 5 60 ip netns exec "$(ns_of "$h")" "$@"
+    elif [ "$h" = gateway ]; then
+        timeout --foreground -k 5 60 "$@"
+    else
+        ns_of "$h" >/dev/null
+        timeout --foreground -k 5 60 ssh -F "$SSH_CONFIG" -n "$h" -- "$(printf '%q ' "$@")"
+    fi
+}
+
+# host_sh HOST ARGS...: lab/host.sh ARGS on HOST (its set-up, daemons,
+# captures: the same script the namespace lab and the VMs' provisioning run)
+host_sh() {
+    local h=$1
+    shift
+    if local_host "$h"; then
+        on "$h" bash "$LAB_DIR/host.sh" "$@"
+    else
+        on "$h" env FTPGATE_LAB_CACHE="$HOST_CACHE" bash "$LAB_DIR/host.sh" "$@"
+    fi
+}
+
+# fetch HOST PATH LOCAL: HOST's file PATH, copied to LOCAL here
+fetch() {
+    local h=$1 src=$2 dst=$3
+    if local_host "$h"; then
+        [ "$src" -ef "$dst" ] && return 0
+        cp "$src" "$dst"
+    elif on "$h" cat "$src" >"$dst.part"; then
+        mv "$dst.part" "$dst"
+    else
+        rm -f "$dst.part"
+        return 1
+    fi
+}
+
+# push LOCAL HOST PATH: this machine's file LOCAL as HOST's PATH
+push() {
+    local src=$1 h=$2 dst=$3
+    if local_host "$h"; then
+        cp "$src" "$dst"
+    else
+        timeout --foreground -k 5 60 ssh -F "$SSH_CONFIG" "$h" -- "cat > $(printf '%q' "$dst")" <"$src"
+    fi
+}
+
+# undo_later HOST CMD...: run CMD on HOST at teardown (machines mode: what
+# the scenario changed on a machine that outlives it)
+undo_later() {
+    [ "$HOSTS" = machines ] || return 0
+    printf '%q ' "$@" >>"$RUN/undo"
+    echo >>"$RUN/undo"
+}
+
+# machines_up FORM: this machine as the gateway with the FORM rule set (the
+# provisioned one removed first), the client and the server set up again
+# by lab/host.sh (a rebooted VM has lost its routes and IPv6 addresses),
+# the work directories made. Teardown (hosts_teardown) restores the
+# provisioned state: the strict nft rule set.
+machines_up() {
+    local form=$1 h
+    for h in client server; do
+        on "$h" test -f "$LAB_DIR/host.sh" \
+            || die "cannot run $LAB_DIR/host.sh on '$h' over ssh (ssh -F $SSH_CONFIG $h): is it up and provisioned, and are the lab's scripts at the same path there (Vagrant: /vagrant)?"
+    done
+    echo "client $C_DIR" >>"$RUN/remote"
+    echo "server $S_DIR" >>"$RUN/remote"
+    on client mkdir -p "$C_DIR/pcap"
+    on server mkdir -p "$S_DIR/pcap"
+    C_IF=$(host_sh client if-of "$CLIENT_IP")
+    S_IF=$(host_sh server if-of "$SERVER_IP")
+    # (the addresses are lib.sh's, sourced by lab/scenario)
+    # shellcheck disable=SC2153
+    GW_CLIENT_IF=$(host_sh gateway if-of "$GW_CLIENT_IP")
+    # shellcheck disable=SC2153
+    GW_SERVER_IF=$(host_sh gateway if-of "$GW_SERVER_IP")
+    host_sh client client "$C_IF" lab >/dev/null
+    host_sh server server "$S_IF" lab "$S_DIR" >/dev/null
+    host_sh gateway rules del nft "$GW_CLIENT_IF" "$RUN"
+    host_sh gateway rules del iptables "$GW_CLIENT_IF" "$RUN"
+    echo "$form" >"$RUN/gw-form"
+    host_sh gateway gateway "$GW_CLIENT_IF" "$GW_SERVER_IF" "$RUN" "$form"
+    say "  machines: client ($C_IF), gateway ($GW_CLIENT_IF, $GW_SERVER_IF: this machine), server ($S_IF)"
+}
+
+# hosts_teardown (lab/scenario's teardown, machines mode): stop what the
+# scenario started on client and server, remove their work directories,
+# undo what it changed, and put the gateway's provisioned rule set back
+hosts_teardown() {
+    [ "$HOSTS" = machines ] || return 0
+    local h d line
+    if [ -f "$RUN/undo" ]; then
+        while IFS= read -r line; do
+            # each word was quoted by printf %q: eval only re-reads them
+            eval "on ${line}" >/dev/null 2>&1 || true
+        done < <(tac "$RUN/undo")
+    fi
+    if [ -f "$RUN/remote" ]; then
+        while read -r h d; do
+            host_sh "$h" stop "$d" >/dev/null 2>&1 || true
+            on "$h" rm -rf "$d" >/dev/null 2>&1 || true
+        done <"$RUN/remote"
+    fi
+    if [ -f "$RUN/gw-form" ]; then
+        host_sh gateway rules del iptables "$GW_CLIENT_IF" "$RUN" >/dev/null 2>&1 || true
+        host_sh gateway rules add nft "$GW_CLIENT_IF" "$RUN" >/dev/null 2>&1 \
+            || echo "lab: could not put the gateway's nft rule set back: run lab/host.sh rules add nft $GW_CLIENT_IF DIR" >&2
+    fi
+}
+
+# -- the standard three-host lab (lab/netns.sh, or the machines) ---------------
+# hosts_up [FORM]: client, gateway (FORM rules, default FORM) and server
+# hosts, no FTP server yet
+hosts_up() {
     local form=${1:-$FORM}
+    if [ "$HOSTS" = machines ]; then
+        machines_up "$form"
+        return 0
+    fi
     FTPGATE_LAB_OWNER=$$ bash "$LAB_DIR/netns.sh" up "$LAB" "$form" >/dev/null
     echo "$C_NS $G_NS $S_NS" >>"$RUN/namespaces"
-    bash "$LAB_DIR/netns.sh" vsftpd "$LAB" 2>/dev/null
 }
 
-# std_ipv6_settled: wait (at most 3 s) until no IPv6 address of the
-# standard lab is tentative. The lab's own addresses skip duplicate address
-# detection (nodad), but each interface's link-local address still runs it
-# for about a second, and a router cannot send neighbour solicitations
-# before it has one: the first connection of an IPv6 scenario would show
-# a second's wait that is no part of the story.
+# std_vsftpd: vsftpd on the server, run directory S_DIR
+std_vsftpd() {
+    if [ "$HOSTS" = machines ]; then
+        on server env FTPGATE_LAB_CACHE="$HOST_CACHE" bash "$LAB_DIR/netns.sh" fetch-vsftpd >/dev/null
+        host_sh server vsftpd "$S_DIR" 2>/dev/null
+    else
+        bash "$LAB_DIR/netns.sh" vsftpd "$LAB" 2>/dev/null
+    fi
+}
+
+std_up() {
+    hosts_up "$@"
+    std_vsftpd
+}
+
+# server_log_lines: how many lines vsftpd's log has now;
+# server_log_since N: its lines after the first N
+server_log_lines() { fetch server "$S_DIR/vsftpd.log" "$RUN/vsftpd.now" && wc -l <"$RUN/vsftpd.now"; }
+server_log_since() { fetch server "$S_DIR/vsftpd.log" "$RUN/vsftpd.now" && tail -n +"$(($1 + 1))" "$RUN/vsftpd.now"; }
+
+# std_ipv6_settled: wait (at most 3 s a host) until no IPv6 address of the
+# standard lab is tentative (host.sh v6-settled says why)
 std_ipv6_settled() {
-    local i ns busy
-    for ((i = 0; i < 30; i++)); do
-        busy=""
-        for ns in "$C_NS" "$G_NS" "$S_NS"; do
-            [ -z "$(ip -n "$ns" -6 addr show tentative)" ] || busy=$ns
-        done
-        [ -n "$busy" ] || return 0
-        sleep 0.1
+    local h
+    for h in client gateway server; do
+        host_sh "$h" v6-settled || say "  (IPv6 addresses on $h still tentative after 3 s; going on)"
     done
-    say "  (IPv6 addresses in $busy still tentative after 3 s; going on)"
 }
 
-# std_gateway [ARGS...]: ftpgate in LAB-g with the JSON audit trail
+# std_gateway [ARGS...]: ftpgate on the gateway with the JSON audit trail
 std_gateway() {
-    bash "$LAB_DIR/netns.sh" gateway "$LAB" "$BIN" "${GW_ARGS[@]}" "$@" 2>/dev/null
+    host_sh gateway ftpgate "$RUN" "$BIN" "${GW_ARGS[@]}" "$@" 2>/dev/null
 }
 
-# a random file of KiB kibibytes in the server's pub/
-pub_file() {
-    local name=$1 kib=$2
-    head -c $((kib * 1024 + 321)) /dev/urandom >"$RUN/ftproot/pub/$name"
-    chmod 644 "$RUN/ftproot/pub/$name"
-    # the source's sum stays with the artefacts (the tests compare with it)
-    sha "$RUN/ftproot/pub/$name" >"$OUT/$name.sha256"
+# std_gateway_stop: SIGTERM, a bounded wait, SIGKILL (netns.sh stop-gateway)
+std_gateway_stop() {
+    stop_pidfile "$RUN/ftpgate.pid" 100 || log "gateway still ran 10 s after SIGTERM: killed"
 }
+
+# gw_rules_std add|del: the gateway's TPROXY rule set in the form FORM
+gw_rules_std() {
+    host_sh gateway rules "$1" "$FORM" "$GW_CLIENT_IF" "$RUN"
+}
+
+# pub_src NAME: this machine's copy of the server's pub/NAME (pub_file)
+pub_src() { echo "$RUN/pub/$1"; }
+
+# pub_file NAME KIB: a random file of KIB kibibytes as the server's pub/NAME
+pub_file() {
+    local name=$1 kib=$2 src
+    mkdir -p "$RUN/pub"
+    src=$(pub_src "$name")
+    head -c $((kib * 1024 + 321)) /dev/urandom >"$src"
+    push "$src" server "$S_DIR/ftproot/pub/$name"
+    on server chmod 644 "$S_DIR/ftproot/pub/$name"
+    # the source's sum stays with the artefacts (the tests compare with it)
+    sha "$src" >"$OUT/$name.sha256"
+}
+
+# uploaded NAME LOCAL: the server's upload/NAME, copied to LOCAL (nothing
+# when the upload never arrived)
+uploaded() { fetch server "$S_DIR/ftproot/upload/$1" "$2" 2>/dev/null || true; }
 
 # -- packet captures -----------------------------------------------------------
-# capture NS IF NAME: tcpdump on one interface of NS into OUT/pcap/NAME.pcap,
-# in the background, bounded (count, and 120 s at most), its PID recorded.
-# Waits (bounded) until tcpdump listens.
+# capture NS IF NAME: tcpdump on one interface of namespace NS into
+# OUT/pcap/NAME.pcap (lab/host.sh capture: bounded, count and 120 s, PID
+# in RUN). Waits (bounded) until tcpdump listens.
 capture() {
-    local ns=$1 ifname=$2 name=$3 pid i
-    mkdir -p "$OUT/pcap"
-    ip netns exec "$ns" timeout 120 tcpdump -i "$ifname" -s 512 -c 50000 -U -n -Z root --immediate-mode \
-        -w "$OUT/pcap/$name.pcap" "tcp or vrrp" 2>"$OUT/pcap/$name.err" &
-    pid=$!
-    pidfile_write "$RUN/capture-$name.pid" "$pid" "$(command -v timeout)"
-    for ((i = 0; i < 50; i++)); do
-        grep -q "listening on" "$OUT/pcap/$name.err" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "tcpdump on $ns/$ifname did not start: $(cat "$OUT/pcap/$name.err")"
+    ip netns exec "$1" bash "$LAB_DIR/host.sh" capture "$RUN" "$OUT/pcap" "$2" "$3" "$CAPTURE_FILTER"
 }
 
-# capture_stop: stop every capture (SIGTERM: tcpdump writes out and exits)
+# capture_on HOST IF NAME: the same on a host; a client's or server's
+# machine keeps the file in its work directory until capture_stop
+capture_on() {
+    local h=$1 ifname=$2 name=$3
+    if [ "$HOSTS" = ns ]; then
+        capture "$(ns_of "$h")" "$ifname" "$name"
+    elif [ "$h" = gateway ]; then
+        host_sh gateway capture "$RUN" "$OUT/pcap" "$ifname" "$name" "$CAPTURE_FILTER"
+    else
+        local dir=$C_DIR
+        [ "$h" = server ] && dir=$S_DIR
+        host_sh "$h" capture "$dir" "$dir/pcap" "$ifname" "$name" "$CAPTURE_FILTER"
+        echo "$h $dir $name" >>"$RUN/remote-captures"
+    fi
+}
+
+# capture_stop: stop every capture (SIGTERM: tcpdump writes out and exits),
+# and bring the client's and server's pcaps here
 capture_stop() {
-    local f
+    local h dir name
+    mkdir -p "$OUT/pcap"
     sleep 0.3   # the last FIN/ACKs
-    for f in "$RUN"/capture-*.pid; do [ -e "$f" ] && stop_pidfile "$f" 30; done
-    return 0
+    bash "$LAB_DIR/host.sh" capture-stop "$RUN"
+    [ -f "$RUN/remote-captures" ] || return 0
+    for h in client server; do
+        dir=$C_DIR
+        [ "$h" = server ] && dir=$S_DIR
+        grep -q "^$h " "$RUN/remote-captures" && host_sh "$h" capture-stop "$dir"
+    done
+    while read -r h dir name; do
+        fetch "$h" "$dir/pcap/$name.pcap" "$OUT/pcap/$name.pcap" || say "  (no capture $name.pcap from $h)"
+        fetch "$h" "$dir/pcap/$name.err" "$OUT/pcap/$name.err" 2>/dev/null || true
+    done <"$RUN/remote-captures"
+    rm -f "$RUN/remote-captures"
 }
 
-# capture_std: every namespace of the standard lab
+# capture_std: every host of the standard lab
 # (PFX: a prefix for the file names, when a scenario captures twice)
 PFX=""
 capture_std() {
-    capture "$C_NS" eth0 "${PFX}client-eth0"
-    capture "$G_NS" "$GW_CLIENT_IF" "${PFX}gw-c"
-    capture "$G_NS" "$GW_SERVER_IF" "${PFX}gw-s"
-    capture "$S_NS" eth0 "${PFX}server-eth0"
+    capture_on client "$C_IF" "${PFX}client-$C_IF"
+    capture_on gateway "$GW_CLIENT_IF" "${PFX}gw-c"
+    capture_on gateway "$GW_SERVER_IF" "${PFX}gw-s"
+    capture_on server "$S_IF" "${PFX}server-$S_IF"
 }
 
 mac_of() { ip -n "$1" -br link show "$2" | awk '{print $3}'; }
+# gw_mac IF: the MAC address of the gateway's interface IF
+gw_mac() { on gateway ip -br link show "$1" | awk '{print $3}'; }
 
 # ladder_std TITLE [--caption TEXT]... : render the standard lab's captures
 # (named with PFX) and ftpgate's log (when there is one) into
@@ -144,16 +354,17 @@ ladder_std() {
     [ -s "$OUT/ftpgate.json" ] && log=",$OUT/ftpgate.json"
     "$LADDER" --title "$title" "$@" \
         --client-label "${CLIENT_LABEL:-client $CLIENT_IP}" --server-label "${SERVER_LABEL:-server $SERVER_IP}" \
-        --gateway "${GATEWAY_LABEL:-gateway (ftpgate)},$OUT/pcap/${PFX}gw-c.pcap,$(mac_of "$G_NS" "$GW_CLIENT_IF"),$OUT/pcap/${PFX}gw-s.pcap,$(mac_of "$G_NS" "$GW_SERVER_IF")$log" \
+        --gateway "${GATEWAY_LABEL:-gateway (ftpgate)},$OUT/pcap/${PFX}gw-c.pcap,$(gw_mac "$GW_CLIENT_IF"),$OUT/pcap/${PFX}gw-s.pcap,$(gw_mac "$GW_SERVER_IF")$log" \
         --svg "$base.svg" --text "$base.txt" --json "$base.json"
 }
 
-# collect_std: the logs of the standard lab into OUT (before teardown)
+# collect_std: the logs of the standard lab into OUT (before teardown):
+# ftpgate's from the gateway, vsftpd's from the server
 collect_std() {
     local f
-    for f in ftpgate.log vsftpd.log xferlog; do
-        [ -f "$RUN/$f" ] || continue
-        case "$f" in ftpgate.log) cp "$RUN/$f" "$OUT/ftpgate.json" ;; *) cp "$RUN/$f" "$OUT/$f" ;; esac
+    [ -f "$RUN/ftpgate.log" ] && cp "$RUN/ftpgate.log" "$OUT/ftpgate.json"
+    for f in vsftpd.log xferlog; do
+        fetch server "$S_DIR/$f" "$OUT/$f" 2>/dev/null || true
     done
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
+# machines: yes
 # summary: EPSV download and upload through ftpgate with curl: the 229 reply names only a port
 # curl asks EPSV first (RFC 2428). The 229 reply carries no address: the
 # client connects to the control connection's server address, where
@@ -14,18 +15,19 @@ scenario_main() {
     capture_std
     step "client: curl EPSV RETR, then EPSV STOR"
     local res=0
-    in_ns "$C_NS" curl -sS --max-time 30 -o "$OUT/got.bin" "ftp://$SERVER_IP/pub/scen.bin" || res=$?
-    in_ns "$C_NS" curl -sS --max-time 30 -T "$OUT/got.bin" "ftp://$SERVER_IP/upload/back.bin" || res=$?
+    on client curl -sS --max-time 30 -o "$C_DIR/got.bin" "ftp://$SERVER_IP/pub/scen.bin" || res=$?
+    on client curl -sS --max-time 30 -T "$C_DIR/got.bin" "ftp://$SERVER_IP/upload/back.bin" || res=$?
     capture_stop
     collect_std
-    cp "$RUN/ftproot/upload/back.bin" "$OUT/server-got.bin" 2>/dev/null || true
+    fetch client "$C_DIR/got.bin" "$OUT/got.bin" 2>/dev/null || true
+    uploaded back.bin "$OUT/server-got.bin"
     ladder_std "epsv: EPSV through ftpgate (curl)" \
         --caption "229 names only a port: the client uses the control connection's server address, where ftpgate listens."
     step "what happened"
     say "  server saw clients: $(server_saw | tr '\n' ' ')"
     check "curl finished (exit 0)" equals "$res" 0
-    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
-    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
+    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$(pub_src scen.bin)")"
+    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$(pub_src scen.bin)")"
     check "the server saw only the client's address $CLIENT_IP" equals "$(server_saw)" "$CLIENT_IP"
     check "the sessions asked EPSV and got 229" grep -q '"#[0-9]* 229 ' "$OUT/ladder.json"
     check "control: TPROXY redirect (2 sessions)" at_least "$(conns_with tproxy-redirect)" 2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
+# machines: no: needs two gateways, an active/standby keepalived pair; lab/Vagrantfile has one gateway
 # summary: active/standby ftpgate pair with keepalived (VRRP); the active one fails mid-transfer: new sessions go through the standby, the running one is lost
 # g1 and g2 each run ftpgate behind the lab's TPROXY rules and keepalived
 # (VRRP, its own config and pidfiles, never a system service) for two

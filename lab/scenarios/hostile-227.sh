@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
+# machines: yes
 # summary: attack: a server's 227 names a foreign host's port 22, then a wrong address; ftpgate refuses, then rewrites
 # ATTACKS.md 6 and 7, with a scripted server (lab/scenarios/hostile227.py)
 # in place of vsftpd. First PASV: "227 (203,0,113,5,0,22)" would make a
@@ -12,20 +13,19 @@
 scenario_main() {
     need_cmds tcpdump python3
     step "lab up ($FORM rules), the hostile server, ftpgate"
-    FTPGATE_LAB_OWNER=$$ bash "$LAB_DIR/netns.sh" up "$LAB" "$FORM" >/dev/null
-    echo "$C_NS $G_NS $S_NS" >>"$RUN/namespaces"
+    hosts_up
     head -c 100000 /dev/urandom >"$OUT/file.bin"
-    ip netns exec "$S_NS" python3 "$SCEN_DIR/hostile227.py" server "$SERVER_IP" "$OUT/file.bin" 30 \
-        >"$OUT/server.out" 2>&1 &
-    pidfile_write "$RUN/hostile-server.pid" $! "$SCEN_DIR/hostile227.py"
-    wait_tcp_listen "$S_NS" 21 "$SERVER_IP" 50 || die "the hostile server did not listen"
+    push "$OUT/file.bin" server "$S_DIR/file.bin"
+    host_sh server spawn "$S_DIR" hostile-server python3 "$SCEN_DIR/hostile227.py" server "$SERVER_IP" "$S_DIR/file.bin" 30
+    host_sh server wait-listen 21 "$SERVER_IP" 50 || die "the hostile server did not listen"
     std_gateway
     capture_std
     step "client: PASV (hijack attempt), PASV (wrong address), RETR"
     local res=0
-    in_ns "$C_NS" python3 "$SCEN_DIR/hostile227.py" client "$SERVER_IP" >"$OUT/client.json" || res=$?
+    on client python3 "$SCEN_DIR/hostile227.py" client "$SERVER_IP" >"$OUT/client.json" || res=$?
     capture_stop
     collect_std
+    fetch server "$S_DIR/hostile-server.out" "$OUT/server.out" 2>/dev/null || true
     ladder_std "hostile-227: a server's lying 227 replies" \
         --caption "227 (203,0,113,5,0,22) is refused: ftpgate binds only the control connection's server address, never a port below 1024." \
         --caption "227 naming 203.0.113.5 with a high port is rewritten: ftpgate listens on $SERVER_IP and tells the client so."

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
+# machines: yes
 # summary: the same transfers through ftpgate and through the kernel's nf_conntrack_ftp helper, side by side
 # Phase 1: ftpgate behind the TPROXY rules. Phase 2: ftpgate stopped, the
 # TPROXY rules removed, and the gateway namespace a plain router whose
@@ -18,7 +19,7 @@ helper_rules() {
     local op=$1
     if [ "$FORM" = nft ]; then
         if [ "$op" = add ]; then
-            ip netns exec "$G_NS" nft -f - <<NFT
+            cat >"$RUN/kernelftp.nft" <<NFT
 table ip kernelftp {
     ct helper ftp-std { type "ftp" protocol tcp; }
     chain pre {
@@ -32,19 +33,25 @@ table ip kernelftp {
     }
 }
 NFT
+            on gateway nft -f "$RUN/kernelftp.nft"
+            undo_later gateway nft delete table ip kernelftp
         else
-            ip netns exec "$G_NS" nft delete table ip kernelftp
+            on gateway nft delete table ip kernelftp
         fi
     else
         local a=-A
         [ "$op" = add ] || a=-D
-        ip netns exec "$G_NS" iptables -w 5 -t raw "$a" PREROUTING -i "$GW_CLIENT_IF" -p tcp --dport 21 -j CT --helper ftp
-        ip netns exec "$G_NS" iptables -w 5 "$a" FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
-        ip netns exec "$G_NS" iptables -w 5 "$a" FORWARD -i "$GW_CLIENT_IF" -p tcp --dport 21 -m conntrack --ctstate NEW -j ACCEPT
+        on gateway iptables -w 5 -t raw "$a" PREROUTING -i "$GW_CLIENT_IF" -p tcp --dport 21 -j CT --helper ftp
+        on gateway iptables -w 5 "$a" FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+        on gateway iptables -w 5 "$a" FORWARD -i "$GW_CLIENT_IF" -p tcp --dport 21 -m conntrack --ctstate NEW -j ACCEPT
         if [ "$op" = add ]; then
-            ip netns exec "$G_NS" iptables -w 5 -P FORWARD DROP
+            on gateway iptables -w 5 -P FORWARD DROP
+            undo_later gateway iptables -w 5 -P FORWARD ACCEPT
+            undo_later gateway iptables -w 5 -t raw -D PREROUTING -i "$GW_CLIENT_IF" -p tcp --dport 21 -j CT --helper ftp
+            undo_later gateway iptables -w 5 -D FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+            undo_later gateway iptables -w 5 -D FORWARD -i "$GW_CLIENT_IF" -p tcp --dport 21 -m conntrack --ctstate NEW -j ACCEPT
         else
-            ip netns exec "$G_NS" iptables -w 5 -P FORWARD ACCEPT
+            on gateway iptables -w 5 -P FORWARD ACCEPT
         fi
     fi
 }
@@ -53,9 +60,10 @@ NFT
 transfers() {
     local phase=$1 mode res=0
     for mode in passive active; do
-        in_ns "$C_NS" python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP" --mode "$mode" \
-            --get pub/scen.bin "$OUT/$phase-$mode.bin" --put "$OUT/$phase-$mode.bin" "upload/$phase-$mode.bin" \
+        on client python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP" --mode "$mode" \
+            --get pub/scen.bin "$C_DIR/$phase-$mode.bin" --put "$C_DIR/$phase-$mode.bin" "upload/$phase-$mode.bin" \
             >"$OUT/$phase-$mode.json" || res=1
+        fetch client "$C_DIR/$phase-$mode.bin" "$OUT/$phase-$mode.bin" 2>/dev/null || true
     done
     return "$res"
 }
@@ -80,31 +88,31 @@ scenario_main() {
     local res_g=0 res_k=0 before seen_g seen_k p m
 
     step "phase 1: ftpgate behind the TPROXY rules ($FORM)"
-    bash "$LAB_DIR/netns.sh" rules "$LAB" add "$FORM"
+    gw_rules_std add
     std_gateway
     PFX=ftpgate- capture_std
-    before=$(wc -l <"$RUN/vsftpd.log")
+    before=$(server_log_lines)
     transfers ftpgate || res_g=$?
     capture_stop
-    tail -n +"$((before + 1))" "$RUN/vsftpd.log" >"$OUT/vsftpd-ftpgate.log"
+    server_log_since "$before" >"$OUT/vsftpd-ftpgate.log"
     seen_g=$(server_saw "$OUT/vsftpd-ftpgate.log" | tr '\n' ' ')
-    bash "$LAB_DIR/netns.sh" stop-gateway "$LAB"
+    std_gateway_stop
     cp "$RUN/ftpgate.log" "$OUT/ftpgate.json"
-    bash "$LAB_DIR/netns.sh" rules "$LAB" del "$FORM"
+    gw_rules_std del
 
     step "phase 2: the kernel's FTP helper (conntrack), ftpgate stopped"
     helper_rules add
     PFX=kernel- capture_std
-    before=$(wc -l <"$RUN/vsftpd.log")
+    before=$(server_log_lines)
     transfers kernel || res_k=$?
     capture_stop
-    tail -n +"$((before + 1))" "$RUN/vsftpd.log" >"$OUT/vsftpd-kernel.log"
+    server_log_since "$before" >"$OUT/vsftpd-kernel.log"
     seen_k=$(server_saw "$OUT/vsftpd-kernel.log" | tr '\n' ' ')
-    ip netns exec "$G_NS" cat /proc/net/nf_conntrack_expect >"$OUT/nf_conntrack_expect.txt" 2>/dev/null || true
+    on gateway cat /proc/net/nf_conntrack_expect >"$OUT/nf_conntrack_expect.txt" 2>/dev/null || true
     helper_rules del
     collect_std
     for p in ftpgate kernel; do
-        for m in passive active; do cp "$RUN/ftproot/upload/$p-$m.bin" "$OUT/uploaded-$p-$m.bin" 2>/dev/null || true; done
+        for m in passive active; do uploaded "$p-$m.bin" "$OUT/uploaded-$p-$m.bin"; done
     done
     rm -f "$OUT/ftpgate.log"
 
@@ -134,8 +142,8 @@ scenario_main() {
     check "phase 2 (kernel): both sessions finished" equals "$res_k" 0
     for p in ftpgate kernel; do
         for m in passive active; do
-            check "$p $m: download intact (sha256)" equals "$(sha "$OUT/$p-$m.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
-            check "$p $m: upload intact (sha256)" equals "$(sha "$RUN/ftproot/upload/$p-$m.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
+            check "$p $m: download intact (sha256)" equals "$(sha "$OUT/$p-$m.bin")" "$(sha "$(pub_src scen.bin)")"
+            check "$p $m: upload intact (sha256)" equals "$(sha "$OUT/uploaded-$p-$m.bin")" "$(sha "$(pub_src scen.bin)")"
         done
     done
     check "both: the server saw only $CLIENT_IP" equals "$seen_g|$seen_k" "$CLIENT_IP |$CLIENT_IP "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
+# machines: yes
 # summary: EPSV download and upload through ftpgate over IPv6: TPROXY on port 21, a foreign listener on the server's IPv6 address
 # The client (python's ftplib, which asks EPSV on an IPv6 connection)
 # connects to 2001:db8:2::10, downloads a file and uploads it back. The
@@ -23,20 +24,21 @@ scenario_main() {
     capture_std
     step "client: [$SERVER_IP6]:21, EPSV, RETR pub/scen.bin, EPSV, STOR upload/back.bin"
     local res=0
-    in_ns "$C_NS" python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP6" --mode passive \
-        --get pub/scen.bin "$OUT/got.bin" --put "$OUT/got.bin" upload/back.bin \
+    on client python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP6" --mode passive \
+        --get pub/scen.bin "$C_DIR/got.bin" --put "$C_DIR/got.bin" upload/back.bin \
         >"$OUT/client.json" || res=$?
     capture_stop
     collect_std
-    cp "$RUN/ftproot/upload/back.bin" "$OUT/server-got.bin" 2>/dev/null || true
+    fetch client "$C_DIR/got.bin" "$OUT/got.bin" 2>/dev/null || true
+    uploaded back.bin "$OUT/server-got.bin"
     ladder_std "passive-v6: EPSV through ftpgate over IPv6" \
         --caption "The same path as over IPv4 with the ip6 rules: ftpgate's server-side sockets wear $CLIENT_IP6, so the server logs it."
     step "what happened"
     say "  client: $(cat "$OUT/client.json")"
     say "  server saw clients: $(server_saw | tr '\n' ' ')"
     check "client finished (exit 0)" equals "$res" 0
-    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
-    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$RUN/ftproot/pub/scen.bin")"
+    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$(pub_src scen.bin)")"
+    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$(pub_src scen.bin)")"
     check "the server saw only the client's address $CLIENT_IP6" equals "$(server_saw)" "$CLIENT_IP6"
     check "every captured connection is IPv6" python3 -c '
 import json, sys

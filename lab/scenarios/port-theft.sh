@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
+# machines: yes
 # summary: attack: a third host connects to the announced passive port first; ftpgate closes it, the real client still gets the file
 # ATTACKS.md 5. After the 227, a thief at 192.0.2.20 connects to the
 # announced address before the client does. ftpgate's listener accepts
@@ -10,13 +11,14 @@ scenario_main() {
     need_cmds tcpdump python3
     step "lab up ($FORM rules), vsftpd, ftpgate; the thief's address 192.0.2.20 on the client side"
     std_up
-    ip -n "$C_NS" addr add 192.0.2.20/24 dev eth0
+    on client ip addr add 192.0.2.20/24 dev "$C_IF"
+    undo_later client ip addr del 192.0.2.20/24 dev "$C_IF"
     std_gateway
     pub_file scen.bin 256
     capture_std
     step "client: PASV; thief connects first; client connects, RETR"
     local res=0
-    in_ns "$C_NS" python3 "$LAB_DIR/hostile_client.py" theft pub/scen.bin >"$OUT/client.json" || res=$?
+    on client python3 "$LAB_DIR/hostile_client.py" theft pub/scen.bin >"$OUT/client.json" || res=$?
     capture_stop
     collect_std
     ladder_std "port-theft: a thief at the passive port, closed by ftpgate" \
@@ -32,7 +34,7 @@ sys.exit(0 if r["thief_closed"] and not r.get("thief_got") else 1)' "$OUT/client
 import json, os, sys
 r = json.load(open(sys.argv[1]))
 sys.exit(0 if r["bytes"] == os.path.getsize(sys.argv[2]) and r["retr_final"].startswith("226") else 1)' \
-        "$OUT/client.json" "$RUN/ftproot/pub/scen.bin"
+        "$OUT/client.json" "$(pub_src scen.bin)"
     # the refusal: who connected, whom the listener expected, and the rule
     # that refused it (docs/audit.md: port-theft, ATTACKS.md case 5)
     check "ftpgate logged the theft once (data peer refused: peer 192.0.2.20, expected $CLIENT_IP)" python3 -c '

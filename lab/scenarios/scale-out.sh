@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # (sourced by lab/scenario, not run; the #! line lets .ci/run shellcheck it)
 # shellcheck shell=bash
+# machines: no: needs two gateways side by side and each LAN as a bridge; lab/Vagrantfile has one gateway
 # summary: two ftpgate gateways in parallel, each owning half of the client addresses; and what naive ECMP breaks
 # A transparent gateway holds its sessions' sockets: every packet of a
 # session (control and data, both directions) must reach the gateway that

@@ -1,82 +1,146 @@
 #!/usr/bin/env bash
-# Provision one VM of lab/Vagrantfile (runs as root inside the VM, with
-# the repository at /vagrant). ROLE: client | gateway | server.
+# Provision one host of lab/Vagrantfile on the machine it runs on (as
+# root, with the repository at /vagrant). ROLE: client | gateway | server.
 #
-# The VMs keep Vagrant's NAT interface (eth0) and default route for
-# packages; the lab's traffic takes routes of its own over the internal
-# networks: the client reaches 198.51.100.0/24, and the server
-# 192.0.2.0/24, only through the gateway.
+# The per-host set-up is lab/host.sh's, the same functions the namespace
+# lab runs inside `ip netns exec`: the lab's addresses (Vagrant gives the
+# private networks their IPv4 ones; host.sh adds the IPv6 ones), routes to
+# the other side through the gateway ("lab" routes: the VMs keep Vagrant's
+# NAT interface and default route for packages), and on the gateway
+# `ftpgate rules --routing` and the strict nft rule set.
 #
-# Written to the namespace lab's conventions but not run: the machine it
-# was written on had no hypervisor (docs/scenarios.md says so).
+# Then what lab/scenario's machines mode needs: the gateway gets a key
+# pair and /etc/ftpgate-lab/{ssh_config,machines.env}, so that
+# `sudo /vagrant/lab/scenario NAME` there reaches root on the client and
+# the server with ssh; the client and the server accept that key, from the
+# gateway's lab addresses only. The gateway is provisioned first
+# (Vagrantfile order) and leaves its public key in SHARED.
+#
+# Environment (defaults for the VMs; tests/machines.rs points them into
+# its own directory and skips the packages):
+#   PACKAGES=1            install packages (and on the gateway, build)
+#   LAB_ETC=/etc/ftpgate-lab              the gateway's machines.env etc.
+#   SHARED=/vagrant/lab/.machines         the gateway's public key
+#   AUTHORIZED_KEYS=/root/.ssh/authorized_keys   (client, server)
+#   HOST_RUN=/var/tmp/ftpgate-lab         scenarios' work dirs (client, server)
+#   SERVER_DIR=/srv/ftpgate-lab           the server's ftproot for use by
+#                                         hand (host.sh vsftpd SERVER_DIR)
+#   FTPGATE_LAB_CACHE=/var/cache/ftpgate-lab   vsftpd, unpacked (server)
+#   FTPGATE_BIN, FTPGATE_LADDER           the gateway's binaries (else
+#                                         built with cargo, PACKAGES=1)
+#
+# Not run on VMs here: the machine this was written on has no hypervisor.
+# tests/machines.rs runs it (PACKAGES=0) in three namespaces with sshd.
 set -euo pipefail
 role=${1:?client|gateway|server}
-REPO=/vagrant
+LAB=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lab/lib.sh
+. "$LAB/lib.sh"
+need_root
 export DEBIAN_FRONTEND=noninteractive
+PACKAGES=${PACKAGES:-1}
+LAB_ETC=${LAB_ETC:-/etc/ftpgate-lab}
+SHARED=${SHARED:-$LAB/.machines}
+AUTHORIZED_KEYS=${AUTHORIZED_KEYS:-/root/.ssh/authorized_keys}
+HOST_RUN=${HOST_RUN:-/var/tmp/ftpgate-lab}
+SERVER_DIR=${SERVER_DIR:-/srv/ftpgate-lab}
+export FTPGATE_LAB_CACHE=${FTPGATE_LAB_CACHE:-/var/cache/ftpgate-lab}
 
-# if_of ADDR: the interface that holds ADDR
-if_of() { ip -br -4 addr show | awk -v a="$1" 'index($0, " " a "/") {print $1; exit}'; }
+host() { bash "$LAB/host.sh" "$@"; }
 
-# v6 IPV4_ADDR IPV6_ADDR/64: the lab's IPv6 address beside its IPv4 one
-# (the private networks are given their IPv4 addresses by Vagrant; the
-# IPv6 ones, as in the namespace lab, without duplicate address detection)
-v6() {
-    local dev
-    dev=$(if_of "$1")
-    [ -n "$dev" ] || { echo "no interface with $1" >&2; exit 1; }
-    ip -6 addr replace "$2" dev "$dev" nodad
+# packages PKG...: install the missing ones (PACKAGES=1)
+packages() {
+    [ "$PACKAGES" = 1 ] || return 0
+    local p missing=()
+    for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    apt-get -q update
+    apt-get -q install -y --no-install-recommends "${missing[@]}"
+}
+
+# trust_gateway: the gateway's lab key may log in as root, from the
+# gateway's lab addresses only
+trust_gateway() {
+    local pub=$SHARED/gateway.pub from
+    [ -s "$pub" ] || die "no $pub: provision the gateway first (vagrant up gateway)"
+    from="from=\"$GW_CLIENT_IP,$GW_SERVER_IP,$GW_CLIENT_IP6,$GW_SERVER_IP6\""
+    mkdir -p "$(dirname "$AUTHORIZED_KEYS")"
+    chmod 700 "$(dirname "$AUTHORIZED_KEYS")" 2>/dev/null || true
+    touch "$AUTHORIZED_KEYS"
+    # one line for the lab key: replaced, never duplicated
+    grep -v ' ftpgate-lab$' "$AUTHORIZED_KEYS" >"$AUTHORIZED_KEYS.new" || true
+    echo "$from $(cut -d' ' -f1,2 "$pub") ftpgate-lab" >>"$AUTHORIZED_KEYS.new"
+    chmod 600 "$AUTHORIZED_KEYS.new"
+    mv -f "$AUTHORIZED_KEYS.new" "$AUTHORIZED_KEYS"
 }
 
 case "$role" in
 client)
-    apt-get -q update
-    apt-get -q install -y --no-install-recommends curl lftp python3 tcpdump
-    v6 192.0.2.10 2001:db8:1::10/64
-    ip route replace 198.51.100.0/24 via 192.0.2.1
-    ip -6 route replace 2001:db8:2::/64 via 2001:db8:1::1
+    packages curl lftp python3 tcpdump
+    host client "$(host if-of "$CLIENT_IP")" lab
+    trust_gateway
     ;;
 server)
-    apt-get -q update
-    apt-get -q install -y --no-install-recommends vsftpd tcpdump
-    run=/srv/ftpgate-lab
-    mkdir -p "$run/empty" "$run/ftproot/pub" "$run/ftproot/upload"
-    chown ftp "$run/ftproot/upload"
-    echo "hello from the ftpgate lab server" >"$run/ftproot/pub/hello.txt"
-    # the namespace lab's configuration, for this host (dual-stack: one
-    # [::]:21 socket; it logs an IPv4 client as ::ffff:192.0.2.10)
-    sed -e "s#@RUN@#$run#g" -e "s#@SERVER_IP@#198.51.100.10#g" \
-        "$REPO/lab/vsftpd.conf.in" >/etc/vsftpd.conf
-    v6 198.51.100.10 2001:db8:2::10/64
-    ip route replace 192.0.2.0/24 via 198.51.100.1
-    ip -6 route replace 2001:db8:1::/64 via 2001:db8:2::1
-    systemctl restart vsftpd
+    packages python3 tcpdump
+    # vsftpd is unpacked, never installed (a scenario starts its own)
+    bash "$LAB/netns.sh" fetch-vsftpd >/dev/null
+    mkdir -p "$HOST_RUN"
+    host server "$(host if-of "$SERVER_IP")" lab "$SERVER_DIR"
+    trust_gateway
     ;;
 gateway)
-    bash "$REPO/lab/deps.sh"
-    apt-get -q install -y --no-install-recommends tcpdump keepalived
-    # shellcheck source=lab/lib.sh
-    . "$REPO/lab/lib.sh"
-    use_cargo_home
-    cif=$(if_of 192.0.2.1)
-    sif=$(if_of 198.51.100.1)
-    if [ -z "$cif" ] || [ -z "$sif" ]; then
-        echo "no interface with 192.0.2.1 / 198.51.100.1" >&2
-        exit 1
+    if [ "$PACKAGES" = 1 ]; then
+        bash "$LAB/deps.sh"
+        use_cargo_home
+        # build outside the shared folder (faster; the host's target/ stays the host's)
+        export CARGO_TARGET_DIR=/var/tmp/ftpgate-target
+        (cd "$LAB/.." && cargo build --release -p ftpgate -p ftpgate-ladder)
+        FTPGATE_BIN=${FTPGATE_BIN:-$CARGO_TARGET_DIR/release/ftpgate}
+        FTPGATE_LADDER=${FTPGATE_LADDER:-$CARGO_TARGET_DIR/release/ftpgate-ladder}
     fi
-    v6 192.0.2.1 2001:db8:1::1/64
-    v6 198.51.100.1 2001:db8:2::1/64
-    # build outside the shared folder (faster, and the host's target/ stays the host's)
-    export CARGO_TARGET_DIR=/var/tmp/ftpgate-target
-    (cd "$REPO" && cargo build --release -p ftpgate -p ftpgate-ladder)
-    bin=$CARGO_TARGET_DIR/release/ftpgate
-    # the set-up the namespace lab installs, from `ftpgate rules` (README,
-    # "Deploying on a router"): policy routing and sysctls, then the strict
-    # rule set with this VM's client-side interface; both families
-    listen=(--listen 0.0.0.0:2121 --listen "[::]:2121")
-    "$bin" "${listen[@]}" rules --routing --client-interface "$cif" | sh
-    "$bin" "${listen[@]}" rules --profile strict --client-interface "$cif" | nft -f -
-    systemctl stop ftpgate-lab 2>/dev/null || true
-    systemd-run --unit ftpgate-lab "$bin" "${listen[@]}" --log-level info --log-format json
+    : "${FTPGATE_BIN:?FTPGATE_BIN (PACKAGES=0)}" "${FTPGATE_LADDER:?FTPGATE_LADDER (PACKAGES=0)}"
+    export FTPGATE_BIN
+    mkdir -p "$LAB_ETC/run"
+    chmod 700 "$LAB_ETC"
+    # routing, sysctls and the strict nft rule set: nothing passes between
+    # the sides until ftpgate runs (lab/scenario starts it)
+    host gateway "$(host if-of "$GW_CLIENT_IP")" "$(host if-of "$GW_SERVER_IP")" "$LAB_ETC/run" nft
+    # the lab key: the gateway reaches root on the client and the server
+    [ -f "$LAB_ETC/id_ed25519" ] || ssh-keygen -q -t ed25519 -N "" -C ftpgate-lab -f "$LAB_ETC/id_ed25519"
+    mkdir -p "$SHARED"
+    cp "$LAB_ETC/id_ed25519.pub" "$SHARED/gateway.pub"
+    # accept-new: the client's and server's host keys are learnt at the
+    # first connection (they do not exist yet when the gateway comes up),
+    # and any change afterwards is refused
+    cat >"$LAB_ETC/ssh_config" <<EOF
+# lab/vagrant/provision.sh: how lab/scenario (machines mode) reaches the hosts
+Host client
+    HostName $CLIENT_IP
+Host server
+    HostName $SERVER_IP
+Host *
+    User root
+    Port 22
+    IdentityFile $LAB_ETC/id_ed25519
+    IdentitiesOnly yes
+    UserKnownHostsFile $LAB_ETC/known_hosts
+    StrictHostKeyChecking accept-new
+    BatchMode yes
+    ConnectTimeout 5
+    ServerAliveInterval 5
+    ServerAliveCountMax 3
+    LogLevel ERROR
+EOF
+    cat >"$LAB_ETC/machines.env" <<EOF
+# lab/vagrant/provision.sh: lab/scenario runs in machines mode while this
+# file exists (lab/scenario --hosts ns for the namespace lab)
+SSH_CONFIG=$LAB_ETC/ssh_config
+HOST_RUN=$HOST_RUN
+HOST_CACHE=$FTPGATE_LAB_CACHE
+: "\${FTPGATE_BIN:=$FTPGATE_BIN}"
+: "\${FTPGATE_LADDER:=$FTPGATE_LADDER}"
+EOF
     ;;
-*) echo "ROLE must be client, gateway or server" >&2; exit 2 ;;
+*) die "ROLE must be client, gateway or server" ;;
 esac
+log "provisioned as $role"

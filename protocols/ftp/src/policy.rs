@@ -68,6 +68,13 @@ pub struct Config {
     ///
     /// [`Action::DataDirection`]: crate::Action::DataDirection
     pub enforce_data_direction: bool,
+    /// The kernel forwards the data connections (one-shot pinholes), not
+    /// the shell: a transfer's final reply is relayed at once instead of
+    /// held for `Relayed` (the client sees the server's own ordering), and
+    /// a relaying channel has no idle deadline (the kernel's connection
+    /// tracking times it out). The transfer is logged when its channel
+    /// ends, with the reply the client got.
+    pub kernel_data_path: bool,
 }
 
 impl Default for Config {
@@ -86,6 +93,7 @@ impl Default for Config {
             ftps: FtpsPolicy::Refuse,
             max_refused_lines: 10,
             enforce_data_direction: false,
+            kernel_data_path: false,
         }
     }
 }

@@ -335,11 +335,14 @@ proptest! {
     #[test]
     fn hostile_input_never_panics_and_nothing_leaks(
         login in any::<bool>(),
+        kernel in any::<bool>(),
         ops in proptest::collection::vec(op(), 0..80),
     ) {
         let now = Instant::now();
+        // Half the cases with the kernel data path: final replies not held.
+        let config = Config { kernel_data_path: kernel, ..Config::default() };
         let mut sh = Shell {
-            s: Session::new(Arc::new(Config::default()), ends(), now),
+            s: Session::new(Arc::new(config), ends(), now),
             now,
             listened: BTreeSet::new(),
             closed: BTreeSet::new(),

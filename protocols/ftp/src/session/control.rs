@@ -819,7 +819,13 @@ impl Session {
         // 150 and, for a short file, 226 before the gateway has even accepted.
         // The accept deadline bounds the wait.
         let in_flight = reply.code.is_success() && ch.is_awaiting_server();
-        if ch.is_connecting_or_relaying() || in_flight {
+        if (ch.is_connecting_or_relaying() || in_flight) && self.config.kernel_data_path {
+            // The kernel forwards the data and passes a reset on end to
+            // end: the reply goes out now, in the server's own order; the
+            // transfer is logged when the channel ends.
+            ch.final_sent = Some(ch.client_code(reply.code.0));
+            self.send_final_reply(id, &reply);
+        } else if ch.is_connecting_or_relaying() || in_flight {
             self.server_hold = Some(ServerHold::ExpectRelayEnd { data: id, reply });
         } else {
             // Never connected (e.g. 425), already over, or cut (a 2xx then

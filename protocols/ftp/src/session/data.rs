@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::control::{Binding, Pending, ServerHold, TransferCommand, REPLY_CANT_OPEN, REPLY_TRANSFER_CUT};
 use super::{after, Action, DataId, DataStep, Session, Side};
@@ -101,6 +101,9 @@ pub(super) struct DataChan {
     /// That reply was still held when the session ended: the client never
     /// got it.
     pub(super) final_dropped: bool,
+    /// The reply the client got while the data was still moving
+    /// (`Config::kernel_data_path`: final replies are not held).
+    pub(super) final_sent: Option<u16>,
 }
 
 impl DataChan {
@@ -165,7 +168,7 @@ impl DataChan {
 
     /// What the client gets for the server's final reply `code`: a cut
     /// transfer never shows a 2xx (ATTACKS.md 24 and 25).
-    fn client_code(&self, code: u16) -> u16 {
+    pub(super) fn client_code(&self, code: u16) -> u16 {
         if self.cut.is_some() && (200..300).contains(&code) {
             426
         } else {
@@ -250,6 +253,7 @@ impl Session {
             command: None,
             final_code: None,
             final_dropped: false,
+            final_sent: None,
         };
         self.data.insert(id, chan);
         self.set_current_data(Some(id));
@@ -340,7 +344,10 @@ impl Session {
             return;
         }
         ch.outbound_leg = ch.connect_to.map(|peer| DataLeg { peer, local });
-        ch.state = DataState::Relaying { idle_at: after(now, self.config.data_idle_timeout) };
+        // The kernel's connection tracking times out a kernel-forwarded
+        // connection; the shell sees no bytes to restart a deadline with.
+        let idle = if self.config.kernel_data_path { Duration::MAX } else { self.config.data_idle_timeout };
+        ch.state = DataState::Relaying { idle_at: after(now, idle) };
         self.actions.push_back(Action::Relay { data });
     }
 
@@ -590,7 +597,9 @@ impl Session {
             to_client: ch.to_client,
             to_server: ch.to_server,
             duration: ch.ended_at.unwrap_or(ch.opened_at).saturating_duration_since(ch.opened_at),
-            reply: ch.final_code.filter(|_| !ch.final_dropped).map(|c| ch.client_code(c)),
+            reply: ch
+                .final_sent
+                .or_else(|| ch.final_code.filter(|_| !ch.final_dropped).map(|c| ch.client_code(c))),
             server_reply: ch.final_code,
             result,
         };

@@ -836,6 +836,79 @@ fn attack_25_relaying_226_held_until_relayed() {
     expect!(t, to_client: b"226 Transfer complete\r\n");
 }
 
+fn kernel() -> Config {
+    Config { kernel_data_path: true, ..Config::default() }
+}
+
+/// `kernel_data_path`: the kernel forwards the data, so the 226 goes out
+/// as the server sent it, before the end of the data connection is known;
+/// the record waits for that end.
+#[test]
+fn kernel_data_path_relaying_226_relayed_at_once_logged_at_relayed() {
+    let mut t = passive_relaying_retr_with(kernel());
+    server!(t, b"226 Transfer complete\r\n");
+    expect!(t, to_client: b"226 Transfer complete\r\n");
+    expect!(t, work: vec![]);
+    t.advance(Duration::from_secs(2));
+    t.input(Input::Relayed { data: DataId(0), to_client: 1234, to_server: 0 });
+    assert!(matches!(
+        t.actions()[..],
+        [
+            Action::CloseData { data: DataId(0) },
+            Action::Audit(AuditEvent::Transfer {
+                to_client: 1234,
+                reply: Some(226),
+                server_reply: Some(226),
+                result: TransferResult::Ok,
+                ..
+            })
+        ]
+    ));
+}
+
+/// A reset after the 226 went out: the record says what the client got
+/// (226) and that the data connection was reset.
+#[test]
+fn kernel_data_path_relaying_reset_after_226_logged_failed_with_226() {
+    let mut t = passive_relaying_retr_with(kernel());
+    server!(t, b"226 Transfer complete\r\n");
+    expect!(t, to_client: b"226 Transfer complete\r\n");
+    t.input(Input::RelayFailed {
+        data: DataId(0),
+        leg: Side::Server,
+        error: ErrorKind::ConnectionReset,
+        to_client: 10,
+        to_server: 0,
+    });
+    expect!(t, to_client: b"");
+    let audits = t.audits();
+    assert!(
+        matches!(
+            audits[..],
+            [AuditEvent::Transfer {
+                reply: Some(226),
+                result: TransferResult::Failed(TransferFailure::Reset { leg: Side::Server }),
+                ..
+            }]
+        ),
+        "{audits:?}"
+    );
+}
+
+/// No idle deadline for a kernel-forwarded connection: the shell sees
+/// no bytes move, the kernel's connection tracking times it out.
+#[test]
+fn kernel_data_path_relaying_no_idle_deadline() {
+    let mut relay = passive_relaying_retr();
+    let mut kernel = passive_relaying_retr_with(kernel());
+    relay.advance(Duration::from_secs(301));
+    kernel.advance(Duration::from_secs(301));
+    relay.input(Input::Timeout);
+    kernel.input(Input::Timeout);
+    assert!(relay.actions().contains(&Action::ResetData { data: DataId(0) }));
+    assert!(!kernel.actions().contains(&Action::ResetData { data: DataId(0) }));
+}
+
 /// Seen in the lab with vsftpd and an empty file in active mode: the
 /// server connects, sends 150 and 226 at once, and the gateway reads the
 /// control channel before it accepts the data connection. The 226 must wait
