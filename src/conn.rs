@@ -124,6 +124,9 @@ pub(crate) struct Ctx<'a> {
     /// The daemon's data listeners, shared by the sessions that expect a
     /// connection on the same (address, port).
     pub(crate) listeners: &'a SharedListeners,
+    /// Failed logins per client address, of the whole process: a failure
+    /// is recorded before its 530 leaves (`logins::LoginTable`).
+    pub(crate) logins: &'a crate::logins::LoginTable,
     /// The kernel data path (`--data-path pinhole`): the session's data
     /// actions go there instead of to sockets.
     pub(crate) pinholes: Option<&'a mut crate::pinhole::Pinholes>,
@@ -273,8 +276,6 @@ pub(crate) struct Conn {
     broken: Option<RegisterError>,
     /// The control connection is relayed blind (FTPS pass-through).
     blind: Option<Blind>,
-    /// `530`s to USER/PASS not yet handed to the failed-login tracker.
-    login_failures: u32,
     /// The server socket could not be created for want of descriptors
     /// (EMFILE, ENFILE): the client hears the core's reply for an
     /// unreachable server, and the loop pauses accepting.
@@ -332,7 +333,6 @@ impl Conn {
             connect_by: Some(ctx.now + connect_timeout),
             broken: None,
             blind: None,
-            login_failures: 0,
             starved: None,
             started: ctx.now,
             end_logged: false,
@@ -446,12 +446,6 @@ impl Conn {
             None => None,
         };
         [self.session.poll_timeout(), self.close_by, self.connect_by, blind].into_iter().flatten().min()
-    }
-
-    /// Failed logins (`530` to USER/PASS) since the last call, for the
-    /// per-client tracker (RFC 2577 §5).
-    pub(crate) fn take_login_failures(&mut self) -> u32 {
-        std::mem::take(&mut self.login_failures)
     }
 
     /// True when the session is over: every socket is gone, or the daemon
@@ -687,7 +681,7 @@ impl Conn {
             }
             Action::Audit(event) => {
                 match &event {
-                    AuditEvent::LoginFailed { .. } => self.login_failures += 1,
+                    AuditEvent::LoginFailed { .. } => ctx.logins.failed(self.client_ip, ctx.now, &self.log),
                     AuditEvent::SessionEnded { .. } => self.end_logged = true,
                     _ => {}
                 }

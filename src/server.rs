@@ -271,6 +271,7 @@ impl Worker {
             data_channels: &self.shared.data_channels,
             worker: self.index,
             listeners: &self.shared.data_listeners,
+            logins: &self.shared.logins,
             pinholes: self.pinholes.as_mut(),
         }
     }
@@ -356,17 +357,6 @@ impl Worker {
     fn drive(&mut self, key: usize, now: Instant) {
         let Some(mut conn) = self.conns.try_remove(key) else { return };
         let more = conn.drive(&mut self.ctx(now));
-        let failures = conn.take_login_failures();
-        let cooldown =
-            (failures > 0).then(|| self.shared.logins().failed(conn.client_ip, failures, now)).flatten();
-        if let Some(c) = cooldown {
-            warn!(
-                conn.log, "failed logins: refusing new sessions from this client";
-                "failures" => c.failures, "cooldown_s" => c.cooldown.as_secs(),
-                "rule" => Refusal::LoginCooldown.rule().0,
-                "attack" => crate::audit::attack(Refusal::LoginCooldown.rule().1)
-            );
-        }
         if conn.finished() {
             // The slot is free again only now, after this session's tokens
             // were retired.

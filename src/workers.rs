@@ -34,7 +34,7 @@ use slog::{crit, error, info, warn, Logger};
 
 use crate::limits::{DataChannels, Rate, SessionRate};
 use crate::listeners::{Handover, Listeners, SharedListeners};
-use crate::logins::{self, LoginFailures};
+use crate::logins::{self, LoginFailures, LoginTable};
 use crate::server::{self, StartError, Worker, FIRST_DATA_LISTENER};
 
 /// When accept() fails for lack of descriptors, or the session cap is
@@ -134,7 +134,7 @@ pub(crate) struct Shared {
     /// connection on the same (address, port), whichever loop owns them.
     pub(crate) data_listeners: SharedListeners,
     /// Failed logins per client address (RFC 2577 §5).
-    logins: Mutex<LoginFailures>,
+    pub(crate) logins: LoginTable,
     pause: Mutex<Option<PauseEpisode>>,
     drain_until: Mutex<Option<Instant>>,
     /// Bumped by a reload that changed `[policy]`: each loop then feeds the
@@ -218,7 +218,7 @@ impl Shared {
     }
 
     pub(crate) fn logins(&self) -> MutexGuard<'_, LoginFailures> {
-        lock(&self.logins)
+        self.logins.lock()
     }
 
     /// A loop pauses accept(). The first pause of an episode, in any loop,
@@ -406,7 +406,7 @@ impl Daemon {
             session_rate: Mutex::new(SessionRate::new(opts.session_rate)),
             data_channels: DataChannels::new(opts.max_data_channels),
             data_listeners: SharedListeners::new(Listeners::new(FIRST_DATA_LISTENER, registries)),
-            logins: Mutex::new(LoginFailures::new(opts.login_failures)),
+            logins: LoginTable::new(opts.login_failures),
             pause: Mutex::new(None),
             drain_until: Mutex::new(None),
             policy_epoch: AtomicU64::new(0),
