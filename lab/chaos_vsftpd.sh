@@ -3,7 +3,10 @@
 # lab/vsftpd.conf.in caps it at 50 sessions and 101 passive ports, which
 # suits every other test; 200 concurrent sessions need more of both.
 #
-# Usage: chaos_vsftpd.sh NAME MAX_SESSIONS
+# Usage: chaos_vsftpd.sh NAME MAX_SESSIONS [MAX_RATE]
+#
+# MAX_RATE: bytes per second each session's data moves at most
+# (anon_max_rate), so that a transfer lasts however fast the gateway is.
 #
 # Stops the vsftpd that `netns.sh vsftpd` started (by its pidfile), writes
 # RUN/vsftpd-chaos.conf (RUN/vsftpd.conf with max_clients and max_per_ip
@@ -14,9 +17,10 @@ set -Eeuo pipefail
 # shellcheck source=lab/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[ $# -eq 2 ] || die "usage: $0 NAME MAX_SESSIONS"
-name=$1 max=$2
+[ $# -eq 2 ] || [ $# -eq 3 ] || die "usage: $0 NAME MAX_SESSIONS [MAX_RATE]"
+name=$1 max=$2 rate=${3:-0}
 case "$max" in '' | *[!0-9]*) die "MAX_SESSIONS must be a number (got '$max')" ;; esac
+case "$rate" in '' | *[!0-9]*) die "MAX_RATE must be a number (got '$rate')" ;; esac
 run=$(run_dir "$name"); s=$(ns_s "$name")
 ns_exists "$s" || die "lab '$name' is not up"
 [ -f "$run/vsftpd.conf" ] || die "no $run/vsftpd.conf: start the lab's vsftpd first (netns.sh vsftpd $name)"
@@ -35,6 +39,7 @@ sed -e "s/^max_clients=.*/max_clients=$max/" \
     -e "s/^pasv_min_port=.*/pasv_min_port=30000/" \
     -e "s/^pasv_max_port=.*/pasv_max_port=31000/" \
     "$run/vsftpd.conf" >"$run/vsftpd-chaos.conf"
+[ "$rate" -eq 0 ] || printf 'anon_max_rate=%s\nlocal_max_rate=%s\n' "$rate" "$rate" >>"$run/vsftpd-chaos.conf"
 chmod 600 "$run/vsftpd-chaos.conf"
 
 # the libraries unpacked beside it (as netns.sh's vsftpd_libpath)

@@ -42,6 +42,13 @@ pub(crate) struct Args {
     #[arg(long = "listen", value_name = "ADDR:PORT", default_value = "0.0.0.0:2121", global = true)]
     pub(crate) listen: Vec<SocketAddr>,
 
+    /// Event loops, each a thread with its own TPROXY listener on every
+    /// --listen address (SO_REUSEPORT): the kernel spreads new sessions
+    /// over them, and a session stays on its loop. Default: the number of
+    /// cores this process may use. 1: one thread, as before.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) workers: Option<u16>,
+
     /// Seconds a data listener waits for its one connection.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = at_least_one_second())]
     pub(crate) data_timeout: u64,
@@ -65,8 +72,10 @@ pub(crate) struct Args {
 
     /// Most control sessions at once; further clients wait in the backlog.
     /// Default (or 0): what the descriptor limit allows, each session
-    /// holding up to 9: (RLIMIT_NOFILE - 64 - listeners) / 9. A larger
-    /// value is lowered to that, with a warning.
+    /// holding up to 9: (RLIMIT_NOFILE - 64 - (addresses + 3) × workers) / 9,
+    /// each event loop holding a listener per --listen address and 3
+    /// descriptors of its own. A larger value is lowered to that, with a
+    /// warning.
     #[arg(long, value_name = "N")]
     pub(crate) max_sessions: Option<usize>,
 
@@ -348,5 +357,12 @@ mod tests {
         assert_eq!(args.session_rate_per_client, 20);
         assert_eq!(args.session_burst_per_client, 100);
         assert_eq!(args.max_data_channels, None);
+    }
+
+    #[test]
+    fn workers_default_to_the_cores_and_take_one_or_more() {
+        assert_eq!(Args::parse_from(["ftpgate"]).workers, None);
+        assert_eq!(Args::parse_from(["ftpgate", "--workers", "2"]).workers, Some(2));
+        assert!(Args::try_parse_from(["ftpgate", "--workers", "0"]).is_err());
     }
 }

@@ -81,6 +81,7 @@ struct File {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 struct Listeners {
     listen: Option<Spanned<Vec<SocketAddr>>>,
+    workers: Option<Spanned<u16>>,
 }
 
 /// Timeouts, caps and rates.
@@ -301,6 +302,9 @@ impl File {
                 return Err(Spot::new(listen, "needs at least one address, like [\"0.0.0.0:2121\"]"));
             }
         }
+        if let Some(workers) = listeners.workers.as_ref().filter(|w| *w.get_ref() == 0) {
+            return Err(Spot::new(workers, "must be at least 1 (one event loop)"));
+        }
         for timeout in [
             &l.data_timeout,
             &l.connect_timeout,
@@ -318,6 +322,7 @@ impl File {
 
         let g = |id: &str| given.has(id);
         set(&mut args.listen, g("listen"), &listeners.listen);
+        set_some(&mut args.workers, g("workers"), &listeners.workers);
         set(&mut args.data_timeout, g("data_timeout"), &l.data_timeout);
         set(&mut args.connect_timeout, g("connect_timeout"), &l.connect_timeout);
         set(&mut args.idle_timeout, g("idle_timeout"), &l.idle_timeout);
@@ -613,9 +618,10 @@ impl Reloadable {
 
 /// Every setting by its file key, its value as text and whether a reload
 /// applies it: what a reload compares.
-fn settings(a: &Args) -> [(&'static str, String, bool); 24] {
+fn settings(a: &Args) -> [(&'static str, String, bool); 25] {
     [
         ("listeners.listen", format!("{:?}", a.listen), false),
+        ("listeners.workers", format!("{:?}", a.workers), false),
         ("limits.data-timeout", a.data_timeout.to_string(), true),
         ("limits.connect-timeout", a.connect_timeout.to_string(), true),
         ("limits.idle-timeout", a.idle_timeout.to_string(), true),
@@ -776,6 +782,7 @@ mod tests {
     const FULL: &str = r#"
 [listeners]
 listen = ["192.0.2.1:2121", "[2001:db8::1]:2121"]
+workers = 3
 
 [limits]
 data-timeout = 31
@@ -819,6 +826,7 @@ group = "nogroup"
         let listen: Vec<SocketAddr> =
             vec!["192.0.2.1:2121".parse().unwrap(), "[2001:db8::1]:2121".parse().unwrap()];
         assert_eq!(a.listen, listen);
+        assert_eq!(a.workers, Some(3));
         assert_eq!(
             (a.data_timeout, a.connect_timeout, a.idle_timeout, a.data_idle_timeout),
             (31, 11, 901, 301)
@@ -852,6 +860,8 @@ group = "nogroup"
         let flags = [
             "--listen",
             "198.51.100.1:21",
+            "--workers",
+            "4",
             "--data-timeout",
             "2",
             "--connect-timeout",

@@ -24,7 +24,7 @@ use slog::{debug, error, info, warn, Logger};
 
 use crate::audit;
 use crate::limits::{Admit, DataChannels};
-use crate::listeners::{Arrival, Channel, ExpectError, Expectation, Handover, Listeners};
+use crate::listeners::{Arrival, Channel, ExpectError, Expectation, Handover, SharedListeners};
 use crate::metrics::{self, Step};
 use crate::relay::{self, Budget, Direction, Readiness, Relay, RelayStatus};
 use crate::tproxy;
@@ -87,6 +87,15 @@ impl fmt::Display for RegisterError {
 
 impl std::error::Error for RegisterError {}
 
+/// Where a new session lives: its key in the loop's slab, and its number
+/// in the process (the `session` log key), which a reused key does not
+/// repeat.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SessionRef {
+    pub(crate) key: usize,
+    pub(crate) serial: u64,
+}
+
 /// The owner of a token.
 #[derive(Debug)]
 pub(crate) struct Registration {
@@ -109,10 +118,15 @@ pub(crate) struct Ctx<'a> {
     /// Data channels open in all sessions, against the global cap. Every
     /// `DataChan` in a session was admitted here and is released in
     /// `close_data`, its one way out.
-    pub(crate) data_channels: &'a mut DataChannels,
+    pub(crate) data_channels: &'a DataChannels,
+    /// The event loop driving the session (`--workers`).
+    pub(crate) worker: usize,
     /// The daemon's data listeners, shared by the sessions that expect a
     /// connection on the same (address, port).
-    pub(crate) listeners: &'a mut Listeners,
+    pub(crate) listeners: &'a SharedListeners,
+    /// Failed logins per client address, of the whole process: a failure
+    /// is recorded before its 530 leaves (`logins::LoginTable`).
+    pub(crate) logins: &'a crate::logins::LoginTable,
     /// The kernel data path (`--data-path pinhole`): the session's data
     /// actions go there instead of to sockets.
     pub(crate) pinholes: Option<&'a mut crate::pinhole::Pinholes>,
@@ -240,6 +254,10 @@ enum Fact {
 
 pub(crate) struct Conn {
     key: usize,
+    /// The session's number in the process (its `session` log key): a
+    /// slab key is reused, so a connection handed over by another loop
+    /// names this too.
+    serial: u64,
     pub(crate) client_ip: std::net::IpAddr,
     pub(crate) log: Logger,
     session: Session,
@@ -258,8 +276,6 @@ pub(crate) struct Conn {
     broken: Option<RegisterError>,
     /// The control connection is relayed blind (FTPS pass-through).
     blind: Option<Blind>,
-    /// `530`s to USER/PASS not yet handed to the failed-login tracker.
-    login_failures: u32,
     /// The server socket could not be created for want of descriptors
     /// (EMFILE, ENFILE): the client hears the core's reply for an
     /// unreachable server, and the loop pauses accepting.
@@ -275,7 +291,7 @@ impl Conn {
     /// connect to the original destination. If the client's socket cannot
     /// join the event loop, the client gets a 421 and there is no session.
     pub(crate) fn start(
-        key: usize,
+        SessionRef { key, serial }: SessionRef,
         log: Logger,
         session: Session,
         mut client: TcpStream,
@@ -304,6 +320,7 @@ impl Conn {
         };
         let mut conn = Self {
             key,
+            serial,
             client_ip: ends.client.ip(),
             log,
             session,
@@ -316,7 +333,6 @@ impl Conn {
             connect_by: Some(ctx.now + connect_timeout),
             broken: None,
             blind: None,
-            login_failures: 0,
             starved: None,
             started: ctx.now,
             end_logged: false,
@@ -389,7 +405,7 @@ impl Conn {
     /// channels; `drive` tells the core. Nothing is kept for a channel that
     /// is gone: the connection closes.
     pub(crate) fn hand_over(&mut self, handover: Handover) {
-        debug_assert_eq!(handover.channel.session, self.key);
+        debug_assert_eq!((handover.channel.session, handover.channel.serial), (self.key, self.serial));
         if let Some(chan) = self.chan(handover.channel.data) {
             chan.arrivals.push_back(handover.arrival);
         }
@@ -398,6 +414,17 @@ impl Conn {
     /// The session's key in the loop's slab.
     pub(crate) fn key(&self) -> usize {
         self.key
+    }
+
+    /// The session's number in the process.
+    pub(crate) fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// How the listener table names one side's expectation of one of this
+    /// session's data channels.
+    fn channel(&self, ctx: &Ctx<'_>, data: DataId, peer: Side) -> Channel {
+        Channel { worker: ctx.worker, session: self.key, serial: self.serial, data, peer }
     }
 
     /// Feeds the daemon's shutdown to the session.
@@ -419,12 +446,6 @@ impl Conn {
             None => None,
         };
         [self.session.poll_timeout(), self.close_by, self.connect_by, blind].into_iter().flatten().min()
-    }
-
-    /// Failed logins (`530` to USER/PASS) since the last call, for the
-    /// per-client tracker (RFC 2577 §5).
-    pub(crate) fn take_login_failures(&mut self) -> u32 {
-        std::mem::take(&mut self.login_failures)
     }
 
     /// True when the session is over: every socket is gone, or the daemon
@@ -660,7 +681,7 @@ impl Conn {
             }
             Action::Audit(event) => {
                 match &event {
-                    AuditEvent::LoginFailed { .. } => self.login_failures += 1,
+                    AuditEvent::LoginFailed { .. } => ctx.logins.failed(self.client_ip, ctx.now, &self.log),
                     AuditEvent::SessionEnded { .. } => self.end_logged = true,
                     _ => {}
                 }
@@ -879,10 +900,10 @@ impl Conn {
         }
         // A retry replaces this side's listener; a channel that listens for
         // both sides (`Action::Keep`) keeps the other's.
-        let channel = Channel { session: self.key, data, peer };
-        ctx.listeners.forget(ctx.registry, channel);
+        let channel = self.channel(ctx, data, peer);
+        ctx.listeners.forget(channel);
         let expectation = Expectation { channel, accept_from, peer, log: self.log.clone() };
-        match ctx.listeners.expect(ctx.registry, local, expectation) {
+        match ctx.listeners.expect(local, expectation) {
             Ok(expected) => self.queue(Input::Listening { data, local: expected.local }),
             Err(ExpectError::Ambiguous) => {
                 // Told as the bind failure it stands for: the core listens
@@ -935,7 +956,7 @@ impl Conn {
     fn keep_data(&mut self, ctx: &mut Ctx<'_>, data: DataId, leg: Side) {
         let key = self.key;
         let kept = self.chan(data).and_then(|c| c.accepted_pending_verdict.take());
-        ctx.listeners.forget(ctx.registry, Channel { session: key, data, peer: leg });
+        ctx.listeners.forget(self.channel(ctx, data, leg));
         let (Some(chan), Some(mut stream)) = (chan_in(&mut self.data, data), kept) else { return };
         let _ = stream.set_nodelay(true);
         // Where an accepted leg goes: `accepted` is the first listener's
@@ -1072,7 +1093,7 @@ impl Conn {
     /// but not yet judged closes.
     fn close_listener(&mut self, ctx: &mut Ctx<'_>, data: DataId) {
         for peer in [Side::Client, Side::Server] {
-            ctx.listeners.forget(ctx.registry, Channel { session: self.key, data, peer });
+            ctx.listeners.forget(self.channel(ctx, data, peer));
         }
         if let Some(chan) = self.chan(data) {
             chan.arrivals.clear();

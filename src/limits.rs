@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
@@ -17,6 +18,11 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 /// two pipes of a relay (4 ends). The core opens at most one data channel
 /// per session at a time (`Config::max_data_channels` = 1).
 pub(crate) const FDS_PER_SESSION: u64 = 9;
+
+/// Descriptors each event loop (`--workers`) holds besides its control
+/// listeners: its epoll, the eventfd of its waker, and the copy of its
+/// epoll the data listener table keeps.
+pub(crate) const FDS_PER_WORKER: usize = 3;
 
 /// Descriptors kept aside for everything that is not a session: stdio,
 /// the epoll and signal descriptors, the control listeners (counted
@@ -118,13 +124,16 @@ fn parse_mem_total(meminfo: &str) -> Option<u64> {
 /// The global count of open data channels against their cap. A channel
 /// counts from its Listen until its close, whether or not it relays yet:
 /// every open channel may become a relay with two pipes.
+///
+/// Shared by every event loop (`--workers`): atomics, so that opening a
+/// data channel never waits for another loop.
 #[derive(Debug)]
 pub(crate) struct DataChannels {
-    open: usize,
+    open: AtomicUsize,
     max: usize,
     /// Listens refused since the cap was last left: one log record per
     /// episode, not one per refusal.
-    refused: u64,
+    refused: AtomicU64,
 }
 
 /// What `DataChannels::open` decided.
@@ -139,7 +148,7 @@ pub(crate) enum Admit {
 
 impl DataChannels {
     pub(crate) fn new(max: usize) -> Self {
-        Self { open: 0, max: max.max(1), refused: 0 }
+        Self { open: AtomicUsize::new(0), max: max.max(1), refused: AtomicU64::new(0) }
     }
 
     pub(crate) fn max(&self) -> usize {
@@ -147,24 +156,27 @@ impl DataChannels {
     }
 
     pub(crate) fn open_now(&self) -> usize {
-        self.open
+        self.open.load(Ordering::Relaxed)
     }
 
     /// A new channel asks to open.
-    pub(crate) fn open(&mut self) -> Admit {
-        if self.open >= self.max {
-            self.refused += 1;
-            return Admit::No { first: self.refused == 1 };
+    pub(crate) fn open(&self) -> Admit {
+        // Increment only below the cap: two loops racing for the last
+        // place cannot both get it.
+        let below_cap =
+            self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1));
+        if below_cap.is_err() {
+            let refused = self.refused.fetch_add(1, Ordering::AcqRel) + 1;
+            return Admit::No { first: refused == 1 };
         }
-        self.open += 1;
-        let refused = std::mem::take(&mut self.refused);
+        let refused = self.refused.swap(0, Ordering::AcqRel);
         Admit::Yes { after_refusals: (refused > 0).then_some(refused) }
     }
 
     /// A channel that `open` admitted was closed.
-    pub(crate) fn close(&mut self) {
-        debug_assert!(self.open > 0, "data channel closed twice");
-        self.open = self.open.saturating_sub(1);
+    pub(crate) fn close(&self) {
+        let before = self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        debug_assert!(before.is_ok(), "data channel closed twice");
     }
 }
 
@@ -556,7 +568,7 @@ mod tests {
 
     #[test]
     fn data_channels_at_cap_refuse_once_per_episode() {
-        let mut d = DataChannels::new(2);
+        let d = DataChannels::new(2);
         assert_eq!(d.open(), Admit::Yes { after_refusals: None });
         assert_eq!(d.open(), Admit::Yes { after_refusals: None });
         assert_eq!(d.open(), Admit::No { first: true });
@@ -565,6 +577,33 @@ mod tests {
         d.close();
         assert_eq!(d.open(), Admit::Yes { after_refusals: Some(2) });
         assert_eq!(d.open(), Admit::No { first: true });
+    }
+
+    #[test]
+    fn data_channels_racing_loops_never_pass_the_cap() {
+        // Four event loops open at once: exactly `max` get in, and the
+        // episode has one first refusal however they interleave.
+        let d = DataChannels::new(100);
+        let (admitted, first_refusals) = std::thread::scope(|s| {
+            let loops: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (mut yes, mut first) = (0, 0);
+                        for _ in 0..1000 {
+                            match d.open() {
+                                Admit::Yes { .. } => yes += 1,
+                                Admit::No { first: true } => first += 1,
+                                Admit::No { first: false } => {}
+                            }
+                        }
+                        (yes, first)
+                    })
+                })
+                .collect();
+            loops.into_iter().map(|l| l.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        });
+        assert_eq!((admitted, first_refusals), (100, 1));
+        assert_eq!(d.open_now(), 100);
     }
 
     #[test]

@@ -21,14 +21,18 @@
 //! ATTACKS.md 5) is closed at once and logged here, with the listener and
 //! the peer.
 //!
-//! Several event loops (ROADMAP): the table is reached only through
-//! `expect`, `forget`, `on_event` and `accept_ready`, and names sessions by
-//! `Channel`; a multi-loop version adds the owning loop to `Channel` and
-//! sends each `Handover` to that loop instead of returning it.
+//! Several event loops (`--workers`): there is one table for the whole
+//! process (behind a mutex in `workers::Shared`), since the sessions that
+//! share a port may belong to different loops. A listener is registered
+//! with the Poll of the loop whose session opened it, and that loop
+//! accepts on it; each `Handover` names the loop that owns the session
+//! (`Channel::worker`), and the accepting loop passes it on
+//! (`workers::Mailbox`) when that is another loop.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use ftpgate_proto::addr::canonical_ip;
 use ftpgate_proto::{DataId, Side};
@@ -51,8 +55,13 @@ const ACCEPTS_PER_ROUND: usize = 8;
 /// (`server-data = "active"`: the gateway accepts both legs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Channel {
+    /// The event loop that owns the session.
+    pub(crate) worker: usize,
     /// The session's key in its event loop's slab.
     pub(crate) session: usize,
+    /// The session's number in the process: the key alone may name a
+    /// later session by the time another loop's handover arrives.
+    pub(crate) serial: u64,
     pub(crate) data: DataId,
     /// The side that connects to this listener.
     pub(crate) peer: Side,
@@ -84,6 +93,9 @@ impl Expectation {
 struct Entry<L> {
     local: SocketAddr,
     socket: L,
+    /// The event loop whose Poll the socket is registered with: it alone
+    /// accepts on it.
+    worker: usize,
     /// A readiness event came and accept() has not said WouldBlock since.
     /// True at the start: a connection may be queued before registration.
     ready: bool,
@@ -151,7 +163,9 @@ impl<L> Table<L> {
     /// A new listener, bound at `local`, with its first expectation.
     fn insert(&mut self, local: SocketAddr, socket: L, expectation: Expectation) -> usize {
         let channel = expectation.channel;
-        let key = self.entries.insert(Entry { local, socket, ready: true, expecting: vec![expectation] });
+        let worker = channel.worker;
+        let key =
+            self.entries.insert(Entry { local, socket, worker, ready: true, expecting: vec![expectation] });
         self.by_local.insert(local, key);
         self.by_channel.insert(channel, key);
         key
@@ -230,28 +244,38 @@ pub(crate) struct Listeners {
     table: Table<TcpListener>,
     /// Listener `key` is registered under `Token(first_token + key)`.
     first_token: usize,
+    /// The registry of each event loop's Poll, by worker index: a listener
+    /// opened by one loop may be closed by a session of another.
+    registries: Vec<Registry>,
 }
 
 impl Listeners {
-    pub(crate) fn new(first_token: usize) -> Self {
-        Self { table: Table::default(), first_token }
+    pub(crate) fn new(first_token: usize, registries: Vec<Registry>) -> Self {
+        Self { table: Table::default(), first_token, registries }
     }
 
-    /// Whether `token` is one of the table's listeners.
-    pub(crate) fn owns(&self, token: Token) -> bool {
-        token.0 >= self.first_token
-    }
-
-    /// Records readiness from one event.
-    pub(crate) fn on_event(&mut self, token: Token) {
+    /// Records readiness from one event of `worker`'s Poll. An event left
+    /// over from a listener that was closed, its key since taken by a
+    /// listener of another loop, is ignored.
+    pub(crate) fn on_event(&mut self, worker: usize, token: Token) {
         if let Some(entry) = self.table.entries.get_mut(token.0 - self.first_token) {
-            entry.ready = true;
+            if entry.worker == worker {
+                entry.ready = true;
+            }
         }
     }
 
-    /// Some listener may hold connections not yet accepted.
-    pub(crate) fn has_ready(&self) -> bool {
-        self.table.entries.iter().any(|(_, e)| e.ready)
+    /// Some listener of `worker` may hold connections not yet accepted.
+    pub(crate) fn has_ready(&self, worker: usize) -> bool {
+        self.table.entries.iter().any(|(_, e)| e.ready && e.worker == worker)
+    }
+
+    /// Whether the channel still expects a connection. A connection that
+    /// another loop accepted for it may arrive after it stopped (it took
+    /// its one connection, or closed): it is then closed, as the ones
+    /// queued behind the first are when the hole closes.
+    pub(crate) fn expects(&self, channel: Channel) -> bool {
+        self.table.by_channel.contains_key(&channel)
     }
 
     /// Open listeners (also the metrics' gauge).
@@ -261,15 +285,15 @@ impl Listeners {
 
     /// Makes `expectation`'s channel expect its peer on `local`: on the
     /// listener already there if no one on it expects the same peer, or on
-    /// a new one. A channel expects on one listener at a time: an earlier
-    /// expectation of the same channel (a retry) is forgotten first.
+    /// a new one, registered with the Poll of the channel's loop. A channel
+    /// expects on one listener at a time: an earlier expectation of the
+    /// same channel (a retry) is forgotten first.
     pub(crate) fn expect(
         &mut self,
-        registry: &Registry,
         local: SocketAddr,
         expectation: Expectation,
     ) -> Result<Expected, ExpectError> {
-        self.forget(registry, expectation.channel);
+        self.forget(expectation.channel);
         match self.table.place(local, expectation.accept_from) {
             Place::Ambiguous => Err(ExpectError::Ambiguous),
             Place::Join(key) => {
@@ -280,7 +304,8 @@ impl Listeners {
                 info!(
                     x.log, "data listener shared";
                     "data" => x.channel.data.0, "local" => %local, "accept_from" => %x.accept_from,
-                    "peer_side" => side(x.peer), "sessions" => sharing
+                    "peer_side" => side(x.peer), "sessions" => sharing,
+                    "accepting_worker" => entry.worker
                 );
                 Ok(Expected { local, sharing })
             }
@@ -290,6 +315,7 @@ impl Listeners {
                     .local_addr()
                     .map_err(|error| ExpectError::Listen(TproxyError::Listen { addr: local, error }))?;
                 let token = Token(self.first_token + self.table.vacant_key());
+                let registry = &self.registries[expectation.channel.worker];
                 registry.register(&mut socket, token, Interest::READABLE).map_err(ExpectError::Register)?;
                 self.table.insert(bound, socket, expectation);
                 Ok(Expected { local: bound, sharing: 1 })
@@ -299,18 +325,25 @@ impl Listeners {
 
     /// The channel expects nothing any more; its listener closes if no
     /// other channel expects a connection on it. Idempotent.
-    pub(crate) fn forget(&mut self, registry: &Registry, channel: Channel) {
+    pub(crate) fn forget(&mut self, channel: Channel) {
         if let Some(mut entry) = self.table.forget(channel) {
-            let _ = registry.deregister(&mut entry.socket);
+            let _ = self.registries[entry.worker].deregister(&mut entry.socket);
         }
     }
 
-    /// Accepts what the ready listeners hold and says whom each connection
-    /// is for. Connections that no session expects are closed and logged.
-    /// Bounded per listener; a listener left ready is served next time.
-    pub(crate) fn accept_ready(&mut self, registry: &Registry, log: &Logger) -> Vec<Handover> {
+    /// Accepts what `worker`'s ready listeners hold and says whom each
+    /// connection is for (a session of any loop). Connections that no
+    /// session expects are closed and logged. Bounded per listener; a
+    /// listener left ready is served next time.
+    pub(crate) fn accept_ready(&mut self, worker: usize, log: &Logger) -> Vec<Handover> {
         let mut handovers = Vec::new();
-        let ready: Vec<usize> = self.table.entries.iter().filter(|(_, e)| e.ready).map(|(k, _)| k).collect();
+        let ready: Vec<usize> = self
+            .table
+            .entries
+            .iter()
+            .filter(|(_, e)| e.ready && e.worker == worker)
+            .map(|(k, _)| k)
+            .collect();
         for key in ready {
             for _ in 0..ACCEPTS_PER_ROUND {
                 let entry = &mut self.table.entries[key];
@@ -336,7 +369,7 @@ impl Listeners {
                         // listener goes (edge-triggered, it would not wake
                         // us again for what stays queued).
                         let mut entry = self.table.remove(key);
-                        let _ = registry.deregister(&mut entry.socket);
+                        let _ = self.registries[entry.worker].deregister(&mut entry.socket);
                         warn!(
                             log, "data accept failed";
                             "local" => %entry.local, "sessions" => entry.expecting.len(), "error" => %e
@@ -379,6 +412,37 @@ impl Listeners {
     }
 }
 
+/// The one table of the process, for every event loop. The lock is held
+/// for the table's own work (bind, register, accept, forget), never while
+/// a session relays.
+pub(crate) struct SharedListeners(Mutex<Listeners>);
+
+impl SharedListeners {
+    pub(crate) fn new(listeners: Listeners) -> Self {
+        Self(Mutex::new(listeners))
+    }
+
+    /// The table. A loop that panicked while holding it left it consistent
+    /// enough to close listeners, which is all the others still need.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Listeners> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`Listeners::expect`].
+    pub(crate) fn expect(
+        &self,
+        local: SocketAddr,
+        expectation: Expectation,
+    ) -> Result<Expected, ExpectError> {
+        self.lock().expect(local, expectation)
+    }
+
+    /// [`Listeners::forget`].
+    pub(crate) fn forget(&self, channel: Channel) {
+        self.lock().forget(channel)
+    }
+}
+
 fn side(s: Side) -> &'static str {
     match s {
         Side::Client => "client",
@@ -400,7 +464,7 @@ mod tests {
     }
 
     fn channel(session: usize, data: u32) -> Channel {
-        Channel { session, data: DataId(data), peer: Side::Client }
+        Channel { worker: 0, session, serial: session as u64, data: DataId(data), peer: Side::Client }
     }
 
     fn expecting(channel: Channel, from: Ipv4Addr) -> Expectation {
@@ -532,11 +596,11 @@ mod tests {
     }
 
     /// Accepts until `want` handovers came, bounded.
-    fn handovers(l: &mut Listeners, poll: &mio::Poll, want: usize) -> Vec<(Channel, SocketAddr)> {
+    fn handovers(l: &mut Listeners, want: usize) -> Vec<(Channel, SocketAddr)> {
         let log = Logger::root(slog::Discard, slog::o!());
         let mut got = Vec::new();
         for _ in 0..100 {
-            for h in l.accept_ready(poll.registry(), &log) {
+            for h in l.accept_ready(0, &log) {
                 match h.arrival {
                     Arrival::Connection { peer, .. } => got.push((h.channel, peer)),
                     Arrival::AcceptFailed(e) => panic!("accept failed: {e:?}"),
@@ -557,13 +621,13 @@ mod tests {
     #[test]
     fn listeners_two_sessions_one_port_each_gets_its_peer_and_thieves_get_nothing() {
         let poll = mio::Poll::new().unwrap();
-        let mut l = Listeners::new(1 << 20);
+        let mut l = Listeners::new(1 << 20, vec![poll.registry().try_clone().unwrap()]);
         let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
         let a = Expectation {
             accept_from: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
             ..expecting(channel(1, 0), CLIENT_A)
         };
-        let first = match l.expect(poll.registry(), any, a) {
+        let first = match l.expect(any, a) {
             Ok(x) => x,
             Err(ExpectError::Listen(TproxyError::SetTransparent(e))) => {
                 // Without CAP_NET_ADMIN no transparent listener exists at
@@ -579,19 +643,19 @@ mod tests {
             accept_from: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
             ..expecting(channel(2, 7), CLIENT_B)
         };
-        assert_eq!(l.expect(poll.registry(), port, b).unwrap(), Expected { local: port, sharing: 2 });
+        assert_eq!(l.expect(port, b).unwrap(), Expected { local: port, sharing: 2 });
         // the same peer as A's again cannot be told apart
         let a2 = Expectation {
             accept_from: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
             ..expecting(channel(3, 0), CLIENT_A)
         };
-        assert!(matches!(l.expect(poll.registry(), port, a2), Err(ExpectError::Ambiguous)));
+        assert!(matches!(l.expect(port, a2), Err(ExpectError::Ambiguous)));
         assert_eq!(l.len(), 1);
 
         let mut thief = from(Ipv4Addr::new(127, 0, 0, 9), port);
         let _b = from(Ipv4Addr::new(127, 0, 0, 3), port);
         let _a = from(Ipv4Addr::new(127, 0, 0, 2), port);
-        let mut got = handovers(&mut l, &poll, 2);
+        let mut got = handovers(&mut l, 2);
         got.sort_by_key(|(c, _)| c.session);
         let who: Vec<(Channel, IpAddr)> = got.iter().map(|(c, p)| (*c, p.ip())).collect();
         assert_eq!(
@@ -609,9 +673,9 @@ mod tests {
         assert!(matches!(read, Ok(0)) || read.is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset));
 
         // A's verdict took its connection: A's hole closes, B's stays
-        l.forget(poll.registry(), channel(1, 0));
+        l.forget(channel(1, 0));
         assert_eq!(l.len(), 1);
-        l.forget(poll.registry(), channel(2, 7));
+        l.forget(channel(2, 7));
         assert_eq!(l.len(), 0, "the listener closes with its last expectation");
         assert!(std::net::TcpStream::connect(port).is_err(), "nothing listens on {port} any more");
     }

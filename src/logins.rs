@@ -12,7 +12,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use slog::{warn, Logger};
 
 /// What a client cooling down hears instead of the server's greeting.
 pub(crate) const REPLY_COOLING_DOWN: &[u8] =
@@ -125,6 +128,35 @@ impl LoginFailures {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.table.len()
+    }
+}
+
+/// The table of the process, shared by every event loop (`--workers`).
+///
+/// A failure is recorded when the core reports it (`AuditEvent::LoginFailed`),
+/// while the session is driven and before its 530 reaches the client: the
+/// client's next connection, whichever loop accepts it, finds the cool-down
+/// already in force.
+pub(crate) struct LoginTable(Mutex<LoginFailures>);
+
+impl LoginTable {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self(Mutex::new(LoginFailures::new(limits)))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LoginFailures> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One failed login from `ip`; the cool-down it starts, if any, gets
+    /// its one record in the session's context (`log`).
+    pub(crate) fn failed(&self, ip: IpAddr, now: Instant, log: &Logger) {
+        let Some(c) = self.lock().failed(ip, 1, now) else { return };
+        warn!(
+            log, "failed logins: refusing new sessions from this client";
+            "failures" => c.failures, "cooldown_s" => c.cooldown.as_secs(),
+            "rule" => "login-cooldown", "attack" => crate::audit::attack(Some(33))
+        );
     }
 }
 

@@ -22,6 +22,7 @@ mod server;
 mod service;
 mod timers;
 mod tproxy;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -119,10 +120,12 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
         crit!(log, "cannot start"; "error" => what);
         return ExitCode::from(2);
     }
-    let (max_sessions, max_data_channels) = size_limits(args, &log);
+    let workers = args.workers.map_or_else(workers::default_count, usize::from);
+    let (max_sessions, max_data_channels) = size_limits(args, workers, &log);
     let reloadable = config::Reloadable::of(loaded);
-    let opts = server::Options {
+    let opts = workers::Options {
         listen: args.listen.clone(),
+        workers,
         config: reloadable.core,
         max_sessions,
         max_sessions_per_client: reloadable.max_sessions_per_client,
@@ -133,7 +136,9 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
         reloader: config::Reloader::new(loader, loaded),
     };
     // Checked before any socket exists, carried out once the control
-    // listeners are bound: they are the only sockets opened as root.
+    // listeners are bound: they are the only sockets opened as root. And
+    // before the event loops' threads start: capabilities are per thread,
+    // and each thread inherits those of the main thread when it starts.
     let privileges = match privilege::prepare(args.user.as_deref(), args.group.as_deref()) {
         Ok(plan) => plan,
         Err(e) => {
@@ -150,8 +155,8 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut server = match server::Server::new(opts, log.clone()) {
-        Ok(server) => server,
+    let daemon = match workers::Daemon::bind(opts, log.clone()) {
+        Ok(daemon) => daemon,
         Err(e) => {
             crit!(log, "cannot start"; "error" => %e);
             return ExitCode::from(2);
@@ -168,10 +173,12 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
         crit!(log, "cannot start"; "error" => %e);
         return ExitCode::from(2);
     }
-    info!(log, "ftpgate started"; "version" => env!("CARGO_PKG_VERSION"));
-    // systemd's Type=notify: started means a client is served from now on.
+    info!(log, "ftpgate started"; "version" => env!("CARGO_PKG_VERSION"), "workers" => daemon.workers());
+    // systemd's Type=notify: started means a client is served from now on
+    // (the listeners are bound: a client waits in the backlog until the
+    // loops' threads run).
     service::notify_ready(&log);
-    match server.run() {
+    match daemon.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             crit!(log, "event loop failed"; "error" => %e);
@@ -182,7 +189,7 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
 
 /// Raises the descriptor limit and sizes the session and data-channel caps
 /// against it and against memory, logging every figure.
-fn size_limits(args: &Args, log: &Logger) -> (usize, usize) {
+fn size_limits(args: &Args, workers: usize, log: &Logger) -> (usize, usize) {
     let nofile = match limits::raise_nofile() {
         Ok(nofile) => {
             info!(log, "descriptor limit"; "nofile" => nofile.now, "was" => nofile.was);
@@ -196,7 +203,9 @@ fn size_limits(args: &Args, log: &Logger) -> (usize, usize) {
             soft
         }
     };
-    let listeners = args.listen.len();
+    // Every event loop has its own control listener on each address, and
+    // descriptors of its own (`limits::FDS_PER_WORKER`).
+    let listeners = (args.listen.len() + limits::FDS_PER_WORKER) * workers;
     let max_sessions = match limits::fit_max_sessions(args.max_sessions, nofile, listeners) {
         Ok(n) => n,
         Err(lowered) => {
@@ -222,7 +231,7 @@ fn size_limits(args: &Args, log: &Logger) -> (usize, usize) {
     let pipe_mib = max_data_channels as u64 * limits::PIPE_BYTES_PER_CHANNEL / (1024 * 1024);
     info!(
         log, "limits";
-        "max_sessions" => max_sessions, "fds_per_session" => limits::FDS_PER_SESSION,
+        "workers" => workers, "max_sessions" => max_sessions, "fds_per_session" => limits::FDS_PER_SESSION,
         "max_data_channels" => max_data_channels, "pipe_mib_at_most" => pipe_mib,
         "max_sessions_per_client" => args.max_sessions_per_client,
         "session_rate_per_client" => args.session_rate_per_client,

@@ -373,7 +373,8 @@ impl Metrics {
         self.bytes_to_server.inc_by(after.1.saturating_sub(before.1));
     }
 
-    /// A TPROXY port (`--listen`) is listening.
+    /// A TPROXY port (`--listen`) is listening: one per address, however
+    /// many event loops (`--workers`) have a socket on it.
     pub(crate) fn control_listener_opened(&self) {
         self.control_listeners.inc();
     }

@@ -1,30 +1,30 @@
-//! The event loop: one mio `Poll`, the control listeners, every session's
-//! sockets, the timer heap and graceful shutdown.
+//! One event loop (`Worker`): its mio Poll, its control listeners, the
+//! sessions it accepted with every socket of theirs, and its timer heap.
+//! `--workers` runs several (`workers.rs`), each on its own thread; what
+//! they share is in `workers::Shared`.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ftpgate_proto::rules::RuleRef;
-use ftpgate_proto::{AuditEvent, Config, ControlEnds, PolicyStage, Session};
+use ftpgate_proto::{AuditEvent, ControlEnds, PolicyStage, Session};
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 use slog::{debug, error, info, o, warn, Logger};
 
-use crate::conn::{Conn, Ctx, Registration};
-use crate::limits::{ClientKey, DataChannels, Rate, RateVerdict, SessionRate};
-use crate::listeners::Listeners;
-use crate::logins::{self, LoginFailures};
+use crate::conn::{Conn, Ctx, Registration, SessionRef};
+use crate::limits::{ClientKey, RateVerdict};
+use crate::listeners::{Arrival, Handover};
+use crate::logins;
 use crate::tproxy::{self, TproxyError};
+use crate::workers::{PauseCause, Shared, ACCEPT_PAUSE};
 
-const SIGNALS: Token = Token(0);
+/// Another loop passed a data connection, or a drain began.
+const WAKE: Token = Token(0);
 /// The conntrack event socket of the kernel data path (`--data-path pinhole`).
 const PINHOLE_EVENTS: Token = Token(usize::MAX / 2 - 1);
 /// Control listeners use tokens 1..FIRST_DYNAMIC; sockets of sessions use
@@ -32,17 +32,7 @@ const PINHOLE_EVENTS: Token = Token(usize::MAX / 2 - 1);
 const FIRST_DYNAMIC: usize = 1024;
 /// Data listeners use FIRST_DATA_LISTENER + their key in the listener
 /// table: the table owns them, not a session.
-const FIRST_DATA_LISTENER: usize = usize::MAX / 2;
-/// When accept() fails for lack of descriptors, or the session cap is
-/// reached, wait this long instead of spinning on a listener that stays
-/// readable.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
-/// An episode of accept pauses ends when accept() has gone this long after
-/// its last pause without another. Not at the first accept() that works:
-/// out of descriptors, one accept() often gets the last one and the
-/// session then fails to open its server socket, freeing it again, so
-/// "works" and "fails" alternate at every pause.
-const EPISODE_QUIET: Duration = Duration::from_secs(1);
+pub(crate) const FIRST_DATA_LISTENER: usize = usize::MAX / 2;
 
 /// Why the daemon could not start.
 #[derive(Debug)]
@@ -62,162 +52,130 @@ impl std::fmt::Display for StartError {
     }
 }
 
-pub(crate) struct Options {
-    pub(crate) listen: Vec<SocketAddr>,
-    pub(crate) config: Arc<Config>,
-    pub(crate) max_sessions: usize,
-    /// 0: no per-client cap.
-    pub(crate) max_sessions_per_client: usize,
-    /// New sessions per client address; a rate of 0 turns it off.
-    pub(crate) session_rate: Rate,
-    pub(crate) max_data_channels: usize,
-    pub(crate) drain_timeout: Duration,
-    pub(crate) login_failures: logins::Limits,
-    /// SIGHUP: reads the configuration again.
-    pub(crate) reloader: crate::config::Reloader,
-}
-
-/// Why accept() is paused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PauseCause {
-    /// accept() failed (EMFILE, ENFILE, ENOBUFS, ENOMEM), or the server
-    /// socket of the session it accepted found no descriptor.
-    AcceptFailed,
-    /// `--max-sessions` sessions are open.
-    SessionCap,
-}
-
-/// A run of accept pauses with one cause: logged when it starts and when
-/// accepting resumes, not at every pause (five a second).
-#[derive(Debug)]
-struct PauseEpisode {
-    cause: PauseCause,
-    since: Instant,
-    /// When the last pause began.
-    last: Instant,
-    pauses: u64,
-}
-
-impl PauseEpisode {
-    /// The episode is over if no pause begins before then.
-    fn quiet_at(&self) -> Instant {
-        self.last + ACCEPT_PAUSE + EPISODE_QUIET
-    }
-}
-
 struct ControlListener {
     listener: TcpListener,
     addr: SocketAddr,
+    family: &'static str,
     ready: bool,
 }
 
-pub(crate) struct Server {
+/// A loop's Poll and control listeners, bound before any thread starts
+/// (and before the privileges are dropped).
+pub(crate) struct Loop {
+    index: usize,
     poll: Poll,
     listeners: Vec<ControlListener>,
-    signals: SignalFd,
+    pinholes: Option<crate::pinhole::Pinholes>,
+}
+
+impl Loop {
+    /// Binds this loop's control listener on every address. Each loop has
+    /// its own socket (SO_REUSEPORT): the kernel spreads the connections.
+    /// With `kernel_data_path`, also opens this loop's conntrack sockets.
+    pub(crate) fn bind(
+        index: usize,
+        listen: &[SocketAddr],
+        kernel_data_path: bool,
+        log: &Logger,
+    ) -> Result<Self, StartError> {
+        let poll = Poll::new().map_err(|e| StartError::Setup("epoll", e))?;
+        let mut listeners = Vec::new();
+        for (i, &addr) in listen.iter().enumerate() {
+            let family = control_family(addr, listen);
+            let mut listener = tproxy::listen_control(addr, 1024, family).map_err(StartError::Listen)?;
+            poll.registry()
+                .register(&mut listener, Token(1 + i), Interest::READABLE)
+                .map_err(|e| StartError::Setup("registering a listener", e))?;
+            let addr = listener.local_addr().unwrap_or(addr);
+            debug!(log, "control listener bound"; "worker" => index, "addr" => %addr);
+            listeners.push(ControlListener { listener, addr, family: family.describe(addr), ready: false });
+        }
+        let pinholes = if kernel_data_path {
+            let p = crate::pinhole::Pinholes::open().map_err(StartError::Pinhole)?;
+            poll.registry()
+                .register(&mut SourceFd(&p.fd()), PINHOLE_EVENTS, Interest::READABLE)
+                .map_err(|e| StartError::Setup("registering the conntrack event socket", e))?;
+            Some(p)
+        } else {
+            None
+        };
+        Ok(Self { index, poll, listeners, pinholes })
+    }
+
+    /// The addresses listened on, and what each takes.
+    pub(crate) fn listening(&self) -> impl Iterator<Item = (SocketAddr, &'static str)> + '_ {
+        self.listeners.iter().map(|l| (l.addr, l.family))
+    }
+
+    /// A handle on this loop's Poll for the data listener table.
+    pub(crate) fn registry(&self) -> io::Result<Registry> {
+        self.poll.registry().try_clone()
+    }
+
+    pub(crate) fn waker(&self) -> Result<Waker, StartError> {
+        Waker::new(self.poll.registry(), WAKE).map_err(|e| StartError::Setup("eventfd", e))
+    }
+}
+
+/// One event loop: the sessions it accepted, with their data channels.
+pub(crate) struct Worker {
+    index: usize,
+    poll: Poll,
+    listeners: Vec<ControlListener>,
     conns: Slab<Conn>,
     regs: Slab<Registration>,
     timers: crate::timers::Timers,
     dead: Vec<usize>,
     again: Vec<usize>,
     scratch: Vec<u8>,
-    opts: Options,
+    shared: Arc<Shared>,
     log: Logger,
-    next_session: u64,
-    /// Open sessions per client address (ATTACKS.md 22); empty while the
-    /// per-client cap is off.
-    per_client: HashMap<IpAddr, usize>,
-    /// The per-client rate of new sessions; `None` while it is off.
-    session_rate: Option<SessionRate>,
-    data_channels: DataChannels,
-    /// Foreign data listeners, shared by the sessions expecting a
-    /// connection on the same (address, port).
-    data_listeners: Listeners,
     accept_paused_until: Option<Instant>,
-    pause_episode: Option<PauseEpisode>,
     drain_until: Option<Instant>,
-    /// Failed logins per client address (RFC 2577 §5).
-    logins: LoginFailures,
-    /// The kernel data path, with `--data-path pinhole`.
+    /// The `Shared::policy_epoch` this loop's sessions follow.
+    policy_epoch: u64,
+    /// The kernel data path, with `--data-path pinhole`: each loop has its
+    /// own sockets and its own pinholes (events of the others' are not
+    /// in its book, and are ignored).
     pinholes: Option<crate::pinhole::Pinholes>,
 }
 
-impl Server {
-    pub(crate) fn new(opts: Options, log: Logger) -> Result<Self, StartError> {
-        // Signals arrive as readable events: no handler races with the loop.
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGTERM);
-        mask.add(Signal::SIGINT);
-        mask.add(Signal::SIGHUP);
-        mask.thread_block().map_err(|e| StartError::Setup("blocking signals", e.into()))?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| StartError::Setup("signalfd", e.into()))?;
-        let poll = Poll::new().map_err(|e| StartError::Setup("epoll", e))?;
-        poll.registry()
-            .register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)
-            .map_err(|e| StartError::Setup("registering the signalfd", e))?;
-        let mut listeners = Vec::new();
-        for (i, &addr) in opts.listen.iter().enumerate() {
-            let family = control_family(addr, &opts.listen);
-            let mut listener = tproxy::listen_family(addr, 1024, family).map_err(StartError::Listen)?;
-            poll.registry()
-                .register(&mut listener, Token(1 + i), Interest::READABLE)
-                .map_err(|e| StartError::Setup("registering a listener", e))?;
-            let addr = listener.local_addr().unwrap_or(addr);
-            info!(log, "listening"; "addr" => %addr, "family" => family.describe(addr));
-            crate::metrics::get().control_listener_opened();
-            listeners.push(ControlListener { listener, addr, ready: false });
-        }
-        let pinholes = if opts.config.kernel_data_path {
-            let p = crate::pinhole::Pinholes::open().map_err(StartError::Pinhole)?;
-            poll.registry()
-                .register(&mut SourceFd(&p.fd()), PINHOLE_EVENTS, Interest::READABLE)
-                .map_err(|e| StartError::Setup("registering the conntrack event socket", e))?;
-            info!(log, "data path: kernel pinholes (conntrack expectations)");
-            Some(p)
-        } else {
-            None
-        };
-        let session_rate = SessionRate::new(opts.session_rate);
-        let data_channels = DataChannels::new(opts.max_data_channels);
-        let logins = LoginFailures::new(opts.login_failures);
-        Ok(Self {
+impl Worker {
+    pub(crate) fn new(bound: Loop, shared: Arc<Shared>, log: &Logger) -> Self {
+        let Loop { index, poll, listeners, pinholes } = bound;
+        Self {
+            index,
             poll,
             listeners,
-            signals,
             conns: Slab::new(),
             regs: Slab::new(),
             timers: Default::default(),
             dead: Vec::new(),
             again: Vec::new(),
             scratch: vec![0; 16 * 1024],
-            opts,
-            log,
-            next_session: 1,
-            per_client: HashMap::new(),
-            session_rate,
-            data_channels,
-            data_listeners: Listeners::new(FIRST_DATA_LISTENER),
+            shared,
+            log: log.new(o!("worker" => index)),
             accept_paused_until: None,
-            pause_episode: None,
             drain_until: None,
-            logins,
+            policy_epoch: 0,
             pinholes,
-        })
+        }
     }
 
-    /// Runs until a signal and the drain that follows it are over.
-    pub(crate) fn run(&mut self) -> io::Result<()> {
+    /// Runs until the drain asked for by a signal is over: every session
+    /// of the process has ended (a data listener of this loop may serve
+    /// another loop's session until then), or the deadline passed.
+    pub(crate) fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
             let mut wake = self.timers.next();
-            let quiet_at = self.pause_episode.as_ref().map(PauseEpisode::quiet_at);
+            let quiet_at = self.shared.pause_quiet_at();
             for t in [self.accept_paused_until, self.drain_until, quiet_at].into_iter().flatten() {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
             let backlog = self.accept_paused_until.is_none() && self.listeners.iter().any(|l| l.ready);
-            let data_backlog = self.data_listeners.has_ready();
+            let data_backlog = self.shared.data_listeners.lock().has_ready(self.index);
             let timeout = if self.again.is_empty() && !backlog && !data_backlog {
                 wake.map(|w| w.saturating_duration_since(now))
             } else {
@@ -231,11 +189,14 @@ impl Server {
             }
             let now = Instant::now();
             let mut dirty = std::mem::take(&mut self.again);
+            let mut woken = false;
             for event in events.iter() {
                 match event.token() {
-                    SIGNALS => self.on_signal(now),
+                    WAKE => woken = true,
                     PINHOLE_EVENTS => dirty.extend(self.pinhole_events()),
-                    token if self.data_listeners.owns(token) => self.data_listeners.on_event(token),
+                    token if token.0 >= FIRST_DATA_LISTENER => {
+                        self.shared.data_listeners.lock().on_event(self.index, token)
+                    }
                     Token(t) if t < FIRST_DYNAMIC => {
                         if let Some(l) = self.listeners.get_mut(t - 1) {
                             l.ready = true;
@@ -254,10 +215,18 @@ impl Server {
                     }
                 }
             }
+            if woken {
+                if let (None, Some(until)) = (self.drain_until, self.shared.drain_requested()) {
+                    self.drain(until, now);
+                }
+                self.follow_policy(now);
+                let mail = self.take_mail();
+                dirty.extend(self.deliver(mail));
+            }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
             }
-            self.end_pause_episode(now);
+            self.shared.end_pause_episode(now, &self.log);
             dirty.extend(self.accept(now));
             dirty.extend(self.hand_over_data());
             dirty.extend(self.timers.expired(now));
@@ -266,17 +235,20 @@ impl Server {
             for key in dirty {
                 self.drive(key, now);
             }
-            crate::metrics::get().data_listeners_open(self.data_listeners.len());
+            let data_listeners = self.shared.data_listeners.lock().len();
+            crate::metrics::get().data_listeners_open(data_listeners);
             for key in self.dead.drain(..) {
                 self.regs.try_remove(key);
             }
             if let Some(until) = self.drain_until {
-                if self.conns.is_empty() {
-                    info!(self.log, "drained; exiting");
+                if self.shared.sessions() == 0 {
+                    debug!(self.log, "event loop drained");
                     return Ok(());
                 }
                 if until <= now {
-                    warn!(self.log, "drain deadline passed; closing sessions"; "sessions" => self.conns.len());
+                    if !self.conns.is_empty() {
+                        warn!(self.log, "drain deadline passed; closing sessions"; "sessions" => self.conns.len());
+                    }
                     let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                     for key in keys {
                         let conn = self.conns.remove(key);
@@ -296,14 +268,16 @@ impl Server {
             scratch: &mut self.scratch,
             now,
             first_token: FIRST_DYNAMIC,
-            data_channels: &mut self.data_channels,
-            listeners: &mut self.data_listeners,
+            data_channels: &self.shared.data_channels,
+            worker: self.index,
+            listeners: &self.shared.data_listeners,
+            logins: &self.shared.logins,
             pinholes: self.pinholes.as_mut(),
         }
     }
 
-    /// Hands the kernel's reports on pinholes to their sessions; returns
-    /// the sessions to drive.
+    /// Hands the kernel's reports on this loop's pinholes to their
+    /// sessions; returns the sessions to drive.
     fn pinhole_events(&mut self) -> Vec<usize> {
         let Some(pinholes) = self.pinholes.as_mut() else { return Vec::new() };
         let (events, lost) = pinholes.read_events();
@@ -321,20 +295,60 @@ impl Server {
         keys
     }
 
-    /// Accepts on the ready data listeners and hands each connection to
-    /// the session that expects its peer. Returns the sessions to drive.
+    /// Accepts on this loop's ready data listeners and hands each
+    /// connection to the session that expects its peer: here, or in the
+    /// loop that owns it. Returns the sessions of this loop to drive.
     fn hand_over_data(&mut self) -> Vec<usize> {
-        if !self.data_listeners.has_ready() {
-            return Vec::new();
+        let handovers = {
+            let mut table = self.shared.data_listeners.lock();
+            if !table.has_ready(self.index) {
+                return Vec::new();
+            }
+            table.accept_ready(self.index, &self.log)
+        };
+        let (mine, theirs): (Vec<Handover>, Vec<Handover>) =
+            handovers.into_iter().partition(|h| h.channel.worker == self.index);
+        for handover in theirs {
+            debug!(
+                self.log, "data connection passed to its session's event loop";
+                "to_worker" => handover.channel.worker, "session" => handover.channel.serial,
+                "data" => handover.channel.data.0
+            );
+            self.shared.post(handover);
         }
+        self.deliver(mine)
+    }
+
+    /// What other loops accepted for this loop's sessions, less the
+    /// connections whose channel stopped expecting one meanwhile (only
+    /// this loop's sessions forget their expectations, so the answer holds
+    /// until they are delivered).
+    fn take_mail(&self) -> Vec<Handover> {
+        let mut mail = self.shared.take_mail(self.index);
+        if !mail.is_empty() {
+            let table = self.shared.data_listeners.lock();
+            mail.retain(|h| matches!(h.arrival, Arrival::AcceptFailed(_)) || table.expects(h.channel));
+        }
+        mail
+    }
+
+    /// Gives each connection to its session. Returns the sessions to drive.
+    fn deliver(&mut self, handovers: Vec<Handover>) -> Vec<usize> {
         let mut keys = Vec::new();
-        for handover in self.data_listeners.accept_ready(self.poll.registry(), &self.log) {
+        for handover in handovers {
             let key = handover.channel.session;
             // A session that is gone took its expectations with it
-            // (`abort`); its connection closes here if one slipped by.
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.hand_over(handover);
-                keys.push(key);
+            // (`abort`); its connection closes here if one slipped by
+            // (from another loop, while the session ended).
+            match self.conns.get_mut(key) {
+                Some(conn) if conn.serial() == handover.channel.serial => {
+                    conn.hand_over(handover);
+                    keys.push(key);
+                }
+                _ => debug!(
+                    self.log, "data connection for a session that has ended: closed";
+                    "session" => handover.channel.serial, "data" => handover.channel.data.0
+                ),
             }
         }
         keys
@@ -343,15 +357,6 @@ impl Server {
     fn drive(&mut self, key: usize, now: Instant) {
         let Some(mut conn) = self.conns.try_remove(key) else { return };
         let more = conn.drive(&mut self.ctx(now));
-        let failures = conn.take_login_failures();
-        if let Some(c) = self.logins.failed(conn.client_ip, failures, now) {
-            warn!(
-                conn.log, "failed logins: refusing new sessions from this client";
-                "failures" => c.failures, "cooldown_s" => c.cooldown.as_secs(),
-                "rule" => Refusal::LoginCooldown.rule().0,
-                "attack" => crate::audit::attack(Refusal::LoginCooldown.rule().1)
-            );
-        }
         if conn.finished() {
             // The slot is free again only now, after this session's tokens
             // were retired.
@@ -371,39 +376,18 @@ impl Server {
         conn.abort(&mut self.ctx(now));
         crate::metrics::get().session_closed();
         self.timers.arm(conn.key(), None);
-        self.forget_client(conn.client_ip);
+        self.shared.forget_client(conn.client_ip);
+        self.shared.release_session();
     }
 
-    fn forget_client(&mut self, ip: IpAddr) {
-        if let Some(count) = self.per_client.get_mut(&ip) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_client.remove(&ip);
-            }
-        }
-    }
-
-    fn on_signal(&mut self, now: Instant) {
-        let mut got = None;
-        while let Ok(Some(info)) = self.signals.read_signal() {
-            if info.ssi_signo == Signal::SIGHUP as u32 {
-                self.reload(now);
-            } else {
-                got = Some(info.ssi_signo);
-            }
-        }
-        let Some(signo) = got else { return };
-        if self.drain_until.is_some() {
-            return;
-        }
-        info!(self.log, "signal: draining"; "signal" => signo, "sessions" => self.conns.len());
-        crate::service::notify_stopping(&self.log);
-        // Stop accepting at once: the listener sockets close here.
+    /// A signal asked every loop to drain: stop accepting (the listener
+    /// sockets close here) and tell every session.
+    fn drain(&mut self, until: Instant, now: Instant) {
+        debug!(self.log, "event loop draining"; "sessions" => self.conns.len());
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l.listener);
-            crate::metrics::get().control_listener_closed();
         }
-        self.drain_until = Some(now + self.opts.drain_timeout);
+        self.drain_until = Some(until);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(mut conn) = self.conns.try_remove(key) {
@@ -414,42 +398,21 @@ impl Server {
         }
     }
 
-    /// SIGHUP: new sessions get the reloaded settings. Open sessions keep
-    /// the rest of the `Config` they started with, but a changed policy
-    /// reaches them too: it judges their next command (a running transfer
-    /// is never cut).
-    fn reload(&mut self, now: Instant) {
-        let Some(new) = self.opts.reloader.reload(&self.log, self.conns.len()) else { return };
-        if new.policy_changed {
-            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-            for key in keys {
-                if let Some(mut conn) = self.conns.try_remove(key) {
-                    conn.policy_changed(&mut self.ctx(now), &new.core.policy);
-                    self.conns.insert(conn);
-                    self.again.push(key);
-                }
-            }
+    /// A reload changed the policy: this loop's open sessions follow it
+    /// from their next command on.
+    fn follow_policy(&mut self, now: Instant) {
+        let epoch = self.shared.policy_epoch();
+        if epoch == self.policy_epoch {
+            return;
         }
-        self.opts.config = new.core;
-        self.opts.drain_timeout = new.drain_timeout;
-        if new.session_rate != self.opts.session_rate {
-            // A new table: clients start with a full burst at the new rate.
-            self.opts.session_rate = new.session_rate;
-            self.session_rate = SessionRate::new(new.session_rate);
-        }
-        if new.login_failures != self.opts.login_failures {
-            self.opts.login_failures = new.login_failures;
-            self.logins.set_limits(new.login_failures);
-        }
-        if new.max_sessions_per_client != self.opts.max_sessions_per_client {
-            // The counts are kept only while the cap is on: count the open
-            // sessions afresh, so that a cap turned on applies to them too.
-            self.opts.max_sessions_per_client = new.max_sessions_per_client;
-            self.per_client.clear();
-            if new.max_sessions_per_client > 0 {
-                for (_, conn) in self.conns.iter() {
-                    *self.per_client.entry(conn.client_ip).or_insert(0) += 1;
-                }
+        self.policy_epoch = epoch;
+        let policy = self.shared.settings().config.policy.clone();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(mut conn) = self.conns.try_remove(key) {
+                conn.policy_changed(&mut self.ctx(now), &policy);
+                self.conns.insert(conn);
+                self.again.push(key);
             }
         }
     }
@@ -469,28 +432,31 @@ impl Server {
                 if !self.listeners[i].ready {
                     break;
                 }
-                if self.conns.len() >= self.opts.max_sessions {
+                // A place under the cap is taken before accept(): loops
+                // racing for the last one cannot both get it.
+                if !self.shared.reserve_session() {
                     // Leave the rest in the kernel backlog until a session ends.
                     self.pause_accept(PauseCause::SessionCap, None, now);
                     return started;
                 }
                 match self.listeners[i].listener.accept() {
-                    Ok((stream, peer)) => {
-                        if let Some(key) = self.start_session(i, stream, peer, now) {
-                            started.push(key);
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.listeners[i].ready = false;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                    Ok((stream, peer)) => match self.start_session(i, stream, peer, now) {
+                        Some(key) => started.push(key),
+                        None => self.shared.release_session(),
+                    },
                     Err(e) => {
-                        crate::metrics::get()
-                            .error(crate::metrics::Channel::Control, crate::metrics::Step::Accept);
-                        // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
-                        self.pause_accept(PauseCause::AcceptFailed, Some(&e), now);
-                        return started;
+                        self.shared.release_session();
+                        match e.kind() {
+                            io::ErrorKind::WouldBlock => self.listeners[i].ready = false,
+                            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => {}
+                            _ => {
+                                crate::metrics::get()
+                                    .error(crate::metrics::Channel::Control, crate::metrics::Step::Accept);
+                                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
+                                self.pause_accept(PauseCause::AcceptFailed, Some(&e), now);
+                                return started;
+                            }
+                        }
                     }
                 }
             }
@@ -498,52 +464,11 @@ impl Server {
         started
     }
 
-    /// Pauses accept() for `ACCEPT_PAUSE`. The first pause of an episode
-    /// is logged; the others are only counted.
+    /// Pauses this loop's accept() for `ACCEPT_PAUSE`; the episode is the
+    /// process's (one record however many loops pause).
     fn pause_accept(&mut self, cause: PauseCause, error: Option<&io::Error>, now: Instant) {
         self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-        if let Some(episode) = self.pause_episode.as_mut().filter(|e| e.cause == cause) {
-            episode.pauses += 1;
-            episode.last = now;
-            return;
-        }
-        // Another cause: the old episode ends here, the new one begins.
-        self.log_pause_episode_end();
-        match (cause, error) {
-            (PauseCause::AcceptFailed, Some(e)) => error!(
-                self.log, "accept failed; pausing accepts until it works again";
-                "error" => %e, "sessions" => self.conns.len(),
-                "data_channels" => self.data_channels.open_now(),
-                "hint" => "out of descriptors or memory: check RLIMIT_NOFILE, fs.file-max, --max-sessions"
-            ),
-            _ => warn!(
-                self.log, "session cap reached; new clients wait in the backlog";
-                "max_sessions" => self.opts.max_sessions
-            ),
-        }
-        self.pause_episode = Some(PauseEpisode { cause, since: now, last: now, pauses: 1 });
-    }
-
-    /// Ends the pause episode once it has been quiet for `EPISODE_QUIET`.
-    fn end_pause_episode(&mut self, now: Instant) {
-        if self.pause_episode.as_ref().is_some_and(|e| e.quiet_at() <= now) {
-            self.log_pause_episode_end();
-        }
-    }
-
-    /// Closes the pause episode, if any, with its one closing record.
-    fn log_pause_episode_end(&mut self) {
-        let Some(episode) = self.pause_episode.take() else { return };
-        let cause = match episode.cause {
-            PauseCause::AcceptFailed => "accept failed",
-            PauseCause::SessionCap => "session cap",
-        };
-        info!(
-            self.log, "accept resumed";
-            "cause" => cause, "pauses" => episode.pauses,
-            "paused_ms" => (episode.last + ACCEPT_PAUSE).saturating_duration_since(episode.since).as_millis() as u64,
-            "sessions" => self.conns.len()
-        );
+        self.shared.pause_accept(cause, error, now, &self.log);
     }
 
     fn start_session(
@@ -553,8 +478,7 @@ impl Server {
         peer: SocketAddr,
         now: Instant,
     ) -> Option<usize> {
-        let id = self.next_session;
-        self.next_session += 1;
+        let id = self.shared.next_serial();
         // On a dual-stack listener an IPv4 client is ::ffff:a.b.c.d: as
         // IPv4 from here on (per-client caps, the core, every socket).
         let peer = tproxy::canonical(peer);
@@ -575,17 +499,18 @@ impl Server {
         if tproxy::is_local_address(server.ip()) {
             return refuse(&log, stream, Refusal::GatewayItself, true);
         }
+        let settings = self.shared.settings();
         // The policy first: a network the operator denies is refused by
         // its rule, whether or not it is also cooling down.
-        if let Err(rule) = self.opts.config.policy.admit(peer.ip(), server) {
+        if let Err(rule) = settings.config.policy.admit(peer.ip(), server) {
             return refuse_by_policy(&log, stream, rule);
         }
-        if self.logins.cooling_down(peer.ip(), now) {
+        if self.shared.logins().cooling_down(peer.ip(), now) {
             // Logged once, when the cool-down started; each session it
             // turns away is counted under its rule and logged at debug.
             return refuse(&log, stream, Refusal::LoginCooldown, false);
         }
-        if let Some(rate) = self.session_rate.as_mut() {
+        if let Some(rate) = self.shared.session_rate().as_mut() {
             let client = ClientKey::of(peer.ip());
             let limit = rate.rate();
             match rate.check(client, now) {
@@ -614,20 +539,24 @@ impl Server {
                 }
             }
         }
-        if self.opts.max_sessions_per_client > 0 {
-            let count = self.per_client.entry(peer.ip()).or_insert(0);
-            if *count >= self.opts.max_sessions_per_client {
-                return refuse(&log, stream, Refusal::TooManyFromClient, true);
-            }
-            *count += 1;
+        if !self.shared.admit_client(peer.ip(), settings.max_sessions_per_client) {
+            return refuse(&log, stream, Refusal::TooManyFromClient, true);
         }
         info!(log, "session start");
         let ends = ControlEnds { client: peer, server };
-        let session = Session::new(self.opts.config.clone(), ends, now);
+        let connect_timeout = settings.config.data_connect_timeout;
+        let session = Session::new(settings.config, ends, now);
         let key = self.conns.vacant_key();
-        let connect_timeout = self.opts.config.data_connect_timeout;
         let mut ctx = self.ctx(now);
-        match Conn::start(key, log.clone(), session, stream, ends, connect_timeout, &mut ctx) {
+        match Conn::start(
+            SessionRef { key, serial: id },
+            log.clone(),
+            session,
+            stream,
+            ends,
+            connect_timeout,
+            &mut ctx,
+        ) {
             Ok(mut conn) => {
                 // The accept took the last descriptor: stop accepting, as
                 // when accept() itself fails, or the next one would too.
@@ -642,7 +571,7 @@ impl Server {
                 error!(log, "session set-up failed"; "error" => %e);
                 crate::metrics::get().error(crate::metrics::Channel::Control, crate::metrics::Step::Register);
                 crate::audit::session_ended_by_daemon(&log, "event loop registration failed", Duration::ZERO);
-                self.forget_client(peer.ip());
+                self.shared.forget_client(peer.ip());
                 None
             }
         }

@@ -134,8 +134,24 @@ impl Family {
     }
 }
 
-/// Like [`listen`], choosing what an IPv6 listener takes: the control
-/// listeners, where `[::]:P` beside `0.0.0.0:P` must be IPv6 only.
+/// A control listener: like [`listen`], choosing what an IPv6 listener
+/// takes (`[::]:P` beside `0.0.0.0:P` must be IPv6 only), and with
+/// SO_REUSEPORT: every event loop (`--workers`) binds its own socket on
+/// the address, and the kernel spreads the connections over them by a
+/// hash of the 4-tuple, the TPROXY lookup included. Another process can
+/// join only if it is of the same user and asks for SO_REUSEPORT too.
+pub(crate) fn listen_control(
+    addr: SocketAddr,
+    backlog: i32,
+    family: Family,
+) -> Result<TcpListener, TproxyError> {
+    let canonical_addr = canonical(addr);
+    let socket = transparent_socket(canonical_addr)?;
+    socket.set_reuse_port(true).map_err(TproxyError::Socket)?;
+    bind_listen(socket, canonical_addr, backlog, family)
+}
+
+/// Like [`listen`], choosing what an IPv6 listener takes.
 pub(crate) fn listen_family(
     addr: SocketAddr,
     backlog: i32,
@@ -143,6 +159,15 @@ pub(crate) fn listen_family(
 ) -> Result<TcpListener, TproxyError> {
     let addr = canonical(addr);
     let socket = transparent_socket(addr)?;
+    bind_listen(socket, addr, backlog, family)
+}
+
+fn bind_listen(
+    socket: Socket,
+    addr: SocketAddr,
+    backlog: i32,
+    family: Family,
+) -> Result<TcpListener, TproxyError> {
     if addr.is_ipv6() && family != Family::AsGiven {
         socket.set_only_v6(family == Family::V6Only).map_err(|error| TproxyError::Bind { addr, error })?;
     }

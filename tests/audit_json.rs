@@ -73,7 +73,7 @@ fn assert_addr(r: &Map<String, Value>, key: &str, ip: &str) -> u16 {
 
 /// Exactly these keys, besides the ones every record has.
 fn assert_keys(r: &Map<String, Value>, keys: &[&str]) {
-    let mut want: Vec<&str> = ["ts", "level", "msg", "session", "client", "server"].to_vec();
+    let mut want: Vec<&str> = ["ts", "level", "msg", "worker", "session", "client", "server"].to_vec();
     want.extend_from_slice(keys);
     want.sort_unstable();
     let mut got: Vec<&str> = r.keys().map(String::as_str).collect();

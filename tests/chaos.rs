@@ -82,8 +82,14 @@ fn add_addr(lab: &Lab, ns: Ns, cidr: &str) {
 
 /// vsftpd restarted with room for `max` sessions (lab/chaos_vsftpd.sh).
 fn roomy_vsftpd(lab: &Lab, max: usize) {
+    paced_vsftpd(lab, max, 0);
+}
+
+/// Like `roomy_vsftpd`, each session's data paced at `rate` bytes/s (0:
+/// not paced).
+fn paced_vsftpd(lab: &Lab, max: usize, rate: usize) {
     let script = repo_root().join("lab/chaos_vsftpd.sh");
-    let out = run_bounded(60, &[script.to_str().unwrap(), &lab.name, &max.to_string()]);
+    let out = run_bounded(60, &[script.to_str().unwrap(), &lab.name, &max.to_string(), &rate.to_string()]);
     assert!(out.status.success(), "chaos_vsftpd.sh: {}{}", text(&out.stdout), text(&out.stderr));
 }
 
@@ -356,6 +362,9 @@ fn assert_all_whole(lab: &Lab, jobs: &[&Job], report: &LoadReport) {
 // -- 1. under attack ------------------------------------------------------------
 
 const LOAD_SESSIONS: usize = 200;
+/// Bytes per second of each load transfer at most (the server's pacing):
+/// the smallest (150 kB) lasts a second, the largest (966 kB) six and a half.
+const LOAD_RATE: usize = 150_000;
 
 /// The 200 transfers: 3 in 5 by ftplib, the rest by curl; downloads and
 /// uploads alternate; every mode of each client; sizes all different.
@@ -381,8 +390,9 @@ fn attack_load(lab: &Lab) -> Vec<Job> {
                 name,
                 local,
                 source: CLIENT_IP.to_string(),
-                // A curl session lasts about 4 s: the ftplib sessions (held
-                // open until every job has ended) and the curl ones overlap.
+                // A curl session lasts about 4 s (and at least 1 s, by the
+                // server's pacing): the ftplib sessions (held open until
+                // every job has ended) and the curl ones overlap.
                 rate: if client == Client::Curl { (size / 4) as u64 } else { 0 },
                 size,
             }
@@ -405,7 +415,10 @@ const LOGINS_IP: &str = "192.0.2.28";
 fn two_hundred_sessions_transfer_while_every_attack_is_refused() {
     let started = Instant::now();
     let mut lab = Lab::new("attack", Rules::Nft);
-    roomy_vsftpd(&lab, LOAD_SESSIONS + 50);
+    // Paced by the server: curl's --limit-rate lets a small download
+    // through in one burst (0.12 s through two event loops), which would
+    // end it before the last of the 200 sessions has started.
+    paced_vsftpd(&lab, LOAD_SESSIONS + 50, LOAD_RATE);
     for ip in
         [BOUNCE_IP, THEFT_IP, THIEF_IP, HTTP_IP, BINARY_IP, FLOOD_IP, SLOWLORIS_IP, THIRD227_IP, LOGINS_IP]
     {

@@ -31,10 +31,11 @@ use common::{repo_root, run_bounded, text, Lab, Ns, Rules, CLIENT_IP, SERVER_IP}
 /// two-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Mirrors `limits::FDS_PER_SESSION` and `RESERVED_FDS` (the formula the
-/// README documents).
+/// Mirrors `limits::FDS_PER_SESSION`, `RESERVED_FDS` and `FDS_PER_WORKER`
+/// (the formula `--max-sessions` documents).
 const FDS_PER_SESSION: u64 = 9;
 const RESERVED_FDS: u64 = 64;
+const FDS_PER_WORKER: u64 = 3;
 
 /// Sessions per client address in the idle test: above the old per-client
 /// cap (64), within the default burst (100).
@@ -201,7 +202,11 @@ fn idle_sessions_up_to_ten_thousand_with_default_settings_all_greeted() {
     let hard = hard_nofile();
     assert_eq!(log_value(&log, "descriptor limit", "nofile"), Some(hard), "{log}");
     let max_sessions = log_value(&log, "INFO limits", "max_sessions").expect("limits record");
-    assert_eq!(max_sessions, (hard - RESERVED_FDS - 1) / FDS_PER_SESSION, "{log}");
+    // One --listen address: each event loop has its listener on it.
+    let workers = log_value(&log, "INFO limits", "workers").expect("workers in the limits record");
+    assert_eq!(workers, std::thread::available_parallelism().map_or(1, |n| n.get() as u64), "{log}");
+    let per_workers = (1 + FDS_PER_WORKER) * workers;
+    assert_eq!(max_sessions, (hard - RESERVED_FDS - per_workers) / FDS_PER_SESSION, "{log}");
     assert_eq!(log_value(&log, "INFO limits", "max_sessions_per_client"), Some(0), "per-client cap off");
 
     let want = max_sessions.min(10_000) as usize;
@@ -209,7 +214,7 @@ fn idle_sessions_up_to_ten_thousand_with_default_settings_all_greeted() {
         eprintln!(
             "note: hard RLIMIT_NOFILE {hard} carries {max_sessions} sessions by default; \
              10,000 need a hard limit of at least {}: testing {want}",
-            10_000 * FDS_PER_SESSION + RESERVED_FDS + 1
+            10_000 * FDS_PER_SESSION + RESERVED_FDS + per_workers
         );
     }
     let addresses = want.div_ceil(MAX_PER_SOURCE);

@@ -30,8 +30,12 @@ const MODES: [Mode; 4] = [Mode::Epsv, Mode::Pasv, Mode::Eprt, Mode::Port];
 
 /// /proc/PID/status as key → value.
 fn proc_status(pid: u32) -> HashMap<String, String> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status_at(&format!("/proc/{pid}/status"))
+}
+
+/// /proc/.../status of a process or of one of its threads (task).
+fn status_at(path: &str) -> HashMap<String, String> {
+    let status = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     status
         .lines()
         .filter_map(|l| l.split_once(':'))
@@ -58,23 +62,49 @@ fn getent_id(db: &str, name: &str) -> u32 {
 
 /// The process is ftpgate (not `ip`, not `setpriv`: both exec), running as
 /// `user`/`group` with exactly the two capabilities, nothing inheritable or
-/// ambient, no supplementary group, no_new_privs, one thread.
+/// ambient, no supplementary group, no_new_privs, in every thread
+/// (capabilities are per thread): the main thread and one per event loop
+/// (`--workers`, by default one per core).
 fn assert_least_privilege(pid: u32, bin: &Path, user: &str, group: &str, bounding: u64, log: &str) {
     let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(exe, fs::canonicalize(bin).unwrap(), "pid {pid} is not the gateway");
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let st = proc_status(pid);
+    assert_eq!(st["Threads"], (workers + 1).to_string(), "Threads\n{st:#?}\n--- gateway log ---\n{log}");
+    let tasks: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(tasks.len(), workers + 1, "{tasks:?}");
+    for tid in tasks {
+        assert_thread_least_privilege(
+            &status_at(&format!("/proc/{pid}/task/{tid}/status")),
+            user,
+            group,
+            bounding,
+            log,
+        );
+    }
+}
+
+fn assert_thread_least_privilege(
+    st: &HashMap<String, String>,
+    user: &str,
+    group: &str,
+    bounding: u64,
+    log: &str,
+) {
     let (uid, gid) = (getent_id("passwd", user), getent_id("group", group));
     let show = format!("{st:#?}\n--- gateway log ---\n{log}");
-    assert_eq!(status_ids(&st, "Uid"), vec![uid; 4], "Uid is not {user}'s\n{show}");
-    assert_eq!(status_ids(&st, "Gid"), vec![gid; 4], "Gid is not {group}'s\n{show}");
+    assert_eq!(status_ids(st, "Uid"), vec![uid; 4], "Uid is not {user}'s\n{show}");
+    assert_eq!(status_ids(st, "Gid"), vec![gid; 4], "Gid is not {group}'s\n{show}");
     assert_eq!(st["Groups"], "", "supplementary groups left\n{show}");
-    assert_eq!(status_hex(&st, "CapEff"), TWO_CAPS, "CapEff\n{show}");
-    assert_eq!(status_hex(&st, "CapPrm"), TWO_CAPS, "CapPrm\n{show}");
-    assert_eq!(status_hex(&st, "CapInh"), 0, "CapInh\n{show}");
-    assert_eq!(status_hex(&st, "CapAmb"), 0, "CapAmb\n{show}");
-    assert_eq!(status_hex(&st, "CapBnd"), bounding, "CapBnd\n{show}");
+    assert_eq!(status_hex(st, "CapEff"), TWO_CAPS, "CapEff\n{show}");
+    assert_eq!(status_hex(st, "CapPrm"), TWO_CAPS, "CapPrm\n{show}");
+    assert_eq!(status_hex(st, "CapInh"), 0, "CapInh\n{show}");
+    assert_eq!(status_hex(st, "CapAmb"), 0, "CapAmb\n{show}");
+    assert_eq!(status_hex(st, "CapBnd"), bounding, "CapBnd\n{show}");
     assert_eq!(st["NoNewPrivs"], "1", "NoNewPrivs\n{show}");
-    assert_eq!(st["Threads"], "1", "Threads\n{show}");
 }
 
 // -- port 20 ------------------------------------------------------------------

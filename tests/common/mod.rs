@@ -164,12 +164,23 @@ pub struct ScriptedServer {
 
 impl ScriptedServer {
     pub fn start(lab: &Lab, flags: &[&str]) -> Self {
-        let servers = repo_root().join("lab/servers.sh");
-        let out = run_bounded(30, &[servers.to_str().unwrap(), "stop", &lab.name, "vsftpd"]);
-        assert!(out.status.success(), "stop vsftpd: {}", text(&out.stderr));
-        let report = lab.run.join("scripted-server.jsonl");
+        Self::start_at(lab, SERVER_IP, flags)
+    }
+
+    /// A scripted server on `ip`:21. On SERVER_IP it takes vsftpd's place;
+    /// on another address of the server namespace (added by the caller) it
+    /// runs beside the first, with its own report and pidfile.
+    pub fn start_at(lab: &Lab, ip: &str, flags: &[&str]) -> Self {
+        let name =
+            if ip == SERVER_IP { "scripted-server".to_string() } else { format!("scripted-server-{ip}") };
+        if ip == SERVER_IP {
+            let servers = repo_root().join("lab/servers.sh");
+            let out = run_bounded(30, &[servers.to_str().unwrap(), "stop", &lab.name, "vsftpd"]);
+            assert!(out.status.success(), "stop vsftpd: {}", text(&out.stderr));
+        }
+        let report = lab.run.join(format!("{name}.jsonl"));
         let _ = fs::remove_file(&report);
-        let stderr = fs::File::create(lab.run.join("scripted-server.err")).unwrap();
+        let stderr = fs::File::create(lab.run.join(format!("{name}.err"))).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &lab.ns(Ns::Server), "python3"])
             .arg(repo_root().join("lab/scripted_server.py"))
@@ -178,8 +189,8 @@ impl ScriptedServer {
             .arg("--report")
             .arg(&report)
             .arg("--pidfile")
-            .arg(lab.run.join("scripted-server.pid"))
-            .args(["--listen", &format!("{SERVER_IP}:21"), "--lifetime", "150"])
+            .arg(lab.run.join(format!("{name}.pid")))
+            .args(["--listen", &format!("{ip}:21"), "--lifetime", "150"])
             .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -190,19 +201,16 @@ impl ScriptedServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let out = lab.exec(Ns::Server, 5, &["ss", "-Hltn", "sport = :21"]);
-            if text(&out.stdout).contains(&format!("{SERVER_IP}:21")) {
+            if text(&out.stdout).contains(&format!("{ip}:21")) {
                 return server;
             }
             if let Some(st) = server.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "scripted server exited at start ({st}): {}",
-                    fs::read_to_string(lab.run.join("scripted-server.err")).unwrap_or_default()
+                    fs::read_to_string(lab.run.join(format!("{name}.err"))).unwrap_or_default()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "scripted server did not listen on {SERVER_IP}:21 within 10 s"
-            );
+            assert!(Instant::now() < deadline, "scripted server did not listen on {ip}:21 within 10 s");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
