@@ -376,6 +376,7 @@ mod tests {
         d
     }
 
+    const ACTIVE: &str = "[[rule]]\naction = \"allow\"\nserver-data = \"active\"\n";
     const NO_TEST_NET: &str =
         "[[rule]]\nname = \"no-test-net\"\nclient = [\"192.0.2.0/24\"]\naction = \"deny\"\n";
 
@@ -518,6 +519,35 @@ mod tests {
             actions.iter().any(|a| matches!(a, Action::Listen { peer: Side::Server, .. })),
             "{actions:?}"
         );
+    }
+
+    /// Found by the `session` fuzz target (seed
+    /// `crash-reload-deny-held-conversion-regression`): a PORT held until
+    /// its listener is up, or a converted PASV whose PORT to the server
+    /// waits for its listener, must not reach the server once a reload
+    /// denied the session's network. The client gets 425 for it, then 421.
+    #[test]
+    fn relaying_reload_denying_the_network_held_port_never_reaches_the_server() {
+        for (policy, command) in [("", "PORT 192,0,2,10,156,64\r\n"), (ACTIVE, "PASV\r\n")] {
+            let mut s = logged_in(policy);
+            let actions = step(&mut s, Input::Received { from: Side::Client, data: command.as_bytes() });
+            let local = actions
+                .iter()
+                .find_map(|a| match a {
+                    Action::Listen { local, .. } => Some(*local),
+                    _ => None,
+                })
+                .expect("a listener first");
+            reload(&mut s, NO_TEST_NET);
+            let local = if local.port() == 0 { "192.0.2.10:40100".parse().unwrap() } else { local };
+            let actions = step(&mut s, Input::Listening { data: DataId(0), local });
+            assert!(actions.contains(&Action::CloseData { data: DataId(0) }), "{command}: {actions:?}");
+            assert_eq!(take(&mut s, Side::Server), "", "{command}");
+            assert!(take(&mut s, Side::Client).starts_with("425 "), "{command}");
+            feed(&mut s, Side::Client, b"NOOP\r\n");
+            assert_eq!(take(&mut s, Side::Server), "", "{command}");
+            assert!(take(&mut s, Side::Client).starts_with("421 "), "{command}");
+        }
     }
 
     #[test]

@@ -904,6 +904,13 @@ impl Session {
             }
             other => self.server_hold = other,
         }
+        if self.port_hold.as_ref().is_some_and(|h| h.data == data) && (self.revoked || self.closing_by_policy)
+        {
+            // A PORT/EPRT (or a conversion) taken before a reload that
+            // denies this session: the server hears nothing more from it.
+            // The client gets 425 for it, then its 421.
+            return self.cut_data(self.now, data, Cut::Aborted(AbortCause::SessionEnded));
+        }
         match self.port_hold.take() {
             Some(hold) if hold.data == data && hold.converted => self.send_converted_port(data, local),
             Some(hold) if hold.data == data => {
