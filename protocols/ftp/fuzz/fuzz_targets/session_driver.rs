@@ -302,8 +302,10 @@ impl Driver {
         // Lines that reached the server in this step: each ends a run of
         // refused lines, whose one record may come with it.
         let pending = self.session.pending(Side::Server);
+        // The core ends every line it sends with CRLF; a telnet answer
+        // (IAC WONT 10, say) has no CR before its 10.
         let lines =
-            pending.get(pending_before[1]..).map_or(0, |new| new.iter().filter(|&&b| b == b'\n').count());
+            pending.get(pending_before[1]..).map_or(0, |new| new.windows(2).filter(|w| w == b"\r\n").count());
         // Telnet answers (no line end) may still go to the server.
         if self.denied_by_reload && lines > 0 {
             self.fail("a command reached the server after a reload denied the client's network");
