@@ -154,6 +154,56 @@ def abort(path, active):
     return {"got": len(first), "transfer_reply": transfer_reply, "abor_reply": abor_reply, "noop": noop}
 
 
+def abort_wait(path, active):
+    """ABOR (urgent, as ftplib sends it) mid-download while the server is
+    blocked on a full data connection, then read the data connection until
+    its end, bounded: data_end is "closed", "reset" or "timeout" (the end
+    never came); total is every data byte read."""
+    import ftplib
+    f = ftplib.FTP(SERVER, timeout=10)
+    f.login()
+    f.set_pasv(not active)
+    conn = f.transfercmd("RETR " + path)
+    total = len(conn.recv(65536))
+    time.sleep(1)
+    f.sock.sendall(b"ABOR\r\n", socket.MSG_OOB)
+    conn.settimeout(8)
+    end = "timeout"
+    deadline = time.time() + 8
+    while time.time() < deadline:
+        try:
+            chunk = conn.recv(1 << 20)
+        except ConnectionResetError:
+            end = "reset"
+            break
+        except socket.timeout:
+            break
+        if not chunk:
+            end = "closed"
+            break
+        total += len(chunk)
+    # The transfer's 426 (or 226) and the ABOR's 225/226 (a server may send
+    # only one), read raw: a timed-out ftplib file is unusable.
+    def raw(until, seconds):
+        got = b""
+        f.sock.settimeout(0.5)
+        deadline = time.time() + seconds
+        while time.time() < deadline and not until(got):
+            try:
+                chunk = f.sock.recv(4096)
+            except socket.timeout:
+                continue
+            if not chunk:
+                break
+            got += chunk
+        return got.decode("latin-1")
+
+    replies = raw(lambda b: b.count(b"\r\n") >= 2, 5).splitlines()
+    f.sock.sendall(b"NOOP\r\n")
+    noop = raw(lambda b: b"\r\n" in b, 10).strip()
+    return {"total": total, "data_end": end, "replies": replies, "noop": noop}
+
+
 def read_until_closed(s, seconds):
     """Everything the peer sends until it closes (bounded); closed: bool."""
     s.settimeout(seconds)
@@ -281,6 +331,8 @@ if __name__ == "__main__":
         print(json.dumps({"greeting": first, "seconds": round(time.time() - t0, 1)}))
     elif what == "abort":
         print(json.dumps(abort(sys.argv[2], sys.argv[3] == "active")))
+    elif what == "abort-wait":
+        print(json.dumps(abort_wait(sys.argv[2], sys.argv[3] == "active")))
     elif what == "linger":
         print(json.dumps(linger()))
     elif what == "junk":

@@ -742,8 +742,16 @@ impl Conn {
                     error: io::ErrorKind::Unsupported,
                 });
             }
-            Action::Relay { .. } | Action::DataDirection { .. } | Action::Refuse { .. } => {}
-            Action::ResetData { data } => ctx.pinholes.as_deref_mut()?.cut(self.key, data),
+            // ResetData: no reset can be sent from here, and dropping the
+            // connection's conntrack entry would leave both ends waiting
+            // for their timeouts (and a server blocked in write() deaf to
+            // ABOR). The running connection is left to its two ends, as
+            // routing would: the server ends it on ABOR, and a reset from
+            // either end travels to the other.
+            Action::Relay { .. }
+            | Action::DataDirection { .. }
+            | Action::Refuse { .. }
+            | Action::ResetData { .. } => {}
             Action::CloseData { data } => {
                 if ctx.pinholes.as_deref_mut()?.close(self.key, data) {
                     ctx.data_channels.close();

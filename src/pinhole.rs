@@ -211,13 +211,6 @@ impl Book {
         Some(SocketAddr::new(conn.src, conn.sport))
     }
 
-    /// Forgets the channel's connection; returns its tuple.
-    fn take_conn(&mut self, session: usize, data: DataId) -> Option<Tuple> {
-        let conn = self.pinholes.get_mut(&(session, data)).and_then(|p| p.conn.take())?;
-        self.by_conn.remove(&conn);
-        Some(conn)
-    }
-
     /// Forgets the channel; returns its placeholder master.
     fn remove(&mut self, session: usize, data: DataId) -> Option<Tuple> {
         let p = self.pinholes.remove(&(session, data))?;
@@ -361,15 +354,6 @@ impl Pinholes {
     /// The peer of the connection that used the pinhole, once it came.
     pub(crate) fn peer(&self, session: usize, data: DataId) -> Option<SocketAddr> {
         self.book.peer(session, data)
-    }
-
-    /// Stops forwarding the channel's connection: its conntrack entry goes,
-    /// and a strict firewall drops what follows (no reset can be sent from
-    /// here; both ends time out).
-    pub(crate) fn cut(&mut self, session: usize, data: DataId) {
-        if let Some(conn) = self.book.take_conn(session, data) {
-            let _ = self.delete(conn);
-        }
     }
 
     /// The channel is over: its placeholder master goes, with an unused

@@ -333,3 +333,33 @@ fn pinhole_unused_is_closed_when_gateway_exits() {
     // (Checked: with the placeholders left in place it is "refused".)
     assert!(rest.iter().any(|l| l == "after-exit timeout"), "client: {rest:?}\n{}", lab.diagnostics());
 }
+
+/// ABOR mid-download: the gateway cannot cut a connection the kernel
+/// forwards, so it leaves it to its two ends, as routing would, and passes
+/// the server's replies as they are. (vsftpd without async_abor_enable
+/// finishes the transfer, then answers 225.) A gateway that dropped the
+/// connection's conntrack entry left vsftpd blocked in write() and the
+/// session dead: no reply to the ABOR, none to a NOOP.
+#[test]
+fn pinhole_abor_leaves_the_data_connection_to_its_ends_and_replies_pass() {
+    for (tag, active) in [("phabp", false), ("phaba", true)] {
+        let mut lab = pinhole_lab(tag);
+        lab.server_file("big.bin", 256 << 20);
+        let mode = if active { "active" } else { "passive" };
+        let report = hostile_client(&lab, 60, &["abort-wait", "pub/big.bin", mode]);
+        let ctx = || format!("{mode}: {report}\n{}", lab.diagnostics());
+        let end = json_raw(&report, "data_end").unwrap_or_default();
+        assert!(end == "closed" || end == "reset", "the data connection never ended: {}", ctx());
+        assert!(report.contains("\"noop\": \"200"), "session did not go on: {}", ctx());
+        assert!(
+            !report.contains("transfer aborted.\""),
+            "the gateway answered in the server's place: {}",
+            ctx()
+        );
+        let record = lab.transfer_records().into_iter().find(|r| r.verb_and_arg().1.ends_with("big.bin"));
+        let record = record.unwrap_or_else(|| panic!("no transfer record: {}", ctx()));
+        // The record's reply is the first the client got: the server's.
+        assert!(report.contains(&format!("\"replies\": [\"{} ", record.reply)), "{record}\n{}", ctx());
+        assert!(lab.gateway_running(), "{mode}: gateway died\n{}", lab.gateway_log());
+    }
+}

@@ -430,6 +430,13 @@ impl Session {
             _ => None,
         };
         match held.or_else(|| self.abort_target()) {
+            // The kernel forwards this connection (`kernel_data_path`):
+            // the gateway cannot cut it, so it does not pretend to. The
+            // server ends it on ABOR, its replies pass as they are, and
+            // the kernel reports the end.
+            Some(data)
+                if self.config.kernel_data_path
+                    && self.data.get(&data).is_some_and(|ch| ch.is_connecting_or_relaying()) => {}
             // Not just close_data: a 227/229 still held for this listener
             // must be released too (as 425), or every later server reply
             // waits behind it for good.

@@ -866,6 +866,39 @@ fn kernel_data_path_relaying_226_relayed_at_once_logged_at_relayed() {
     ));
 }
 
+/// `kernel_data_path`: ABOR during a transfer the kernel forwards is the
+/// server's to act on. The gateway cannot cut the connection, so it asks
+/// for no reset and does not turn the server's reply into its own 426.
+#[test]
+fn kernel_data_path_relaying_abor_forwarded_no_cut_server_replies_pass() {
+    let mut t = passive_relaying_retr_with(kernel());
+    client!(t, b"ABOR\r\n");
+    let actions = t.actions();
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::ResetData { .. } | Action::CloseData { .. })),
+        "{actions:?}"
+    );
+    assert!(t.take(Side::Server).ends_with(b"ABOR\r\n"));
+    server!(t, b"426 Connection closed; transfer aborted by server.\r\n226 ABOR ok\r\n");
+    expect!(t, to_client: b"426 Connection closed; transfer aborted by server.\r\n226 ABOR ok\r\n");
+    t.input(Input::RelayFailed {
+        data: DataId(0),
+        leg: Side::Server,
+        error: ErrorKind::ConnectionReset,
+        to_client: 4096,
+        to_server: 0,
+    });
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            reply: Some(426),
+            server_reply: Some(426),
+            result: TransferResult::Failed(_),
+            ..
+        }
+    ));
+}
+
 /// A reset after the 226 went out: the record says what the client got
 /// (226) and that the data connection was reset.
 #[test]
