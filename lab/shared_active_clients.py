@@ -22,6 +22,9 @@ import queue
 import socket
 import threading
 
+# The same control-connection reader as the passive shared-port client.
+from shared_port_clients import Control
+
 TIMEOUT = 30.0
 
 
@@ -33,34 +36,11 @@ def parse_args():
     return p.parse_args()
 
 
-class Control:
-    def __init__(self, src, server):
-        self.sock = socket.create_connection((server, 21), TIMEOUT, (src, 0))
-        self.rfile = self.sock.makefile("rb")
-
-    def reply(self):
-        """The last line of the next reply (multi-line replies included)."""
-        first = self.rfile.readline(8192).decode("latin-1")
-        if len(first) < 4:
-            raise OSError("control connection ended: %r" % first)
-        line = first
-        if first[3:4] == "-":
-            for _ in range(1000):
-                line = self.rfile.readline(8192).decode("latin-1")
-                if not line or (line[:3] == first[:3] and line[3:4] == " "):
-                    break
-        return line.rstrip("\r\n")
-
-    def cmd(self, text):
-        self.sock.sendall(text.encode("latin-1") + b"\r\n")
-        return self.reply()
-
-
 def session(args, spec, out, ported, arrivals):
     server, remote, local = spec.split(":", 2)
     out.update(server=server, port_reply=None, bytes=0, final=None, error=None)
     try:
-        c = Control(args.src, server)
+        c = Control(args.src, server, 21)
         c.reply()  # greeting
         c.cmd("USER anonymous")
         c.cmd("PASS guest@")

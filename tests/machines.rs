@@ -26,43 +26,17 @@
 
 mod common;
 
+use common::scenario_run::{ladder_bin, Run};
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 static ONE_SET: Mutex<()> = Mutex::new(());
-
-/// ftpgate-ladder, built once by cargo (as tests/scenarios.rs does).
-fn ladder_bin() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let manifest = common::repo_root().join("Cargo.toml");
-            let out = common::run_bounded(
-                600,
-                &[
-                    &cargo,
-                    "build",
-                    "-q",
-                    "--manifest-path",
-                    &manifest.to_string_lossy(),
-                    "-p",
-                    "ftpgate-ladder",
-                ],
-            );
-            assert!(out.status.success(), "building ftpgate-ladder failed:\n{}", common::text(&out.stderr));
-            let exe = std::env::current_exe().expect("test binary path");
-            let bin = exe.parent().and_then(Path::parent).expect("target dir").join("ftpgate-ladder");
-            assert!(bin.is_file(), "no {} after cargo build", bin.display());
-            bin
-        })
-        .clone()
-}
 
 /// Runs `argv` bounded; panics with its output unless it exits 0.
 fn must(secs: u64, argv: &[&str]) -> String {
@@ -368,65 +342,6 @@ impl Drop for Machines {
     }
 }
 
-struct Run {
-    name: &'static str,
-    out: PathBuf,
-    stdout: String,
-}
-
-impl Run {
-    fn path(&self, file: &str) -> PathBuf {
-        self.out.join(file)
-    }
-    fn text(&self, file: &str) -> String {
-        fs::read_to_string(self.path(file))
-            .unwrap_or_else(|e| panic!("{}: {file}: {e}\n{}", self.name, self.stdout))
-    }
-    fn conns(&self) -> Vec<Value> {
-        let v: Value = serde_json::from_str(&self.text("ladder.json")).expect("ladder.json");
-        v["connections"].as_array().cloned().unwrap_or_default()
-    }
-    fn count(&self, socket: &str) -> usize {
-        self.conns().iter().filter(|c| c["socket"] == socket).count()
-    }
-    fn assert_same(&self, got: &str, source: &str) {
-        assert_eq!(
-            common::sha256(&self.path(got)),
-            self.text(&format!("{source}.sha256")).trim(),
-            "{}: {got} differs from the server's {source}",
-            self.name
-        );
-    }
-    fn server_saw(&self) -> Vec<String> {
-        let mut seen: Vec<String> = self
-            .text("vsftpd.log")
-            .lines()
-            .filter_map(|l| l.split("CONNECT: Client \"").nth(1))
-            .filter_map(|rest| rest.split('"').next())
-            .map(common::unmapped)
-            .collect();
-        seen.sort();
-        seen.dedup();
-        seen
-    }
-    fn transfers(&self, mode: &str) -> usize {
-        self.text("ftpgate.json")
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|r| r["msg"] == "transfer" && r["mode"] == mode && r["result"] == "ok")
-            .count()
-    }
-    fn assert_diagram_names(&self, phrases: &[&str]) {
-        let text = self.text("ladder.txt");
-        let svg = self.text("ladder.svg");
-        assert!(svg.starts_with("<svg"), "{}: ladder.svg is no SVG", self.name);
-        for p in phrases {
-            assert!(text.contains(p), "{}: ladder.txt does not name {p:?}:\n{text}", self.name);
-            assert!(svg.contains(p), "{}: ladder.svg does not name {p:?}", self.name);
-        }
-    }
-}
-
 #[test]
 fn passive_and_active_v4_across_machines() {
     let _one = ONE_SET.lock().unwrap_or_else(|p| p.into_inner());
@@ -436,32 +351,36 @@ fn passive_and_active_v4_across_machines() {
     r.assert_same("got.bin", "scen.bin");
     r.assert_same("server-got.bin", "scen.bin");
     assert_eq!(r.server_saw(), ["192.0.2.10"]);
-    assert_eq!(r.count("tproxy-redirect"), 1);
-    assert_eq!(r.count("foreign-listener"), 2);
-    assert_eq!(r.count("foreign-connect"), 3);
-    for c in r.conns().iter().filter(|c| c["leg"] == "server side") {
+    assert_eq!(r.count("ladder.json", "tproxy-redirect"), 1);
+    assert_eq!(r.count("ladder.json", "foreign-listener"), 2);
+    assert_eq!(r.count("ladder.json", "foreign-connect"), 3);
+    for c in r.conns("ladder.json").iter().filter(|c| c["leg"] == "server side") {
         assert!(c["initiator"].as_str().unwrap().starts_with("192.0.2.10:"), "{c}");
     }
-    assert_eq!(r.transfers("passive"), 2);
+    assert_eq!(r.records("ftpgate.json", "transfer", &[("mode", "passive"), ("result", "ok")]), 2);
     // the client's download was written on the client machine, not here
     let got: Value = serde_json::from_str(&r.text("client.json")).expect("client.json");
     assert!(got["transfers"][0]["local"]
         .as_str()
         .unwrap()
         .starts_with(&*m.dir.join("host-run").to_string_lossy()));
-    r.assert_diagram_names(&["TPROXY", "foreign listener", "foreign connect", "PASV", "227 Entering"]);
+    r.assert_diagram_names(
+        "ladder",
+        &["TPROXY", "foreign listener", "foreign connect", "PASV", "227 Entering"],
+    );
 
     let r = m.scenario("active-v4");
     r.assert_same("got.bin", "scen.bin");
     r.assert_same("server-got.bin", "scen.bin");
     assert_eq!(r.server_saw(), ["192.0.2.10"]);
-    let listeners: Vec<_> = r.conns().into_iter().filter(|c| c["socket"] == "foreign-listener").collect();
+    let listeners: Vec<_> =
+        r.conns("ladder.json").into_iter().filter(|c| c["socket"] == "foreign-listener").collect();
     assert_eq!(listeners.len(), 2);
     for c in &listeners {
         assert_eq!(c["initiator"], "198.51.100.10:20", "{c}");
     }
-    assert_eq!(r.transfers("active"), 2);
-    r.assert_diagram_names(&["TPROXY", "foreign listener", "foreign connect", "PORT 192,0,2,10"]);
+    assert_eq!(r.records("ftpgate.json", "transfer", &[("mode", "active"), ("result", "ok")]), 2);
+    r.assert_diagram_names("ladder", &["TPROXY", "foreign listener", "foreign connect", "PORT 192,0,2,10"]);
 
     // the iptables form of the rule set on the gateway machine, then the
     // provisioned nft one back (assert_clean)
@@ -469,7 +388,7 @@ fn passive_and_active_v4_across_machines() {
     assert!(r.stdout.contains("lab up (iptables rules)"), "{}", r.stdout);
     r.assert_same("got.bin", "scen.bin");
     assert_eq!(r.server_saw(), ["192.0.2.10"]);
-    assert_eq!(r.transfers("passive"), 2);
+    assert_eq!(r.records("ftpgate.json", "transfer", &[("mode", "passive"), ("result", "ok")]), 2);
 }
 
 /// The other scenarios written for machines: each must pass its own checks

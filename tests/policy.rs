@@ -14,7 +14,7 @@
 //!   the transfer records name both legs (the server's from vsftpd to the
 //!   client's address, the client's to the server's).
 mod common;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::{
     assert_same_file, curl_get, curl_put, lftp_session, text, Lab, Mode, Ns, Rules, CLIENT_IP6, SERVER_IP,
@@ -133,21 +133,7 @@ fn server_data_passive_active_clients_reach_a_vsftpd_without_port() {
         &mut lab,
         "[[policy.rule]]\nname = \"to-passive\"\naction = \"allow\"\nserver-data = \"passive\"\n",
     );
-    for (i, mode) in [Mode::Port, Mode::Eprt].into_iter().enumerate() {
-        let got = lab.client_path(&format!("down-{i}.bin"));
-        curl_get(&lab, mode, "down.bin", &got);
-        assert_same_file(&format!("{mode:?} download"), &src, &PathBuf::from(&got));
-        curl_put(&lab, mode, &up, &format!("up-{i}.bin"));
-        assert_same_file(
-            &format!("{mode:?} upload"),
-            &PathBuf::from(&up),
-            &lab.upload_dir().join(format!("up-{i}.bin")),
-        );
-    }
-    let got = lab.client_path("down-lftp.bin");
-    lftp_session(&lab, false, &[("down.bin", got.as_str())], &[(up.as_str(), "up-lftp.bin")]);
-    assert_same_file("lftp active download", &src, &PathBuf::from(&got));
-    assert_same_file("lftp active upload", &PathBuf::from(&up), &lab.upload_dir().join("up-lftp.bin"));
+    up_and_down_in(&lab, [Mode::Port, Mode::Eprt], &src, &up);
     let server_log = lab.vsftpd_log();
     assert!(server_log.contains("\"PASV\"") && server_log.contains("\"EPSV\""), "{server_log}");
     // Every session and every transfer came from the client's own address.
@@ -177,21 +163,7 @@ fn server_data_active_passive_clients_reach_a_vsftpd_without_pasv() {
         &mut lab,
         "[[policy.rule]]\nname = \"to-active\"\naction = \"allow\"\nserver-data = \"active\"\n",
     );
-    for (i, mode) in [Mode::Pasv, Mode::Epsv].into_iter().enumerate() {
-        let got = lab.client_path(&format!("down-{i}.bin"));
-        curl_get(&lab, mode, "down.bin", &got);
-        assert_same_file(&format!("{mode:?} download"), &src, &PathBuf::from(&got));
-        curl_put(&lab, mode, &up, &format!("up-{i}.bin"));
-        assert_same_file(
-            &format!("{mode:?} upload"),
-            &PathBuf::from(&up),
-            &lab.upload_dir().join(format!("up-{i}.bin")),
-        );
-    }
-    let got = lab.client_path("down-lftp.bin");
-    lftp_session(&lab, true, &[("down.bin", got.as_str())], &[(up.as_str(), "up-lftp.bin")]);
-    assert_same_file("lftp passive download", &src, &PathBuf::from(&got));
-    assert_same_file("lftp passive upload", &PathBuf::from(&up), &lab.upload_dir().join("up-lftp.bin"));
+    up_and_down_in(&lab, [Mode::Pasv, Mode::Epsv], &src, &up);
     let server_log = lab.vsftpd_log().split_off(before);
     assert!(server_log.contains("\"PORT ") && server_log.contains("\"EPRT "), "{server_log}");
     assert!(!server_log.contains("\"PASV\"") && !server_log.contains("\"EPSV"), "{server_log}");
@@ -273,4 +245,26 @@ fn server_data_active_ipv6_epsv_clients_reach_a_vsftpd_without_pasv() {
         assert!(get("server_data_local").starts_with(&format!("[{CLIENT_IP6}]:")), "{r}");
     }
     lab.assert_no_data_listeners();
+}
+
+/// A download of pub/down.bin (`src` on the server) and an upload of `up`
+/// with curl in each of `modes`, then both with lftp in the same data mode
+/// as the first; every copy compared.
+fn up_and_down_in(lab: &Lab, modes: [Mode; 2], src: &Path, up: &str) {
+    for (i, mode) in modes.into_iter().enumerate() {
+        let got = lab.client_path(&format!("down-{i}.bin"));
+        curl_get(lab, mode, "down.bin", &got);
+        assert_same_file(&format!("{mode:?} download"), src, &PathBuf::from(&got));
+        curl_put(lab, mode, up, &format!("up-{i}.bin"));
+        assert_same_file(
+            &format!("{mode:?} upload"),
+            &PathBuf::from(up),
+            &lab.upload_dir().join(format!("up-{i}.bin")),
+        );
+    }
+    let passive = matches!(modes[0], Mode::Pasv | Mode::Epsv);
+    let got = lab.client_path("down-lftp.bin");
+    lftp_session(lab, passive, &[("down.bin", got.as_str())], &[(up, "up-lftp.bin")]);
+    assert_same_file("lftp download", src, &PathBuf::from(&got));
+    assert_same_file("lftp upload", &PathBuf::from(up), &lab.upload_dir().join("up-lftp.bin"));
 }

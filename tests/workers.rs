@@ -127,26 +127,11 @@ fn two_workers_shared_passive_port_hands_the_connection_to_the_other_loop() {
             lines.join("\n")
         );
         assert!(!lines.iter().any(|l| l.contains("data address rewritten")), "{}", lines.join("\n"));
-        let passed: Vec<&&str> = lines
-            .iter()
-            .filter(|l| l.contains("data connection passed to its session's event loop"))
-            .collect();
-        if wa == wb {
-            // One loop owns both sessions and the listener: nothing to pass.
-            assert!(passed.is_empty(), "{passed:?}");
+        let shared = lines.iter().find(|l| l.contains("data listener shared")).unwrap();
+        if !crossed_loops(&lines, shared, wa, wb) {
             rounds_on_one_loop += 1;
             continue;
         }
-        // The sessions are on different loops; the listener is on the
-        // loop of the first to expect a connection, which accepted both
-        // connections and passed the other session's to its loop.
-        assert_eq!(passed.len(), 1, "one connection crossed loops:\n{}", lines.join("\n"));
-        let to = field(passed[0], "to_worker").and_then(|w| w.parse::<u64>().ok()).expect("to_worker");
-        let from = field(passed[0], "worker").and_then(|w| w.parse::<u64>().ok()).expect("worker");
-        assert_ne!(to, from, "{}", passed[0]);
-        assert!([wa, wb].contains(&to) && [wa, wb].contains(&from), "{}", passed[0]);
-        let shared = lines.iter().find(|l| l.contains("data listener shared")).unwrap();
-        assert_eq!(field(shared, "accepting_worker"), Some(from.to_string().as_str()), "{shared}");
         return;
     }
     panic!("in {ROUNDS} rounds the two sessions were always on one loop ({rounds_on_one_loop})");
@@ -211,20 +196,10 @@ fn two_workers_shared_active_port_hands_the_connection_to_the_other_loop() {
             .unwrap_or_else(|| panic!("the two sessions did not share one listener:\n{}", lines.join("\n")));
         assert_eq!(field(shared, "peer_side"), Some("server"), "{shared}");
         assert!(!lines.iter().any(|l| l.contains("data address rewritten")), "{}", lines.join("\n"));
-        let passed: Vec<&&str> = lines
-            .iter()
-            .filter(|l| l.contains("data connection passed to its session's event loop"))
-            .collect();
-        if wa == wb {
-            assert!(passed.is_empty(), "{passed:?}");
+        if !crossed_loops(&lines, shared, wa, wb) {
             rounds_on_one_loop += 1;
             continue;
         }
-        assert_eq!(passed.len(), 1, "one connection crossed loops:\n{}", lines.join("\n"));
-        let to = field(passed[0], "to_worker").and_then(|w| w.parse::<u64>().ok()).expect("to_worker");
-        let from = field(passed[0], "worker").and_then(|w| w.parse::<u64>().ok()).expect("worker");
-        assert_ne!(to, from, "{}", passed[0]);
-        assert_eq!(field(shared, "accepting_worker"), Some(from.to_string().as_str()), "{shared}");
         return;
     }
     panic!("in {ROUNDS} rounds the two sessions were always on one loop ({rounds_on_one_loop})");
@@ -321,4 +296,25 @@ fn two_workers_listen_twice_on_each_address() {
     lab.server_file(name, 77_777);
     curl_get(&lab, Mode::Epsv, name, &lab.client_path(name));
     common::assert_same_file(name, &lab.pub_dir().join(name), &lab.client_dir().join(name));
+}
+
+/// Two sessions (on loops `wa` and `wb`) that shared the data listener of
+/// the record `shared`. On one loop nothing may cross (false). On two, the
+/// listener is on the loop of the first to expect a connection, which
+/// accepted both connections and passed the other session's to its loop:
+/// exactly one crossing, from the accepting loop (true).
+fn crossed_loops(lines: &[&str], shared: &str, wa: u64, wb: u64) -> bool {
+    let passed: Vec<&&str> =
+        lines.iter().filter(|l| l.contains("data connection passed to its session's event loop")).collect();
+    if wa == wb {
+        assert!(passed.is_empty(), "{passed:?}");
+        return false;
+    }
+    assert_eq!(passed.len(), 1, "one connection crossed loops:\n{}", lines.join("\n"));
+    let to = field(passed[0], "to_worker").and_then(|w| w.parse::<u64>().ok()).expect("to_worker");
+    let from = field(passed[0], "worker").and_then(|w| w.parse::<u64>().ok()).expect("worker");
+    assert_ne!(to, from, "{}", passed[0]);
+    assert!([wa, wb].contains(&to) && [wa, wb].contains(&from), "{}", passed[0]);
+    assert_eq!(field(shared, "accepting_worker"), Some(from.to_string().as_str()), "{shared}");
+    true
 }

@@ -18,6 +18,8 @@
 //! Needs root (network namespaces, TPROXY): run as root or via `lab/test`.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod scenario_run;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -398,6 +398,19 @@ mod tests {
         actions.iter().filter(|a| !matches!(a, Action::Audit(_))).collect()
     }
 
+    /// The transfer record among `actions`: ok, in `mode`, with the
+    /// client's and the server's data legs as (peer, local).
+    fn assert_ok_record(actions: &[Action], mode: DataMode, client: (&str, &str), server: (&str, &str)) {
+        let rec = actions.iter().find_map(|a| match a {
+            Action::Audit(AuditEvent::Transfer { mode, legs, result, .. }) => Some((*mode, **legs, *result)),
+            _ => None,
+        });
+        let (got_mode, legs, result) = rec.expect("transfer record");
+        assert_eq!((got_mode, result), (mode, TransferResult::Ok));
+        assert_eq!(legs.client, Some(DataLeg { peer: sa(client.0), local: sa(client.1) }));
+        assert_eq!(legs.server, Some(DataLeg { peer: sa(server.0), local: sa(server.1) }));
+    }
+
     #[test]
     fn converted_port_retr_both_legs_dialed_client_sees_200_and_226() {
         let mut s = converted();
@@ -442,19 +455,11 @@ mod tests {
         assert_eq!(work(&a), [&Action::Relay { data: d }]);
         let a = step(&mut s, Input::Relayed { data: d, to_client: 10, to_server: 0 });
         assert_eq!(take(&mut s, Side::Client), "226 done\r\n");
-        let rec = a.iter().find_map(|a| match a {
-            Action::Audit(AuditEvent::Transfer { mode, legs, result, .. }) => Some((*mode, **legs, *result)),
-            _ => None,
-        });
-        let (mode, legs, result) = rec.expect("transfer record");
-        assert_eq!((mode, result), (DataMode::Active, TransferResult::Ok));
-        assert_eq!(
-            legs.client,
-            Some(DataLeg { peer: sa("192.0.2.10:40000"), local: sa("198.51.100.10:20") })
-        );
-        assert_eq!(
-            legs.server,
-            Some(DataLeg { peer: sa("198.51.100.10:30000"), local: sa("192.0.2.10:45000") })
+        assert_ok_record(
+            &a,
+            DataMode::Active,
+            ("192.0.2.10:40000", "198.51.100.10:20"),
+            ("198.51.100.10:30000", "192.0.2.10:45000"),
         );
         assert!(a.contains(&Action::CloseData { data: d }));
     }
@@ -592,19 +597,11 @@ mod tests {
         assert_eq!(take(&mut s, Side::Client), "", "226 held until the relay ends");
         let a = step(&mut s, Input::Relayed { data: d, to_client: 10, to_server: 0 });
         assert_eq!(take(&mut s, Side::Client), "226 done\r\n");
-        let rec = a.iter().find_map(|a| match a {
-            Action::Audit(AuditEvent::Transfer { mode, legs, result, .. }) => Some((*mode, **legs, *result)),
-            _ => None,
-        });
-        let (mode, legs, result) = rec.expect("transfer record");
-        assert_eq!((mode, result), (DataMode::Passive, TransferResult::Ok));
-        assert_eq!(
-            legs.client,
-            Some(DataLeg { peer: sa("192.0.2.10:50000"), local: sa("198.51.100.10:30000") })
-        );
-        assert_eq!(
-            legs.server,
-            Some(DataLeg { peer: sa("198.51.100.10:20"), local: sa("192.0.2.10:40100") })
+        assert_ok_record(
+            &a,
+            DataMode::Passive,
+            ("192.0.2.10:50000", "198.51.100.10:30000"),
+            ("198.51.100.10:20", "192.0.2.10:40100"),
         );
         assert!(a.contains(&Action::CloseData { data: d }));
     }
