@@ -204,6 +204,36 @@ def abort_wait(path, active):
     return {"total": total, "data_end": end, "replies": replies, "noop": noop}
 
 
+def close_mid(path, active):
+    """Close the control connection mid-download, then read the data
+    connection until its end, bounded: data_end is "closed", "reset" or
+    "timeout"; total is every data byte read."""
+    import ftplib
+    f = ftplib.FTP(SERVER, timeout=10)
+    f.login()
+    f.set_pasv(not active)
+    conn = f.transfercmd("RETR " + path)
+    total = len(conn.recv(65536))
+    f.sock.close()
+    conn.settimeout(15)
+    end = "timeout"
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            chunk = conn.recv(1 << 20)
+        except ConnectionResetError:
+            end = "reset"
+            break
+        except socket.timeout:
+            break
+        if not chunk:
+            end = "closed"
+            break
+        total += len(chunk)
+    conn.close()
+    return {"total": total, "data_end": end}
+
+
 def read_until_closed(s, seconds):
     """Everything the peer sends until it closes (bounded); closed: bool."""
     s.settimeout(seconds)
@@ -331,6 +361,8 @@ if __name__ == "__main__":
         print(json.dumps({"greeting": first, "seconds": round(time.time() - t0, 1)}))
     elif what == "abort":
         print(json.dumps(abort(sys.argv[2], sys.argv[3] == "active")))
+    elif what == "close-mid":
+        print(json.dumps(close_mid(sys.argv[2], sys.argv[3] == "active")))
     elif what == "abort-wait":
         print(json.dumps(abort_wait(sys.argv[2], sys.argv[3] == "active")))
     elif what == "linger":

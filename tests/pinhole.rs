@@ -363,3 +363,21 @@ fn pinhole_abor_leaves_the_data_connection_to_its_ends_and_replies_pass() {
         assert!(lab.gateway_running(), "{mode}: gateway died\n{}", lab.gateway_log());
     }
 }
+
+/// The client closes its control connection mid-download: as over
+/// routing, the data connection is the two ends' business; vsftpd finishes
+/// it and the client gets every byte.
+#[test]
+fn pinhole_client_closing_control_mid_download_still_gets_every_byte() {
+    let lab = pinhole_lab("phend");
+    let size: u64 = 64 << 20;
+    lab.server_file("big.bin", size as usize);
+    let report = hostile_client(&lab, 60, &["close-mid", "pub/big.bin", "passive"]);
+    let ctx = || format!("{report}\n{}", lab.diagnostics());
+    assert_eq!(json_raw(&report, "data_end").as_deref(), Some("closed"), "{}", ctx());
+    let total: u64 = json_raw(&report, "total").and_then(|t| t.parse().ok()).unwrap_or(0);
+    assert_eq!(total, size, "{}", ctx());
+    // The client's close reached the server as a half-close; the session
+    // ended with the server, after the transfer: its record is whole.
+    lab.assert_transfer_result(TransferMode::Passive, "RETR", "big.bin", "ok", None);
+}
