@@ -12,11 +12,12 @@ kernel programming cost of both mechanisms in the same run.
     sudo lab/bench/pinhole_mechanisms.py [--cycles N] [--json-only]
 
 How each is driven, in-process and without forking per channel:
-- nft set: libnftables (libnftables.so.1 through ctypes), one
-  `nft_run_cmd_from_buffer` for the add and one for the delete. That is not
-  hand-written nf_tables netlink: libnftables parses the command and
-  fetches what it needs of the ruleset cache each time, so this figure is an
-  upper bound of what a Rust nftnl/rustables client would pay.
+- nft set, two ways: (a) hand-written nf_tables netlink, one batch
+  (BATCH_BEGIN, NEWSETELEM or DELSETELEM, BATCH_END) per add and per delete
+  on a raw NETLINK_NETFILTER socket, which is what a Rust nftnl/rustables
+  client would send; (b) libnftables (libnftables.so.1 through ctypes), one
+  `nft_run_cmd_from_buffer` for the add and one for the delete, which also
+  parses the command and refreshes its ruleset cache each time.
 - expectations: the same three ctnetlink requests src/pinhole.rs sends per
   channel (placeholder master with the `ftp` helper, expectation on it,
   delete of the master), over a raw NETLINK_NETFILTER socket. The delete is
@@ -221,6 +222,63 @@ class Ctnetlink:
         self.request(CT, CT_DELETE, 0, tuple_attr(1, *master))
 
 
+# --- nf_tables netlink, by hand ---------------------------------------------------
+
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
+NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
+NFPROTO_INET = 1
+
+
+class NftNetlink:
+    """Set elements as a Rust nftnl/rustables client would send them: one
+    batch (begin, element message, end) per add and per delete, one
+    acknowledgement awaited."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self.sock.bind((0, 0))
+        self.sock.settimeout(2.0)
+        self.seq = 0
+
+    def msg(self, kind, flags, family, res_id, body):
+        self.seq += 1
+        payload = struct.pack("=BBH", family, 0, socket.htons(res_id)) + body
+        return struct.pack("=IHHII", 16 + len(payload), kind, NLM_F_REQUEST | flags, self.seq, 0) + payload
+
+    def element(self, kind, port, timeout_ms):
+        key = socket.inet_aton(CLI) + socket.inet_aton(SRV) + struct.pack("!H", port) + b"\0\0"
+        e = attr(1 | NLA_F_NESTED, attr(1, key))  # NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE }
+        if timeout_ms:
+            e += attr(4, struct.pack("!Q", timeout_ms))  # NFTA_SET_ELEM_TIMEOUT
+        body = attr(1, b"ftpgate\0") + attr(2, b"pinholes\0")
+        body += attr(3 | NLA_F_NESTED, attr(1 | NLA_F_NESTED, e))
+        batch = self.msg(NFNL_MSG_BATCH_BEGIN, 0, 0, NFNL_SUBSYS_NFTABLES, b"")
+        batch += self.msg((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_ACK | NLM_F_CREATE, NFPROTO_INET, 0, body)
+        want = self.seq
+        batch += self.msg(NFNL_MSG_BATCH_END, 0, 0, NFNL_SUBSYS_NFTABLES, b"")
+        self.sock.send(batch)
+        for _ in range(16):
+            data = self.sock.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, _, seq, _ = struct.unpack_from("=IHHII", data, off)
+                if mtype == NLMSG_ERROR:
+                    code = struct.unpack_from("=i", data, off + 16)[0]
+                    if code:
+                        raise OSError(-code, f"nf_tables: {os.strerror(-code)}")
+                    if seq == want:
+                        return
+                off += (length + 3) & ~3
+        raise TimeoutError("no answer from nf_tables")
+
+    def add(self, port, timeout_ms=30000):
+        self.element(NFT_MSG_NEWSETELEM, port, timeout_ms)
+
+    def delete(self, port):
+        self.element(NFT_MSG_DELSETELEM, port, 0)
+
+
 # --- functional check ----------------------------------------------------------
 
 
@@ -259,8 +317,8 @@ def connects(port):
 
 
 def functional(nft):
-    p1, p2, p3, p4 = 30001, 30002, 30003, 30004
-    server = Server([p1, p2, p3, p4])
+    p1, p2, p3, p4, p5 = 30001, 30002, 30003, 30004, 30005
+    server = Server([p1, p2, p3, p4, p5])
     try:
         out = {}
         out["unexpected_dropped"] = not connects(p2)
@@ -270,6 +328,11 @@ def functional(nft):
         nft.run(f"add element inet ftpgate pinholes {elem(p3, '1s')}")
         time.sleep(1.5)
         out["expired_dropped"] = not connects(p3)
+        # The same through the hand-written netlink path the cost uses.
+        nl = NftNetlink()
+        nl.add(p5)
+        out["netlink_element_once"] = connects(p5) and not connects(p5)
+        nl.sock.close()
         # Without the admin's mark rule, ftpgate's accept is not enough.
         nft.run("delete rule inet admin forward handle "
                 + admin_mark_handle())
@@ -308,15 +371,24 @@ def cost(nft, n):
         nft.run(f"add element inet ftpgate pinholes {e}")
         nft.run(f"delete element inet ftpgate pinholes {e}")
 
+    nl = NftNetlink()
+
+    def nft_netlink_cycle(i):
+        nl.add(40000 + i)
+        nl.delete(40000 + i)
+
     ct = Ctnetlink()
 
     def exp_cycle(i):
         ct.close_pinhole(ct.open_pinhole(1 + i, 40000 + i))
 
     try:
-        return {"nft_set": timed(n, nft_cycle), "expectation": timed(n, exp_cycle)}
+        return {"nft_set_libnftables": timed(n, nft_cycle),
+                "nft_set_netlink": timed(n, nft_netlink_cycle),
+                "expectation": timed(n, exp_cycle)}
     finally:
         ct.sock.close()
+        nl.sock.close()
 
 
 def main():
@@ -351,8 +423,9 @@ def main():
             print(f"| {k.replace('_', ' ')} | {'yes' if v else 'NO'} |")
         print(f"\n| mechanism, {n} open+close cycles | median µs | p99 µs |\n|---|---|---|")
         c = result["cost"]
-        print(f"| nft set element add+delete (libnftables, in-process) "
-              f"| {c['nft_set']['median_us']} | {c['nft_set']['p99_us']} |")
+        for key, what in (("nft_set_netlink", "nft set element add+delete (nf_tables netlink batches)"),
+                          ("nft_set_libnftables", "nft set element add+delete (libnftables, in-process)")):
+            print(f"| {what} | {c[key]['median_us']} | {c[key]['p99_us']} |")
         print(f"| conntrack expectation: master+expectation+delete (ctnetlink) "
               f"| {c['expectation']['median_us']} | {c['expectation']['p99_us']} |")
         print()
