@@ -10,6 +10,7 @@ own, checks that it behaves as a one-shot pinhole, and times the per-channel
 kernel programming cost of both mechanisms in the same run.
 
     sudo lab/bench/pinhole_mechanisms.py [--cycles N] [--json-only]
+    sudo PMECH_MARK=meta lab/bench/pinhole_mechanisms.py  # packet mark: a retransmitted SYN is dropped
 
 How each is driven, in-process and without forking per channel:
 - nft set, two ways: (a) hand-written nf_tables netlink, one batch
@@ -45,7 +46,8 @@ PID = os.getpid()
 NS_GW, NS_CLI, NS_SRV = (f"pmech-{PID}-{n}" for n in ("gw", "cli", "srv"))
 CLI, GW_CLI = "192.0.2.10", "192.0.2.1"
 SRV, GW_SRV = "198.51.100.10", "198.51.100.1"
-MARK = 0xF7A0  # ftpgate's mark for a packet that used a pinhole
+MARK = 0xF7A0  # ftpgate's conntrack mark for a connection that used a pinhole
+MARK_KIND = os.environ.get("PMECH_MARK", "ct")  # "meta": mark the packet only (to show why not)
 CONNECT_WAIT = 1.0  # a dropped SYN shows as no connection within this
 
 LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -100,13 +102,15 @@ def lab_down():
 # The admin's strict firewall: drop what it does not know. It accepts
 # ftpgate's mark: an accept in ftpgate's chain ends only ftpgate's chain,
 # every other base chain on the hook still sees the packet, so the admin's
-# chain has to let a pinhole's packet through itself.
+# chain has to let a pinhole's packet through itself. The mark is on the
+# conntrack entry, not the packet: a SYN retransmitted after a loss beyond
+# the gateway is still `ct state new` and finds no element any more.
 ADMIN = f"""
 table inet admin {{
   chain forward {{
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
-    meta mark {MARK:#x} accept comment "ftpgate pinhole"
+    {MARK_KIND} mark {MARK:#x} accept comment "ftpgate pinhole"
   }}
 }}
 """
@@ -123,7 +127,7 @@ table inet ftpgate {{
     type filter hook forward priority filter - 10; policy accept;
     ct state new ip saddr . ip daddr . tcp dport @pinholes \
 delete @pinholes {{ ip saddr . ip daddr . tcp dport }} \
-meta mark set {MARK:#x} accept
+{MARK_KIND} mark set {MARK:#x} accept
   }}
 }}
 """
@@ -301,12 +305,12 @@ class Server:
             s.close()
 
 
-def connects(port):
+def connects(port, wait=CONNECT_WAIT):
     """Whether a client connection to the server's port gets through."""
     enter(NS_CLI)
     s = socket.socket()
     enter(NS_GW)
-    s.settimeout(CONNECT_WAIT)
+    s.settimeout(wait)
     try:
         s.connect((SRV, port))
         return True
@@ -317,8 +321,8 @@ def connects(port):
 
 
 def functional(nft):
-    p1, p2, p3, p4, p5 = 30001, 30002, 30003, 30004, 30005
-    server = Server([p1, p2, p3, p4, p5])
+    p1, p2, p3, p4, p5, p6 = 30001, 30002, 30003, 30004, 30005, 30006
+    server = Server([p1, p2, p3, p4, p5, p6])
     try:
         out = {}
         out["unexpected_dropped"] = not connects(p2)
@@ -333,6 +337,11 @@ def functional(nft):
         nl.add(p5)
         out["netlink_element_once"] = connects(p5) and not connects(p5)
         nl.sock.close()
+        # The server's network loses the first SYN: the client's
+        # retransmission (after 1 s) has to pass the gateway too.
+        sh("ip", "netns", "exec", NS_SRV, "nft", LOSE_FIRST_SYN.format(port=p6))
+        nft.run(f"add element inet ftpgate pinholes {elem(p6)}")
+        out["retransmitted_syn_passes"] = connects(p6, wait=2.5)
         # Without the admin's mark rule, ftpgate's accept is not enough.
         nft.run("delete rule inet admin forward handle "
                 + admin_mark_handle())
@@ -341,6 +350,18 @@ def functional(nft):
         return out
     finally:
         server.close()
+
+
+LOSE_FIRST_SYN = """
+table inet lossy {{
+  set seen {{ type ipv4_addr . inet_service; flags dynamic; }}
+  chain input {{
+    type filter hook input priority filter;
+    tcp dport {port} tcp flags & (syn | ack) == syn ip saddr . tcp sport != @seen \
+add @seen {{ ip saddr . tcp sport }} drop
+  }}
+}}
+"""
 
 
 def admin_mark_handle():
