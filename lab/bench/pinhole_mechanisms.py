@@ -35,6 +35,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import signal
 import socket
 import statistics
 import struct
@@ -420,6 +421,8 @@ def main():
     n = max(1, min(args.cycles, 5000))
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
+    # timeout(1) and ^C end it through the cleanup below, not around it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     root = os.open("/proc/self/ns/net", os.O_RDONLY)
     result = {}
     try:
