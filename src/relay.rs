@@ -48,6 +48,16 @@ const CHUNK: usize = 256 * 1024;
 /// round trip's median during a download (lab/bench/profile/README.md).
 const BYTES_PER_WAKEUP: usize = 256 * 1024;
 
+/// Splices in (from the source into the pipe) a pump may make before it
+/// splices out. Reading what arrived meanwhile before writing, rather than
+/// one read per write, gives the sink fewer, larger writes: 4 cost 12-17 %
+/// less gateway CPU per GiB than 1 in three interleaved A/Bs (lower in 23
+/// of 26 paired rounds; 0.33 against 0.37 s in the last) at about 25 %
+/// more splice calls (the reads that end on EAGAIN). Reading until the
+/// source, the pipe or the budget stops it, without this bound, measured
+/// no better than 1 (4 of 8 rounds lower).
+const READS_PER_WRITE: usize = 4;
+
 /// splice() calls one session may make per wakeup: bounds the work when a
 /// peer sends many small segments, each of which costs a call.
 const CALLS_PER_WAKEUP: usize = 32;
@@ -114,8 +124,10 @@ impl Pump {
         self.sink_shut
     }
 
-    /// One splice in, one splice out, and the FIN once the pipe is empty.
-    /// Returns whether anything happened.
+    /// Up to [`READS_PER_WRITE`] splices in (fewer when the source is
+    /// drained, its FIN came, the pipe is full or the budget is spent),
+    /// then one splice out, and the FIN once the pipe is empty. Returns
+    /// whether anything happened.
     fn step(
         &mut self,
         src: &TcpStream,
@@ -126,7 +138,14 @@ impl Pump {
     ) -> Result<bool, Fault> {
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
         let mut moved = false;
-        if !self.source_eof && src_ready.readable && self.in_pipe < CHUNK && !budget.spent() {
+        let mut reads = 0;
+        while reads < READS_PER_WRITE
+            && !self.source_eof
+            && src_ready.readable
+            && self.in_pipe < CHUNK
+            && !budget.spent()
+        {
+            reads += 1;
             budget.calls -= 1;
             // Not cut to the budget: see BYTES_PER_WAKEUP.
             let room = CHUNK - self.in_pipe;
