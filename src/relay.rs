@@ -50,12 +50,12 @@ const BYTES_PER_WAKEUP: usize = 256 * 1024;
 
 /// Splices in (from the source into the pipe) a pump may make before it
 /// splices out. Reading what arrived meanwhile before writing, rather than
-/// one read per write, gives the sink fewer, larger writes: 4 cost 12-17 %
-/// less gateway CPU per GiB than 1 in three interleaved A/Bs (lower in 23
-/// of 26 paired rounds; 0.33 against 0.37 s in the last) at about 25 %
-/// more splice calls (the reads that end on EAGAIN). Reading until the
-/// source, the pipe or the budget stops it, without this bound, measured
-/// no better than 1 (4 of 8 rounds lower).
+/// one read per write, gives the sink fewer, larger writes: 4 cost 7-17 %
+/// less gateway CPU per GiB than 1 in four interleaved A/Bs (lower in 28
+/// of 34 paired rounds) at about 25 % more splice calls (the reads that
+/// end on EAGAIN). Reading until the source, the pipe or the budget stops
+/// it, without this bound, measured no better than 1 (4 of 8 rounds
+/// lower).
 const READS_PER_WRITE: usize = 4;
 
 /// splice() calls one session may make per wakeup: bounds the work when a
