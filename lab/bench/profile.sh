@@ -38,6 +38,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--size MiB] [--small N] [--workers \"1 0\"] [--out DIR]" >&2; exit 2 ;;
     esac
 done
+read -ra WORKER_LIST <<<"$WORKERS"
 [ "$(id -u)" = 0 ] || { echo "profile.sh: needs root" >&2; exit 1; }
 command -v perf >/dev/null || { echo "profile.sh: needs perf" >&2; exit 1; }
 
@@ -107,7 +108,7 @@ record() {
         | grep -v '^#' | grep -v '^$' | head -8 >"$OUT/$name.dso"
 }
 
-for w in $WORKERS; do
+for w in "${WORKER_LIST[@]}"; do
     tag=w$w
     args=(--listen 0.0.0.0:2121 --session-rate-per-client 0)
     [ "$w" = 0 ] && tag=wdefault || args+=(--workers "$w")
@@ -122,7 +123,7 @@ for w in $WORKERS; do
 done
 
 # the summary: per GiB for the downloads, per file for small files
-"$PY" - "$OUT" "$SIZE_MIB" $WORKERS >"$OUT/summary.txt" <<'EOF'
+"$PY" - "$OUT" "$SIZE_MIB" "${WORKER_LIST[@]}" >"$OUT/summary.txt" <<'EOF'
 import json, os, sys
 out, size_mib, workers = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 def stat(name):
