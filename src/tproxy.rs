@@ -88,8 +88,10 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
 
 fn transparent_socket(addr: SocketAddr) -> Result<Socket, TproxyError> {
     let domain = Domain::for_address(addr);
-    let socket =
-        Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP)).map_err(TproxyError::Socket)?;
+    // Non-blocking from socket(2) on: two fcntl calls fewer per socket, four
+    // per data channel.
+    let socket = Socket::new(domain, Type::STREAM.cloexec().nonblocking(), Some(Protocol::TCP))
+        .map_err(TproxyError::Socket)?;
     let transparent = match addr {
         SocketAddr::V4(_) => socket.set_ip_transparent_v4(true),
         SocketAddr::V6(_) => socket.set_ip_transparent_v6(true),
@@ -98,7 +100,6 @@ fn transparent_socket(addr: SocketAddr) -> Result<Socket, TproxyError> {
     // A data listener's port may still have connections in TIME_WAIT from the
     // previous transfer on the same announced port.
     socket.set_reuse_address(true).map_err(TproxyError::Socket)?;
-    socket.set_nonblocking(true).map_err(TproxyError::Socket)?;
     Ok(socket)
 }
 
