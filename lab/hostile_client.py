@@ -154,6 +154,25 @@ def abort(path, active):
     return {"got": len(first), "transfer_reply": transfer_reply, "abor_reply": abor_reply, "noop": noop}
 
 
+def read_data_to_end(conn, seconds):
+    """Read a data connection until its end, bounded: (bytes read, how it
+    ended: "closed", "reset" or "timeout", the end never came)."""
+    conn.settimeout(seconds)
+    got = 0
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            chunk = conn.recv(1 << 20)
+        except ConnectionResetError:
+            return got, "reset"
+        except socket.timeout:
+            break
+        if not chunk:
+            return got, "closed"
+        got += len(chunk)
+    return got, "timeout"
+
+
 def abort_wait(path, active):
     """ABOR (urgent, as ftplib sends it) mid-download while the server is
     blocked on a full data connection, then read the data connection until
@@ -167,21 +186,8 @@ def abort_wait(path, active):
     total = len(conn.recv(65536))
     time.sleep(1)
     f.sock.sendall(b"ABOR\r\n", socket.MSG_OOB)
-    conn.settimeout(8)
-    end = "timeout"
-    deadline = time.time() + 8
-    while time.time() < deadline:
-        try:
-            chunk = conn.recv(1 << 20)
-        except ConnectionResetError:
-            end = "reset"
-            break
-        except socket.timeout:
-            break
-        if not chunk:
-            end = "closed"
-            break
-        total += len(chunk)
+    got, end = read_data_to_end(conn, 8)
+    total += got
     # The transfer's 426 (or 226) and the ABOR's 225/226 (a server may send
     # only one), read raw: a timed-out ftplib file is unusable.
     def raw(until, seconds):
@@ -215,21 +221,8 @@ def close_mid(path, active):
     conn = f.transfercmd("RETR " + path)
     total = len(conn.recv(65536))
     f.sock.close()
-    conn.settimeout(15)
-    end = "timeout"
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        try:
-            chunk = conn.recv(1 << 20)
-        except ConnectionResetError:
-            end = "reset"
-            break
-        except socket.timeout:
-            break
-        if not chunk:
-            end = "closed"
-            break
-        total += len(chunk)
+    got, end = read_data_to_end(conn, 15)
+    total += got
     conn.close()
     return {"total": total, "data_end": end}
 
