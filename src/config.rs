@@ -111,6 +111,7 @@ struct Protocol {
     passive_address_mismatch: Option<Spanned<PassiveMismatch>>,
     allow_privileged_data_ports: Option<Spanned<bool>>,
     enforce_data_direction: Option<Spanned<bool>>,
+    data_path: Option<Spanned<cli::DataPath>>,
 }
 
 /// FTPS (AUTH TLS): `mode` is `--ftps`.
@@ -346,6 +347,7 @@ impl File {
             &p.allow_privileged_data_ports,
         );
         set(&mut args.enforce_data_direction, g("enforce_data_direction"), &p.enforce_data_direction);
+        set(&mut args.data_path, g("data_path"), &p.data_path);
         set(&mut args.ftps, g("ftps"), &ftps.mode);
         set(&mut args.log_level, g("log_level"), &logging.level);
         set(&mut args.log_format, g("log_format"), &logging.format);
@@ -618,7 +620,7 @@ impl Reloadable {
 
 /// Every setting by its file key, its value as text and whether a reload
 /// applies it: what a reload compares.
-fn settings(a: &Args) -> [(&'static str, String, bool); 25] {
+fn settings(a: &Args) -> [(&'static str, String, bool); 26] {
     [
         ("listeners.listen", format!("{:?}", a.listen), false),
         ("listeners.workers", format!("{:?}", a.workers), false),
@@ -639,6 +641,9 @@ fn settings(a: &Args) -> [(&'static str, String, bool); 25] {
         ("protocol.passive-address-mismatch", format!("{:?}", a.passive_address_mismatch), true),
         ("protocol.allow-privileged-data-ports", a.allow_privileged_data_ports.to_string(), true),
         ("protocol.enforce-data-direction", a.enforce_data_direction.to_string(), true),
+        // Who carries the data is fixed for the process: the relay and the
+        // pinholes keep state of their own.
+        ("protocol.data-path", format!("{:?}", a.data_path), false),
         ("ftps.mode", format!("{:?}", a.ftps), true),
         ("logging.level", format!("{:?}", a.log_level), false),
         ("logging.format", format!("{:?}", a.log_format), false),
@@ -804,6 +809,7 @@ login-cooldown = 301
 passive-address-mismatch = "refuse"
 allow-privileged-data-ports = true
 enforce-data-direction = true
+data-path = "pinhole"
 
 [ftps]
 mode = "pass-through"
@@ -844,6 +850,7 @@ group = "nogroup"
         assert_eq!(a.passive_address_mismatch, PassiveMismatch::Refuse);
         assert!(a.allow_privileged_data_ports);
         assert!(a.enforce_data_direction);
+        assert_eq!(a.data_path, cli::DataPath::Pinhole);
         assert_eq!(a.ftps, cli::Ftps::PassThrough);
         assert_eq!((a.log_level, a.log_format), (LogLevel::Warn, LogFormat::Json));
         assert_eq!(a.metrics, Some("192.0.2.1:9121".parse().unwrap()));
@@ -896,6 +903,8 @@ group = "nogroup"
             "rewrite",
             "--allow-privileged-data-ports",
             "--enforce-data-direction",
+            "--data-path",
+            "relay",
             "--log-level",
             "debug",
             "--log-format",

@@ -381,3 +381,22 @@ fn pinhole_client_closing_control_mid_download_still_gets_every_byte() {
     // ended with the server, after the transfer: its record is whole.
     lab.assert_transfer_result(TransferMode::Passive, "RETR", "big.bin", "ok", None);
 }
+
+/// `[protocol] data-path = "pinhole"` in the configuration file does what
+/// the flag does: the kernel carries the data (the record counts IP bytes,
+/// headers included, where the relay counts payload exactly).
+#[test]
+fn pinhole_chosen_in_the_configuration_file() {
+    pinhole_rules();
+    let mut lab = Lab::new("phcfg", Rules::Nft);
+    let path = lab.run.join("ftpgate.toml");
+    std::fs::write(&path, "[protocol]\ndata-path = \"pinhole\"\n").unwrap();
+    lab.start_gateway(&["--config", path.to_str().unwrap()]);
+    let len = 1 << 20;
+    let src = lab.server_file("cfg.bin", len);
+    let got = lab.client_path("cfg.bin");
+    curl_get(&lab, Mode::Epsv, "cfg.bin", &got);
+    assert_same_file("download", &src, std::path::Path::new(&got));
+    let r = assert_kernel_transfer(&lab, Mode::Epsv, "RETR", "cfg.bin", len as u64);
+    assert!(r.to_client.unwrap_or(0) > len as u64, "relay-exact byte count: the relay carried it: {r}");
+}
