@@ -9,30 +9,18 @@
 # divert) and connects on to the client from the server's port 20.
 scenario_main() {
     need_cmds tcpdump python3
-    step "lab up ($FORM rules), vsftpd, ftpgate"
-    std_up
-    std_gateway
-    pub_file scen.bin 512
-    capture_std
+    round_trip_up
     step "client: PORT, RETR pub/scen.bin, STOR upload/back.bin"
     local res=0
-    on client python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP" --mode active \
-        --get pub/scen.bin "$C_DIR/got.bin" --put "$C_DIR/got.bin" upload/back.bin \
-        >"$OUT/client.json" || res=$?
-    capture_stop
-    collect_std
-    fetch client "$C_DIR/got.bin" "$OUT/got.bin" 2>/dev/null || true
-    uploaded back.bin "$OUT/server-got.bin"
+    ftplib_round_trip "$SERVER_IP" active || res=$?
+    round_trip_collect
     ladder_std "active-v4: PORT through ftpgate" \
         --caption "The server connects to the PORT address: ftpgate's foreign listener wears the client's address there," \
         --caption "and ftpgate's connection on to the client leaves from the server's address and port 20."
     step "what happened"
     say "  client: $(cat "$OUT/client.json")"
     say "  server saw clients: $(server_saw | tr '\n' ' ')"
-    check "client finished (exit 0)" equals "$res" 0
-    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$(pub_src scen.bin)")"
-    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$(pub_src scen.bin)")"
-    check "the server saw only the client's address $CLIENT_IP" equals "$(server_saw)" "$CLIENT_IP"
+    round_trip_checks client "$res" "$CLIENT_IP"
     check "the client's data connections came from $SERVER_IP:20" python3 -c '
 import json, sys
 t = json.load(open(sys.argv[1]))["transfers"]

@@ -231,6 +231,7 @@ std_vsftpd() {
     fi
 }
 
+# shellcheck disable=SC2120  # called with and without arguments
 std_up() {
     hosts_up "$@"
     std_vsftpd
@@ -251,6 +252,7 @@ std_ipv6_settled() {
 }
 
 # std_gateway [ARGS...]: ftpgate on the gateway with the JSON audit trail
+# shellcheck disable=SC2120  # called with and without arguments
 std_gateway() {
     host_sh gateway ftpgate "$RUN" "$BIN" "${GW_ARGS[@]}" "$@" 2>/dev/null
 }
@@ -283,6 +285,48 @@ pub_file() {
 # uploaded NAME LOCAL: the server's upload/NAME, copied to LOCAL (nothing
 # when the upload never arrived)
 uploaded() { fetch server "$S_DIR/ftproot/upload/$1" "$2" 2>/dev/null || true; }
+
+# -- the round trip of the basic scenarios ------------------------------------
+# round_trip_up [v6]: the standard lab (both families settled with v6),
+# vsftpd, ftpgate, the server's pub/scen.bin and the captures running
+# (std_up, std_gateway and server_saw take optional arguments; none here)
+# shellcheck disable=SC2119
+round_trip_up() {
+    step "lab up ($FORM rules${1:+, both families}), vsftpd, ftpgate"
+    std_up
+    [ -z "${1:-}" ] || std_ipv6_settled
+    std_gateway
+    pub_file scen.bin 512
+    capture_std
+}
+
+# ftplib_round_trip HOST MODE: python's ftplib downloads pub/scen.bin from
+# HOST and uploads it back as upload/back.bin in MODE (passive|active);
+# its report goes to OUT/client.json; its exit status is returned
+ftplib_round_trip() {
+    on client python3 "$LAB_DIR/ftpclient.py" --host "$1" --mode "$2" \
+        --get pub/scen.bin "$C_DIR/got.bin" --put "$C_DIR/got.bin" upload/back.bin \
+        >"$OUT/client.json"
+}
+
+# round_trip_collect: stop the captures; the logs, the client's copy
+# (OUT/got.bin) and the server's (OUT/server-got.bin) into OUT
+round_trip_collect() {
+    capture_stop
+    collect_std
+    fetch client "$C_DIR/got.bin" "$OUT/got.bin" 2>/dev/null || true
+    uploaded back.bin "$OUT/server-got.bin"
+}
+
+# round_trip_checks WHO STATUS ADDR: WHO (the client program) exited with
+# STATUS 0, both copies match the source, and the server saw only ADDR
+# shellcheck disable=SC2119
+round_trip_checks() {
+    check "$1 finished (exit 0)" equals "$2" 0
+    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$(pub_src scen.bin)")"
+    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$(pub_src scen.bin)")"
+    check "the server saw only the client's address $3" equals "$(server_saw)" "$3"
+}
 
 # -- packet captures -----------------------------------------------------------
 # capture NS IF NAME: tcpdump on one interface of namespace NS into
@@ -372,6 +416,7 @@ collect_std() {
 # per line, unique. vsftpd listens dual-stack (one [::]:21 socket), so it
 # logs an IPv4 client in the mapped form ::ffff:192.0.2.10: that is the
 # IPv4 client, and is shown as such; every other address stays as logged.
+# shellcheck disable=SC2120  # called with and without arguments
 server_saw() {
     sed -n 's/.*CONNECT: Client "\([^"]*\)".*/\1/p' "${1:-$OUT/vsftpd.log}" \
         | sed -E 's/^::ffff:([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)$/\1/' | sort -u

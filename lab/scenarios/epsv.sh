@@ -8,27 +8,17 @@
 # ftpgate's foreign listener waits.
 scenario_main() {
     need_cmds tcpdump curl
-    step "lab up ($FORM rules), vsftpd, ftpgate"
-    std_up
-    std_gateway
-    pub_file scen.bin 512
-    capture_std
+    round_trip_up
     step "client: curl EPSV RETR, then EPSV STOR"
     local res=0
     on client curl -sS --max-time 30 -o "$C_DIR/got.bin" "ftp://$SERVER_IP/pub/scen.bin" || res=$?
     on client curl -sS --max-time 30 -T "$C_DIR/got.bin" "ftp://$SERVER_IP/upload/back.bin" || res=$?
-    capture_stop
-    collect_std
-    fetch client "$C_DIR/got.bin" "$OUT/got.bin" 2>/dev/null || true
-    uploaded back.bin "$OUT/server-got.bin"
+    round_trip_collect
     ladder_std "epsv: EPSV through ftpgate (curl)" \
         --caption "229 names only a port: the client uses the control connection's server address, where ftpgate listens."
     step "what happened"
     say "  server saw clients: $(server_saw | tr '\n' ' ')"
-    check "curl finished (exit 0)" equals "$res" 0
-    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$(pub_src scen.bin)")"
-    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$(pub_src scen.bin)")"
-    check "the server saw only the client's address $CLIENT_IP" equals "$(server_saw)" "$CLIENT_IP"
+    round_trip_checks curl "$res" "$CLIENT_IP"
     check "the sessions asked EPSV and got 229" grep -q '"#[0-9]* 229 ' "$OUT/ladder.json"
     check "control: TPROXY redirect (2 sessions)" at_least "$(conns_with tproxy-redirect)" 2
     check "data: foreign listeners (2 transfers)" at_least "$(conns_with foreign-listener)" 2

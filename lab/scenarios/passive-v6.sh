@@ -16,30 +16,17 @@ CLIENT_LABEL="client $CLIENT_IP6"
 SERVER_LABEL="server $SERVER_IP6"
 scenario_main() {
     need_cmds tcpdump python3
-    step "lab up ($FORM rules, both families), vsftpd, ftpgate"
-    std_up
-    std_ipv6_settled
-    std_gateway
-    pub_file scen.bin 512
-    capture_std
+    round_trip_up v6
     step "client: [$SERVER_IP6]:21, EPSV, RETR pub/scen.bin, EPSV, STOR upload/back.bin"
     local res=0
-    on client python3 "$LAB_DIR/ftpclient.py" --host "$SERVER_IP6" --mode passive \
-        --get pub/scen.bin "$C_DIR/got.bin" --put "$C_DIR/got.bin" upload/back.bin \
-        >"$OUT/client.json" || res=$?
-    capture_stop
-    collect_std
-    fetch client "$C_DIR/got.bin" "$OUT/got.bin" 2>/dev/null || true
-    uploaded back.bin "$OUT/server-got.bin"
+    ftplib_round_trip "$SERVER_IP6" passive || res=$?
+    round_trip_collect
     ladder_std "passive-v6: EPSV through ftpgate over IPv6" \
         --caption "The same path as over IPv4 with the ip6 rules: ftpgate's server-side sockets wear $CLIENT_IP6, so the server logs it."
     step "what happened"
     say "  client: $(cat "$OUT/client.json")"
     say "  server saw clients: $(server_saw | tr '\n' ' ')"
-    check "client finished (exit 0)" equals "$res" 0
-    check "download intact (sha256)" equals "$(sha "$OUT/got.bin")" "$(sha "$(pub_src scen.bin)")"
-    check "upload intact (sha256)" equals "$(sha "$OUT/server-got.bin")" "$(sha "$(pub_src scen.bin)")"
-    check "the server saw only the client's address $CLIENT_IP6" equals "$(server_saw)" "$CLIENT_IP6"
+    round_trip_checks client "$res" "$CLIENT_IP6"
     check "every captured connection is IPv6" python3 -c '
 import json, sys
 c = json.load(open(sys.argv[1]))["connections"]
