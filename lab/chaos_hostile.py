@@ -29,6 +29,9 @@ import socket
 import sys
 import time
 
+# The thief's attempt, as the single-session attack client makes it.
+from hostile_client import steal
+
 
 def line(f):
     return f.readline(8192).decode("latin-1").rstrip("\r\n")
@@ -110,20 +113,7 @@ def theft(args):
     nums = [int(x) for x in re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", r).groups()]
     host, port = ".".join(map(str, nums[:4])), nums[4] * 256 + nums[5]
     out = {"pasv": r}
-    thief = socket.socket()
-    thief.bind((args.thief, 0))
-    thief.settimeout(5)
-    try:
-        thief.connect((host, port))
-        thief.sendall(b"x")
-        got = thief.recv(100)
-        out["thief_got"] = len(got)
-        out["thief_closed"] = got == b""
-    except OSError as e:
-        out["thief_closed"] = True
-        out["thief_error"] = str(e)
-    finally:
-        thief.close()
+    out.update(steal(args.thief, host, port))
     d = socket.create_connection((host, port), timeout=10, source_address=(args.source, 0))
     out["retr_preliminary"] = cmd("RETR " + args.path)
     h = hashlib.sha256()

@@ -16,8 +16,14 @@ the lab's client namespace. Prints one JSON report; the Rust test judges it.
   junk KIND a first line that is not FTP (KIND http: "GET / HTTP/1.1" and
             headers; tls: the start of a TLS ClientHello, no line end):
             the reply and whether the gateway then closed the connection
-  flood N   log in, then N lines the gateway refuses itself (LPSV): every
+  flood N [mixed]  log in, then N lines the gateway refuses itself (LPSV;
+            with mixed, LPSV and a line that is no command by turns): every
             reply, and whether the connection was closed at the end
+  abort-wait PATH passive|active  ABOR (urgent) mid-RETR while the server
+            is blocked on a full data connection; how the data connection
+            ended, the replies, and a NOOP's reply
+  close-mid PATH passive|active  close the control connection mid-RETR,
+            then read the data connection to its end
   feat      log in, FEAT (every line of the reply), then AUTH TLS's reply
   badlogin N USER  N sessions that each try USER (a name the server
             refuses with 530), then one more connection: its first reply
@@ -90,17 +96,15 @@ def pasv_port(r):
     return ".".join(map(str, nums[:4])), nums[4] * 256 + nums[5]
 
 
-def theft(path):
-    s, f, cmd = session()
-    cmd("TYPE I")
-    r = cmd("PASV")
-    host, port = pasv_port(r)
-    out = {"pasv": r}
+def steal(thief_ip, host, port):
+    """A connection from thief_ip to host:port before the real client's:
+    thief_closed (and thief_got or thief_error) say how it was turned away."""
+    out = {}
     thief = socket.socket()
-    thief.bind((THIEF_IP, 0))
+    thief.bind((thief_ip, 0))
     thief.settimeout(5)
     try:
-        thief.connect((SERVER, port))
+        thief.connect((host, port))
         thief.sendall(b"x")
         got = thief.recv(100)
         out["thief_got"] = len(got)
@@ -110,6 +114,16 @@ def theft(path):
         out["thief_error"] = str(e)
     finally:
         thief.close()
+    return out
+
+
+def theft(path):
+    s, f, cmd = session()
+    cmd("TYPE I")
+    r = cmd("PASV")
+    host, port = pasv_port(r)
+    out = {"pasv": r}
+    out.update(steal(THIEF_IP, SERVER, port))
     d = socket.create_connection((SERVER, port), timeout=10)
     out["retr_preliminary"] = cmd("RETR " + path)
     data = b""
