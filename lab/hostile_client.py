@@ -234,6 +234,9 @@ def close_mid(path, active):
     f.set_pasv(not active)
     conn = f.transfercmd("RETR " + path)
     total = len(conn.recv(65536))
+    # ftplib's reply reader holds the socket too: close both, or the FIN
+    # waits for the process to exit (after the download, not in its middle).
+    f.file.close()
     f.sock.close()
     got, end = read_data_to_end(conn, 15)
     total += got

@@ -389,6 +389,10 @@ pub struct Session {
     server_spoke: bool,
     draining: bool,
     shutdown: [bool; 2],
+    /// The client closed its control connection while the kernel carries a
+    /// transfer (`Config::kernel_data_path`): the session stays for that
+    /// transfer's end and final reply, at most until this deadline.
+    client_gone_until: Option<Instant>,
     /// The client's first line passed as FTP (ATTACKS.md 10): until then
     /// anything else ends the session.
     client_spoke_ftp: bool,
@@ -472,6 +476,7 @@ impl Session {
             server_spoke: false,
             draining: false,
             shutdown: [false; 2],
+            client_gone_until: None,
             client_spoke_ftp: false,
             refused: None,
             now,
@@ -512,6 +517,9 @@ impl Session {
                 let answers = reader.take_answers();
                 self.out[idx(from)].extend_from_slice(&answers);
             }
+            Input::Closed { from: Side::Client } if self.kernel_carries_a_transfer() => {
+                self.client_gone(now);
+            }
             Input::Closed { from: Side::Client } => {
                 self.teardown(Side::Server, "client closed");
                 return;
@@ -540,6 +548,25 @@ impl Session {
         }
         self.pump(now);
         self.debug_check_holds();
+    }
+
+    /// A data connection the kernel forwards is connected: it goes on
+    /// without ftpgate, so the control session is what can still tell how
+    /// it ended.
+    fn kernel_carries_a_transfer(&self) -> bool {
+        self.config.kernel_data_path && self.data.values().any(|d| d.is_connecting_or_relaying())
+    }
+
+    /// The client closed its control connection while the kernel carries
+    /// its transfer. Over routing that connection goes on to its end
+    /// (tests/pinhole.rs): ftpgate stops reading the client and stays with
+    /// the server, at most one idle timeout, for the end the kernel reports
+    /// and the server's final reply, so that the record says how the
+    /// transfer ended and not "aborted". Then the close passes on.
+    fn client_gone(&mut self, now: Instant) {
+        self.shutdown[idx(Side::Client)] = true;
+        self.client_gone_until = Some(after(now, self.config.idle_timeout));
+        self.actions.push_back(Action::Shutdown { side: Side::Client });
     }
 
     /// Every hold must wait for something that can still happen; a hold on
@@ -591,6 +618,10 @@ impl Session {
             // The server went away: a transfer it cut failed, the client
             // did not abort it.
             self.teardown_cutting(Side::Client, "server closed", Cut::Failed(TransferFailure::ServerClosed));
+        } else if self.client_gone_until.is_some_and(|by| !self.transfer_outstanding() || now >= by) {
+            // The kernel's transfer is over and its reply in (or the wait
+            // is): its record is written, the client's close passes on.
+            self.teardown(Side::Server, "client closed");
         } else if self.draining && !self.transfer_running() {
             self.send_client_now(REPLY_SHUTTING_DOWN);
             self.teardown(Side::Client, "gateway shutting down");
@@ -616,7 +647,8 @@ impl Session {
             Phase::Relaying if !self.transfer_running() => Some(self.idle_at),
             Phase::Relaying | Phase::Closed | Phase::Blind => None,
         };
-        self.data.values().filter_map(DataChan::deadline).chain(control).min()
+        let client_gone = self.client_gone_until.filter(|_| self.phase == Phase::Relaying);
+        self.data.values().filter_map(DataChan::deadline).chain(control).chain(client_gone).min()
     }
 
     /// Bytes ready to be written to that control socket.

@@ -928,6 +928,91 @@ fn kernel_data_path_relaying_reset_after_226_logged_failed_with_226() {
     );
 }
 
+/// The client closes its control connection while the kernel carries its
+/// download: over routing the data connection goes on, so ftpgate neither
+/// cuts it nor ends the session at once. It stops reading the client and
+/// waits for the kernel's end and the server's reply, in either order;
+/// then the record is whole and the close passes on to the server.
+#[test]
+fn kernel_data_path_client_close_mid_transfer_waits_for_the_end_then_closes() {
+    for reply_first in [true, false] {
+        let mut t = passive_relaying_retr_with(kernel());
+        t.input(Input::Closed { from: Side::Client });
+        assert_eq!(t.actions(), vec![Action::Shutdown { side: Side::Client }], "reply_first {reply_first}");
+        assert!(!t.s.is_closed());
+        client!(t, b"DELE file.bin\r\n");
+        expect!(t, to_server: b"");
+        let relayed = Input::Relayed { data: DataId(0), to_client: 1234, to_server: 0 };
+        if reply_first {
+            server!(t, b"226 Transfer complete\r\n");
+            assert!(t.audits().is_empty(), "logged before the kernel's end");
+            t.input(relayed);
+        } else {
+            t.input(relayed);
+            assert!(t.audits().is_empty(), "logged before the final reply");
+            server!(t, b"226 Transfer complete\r\n");
+        }
+        let actions = t.actions();
+        assert!(actions.contains(&Action::Shutdown { side: Side::Server }), "{actions:?}");
+        assert!(!actions.iter().any(|a| matches!(a, Action::ResetData { .. })), "{actions:?}");
+        let audits: Vec<&AuditEvent> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Audit(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(
+                audits[..],
+                [
+                    AuditEvent::Transfer { result: TransferResult::Ok, server_reply: Some(226), .. },
+                    AuditEvent::SessionEnded { reason: "client closed", .. },
+                ]
+            ),
+            "{audits:?}"
+        );
+        assert!(t.s.is_closed());
+    }
+}
+
+/// The wait for a kernel-carried transfer after the client left is
+/// bounded by the idle timeout: then the session ends and the transfer,
+/// whose end nobody saw, is logged aborted.
+#[test]
+fn kernel_data_path_client_close_wait_bounded_by_idle_timeout() {
+    let mut t = passive_relaying_retr_with(kernel());
+    t.input(Input::Closed { from: Side::Client });
+    t.actions();
+    let by = t.s.poll_timeout().expect("a deadline for the wait");
+    assert_eq!(by, t.now + Config::default().idle_timeout);
+    t.advance(Config::default().idle_timeout);
+    t.input(Input::Timeout);
+    let actions = t.actions();
+    assert!(actions.contains(&Action::Shutdown { side: Side::Server }), "{actions:?}");
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Audit(AuditEvent::Transfer {
+                result: TransferResult::Aborted(AbortCause::SessionEnded),
+                ..
+            })
+        )),
+        "{actions:?}"
+    );
+    assert!(t.s.is_closed());
+}
+
+/// Without a transfer the kernel carries, a client's close ends the
+/// session at once, as on the relay path.
+#[test]
+fn kernel_data_path_client_close_without_transfer_ends_at_once() {
+    let mut t = passive_listening_with(kernel());
+    t.input(Input::Closed { from: Side::Client });
+    assert!(t.actions().contains(&Action::Shutdown { side: Side::Server }));
+    assert!(t.s.is_closed());
+}
+
 /// No idle deadline for a kernel-forwarded connection: the shell sees
 /// no bytes move, the kernel's connection tracking times it out.
 #[test]
