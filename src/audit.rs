@@ -152,6 +152,10 @@ pub(crate) fn record(log: &Logger, event: &AuditEvent) {
             "data" => data.0, "peer" => %peer, "expected" => %expected,
             "rule" => "port-theft", "attack" => attack(Some(5))
         ),
+        AuditEvent::ConversionRefused { data, sent, server_reply, reply } => warn!(
+            log, "data conversion refused by server";
+            "data" => data.0, "sent" => sent, "server_reply" => server_reply, "reply" => reply
+        ),
         AuditEvent::ReplyRewritten { data, announced, local } => info!(
             log, "data address rewritten";
             "data" => data.0, "announced" => %announced, "local" => %local
@@ -231,6 +235,9 @@ fn count(m: &Metrics, event: &AuditEvent) {
         AuditEvent::DataOpened { .. } => {}
         // The thief is neither of the session's peers.
         AuditEvent::DataPeerRefused { .. } => m.refused(None, "port-theft"),
+        // The server's answer, not a gateway refusal nor a failed system
+        // call: the record is the count.
+        AuditEvent::ConversionRefused { .. } => {}
         AuditEvent::ReplyRewritten { .. } => m.rewrite(),
         AuditEvent::Refused { side: s, rule, .. } => m.refused(Some(*s), rule),
         AuditEvent::Transfer { result: r, .. } => {
@@ -394,6 +401,7 @@ mod tests {
                 verb: None,
                 profile: None,
             },
+            AuditEvent::ConversionRefused { data: DataId(2), sent: "PORT", server_reply: 500, reply: 425 },
         ]
     }
 

@@ -142,6 +142,24 @@ fn server_data_passive_active_clients_reach_a_vsftpd_without_port() {
     let records = lab.transfer_records();
     assert!(records.len() >= 6 && records.iter().all(|r| r.result == "ok"), "{records:#?}");
     lab.assert_no_data_listeners();
+    // The opposite conversion against this server: its refusal of the
+    // gateway's PORT reaches the client as 425 and the log as one record.
+    lab.stop_gateway();
+    start_with_policy(
+        &mut lab,
+        "[[policy.rule]]\nname = \"to-active\"\naction = \"allow\"\nserver-data = \"active\"\n",
+    );
+    let out =
+        lab.exec(Ns::Client, 30, &["curl", "-sS", "--max-time", "10", "--disable-epsv", "-o", &local, &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("425"), "{stderr}");
+    let log = lab.gateway_log();
+    let refused: Vec<&str> =
+        log.lines().filter(|l| l.contains("data conversion refused by server")).collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(refused[0].contains("sent: PORT") && refused[0].contains("reply: 425"), "{}", refused[0]);
+    // vsftpd with port_enable=NO answers "550 Permission denied.".
+    assert!(refused[0].contains("server_reply: 550"), "{}", refused[0]);
 }
 
 #[test]

@@ -159,6 +159,20 @@ pub enum AuditEvent {
         /// Who was expected.
         expected: IpAddr,
     },
+    /// Under a `server-data` conversion the server refused the command the
+    /// gateway sent in the client's place (PASV/EPSV for the client's
+    /// PORT/EPRT, PORT/EPRT for its PASV/EPSV): the data channel is closed
+    /// and the client got `reply` for its own command.
+    ConversionRefused {
+        /// The data channel.
+        data: DataId,
+        /// The gateway's command: `PASV`, `EPSV`, `PORT` or `EPRT`.
+        sent: &'static str,
+        /// The server's reply code to it.
+        server_reply: u16,
+        /// What the client got for its PORT/EPRT/PASV/EPSV.
+        reply: u16,
+    },
     /// A reply was rewritten because the announced port could not be bound,
     /// or the announced address was not the control server's.
     ReplyRewritten {

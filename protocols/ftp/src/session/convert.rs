@@ -177,6 +177,13 @@ impl Session {
         let conv = self.data.get(&data).and_then(|ch| ch.to_active);
         let (Some(conv), true, true) = (conv, waiting, reply.code.is_success()) else {
             self.send_client_now(REPLY_CANT_OPEN);
+            if let Some(conv) = conv.filter(|_| waiting) {
+                let sent = match conv.server_listener.map(|l| canonical_ip(l.ip())) {
+                    Some(IpAddr::V4(_)) if !conv.extended => "PORT",
+                    _ => "EPRT",
+                };
+                self.conversion_refused(data, sent, reply.code.0, 425);
+            }
             let why = TransferFailure::ServerReply { code: reply.code.0 };
             return self.cut_data(now, data, Cut::Failed(why));
         };
@@ -229,6 +236,17 @@ impl Session {
         }
     }
 
+    /// The server refused the gateway's PASV/EPSV or PORT/EPRT: one record,
+    /// since the client's own command never reached the server.
+    fn conversion_refused(&mut self, data: DataId, sent: &'static str, server_reply: u16, reply: u16) {
+        self.actions.push_back(Action::Audit(AuditEvent::ConversionRefused {
+            data,
+            sent,
+            server_reply,
+            reply,
+        }));
+    }
+
     /// A checked PORT/EPRT under `server-data = "passive"`: ask the server
     /// for a passive port instead of listening on the client's address.
     /// `false`: the data-channel cap is reached (the caller refuses).
@@ -269,10 +287,17 @@ impl Session {
         let Some(announced) = announced.filter(|_| waiting) else {
             // The server refused PASV (its error is the client's answer),
             // or the channel was replaced meanwhile.
-            if reply.code.is_success() || reply.code.is_preliminary() {
+            let client_code = if reply.code.is_success() || reply.code.is_preliminary() {
                 self.send_client_now(REPLY_CANT_OPEN);
+                425
             } else {
                 self.send_reply(&reply);
+                reply.code.0
+            };
+            if waiting {
+                let extended = self.data.get(&data).and_then(|ch| ch.conversion).is_some_and(|c| c.extended);
+                let sent = if extended { "EPSV" } else { "PASV" };
+                self.conversion_refused(data, sent, reply.code.0, client_code);
             }
             let why = TransferFailure::ServerReply { code: reply.code.0 };
             return self.cut_data(now, data, Cut::Failed(why));
@@ -496,6 +521,12 @@ mod tests {
         // Never dialed, so never opened in the shell: nothing to close.
         assert_eq!(work(&a), [] as [&Action; 0]);
         assert_eq!(take(&mut s, Side::Client), "500 no passive here\r\n");
+        assert!(a.contains(&Action::Audit(AuditEvent::ConversionRefused {
+            data: DataId(0),
+            sent: "PASV",
+            server_reply: 500,
+            reply: 500,
+        })));
     }
 
     #[test]
@@ -641,6 +672,12 @@ mod tests {
         let a = step(&mut s, Input::Received { from: Side::Server, data: b"500 Illegal PORT command.\r\n" });
         assert_eq!(work(&a), [&Action::CloseData { data: DataId(0) }]);
         assert_eq!(take(&mut s, Side::Client), "425 Can't open data connection.\r\n");
+        assert!(a.contains(&Action::Audit(AuditEvent::ConversionRefused {
+            data: DataId(0),
+            sent: "PORT",
+            server_reply: 500,
+            reply: 425,
+        })));
     }
 
     #[test]
