@@ -192,7 +192,19 @@ pub(crate) struct Metrics {
     data_listeners: Gauge,
     transfers: Family<ResultLabel, Counter>,
     errors: Family<ErrorLabels, Counter>,
+    /// `--data-path pinhole`: expectations waiting for their connection.
+    pinholes_open: Gauge,
+    pinholes: Family<ResultLabel, Counter>,
+    /// IP bytes (headers included) of connections the kernel forwarded
+    /// through pinholes, from conntrack accounting.
+    pinhole_bytes_to_client: Counter,
+    pinhole_bytes_to_server: Counter,
+    conntrack_events: Counter,
+    conntrack_events_lost: Counter,
 }
+
+/// The values of the pinholes' `result` label.
+const PINHOLE_RESULTS: [&str; 3] = ["used", "unused", "failed"];
 
 impl Metrics {
     /// A registry with every series whose label values are known up front
@@ -217,6 +229,12 @@ impl Metrics {
             data_listeners: Gauge::default(),
             transfers: Family::default(),
             errors: Family::default(),
+            pinholes_open: Gauge::default(),
+            pinholes: Family::default(),
+            pinhole_bytes_to_client: Counter::default(),
+            pinhole_bytes_to_server: Counter::default(),
+            conntrack_events: Counter::default(),
+            conntrack_events_lost: Counter::default(),
         };
         m.register()
     }
@@ -238,6 +256,14 @@ impl Metrics {
         for result in RESULTS {
             at_zero(&self.transfers, &ResultLabel { result });
         }
+        for result in PINHOLE_RESULTS {
+            at_zero(&self.pinholes, &ResultLabel { result });
+        }
+        let pinhole_bytes = Family::<DirectionLabel, Counter>::default();
+        self.pinhole_bytes_to_client =
+            pinhole_bytes.get_or_create(&DirectionLabel { direction: "to_client" }).clone();
+        self.pinhole_bytes_to_server =
+            pinhole_bytes.get_or_create(&DirectionLabel { direction: "to_server" }).clone();
         let control = Step::CONTROL.iter().map(|&s| (Channel::Control, s));
         let data = Step::ALL.iter().map(|&s| (Channel::Data, s));
         for (channel, step) in control.chain(data) {
@@ -291,6 +317,35 @@ impl Metrics {
             "errors",
             "Failed steps of the gateway's socket work, by connection and step",
             self.errors.clone(),
+        );
+        r.register(
+            "pinholes_open",
+            "--data-path pinhole: conntrack expectations waiting for their one connection",
+            self.pinholes_open.clone(),
+        );
+        r.register(
+            "pinholes",
+            "--data-path pinhole: pinholes done, by result (used by their connection, unused at their \
+             channel's end, failed to open)",
+            self.pinholes.clone(),
+        );
+        r.register(
+            "pinhole_bytes",
+            "--data-path pinhole: IP bytes (headers included) the kernel forwarded through pinholes, \
+             by direction, from conntrack accounting",
+            pinhole_bytes,
+        );
+        r.register(
+            "conntrack_events",
+            "--data-path pinhole: conntrack events read (one wakeup each at most; every connection \
+             of the namespace sends them)",
+            self.conntrack_events.clone(),
+        );
+        r.register(
+            "conntrack_events_lost",
+            "--data-path pinhole: times the kernel dropped conntrack events (ENOBUFS); the channels \
+             they ended are logged at their session's end",
+            self.conntrack_events_lost.clone(),
         );
         self.registry.register_collector(Box::new(Descriptors));
         self
@@ -371,6 +426,36 @@ impl Metrics {
     pub(crate) fn relayed(&self, before: (u64, u64), after: (u64, u64)) {
         self.bytes_to_client.inc_by(after.0.saturating_sub(before.0));
         self.bytes_to_server.inc_by(after.1.saturating_sub(before.1));
+    }
+
+    /// A pinhole (conntrack expectation) is open.
+    pub(crate) fn pinhole_opened(&self) {
+        self.pinholes_open.inc();
+    }
+
+    /// A pinhole is done: `used` by its connection, or closed unused (its
+    /// channel ended first, or its deadline).
+    pub(crate) fn pinhole_done(&self, used: bool) {
+        self.pinholes_open.dec();
+        self.pinholes.get_or_create(&ResultLabel { result: if used { "used" } else { "unused" } }).inc();
+    }
+
+    pub(crate) fn pinhole_failed(&self) {
+        self.pinholes.get_or_create(&ResultLabel { result: "failed" }).inc();
+    }
+
+    /// A pinhole's connection ended with these IP byte counts.
+    pub(crate) fn pinhole_bytes(&self, to_client: u64, to_server: u64) {
+        self.pinhole_bytes_to_client.inc_by(to_client);
+        self.pinhole_bytes_to_server.inc_by(to_server);
+    }
+
+    /// `n` conntrack events read; `lost`: the kernel dropped some.
+    pub(crate) fn conntrack_events(&self, n: u64, lost: bool) {
+        self.conntrack_events.inc_by(n);
+        if lost {
+            self.conntrack_events_lost.inc();
+        }
     }
 
     /// A TPROXY port (`--listen`) is listening: one per address, however

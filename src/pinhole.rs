@@ -40,6 +40,8 @@ use std::time::Duration;
 use ftpgate_proto::DataId;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr as NlAddr};
 
+use crate::metrics;
+
 // include/uapi/linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const NFNL_SUBSYS_CTNETLINK_EXP: u16 = 2;
@@ -211,14 +213,15 @@ impl Book {
         Some(SocketAddr::new(conn.src, conn.sport))
     }
 
-    /// Forgets the channel; returns its placeholder master.
-    fn remove(&mut self, session: usize, data: DataId) -> Option<Tuple> {
+    /// Forgets the channel; returns its placeholder master and whether a
+    /// connection used the pinhole.
+    fn remove(&mut self, session: usize, data: DataId) -> Option<(Tuple, bool)> {
         let p = self.pinholes.remove(&(session, data))?;
         if let Some(conn) = p.conn {
             self.by_conn.remove(&conn);
         }
         self.by_master.remove(&p.master);
-        Some(p.master)
+        Some((p.master, p.conn.is_some()))
     }
 
     fn seen(&mut self, kind: u16, flags: u16, ct: &Conntrack) -> Option<Seen> {
@@ -322,13 +325,17 @@ impl Pinholes {
         if peer.is_ipv4() != target.is_ipv4() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "peer and target of different families"));
         }
-        let master = self.new_master(peer, target.ip(), timeout + MASTER_GRACE)?;
+        let master = self.new_master(peer, target.ip(), timeout + MASTER_GRACE).inspect_err(|_| {
+            metrics::get().pinhole_failed();
+        })?;
         let expected = Tuple { src: peer, dst: target.ip(), sport: 0, dport: target.port() };
         if let Err(e) = self.create_expectation(master, expected, timeout) {
             let _ = self.delete(master);
+            metrics::get().pinhole_failed();
             return Err(e);
         }
         self.book.insert(Owner { session, data, from_client }, master);
+        metrics::get().pinhole_opened();
         Ok(())
     }
 
@@ -360,8 +367,11 @@ impl Pinholes {
     /// expectation. A connection still running is left to the kernel.
     /// Returns whether the channel had a pinhole.
     pub(crate) fn close(&mut self, session: usize, data: DataId) -> bool {
-        let Some(master) = self.book.remove(session, data) else { return false };
+        let Some((master, used)) = self.book.remove(session, data) else { return false };
         let _ = self.delete(master);
+        if !used {
+            metrics::get().pinhole_done(false);
+        }
         true
     }
 
@@ -378,6 +388,7 @@ impl Pinholes {
     pub(crate) fn read_events(&mut self) -> (Vec<Event>, Option<io::Error>) {
         let mut out = Vec::new();
         let mut lost = None;
+        let mut read = 0u64;
         for _ in 0..256 {
             let n = match self.events.recv(&mut &mut self.buf[..], 0) {
                 Ok(n) => n,
@@ -393,18 +404,28 @@ impl Pinholes {
                 if kind >> 8 != NFNL_SUBSYS_CTNETLINK || body.len() < 4 {
                     continue;
                 }
+                read += 1;
                 let ct = Conntrack::parse(&body[4..]);
                 if let Some(event) = self.on_event(kind & 0xff, flags, &ct) {
+                    if let Event::Ended { to_client, to_server, .. } = event {
+                        metrics::get().pinhole_bytes(to_client, to_server);
+                    }
                     out.push(event);
                 }
             }
         }
+        metrics::get().conntrack_events(read, lost.is_some());
         (out, lost)
     }
 
     fn on_event(&mut self, kind: u16, flags: u16, ct: &Conntrack) -> Option<Event> {
         match self.book.seen(kind, flags, ct)? {
-            Seen::Event(event) => Some(event),
+            Seen::Event(event) => {
+                if let Event::Connected { .. } = event {
+                    metrics::get().pinhole_done(true);
+                }
+                Some(event)
+            }
             Seen::Ended { conn, reset } => {
                 // Gone already (a DESTROY follows): counted as nothing.
                 let counts = self.counters(conn).unwrap_or_default();
@@ -787,7 +808,7 @@ mod tests {
     fn removed_channel_forgets_master_and_connection() {
         let (mut book, master, conn) = passive();
         book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(master)));
-        assert_eq!(book.remove(3, DataId(1)), Some(master));
+        assert_eq!(book.remove(3, DataId(1)), Some((master, true)));
         assert_eq!(book.end(conn, (1, 1), false), None);
         assert_eq!(book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(master))), None);
     }

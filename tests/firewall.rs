@@ -14,7 +14,7 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::{text, Lab, Rules, ScriptedServer, GW_CLIENT_IP};
+use common::{Lab, Rules, ScriptedServer, GW_CLIENT_IP};
 use serde_json::{Map, Value};
 
 fn hostile(lab: &Lab, args: &[&str]) -> String {
@@ -145,17 +145,12 @@ fn failed_login_burst_puts_the_client_in_a_cooldown() {
 const METRICS: &str = "192.0.2.1:9122";
 
 fn scrape(lab: &Lab) -> String {
-    let url = format!("http://{METRICS}/metrics");
-    text(&lab.client_ok(20, &["curl", "-sS", "--fail", "--max-time", "5", &url]).stdout)
+    common::scrape_metrics(lab, METRICS, 5)
 }
 
 /// The value of `series` (labels as the gateway writes them), 0 when absent.
 fn metric(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).and_then(|(_, v)| v.parse().ok()))
-        .unwrap_or(0.0)
+    common::metric_value(scrape, series).unwrap_or(0.0)
 }
 
 /// The records of ftpgate.log (JSON) whose `msg` is `msg`.

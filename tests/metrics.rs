@@ -35,19 +35,11 @@ fn scrape(lab: &Lab) -> String {
 
 /// One scrape that may take up to `secs` seconds.
 fn scrape_within(lab: &Lab, secs: u64) -> String {
-    let url = format!("http://{}/metrics", metrics_addr());
-    let max = secs.to_string();
-    let out = lab.client_ok(secs + 10, &["curl", "-sS", "--fail", "--max-time", &max, &url]);
-    text(&out.stdout)
+    common::scrape_metrics(lab, &metrics_addr(), secs)
 }
 
-/// The value of the series `name{labels}` (labels as the gateway writes
-/// them), or None when the scrape has no such line.
 fn value(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (s, v) = l.rsplit_once(' ')?;
-        (s == series).then(|| v.parse().ok()).flatten()
-    })
+    common::metric_value(scrape, series)
 }
 
 /// Like `value`, for a series that must be there.

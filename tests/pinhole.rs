@@ -400,3 +400,49 @@ fn pinhole_chosen_in_the_configuration_file() {
     let r = assert_kernel_transfer(&lab, Mode::Epsv, "RETR", "cfg.bin", len as u64);
     assert!(r.to_client.unwrap_or(0) > len as u64, "relay-exact byte count: the relay carried it: {r}");
 }
+
+/// Two pinholes nobody uses: EPSV twice (the second replaces the first),
+/// then QUIT.
+const UNUSED_TWICE: &str = r#"
+import ftplib, sys
+f = ftplib.FTP(sys.argv[1], timeout=10)
+f.login()
+print(f.sendcmd("EPSV"))
+print(f.sendcmd("EPSV"))
+f.quit()
+"#;
+
+/// `--metrics` in pinhole mode: pinholes used and unused, none left open,
+/// the IP bytes the kernel forwarded, and the conntrack events read.
+#[test]
+fn pinhole_metrics_count_used_and_unused_pinholes_and_ip_bytes() {
+    pinhole_rules();
+    let mut lab = Lab::new("phmet", Rules::Nft);
+    let addr = format!("{GW_CLIENT_IP}:9123");
+    lab.start_gateway(&["--data-path", "pinhole", "--metrics", &addr]);
+    let len = 1_000_000;
+    let src = lab.server_file("phmet.bin", len);
+    let got = lab.client_path("phmet.bin");
+    curl_get(&lab, Mode::Epsv, "phmet.bin", &got);
+    assert_same_file("download", &src, std::path::Path::new(&got));
+    let out = lab.exec(Ns::Client, 30, &["python3", "-c", UNUSED_TWICE, SERVER_IP]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    // Both sessions are over once each has its end record.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lab.gateway_log().matches("session end").count() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let scrape = scrape_metrics(&lab, &addr, 5);
+    let get =
+        |series: &str| metric_value(&scrape, series).unwrap_or_else(|| panic!("no {series}:\n{scrape}"));
+    assert_eq!(get(r#"ftpgate_pinholes_total{result="used"}"#), 1.0, "{scrape}");
+    assert_eq!(get(r#"ftpgate_pinholes_total{result="unused"}"#), 2.0, "{scrape}");
+    assert_eq!(get(r#"ftpgate_pinholes_total{result="failed"}"#), 0.0, "{scrape}");
+    assert_eq!(get("ftpgate_pinholes_open"), 0.0, "{scrape}");
+    let to_client = get(r#"ftpgate_pinhole_bytes_total{direction="to_client"}"#);
+    assert!(to_client >= len as f64 && to_client < len as f64 * 1.05, "{scrape}");
+    assert!(get("ftpgate_conntrack_events_total") >= 3.0, "{scrape}");
+    assert_eq!(get("ftpgate_conntrack_events_lost_total"), 0.0, "{scrape}");
+    // The relay's byte counter is the relay's: nothing went through it.
+    assert_eq!(get(r#"ftpgate_data_bytes_total{direction="to_client"}"#), 0.0, "{scrape}");
+}

@@ -248,6 +248,23 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// One scrape of the gateway's `--metrics` endpoint at `addr`, from the
+/// client namespace, taking at most `secs` seconds.
+pub fn scrape_metrics(lab: &Lab, addr: &str, secs: u64) -> String {
+    let url = format!("http://{addr}/metrics");
+    let max = secs.to_string();
+    text(&lab.client_ok(secs + 10, &["curl", "-sS", "--fail", "--max-time", &max, &url]).stdout)
+}
+
+/// The value of the series `name{labels}` (labels as the gateway writes
+/// them), or None when the scrape has no such line.
+pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        (s == series).then(|| v.parse().ok()).flatten()
+    })
+}
+
 /// Deterministic pseudo-random bytes (xorshift64*), so a failing test is
 /// reproducible and no dev-dependency is needed.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
