@@ -49,6 +49,14 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) workers: Option<u16>,
 
+    /// Data channels whose relay may run on two threads of their own at
+    /// once, process-wide. A relay moves there after its first MiB (bulk
+    /// transfers): a thread blocked in splice() costs less CPU per byte
+    /// than the event loop. Each holds 3 more descriptors and pipes of up
+    /// to 1 MiB. 0: every relay stays in the event loops.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub(crate) relay_threads: usize,
+
     /// Seconds a data listener waits for its one connection.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = at_least_one_second())]
     pub(crate) data_timeout: u64,

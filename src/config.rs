@@ -82,6 +82,7 @@ struct File {
 struct Listeners {
     listen: Option<Spanned<Vec<SocketAddr>>>,
     workers: Option<Spanned<u16>>,
+    relay_threads: Option<Spanned<usize>>,
 }
 
 /// Timeouts, caps and rates.
@@ -324,6 +325,7 @@ impl File {
         let g = |id: &str| given.has(id);
         set(&mut args.listen, g("listen"), &listeners.listen);
         set_some(&mut args.workers, g("workers"), &listeners.workers);
+        set(&mut args.relay_threads, g("relay_threads"), &listeners.relay_threads);
         set(&mut args.data_timeout, g("data_timeout"), &l.data_timeout);
         set(&mut args.connect_timeout, g("connect_timeout"), &l.connect_timeout);
         set(&mut args.idle_timeout, g("idle_timeout"), &l.idle_timeout);
@@ -620,10 +622,11 @@ impl Reloadable {
 
 /// Every setting by its file key, its value as text and whether a reload
 /// applies it: what a reload compares.
-fn settings(a: &Args) -> [(&'static str, String, bool); 26] {
+fn settings(a: &Args) -> [(&'static str, String, bool); 27] {
     [
         ("listeners.listen", format!("{:?}", a.listen), false),
         ("listeners.workers", format!("{:?}", a.workers), false),
+        ("listeners.relay-threads", a.relay_threads.to_string(), false),
         ("limits.data-timeout", a.data_timeout.to_string(), true),
         ("limits.connect-timeout", a.connect_timeout.to_string(), true),
         ("limits.idle-timeout", a.idle_timeout.to_string(), true),
@@ -788,6 +791,7 @@ mod tests {
 [listeners]
 listen = ["192.0.2.1:2121", "[2001:db8::1]:2121"]
 workers = 3
+relay-threads = 5
 
 [limits]
 data-timeout = 31
@@ -833,6 +837,7 @@ group = "nogroup"
             vec!["192.0.2.1:2121".parse().unwrap(), "[2001:db8::1]:2121".parse().unwrap()];
         assert_eq!(a.listen, listen);
         assert_eq!(a.workers, Some(3));
+        assert_eq!(a.relay_threads, 5);
         assert_eq!(
             (a.data_timeout, a.connect_timeout, a.idle_timeout, a.data_idle_timeout),
             (31, 11, 901, 301)
@@ -869,6 +874,8 @@ group = "nogroup"
             "198.51.100.1:21",
             "--workers",
             "4",
+            "--relay-threads",
+            "7",
             "--data-timeout",
             "2",
             "--connect-timeout",

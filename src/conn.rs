@@ -27,6 +27,7 @@ use crate::limits::{Admit, DataChannels};
 use crate::listeners::{Arrival, Channel, ExpectError, Expectation, Handover, SharedListeners};
 use crate::metrics::{self, Step};
 use crate::relay::{self, Budget, Direction, Readiness, Relay, RelayStatus};
+use crate::relay_threads::{self, NotPromoted, ThreadedRelay};
 use crate::tproxy;
 
 /// How long a closed session may take to flush its last reply to a peer
@@ -119,6 +120,8 @@ pub(crate) struct Ctx<'a> {
     /// `DataChan` in a session was admitted here and is released in
     /// `close_data`, its one way out.
     pub(crate) data_channels: &'a DataChannels,
+    /// Data channels on relay threads at most (`--relay-threads`).
+    pub(crate) relay_threads: usize,
     /// The event loop driving the session (`--workers`).
     pub(crate) worker: usize,
     /// The daemon's data listeners, shared by the sessions that expect a
@@ -212,6 +215,9 @@ struct DataChan {
     /// `Input::Dialed` with their side.
     dialed: bool,
     relay: Option<Relay>,
+    /// The relay after its first MiB, on threads of its own (then `relay`
+    /// is `None` and the legs are out of the event loop).
+    threaded: Option<ThreadedRelay>,
     /// `Action::DataDirection` that came before the relay was set up.
     direction: Option<Side>,
     /// Byte counts (to client, to server) the core last heard of
@@ -461,6 +467,9 @@ impl Conn {
     pub(crate) fn drive(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let mut more = false;
         if self.session.poll_timeout().is_some_and(|t| t <= ctx.now) {
+            // Relay threads move bytes without waking the loop: the data
+            // idle deadline must see them first.
+            self.report_progress(ctx);
             self.queue(Input::Timeout);
         }
         self.feed_facts(ctx);
@@ -591,8 +600,14 @@ impl Conn {
     fn report_progress(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let mut told = false;
         for chan in &mut self.data {
-            let Some(relay) = chan.relay.as_ref().filter(|_| !chan.relay_ended) else { continue };
-            let counts = relay.counts();
+            if chan.relay_ended {
+                continue;
+            }
+            let counts = match (&chan.relay, &chan.threaded) {
+                (Some(relay), _) => relay.counts(),
+                (None, Some(threaded)) => threaded.counts(),
+                (None, None) => continue,
+            };
             if counts != chan.reported_counts {
                 chan.reported_counts = counts;
                 let (to_client, to_server) = counts;
@@ -900,6 +915,7 @@ impl Conn {
                 outbound_connected: false,
                 dialed: false,
                 relay: None,
+                threaded: None,
                 reported_counts: (0, 0),
                 direction: None,
                 relay_ended: false,
@@ -1065,6 +1081,7 @@ impl Conn {
                 outbound_connected: false,
                 dialed: true,
                 relay: None,
+                threaded: None,
                 reported_counts: (0, 0),
                 relay_ended: false,
                 direction: None,
@@ -1114,6 +1131,12 @@ impl Conn {
     fn reset_data(&mut self, ctx: &mut Ctx<'_>, data: DataId) {
         let Some(chan) = self.chan(data) else { return };
         chan.relay = None;
+        if let Some(threaded) = chan.threaded.take() {
+            // The threads hold the sockets too: the reset must not wait
+            // for them to let go.
+            threaded.reset();
+            let _ = ctx.registry.deregister(&mut mio::unix::SourceFd(&threaded.done_fd()));
+        }
         let legs = [chan.accepted.take(), chan.outbound.take()];
         for mut leg in legs.into_iter().flatten() {
             relay::reset_on_close(&leg.stream);
@@ -1126,6 +1149,14 @@ impl Conn {
         let Some(pos) = self.data.iter().position(|c| c.id == data) else { return };
         let mut chan = self.data.swap_remove(pos);
         ctx.data_channels.close();
+        if let Some(threaded) = chan.threaded.take() {
+            // Over (`Relayed`/`RelayFailed` came first), or cut without a
+            // ResetData: either way the threads must not go on alone.
+            if threaded.status() == relay_threads::Status::Running {
+                threaded.reset();
+            }
+            let _ = ctx.registry.deregister(&mut mio::unix::SourceFd(&threaded.done_fd()));
+        }
         for mut leg in [chan.accepted.take(), chan.outbound.take()].into_iter().flatten() {
             ctx.deregister(&mut leg.stream, leg.token);
         }
@@ -1394,26 +1425,91 @@ impl Conn {
         }
     }
 
+    /// Moves a bulk relay onto threads of its own (relay_threads.rs): once
+    /// it has moved its first MiB both ways together, if it may move both
+    /// ways and the process-wide cap allows. Its legs leave the event loop;
+    /// the threads' eventfd takes the accepted leg's token, so the session
+    /// wakes when they are done.
+    fn maybe_promote(&mut self, ctx: &mut Ctx<'_>, id: DataId) {
+        let Some(chan) = chan_in(&mut self.data, id) else { return };
+        let eligible = chan.relay.as_ref().is_some_and(|r| {
+            let (to_client, to_server) = r.counts();
+            r.unrestricted() && to_client + to_server >= relay_threads::PROMOTE_AFTER
+        });
+        if !eligible || ctx.relay_threads == 0 {
+            return;
+        }
+        let (Some(relay), Some(accepted), Some(outbound)) =
+            (chan.relay.take(), chan.accepted.as_mut(), chan.outbound.as_mut())
+        else {
+            return;
+        };
+        let (client, server) = match chan.peer {
+            Side::Client => (&mut *accepted, &mut *outbound),
+            Side::Server => (&mut *outbound, &mut *accepted),
+        };
+        match ThreadedRelay::start(ctx.relay_threads, &client.stream, &server.stream, relay.into_pumps()) {
+            Ok(threaded) => {
+                let _ = ctx.registry.deregister(&mut client.stream);
+                let _ = ctx.registry.deregister(&mut server.stream);
+                let token = accepted.token;
+                let done = threaded.done_fd();
+                chan.threaded = Some(threaded);
+                if let Err(error) =
+                    ctx.registry.register(&mut mio::unix::SourceFd(&done), token, Interest::READABLE)
+                {
+                    // The session would never hear the end: give up on it,
+                    // as on any failed registration.
+                    self.broken = Some(RegisterError { role: Role::DataAccepted(id), error });
+                    return;
+                }
+                debug!(self.log, "relay on threads"; "data" => id.0);
+            }
+            Err((why, pumps)) => {
+                chan.relay = Some(Relay::from_pumps(Direction::Both, pumps));
+                if let NotPromoted::Failed(e) = why {
+                    warn!(self.log, "relay threads could not start; the event loop relays"; "data" => id.0, "error" => %e);
+                }
+            }
+        }
+    }
+
     fn relay_data(&mut self, ctx: &mut Ctx<'_>, id: DataId, budget: &mut Budget) -> (bool, bool) {
         let Some(chan) = self.chan(id) else { return (false, false) };
         if chan.relay_ended || !chan.outbound_connected || !chan.accepted_connected {
             return (false, false);
         }
-        let (Some(relay), Some(accepted), Some(outbound)) =
-            (chan.relay.as_mut(), chan.accepted.as_mut(), chan.outbound.as_mut())
-        else {
-            return (false, false);
+        let (status, progress) = if let Some(threaded) = &chan.threaded {
+            match threaded.status() {
+                relay_threads::Status::Running => return (false, false),
+                relay_threads::Status::Done { to_client, to_server } => {
+                    (RelayStatus::Done { to_client, to_server }, true)
+                }
+                relay_threads::Status::Failed { leg, error, to_client, to_server } => {
+                    (RelayStatus::Failed { leg, error, to_client, to_server }, true)
+                }
+            }
+        } else {
+            let (Some(relay), Some(accepted), Some(outbound)) =
+                (chan.relay.as_mut(), chan.accepted.as_mut(), chan.outbound.as_mut())
+            else {
+                return (false, false);
+            };
+            let (client, server) = match chan.peer {
+                Side::Client => (accepted, outbound),
+                Side::Server => (outbound, accepted),
+            };
+            let before = relay.counts();
+            let status =
+                relay.run(&client.stream, &mut client.ready, &server.stream, &mut server.ready, budget);
+            metrics::get().relayed(before, relay.counts());
+            (status, relay.counts() != before)
         };
-        let (client, server) = match chan.peer {
-            Side::Client => (accepted, outbound),
-            Side::Server => (outbound, accepted),
-        };
-        let before = relay.counts();
-        let status = relay.run(&client.stream, &mut client.ready, &server.stream, &mut server.ready, budget);
-        metrics::get().relayed(before, relay.counts());
-        let progress = relay.counts() != before;
         match status {
-            RelayStatus::Running { more } => (progress, more),
+            RelayStatus::Running { more } => {
+                self.maybe_promote(ctx, id);
+                (progress, more)
+            }
             RelayStatus::Done { to_client, to_server } => {
                 chan.relay_ended = true;
                 self.tell(ctx, Input::Relayed { data: id, to_client, to_server });

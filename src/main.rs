@@ -17,6 +17,7 @@ mod metrics;
 mod pinhole;
 mod privilege;
 mod relay;
+mod relay_threads;
 mod rules;
 mod server;
 mod service;
@@ -126,6 +127,7 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
     let opts = workers::Options {
         listen: args.listen.clone(),
         workers,
+        relay_threads: args.relay_threads,
         config: reloadable.core,
         max_sessions,
         max_sessions_per_client: reloadable.max_sessions_per_client,
@@ -205,7 +207,9 @@ fn size_limits(args: &Args, workers: usize, log: &Logger) -> (usize, usize) {
     };
     // Every event loop has its own control listener on each address, and
     // descriptors of its own (`limits::FDS_PER_WORKER`).
-    let listeners = (args.listen.len() + limits::FDS_PER_WORKER) * workers;
+    // And each relay on threads holds 3 more (relay_threads.rs).
+    let listeners = (args.listen.len() + limits::FDS_PER_WORKER) * workers
+        + relay_threads::FDS_PER_RELAY * args.relay_threads;
     let max_sessions = match limits::fit_max_sessions(args.max_sessions, nofile, listeners) {
         Ok(n) => n,
         Err(lowered) => {
@@ -231,7 +235,7 @@ fn size_limits(args: &Args, workers: usize, log: &Logger) -> (usize, usize) {
     let pipe_mib = max_data_channels as u64 * limits::PIPE_BYTES_PER_CHANNEL / (1024 * 1024);
     info!(
         log, "limits";
-        "workers" => workers, "max_sessions" => max_sessions, "fds_per_session" => limits::FDS_PER_SESSION,
+        "workers" => workers, "relay_threads" => args.relay_threads, "max_sessions" => max_sessions, "fds_per_session" => limits::FDS_PER_SESSION,
         "max_data_channels" => max_data_channels, "pipe_mib_at_most" => pipe_mib,
         "max_sessions_per_client" => args.max_sessions_per_client,
         "session_rate_per_client" => args.session_rate_per_client,

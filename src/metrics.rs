@@ -423,6 +423,14 @@ impl Metrics {
 
     /// Bytes a relay moved between two of its readings of its counts
     /// (to client, to server).
+    /// `n` bytes written toward `side` by a relay thread.
+    pub(crate) fn relayed_toward(&self, side: Side, n: u64) {
+        match side {
+            Side::Client => self.bytes_to_client.inc_by(n),
+            Side::Server => self.bytes_to_server.inc_by(n),
+        };
+    }
+
     pub(crate) fn relayed(&self, before: (u64, u64), after: (u64, u64)) {
         self.bytes_to_client.inc_by(after.0.saturating_sub(before.0));
         self.bytes_to_server.inc_by(after.1.saturating_sub(before.1));

@@ -97,6 +97,18 @@ enum Fault {
     Sink(io::Error),
 }
 
+/// A pump's state, handed to a relay thread (relay_threads.rs): its pipe
+/// and the bytes in it, what it moved, and how far its end has come.
+#[derive(Debug)]
+pub(crate) struct PumpParts {
+    pub(crate) pipe_r: OwnedFd,
+    pub(crate) pipe_w: OwnedFd,
+    pub(crate) in_pipe: usize,
+    pub(crate) moved: u64,
+    pub(crate) source_eof: bool,
+    pub(crate) sink_shut: bool,
+}
+
 #[derive(Debug)]
 struct Pump {
     pipe_r: OwnedFd,
@@ -122,6 +134,16 @@ impl Pump {
 
     fn done(&self) -> bool {
         self.sink_shut
+    }
+
+    fn into_parts(self) -> PumpParts {
+        let Self { pipe_r, pipe_w, in_pipe, moved, source_eof, sink_shut } = self;
+        PumpParts { pipe_r, pipe_w, in_pipe, moved, source_eof, sink_shut }
+    }
+
+    fn from_parts(p: PumpParts) -> Self {
+        let PumpParts { pipe_r, pipe_w, in_pipe, moved, source_eof, sink_shut } = p;
+        Self { pipe_r, pipe_w, in_pipe, moved, source_eof, sink_shut }
     }
 
     /// Up to [`READS_PER_WRITE`] splices in (fewer when the source is
@@ -336,6 +358,22 @@ impl Relay {
     pub(crate) fn counts(&self) -> (u64, u64) {
         (self.to_client.moved, self.to_server.moved)
     }
+
+    /// A relay that moves both ways, with nothing held back: one that may
+    /// leave the loop (relay_threads.rs).
+    pub(crate) fn unrestricted(&self) -> bool {
+        self.direction == Direction::Both
+    }
+
+    /// The pumps (toward the server, toward the client), for the threads.
+    pub(crate) fn into_pumps(self) -> (PumpParts, PumpParts) {
+        (self.to_server.into_parts(), self.to_client.into_parts())
+    }
+
+    /// The pumps back from a promotion that did not happen.
+    pub(crate) fn from_pumps(direction: Direction, (to_server, to_client): (PumpParts, PumpParts)) -> Self {
+        Self { to_server: Pump::from_parts(to_server), to_client: Pump::from_parts(to_client), direction }
+    }
 }
 
 /// Makes the coming close() of `stream` send a reset instead of a FIN
@@ -346,7 +384,7 @@ pub(crate) fn reset_on_close(stream: &TcpStream) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream as StdStream};
@@ -354,7 +392,7 @@ mod tests {
 
     /// A connected pair on loopback: (the far end, our non-blocking end).
     /// The far end gives up blocking calls after 10 s, so no test hangs.
-    fn pair() -> (StdStream, TcpStream) {
+    pub(crate) fn pair() -> (StdStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let far = StdStream::connect(listener.local_addr().unwrap()).unwrap();
         far.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -365,14 +403,14 @@ mod tests {
     }
 
     /// Closes `far` with a reset, as a peer that aborts does.
-    fn reset(far: StdStream) {
+    pub(crate) fn reset(far: StdStream) {
         socket2::SockRef::from(&far).set_linger(Some(Duration::ZERO)).unwrap();
         drop(far);
     }
 
     /// Reads until the stream ends: the bytes, and how it ended (`Ok` for a
     /// clean FIN).
-    fn read_until_end(far: &mut StdStream) -> (Vec<u8>, io::Result<()>) {
+    pub(crate) fn read_until_end(far: &mut StdStream) -> (Vec<u8>, io::Result<()>) {
         let mut got = Vec::new();
         let mut buf = vec![0; 64 * 1024];
         loop {

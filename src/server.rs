@@ -269,6 +269,7 @@ impl Worker {
             now,
             first_token: FIRST_DYNAMIC,
             data_channels: &self.shared.data_channels,
+            relay_threads: self.shared.relay_threads,
             worker: self.index,
             listeners: &self.shared.data_listeners,
             logins: &self.shared.logins,

@@ -57,6 +57,8 @@ pub(crate) struct Options {
     pub(crate) listen: Vec<SocketAddr>,
     /// Event loops (`--workers`), at least 1.
     pub(crate) workers: usize,
+    /// Data channels on relay threads at most (`--relay-threads`).
+    pub(crate) relay_threads: usize,
     pub(crate) config: Arc<Config>,
     pub(crate) max_sessions: usize,
     /// 0: no per-client cap.
@@ -130,6 +132,8 @@ pub(crate) struct Shared {
     /// The per-client rate of new sessions; `None` while it is off.
     session_rate: Mutex<Option<SessionRate>>,
     pub(crate) data_channels: DataChannels,
+    /// Data channels on relay threads at most (`--relay-threads`).
+    pub(crate) relay_threads: usize,
     /// Foreign data listeners, shared by the sessions expecting a
     /// connection on the same (address, port), whichever loop owns them.
     pub(crate) data_listeners: SharedListeners,
@@ -405,6 +409,7 @@ impl Daemon {
             per_client: Mutex::new(HashMap::new()),
             session_rate: Mutex::new(SessionRate::new(opts.session_rate)),
             data_channels: DataChannels::new(opts.max_data_channels),
+            relay_threads: opts.relay_threads,
             data_listeners: SharedListeners::new(Listeners::new(FIRST_DATA_LISTENER, registries)),
             logins: LoginTable::new(opts.login_failures),
             pause: Mutex::new(None),

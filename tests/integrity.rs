@@ -14,6 +14,9 @@
 //! - a download whose server goes silent is ended after
 //!   `--data-idle-timeout`: a reset both ways within a bounded time, 426,
 //!   and a `failed` record whose reason names the idle deadline.
+//!
+//! Each runs twice: cut before the relay's first MiB (the event loop
+//! relays it) and after (it runs on relay threads, src/relay_threads.rs).
 mod common;
 use std::fs;
 use std::time::{Duration, Instant};
@@ -25,6 +28,8 @@ const KIB: usize = 1024;
 const RETR_RESET_AFTER: usize = 512 * KIB;
 /// Where the scripted client cuts an upload.
 const STOR_RESET_AFTER: usize = 256 * KIB;
+/// A cut past the relay's first MiB: by then it runs on relay threads.
+const ON_THREADS_AFTER: usize = 1536 * KIB;
 /// Files of sizes no buffer divides, different per use, so no record can
 /// stand in for another.
 const BIG_FILE: usize = 3 * 1024 * KIB + 4_321;
@@ -116,12 +121,19 @@ impl Mode {
     }
 }
 
-/// The server resets a download after 512 KiB and then says 226.
-fn server_resets_download(tag: &str, rules: Rules, mode: Mode) {
+/// Whether the relay of the cut transfer ran on threads, as the gateway's
+/// debug log says; it must match where the test cut it.
+fn assert_relay_place(lab: &Lab, cut_after: usize) {
+    let on_threads = lab.gateway_log().contains("relay on threads");
+    assert_eq!(on_threads, cut_after >= ON_THREADS_AFTER, "cut after {cut_after}:\n{}", lab.gateway_log());
+}
+
+/// The server resets a download after `cut_after` bytes and then says 226.
+fn server_resets_download(tag: &str, rules: Rules, mode: Mode, cut_after: usize) {
     let mut lab = Lab::new(tag, rules);
     lab.server_file("cut.bin", BIG_FILE);
     lab.server_file("after.bin", SMALL_FILE);
-    let server = ScriptedServer::start(&lab, &["--retr-reset-after", &RETR_RESET_AFTER.to_string()]);
+    let server = ScriptedServer::start(&lab, &["--retr-reset-after", &cut_after.to_string()]);
     lab.start_gateway(&[]);
     let mut args = vec!["get", "/pub/cut.bin", "--then-get", "/pub/after.bin"];
     args.extend_from_slice(mode.client_args());
@@ -135,7 +147,7 @@ fn server_resets_download(tag: &str, rules: Rules, mode: Mode) {
         )
     };
 
-    // the server did its part: 512 KiB, acknowledged, then a reset
+    // the server did its part: cut_after bytes, acknowledged, then a reset
     let retrs = server.transfers("RETR", 2, 5);
     assert_eq!(retrs.len(), 2, "server should have seen two RETRs: {}", ctx());
     assert_eq!(json_raw(&retrs[0], "end").as_deref(), Some("reset_sent"), "server did not reset: {}", ctx());
@@ -150,7 +162,7 @@ fn server_resets_download(tag: &str, rules: Rules, mode: Mode) {
     let end = json_raw(cut, "end").unwrap_or_default();
     assert_eq!(end, "reset", "client's data connection must end with a reset, not {end:?}: {}", ctx());
     let got = json_num(cut, "bytes").expect("bytes in report");
-    assert!(got <= RETR_RESET_AFTER, "client got {got} bytes, more than the server sent: {}", ctx());
+    assert!(got <= cut_after, "client got {got} bytes, more than the server sent: {}", ctx());
     let fin = json_raw(cut, "final").unwrap_or_default();
     assert!(
         fin.starts_with("426"),
@@ -176,19 +188,21 @@ fn server_resets_download(tag: &str, rules: Rules, mode: Mode) {
     assert_record(&lab, mode, "RETR", "/pub/cut.bin", "failed", "426");
     let whole = assert_record(&lab, mode, "RETR", "/pub/after.bin", "ok", "226");
     assert_eq!(whole.to_client, Some(SMALL_FILE as u64), "second download's record: {whole}");
+    assert_relay_place(&lab, cut_after);
 
     assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
     lab.assert_no_data_listeners();
     drop(server);
 }
 
-/// The client resets an upload after 256 KiB; the server then says 226.
-fn client_resets_upload(tag: &str, rules: Rules, mode: Mode) {
+/// The client resets an upload after `cut_after` bytes; the server then
+/// says 226.
+fn client_resets_upload(tag: &str, rules: Rules, mode: Mode, cut_after: usize) {
     let mut lab = Lab::new(tag, rules);
     let server = ScriptedServer::start(&lab, &[]);
     lab.start_gateway(&[]);
     let size = UPLOAD.to_string();
-    let cut = STOR_RESET_AFTER.to_string();
+    let cut = cut_after.to_string();
     let mut args = vec!["put", "/upload/cut.bin", "--size", &size, "--reset-after", &cut];
     args.extend_from_slice(mode.client_args());
     let report = scripted_client(&lab, &args);
@@ -214,7 +228,7 @@ fn client_resets_upload(tag: &str, rules: Rules, mode: Mode) {
     let end = json_raw(&stors[0], "end").unwrap_or_default();
     assert_eq!(end, "reset", "server's data connection must end with a reset, not {end:?}: {}", ctx());
     let got = json_num(&stors[0], "bytes").expect("bytes in server report");
-    assert!(got <= STOR_RESET_AFTER, "server got {got} bytes, more than the client sent: {}", ctx());
+    assert!(got <= cut_after, "server got {got} bytes, more than the client sent: {}", ctx());
 
     // the client gets 426 in place of the server's 226; the session goes on
     let fin = json_raw(&report, "final").unwrap_or_default();
@@ -230,6 +244,7 @@ fn client_resets_upload(tag: &str, rules: Rules, mode: Mode) {
     );
 
     assert_record(&lab, mode, "STOR", "/upload/cut.bin", "failed", "426");
+    assert_relay_place(&lab, cut_after);
 
     assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
     lab.assert_no_data_listeners();
@@ -244,11 +259,15 @@ const STALL: u64 = 40;
 /// A reset must reach both ends within this many seconds of the stall.
 const STALL_BOUND: f64 = 15.0;
 
-/// The server goes silent mid-RETR; the gateway's data idle deadline ends it.
-fn stalled_download(tag: &str, rules: Rules, mode: Mode) {
+/// The server goes silent mid-RETR after `stall_after` bytes; the
+/// gateway's data idle deadline ends it.
+fn stalled_download(tag: &str, rules: Rules, mode: Mode, stall_after: usize) {
     let mut lab = Lab::new(tag, rules);
     lab.server_file("stall.bin", BIG_FILE);
-    let server = ScriptedServer::start(&lab, &["--retr-stall", "--stall-seconds", &STALL.to_string()]);
+    let server = ScriptedServer::start(
+        &lab,
+        &["--retr-stall", "--stall-seconds", &STALL.to_string(), "--stall-after", &stall_after.to_string()],
+    );
     lab.start_gateway(&["--data-idle-timeout", &DATA_IDLE.to_string()]);
     let mut args = vec!["get", "/pub/stall.bin", "--data-deadline", "30", "--reply-timeout", "30"];
     args.extend_from_slice(mode.client_args());
@@ -297,6 +316,7 @@ fn stalled_download(tag: &str, rules: Rules, mode: Mode) {
     let rec = assert_record(&lab, mode, "RETR", "/pub/stall.bin", "failed", "426");
     let why = rec.get("why").unwrap_or_default();
     assert!(why.contains("idle"), "the record's reason must name the idle deadline, got {why:?}: {}", ctx());
+    assert_relay_place(&lab, stall_after);
 
     assert!(t0.elapsed() < Duration::from_secs(60), "stalled transfer scenario took {:?}", t0.elapsed());
     assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
@@ -306,30 +326,45 @@ fn stalled_download(tag: &str, rules: Rules, mode: Mode) {
 
 #[test]
 fn server_reset_download_passive_client_sees_reset_and_426() {
-    server_resets_download("rstdlp", Rules::Nft, Mode::Pasv);
+    server_resets_download("rstdlp", Rules::Nft, Mode::Pasv, RETR_RESET_AFTER);
 }
 
 #[test]
 fn server_reset_download_active_client_sees_reset_and_426() {
-    server_resets_download("rstdla", Rules::Iptables, Mode::Eprt);
+    server_resets_download("rstdla", Rules::Iptables, Mode::Eprt, RETR_RESET_AFTER);
+}
+
+#[test]
+fn server_reset_download_on_relay_threads_client_sees_reset_and_426() {
+    server_resets_download("rstdlt", Rules::Nft, Mode::Epsv, ON_THREADS_AFTER);
 }
 
 #[test]
 fn client_reset_upload_passive_server_sees_reset_client_426() {
-    client_resets_upload("rstulp", Rules::Iptables, Mode::Epsv);
+    client_resets_upload("rstulp", Rules::Iptables, Mode::Epsv, STOR_RESET_AFTER);
 }
 
 #[test]
 fn client_reset_upload_active_server_sees_reset_client_426() {
-    client_resets_upload("rstula", Rules::Nft, Mode::Port);
+    client_resets_upload("rstula", Rules::Nft, Mode::Port, STOR_RESET_AFTER);
+}
+
+#[test]
+fn client_reset_upload_on_relay_threads_server_sees_reset_client_426() {
+    client_resets_upload("rstult", Rules::Nft, Mode::Pasv, ON_THREADS_AFTER);
 }
 
 #[test]
 fn stalled_download_passive_reset_after_data_idle_timeout() {
-    stalled_download("idlep", Rules::Nft, Mode::Pasv);
+    stalled_download("idlep", Rules::Nft, Mode::Pasv, 64 * KIB);
 }
 
 #[test]
 fn stalled_download_active_reset_after_data_idle_timeout() {
-    stalled_download("idlea", Rules::Iptables, Mode::Port);
+    stalled_download("idlea", Rules::Iptables, Mode::Port, 64 * KIB);
+}
+
+#[test]
+fn stalled_download_on_relay_threads_reset_after_data_idle_timeout() {
+    stalled_download("idlet", Rules::Nft, Mode::Eprt, ON_THREADS_AFTER);
 }
