@@ -31,11 +31,13 @@ use common::{repo_root, run_bounded, text, Lab, Ns, Rules, CLIENT_IP, SERVER_IP}
 /// two-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Mirrors `limits::FDS_PER_SESSION`, `RESERVED_FDS` and `FDS_PER_WORKER`
-/// (the formula `--max-sessions` documents).
+/// Mirrors `limits::FDS_PER_SESSION`, `RESERVED_FDS`, `FDS_PER_WORKER`
+/// and `relay_threads::FDS_PER_RELAY` (the formula `--max-sessions`
+/// documents).
 const FDS_PER_SESSION: u64 = 9;
 const RESERVED_FDS: u64 = 64;
 const FDS_PER_WORKER: u64 = 3;
+const FDS_PER_RELAY: u64 = 3;
 
 /// Sessions per client address in the idle test: above the old per-client
 /// cap (64), within the default burst (100).
@@ -205,7 +207,9 @@ fn idle_sessions_up_to_ten_thousand_with_default_settings_all_greeted() {
     // One --listen address: each event loop has its listener on it.
     let workers = log_value(&log, "INFO limits", "workers").expect("workers in the limits record");
     assert_eq!(workers, std::thread::available_parallelism().map_or(1, |n| n.get() as u64), "{log}");
-    let per_workers = (1 + FDS_PER_WORKER) * workers;
+    // And each relay that may run on threads 3 more.
+    let relay_threads = log_value(&log, "INFO limits", "relay_threads").expect("relay_threads in the record");
+    let per_workers = (1 + FDS_PER_WORKER) * workers + FDS_PER_RELAY * relay_threads;
     assert_eq!(max_sessions, (hard - RESERVED_FDS - per_workers) / FDS_PER_SESSION, "{log}");
     assert_eq!(log_value(&log, "INFO limits", "max_sessions_per_client"), Some(0), "per-client cap off");
 
