@@ -446,3 +446,66 @@ fn pinhole_metrics_count_used_and_unused_pinholes_and_ip_bytes() {
     // The relay's byte counter is the relay's: nothing went through it.
     assert_eq!(get(r#"ftpgate_data_bytes_total{direction="to_client"}"#), 0.0, "{scrape}");
 }
+
+/// Reads one download slowly (64 KiB every 15 ms, bounded): its byte
+/// count, SHA-256, how the data connection ended and when (seconds).
+const SLOW_READER: &str = r#"
+import ftplib, hashlib, json, socket, sys, time
+f = ftplib.FTP(sys.argv[1], timeout=10)
+f.login()
+t0 = time.monotonic()
+conn = f.transfercmd("RETR " + sys.argv[2])
+conn.settimeout(10)
+h, total, end = hashlib.sha256(), 0, "timeout"
+while time.monotonic() - t0 < 40:
+    try:
+        chunk = conn.recv(65536)
+    except ConnectionResetError:
+        end = "reset"
+        break
+    except socket.timeout:
+        break
+    if not chunk:
+        end = "closed"
+        break
+    h.update(chunk)
+    total += len(chunk)
+    time.sleep(0.015)
+print(json.dumps({"total": total, "sha256": h.hexdigest(), "data_end": end,
+                  "seconds": round(time.monotonic() - t0, 2)}))
+"#;
+
+/// The gateway ends mid-download (SIGTERM, then its drain deadline): it
+/// deletes the pinhole's placeholder master and exits while the kernel
+/// still forwards the data connection. The kernel keeps a related
+/// connection's master referenced, so the download goes on to its last
+/// byte, as over routing.
+#[test]
+fn pinhole_gateway_exit_mid_download_leaves_the_transfer_to_the_kernel() {
+    pinhole_rules();
+    let mut lab = Lab::new("phexit", Rules::Nft);
+    lab.start_gateway(&["--data-path", "pinhole", "--drain-timeout", "1"]);
+    let size = 24 << 20;
+    let src = lab.server_file("phexit.bin", size);
+    let report = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let out = lab.exec(Ns::Client, 60, &["python3", "-c", SLOW_READER, SERVER_IP, "pub/phexit.bin"]);
+            text(&out.stdout) + &text(&out.stderr)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        lab.signal_gateway("TERM");
+        reader.join().unwrap()
+    });
+    let ctx = || format!("{report}\n{}", lab.diagnostics());
+    let log = lab.gateway_log();
+    assert!(log.contains("drain deadline passed"), "the session ended before the transfer: {}", ctx());
+    let seconds: f64 = json_raw(&report, "seconds").and_then(|t| t.parse().ok()).unwrap_or(0.0);
+    // SIGTERM at 1.5 s and a 1 s drain: the gateway was gone at about 2.5 s.
+    assert!(seconds > 4.0, "the download ended before the gateway did: {}", ctx());
+    assert_eq!(json_raw(&report, "data_end").as_deref(), Some("closed"), "{}", ctx());
+    let total: usize = json_raw(&report, "total").and_then(|t| t.parse().ok()).unwrap_or(0);
+    assert_eq!(total, size, "{}", ctx());
+    assert_eq!(json_raw(&report, "sha256"), Some(sha256(&src)), "{}", ctx());
+    let diagnostics = ctx();
+    assert!(!lab.gateway_running(), "the gateway did not exit: {diagnostics}");
+}
