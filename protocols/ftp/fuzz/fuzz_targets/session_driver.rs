@@ -433,10 +433,12 @@ impl Driver {
             Action::CloseData { data } => {
                 match chans.open.remove(data) {
                     None => self.fail("CloseData for a channel that is not open"),
+                    // A plain close of legs that are up is a FIN: only after a
+                    // clean end, or before a dual channel's relay started.
                     Some((state @ (Chan::Connecting | Chan::Relaying), _))
-                        if !self.reset.contains(data)
-                            && !self.relayed.contains(data)
-                            && !(self.dual.contains(data) && state == Chan::Connecting) =>
+                        if !(self.reset.contains(data)
+                            || self.relayed.contains(data)
+                            || self.dual.contains(data) && state == Chan::Connecting) =>
                     {
                         self.fail("a channel with legs up closed without ResetData or Relayed")
                     }
