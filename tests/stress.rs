@@ -4,7 +4,12 @@
 //! listener is left and the server saw only the client. ftpgate recorded
 //! every transfer: passive and active ones move small files of different
 //! sizes, and each record serves one transfer.
+//!
+//! And bulk transfers at once, each moved onto relay threads: once they
+//! are over, the gateway is back to its own threads and descriptors.
 mod common;
+use std::time::{Duration, Instant};
+
 use common::{curl_get, Lab, Mode, Rules, TransferMode};
 
 fn small_size(mode: TransferMode) -> usize {
@@ -60,4 +65,51 @@ fn short_transfers_all_modes_nft() {
 #[test]
 fn short_transfers_all_modes_iptables() {
     burst("bript", Rules::Iptables);
+}
+
+/// Threads and open descriptors of process `pid`.
+fn threads_and_fds(pid: u32) -> (usize, usize) {
+    let count = |dir: String| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    (count(format!("/proc/{pid}/task")), count(format!("/proc/{pid}/fd")))
+}
+
+#[test]
+fn bulk_transfers_on_relay_threads_leave_no_thread_or_descriptor_behind() {
+    let mut lab = Lab::new("relthr", Rules::Nft);
+    lab.start_gateway(&[]);
+    const SIZE: usize = 8 << 20;
+    let src = lab.server_file("bulk.bin", SIZE);
+    let pid = lab.gateway_pid();
+    // The daemon's own threads and descriptors, once it is up.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = threads_and_fds(pid);
+    let modes = [Mode::Epsv, Mode::Pasv, Mode::Eprt, Mode::Port];
+    for round in 0..2 {
+        std::thread::scope(|s| {
+            for (i, m) in modes.iter().enumerate() {
+                let (lab, src) = (&lab, &src);
+                s.spawn(move || {
+                    let local = lab.client_path(&format!("bulk-{round}-{i}"));
+                    curl_get(lab, *m, "bulk.bin", &local);
+                    common::assert_same_file(
+                        &format!("{m:?} round {round}"),
+                        src,
+                        std::path::Path::new(&local),
+                    );
+                });
+            }
+        });
+    }
+    let log = lab.gateway_log();
+    assert_eq!(log.matches("relay on threads").count(), 2 * modes.len(), "{log}");
+    // Bounded: the last threads end as their connections close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = threads_and_fds(pid);
+    while after != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        after = threads_and_fds(pid);
+    }
+    eprintln!("relay threads: (threads, descriptors) before {before:?}, after {after:?}");
+    assert_eq!(after, before, "(threads, descriptors) before and after\n{}", lab.diagnostics());
+    assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
 }

@@ -599,6 +599,11 @@ impl Lab {
     }
 
     /// Send `signal` (a kill(1) name: HUP, USR1...) to the running gateway.
+    /// The gateway's process id.
+    pub fn gateway_pid(&self) -> u32 {
+        self.gateway.as_ref().expect("gateway not running").id()
+    }
+
     pub fn signal_gateway(&self, signal: &str) {
         let pid = self.gateway.as_ref().expect("gateway not running").id().to_string();
         let st = Command::new("kill").args(["-s", signal, &pid]).status().expect("run kill");
