@@ -1135,7 +1135,7 @@ impl Conn {
             // The threads hold the sockets too: the reset must not wait
             // for them to let go.
             threaded.reset();
-            let _ = ctx.registry.deregister(&mut mio::unix::SourceFd(&threaded.done_fd()));
+            threaded.deregister(ctx.registry);
         }
         let legs = [chan.accepted.take(), chan.outbound.take()];
         for mut leg in legs.into_iter().flatten() {
@@ -1149,13 +1149,10 @@ impl Conn {
         let Some(pos) = self.data.iter().position(|c| c.id == data) else { return };
         let mut chan = self.data.swap_remove(pos);
         ctx.data_channels.close();
+        // Over (`Relayed`/`RelayFailed` came first), or cut without a
+        // ResetData: dropped, threads that still run reset their legs.
         if let Some(threaded) = chan.threaded.take() {
-            // Over (`Relayed`/`RelayFailed` came first), or cut without a
-            // ResetData: either way the threads must not go on alone.
-            if threaded.status() == relay_threads::Status::Running {
-                threaded.reset();
-            }
-            let _ = ctx.registry.deregister(&mut mio::unix::SourceFd(&threaded.done_fd()));
+            threaded.deregister(ctx.registry);
         }
         for mut leg in [chan.accepted.take(), chan.outbound.take()].into_iter().flatten() {
             ctx.deregister(&mut leg.stream, leg.token);
@@ -1481,13 +1478,8 @@ impl Conn {
         }
         let (status, progress) = if let Some(threaded) = &chan.threaded {
             match threaded.status() {
-                relay_threads::Status::Running => return (false, false),
-                relay_threads::Status::Done { to_client, to_server } => {
-                    (RelayStatus::Done { to_client, to_server }, true)
-                }
-                relay_threads::Status::Failed { leg, error, to_client, to_server } => {
-                    (RelayStatus::Failed { leg, error, to_client, to_server }, true)
-                }
+                RelayStatus::Running { .. } => return (false, false),
+                ended => (ended, true),
             }
         } else {
             let (Some(relay), Some(accepted), Some(outbound)) =

@@ -325,18 +325,28 @@ impl Pinholes {
         if peer.is_ipv4() != target.is_ipv4() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "peer and target of different families"));
         }
-        let master = self.new_master(peer, target.ip(), timeout + MASTER_GRACE).inspect_err(|_| {
-            metrics::get().pinhole_failed();
-        })?;
+        match self.new_expectation(peer, target, timeout) {
+            Ok(master) => {
+                self.book.insert(Owner { session, data, from_client }, master);
+                metrics::get().pinhole_opened();
+                Ok(())
+            }
+            Err(e) => {
+                metrics::get().pinhole_failed();
+                Err(e)
+            }
+        }
+    }
+
+    /// A placeholder master and the expectation on it; returns the master.
+    fn new_expectation(&mut self, peer: IpAddr, target: SocketAddr, timeout: Duration) -> io::Result<Tuple> {
+        let master = self.new_master(peer, target.ip(), timeout + MASTER_GRACE)?;
         let expected = Tuple { src: peer, dst: target.ip(), sport: 0, dport: target.port() };
         if let Err(e) = self.create_expectation(master, expected, timeout) {
             let _ = self.delete(master);
-            metrics::get().pinhole_failed();
             return Err(e);
         }
-        self.book.insert(Owner { session, data, from_client }, master);
-        metrics::get().pinhole_opened();
-        Ok(())
+        Ok(master)
     }
 
     /// A placeholder master `src:N -> dst:0` for a free N.

@@ -408,6 +408,21 @@ pub(crate) mod tests {
         drop(far);
     }
 
+    /// A far server end that sends `payload`, then its FIN, and reads what
+    /// comes back until the other FIN: the thread returns those bytes.
+    pub(crate) fn send_then_read_rest(
+        mut far: StdStream,
+        payload: Vec<u8>,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            far.write_all(&payload).unwrap();
+            far.shutdown(Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            far.read_to_end(&mut rest).unwrap();
+            rest
+        })
+    }
+
     /// Reads until the stream ends: the bytes, and how it ended (`Ok` for a
     /// clean FIN).
     pub(crate) fn read_until_end(far: &mut StdStream) -> (Vec<u8>, io::Result<()>) {
@@ -444,16 +459,9 @@ pub(crate) mod tests {
     #[test]
     fn retr_relays_every_byte_then_half_closes_both_ways() {
         let (mut client_far, client) = pair();
-        let (mut server_far, server) = pair();
+        let (server_far, server) = pair();
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let sent = payload.clone();
-        let writer = std::thread::spawn(move || {
-            server_far.write_all(&sent).unwrap();
-            server_far.shutdown(Shutdown::Write).unwrap();
-            let mut rest = Vec::new();
-            server_far.read_to_end(&mut rest).unwrap();
-            rest
-        });
+        let writer = send_then_read_rest(server_far, payload.clone());
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             client_far.read_to_end(&mut got).unwrap();

@@ -39,7 +39,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 
 use crate::metrics;
-use crate::relay::PumpParts;
+use crate::relay::{PumpParts, RelayStatus};
 
 /// Descriptors a relay on threads holds beyond the loop relay's: its two
 /// sockets again, and the eventfd that wakes the loop.
@@ -73,13 +73,8 @@ struct Shared {
     server: OwnedFd,
 }
 
-/// Where a threaded relay stands.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Status {
-    Running,
-    Done { to_client: u64, to_server: u64 },
-    Failed { leg: Side, error: io::ErrorKind, to_client: u64, to_server: u64 },
-}
+/// Hands a thread the pump it runs.
+type PumpSender = mpsc::Sender<PumpParts>;
 
 /// The loop's handle on a relay that runs on two threads.
 #[derive(Debug)]
@@ -128,13 +123,9 @@ impl ThreadedRelay {
         }
     }
 
-    /// Starts both threads, each waiting for its pump; makes the sockets
-    /// blocking only once both run.
-    #[allow(clippy::type_complexity)]
-    fn spawn(
-        client: &TcpStream,
-        server: &TcpStream,
-    ) -> io::Result<(Self, mpsc::Sender<PumpParts>, mpsc::Sender<PumpParts>)> {
+    /// Starts both threads, each waiting for its pump (toward the client,
+    /// toward the server); makes the sockets blocking only once both run.
+    fn spawn(client: &TcpStream, server: &TcpStream) -> io::Result<(Self, PumpSender, PumpSender)> {
         // SAFETY: eventfd(2) with valid flags; the fd is owned from here.
         let done = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if done < 0 {
@@ -182,20 +173,28 @@ impl ThreadedRelay {
         (self.shared.to_client.load(Ordering::Acquire), self.shared.to_server.load(Ordering::Acquire))
     }
 
-    pub(crate) fn status(&self) -> Status {
+    /// Where the relay stands, as the loop relay says it (`more` is
+    /// always false: the threads need no turn of the loop).
+    pub(crate) fn status(&self) -> RelayStatus {
         let (to_client, to_server) = self.counts();
         if self.shared.running.load(Ordering::Acquire) != 0 {
-            return Status::Running;
+            return RelayStatus::Running { more: false };
         }
         match *lock(&self.shared.fault) {
-            Some((leg, error)) => Status::Failed { leg, error, to_client, to_server },
-            None => Status::Done { to_client, to_server },
+            Some((leg, error)) => RelayStatus::Failed { leg, error, to_client, to_server },
+            None => RelayStatus::Done { to_client, to_server },
         }
     }
 
     /// Cuts the relay: both legs reset now, both threads end.
     pub(crate) fn reset(&self) {
         abort(&self.shared);
+    }
+
+    /// Takes the threads' wakeup out of the loop's poll, before the
+    /// handle (and with it the token it shares with a leg) goes.
+    pub(crate) fn deregister(&self, registry: &mio::Registry) {
+        let _ = registry.deregister(&mut mio::unix::SourceFd(&self.done_fd()));
     }
 }
 
@@ -310,7 +309,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::relay::tests::{pair, read_until_end, reset};
+    use crate::relay::tests::{pair, read_until_end, reset, send_then_read_rest};
     use crate::relay::{Budget, Direction, Readiness, Relay, RelayStatus};
 
     /// A relay that ran in the loop until it moved at least `bytes`.
@@ -328,11 +327,13 @@ mod tests {
         relay
     }
 
-    fn wait_end(threaded: &ThreadedRelay) -> Status {
+    fn wait_end(threaded: &ThreadedRelay) -> RelayStatus {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match threaded.status() {
-                Status::Running if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                RelayStatus::Running { .. } if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
                 status => return status,
             }
         }
@@ -344,16 +345,9 @@ mod tests {
     #[test]
     fn promoted_download_relays_every_byte_and_passes_both_fins() {
         let (mut client_far, client) = pair();
-        let (mut server_far, server) = pair();
+        let (server_far, server) = pair();
         let payload: Vec<u8> = (0..6_000_000u32).map(|i| (i % 253) as u8).collect();
-        let sent = payload.clone();
-        let writer = std::thread::spawn(move || {
-            server_far.write_all(&sent).unwrap();
-            server_far.shutdown(Shutdown::Write).unwrap();
-            let mut rest = Vec::new();
-            server_far.read_to_end(&mut rest).unwrap();
-            rest
-        });
+        let writer = send_then_read_rest(server_far, payload.clone());
         let mut got = vec![0; 1 << 20];
         let mut first = 0;
         // Read some, so that the loop relay can move its first MiB.
@@ -378,7 +372,7 @@ mod tests {
         all.extend_from_slice(&rest);
         assert!(all == payload, "{} bytes of {}", all.len(), payload.len());
         assert_eq!(writer.join().unwrap(), Vec::<u8>::new(), "the client's FIN reached the server");
-        assert_eq!(wait_end(&threaded), Status::Done { to_client: payload.len() as u64, to_server: 0 });
+        assert_eq!(wait_end(&threaded), RelayStatus::Done { to_client: payload.len() as u64, to_server: 0 });
         assert!(moved_in_loop.0 >= PROMOTE_AFTER);
     }
 
@@ -396,7 +390,7 @@ mod tests {
         let kind = end.expect_err("the client saw a clean end").kind();
         assert_eq!(kind, io::ErrorKind::ConnectionReset);
         assert!(
-            matches!(wait_end(&threaded), Status::Failed { leg: Side::Server, .. }),
+            matches!(wait_end(&threaded), RelayStatus::Failed { leg: Side::Server, .. }),
             "{:?}",
             threaded.status()
         );
@@ -421,7 +415,7 @@ mod tests {
             assert_eq!(end.expect_err("a clean end").kind(), io::ErrorKind::ConnectionReset);
         }
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
-        assert!(matches!(wait_end(&threaded), Status::Failed { .. }));
+        assert!(matches!(wait_end(&threaded), RelayStatus::Failed { .. }));
     }
 
     /// Over the cap the relay stays in the loop with all it had.

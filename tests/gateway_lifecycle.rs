@@ -20,11 +20,7 @@ fn logs_sessions_and_exits_zero_on_sigterm() {
     common::assert_same_file("download", &src2, std::path::Path::new(&local2));
     lab.assert_no_data_listeners();
     // give the gateway a moment to write the session-end records
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while lab.gateway_log().matches("session end").count() < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let log = lab.gateway_log();
+    let log = lab.wait_for_log("session end", 2, 5);
     assert!(log.matches("session start").count() >= 2, "no 'session start' records:\n{log}");
     assert!(log.matches("session end").count() >= 2, "no 'session end' records:\n{log}");
     assert!(log.contains("transfer"), "no 'transfer' record:\n{log}");

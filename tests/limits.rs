@@ -388,18 +388,6 @@ fn release(mut client: Child) {
     assert!(status.success(), "many_sessions.py: {status}");
 }
 
-/// Waits (bounded) until the gateway log has `message`.
-fn wait_for_log(lab: &Lab, message: &str, secs: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let log = lab.gateway_log();
-        if log.contains(message) || Instant::now() > deadline {
-            return log;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn out_of_descriptors_accept_pauses_with_one_record_per_episode() {
     let _serial = serial();
@@ -438,7 +426,7 @@ fn out_of_descriptors_accept_pauses_with_one_record_per_episode() {
     release(client);
     // Pausing five times a second for seconds: one record when the episode
     // starts, one when it has ended, with the pauses counted.
-    let log = wait_for_log(&lab, "accept resumed", 20);
+    let log = lab.wait_for_log("accept resumed", 1, 20);
     assert_eq!(log.matches("accept failed;").count(), 1, "one record per episode\n{log}");
     assert!(!log.contains("WARN server connect failed"), "the episode's record says it\n{log}");
     assert_eq!(log.matches("accept resumed").count(), 1, "{log}");
@@ -460,7 +448,7 @@ fn session_cap_reached_new_clients_wait_one_record_per_episode() {
     assert_eq!(code_count(&report, "timeout"), 3, "the rest wait in the backlog: {report}");
     std::thread::sleep(Duration::from_secs(1));
     release(client);
-    let log = wait_for_log(&lab, "accept resumed", 10);
+    let log = lab.wait_for_log("accept resumed", 1, 10);
     assert_eq!(log.matches("session cap reached").count(), 1, "one record per episode\n{log}");
     assert!(log_value(&log, "accept resumed", "pauses").unwrap_or(0) >= 5, "{log}");
     let report = many_sessions(&lab, &[CLIENT_IP.to_string()], 1, 30);

@@ -428,10 +428,7 @@ fn pinhole_metrics_count_used_and_unused_pinholes_and_ip_bytes() {
     let out = lab.exec(Ns::Client, 30, &["python3", "-c", UNUSED_TWICE, SERVER_IP]);
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     // Both sessions are over once each has its end record.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while lab.gateway_log().matches("session end").count() < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    lab.wait_for_log("session end", 2, 10);
     let scrape = scrape_metrics(&lab, &addr, 5);
     let get =
         |series: &str| metric_value(&scrape, series).unwrap_or_else(|| panic!("no {series}:\n{scrape}"));
@@ -483,7 +480,7 @@ print(json.dumps({"total": total, "sha256": h.hexdigest(), "data_end": end,
 #[test]
 fn pinhole_gateway_exit_mid_download_leaves_the_transfer_to_the_kernel() {
     pinhole_rules();
-    let mut lab = Lab::new("phexit", Rules::Nft);
+    let mut lab = Lab::new("phmid", Rules::Nft);
     lab.start_gateway(&["--data-path", "pinhole", "--drain-timeout", "1"]);
     let size = 24 << 20;
     let src = lab.server_file("phexit.bin", size);

@@ -617,6 +617,19 @@ impl Lab {
         }
     }
 
+    /// Waits (bounded by `secs`) until the gateway log holds `message` at
+    /// least `count` times; returns the log as it then is.
+    pub fn wait_for_log(&self, message: &str, count: usize, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let log = self.gateway_log();
+            if log.matches(message).count() >= count || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn gateway_log(&self) -> String {
         fs::read_to_string(self.run.join("ftpgate.log")).unwrap_or_default()
     }
