@@ -369,7 +369,12 @@ impl Plan {
         out.push_str(
             "    chain divert {\n        type filter hook prerouting priority mangle; policy accept;\n",
         );
-        let _ = writeln!(out, "        meta l4proto tcp socket transparent 1 meta mark set {mark} accept");
+        // TPROXY goes first. A client that reuses the 4-tuple of a control
+        // connection that ftpgate holds in TIME_WAIT (it closed that leg
+        // first) must reach the listener: TPROXY hands such a SYN to it
+        // (nf_tproxy_handle_time_wait4), while the socket match would hand
+        // it to the TIME_WAIT socket, which answers with an ACK and costs
+        // the client a SYN retransmission (tests/interception.rs).
         for family in Family::BOTH {
             match (
                 self.listener_for(family),
@@ -408,6 +413,7 @@ impl Plan {
                 }
             }
         }
+        let _ = writeln!(out, "        meta l4proto tcp socket transparent 1 meta mark set {mark} accept");
         out.push_str("    }\n");
         out.push_str(
             "    chain forward {\n        type filter hook forward priority filter; policy accept;\n",
@@ -489,10 +495,8 @@ impl Plan {
             let _ = writeln!(out, "{ipt} -t mangle -A FTPGATE_DIVERT -j MARK --set-mark {:#x}", self.mark);
             let _ = writeln!(out, "{ipt} -t mangle -A FTPGATE_DIVERT -j ACCEPT");
             let _ = writeln!(out, "{ipt} -t mangle -N FTPGATE_PREROUTING");
-            let _ = writeln!(
-                out,
-                "{ipt} -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT"
-            );
+            // TPROXY first, as in the nft form (a SYN that reuses a
+            // TIME_WAIT 4-tuple goes to the listener).
             let sides = self.client_side_exists(family) && self.server_side_exists(family);
             match (self.listener_for(family), sides) {
                 (Some(listener), true) => {
@@ -528,6 +532,10 @@ impl Plan {
                     );
                 }
             }
+            let _ = writeln!(
+                out,
+                "{ipt} -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT"
+            );
             let _ = writeln!(out, "{ipt} -t mangle -I PREROUTING 1 -j FTPGATE_PREROUTING");
             let _ = writeln!(out, "{ipt} -t filter -N FTPGATE_FORWARD");
             if self.related {
@@ -688,13 +696,15 @@ const NFT_HEADER: &str = "\
 # Load: ftpgate rules ... | nft -f -      Remove: ftpgate rules ... --undo | nft -f -
 # Also needed, once: the policy routing and sysctls (ftpgate rules ... --routing | sh).
 #
+#  * tproxy: control connections from the client side go to ftpgate's
+#    listener (or its socket of the connection). When nothing listens there,
+#    nft's tproxy does not match and the connection would be forwarded
+#    uninspected: the forward chain refuses it with a reset (fail closed).
+#    It comes first, so that a new connection reusing the addresses and
+#    ports of one that ftpgate holds in TIME_WAIT reaches the listener.
 #  * divert: packets of ftpgate's transparent sockets (intercepted control
 #    connections, its data listeners on foreign addresses, its connects from
 #    foreign addresses) get the mark; the policy route delivers them locally.
-#  * tproxy: new control connections from the client side go to ftpgate's
-#    listener. When nothing listens there, nft's tproxy does not match and
-#    the connection would be forwarded uninspected: the forward chain
-#    refuses it with a reset (fail closed).
 #  * forward: profile port21 refuses only the control port; profile strict
 #    drops everything else between the client side and the server networks
 #    too: ftpgate carries every FTP byte, nothing else needs forwarding.
@@ -705,10 +715,12 @@ const IPTABLES_HEADER: &str = "\
 # Load: ftpgate rules --iptables ... | sh    Remove: ftpgate rules --iptables ... --undo | sh
 # Also needed, once: the policy routing and sysctls (ftpgate rules ... --routing | sh).
 #
-#  * FTPGATE_DIVERT: packets of ftpgate's transparent sockets get the mark;
-#    the policy route delivers them locally.
-#  * TPROXY: new control connections from the client side go to ftpgate's
-#    listener (the TPROXY target drops them while nothing listens).
+#  * TPROXY: control connections from the client side go to ftpgate's
+#    listener or socket (the TPROXY target drops them while nothing
+#    listens). First, so that a new connection reusing the addresses and
+#    ports of one that ftpgate holds in TIME_WAIT reaches the listener.
+#  * FTPGATE_DIVERT: packets of ftpgate's other transparent sockets get the
+#    mark; the policy route delivers them locally.
 #  * FTPGATE_FORWARD: profile port21 refuses only the control port; profile
 #    strict drops everything else between the client side and the server
 #    networks too.

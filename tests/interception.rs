@@ -192,3 +192,73 @@ fn unreachable_server_fails_bounded() {
     assert_eq!(text(&out.stdout), HELLO);
     lab.assert_transfer(common::TransferMode::Passive, "RETR", "hello.txt", HELLO.len() as u64);
 }
+
+/// Two control sessions from one source port, the second as soon as the
+/// first is closed (as a client behind a NAT may): prints per session
+/// "connect MS retransmits N replies 220/221". The server closes first
+/// after QUIT, so ftpgate holds its client leg in TIME_WAIT.
+const REUSE: &str = r#"
+import socket, struct, sys, time
+client, server, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(2):
+    for attempt in range(200):  # until the first session's socket is gone
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((client, port))
+        s.settimeout(10)
+        t0 = time.monotonic()
+        try:
+            s.connect((server, 21))
+            break
+        except OSError as e:
+            s.close()
+            if e.errno != 99 or attempt == 199:
+                raise
+            time.sleep(0.005)
+    ms = (time.monotonic() - t0) * 1e3
+    # struct tcp_info: tcpi_total_retrans at offset 100 (SYNs included)
+    retrans = struct.unpack_from("I", s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104), 100)[0]
+    f = s.makefile("rb")
+    banner = f.readline()
+    s.sendall(b"QUIT\r\n")
+    bye = f.readline()
+    f.read()
+    f.close()
+    s.close()
+    print("session %d connect %.1f retransmits %d replies %s/%s"
+          % (i, ms, retrans, banner[:3].decode(), bye[:3].decode()), flush=True)
+"#;
+
+/// The TPROXY rule comes before the divert rule: a SYN that reuses the
+/// 4-tuple of a connection ftpgate holds in TIME_WAIT goes to the listener.
+/// With the divert rule first the TIME_WAIT socket answered it with an ACK,
+/// and every such reuse cost the client a SYN retransmission (10 ms here).
+fn source_port_reused_at_once(tag: &str, rules: Rules, port: &str) {
+    let mut lab = Lab::new(tag, rules);
+    lab.start_gateway(&[]);
+    let out = lab.exec(Ns::Client, 30, &["python3", "-c", REUSE, CLIENT_IP, SERVER_IP, port]);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}{}\n{}", text(&out.stderr), lab.diagnostics());
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 2, "{report}");
+    for line in lines {
+        assert!(line.ends_with("retransmits 0 replies 220/221"), "with {rules:?} rules: {line}");
+    }
+    let gw = lab.exec(Ns::Gateway, 10, &["ss", "-tan", "state", "time-wait", "sport", "=", ":21"]);
+    assert!(
+        text(&gw.stdout).contains(&format!("{CLIENT_IP}:{port}")),
+        "ftpgate should hold the first session's client leg in TIME_WAIT (else this proves nothing): {}",
+        text(&gw.stdout)
+    );
+    lab.assert_server_saw_only_client(2);
+}
+
+#[test]
+fn source_port_reused_at_once_nft() {
+    source_port_reused_at_once("reusen", Rules::Nft, "41234");
+}
+
+#[test]
+fn source_port_reused_at_once_iptables() {
+    source_port_reused_at_once("reusei", Rules::Iptables, "41236");
+}

@@ -8,10 +8,12 @@
 # Load: ftpgate rules --iptables ... | sh    Remove: ftpgate rules --iptables ... --undo | sh
 # Also needed, once: the policy routing and sysctls (ftpgate rules ... --routing | sh).
 #
-#  * FTPGATE_DIVERT: packets of ftpgate's transparent sockets get the mark;
-#    the policy route delivers them locally.
-#  * TPROXY: new control connections from the client side go to ftpgate's
-#    listener (the TPROXY target drops them while nothing listens).
+#  * TPROXY: control connections from the client side go to ftpgate's
+#    listener or socket (the TPROXY target drops them while nothing
+#    listens). First, so that a new connection reusing the addresses and
+#    ports of one that ftpgate holds in TIME_WAIT reaches the listener.
+#  * FTPGATE_DIVERT: packets of ftpgate's other transparent sockets get the
+#    mark; the policy route delivers them locally.
 #  * FTPGATE_FORWARD: profile port21 refuses only the control port; profile
 #    strict drops everything else between the client side and the server
 #    networks too.
@@ -43,11 +45,11 @@ iptables -w 5 -t mangle -N FTPGATE_DIVERT
 iptables -w 5 -t mangle -A FTPGATE_DIVERT -j MARK --set-mark 0x1
 iptables -w 5 -t mangle -A FTPGATE_DIVERT -j ACCEPT
 iptables -w 5 -t mangle -N FTPGATE_PREROUTING
-iptables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan0 -s 192.0.2.0/24 -d 198.51.100.0/24 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan0 -s 192.0.2.0/24 -d 203.0.113.0/24 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan1 -s 192.0.2.0/24 -d 198.51.100.0/24 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan1 -s 192.0.2.0/24 -d 203.0.113.0/24 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
+iptables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT
 iptables -w 5 -t mangle -I PREROUTING 1 -j FTPGATE_PREROUTING
 iptables -w 5 -t filter -N FTPGATE_FORWARD
 iptables -w 5 -t filter -A FTPGATE_FORWARD -i lan0 -s 192.0.2.0/24 -d 198.51.100.0/24 -p tcp --dport 21 -j REJECT --reject-with tcp-reset
@@ -61,9 +63,9 @@ ip6tables -w 5 -t mangle -N FTPGATE_DIVERT
 ip6tables -w 5 -t mangle -A FTPGATE_DIVERT -j MARK --set-mark 0x1
 ip6tables -w 5 -t mangle -A FTPGATE_DIVERT -j ACCEPT
 ip6tables -w 5 -t mangle -N FTPGATE_PREROUTING
-ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT
 ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan0 -s 2001:db8:1::/64 -d 2001:db8:2::/64 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan1 -s 2001:db8:1::/64 -d 2001:db8:2::/64 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
+ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT
 ip6tables -w 5 -t mangle -I PREROUTING 1 -j FTPGATE_PREROUTING
 ip6tables -w 5 -t filter -N FTPGATE_FORWARD
 ip6tables -w 5 -t filter -A FTPGATE_FORWARD -i lan0 -s 2001:db8:1::/64 -d 2001:db8:2::/64 -p tcp --dport 21 -j REJECT --reject-with tcp-reset
