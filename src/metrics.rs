@@ -337,8 +337,8 @@ impl Metrics {
         );
         r.register(
             "conntrack_events",
-            "--data-path pinhole: conntrack events read (one wakeup each at most; every connection \
-             of the namespace sends them)",
+            "--data-path pinhole: conntrack events read (one wakeup each at most): those of \
+             connections made from an expectation, at their start and end",
             self.conntrack_events.clone(),
         );
         r.register(

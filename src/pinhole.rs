@@ -22,7 +22,8 @@
 //!
 //! The end of the data connection and its byte counts come from conntrack
 //! events (NEW of the related entry, UPDATE to TIME_WAIT or CLOSE, DESTROY)
-//! and conntrack accounting (`nf_conntrack_acct`, turned on at start). The
+//! and conntrack accounting (`nf_conntrack_acct`, turned on at start); a
+//! filter in the kernel drops every other event (`event_filter`). The
 //! counts are the IP bytes of each direction, headers included: conntrack
 //! does not count TCP payload.
 //!
@@ -42,6 +43,8 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr as NlAddr};
 
 use crate::metrics;
 
+mod event_filter;
+
 // include/uapi/linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const NFNL_SUBSYS_CTNETLINK_EXP: u16 = 2;
@@ -55,6 +58,7 @@ const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_STATUS: u16 = 3;
 const CTA_PROTOINFO: u16 = 4;
 const CTA_HELP: u16 = 5;
 const CTA_TIMEOUT: u16 = 7;
@@ -279,6 +283,7 @@ impl Pinholes {
         for group in [NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY] {
             events.add_membership(group).map_err(un("joining the conntrack event groups"))?;
         }
+        event_filter::attach(events.as_raw_fd()).map_err(un("filtering the conntrack events"))?;
         // Bursts of events must not overflow (ENOBUFS loses them).
         let _ = events.set_rx_buf_sz(8 << 20);
         events.set_non_blocking(true).map_err(un("making the event socket non-blocking"))?;
