@@ -3,13 +3,17 @@
 lab, on the relay-mode figures that issue 14 tunes.
 
   lab/bench/ab.py --variant A=/path/to/ftpgate --variant B=/path/to/other [--variant 'C=/path --workers 1']
-                  [--rounds 5] [--size MiB] [--small N] [--what get,small,noop]
+                  [--variant R=routing] [--rounds 5] [--size MiB] [--small N] [--what get,small,noop,sessions]
 
 Each round restarts the gateway once per variant (the order rotates every
 round) and runs, through it: one large passive download (MiB/s, and the
 gateway's CPU seconds per GiB from perf stat's task-clock, with its
 splice and epoll_wait counts), --small files of 4 KiB in one session
-(files/s), and the NOOP round trip during a download (p50, p99). Prints
+(files/s), the NOOP round trip during a download (p50, p99) and, when
+asked for, new control sessions for 3 s (sessions/s, gateway CPU per
+session). The variant `routing` removes the lab's rules for its turn
+instead: plain forwarding, the baseline. With FTPGATE_LAB_DATA_PATH=pinhole
+the lab gets the pinhole rule set (`--data-path pinhole` variants). Prints
 one line per measurement and the median (min-max) per variant at the
 end. Needs root and perf; one lab (lab/netns.sh, documentation
 addresses), removed on exit; every step bounded.
@@ -107,41 +111,69 @@ def main():
             order = variants[rnd % len(variants):] + variants[:rnd % len(variants)]
             for name, binary, extra in order:
                 sh([NETNS, "stop-gateway", lab], 30, check=False)
-                sh([NETNS, "gateway", lab, binary] + GW_ARGS + extra, 60)
-                time.sleep(0.3)
-                pid = int(sh(["bash", "-c", '. "$1"; pidfile_pid "$2"', "_", LIB,
-                              os.path.join(run, "ftpgate.pid")]).strip())
-                rec = results[name]
-                get = ["bulk", "--dir", "get", "--mode", "pasv", "--path", "/pub/big.bin", "--max-seconds", "120"]
-                if "get" in what:
-                    client(lab, get)  # warm-up
-                    r, c = perf_stat(pid, lambda: client(lab, get))
-                    if r.get("final") == "226":
-                        gib = r["bytes"] / 2**30
-                        rec.setdefault("MiB/s", []).append(r["bytes"] / r["seconds"] / 2**20)
-                        rec.setdefault("cpu s/GiB", []).append(c["task-clock"] / 1000 / gib)
-                        rec.setdefault("splice/GiB", []).append(c["splice"] / gib)
-                        rec.setdefault("epoll_wait/GiB", []).append(c["epoll_wait"] / gib)
-                if "small" in what:
-                    r, c = perf_stat(pid, lambda: client(lab, ["small", "--count", str(a.small),
-                                                               "--max-seconds", "30"]))
-                    if r.get("final") == "226":
-                        rec.setdefault("files/s", []).append(r["files"] / r["seconds"])
-                        rec.setdefault("cpu ms/file", []).append(c["task-clock"] / r["files"])
-                if "noop" in what:
-                    r = client(lab, ["noop", "--path", "/pub/big.bin", "--interval-ms", "2", "--min-seconds", "3",
-                                     "--max-seconds", "120"])
-                    if r.get("final") == "226":
-                        rec.setdefault("noop p50 ms", []).append(r["p50_ms"])
-                        rec.setdefault("noop p99 ms", []).append(r["p99_ms"])
-                print("round %d %s: %s" % (rnd, name, "  ".join("%s %.3g" % (k, v[-1]) for k, v in rec.items())),
-                      flush=True)
+                routing = binary == "routing"
+                # TIME_WAIT entries of the gateway's transparent sockets
+                # would blackhole a routed flow on the same 4-tuple
+                # (lab/bench/run): routing gets client ports of its own.
+                ports = "20000 29999" if routing else "30000 60999"
+                sh([NETNS, "exec", lab, "c", "sh", "-c", "echo %s > /proc/sys/net/ipv4/ip_local_port_range" % ports])
+                if routing:
+                    sh([NETNS, "rules", lab, "del", "nft"], 60)
+                    pid = None
+                else:
+                    sh([NETNS, "gateway", lab, binary] + GW_ARGS + extra, 60)
+                    time.sleep(0.3)
+                    pid = int(sh(["bash", "-c", '. "$1"; pidfile_pid "$2"', "_", LIB,
+                                  os.path.join(run, "ftpgate.pid")]).strip())
+                try:
+                    measure(lab, a, what, pid, results[name])
+                finally:
+                    if routing:
+                        sh([NETNS, "rules", lab, "add", "nft"], 60)
+                last = "  ".join("%s %.3g" % (k, v[-1]) for k, v in results[name].items())
+                print("round %d %s: %s" % (rnd, name, last), flush=True)
     finally:
         sh([NETNS, "down", lab], 120, check=False)
     print("\nmedian (min-max) of %d rounds, interleaved" % a.rounds)
     for name, rec in results.items():
         print("%-10s " % name + "  ".join("%s %.3g (%.3g-%.3g)" % (k, statistics.median(v), min(v), max(v))
                                            for k, v in rec.items()))
+
+
+def measure(lab, a, what, pid, rec):
+    """One round of one variant into rec; pid is the gateway's (None: routing)."""
+    def counted(fn):
+        return (fn(), None) if pid is None else perf_stat(pid, fn)
+
+    if "get" in what:
+        get = ["bulk", "--dir", "get", "--mode", "pasv", "--path", "/pub/big.bin", "--max-seconds", "120"]
+        client(lab, get)  # warm-up
+        r, c = counted(lambda: client(lab, get))
+        if r.get("final") == "226":
+            gib = r["bytes"] / 2**30
+            rec.setdefault("MiB/s", []).append(r["bytes"] / r["seconds"] / 2**20)
+            if c:
+                rec.setdefault("cpu s/GiB", []).append(c["task-clock"] / 1000 / gib)
+                rec.setdefault("splice/GiB", []).append(c["splice"] / gib)
+                rec.setdefault("epoll_wait/GiB", []).append(c["epoll_wait"] / gib)
+    if "small" in what:
+        r, c = counted(lambda: client(lab, ["small", "--count", str(a.small), "--max-seconds", "30"]))
+        if r.get("final") == "226":
+            rec.setdefault("files/s", []).append(r["files"] / r["seconds"])
+            if c:
+                rec.setdefault("cpu ms/file", []).append(c["task-clock"] / r["files"])
+    if "noop" in what:
+        r = client(lab, ["noop", "--path", "/pub/big.bin", "--interval-ms", "2", "--min-seconds", "3",
+                         "--max-seconds", "120"])
+        if r.get("final") == "226":
+            rec.setdefault("noop p50 ms", []).append(r["p50_ms"])
+            rec.setdefault("noop p99 ms", []).append(r["p99_ms"])
+    if "sessions" in what:
+        r, c = counted(lambda: client(lab, ["sessions", "--seconds", "3", "--max", "5000"]))
+        if r.get("sessions") and not r.get("errors"):
+            rec.setdefault("sessions/s", []).append(r["sessions"] / r["seconds"])
+            if c:
+                rec.setdefault("cpu ms/session", []).append(c["task-clock"] / r["sessions"])
 
 
 if __name__ == "__main__":
