@@ -7,6 +7,9 @@
 //! ports; bit 3: `PassiveAddressPolicy::Refuse`; bit 4: all timeouts zero
 //! (data idle included); bit 5: all timeouts `Duration::MAX`; bit 6: IPv6 control ends; bit 7:
 //! IPv4-mapped IPv6 control ends. Cap byte: `max_reply_lines` (0: 1000).
+//! Header `&` + flags + cap + policy + mode byte: as `%`, and mode bit 0:
+//! `kernel_data_path` (`--data-path pinhole`: final replies are not held,
+//! the gateway cannot cut a data connection; see the invariants).
 //! Header `%` + flags + cap + policy byte: as `#`, and policy bit 0:
 //! `FtpsPolicy::PassThrough`; bits 1–3: `max_refused_lines` (0: off);
 //! bit 4: one access rule allowing all with `server-data = "passive"` (the
@@ -76,6 +79,11 @@
 //!   fed for that channel. Every record with `reply: 426` in place of a
 //!   server 2xx has its `426 Connection closed; transfer aborted.` in the
 //!   bytes written to the client.
+//! - Under `kernel_data_path` the kernel carries the data: the final reply
+//!   passes as the server sent it, before the connection's end is known,
+//!   and the gateway can close a channel without a reset (it cannot cut
+//!   the kernel's connection). The two 2xx rules above and the FIN rule
+//!   do not apply there; every other one does.
 //! - `Shutdown` at most once per side; `SessionEnded` at most once, and the
 //!   session reports `is_closed()` exactly once it ended; nothing after that.
 //! - The harness never feeds more than `read_budget(side)` bytes.
@@ -436,7 +444,8 @@ impl Driver {
                     // A plain close of legs that are up is a FIN: only after a
                     // clean end, or before a dual channel's relay started.
                     Some((state @ (Chan::Connecting | Chan::Relaying), _))
-                        if !(self.reset.contains(data)
+                        if !(self.config.kernel_data_path
+                            || self.reset.contains(data)
                             || self.relayed.contains(data)
                             || self.dual.contains(data) && state == Chan::Connecting) =>
                     {
@@ -484,10 +493,12 @@ impl Driver {
                             TransferFailure::ServerReply { .. } | TransferFailure::NoDataConnection,
                         )
                 );
-                if cut && client_2xx {
+                let kernel = self.config.kernel_data_path;
+                if cut && client_2xx && !kernel {
                     self.fail("a cut transfer gave the client a 2xx");
                 }
                 if client_2xx
+                    && !kernel
                     && !matches!(
                         result,
                         TransferResult::Ok | TransferResult::Failed(TransferFailure::NoDataConnection)
@@ -883,6 +894,14 @@ pub fn config_from(header: &[u8]) -> (Config, ControlEnds) {
             config.policy = Arc::new(policy);
         }
     }
+    // The daemon refuses at start what pinholes cannot do (main.rs,
+    // pinhole_conflicts): enforcement, FTPS pass-through, conversions.
+    if header.get(3).is_some_and(|m| m & 1 != 0) {
+        config.kernel_data_path = true;
+        config.enforce_data_direction = false;
+        config.ftps = FtpsPolicy::Refuse;
+        config.policy = Arc::new(PolicySet::default());
+    }
     let t = if flags & 16 != 0 {
         Some(Duration::ZERO)
     } else if flags & 32 != 0 {
@@ -932,6 +951,7 @@ pub fn run(data: &[u8]) {
     let (header, mut rest) = match data {
         [b'#', a, b, rest @ ..] => (&[*a, *b][..], rest),
         [b'%', a, b, c, rest @ ..] => (&[*a, *b, *c][..], rest),
+        [b'&', a, b, c, d, rest @ ..] => (&[*a, *b, *c, *d][..], rest),
         _ => (&[][..], data),
     };
     let (config, ends) = config_from(header);

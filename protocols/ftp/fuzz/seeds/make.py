@@ -15,7 +15,8 @@ def rep(name, data, cap=8):
     seeds["reply"][name] = bytes([cap]) + data
 
 def sess(name, *records, header=None):
-    out = b"" if header is None else b"#" + bytes(header)
+    marks = {2: b"#", 3: b"%", 4: b"&"}
+    out = b"" if header is None else marks[len(header)] + bytes(header)
     for r in records:
         out += r
     seeds["session"][name] = out
@@ -110,6 +111,19 @@ sess("data-idle", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR slow"), 
      S(b"451 late"))
 sess("abor-running-relay", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR big"), b"A\x00", b"K\x00",
      S(b"150 Opening"), b"G\x00\x10\x00", C(b"ABOR"), S(b"226 done"), S(b"225 ABOR ok"))
+# kernel_data_path (header '&', mode bit 0): the 226 passes before the
+# kernel reports the end; ABOR; the client closing mid-transfer; a reset.
+KERNEL = [0, 0, 0, 1]
+sess("kernel-retr", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR big"), b"A\x00", b"K\x00",
+     S(b"150 Opening"), S(b"226 done"), C(b"PASV"), S(b"227 Entering Passive Mode (198,51,100,10,195,81)."),
+     b"R\x00\x04", b"L\x00", header=KERNEL)
+sess("kernel-abor", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR big"), b"A\x00", b"K\x00",
+     S(b"150 Opening"), C(b"ABOR"), S(b"426 aborted"), S(b"226 ABOR ok"), b"E\x00\x01\x04", header=KERNEL)
+sess("kernel-client-close", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR big"), b"A\x00",
+     b"K\x00", S(b"150 Opening"), b"X\x00", S(b"226 done"), b"R\x00\x04", header=KERNEL)
+sess("kernel-reset-after-226", *LOGIN, C(b"EPSV"), S(b"229 (|||50001|)"), b"L\x00", C(b"STOR up"), b"A\x00",
+     b"K\x00", S(b"150 Opening"), S(b"226 done"), b"E\x00\x00\x04", C(b"NOOP"), S(b"200 ok"),
+     header=KERNEL)
 sess("pipelined-login-pasv", S(b"220 ready"), raw(b"c", b"USER anna\r\nPASS x\r\nPASV\r\nREIN\r\nEPSV\r\n"),
      S(b"331 pw"), S(b"230 ok"), S(PASV_REPLY), b"L\x00", S(b"502 no REIN"), S(b"229 (|||50001|)"), b"L\x00")
 sess("transfer-timeouts", *LOGIN, C(b"PASV"), S(PASV_REPLY), b"L\x00", C(b"RETR x"), b"A\x00",
