@@ -337,7 +337,7 @@ impl Metrics {
         );
         r.register(
             "conntrack_events",
-            "--data-path pinhole: conntrack events read (one wakeup each at most): those of \
+            "--data-path pinhole: conntrack events read (at the loop's wakeups): those of \
              connections made from an expectation, at their start and end",
             self.conntrack_events.clone(),
         );

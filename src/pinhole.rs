@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use ftpgate_proto::DataId;
@@ -308,9 +308,9 @@ impl Pinholes {
         Ok(p)
     }
 
-    /// The event socket, for the event loop.
-    pub(crate) fn fd(&self) -> RawFd {
-        self.events.as_raw_fd()
+    /// How many pinholes are open (used or not, until their channel ends).
+    pub(crate) fn open_count(&self) -> usize {
+        self.book.pinholes.len()
     }
 
     /// Expects one connection from `peer` (any port) to `target` until

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use ftpgate_proto::rules::RuleRef;
 use ftpgate_proto::{AuditEvent, ControlEnds, PolicyStage, Session};
 use mio::net::TcpListener;
-use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 use slog::{debug, error, info, o, warn, Logger};
@@ -26,7 +25,16 @@ use crate::workers::{PauseCause, Shared, ACCEPT_PAUSE};
 /// Another loop passed a data connection, or a drain began.
 const WAKE: Token = Token(0);
 /// The conntrack event socket of the kernel data path (`--data-path pinhole`).
-const PINHOLE_EVENTS: Token = Token(usize::MAX / 2 - 1);
+/// `--data-path pinhole`: how often a loop reads its conntrack events
+/// while it has pinholes open, and otherwise (the socket receives the
+/// other loops' events too, and must not overflow). The event socket is
+/// not in the poll set: it is read at every wakeup and at these ticks. A
+/// wakeup for each event would cost the client's connect and close an
+/// interprocessor interrupt each, since the kernel sends the event inside
+/// those packets' processing; the session reads what it needs at its next
+/// wakeup anyway (a command, a reply), and the ticks bound the rest.
+const PINHOLE_TICK: Duration = Duration::from_millis(20);
+const PINHOLE_TICK_IDLE: Duration = Duration::from_millis(250);
 /// Control listeners use tokens 1..FIRST_DYNAMIC; sockets of sessions use
 /// FIRST_DYNAMIC + their registration key.
 const FIRST_DYNAMIC: usize = 1024;
@@ -90,12 +98,9 @@ impl Loop {
             debug!(log, "control listener bound"; "worker" => index, "addr" => %addr);
             listeners.push(ControlListener { listener, addr, family: family.describe(addr), ready: false });
         }
+        // The event socket is not in the poll set (see PINHOLE_TICK).
         let pinholes = if kernel_data_path {
-            let p = crate::pinhole::Pinholes::open().map_err(StartError::Pinhole)?;
-            poll.registry()
-                .register(&mut SourceFd(&p.fd()), PINHOLE_EVENTS, Interest::READABLE)
-                .map_err(|e| StartError::Setup("registering the conntrack event socket", e))?;
-            Some(p)
+            Some(crate::pinhole::Pinholes::open().map_err(StartError::Pinhole)?)
         } else {
             None
         };
@@ -171,7 +176,13 @@ impl Worker {
             let now = Instant::now();
             let mut wake = self.timers.next();
             let quiet_at = self.shared.pause_quiet_at();
-            for t in [self.accept_paused_until, self.drain_until, quiet_at].into_iter().flatten() {
+            let pinhole_tick = self
+                .pinholes
+                .as_ref()
+                .map(|p| now + if p.open_count() > 0 { PINHOLE_TICK } else { PINHOLE_TICK_IDLE });
+            for t in
+                [self.accept_paused_until, self.drain_until, quiet_at, pinhole_tick].into_iter().flatten()
+            {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
             let backlog = self.accept_paused_until.is_none() && self.listeners.iter().any(|l| l.ready);
@@ -189,11 +200,13 @@ impl Worker {
             }
             let now = Instant::now();
             let mut dirty = std::mem::take(&mut self.again);
+            // First, so that a session reads a channel's end before the
+            // command the client sent after it (a PASV waits for it).
+            dirty.extend(self.pinhole_events());
             let mut woken = false;
             for event in events.iter() {
                 match event.token() {
                     WAKE => woken = true,
-                    PINHOLE_EVENTS => dirty.extend(self.pinhole_events()),
                     token if token.0 >= FIRST_DATA_LISTENER => {
                         self.shared.data_listeners.lock().on_event(self.index, token)
                     }
@@ -281,9 +294,15 @@ impl Worker {
     /// sessions; returns the sessions to drive.
     fn pinhole_events(&mut self) -> Vec<usize> {
         let Some(pinholes) = self.pinholes.as_mut() else { return Vec::new() };
+        let open = pinholes.open_count();
         let (events, lost) = pinholes.read_events();
-        if let Some(e) = lost {
-            warn!(self.log, "conntrack events lost; transfers they ended are logged at session end"; "error" => %e);
+        match lost {
+            Some(e) if open > 0 => {
+                warn!(self.log, "conntrack events lost; transfers they ended are logged at session end"; "error" => %e)
+            }
+            // Only other loops' events could have been lost.
+            Some(e) => debug!(self.log, "conntrack events lost while no pinhole was open"; "error" => %e),
+            None => {}
         }
         let mut keys = Vec::new();
         for event in events {
