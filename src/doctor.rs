@@ -312,10 +312,8 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
 
         // The divert and TPROXY rules.
         let in_family = |r: &&NftRule<'_>| r.family == "inet" || r.family == family.nft_family();
-        let nft_divert = rules
-            .iter()
-            .filter(in_family)
-            .any(|r| r.text.contains("socket transparent 1") && r.text.contains(&mark_nft));
+        let is_nft_divert = |text: &str| text.contains("socket transparent 1") && text.contains(&mark_nft);
+        let nft_divert = rules.iter().filter(in_family).any(|r| is_nft_divert(r.text));
         let xt = facts.xt_save[i].as_deref().unwrap_or("");
         let xt_divert = xt.contains("-m socket --transparent")
             && xt.contains(&format!("-j MARK --set-xmark {:#x}/0xffffffff", plan.mark));
@@ -332,17 +330,19 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
 
         if let Some(listener) = plan.listener_for(family) {
             let port = listener.port();
-            let nft_tproxy = rules.iter().filter(in_family).any(|r| {
-                r.text.contains(&format!("tcp dport {} ", plan.port))
-                    && r.text.contains(&format!("tproxy {} to ", family.nft_family()))
-                    && r.text.contains(&format!(":{port} "))
-                    && r.text.contains(&mark_nft)
-            });
-            let xt_tproxy = xt.lines().any(|l| {
+            let is_nft_tproxy = |text: &str| {
+                text.contains(&format!("tcp dport {} ", plan.port))
+                    && text.contains(&format!("tproxy {} to ", family.nft_family()))
+                    && text.contains(&format!(":{port} "))
+                    && text.contains(&mark_nft)
+            };
+            let is_xt_tproxy = |l: &str| {
                 l.contains(&format!("--dport {} ", plan.port))
                     && l.contains(&format!("-j TPROXY --on-port {port} "))
                     && l.contains(&format!("--tproxy-mark {:#x}/", plan.mark))
-            });
+            };
+            let nft_tproxy = rules.iter().filter(in_family).any(|r| is_nft_tproxy(r.text));
+            let xt_tproxy = xt.lines().any(is_xt_tproxy);
             let ok = nft_tproxy || xt_tproxy;
             let (detail, fix) = match (ok, readable) {
                 (true, _) => (format!("tcp port {} goes to port {port}", plan.port), String::new()),
@@ -353,6 +353,48 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
                 (false, false) => (UNREADABLE.to_string(), AS_ROOT.to_string()),
             };
             checks.push(Check::new(format!("tproxy rule {name}"), ok, detail, fix));
+
+            // TPROXY must see a new connection before the divert rule: a
+            // SYN that reuses a 4-tuple ftpgate holds in TIME_WAIT would
+            // otherwise go to that socket (README, "The packet path").
+            // Rule sets of ftpgate before 3546891 have the other order.
+            let nft_order = {
+                let ours = |r: &&NftRule<'_>| in_family(r);
+                let divert = rules.iter().filter(ours).find(|r| is_nft_divert(r.text));
+                let tproxy = rules.iter().filter(ours).find(|r| is_nft_tproxy(r.text));
+                match (divert, tproxy) {
+                    (Some(d), Some(t)) if (d.table, d.chain) == (t.table, t.chain) => Some(
+                        rules.iter().position(|r| std::ptr::eq(r, t))
+                            < rules.iter().position(|r| std::ptr::eq(r, d)),
+                    ),
+                    _ => None,
+                }
+            };
+            let xt_order = {
+                let chain = |l: &str| l.split_whitespace().nth(1).map(str::to_owned);
+                let divert = xt.lines().position(|l| l.contains("-m socket --transparent"));
+                let tproxy = xt.lines().position(is_xt_tproxy);
+                match (divert, tproxy) {
+                    (Some(d), Some(t))
+                        if chain(xt.lines().nth(d).unwrap_or(""))
+                            == chain(xt.lines().nth(t).unwrap_or("")) =>
+                    {
+                        Some(t < d)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(first) = nft_order.or(xt_order) {
+                let detail = if first {
+                    "the TPROXY rule comes before the divert rule".to_string()
+                } else {
+                    "the divert rule comes first: a client reusing the addresses and ports of a \
+                     connection ftpgate holds in TIME_WAIT loses 10 ms or more to a SYN retransmission"
+                        .to_string()
+                };
+                let fix = if first { String::new() } else { fix_rules.clone() };
+                checks.push(Check::new(format!("rule order {name}"), first, detail, fix));
+            }
         }
 
         // This process and IP_TRANSPARENT.
@@ -542,9 +584,9 @@ mod tests {
     const LAB_RULESET: &str = "table inet ftpgate { # handle 1
 	chain divert { # handle 1
 		type filter hook prerouting priority mangle; policy accept;
-		meta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept # handle 2
 		iifname \"gw-c\" meta nfproto ipv4 tcp dport 21 tproxy ip to :2121 meta mark set 0x00000001 accept # handle 3
 		iifname \"gw-c\" meta nfproto ipv6 tcp dport 21 tproxy ip6 to :2121 meta mark set 0x00000001 accept # handle 4
+		meta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept # handle 2
 	}
 
 	chain forward { # handle 2
@@ -575,6 +617,7 @@ mod tests {
                 "forwarding IPv4",
                 "divert rule IPv4",
                 "tproxy rule IPv4",
+                "rule order IPv4",
                 "IP_TRANSPARENT IPv4",
                 "kernel tproxy IPv6",
                 "policy rule IPv6",
@@ -582,6 +625,7 @@ mod tests {
                 "forwarding IPv6",
                 "divert rule IPv6",
                 "tproxy rule IPv6",
+                "rule order IPv6",
                 "IP_TRANSPARENT IPv6",
                 "rp_filter",
                 "nf_conntrack_ftp",
@@ -666,6 +710,37 @@ mod tests {
         assert_eq!(find(&c, "kernel tproxy IPv6").fix, "modprobe nft_socket nft_tproxy");
     }
 
+    /// Rule sets loaded before 3546891 divert first: a reused 4-tuple costs
+    /// a SYN retransmission. Both forms are recognised.
+    #[test]
+    fn divert_rule_before_tproxy_is_wrong_and_fixed_by_reloading_the_rules() {
+        let old = LAB_RULESET.replace(
+            "\t\tmeta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept # handle 2\n",
+            "",
+        );
+        let old = old.replace(
+            "policy accept;\n\t\tiifname \"gw-c\" meta nfproto ipv4",
+            "policy accept;\n\t\tmeta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept # handle 2\n\t\tiifname \"gw-c\" meta nfproto ipv4",
+        );
+        assert_ne!(old, LAB_RULESET);
+        let mut f = healthy();
+        f.nft_ruleset = Some(Ok(old));
+        let c = evaluate(&lab_plan(), &f);
+        assert_eq!(wrong(&c), ["rule order IPv4", "rule order IPv6"]);
+        assert!(find(&c, "rule order IPv4").fix.ends_with(" | nft -f -"), "{c:#?}");
+
+        let mut f = healthy();
+        f.nft_ruleset = Some(Ok(String::new()));
+        f.nft_expressions = [None, None];
+        let save = "*mangle\n-A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT\n\
+            -A FTPGATE_DIVERT -j MARK --set-xmark 0x1/0xffffffff\n\
+            -A FTPGATE_PREROUTING -i gw-c -p tcp -m tcp --dport 21 -j TPROXY --on-port 2121 --on-ip 0.0.0.0 --tproxy-mark 0x1/0xffffffff\nCOMMIT\n";
+        f.xt_save = [Some(save.into()), Some(save.replace("0.0.0.0", "::"))];
+        let c = evaluate(&lab_plan(), &f);
+        assert_eq!(wrong(&c), ["rule order IPv4", "rule order IPv6"]);
+        assert!(find(&c, "rule order IPv6").fix.contains("--iptables"), "{c:#?}");
+    }
+
     #[test]
     fn missing_rules_name_the_rules_command() {
         let mut f = healthy();
@@ -693,8 +768,9 @@ mod tests {
         f.nft_expressions = [None, None];
         let save = "*mangle\n:PREROUTING ACCEPT [0:0]\n:FTPGATE_DIVERT - [0:0]\n:FTPGATE_PREROUTING - [0:0]\n\
             -A PREROUTING -j FTPGATE_PREROUTING\n-A FTPGATE_DIVERT -j MARK --set-xmark 0x1/0xffffffff\n\
-            -A FTPGATE_DIVERT -j ACCEPT\n-A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT\n\
-            -A FTPGATE_PREROUTING -i gw-c -p tcp -m tcp --dport 21 -j TPROXY --on-port 2121 --on-ip 0.0.0.0 --tproxy-mark 0x1/0xffffffff\nCOMMIT\n";
+            -A FTPGATE_DIVERT -j ACCEPT\n\
+            -A FTPGATE_PREROUTING -i gw-c -p tcp -m tcp --dport 21 -j TPROXY --on-port 2121 --on-ip 0.0.0.0 --tproxy-mark 0x1/0xffffffff\n\
+            -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT\nCOMMIT\n";
         f.xt_save = [Some(save.into()), Some(save.replace("0.0.0.0", "::"))];
         let c = evaluate(&lab_plan(), &f);
         assert!(wrong(&c).is_empty(), "{c:#?}");

@@ -63,7 +63,7 @@ fn doctor(lab: &Lab) -> Report {
 fn assert_healthy(lab: &Lab, after: &str) {
     let r = doctor(lab);
     assert!(r.wrong().is_empty() && r.code == Some(0), "after {after}: {:#?} (exit {:?})", r.lines, r.code);
-    assert_eq!(r.lines.len(), 16, "{:#?}", r.lines);
+    assert_eq!(r.lines.len(), 18, "{:#?}", r.lines);
 }
 
 /// Runs a shell command in the gateway namespace, with ftpgate in PATH
@@ -108,6 +108,15 @@ fn doctor_healthy_lab_then_each_item_broken_and_fixed() {
         "nft delete rule inet ftpgate divert handle \
          $(nft -a list chain inet ftpgate divert | sed -n 's/.*socket transparent.*# handle //p')",
         &["divert rule IPv4", "divert rule IPv6"],
+    );
+    // the divert rule moved before the TPROXY rules (rule sets of ftpgate
+    // before 3546891): a reused 4-tuple would go to a TIME_WAIT socket
+    let _ = break_and_fix(
+        &lab,
+        "nft delete rule inet ftpgate divert handle \
+         $(nft -a list chain inet ftpgate divert | sed -n 's/.*socket transparent.*# handle //p') && \
+         nft insert rule inet ftpgate divert meta l4proto tcp socket transparent 1 meta mark set 0x1 accept",
+        &["rule order IPv4", "rule order IPv6"],
     );
     // the TPROXY rule for IPv6 alone
     let _ = break_and_fix(
