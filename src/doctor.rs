@@ -359,28 +359,22 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
             // otherwise go to that socket (README, "The packet path").
             // Rule sets of ftpgate before 3546891 have the other order.
             let nft_order = {
-                let ours = |r: &&NftRule<'_>| in_family(r);
-                let divert = rules.iter().filter(ours).find(|r| is_nft_divert(r.text));
-                let tproxy = rules.iter().filter(ours).find(|r| is_nft_tproxy(r.text));
-                match (divert, tproxy) {
-                    (Some(d), Some(t)) if (d.table, d.chain) == (t.table, t.chain) => Some(
-                        rules.iter().position(|r| std::ptr::eq(r, t))
-                            < rules.iter().position(|r| std::ptr::eq(r, d)),
-                    ),
+                let at = |is: &dyn Fn(&str) -> bool| rules.iter().position(|r| in_family(&r) && is(r.text));
+                match (at(&is_nft_divert), at(&is_nft_tproxy)) {
+                    (Some(d), Some(t))
+                        if (rules[d].table, rules[d].chain) == (rules[t].table, rules[t].chain) =>
+                    {
+                        Some(t < d)
+                    }
                     _ => None,
                 }
             };
             let xt_order = {
-                let chain = |l: &str| l.split_whitespace().nth(1).map(str::to_owned);
-                let divert = xt.lines().position(|l| l.contains("-m socket --transparent"));
-                let tproxy = xt.lines().position(is_xt_tproxy);
-                match (divert, tproxy) {
-                    (Some(d), Some(t))
-                        if chain(xt.lines().nth(d).unwrap_or(""))
-                            == chain(xt.lines().nth(t).unwrap_or("")) =>
-                    {
-                        Some(t < d)
-                    }
+                let lines: Vec<&str> = xt.lines().collect();
+                let chain = |i: usize| lines[i].split_whitespace().nth(1);
+                let divert = lines.iter().position(|l| l.contains("-m socket --transparent"));
+                match (divert, lines.iter().position(|l| is_xt_tproxy(l))) {
+                    (Some(d), Some(t)) if chain(d) == chain(t) => Some(t < d),
                     _ => None,
                 }
             };

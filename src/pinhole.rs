@@ -429,7 +429,10 @@ impl Pinholes {
                 }
             }
         }
-        metrics::get().conntrack_events(read, lost.is_some());
+        // Read at every wakeup of the loop: most find nothing.
+        if read > 0 || lost.is_some() {
+            metrics::get().conntrack_events(read, lost.is_some());
+        }
         (out, lost)
     }
 

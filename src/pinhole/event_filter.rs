@@ -22,6 +22,11 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use libc::{
+    BPF_ABS, BPF_B, BPF_H, BPF_IMM, BPF_IND, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_LDX, BPF_MISC,
+    BPF_RET, BPF_TAX, BPF_W,
+};
+
 use super::{
     CTA_PROTOINFO, CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE, CTA_STATUS, CTA_TUPLE_MASTER,
     IPCTNL_MSG_CT_DELETE, NFNL_SUBSYS_CTNETLINK, TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_TIME_WAIT,
@@ -45,11 +50,6 @@ enum Op {
     Stmt(u16, u32),
     Jump(u16, u32, To, To),
 }
-
-use libc::{
-    BPF_ABS, BPF_B, BPF_H, BPF_IMM, BPF_IND, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_LDX, BPF_MISC,
-    BPF_RET, BPF_TAX, BPF_W,
-};
 
 fn code(parts: u32) -> u16 {
     u16::try_from(parts).unwrap_or(u16::MAX)
