@@ -243,6 +243,15 @@ seeds["session"]["crash-held-226-dropped-at-teardown-regression"] = (
     b"S220\nS230\nCPASV\nS227 (198,51,100,10,195,80)\nL\x00\x00\x00\x00CRETR x\n"
     b"A\x00\x00\x00K\x00S150 ok\nS226 ok\nSxyz\n")
 
+# --data-path pinhole: the client closed mid-transfer (its side shut, the
+# session waits for the kernel's end), then a malformed server reply ended
+# the session, and the teardown shut the client's side a second time
+# (src/session/tests.rs
+# kernel_data_path_teardown_after_client_left_shuts_each_side_once).
+seeds["session"]["crash-kernel-client-gone-then-server-broke-regression"] = (
+    b"&\x00\x00\x00\x01S220\nS230\nCPASV\nS227 (198,51,100,10,195,80)\nL\x00\x00\x00\x00CRETR x\n"
+    b"A\x00\x00\x00K\x00X\x00S\r\n")
+
 # A refused line, then the channel cap refusing two 229s (answers to
 # PASVs forwarded before it), then the run's record at the teardown: the
 # core is right (one record for the run); the driver counted the two 229

@@ -564,9 +564,16 @@ impl Session {
     /// and the server's final reply, so that the record says how the
     /// transfer ended and not "aborted". Then the close passes on.
     fn client_gone(&mut self, now: Instant) {
-        self.shutdown[idx(Side::Client)] = true;
         self.client_gone_until = Some(after(now, self.config.idle_timeout));
-        self.actions.push_back(Action::Shutdown { side: Side::Client });
+        self.shut(Side::Client);
+    }
+
+    /// `Shutdown` for `side`, once: the client's side may already be shut
+    /// when the session ends (`client_gone`).
+    fn shut(&mut self, side: Side) {
+        if !std::mem::replace(&mut self.shutdown[idx(side)], true) {
+            self.actions.push_back(Action::Shutdown { side });
+        }
     }
 
     /// Every hold must wait for something that can still happen; a hold on
@@ -778,18 +785,15 @@ impl Session {
                 ch.final_dropped = true;
             }
         }
-        self.actions.push_back(Action::Shutdown { side: first });
+        self.shut(first);
         if first == Side::Client {
-            self.actions.push_back(Action::Shutdown { side: Side::Server });
+            self.shut(Side::Server);
         }
         let ids: Vec<DataId> = self.data.keys().copied().collect();
         for id in ids {
             self.abort_data(id, cut);
         }
-        if first == Side::Server {
-            self.actions.push_back(Action::Shutdown { side: Side::Client });
-        }
-        self.shutdown = [true, true];
+        self.shut(Side::Client);
         let end = self.end_record(self.now, reason);
         self.actions.push_back(Action::Audit(end));
         self.port_hold = None;

@@ -976,6 +976,22 @@ fn kernel_data_path_client_close_mid_transfer_waits_for_the_end_then_closes() {
     }
 }
 
+/// The session ends for another reason while it waits after the client
+/// left (here a malformed server reply): the client's side, shut when it
+/// left, is not shut again (fuzz: crash-kernel-client-gone-then-server-
+/// broke-regression).
+#[test]
+fn kernel_data_path_teardown_after_client_left_shuts_each_side_once() {
+    let mut t = passive_relaying_retr_with(kernel());
+    t.input(Input::Closed { from: Side::Client });
+    assert_eq!(t.actions(), vec![Action::Shutdown { side: Side::Client }]);
+    server!(t, b"\r\n");
+    let actions = t.actions();
+    let shut = |side| actions.iter().filter(|a| **a == Action::Shutdown { side }).count();
+    assert_eq!((shut(Side::Client), shut(Side::Server)), (0, 1), "{actions:?}");
+    assert!(t.s.is_closed());
+}
+
 /// The wait for a kernel-carried transfer after the client left is
 /// bounded by the idle timeout: then the session ends and the transfer,
 /// whose end nobody saw, is logged aborted.
