@@ -201,6 +201,7 @@ pub(crate) struct Metrics {
     pinhole_bytes_to_server: Counter,
     conntrack_events: Counter,
     conntrack_events_lost: Counter,
+    conntrack_polls: Counter,
 }
 
 /// The values of the pinholes' `result` label.
@@ -235,6 +236,7 @@ impl Metrics {
             pinhole_bytes_to_server: Counter::default(),
             conntrack_events: Counter::default(),
             conntrack_events_lost: Counter::default(),
+            conntrack_polls: Counter::default(),
         };
         m.register()
     }
@@ -338,8 +340,14 @@ impl Metrics {
         r.register(
             "conntrack_events",
             "--data-path pinhole: conntrack events read (at the loop's wakeups): those of \
-             connections made from an expectation, at their start and end",
+             connections made from an expectation, at their start and when their entry goes",
             self.conntrack_events.clone(),
+        );
+        r.register(
+            "conntrack_polls",
+            "--data-path pinhole: running pinhole connections looked up in conntrack for their end \
+             (when their session has input, and on the loop's ticks)",
+            self.conntrack_polls.clone(),
         );
         r.register(
             "conntrack_events_lost",
@@ -459,6 +467,11 @@ impl Metrics {
     }
 
     /// `n` conntrack events read; `lost`: the kernel dropped some.
+    /// A running pinhole connection was looked up for its end.
+    pub(crate) fn conntrack_polled(&self) {
+        self.conntrack_polls.inc();
+    }
+
     pub(crate) fn conntrack_events(&self, n: u64, lost: bool) {
         self.conntrack_events.inc_by(n);
         if lost {

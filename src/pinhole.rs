@@ -20,12 +20,18 @@
 //! byte. The placeholder is deleted with the channel, taking an unused
 //! expectation with it, and times out by itself if ftpgate dies.
 //!
-//! The end of the data connection and its byte counts come from conntrack
-//! events (NEW of the related entry, UPDATE to TIME_WAIT or CLOSE, DESTROY)
-//! and conntrack accounting (`nf_conntrack_acct`, turned on at start); a
-//! filter in the kernel drops every other event (`event_filter`). The
-//! counts are the IP bytes of each direction, headers included: conntrack
-//! does not count TCP payload.
+//! The data connection's arrival comes from a conntrack event (NEW of the
+//! related entry). Its end and byte counts are asked of the kernel (a GET
+//! of the entry: TIME_WAIT is a clean end, CLOSE a reset), whenever its
+//! session has something to read and on the loop's ticks; a DESTROY event
+//! ends what vanished before. ftpgate does not join the UPDATE group: the
+//! kernel then builds an event message for every state change of every
+//! connection in the namespace, FTP or not (about 5 µs per connection,
+//! lab/bench/profile/README.md). A filter in the kernel drops the NEW and
+//! DESTROY events of other connections (`event_filter`). The counts, from
+//! conntrack accounting (`nf_conntrack_acct`, turned on at start), are the
+//! IP bytes of each direction, headers included: conntrack does not count
+//! TCP payload.
 //!
 //! Read: net/netfilter/nf_conntrack_netlink.c (ctnetlink_create_expect,
 //! ctnetlink_alloc_expect), nf_conntrack_expect.c (__nf_ct_expect_check),
@@ -53,7 +59,6 @@ const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const IPCTNL_MSG_EXP_NEW: u16 = 0;
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;
-const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
 const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 
 const CTA_TUPLE_ORIG: u16 = 1;
@@ -195,17 +200,6 @@ struct Book {
     by_conn: HashMap<Tuple, Owner>,
 }
 
-/// What a conntrack event means for the pinholes.
-#[derive(Debug, PartialEq, Eq)]
-enum Seen {
-    Event(Event),
-    /// A pinhole's connection ended; its counts are to be read.
-    Ended {
-        conn: Tuple,
-        reset: bool,
-    },
-}
-
 impl Book {
     fn insert(&mut self, owner: Owner, master: Tuple) {
         self.by_master.insert(master, owner);
@@ -228,30 +222,38 @@ impl Book {
         Some((p.master, p.conn.is_some()))
     }
 
-    fn seen(&mut self, kind: u16, flags: u16, ct: &Conntrack) -> Option<Seen> {
+    /// What an event means for the pinholes: the NEW of a connection
+    /// made from one of their expectations, or the DESTROY of one whose
+    /// end was not looked up before it went.
+    fn seen(&mut self, kind: u16, flags: u16, ct: &Conntrack) -> Option<Event> {
         let orig = ct.orig?;
-        if kind == IPCTNL_MSG_CT_NEW && flags & NLM_F_CREATE != 0 {
-            let owner = *self.by_master.get(&ct.master?)?;
-            self.by_conn.insert(orig, owner);
-            if let Some(p) = self.pinholes.get_mut(&(owner.session, owner.data)) {
-                p.conn = Some(orig);
+        match kind {
+            IPCTNL_MSG_CT_NEW if flags & NLM_F_CREATE != 0 => {
+                let owner = *self.by_master.get(&ct.master?)?;
+                self.by_conn.insert(orig, owner);
+                if let Some(p) = self.pinholes.get_mut(&(owner.session, owner.data)) {
+                    p.conn = Some(orig);
+                }
+                let peer = SocketAddr::new(orig.src, orig.sport);
+                Some(Event::Connected { session: owner.session, data: owner.data, peer })
             }
-            let peer = SocketAddr::new(orig.src, orig.sport);
-            return Some(Seen::Event(Event::Connected { session: owner.session, data: owner.data, peer }));
-        }
-        if !self.by_conn.contains_key(&orig) {
-            return None;
-        }
-        match (kind, ct.tcp_state) {
-            (IPCTNL_MSG_CT_NEW, Some(TCP_CONNTRACK_TIME_WAIT)) => {
-                Some(Seen::Ended { conn: orig, reset: false })
+            IPCTNL_MSG_CT_DELETE => {
+                let reset = ct.tcp_state == Some(TCP_CONNTRACK_CLOSE);
+                self.end(orig, (ct.orig_bytes, ct.reply_bytes), reset)
             }
-            (IPCTNL_MSG_CT_NEW, Some(TCP_CONNTRACK_CLOSE)) => Some(Seen::Ended { conn: orig, reset: true }),
-            (IPCTNL_MSG_CT_DELETE, state) => self
-                .end(orig, (ct.orig_bytes, ct.reply_bytes), state == Some(TCP_CONNTRACK_CLOSE))
-                .map(Seen::Event),
             _ => None,
         }
+    }
+
+    /// What a lookup of a running connection (`conn`) found: its end, if
+    /// it has ended (TIME_WAIT: both FINs passed; CLOSE: a reset).
+    fn looked_up(&mut self, conn: Tuple, ct: &Conntrack) -> Option<Event> {
+        let reset = match ct.tcp_state? {
+            TCP_CONNTRACK_TIME_WAIT => false,
+            TCP_CONNTRACK_CLOSE => true,
+            _ => return None,
+        };
+        self.end(conn, (ct.orig_bytes, ct.reply_bytes), reset)
     }
 
     /// The end of a pinhole's connection, with its (original, reply) IP
@@ -280,7 +282,7 @@ impl Pinholes {
             .map_err(un("setting a receive timeout on the netlink socket"))?;
         let mut events = Socket::new(NETLINK_NETFILTER).map_err(un("opening a netfilter netlink socket"))?;
         events.bind_auto().map_err(un("binding the netlink socket"))?;
-        for group in [NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY] {
+        for group in [NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY] {
             events.add_membership(group).map_err(un("joining the conntrack event groups"))?;
         }
         event_filter::attach(events.as_raw_fd()).map_err(un("filtering the conntrack events"))?;
@@ -437,28 +439,46 @@ impl Pinholes {
     }
 
     fn on_event(&mut self, kind: u16, flags: u16, ct: &Conntrack) -> Option<Event> {
-        match self.book.seen(kind, flags, ct)? {
-            Seen::Event(event) => {
-                if let Event::Connected { .. } = event {
-                    metrics::get().pinhole_done(true);
-                }
-                Some(event)
-            }
-            Seen::Ended { conn, reset } => {
-                // Gone already (a DESTROY follows): counted as nothing.
-                let counts = self.counters(conn).unwrap_or_default();
-                self.book.end(conn, counts, reset)
-            }
+        let event = self.book.seen(kind, flags, ct)?;
+        if let Event::Connected { .. } = event {
+            metrics::get().pinhole_done(true);
         }
+        Some(event)
     }
 
-    /// The byte counts of a live entry (original, reply).
-    fn counters(&mut self, orig: Tuple) -> io::Result<(u64, u64)> {
+    /// A live entry, as the kernel has it now.
+    fn get(&mut self, orig: Tuple) -> io::Result<Conntrack> {
         let mut body = Vec::new();
         put_tuple(&mut body, CTA_TUPLE_ORIG, orig);
         let reply = self.request(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET, family(orig.src), 0, &body)?;
-        let ct = Conntrack::parse(reply.get(4..).unwrap_or_default());
-        Ok((ct.orig_bytes, ct.reply_bytes))
+        Ok(Conntrack::parse(reply.get(4..).unwrap_or_default()))
+    }
+
+    /// Asks the kernel how the running connections of the sessions that
+    /// `due` picks stand; returns the ends found (TIME_WAIT: both FINs
+    /// passed; CLOSE: a reset), with their counts. An entry already gone
+    /// is ended by its DESTROY event.
+    pub(crate) fn poll_ends(&mut self, mut due: impl FnMut(usize) -> bool) -> Vec<Event> {
+        let conns: Vec<Tuple> =
+            self.book.by_conn.iter().filter(|(_, owner)| due(owner.session)).map(|(conn, _)| *conn).collect();
+        let mut out = Vec::new();
+        for conn in conns {
+            metrics::get().conntrack_polled();
+            // Gone (ENOENT): its DESTROY event, read next, has the counts.
+            let Ok(ct) = self.get(conn) else { continue };
+            if let Some(event) = self.book.looked_up(conn, &ct) {
+                if let Event::Ended { to_client, to_server, .. } = event {
+                    metrics::get().pinhole_bytes(to_client, to_server);
+                }
+                out.push(event);
+            }
+        }
+        out
+    }
+
+    /// How many connections through pinholes run (their end not yet seen).
+    pub(crate) fn running_count(&self) -> usize {
+        self.book.by_conn.len()
     }
 
     fn create_master(&mut self, t: Tuple, timeout: Duration) -> io::Result<()> {
@@ -770,7 +790,7 @@ mod tests {
         let (mut book, master, conn) = passive();
         let seen = book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(master)));
         let peer = "192.0.2.10:40001".parse().unwrap();
-        assert_eq!(seen, Some(Seen::Event(Event::Connected { session: 3, data: DataId(1), peer })));
+        assert_eq!(seen, Some(Event::Connected { session: 3, data: DataId(1), peer }));
         assert_eq!(book.peer(3, DataId(1)), Some(peer));
     }
 
@@ -784,16 +804,38 @@ mod tests {
     }
 
     #[test]
-    fn update_to_time_wait_ends_clean_close_ends_reset_others_ignored() {
+    fn lookup_in_time_wait_ends_clean_in_close_ends_reset_else_runs() {
         for (state, reset) in
             [(TCP_CONNTRACK_TIME_WAIT, Some(false)), (TCP_CONNTRACK_CLOSE, Some(true)), (3, None)]
         {
             let (mut book, master, conn) = passive();
             book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(master)));
-            let update = Conntrack { tcp_state: Some(state), ..new_ct(conn, None) };
-            let want = reset.map(|reset| Seen::Ended { conn, reset });
-            assert_eq!(book.seen(IPCTNL_MSG_CT_NEW, 0, &update), want, "state {state}");
+            let now =
+                Conntrack { tcp_state: Some(state), orig_bytes: 60, reply_bytes: 5000, ..new_ct(conn, None) };
+            let want = reset.map(|reset| Event::Ended {
+                session: 3,
+                data: DataId(1),
+                to_client: 5000,
+                to_server: 60,
+                reset,
+            });
+            assert_eq!(book.looked_up(conn, &now), want, "state {state}");
+            // Once: a later lookup or DESTROY finds nothing to end.
+            if reset.is_some() {
+                assert_eq!(book.looked_up(conn, &now), None);
+                assert_eq!(book.seen(IPCTNL_MSG_CT_DELETE, 0, &now), None);
+            }
         }
+    }
+
+    #[test]
+    fn an_update_event_is_not_an_end() {
+        // Not subscribed to; were one read, the lookup still decides.
+        let (mut book, master, conn) = passive();
+        book.seen(IPCTNL_MSG_CT_NEW, CREATE, &new_ct(conn, Some(master)));
+        let update = Conntrack { tcp_state: Some(TCP_CONNTRACK_TIME_WAIT), ..new_ct(conn, None) };
+        assert_eq!(book.seen(IPCTNL_MSG_CT_NEW, 0, &update), None);
+        assert_eq!(book.by_conn.len(), 1);
     }
 
     #[test]
@@ -819,7 +861,7 @@ mod tests {
         let destroy = Conntrack { orig_bytes: 7000, reply_bytes: 80, ..new_ct(conn, None) };
         let ended =
             Event::Ended { session: 4, data: DataId(0), to_client: 7000, to_server: 80, reset: false };
-        assert_eq!(book.seen(IPCTNL_MSG_CT_DELETE, 0, &destroy), Some(Seen::Event(ended)));
+        assert_eq!(book.seen(IPCTNL_MSG_CT_DELETE, 0, &destroy), Some(ended));
     }
 
     #[test]

@@ -35,6 +35,11 @@ const WAKE: Token = Token(0);
 /// wakeup anyway (a command, a reply), and the ticks bound the rest.
 const PINHOLE_TICK: Duration = Duration::from_millis(20);
 const PINHOLE_TICK_IDLE: Duration = Duration::from_millis(250);
+/// `--data-path pinhole`: how often a loop asks the kernel about all its
+/// running pinhole connections, for the ends no session input asked for
+/// (a transfer record, a client gone, a drain): a lookup each, so not at
+/// every tick.
+const PINHOLE_POLL: Duration = Duration::from_millis(250);
 /// Control listeners use tokens 1..FIRST_DYNAMIC; sockets of sessions use
 /// FIRST_DYNAMIC + their registration key.
 const FIRST_DYNAMIC: usize = 1024;
@@ -143,6 +148,8 @@ pub(crate) struct Worker {
     /// own sockets and its own pinholes (events of the others' are not
     /// in its book, and are ignored).
     pinholes: Option<crate::pinhole::Pinholes>,
+    /// When `pinhole_ends` next asks about every running connection.
+    next_pinhole_poll: Option<Instant>,
 }
 
 impl Worker {
@@ -164,6 +171,7 @@ impl Worker {
             drain_until: None,
             policy_epoch: 0,
             pinholes,
+            next_pinhole_poll: None,
         }
     }
 
@@ -245,6 +253,12 @@ impl Worker {
             dirty.extend(self.timers.expired(now));
             dirty.sort_unstable();
             dirty.dedup();
+            let ended = self.pinhole_ends(&dirty, now);
+            if !ended.is_empty() {
+                dirty.extend(ended);
+                dirty.sort_unstable();
+                dirty.dedup();
+            }
             for key in dirty {
                 self.drive(key, now);
             }
@@ -306,6 +320,32 @@ impl Worker {
         }
         let mut keys = Vec::new();
         for event in events {
+            let key = event.session();
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.kernel_event(event);
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    /// Asks the kernel whether the running pinhole connections of the
+    /// sessions about to run (`dirty`, sorted) have ended, so that each
+    /// reads its channel's end before what came after it: a command, or
+    /// the reply to a PASV sent after the transfer (its 227 opens the next
+    /// channel, and one per session runs at a time). Every `PINHOLE_POLL`,
+    /// those of all sessions. Returns the sessions told of an end.
+    fn pinhole_ends(&mut self, dirty: &[usize], now: Instant) -> Vec<usize> {
+        let Some(pinholes) = self.pinholes.as_mut() else { return Vec::new() };
+        if pinholes.running_count() == 0 {
+            return Vec::new();
+        }
+        let all = self.next_pinhole_poll.is_none_or(|t| t <= now);
+        if all {
+            self.next_pinhole_poll = Some(now + PINHOLE_POLL);
+        }
+        let mut keys = Vec::new();
+        for event in pinholes.poll_ends(|session| all || dirty.binary_search(&session).is_ok()) {
             let key = event.session();
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.kernel_event(event);

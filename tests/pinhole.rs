@@ -413,7 +413,8 @@ f.quit()
 "#;
 
 /// `--metrics` in pinhole mode: pinholes used and unused, none left open,
-/// the IP bytes the kernel forwarded, and the conntrack events read.
+/// the IP bytes the kernel forwarded, the conntrack events read and the
+/// lookups of the running connection's end.
 #[test]
 fn pinhole_metrics_count_used_and_unused_pinholes_and_ip_bytes() {
     pinhole_rules();
@@ -438,11 +439,13 @@ fn pinhole_metrics_count_used_and_unused_pinholes_and_ip_bytes() {
     assert_eq!(get("ftpgate_pinholes_open"), 0.0, "{scrape}");
     let to_client = get(r#"ftpgate_pinhole_bytes_total{direction="to_client"}"#);
     assert!(to_client >= len as f64 && to_client < len as f64 * 1.05, "{scrape}");
-    // The used pinhole's start and end, read by its loop; the other loop
-    // reads its copies at its next wakeup or tick (250 ms idle), maybe
-    // after this scrape.
-    assert!(get("ftpgate_conntrack_events_total") >= 2.0, "{scrape}");
+    // The used pinhole's start, read by its loop (the other loop reads
+    // its copy at its next wakeup or tick, maybe after this scrape; the
+    // entry's DESTROY comes after its TIME_WAIT, minutes later). Its end
+    // was looked up: the byte counts above come from that lookup.
+    assert!(get("ftpgate_conntrack_events_total") >= 1.0, "{scrape}");
     assert_eq!(get("ftpgate_conntrack_events_lost_total"), 0.0, "{scrape}");
+    assert!(get("ftpgate_conntrack_polls_total") >= 1.0, "{scrape}");
     // The relay's byte counter is the relay's: nothing went through it.
     assert_eq!(get(r#"ftpgate_data_bytes_total{direction="to_client"}"#), 0.0, "{scrape}");
 }
