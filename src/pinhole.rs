@@ -198,6 +198,9 @@ struct Book {
     pinholes: HashMap<(usize, DataId), Pinhole>,
     by_master: HashMap<Tuple, Owner>,
     by_conn: HashMap<Tuple, Owner>,
+    /// Connections whose NEW the latest read of events brought: they have
+    /// just begun, and a lookup of their end would find none.
+    fresh: Vec<Tuple>,
 }
 
 impl Book {
@@ -231,6 +234,7 @@ impl Book {
             IPCTNL_MSG_CT_NEW if flags & NLM_F_CREATE != 0 => {
                 let owner = *self.by_master.get(&ct.master?)?;
                 self.by_conn.insert(orig, owner);
+                self.fresh.push(orig);
                 if let Some(p) = self.pinholes.get_mut(&(owner.session, owner.data)) {
                     p.conn = Some(orig);
                 }
@@ -403,6 +407,7 @@ impl Pinholes {
     /// and the receive error if events were lost (ENOBUFS): the channels
     /// they ended then fall to the session's end.
     pub(crate) fn read_events(&mut self) -> (Vec<Event>, Option<io::Error>) {
+        self.book.fresh.clear();
         let mut out = Vec::new();
         let mut lost = None;
         let mut read = 0u64;
@@ -455,12 +460,16 @@ impl Pinholes {
     }
 
     /// Asks the kernel how the running connections of the sessions that
-    /// `due` picks stand; returns the ends found (TIME_WAIT: both FINs
-    /// passed; CLOSE: a reset), with their counts. An entry already gone
-    /// is ended by its DESTROY event.
+    /// `due` picks stand, except those that began since the last wakeup;
+    /// returns the ends found (TIME_WAIT: both FINs passed; CLOSE: a
+    /// reset), with their counts. An entry already gone is ended by its
+    /// DESTROY event.
     pub(crate) fn poll_ends(&mut self, mut due: impl FnMut(usize) -> bool) -> Vec<Event> {
         let conns: Vec<Tuple> =
             self.book.by_conn.iter().filter(|(_, owner)| due(owner.session)).map(|(conn, _)| *conn).collect();
+        // Begun since the last wakeup: a session input that needs their end
+        // (the 227 after a transfer) comes in a later one, which looks.
+        let conns: Vec<Tuple> = conns.into_iter().filter(|c| !self.book.fresh.contains(c)).collect();
         let mut out = Vec::new();
         for conn in conns {
             metrics::get().conntrack_polled();
