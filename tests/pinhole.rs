@@ -412,6 +412,33 @@ print(f.sendcmd("EPSV"))
 f.quit()
 "#;
 
+/// ftpgate joins conntrack's NEW and DESTROY event groups, never UPDATE:
+/// with UPDATE joined, the kernel builds an event message for every state
+/// step of every connection of the router, FTP or not, before a filter
+/// can drop it (lab/bench/conntrack_cost.py). The ends are looked up.
+#[test]
+fn pinhole_joins_conntrack_new_and_destroy_events_only() {
+    let lab = pinhole_lab("phgrp");
+    let path = format!("/proc/{}/net/netlink", lab.gateway_pid());
+    let table = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    // Columns: sk Eth Pid Groups ...; NETLINK_NETFILTER is 12, and group
+    // N is bit N-1 (NEW 1, UPDATE 2, DESTROY 3).
+    let groups: Vec<u32> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(1) == Some(&"12")).then(|| u32::from_str_radix(f[3], 16).expect("hex groups"))
+        })
+        .filter(|&g| g != 0)
+        .collect();
+    // One event socket per event loop.
+    assert!(!groups.is_empty(), "no conntrack event socket:\n{table}");
+    for g in groups {
+        assert_eq!(g, 0b101, "groups {g:#x}, not NEW and DESTROY only:\n{table}");
+    }
+}
+
 /// `--metrics` in pinhole mode: pinholes used and unused, none left open,
 /// the IP bytes the kernel forwarded, the conntrack events read and the
 /// lookups of the running connection's end.
