@@ -346,7 +346,7 @@ impl Metrics {
         r.register(
             "conntrack_polls",
             "--data-path pinhole: running pinhole connections looked up in conntrack for their end \
-             (when their session has input, and on the loop's ticks)",
+             (at each wakeup of their session, and every 250 ms)",
             self.conntrack_polls.clone(),
         );
         r.register(
@@ -466,12 +466,12 @@ impl Metrics {
         self.pinhole_bytes_to_server.inc_by(to_server);
     }
 
-    /// `n` conntrack events read; `lost`: the kernel dropped some.
     /// A running pinhole connection was looked up for its end.
     pub(crate) fn conntrack_polled(&self) {
         self.conntrack_polls.inc();
     }
 
+    /// `n` conntrack events read; `lost`: the kernel dropped some.
     pub(crate) fn conntrack_events(&self, n: u64, lost: bool) {
         self.conntrack_events.inc_by(n);
         if lost {

@@ -465,11 +465,16 @@ impl Pinholes {
     /// reset), with their counts. An entry already gone is ended by its
     /// DESTROY event.
     pub(crate) fn poll_ends(&mut self, mut due: impl FnMut(usize) -> bool) -> Vec<Event> {
-        let conns: Vec<Tuple> =
-            self.book.by_conn.iter().filter(|(_, owner)| due(owner.session)).map(|(conn, _)| *conn).collect();
-        // Begun since the last wakeup: a session input that needs their end
-        // (the 227 after a transfer) comes in a later one, which looks.
-        let conns: Vec<Tuple> = conns.into_iter().filter(|c| !self.book.fresh.contains(c)).collect();
+        // Those begun since the last wakeup are skipped: a session input
+        // that needs their end (the 227 after a transfer) comes in a later
+        // one, which looks.
+        let book = &self.book;
+        let conns: Vec<Tuple> = book
+            .by_conn
+            .iter()
+            .filter(|(conn, owner)| due(owner.session) && !book.fresh.contains(conn))
+            .map(|(conn, _)| *conn)
+            .collect();
         let mut out = Vec::new();
         for conn in conns {
             metrics::get().conntrack_polled();

@@ -24,7 +24,6 @@ use crate::workers::{PauseCause, Shared, ACCEPT_PAUSE};
 
 /// Another loop passed a data connection, or a drain began.
 const WAKE: Token = Token(0);
-/// The conntrack event socket of the kernel data path (`--data-path pinhole`).
 /// `--data-path pinhole`: how often a loop reads its conntrack events
 /// while it has pinholes open, and otherwise (the socket receives the
 /// other loops' events too, and must not overflow). The event socket is
@@ -318,6 +317,11 @@ impl Worker {
             Some(e) => debug!(self.log, "conntrack events lost while no pinhole was open"; "error" => %e),
             None => {}
         }
+        self.tell_kernel_events(events)
+    }
+
+    /// Hands kernel reports to the sessions they are about; returns those.
+    fn tell_kernel_events(&mut self, events: Vec<crate::pinhole::Event>) -> Vec<usize> {
         let mut keys = Vec::new();
         for event in events {
             let key = event.session();
@@ -344,15 +348,8 @@ impl Worker {
         if all {
             self.next_pinhole_poll = Some(now + PINHOLE_POLL);
         }
-        let mut keys = Vec::new();
-        for event in pinholes.poll_ends(|session| all || dirty.binary_search(&session).is_ok()) {
-            let key = event.session();
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.kernel_event(event);
-                keys.push(key);
-            }
-        }
-        keys
+        let ended = pinholes.poll_ends(|session| all || dirty.binary_search(&session).is_ok());
+        self.tell_kernel_events(ended)
     }
 
     /// Accepts on this loop's ready data listeners and hands each

@@ -23,29 +23,11 @@ import argparse
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-NETNS = os.path.join(REPO, "lab", "netns.sh")
-PY = os.path.realpath(sys.executable)
-GW_ARGS = ["--listen", "0.0.0.0:2121", "--session-rate-per-client", "0"]
-
-
-def env():
-    return dict(os.environ, FTPGATE_LAB_OWNER=str(os.getpid()), FTPGATE_LAB_RUN="/dev/shm/ftpgate-ctcost",
-                FTPGATE_LAB_DATA_PATH="pinhole",
-                FTPGATE_LAB_CACHE=os.environ.get("FTPGATE_LAB_CACHE") or os.path.join(REPO, "lab", ".cache"),
-                FTPGATE_BIN=os.path.join(REPO, "target", "release", "ftpgate"))
-
-
-def sh(argv, secs=120, check=True):
-    r = subprocess.run(["timeout", "-k", "5", str(secs)] + argv, env=env(), capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise RuntimeError("%s: %s" % (" ".join(argv[:3]), r.stderr.strip()[-300:]))
-    return r.stdout
+# The lab helpers of the A/B script: the same lab, the same bounded steps.
+from ab import GW_ARGS, NETNS, PY, sh
 
 
 def churn(count, max_seconds):
@@ -82,6 +64,8 @@ def main():
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("conntrack_cost.py: needs root")
+    # The pinhole rule set: its conntrack is what the connections meet.
+    os.environ["FTPGATE_LAB_DATA_PATH"] = "pinhole"
     variants = [("none", None, [])]
     for v in a.variant:
         name, cmd = v.split("=", 1)
