@@ -26,7 +26,7 @@ use crate::audit;
 use crate::limits::{Admit, DataChannels};
 use crate::listeners::{Arrival, Channel, ExpectError, Expectation, Handover, SharedListeners};
 use crate::metrics::{self, Step};
-use crate::relay::{self, Budget, Direction, Readiness, Relay, RelayStatus};
+use crate::relay::{self, Budget, Direction, PipePool, Readiness, Relay, RelayStatus};
 use crate::relay_threads::{self, NotPromoted, ThreadedRelay};
 use crate::tproxy;
 
@@ -133,6 +133,8 @@ pub(crate) struct Ctx<'a> {
     /// The kernel data path (`--data-path pinhole`): the session's data
     /// actions go there instead of to sockets.
     pub(crate) pinholes: Option<&'a mut crate::pinhole::Pinholes>,
+    /// The loop's empty pipes, for the next relay.
+    pub(crate) pipes: &'a mut PipePool,
 }
 
 impl Ctx<'_> {
@@ -670,7 +672,7 @@ impl Conn {
                     (true, None) => Direction::Held,
                     (true, Some(toward)) => Direction::Toward(toward),
                 };
-                let relay = Relay::new(direction);
+                let relay = Relay::new(direction, ctx.pipes);
                 match (self.chan(data), relay) {
                     (Some(chan), Ok(relay)) => chan.relay = Some(relay),
                     (Some(_), Err(e)) => {
@@ -819,7 +821,7 @@ impl Conn {
                     return (false, false);
                 }
                 let idle_timeout = *idle_timeout;
-                match Relay::new(Direction::Both) {
+                match Relay::new(Direction::Both, ctx.pipes) {
                     Ok(relay) => {
                         // Readiness seen while flushing may be stale: try.
                         client.ready.readable = true;
@@ -1149,6 +1151,9 @@ impl Conn {
         let Some(pos) = self.data.iter().position(|c| c.id == data) else { return };
         let mut chan = self.data.swap_remove(pos);
         ctx.data_channels.close();
+        if let Some(relay) = chan.relay.take() {
+            relay.recycle(ctx.pipes);
+        }
         // Over (`Relayed`/`RelayFailed` came first), or cut without a
         // ResetData: dropped, threads that still run reset their legs.
         if let Some(threaded) = chan.threaded.take() {

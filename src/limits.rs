@@ -20,9 +20,10 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 pub(crate) const FDS_PER_SESSION: u64 = 9;
 
 /// Descriptors each event loop (`--workers`) holds besides its control
-/// listeners: its epoll, the eventfd of its waker, and the copy of its
-/// epoll the data listener table keeps.
-pub(crate) const FDS_PER_WORKER: usize = 3;
+/// listeners: its epoll, the eventfd of its waker, the copy of its epoll
+/// the data listener table keeps, and the two ends of each pipe its pool
+/// keeps for the next relays (`relay::POOLED_PIPES`).
+pub(crate) const FDS_PER_WORKER: usize = 3 + 2 * crate::relay::POOLED_PIPES;
 
 /// Descriptors kept aside for everything that is not a session: stdio,
 /// the epoll and signal descriptors, the control listeners (counted

@@ -24,7 +24,7 @@
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ftpgate_proto::{Side, WRONG_DIRECTION};
 use mio::net::TcpStream;
@@ -123,12 +123,99 @@ struct Pump {
     sink_shut: bool,
 }
 
-impl Pump {
-    fn new() -> io::Result<Self> {
+/// Empty pipes one event loop keeps for its next relays, at most.
+/// A data channel takes two; eight cover the churn of four channels at a
+/// time (one session's file after file needs two). Each costs two
+/// descriptors (counted in `limits::FDS_PER_WORKER`) and, empty, no data
+/// pages.
+pub(crate) const POOLED_PIPES: usize = 8;
+
+/// One event loop's empty pipes, kept for the next relay: a data channel
+/// then costs no pipe2, F_SETPIPE_SZ or close (eight syscalls, and the
+/// kernel's allocation of two pipes, per channel; HAProxy keeps a pipe
+/// pool for the same reason). A pipe comes back only when the kernel says
+/// it holds no byte, so nothing of one transfer can reach another.
+///
+/// The pool empties itself once unused for [`POOL_IDLE`], so a quiet
+/// gateway holds no pipe (the event loop wakes for it, `expire`).
+#[derive(Debug, Default)]
+pub(crate) struct PipePool {
+    pipes: Vec<(OwnedFd, OwnedFd)>,
+    /// Pipes taken or given back so far: `expire` sees use by its change.
+    uses: u64,
+    /// The `uses` seen last, and when they were first seen.
+    seen: Option<(u64, Instant)>,
+}
+
+/// How long kept pipes outlive the last relay that took or gave one.
+const POOL_IDLE: Duration = Duration::from_secs(1);
+
+impl PipePool {
+    /// An empty pipe: a kept one, or a new one.
+    fn take(&mut self) -> io::Result<(OwnedFd, OwnedFd)> {
+        self.uses += 1;
+        if let Some(pipe) = self.pipes.pop() {
+            return Ok(pipe);
+        }
         let (pipe_r, pipe_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         // A bigger pipe means fewer wakeups per MiB; the kernel may refuse
         // (pipe-max-size), which only costs speed.
         let _ = nix::fcntl::fcntl(&pipe_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
+        Ok((pipe_r, pipe_w))
+    }
+
+    /// Keeps `pipe` if the pool has room and the kernel reports it empty
+    /// (FIONREAD); otherwise it closes. The pump's own count is not
+    /// trusted for this: a byte left behind would go to a stranger.
+    fn put(&mut self, pipe: (OwnedFd, OwnedFd)) {
+        self.uses += 1;
+        if self.pipes.len() < POOLED_PIPES && pipe_is_empty(&pipe.0) {
+            self.pipes.push(pipe);
+        }
+    }
+
+    /// Closes the kept pipes once the pool has gone unused for
+    /// [`POOL_IDLE`]; returns when to call again (None: nothing kept).
+    pub(crate) fn expire(&mut self, now: Instant) -> Option<Instant> {
+        if self.pipes.is_empty() {
+            self.seen = None;
+            return None;
+        }
+        let since = match self.seen {
+            Some((uses, since)) if uses == self.uses => since,
+            _ => {
+                self.seen = Some((self.uses, now));
+                now
+            }
+        };
+        if now.saturating_duration_since(since) >= POOL_IDLE {
+            self.pipes.clear();
+            self.seen = None;
+            return None;
+        }
+        Some(since + POOL_IDLE)
+    }
+
+    /// Pipes kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.pipes.len()
+    }
+}
+
+/// Whether the pipe whose read end is `pipe_r` holds no byte.
+fn pipe_is_empty(pipe_r: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = -1;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points
+    // at a live c_int; the fd is open for the call (borrowed).
+    let rc = unsafe { libc::ioctl(pipe_r.as_raw_fd(), libc::FIONREAD, &mut queued) };
+    rc == 0 && queued == 0
+}
+
+impl Pump {
+    fn new(pool: &mut PipePool) -> io::Result<Self> {
+        let (pipe_r, pipe_w) = pool.take()?;
         Ok(Self { pipe_r, pipe_w, in_pipe: 0, moved: 0, source_eof: false, sink_shut: false })
     }
 
@@ -281,8 +368,16 @@ pub(crate) struct Relay {
 impl Relay {
     /// Pipes are created only now, when both legs are up: an idle session
     /// holds none.
-    pub(crate) fn new(direction: Direction) -> io::Result<Self> {
-        Ok(Self { to_server: Pump::new()?, to_client: Pump::new()?, direction })
+    pub(crate) fn new(direction: Direction, pool: &mut PipePool) -> io::Result<Self> {
+        Ok(Self { to_server: Pump::new(pool)?, to_client: Pump::new(pool)?, direction })
+    }
+
+    /// Gives the pipes back to `pool` (those that are empty, as far as it
+    /// has room); the relay is over.
+    pub(crate) fn recycle(self, pool: &mut PipePool) {
+        for pump in [self.to_server, self.to_client] {
+            pool.put((pump.pipe_r, pump.pipe_w));
+        }
     }
 
     /// The transfer is known: from now on data may flow only toward
@@ -468,7 +563,7 @@ pub(crate) mod tests {
             client_far.shutdown(Shutdown::Write).unwrap();
             got
         });
-        let mut relay = Relay::new(Direction::Both).unwrap();
+        let mut relay = Relay::new(Direction::Both, &mut PipePool::default()).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         assert_eq!(status, RelayStatus::Done { to_client: payload.len() as u64, to_server: 0 });
         assert_eq!(reader.join().unwrap(), payload);
@@ -493,7 +588,7 @@ pub(crate) mod tests {
             drop(server_far);
             got
         });
-        let mut relay = Relay::new(Direction::Both).unwrap();
+        let mut relay = Relay::new(Direction::Both, &mut PipePool::default()).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         assert_eq!(status, RelayStatus::Done { to_client: 0, to_server: payload.len() as u64 });
         assert_eq!(reader.join().unwrap(), payload);
@@ -505,7 +600,7 @@ pub(crate) mod tests {
         let (client_far, client) = pair();
         let (server_far, server) = pair();
         drop(server_far);
-        let mut relay = Relay::new(Direction::Both).unwrap();
+        let mut relay = Relay::new(Direction::Both, &mut PipePool::default()).unwrap();
         let closer = std::thread::spawn(move || {
             let mut c = client_far;
             let mut got = Vec::new();
@@ -529,7 +624,7 @@ pub(crate) mod tests {
             reset(server_far);
         });
         let reader = std::thread::spawn(move || read_until_end(&mut client_far));
-        let mut relay = Relay::new(Direction::Both).unwrap();
+        let mut relay = Relay::new(Direction::Both, &mut PipePool::default()).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         writer.join().unwrap();
         let RelayStatus::Failed { leg, error, to_client, to_server } = status else {
@@ -556,7 +651,7 @@ pub(crate) mod tests {
             reset(client_far);
         });
         let reader = std::thread::spawn(move || read_until_end(&mut server_far));
-        let mut relay = Relay::new(Direction::Both).unwrap();
+        let mut relay = Relay::new(Direction::Both, &mut PipePool::default()).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         writer.join().unwrap();
         let RelayStatus::Failed { leg, error, to_client, to_server } = status else {
@@ -587,7 +682,7 @@ pub(crate) mod tests {
             }
             read_until_end(&mut server_far).1.expect_err("the server must see the reset, not a clean end")
         });
-        let mut relay = Relay::new(Direction::Both).unwrap();
+        let mut relay = Relay::new(Direction::Both, &mut PipePool::default()).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         let RelayStatus::Failed { leg, .. } = status else {
             panic!("a gone client must fail the relay, got {status:?}");
@@ -618,7 +713,7 @@ pub(crate) mod tests {
             client_far.shutdown(Shutdown::Write).unwrap();
             got.len()
         });
-        let mut relay = Relay::new(Direction::Both).unwrap();
+        let mut relay = Relay::new(Direction::Both, &mut PipePool::default()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut asked_again = 0;
         let status = loop {
@@ -649,7 +744,7 @@ pub(crate) mod tests {
         let (mut server_far, server) = pair();
         server_far.write_all(b"file data").unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        let mut relay = Relay::new(Direction::Held).unwrap();
+        let mut relay = Relay::new(Direction::Held, &mut PipePool::default()).unwrap();
         let mut c = Readiness { readable: true, writable: true };
         let mut s = Readiness { readable: true, writable: true };
         let status = relay.run(&client, &mut c, &server, &mut s, &mut Budget::per_wakeup());
@@ -675,7 +770,7 @@ pub(crate) mod tests {
         server_far.write_all(&[3u8; 10_000]).unwrap();
         client_far.write_all(b"x").unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        let mut relay = Relay::new(Direction::Toward(Side::Client)).unwrap();
+        let mut relay = Relay::new(Direction::Toward(Side::Client), &mut PipePool::default()).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         let RelayStatus::Failed { leg, error, to_server, .. } = status else {
             panic!("a byte the wrong way must fail the relay, got {status:?}");
@@ -692,7 +787,7 @@ pub(crate) mod tests {
         let (mut server_far, server) = pair();
         server_far.write_all(b"?").unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        let mut relay = Relay::new(Direction::Toward(Side::Server)).unwrap();
+        let mut relay = Relay::new(Direction::Toward(Side::Server), &mut PipePool::default()).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         let RelayStatus::Failed { leg, error, .. } = status else {
             panic!("a byte the wrong way must fail the relay, got {status:?}");
@@ -715,11 +810,84 @@ pub(crate) mod tests {
             server_far.read_to_end(&mut got).unwrap();
             got.len()
         });
-        let mut relay = Relay::new(Direction::Toward(Side::Server)).unwrap();
+        let mut relay = Relay::new(Direction::Toward(Side::Server), &mut PipePool::default()).unwrap();
         let status = run_to_end(&mut relay, &client, &server);
         assert_eq!(status, RelayStatus::Done { to_client: 0, to_server: 300_000 });
         drop((client, server));
         assert_eq!(reader.join().unwrap(), 300_000);
         let _ = read_until_end(&mut client_far);
+    }
+
+    #[test]
+    fn a_finished_relay_gives_its_pipes_back_and_the_next_one_takes_them() {
+        use std::os::fd::AsRawFd;
+        let mut pool = PipePool::default();
+        let (mut client_far, client) = pair();
+        let (server_far, server) = pair();
+        let writer = send_then_read_rest(server_far, vec![7u8; 100_000]);
+        let reader = std::thread::spawn(move || {
+            let got = read_until_end(&mut client_far);
+            client_far.shutdown(Shutdown::Write).unwrap();
+            got
+        });
+        let mut relay = Relay::new(Direction::Both, &mut pool).unwrap();
+        let fds = [relay.to_server.pipe_r.as_raw_fd(), relay.to_client.pipe_r.as_raw_fd()];
+        assert_eq!(
+            run_to_end(&mut relay, &client, &server),
+            RelayStatus::Done { to_client: 100_000, to_server: 0 }
+        );
+        assert_eq!(reader.join().unwrap().0.len(), 100_000);
+        drop((client, server));
+        let _ = writer.join();
+        relay.recycle(&mut pool);
+        assert_eq!(pool.len(), 2);
+        let next = Relay::new(Direction::Both, &mut pool).unwrap();
+        let mut again = [next.to_server.pipe_r.as_raw_fd(), next.to_client.pipe_r.as_raw_fd()];
+        again.sort_unstable();
+        let mut fds = fds;
+        fds.sort_unstable();
+        assert_eq!(again, fds, "the kept pipes are reused, not new ones made");
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[test]
+    fn a_pipe_that_still_holds_a_byte_is_closed_not_kept() {
+        let mut pool = PipePool::default();
+        let (pipe_r, pipe_w) = pool.take().unwrap();
+        nix::unistd::write(&pipe_w, b"x").unwrap();
+        pool.put((pipe_r, pipe_w));
+        assert_eq!(pool.len(), 0, "a byte of one transfer must never reach another");
+        let pipe = pool.take().unwrap();
+        pool.put(pipe);
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn an_unused_pool_closes_its_pipes() {
+        let mut pool = PipePool::default();
+        let t0 = Instant::now();
+        assert_eq!(pool.expire(t0), None, "nothing kept, nothing to wake for");
+        let pipe = pool.take().unwrap();
+        pool.put(pipe);
+        assert_eq!(pool.expire(t0), Some(t0 + POOL_IDLE));
+        assert_eq!(pool.expire(t0 + POOL_IDLE / 2), Some(t0 + POOL_IDLE));
+        // In use again: the idle time counts from when that was seen.
+        let pipe = pool.take().unwrap();
+        pool.put(pipe);
+        let t1 = t0 + POOL_IDLE / 2;
+        assert_eq!(pool.expire(t1), Some(t1 + POOL_IDLE));
+        assert_eq!(pool.len(), 1);
+        assert_eq!(pool.expire(t1 + POOL_IDLE), None);
+        assert_eq!(pool.len(), 0, "a quiet gateway holds no pipe");
+    }
+
+    #[test]
+    fn the_pool_keeps_a_bounded_number_of_pipes() {
+        let mut pool = PipePool::default();
+        let pipes: Vec<_> = (0..POOLED_PIPES + 3).map(|_| pool.take().unwrap()).collect();
+        for pipe in pipes {
+            pool.put(pipe);
+        }
+        assert_eq!(pool.len(), POOLED_PIPES);
     }
 }

@@ -314,7 +314,7 @@ mod tests {
 
     /// A relay that ran in the loop until it moved at least `bytes`.
     fn relay_that_moved(bytes: u64, client: &TcpStream, server: &TcpStream) -> Relay {
-        let mut relay = Relay::new(Direction::Both).unwrap();
+        let mut relay = Relay::new(Direction::Both, &mut crate::relay::PipePool::default()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while relay.counts().0 + relay.counts().1 < bytes {
             assert!(Instant::now() < deadline, "the loop relay moved {:?}", relay.counts());

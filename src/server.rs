@@ -137,6 +137,8 @@ pub(crate) struct Worker {
     dead: Vec<usize>,
     again: Vec<usize>,
     scratch: Vec<u8>,
+    /// Empty pipes kept for the next relays of this loop.
+    pipes: crate::relay::PipePool,
     shared: Arc<Shared>,
     log: Logger,
     accept_paused_until: Option<Instant>,
@@ -164,6 +166,7 @@ impl Worker {
             dead: Vec::new(),
             again: Vec::new(),
             scratch: vec![0; 16 * 1024],
+            pipes: crate::relay::PipePool::default(),
             shared,
             log: log.new(o!("worker" => index)),
             accept_paused_until: None,
@@ -187,8 +190,10 @@ impl Worker {
                 .pinholes
                 .as_ref()
                 .map(|p| now + if p.open_count() > 0 { PINHOLE_TICK } else { PINHOLE_TICK_IDLE });
-            for t in
-                [self.accept_paused_until, self.drain_until, quiet_at, pinhole_tick].into_iter().flatten()
+            let pipes_expire = self.pipes.expire(now);
+            for t in [self.accept_paused_until, self.drain_until, quiet_at, pinhole_tick, pipes_expire]
+                .into_iter()
+                .flatten()
             {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
@@ -300,6 +305,7 @@ impl Worker {
             listeners: &self.shared.data_listeners,
             logins: &self.shared.logins,
             pinholes: self.pinholes.as_mut(),
+            pipes: &mut self.pipes,
         }
     }
 
