@@ -151,6 +151,8 @@ pub(crate) struct Worker {
     pinholes: Option<crate::pinhole::Pinholes>,
     /// When `pinhole_ends` next asks about every running connection.
     next_pinhole_poll: Option<Instant>,
+    /// When a loop with no pinhole open next empties its event socket.
+    next_idle_event_read: Option<Instant>,
 }
 
 impl Worker {
@@ -174,6 +176,7 @@ impl Worker {
             policy_epoch: 0,
             pinholes,
             next_pinhole_poll: None,
+            next_idle_event_read: None,
         }
     }
 
@@ -214,7 +217,7 @@ impl Worker {
             let mut dirty = std::mem::take(&mut self.again);
             // First, so that a session reads a channel's end before the
             // command the client sent after it (a PASV waits for it).
-            dirty.extend(self.pinhole_events());
+            dirty.extend(self.pinhole_events(now));
             let mut woken = false;
             for event in events.iter() {
                 match event.token() {
@@ -311,9 +314,20 @@ impl Worker {
 
     /// Hands the kernel's reports on this loop's pinholes to their
     /// sessions; returns the sessions to drive.
-    fn pinhole_events(&mut self) -> Vec<usize> {
+    fn pinhole_events(&mut self, now: Instant) -> Vec<usize> {
         let Some(pinholes) = self.pinholes.as_mut() else { return Vec::new() };
         let open = pinholes.open_count();
+        // With no pinhole open nothing in the socket is this loop's: it
+        // is only emptied, at the idle tick, so that the other loops'
+        // events do not pile up (`open_pinhole` empties it first too).
+        // A read at every wakeup of a session without a data channel
+        // would find nothing.
+        if open == 0 {
+            if self.next_idle_event_read.is_some_and(|t| now < t) {
+                return Vec::new();
+            }
+            self.next_idle_event_read = Some(now + PINHOLE_TICK_IDLE);
+        }
         let (events, lost) = pinholes.read_events();
         match lost {
             Some(e) if open > 0 => {
