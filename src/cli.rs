@@ -80,10 +80,11 @@ pub(crate) struct Args {
 
     /// Most control sessions at once; further clients wait in the backlog.
     /// Default (or 0): what the descriptor limit allows, each session
-    /// holding up to 9: (RLIMIT_NOFILE - 64 - (addresses + 3) × workers -
+    /// holding up to 9: (RLIMIT_NOFILE - 64 - (addresses + 19) × workers -
     /// 3 × relay-threads) / 9, each event loop holding a listener per
-    /// --listen address and 3 descriptors of its own, each relay on
-    /// threads 3 more. A larger value is lowered to that, with a warning.
+    /// --listen address, 3 descriptors of its own and up to 8 empty pipes
+    /// kept for its next relays, each relay on threads 3 more. A larger
+    /// value is lowered to that, with a warning.
     #[arg(long, value_name = "N")]
     pub(crate) max_sessions: Option<usize>,
 
