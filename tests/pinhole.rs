@@ -29,12 +29,20 @@ fn pinhole_lab(tag: &str) -> Lab {
     pinhole_lab_with(tag, Rules::Nft)
 }
 
-/// The record of a transfer of `len` bytes: IP bytes, headers included,
-/// so at least the file and at most a few percent more.
+/// IP bytes, headers included, that a transfer of `len` bytes may count:
+/// at least the file, and at most 15 % more. The share of headers (52
+/// bytes a segment here) depends on how the sender cut the stream: 3.6 %
+/// with full segments, 6.7 % seen in a loaded CI run (about 780 bytes a
+/// segment); 15 % would take segments under 350 bytes on average.
+fn kernel_bytes_plausible(moved: u64, len: u64) -> bool {
+    moved >= len && moved <= len + len * 3 / 20 + 4096
+}
+
+/// The record of a transfer of `len` bytes, with IP byte counts.
 fn assert_kernel_transfer(lab: &Lab, mode: Mode, verb: &str, name: &str, len: u64) -> TransferRecord {
     let r = lab.assert_transfer_result(mode.transfer_mode(), verb, name, "ok", None);
     let moved = if verb == "STOR" { r.to_server } else { r.to_client }.unwrap_or(0);
-    assert!(moved >= len && moved <= len + len / 20 + 4096, "{name}: {moved} IP bytes for {len} bytes: {r}");
+    assert!(kernel_bytes_plausible(moved, len), "{name}: {moved} IP bytes for {len} bytes: {r}");
     r
 }
 
@@ -464,8 +472,11 @@ fn pinhole_metrics_count_used_and_unused_pinholes_and_ip_bytes() {
     assert_eq!(get(r#"ftpgate_pinholes_total{result="unused"}"#), 2.0, "{scrape}");
     assert_eq!(get(r#"ftpgate_pinholes_total{result="failed"}"#), 0.0, "{scrape}");
     assert_eq!(get("ftpgate_pinholes_open"), 0.0, "{scrape}");
+    // The metric adds up what the transfer records say.
     let to_client = get(r#"ftpgate_pinhole_bytes_total{direction="to_client"}"#);
-    assert!(to_client >= len as f64 && to_client < len as f64 * 1.05, "{scrape}");
+    let record = lab.assert_transfer_result(Mode::Epsv.transfer_mode(), "RETR", "phmet.bin", "ok", None);
+    assert_eq!(Some(to_client as u64), record.to_client, "{scrape}\n{record}");
+    assert!(kernel_bytes_plausible(to_client as u64, len as u64), "{scrape}");
     // The used pinhole's start, read by its loop (the other loop reads
     // its copy at its next wakeup or tick, maybe after this scrape; the
     // entry's DESTROY comes after its TIME_WAIT, minutes later). Its end
