@@ -483,7 +483,6 @@ pub(crate) mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream as StdStream};
-    use std::time::Instant;
 
     /// A connected pair on loopback: (the far end, our non-blocking end).
     /// The far end gives up blocking calls after 10 s, so no test hangs.
