@@ -268,7 +268,7 @@ host_ftpgate() {
     "$bin" "$@" </dev/null >>"$dir/ftpgate.out" 2>>"$dir/ftpgate.log" &
     pid=$!
     pidfile_write "$dir/ftpgate.pid" "$pid" "$bin"
-    if ! wait_listen_here "$GW_PORT" "" 100; then
+    if ! wait_listen_here "$GW_PORT" "" 100 "$pid"; then
         log "gateway log:"; cat "$dir/ftpgate.log" >&2 || true
         pid_alive "$pid" || die "gateway exited at start"
         die "gateway did not listen on :$GW_PORT within 10 s"
@@ -323,12 +323,20 @@ host_stop() {
     return 0
 }
 
-# wait_listen_here PORT [ADDR] [TENTHS]: bounded wait for a TCP listener on
-# this host (lib.sh's wait_tcp_listen looks into a namespace)
+# wait_listen_here PORT [ADDR] [TENTHS] [PID]: bounded wait for a TCP listener on
+# this host, PID's when given (lib.sh's wait_tcp_listen looks into a namespace)
 wait_listen_here() {
-    local port=$1 addr=${2:-} tenths=${3:-100} i
+    local port=$1 addr=${2:-} tenths=${3:-100} pid=${4:-} i
     for ((i = 0; i < tenths; i++)); do
-        ss -Hltn "sport = :$port" 2>/dev/null | grep -q "${addr}:$port" && return 0
+        if [ -z "$pid" ]; then
+            ss -Hltn "sport = :$port" 2>/dev/null | grep -q "${addr}:$port" && return 0
+        else
+            # the listener must be PID's own: another program on the port
+            # would pass for a daemon that started, and one that exited
+            # (port taken, bad option) is not waited for
+            ss -Hltnp "sport = :$port" 2>/dev/null | grep "${addr}:$port" | grep -q "pid=$pid," && return 0
+            pid_alive "$pid" || return 1
+        fi
         sleep 0.1
     done
     return 1
