@@ -8,6 +8,9 @@ Prints one JSON report on stdout; the Rust test judges it.
              "error: ..."), the bytes received and the final reply. Then a
              NOOP, and with --then-get P2 a second download in the same
              session (does the session go on after a failed transfer?).
+             --rcvbuf N sets the data socket's SO_RCVBUF, --read-pause S
+             waits S seconds before the first read: the client's window
+             closes while the server sends.
   put PATH   upload --size bytes to PATH; with --reset-after N, send N bytes,
              wait (bounded) until the peer acknowledged them, then end the
              data connection with a reset (SO_LINGER 0) instead of a FIN;
@@ -40,6 +43,8 @@ def parse_args():
     p.add_argument("--then-get", metavar="PATH", help="get: a second download afterwards")
     p.add_argument("--size", type=int, default=1024 * 1024, help="put: bytes to upload")
     p.add_argument("--reset-after", type=int, metavar="N", help="put: reset the data connection after N bytes")
+    p.add_argument("--rcvbuf", type=int, metavar="N", help="get: SO_RCVBUF of the data socket")
+    p.add_argument("--read-pause", type=float, default=0.0, metavar="S", help="get: seconds before the first read")
     p.add_argument("--data-deadline", type=float, default=30.0, help="seconds a data connection may last")
     p.add_argument("--reply-timeout", type=float, default=30.0, help="seconds to wait for a reply")
     p.add_argument("--lifetime", type=float, default=120.0)
@@ -128,10 +133,17 @@ class Control:
                 addr = (a.host, int(m.group(5)) * 256 + int(m.group(6))) if m else None
             if addr is None:
                 return None, r
-            d = socket.create_connection(addr, timeout=15)
+            d = socket.socket()
+            if a.rcvbuf:
+                d.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, a.rcvbuf)
+            d.settimeout(15)
+            d.connect(addr)
             return d, self.cmd(command)
         me = self.sock.getsockname()[0]
         ls = socket.socket()
+        if a.rcvbuf:
+            # an accepted socket inherits the listener's buffer size
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, a.rcvbuf)
         ls.bind((me, 0))
         ls.listen(1)
         port = ls.getsockname()[1]
@@ -184,6 +196,7 @@ def get(ctl, path, args):
         if d is not None:
             d.close()
         return out
+    time.sleep(args.read_pause)
     n, end = read_to_end(d, args.data_deadline)
     d.close()
     out.update(bytes=n, end=end, data_s=round(time.monotonic() - t0, 2))

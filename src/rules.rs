@@ -381,11 +381,7 @@ impl Plan {
                 self.client_side_exists(family) && self.server_side_exists(family),
             ) {
                 (Some(listener), true) => {
-                    let target = match (listener.ip().is_unspecified(), listener) {
-                        (true, _) => format!(":{}", listener.port()),
-                        (false, SocketAddr::V4(a)) => a.to_string(),
-                        (false, SocketAddr::V6(a)) => format!("[{}]:{}", a.ip(), a.port()),
-                    };
+                    let target = tproxy_target(listener);
                     let _ = writeln!(
                         out,
                         "        {}meta nfproto {} tcp dport {} tproxy {} to {target} meta mark set {mark} accept",
@@ -413,7 +409,27 @@ impl Plan {
                 }
             }
         }
-        let _ = writeln!(out, "        meta l4proto tcp socket transparent 1 meta mark set {mark} accept");
+        // The flows of ftpgate's own sockets carry the mark in their
+        // conntrack entry too, so that a segment of one whose socket is
+        // gone (a reset leg whose RST the peer did not take: a challenge
+        // ACK, a window update) still reaches the host's TCP, which
+        // answers it with a reset, as the real end would; the forward
+        // chain would drop it, and the peer would wait forever.
+        let _ = writeln!(
+            out,
+            "        meta l4proto tcp socket transparent 1 meta mark set {mark} ct mark set ct mark | {mark} accept"
+        );
+        for family in Family::BOTH {
+            let intercepted = self.client_side_exists(family) && self.server_side_exists(family);
+            if let Some(target) = self.listener_for(family).filter(|_| intercepted).map(tproxy_target) {
+                let _ = writeln!(
+                    out,
+                    "        meta nfproto {} meta l4proto tcp ct mark & {mark} == {mark} tcp flags & syn == 0 tproxy {} to {target} meta mark set {mark} accept",
+                    family.nfproto(),
+                    family.nft()
+                );
+            }
+        }
         out.push_str("    }\n");
         out.push_str(
             "    chain forward {\n        type filter hook forward priority filter; policy accept;\n",
@@ -493,6 +509,8 @@ impl Plan {
             let _ = writeln!(out, "\n# {}", family.name());
             let _ = writeln!(out, "{ipt} -t mangle -N FTPGATE_DIVERT");
             let _ = writeln!(out, "{ipt} -t mangle -A FTPGATE_DIVERT -j MARK --set-mark {:#x}", self.mark);
+            // the conntrack entry remembers the flow (the nft form says why)
+            let _ = writeln!(out, "{ipt} -t mangle -A FTPGATE_DIVERT -j CONNMARK --or-mark {:#x}", self.mark);
             let _ = writeln!(out, "{ipt} -t mangle -A FTPGATE_DIVERT -j ACCEPT");
             let _ = writeln!(out, "{ipt} -t mangle -N FTPGATE_PREROUTING");
             // TPROXY first, as in the nft form (a SYN that reuses a
@@ -536,6 +554,19 @@ impl Plan {
                 out,
                 "{ipt} -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT"
             );
+            if let Some(listener) = self.listener_for(family).filter(|_| sides) {
+                let on_ip = if listener.ip().is_unspecified() {
+                    String::new()
+                } else {
+                    format!(" --on-ip {}", listener.ip())
+                };
+                let _ = writeln!(
+                    out,
+                    "{ipt} -t mangle -A FTPGATE_PREROUTING -p tcp ! --syn -m connmark --mark {m:#x}/{m:#x} -j TPROXY --on-port {}{on_ip} --tproxy-mark {m:#x}",
+                    listener.port(),
+                    m = self.mark
+                );
+            }
             let _ = writeln!(out, "{ipt} -t mangle -I PREROUTING 1 -j FTPGATE_PREROUTING");
             let _ = writeln!(out, "{ipt} -t filter -N FTPGATE_FORWARD");
             if self.related {
@@ -684,6 +715,15 @@ impl Plan {
     }
 }
 
+/// Where an nft `tproxy ... to` sends a packet for `listener`.
+fn tproxy_target(listener: SocketAddr) -> String {
+    match listener {
+        _ if listener.ip().is_unspecified() => format!(":{}", listener.port()),
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
 fn nft_set(nets: &[Net]) -> String {
     match nets {
         [one] => one.to_string(),
@@ -705,6 +745,9 @@ const NFT_HEADER: &str = "\
 #  * divert: packets of ftpgate's transparent sockets (intercepted control
 #    connections, its data listeners on foreign addresses, its connects from
 #    foreign addresses) get the mark; the policy route delivers them locally.
+#    Their conntrack entries get the mark too: a later segment of such a
+#    flow whose socket is gone (after ftpgate reset it) goes to the listener,
+#    and the host's TCP answers it with a reset, as the real end would.
 #  * forward: profile port21 refuses only the control port; profile strict
 #    drops everything else between the client side and the server networks
 #    too: ftpgate carries every FTP byte, nothing else needs forwarding.
@@ -720,7 +763,9 @@ const IPTABLES_HEADER: &str = "\
 #    listens). First, so that a new connection reusing the addresses and
 #    ports of one that ftpgate holds in TIME_WAIT reaches the listener.
 #  * FTPGATE_DIVERT: packets of ftpgate's other transparent sockets get the
-#    mark; the policy route delivers them locally.
+#    mark; the policy route delivers them locally. Their conntrack entries
+#    get it too: a later segment of such a flow whose socket is gone (after
+#    ftpgate reset it) goes to the listener, whose TCP answers it with a reset.
 #  * FTPGATE_FORWARD: profile port21 refuses only the control port; profile
 #    strict drops everything else between the client side and the server
 #    networks too.

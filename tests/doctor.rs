@@ -118,11 +118,12 @@ fn doctor_healthy_lab_then_each_item_broken_and_fixed() {
          nft insert rule inet ftpgate divert meta l4proto tcp socket transparent 1 meta mark set 0x1 accept",
         &["rule order IPv4", "rule order IPv6"],
     );
-    // the TPROXY rule for IPv6 alone
+    // the TPROXY rule for IPv6 alone (not the rule for stray segments, which
+    // also tproxies)
     let _ = break_and_fix(
         &lab,
         "nft delete rule inet ftpgate divert handle \
-         $(nft -a list chain inet ftpgate divert | sed -n 's/.*tproxy ip6 .*# handle //p')",
+         $(nft -a list chain inet ftpgate divert | sed -n 's/.*dport 21 tproxy ip6 .*# handle //p')",
         &["tproxy rule IPv6"],
     );
     // every rule: the fix is the rules command, piped into nft

@@ -21,7 +21,7 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::{json_raw, repo_root, text, Lab, Rules, ScriptedServer, TransferMode, TransferRecord};
+use common::{json_raw, repo_root, text, Lab, Ns, Rules, ScriptedServer, TransferMode, TransferRecord};
 
 const KIB: usize = 1024;
 /// Where the scripted server cuts a download.
@@ -327,6 +327,57 @@ fn stalled_download(tag: &str, rules: Rules, mode: Mode, stall_after: usize) {
 #[test]
 fn server_reset_download_passive_client_sees_reset_and_426() {
     server_resets_download("rstdlp", Rules::Nft, Mode::Pasv, RETR_RESET_AFTER);
+}
+
+/// The gateway's reset of the client leg is lost (a test rule drops the
+/// first RST toward the client; a reordering across CPUs, or a client that
+/// dropped a segment, has the same effect: the client ignores it). The
+/// client's next segment, a window update once it reads from its closed
+/// window, belongs to a flow whose socket is gone: the rules send it to the
+/// listener, and the host's TCP answers with a reset, as the server would
+/// have over plain routing. Without that, the forward chain drops it and
+/// the client waits until its own deadline.
+#[test]
+fn server_reset_download_lost_rst_is_answered_again() {
+    let mut lab = Lab::new("rstlost", Rules::Nft);
+    lab.server_file("cut.bin", BIG_FILE);
+    lab.server_file("after.bin", SMALL_FILE);
+    let server = ScriptedServer::start(&lab, &["--retr-reset-after", &RETR_RESET_AFTER.to_string()]);
+    lab.start_gateway(&[]);
+    let table = "table inet lose_one_rst { chain out { type filter hook output priority 0; policy accept; \
+                 oifname \"gw-c\" tcp flags & rst == rst quota until 60 bytes counter drop; }; }";
+    let out = lab.exec(Ns::Gateway, 10, &["nft", table]);
+    assert!(out.status.success(), "nft: {}", text(&out.stderr));
+    let t0 = Instant::now();
+    let report = scripted_client(
+        &lab,
+        &[
+            "get",
+            "/pub/cut.bin",
+            "--then-get",
+            "/pub/after.bin",
+            "--rcvbuf",
+            "4096",
+            "--read-pause",
+            "1",
+            "--data-deadline",
+            "20",
+        ],
+    );
+    let (cut, after) = split_then(&report);
+    let rules = text(&lab.exec(Ns::Gateway, 10, &["nft", "list", "table", "inet", "lose_one_rst"]).stdout);
+    let ctx = || format!("client report: {report}\nrules: {rules}\n{}", lab.diagnostics());
+
+    // the test rule did drop the gateway's first reset, so the one the
+    // client saw came from the answer to its own segment
+    assert!(rules.contains("packets 1 "), "the first RST was not dropped: {}", ctx());
+    let end = json_raw(cut, "end").unwrap_or_default();
+    assert_eq!(end, "reset", "client's data connection must end with a reset, not {end:?}: {}", ctx());
+    assert!(t0.elapsed() < Duration::from_secs(15), "the client waited {:?}: {}", t0.elapsed(), ctx());
+    assert!(json_raw(cut, "final").unwrap_or_default().starts_with("426"), "final reply: {}", ctx());
+    assert_eq!(json_raw(after, "end").as_deref(), Some("eof"), "second download: {}", ctx());
+    assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
+    drop(server);
 }
 
 #[test]

@@ -13,7 +13,9 @@
 #    listens). First, so that a new connection reusing the addresses and
 #    ports of one that ftpgate holds in TIME_WAIT reaches the listener.
 #  * FTPGATE_DIVERT: packets of ftpgate's other transparent sockets get the
-#    mark; the policy route delivers them locally.
+#    mark; the policy route delivers them locally. Their conntrack entries
+#    get it too: a later segment of such a flow whose socket is gone (after
+#    ftpgate reset it) goes to the listener, whose TCP answers it with a reset.
 #  * FTPGATE_FORWARD: profile port21 refuses only the control port; profile
 #    strict drops everything else between the client side and the server
 #    networks too.
@@ -43,6 +45,7 @@ set -e
 # IPv4
 iptables -w 5 -t mangle -N FTPGATE_DIVERT
 iptables -w 5 -t mangle -A FTPGATE_DIVERT -j MARK --set-mark 0x1
+iptables -w 5 -t mangle -A FTPGATE_DIVERT -j CONNMARK --or-mark 0x1
 iptables -w 5 -t mangle -A FTPGATE_DIVERT -j ACCEPT
 iptables -w 5 -t mangle -N FTPGATE_PREROUTING
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan0 -s 192.0.2.0/24 -d 198.51.100.0/24 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
@@ -50,6 +53,7 @@ iptables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan0 -s 192.0.2.0/24 -d 203.0.1
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan1 -s 192.0.2.0/24 -d 198.51.100.0/24 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan1 -s 192.0.2.0/24 -d 203.0.113.0/24 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT
+iptables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp ! --syn -m connmark --mark 0x1/0x1 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 iptables -w 5 -t mangle -I PREROUTING 1 -j FTPGATE_PREROUTING
 iptables -w 5 -t filter -N FTPGATE_FORWARD
 iptables -w 5 -t filter -A FTPGATE_FORWARD -i lan0 -s 192.0.2.0/24 -d 198.51.100.0/24 -p tcp --dport 21 -j REJECT --reject-with tcp-reset
@@ -61,11 +65,13 @@ iptables -w 5 -t filter -I FORWARD 1 -j FTPGATE_FORWARD
 # IPv6
 ip6tables -w 5 -t mangle -N FTPGATE_DIVERT
 ip6tables -w 5 -t mangle -A FTPGATE_DIVERT -j MARK --set-mark 0x1
+ip6tables -w 5 -t mangle -A FTPGATE_DIVERT -j CONNMARK --or-mark 0x1
 ip6tables -w 5 -t mangle -A FTPGATE_DIVERT -j ACCEPT
 ip6tables -w 5 -t mangle -N FTPGATE_PREROUTING
 ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan0 -s 2001:db8:1::/64 -d 2001:db8:2::/64 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan1 -s 2001:db8:1::/64 -d 2001:db8:2::/64 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT
+ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp ! --syn -m connmark --mark 0x1/0x1 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 ip6tables -w 5 -t mangle -I PREROUTING 1 -j FTPGATE_PREROUTING
 ip6tables -w 5 -t filter -N FTPGATE_FORWARD
 ip6tables -w 5 -t filter -A FTPGATE_FORWARD -i lan0 -s 2001:db8:1::/64 -d 2001:db8:2::/64 -p tcp --dport 21 -j REJECT --reject-with tcp-reset
