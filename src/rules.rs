@@ -285,6 +285,11 @@ impl Plan {
         self.server_nets.is_empty() || !Self::nets(&self.server_nets, family).is_empty()
     }
 
+    /// Whether FTP of `family` is intercepted at all: both sides named.
+    fn intercepts(&self, family: Family) -> bool {
+        self.client_side_exists(family) && self.server_side_exists(family)
+    }
+
     /// Whether any prefix is given: then forward rules are per family.
     fn by_family(&self) -> bool {
         !self.client_nets.is_empty() || !self.server_nets.is_empty()
@@ -376,10 +381,7 @@ impl Plan {
         // it to the TIME_WAIT socket, which answers with an ACK and costs
         // the client a SYN retransmission (tests/interception.rs).
         for family in Family::BOTH {
-            match (
-                self.listener_for(family),
-                self.client_side_exists(family) && self.server_side_exists(family),
-            ) {
+            match (self.listener_for(family), self.intercepts(family)) {
                 (Some(listener), true) => {
                     let target = tproxy_target(listener);
                     let _ = writeln!(
@@ -420,8 +422,9 @@ impl Plan {
             "        meta l4proto tcp socket transparent 1 meta mark set {mark} ct mark set ct mark | {mark} accept"
         );
         for family in Family::BOTH {
-            let intercepted = self.client_side_exists(family) && self.server_side_exists(family);
-            if let Some(target) = self.listener_for(family).filter(|_| intercepted).map(tproxy_target) {
+            if let Some(target) =
+                self.listener_for(family).filter(|_| self.intercepts(family)).map(tproxy_target)
+            {
                 let _ = writeln!(
                     out,
                     "        meta nfproto {} meta l4proto tcp ct mark & {mark} == {mark} tcp flags & syn == 0 tproxy {} to {target} meta mark set {mark} accept",
@@ -441,7 +444,7 @@ impl Plan {
             if self.by_family() { Family::BOTH.map(Some).to_vec() } else { vec![None] };
         for family in families {
             if let Some(f) = family {
-                if !self.client_side_exists(f) || !self.server_side_exists(f) {
+                if !self.intercepts(f) {
                     continue;
                 }
             }
@@ -515,14 +518,10 @@ impl Plan {
             let _ = writeln!(out, "{ipt} -t mangle -N FTPGATE_PREROUTING");
             // TPROXY first, as in the nft form (a SYN that reuses a
             // TIME_WAIT 4-tuple goes to the listener).
-            let sides = self.client_side_exists(family) && self.server_side_exists(family);
+            let sides = self.intercepts(family);
             match (self.listener_for(family), sides) {
                 (Some(listener), true) => {
-                    let on_ip = if listener.ip().is_unspecified() {
-                        String::new()
-                    } else {
-                        format!(" --on-ip {}", listener.ip())
-                    };
+                    let on_ip = ipt_on_ip(listener);
                     for m in self.ipt_matches(family, Dir::From) {
                         let _ = writeln!(
                             out,
@@ -555,11 +554,7 @@ impl Plan {
                 "{ipt} -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT"
             );
             if let Some(listener) = self.listener_for(family).filter(|_| sides) {
-                let on_ip = if listener.ip().is_unspecified() {
-                    String::new()
-                } else {
-                    format!(" --on-ip {}", listener.ip())
-                };
+                let on_ip = ipt_on_ip(listener);
                 let _ = writeln!(
                     out,
                     "{ipt} -t mangle -A FTPGATE_PREROUTING -p tcp ! --syn -m connmark --mark {m:#x}/{m:#x} -j TPROXY --on-port {}{on_ip} --tproxy-mark {m:#x}",
@@ -712,6 +707,15 @@ impl Plan {
             );
         }
         out
+    }
+}
+
+/// The TPROXY target's `--on-ip` for `listener`: none for a wildcard.
+fn ipt_on_ip(listener: SocketAddr) -> String {
+    if listener.ip().is_unspecified() {
+        String::new()
+    } else {
+        format!(" --on-ip {}", listener.ip())
     }
 }
 
