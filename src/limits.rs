@@ -13,17 +13,31 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 
-/// Descriptors one session can hold at once: the client and server control
-/// connections (2), one data listener (1), the two data legs (2) and the
-/// two pipes of a relay (4 ends). The core opens at most one data channel
-/// per session at a time (`Config::max_data_channels` = 1).
-pub(crate) const FDS_PER_SESSION: u64 = 9;
+/// Descriptors a session holds all its life: its client and server
+/// control connections.
+pub(crate) const FDS_PER_SESSION: u64 = 2;
 
-/// Descriptors each event loop (`--workers`) holds besides its control
-/// listeners: its epoll, the eventfd of its waker, the copy of its epoll
-/// the data listener table keeps, and the two ends of each pipe its pool
+/// Descriptors an open data channel adds to its session: its listener (1),
+/// its two legs (2) and the two pipes of its relay (4 ends). The core opens
+/// at most one data channel per session at a time
+/// (`Config::max_data_channels` = 1).
+pub(crate) const FDS_PER_DATA_CHANNEL: u64 = 7;
+
+/// The default caps leave descriptors for one open data channel per this
+/// many sessions. Idle and browsing sessions hold no data channel; the
+/// transfers a site runs at once are a fraction of its sessions, and a
+/// PASV beyond the cap gets 425, which clients retry.
+pub(crate) const SESSIONS_PER_DATA_CHANNEL: u64 = 4;
+
+/// Descriptors each event loop (`--workers`) holds for itself besides its
+/// control listeners: its epoll and the two ends of each pipe its pool
 /// keeps for the next relays (`relay::POOLED_PIPES`).
-pub(crate) const FDS_PER_WORKER: usize = 3 + 2 * crate::relay::POOLED_PIPES;
+pub(crate) const FDS_PER_WORKER: usize = 1 + 2 * crate::relay::POOLED_PIPES;
+
+/// Descriptors of each event loop that every descriptor table keeps
+/// (`fdtable`): its waker, the epoll copy of the data listener table, and
+/// the two ends of its mailbox.
+pub(crate) const SHARED_FDS_PER_WORKER: usize = 4;
 
 /// Descriptors kept aside for everything that is not a session: stdio,
 /// the epoll and signal descriptors, the control listeners (counted
@@ -69,28 +83,104 @@ fn nr_open() -> Option<u64> {
     std::fs::read_to_string("/proc/sys/fs/nr_open").ok()?.trim().parse().ok()
 }
 
-/// The most sessions `nofile` descriptors carry when every session holds
-/// all it can: `(nofile - RESERVED_FDS - listeners) / FDS_PER_SESSION`,
-/// at least 1.
-pub(crate) fn sessions_for_fds(nofile: u64, listeners: usize) -> usize {
-    let spare = nofile.saturating_sub(RESERVED_FDS + listeners as u64);
-    usize::try_from(spare / FDS_PER_SESSION).unwrap_or(usize::MAX).max(1)
+/// Where the descriptors of the process are: how many descriptor tables
+/// (one per event loop with `fdtable`, else the process's one), each
+/// bounded by RLIMIT_NOFILE, and what each table holds before any session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FdTables {
+    pub(crate) nofile: u64,
+    pub(crate) tables: u64,
+    /// Descriptors each table holds for the daemon itself, `RESERVED_FDS`
+    /// aside: listeners, epolls, pooled pipes, relay threads, mailboxes.
+    pub(crate) fixed: u64,
 }
 
-/// The session cap: what the operator asked for, or what the descriptors
-/// allow, whichever is less (absent or 0: what they allow). `Err` carries the lowered value when the
-/// request did not fit (the caller warns).
-pub(crate) fn fit_max_sessions(
-    requested: Option<usize>,
-    nofile: u64,
-    listeners: usize,
-) -> Result<usize, Lowered> {
-    let fits = sessions_for_fds(nofile, listeners);
-    match requested {
-        None | Some(0) => Ok(fits),
-        Some(n) if n > fits => Err(Lowered { requested: n, to: fits }),
-        Some(n) => Ok(n),
+impl FdTables {
+    /// `workers` event loops with `listen` control addresses each and at
+    /// most `relay_threads` relays on threads. With `private` tables, each
+    /// loop's table holds its own descriptors, every loop's shared ones,
+    /// and all relay threads' (they run in the table of the loop that
+    /// started them, and one loop may start them all); else the one table
+    /// holds everything.
+    pub(crate) fn new(
+        nofile: u64,
+        workers: usize,
+        listen: usize,
+        relay_threads: usize,
+        private: bool,
+    ) -> Self {
+        let w = workers.max(1) as u64;
+        let own = (listen + FDS_PER_WORKER) as u64;
+        let shared = SHARED_FDS_PER_WORKER as u64 * w;
+        let relays = (crate::relay_threads::FDS_PER_RELAY * relay_threads) as u64;
+        if private {
+            Self { nofile, tables: w, fixed: own + shared + relays }
+        } else {
+            Self { nofile, tables: 1, fixed: own * w + shared + relays }
+        }
     }
+
+    /// Descriptors each table has for sessions and data channels.
+    pub(crate) fn spare(&self) -> u64 {
+        self.nofile.saturating_sub(RESERVED_FDS + self.fixed)
+    }
+}
+
+/// The session and data-channel caps, and what was asked for but did not
+/// fit (the caller warns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Caps {
+    pub(crate) max_sessions: usize,
+    pub(crate) max_data_channels: usize,
+    pub(crate) sessions_lowered: Option<Lowered>,
+    pub(crate) data_channels_lowered: Option<Lowered>,
+}
+
+/// Sizes the caps so that every table can hold its share of the sessions
+/// (the kernel spreads them evenly over the loops' SO_REUSEPORT listeners)
+/// and of the data channels:
+/// `FDS_PER_SESSION * sessions + FDS_PER_DATA_CHANNEL * channels <= spare`
+/// per table.
+///
+/// - Sessions: what the operator asked for (absent or 0: by default, room
+///   for a data channel per `SESSIONS_PER_DATA_CHANNEL` sessions), lowered
+///   if not even one data channel per table would remain.
+/// - Data channels: what the operator asked for, or `by_memory` (the
+///   memory cap, `default_max_data_channels`), at most what the
+///   descriptors left by the sessions carry, and never more than sessions.
+///
+/// Both are at least 1.
+pub(crate) fn fit_caps(
+    fds: FdTables,
+    sessions: Option<usize>,
+    data_channels: Option<usize>,
+    by_memory: impl FnOnce(usize) -> usize,
+) -> Caps {
+    let (t, spare) = (fds.tables.max(1), fds.spare());
+    let per_session = FDS_PER_SESSION * SESSIONS_PER_DATA_CHANNEL + FDS_PER_DATA_CHANNEL;
+    let default_sessions = t * (spare * SESSIONS_PER_DATA_CHANNEL / per_session);
+    // Room for at least one data channel in every table.
+    let most_sessions = t * (spare.saturating_sub(FDS_PER_DATA_CHANNEL) / FDS_PER_SESSION);
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).max(1);
+    let (max_sessions, sessions_lowered) = match sessions {
+        None | Some(0) => (to_usize(default_sessions), None),
+        Some(n) if n as u64 > most_sessions => {
+            let to = to_usize(most_sessions);
+            (to, Some(Lowered { requested: n, to }))
+        }
+        Some(n) => (n, None),
+    };
+    let per_table = (max_sessions as u64).div_ceil(t);
+    let channels_fit =
+        to_usize(t * (spare.saturating_sub(per_table * FDS_PER_SESSION) / FDS_PER_DATA_CHANNEL));
+    let (max_data_channels, data_channels_lowered) = match data_channels {
+        Some(n) if n > 0 && n > channels_fit => {
+            (channels_fit, Some(Lowered { requested: n, to: channels_fit }))
+        }
+        Some(n) if n > 0 => (n, None),
+        _ => (by_memory(max_sessions).min(channels_fit).min(max_sessions).max(1), None),
+    };
+    Caps { max_sessions, max_data_channels, sessions_lowered, data_channels_lowered }
 }
 
 /// A requested cap that the host cannot carry, and what it became.
@@ -522,32 +612,75 @@ mod tests {
         assert_eq!(mapped.to_string(), "192.0.2.10");
     }
 
-    #[test]
-    fn sessions_for_fds_formula() {
-        // (nofile - 64 - listeners) / 9
-        assert_eq!(sessions_for_fds(1_048_576, 1), (1_048_576 - 65) / 9);
-        assert_eq!(sessions_for_fds(1_048_576, 1), 116_501);
-        assert_eq!(sessions_for_fds(20_000, 1), 2_215);
-        // Debian's default soft limit, were it not raised: 106 sessions.
-        assert_eq!(sessions_for_fds(1024, 1), 106);
-        // Never 0, even when the reserve eats everything.
-        assert_eq!(sessions_for_fds(10, 2), 1);
+    fn tables(nofile: u64, workers: usize, private: bool) -> FdTables {
+        // One --listen address, the default 32 relay threads.
+        FdTables::new(nofile, workers, 1, 32, private)
+    }
+
+    fn memory(n: usize) -> impl FnOnce(usize) -> usize {
+        move |sessions| n.min(sessions)
     }
 
     #[test]
-    fn sessions_for_fds_ten_thousand_sessions_need_90_066_descriptors() {
-        // 10,000 * 9 + 64 + 2 listeners.
-        assert_eq!(sessions_for_fds(90_066, 2), 10_000);
-        assert_eq!(sessions_for_fds(90_065, 2), 9_999);
+    fn fd_tables_private_or_shared() {
+        // Own: 1 listener + 17; shared: 4 per loop; relays: 3 * 32.
+        assert_eq!(tables(20_000, 2, true), FdTables { nofile: 20_000, tables: 2, fixed: 18 + 8 + 96 });
+        assert_eq!(tables(20_000, 2, true).spare(), 20_000 - 64 - 122);
+        // One table holds both loops' own descriptors.
+        assert_eq!(tables(20_000, 2, false), FdTables { nofile: 20_000, tables: 1, fixed: 36 + 8 + 96 });
+        // A limit below the reserve leaves nothing, and no underflow.
+        assert_eq!(tables(100, 2, true).spare(), 0);
     }
 
     #[test]
-    fn fit_max_sessions_default_explicit_and_lowered() {
-        assert_eq!(fit_max_sessions(None, 20_000, 1), Ok(2_215));
-        assert_eq!(fit_max_sessions(Some(500), 20_000, 1), Ok(500));
-        assert_eq!(fit_max_sessions(Some(2_215), 20_000, 1), Ok(2_215));
-        assert_eq!(fit_max_sessions(Some(50_000), 20_000, 1), Err(Lowered { requested: 50_000, to: 2_215 }));
-        assert_eq!(fit_max_sessions(Some(0), 20_000, 1), Ok(2_215));
+    fn default_caps_leave_a_data_channel_per_four_sessions() {
+        // 19,814 spare per table: 19,814 * 4 / 15 = 5,283 sessions each,
+        // (19,814 - 2 * 5,283) / 7 = 1,321 data channels each.
+        let caps = fit_caps(tables(20_000, 2, true), None, None, memory(12_288));
+        assert_eq!(caps.max_sessions, 10_566);
+        assert_eq!(caps.max_data_channels, 2_642);
+        assert_eq!((caps.sessions_lowered, caps.data_channels_lowered), (None, None));
+        // Every table carries its share.
+        let spare = tables(20_000, 2, true).spare();
+        assert!(5_283 * FDS_PER_SESSION + 1_321 * FDS_PER_DATA_CHANNEL <= spare);
+        // The same limit in one shared table: 5,278 sessions.
+        let shared = fit_caps(tables(20_000, 2, false), Some(0), None, memory(12_288));
+        assert_eq!((shared.max_sessions, shared.max_data_channels), (5_278, 1_320));
+    }
+
+    #[test]
+    fn ten_thousand_idle_sessions_fit_a_hard_limit_of_20_000_with_two_loops() {
+        assert!(fit_caps(tables(20_000, 2, true), None, None, memory(12_288)).max_sessions >= 10_000);
+        assert!(fit_caps(tables(20_000, 1, true), None, None, memory(12_288)).max_sessions < 10_000);
+        // Debian's default hard limit for root: ample with one loop.
+        let debian = fit_caps(tables(1_048_576, 1, true), None, None, memory(12_288));
+        assert_eq!(debian.max_sessions, 279_571);
+        // Memory, not descriptors, caps the data channels there.
+        assert_eq!(debian.max_data_channels, 12_288);
+    }
+
+    #[test]
+    fn requested_caps_kept_or_lowered() {
+        let fds = tables(20_000, 2, true);
+        let caps = fit_caps(fds, Some(500), None, memory(12_288));
+        // 500 sessions leave (19,814 - 500) / 7 = 2,759 channels per table,
+        // but never more channels than sessions.
+        assert_eq!((caps.max_sessions, caps.max_data_channels), (500, 500));
+        let caps = fit_caps(fds, Some(500), Some(300), memory(12_288));
+        assert_eq!((caps.max_sessions, caps.max_data_channels), (500, 300));
+        // Most sessions: one data channel per table remains.
+        let caps = fit_caps(fds, Some(50_000), None, memory(12_288));
+        assert_eq!(caps.sessions_lowered, Some(Lowered { requested: 50_000, to: 19_806 }));
+        assert_eq!((caps.max_sessions, caps.max_data_channels), (19_806, 2));
+        // Data channels beyond what the descriptors carry.
+        let caps = fit_caps(fds, None, Some(100_000), memory(12_288));
+        assert_eq!(caps.data_channels_lowered, Some(Lowered { requested: 100_000, to: 2_642 }));
+    }
+
+    #[test]
+    fn caps_never_zero() {
+        let caps = fit_caps(tables(10, 2, true), None, None, memory(0));
+        assert_eq!((caps.max_sessions, caps.max_data_channels), (1, 1));
     }
 
     #[test]

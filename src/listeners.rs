@@ -32,12 +32,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ftpgate_proto::addr::canonical_ip;
 use ftpgate_proto::{DataId, Side};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry, Token, Waker};
 use slab::Slab;
 use slog::{info, warn, Logger};
 
@@ -246,14 +246,58 @@ pub(crate) struct Listeners {
     table: Table<TcpListener>,
     /// Listener `key` is registered under `Token(first_token + key)`.
     first_token: usize,
-    /// The registry of each event loop's Poll, by worker index: a listener
-    /// opened by one loop may be closed by a session of another.
+    /// The registry of each event loop's Poll, by worker index (each loop
+    /// uses only its own: see `orphans`).
     registries: Vec<Registry>,
+    /// Each loop's waker, by worker index: tells a loop it has orphans.
+    wakers: Vec<Arc<Waker>>,
+    /// Listeners whose last expectation a session of another loop forgot.
+    /// The socket is in the descriptor table of the loop that opened it
+    /// (`fdtable`), so that loop closes it (`close_orphans`).
+    orphans: Vec<Entry<TcpListener>>,
 }
 
 impl Listeners {
-    pub(crate) fn new(first_token: usize, registries: Vec<Registry>) -> Self {
-        Self { table: Table::default(), first_token, registries }
+    pub(crate) fn new(first_token: usize, registries: Vec<Registry>, wakers: Vec<Arc<Waker>>) -> Self {
+        Self { table: Table::default(), first_token, registries, wakers, orphans: Vec::new() }
+    }
+
+    /// Closes a listener that left the table: here, if the calling thread
+    /// is the loop that opened it; else that loop is told to.
+    fn close(&mut self, mut entry: Entry<TcpListener>) {
+        if crate::fdtable::current() == Some(entry.worker) {
+            let _ = self.registries[entry.worker].deregister(&mut entry.socket);
+            return;
+        }
+        if let Some(waker) = self.wakers.get(entry.worker) {
+            let _ = waker.wake();
+        }
+        self.orphans.push(entry);
+    }
+
+    /// Closes the listeners of `worker` that another loop's sessions left
+    /// (`close`). Called by that loop when woken.
+    pub(crate) fn close_orphans(&mut self, worker: usize) {
+        if self.orphans.iter().any(|e| e.worker == worker) {
+            let (mine, others) =
+                std::mem::take(&mut self.orphans).into_iter().partition(|e| e.worker == worker);
+            self.orphans = others;
+            for mut entry in mine {
+                let _ = self.registries[worker].deregister(&mut entry.socket);
+            }
+        }
+    }
+
+    /// A loop that ends closes the listeners it opened that are still
+    /// open: no other thread could.
+    pub(crate) fn close_all_of(&mut self, worker: usize) {
+        self.close_orphans(worker);
+        let keys: Vec<usize> =
+            self.table.entries.iter().filter(|(_, e)| e.worker == worker).map(|(k, _)| k).collect();
+        for key in keys {
+            let mut entry = self.table.remove(key);
+            let _ = self.registries[worker].deregister(&mut entry.socket);
+        }
     }
 
     /// Records readiness from one event of `worker`'s Poll. An event left
@@ -328,8 +372,8 @@ impl Listeners {
     /// The channel expects nothing any more; its listener closes if no
     /// other channel expects a connection on it. Idempotent.
     pub(crate) fn forget(&mut self, channel: Channel) {
-        if let Some(mut entry) = self.table.forget(channel) {
-            let _ = self.registries[entry.worker].deregister(&mut entry.socket);
+        if let Some(entry) = self.table.forget(channel) {
+            self.close(entry);
         }
     }
 
@@ -370,17 +414,16 @@ impl Listeners {
                         // Every channel on the listener learns of it; the
                         // listener goes (edge-triggered, it would not wake
                         // us again for what stays queued).
-                        let mut entry = self.table.remove(key);
-                        let _ = self.registries[entry.worker].deregister(&mut entry.socket);
+                        let entry = self.table.remove(key);
+                        let (local, sessions) = (entry.local, entry.expecting.len());
+                        let expecting: Vec<Channel> = entry.expecting.iter().map(|x| x.channel).collect();
+                        self.close(entry);
                         warn!(
                             log, "data accept failed";
-                            "local" => %entry.local, "sessions" => entry.expecting.len(), "error" => %e
+                            "local" => %local, "sessions" => sessions, "error" => %e
                         );
-                        for x in entry.expecting {
-                            handovers.push(Handover {
-                                channel: x.channel,
-                                arrival: Arrival::AcceptFailed(e.kind()),
-                            });
+                        for channel in expecting {
+                            handovers.push(Handover { channel, arrival: Arrival::AcceptFailed(e.kind()) });
                         }
                         break;
                     }
@@ -636,7 +679,10 @@ mod tests {
     #[test]
     fn listeners_two_sessions_one_port_each_gets_its_peer_and_thieves_get_nothing() {
         let poll = mio::Poll::new().unwrap();
-        let mut l = Listeners::new(1 << 20, vec![poll.registry().try_clone().unwrap()]);
+        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+        let mut l = Listeners::new(1 << 20, vec![poll.registry().try_clone().unwrap()], vec![waker]);
+        // This thread plays the loop that owns the sessions.
+        crate::fdtable::pretend(Some(0));
         let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
         let a = Expectation {
             accept_from: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
@@ -690,8 +736,17 @@ mod tests {
         // A's verdict took its connection: A's hole closes, B's stays
         l.forget(channel(1, 0));
         assert_eq!(l.len(), 1);
+        // Were B's session in another loop, it could not close the
+        // listener: the socket is in its loop's descriptor table.
+        crate::fdtable::pretend(Some(1));
         l.forget(channel(2, 7));
-        assert_eq!(l.len(), 0, "the listener closes with its last expectation");
+        assert_eq!(l.len(), 0, "the listener leaves the table with its last expectation");
+        assert_eq!(l.orphans.len(), 1, "and waits for its own loop");
+        l.close_orphans(1);
+        assert_eq!(l.orphans.len(), 1, "another loop's orphan stays");
+        l.close_orphans(0);
+        assert!(l.orphans.is_empty());
         assert!(std::net::TcpStream::connect(port).is_err(), "nothing listens on {port} any more");
+        crate::fdtable::pretend(None);
     }
 }

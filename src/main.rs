@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod conn;
 mod doctor;
+mod fdtable;
 mod limits;
 mod listeners;
 mod log;
@@ -205,37 +206,47 @@ fn size_limits(args: &Args, workers: usize, log: &Logger) -> (usize, usize) {
             soft
         }
     };
-    // Every event loop has its own control listener on each address, and
-    // descriptors of its own (`limits::FDS_PER_WORKER`).
-    // And each relay on threads holds 3 more (relay_threads.rs).
-    let listeners = (args.listen.len() + limits::FDS_PER_WORKER) * workers
-        + relay_threads::FDS_PER_RELAY * args.relay_threads;
-    let max_sessions = match limits::fit_max_sessions(args.max_sessions, nofile, listeners) {
-        Ok(n) => n,
-        Err(lowered) => {
-            warn!(
-                log, "--max-sessions lowered to what the descriptor limit allows";
-                "requested" => lowered.requested, "max_sessions" => lowered.to,
-                "nofile" => nofile, "fds_per_session" => limits::FDS_PER_SESSION,
-                "hint" => "raise the hard RLIMIT_NOFILE (systemd LimitNOFILE=)"
-            );
-            lowered.to
-        }
-    };
-    let max_data_channels = match args.max_data_channels {
-        Some(n) if n > 0 => n,
-        _ => match limits::mem_total() {
-            Ok(bytes) => limits::default_max_data_channels(bytes, max_sessions),
+    // Each event loop gives its sessions a descriptor table of its own
+    // (`fdtable`) where the kernel lets it: the limit then holds per loop.
+    let private = fdtable::available();
+    if !private {
+        warn!(
+            log, "event loops share one descriptor table";
+            "hint" => "unshare(CLONE_FILES) is refused (a seccomp filter?): the session cap is sized for one table"
+        );
+    }
+    let fds = limits::FdTables::new(nofile, workers, args.listen.len(), args.relay_threads, private);
+    let caps = limits::fit_caps(fds, args.max_sessions, args.max_data_channels, |sessions| {
+        match limits::mem_total() {
+            Ok(bytes) => limits::default_max_data_channels(bytes, sessions),
             Err(e) => {
-                warn!(log, "cannot read the memory size; data channels capped at the session cap"; "error" => %e);
-                max_sessions
+                warn!(log, "cannot read the memory size; data channels capped by descriptors alone"; "error" => %e);
+                sessions
             }
-        },
-    };
+        }
+    });
+    if let Some(lowered) = caps.sessions_lowered {
+        warn!(
+            log, "--max-sessions lowered to what the descriptor limit allows";
+            "requested" => lowered.requested, "max_sessions" => lowered.to,
+            "nofile" => nofile, "descriptor_tables" => fds.tables,
+            "hint" => "raise the hard RLIMIT_NOFILE (systemd LimitNOFILE=)"
+        );
+    }
+    if let Some(lowered) = caps.data_channels_lowered {
+        warn!(
+            log, "--max-data-channels lowered to what the descriptor limit allows";
+            "requested" => lowered.requested, "max_data_channels" => lowered.to,
+            "nofile" => nofile, "descriptor_tables" => fds.tables,
+            "hint" => "raise the hard RLIMIT_NOFILE (systemd LimitNOFILE=) or lower --max-sessions"
+        );
+    }
+    let (max_sessions, max_data_channels) = (caps.max_sessions, caps.max_data_channels);
     let pipe_mib = max_data_channels as u64 * limits::PIPE_BYTES_PER_CHANNEL / (1024 * 1024);
     info!(
         log, "limits";
-        "workers" => workers, "relay_threads" => args.relay_threads, "max_sessions" => max_sessions, "fds_per_session" => limits::FDS_PER_SESSION,
+        "workers" => workers, "relay_threads" => args.relay_threads, "max_sessions" => max_sessions,
+        "descriptor_tables" => fds.tables, "fds_spare_per_table" => fds.spare(),
         "max_data_channels" => max_data_channels, "pipe_mib_at_most" => pipe_mib,
         "max_sessions_per_client" => args.max_sessions_per_client,
         "session_rate_per_client" => args.session_rate_per_client,

@@ -315,6 +315,12 @@ impl Pinholes {
     }
 
     /// How many pinholes are open (used or not, until their channel ends).
+    /// Its two netlink sockets (`fdtable`: a loop's own).
+    pub(crate) fn raw_fds(&self) -> [std::os::fd::RawFd; 2] {
+        use std::os::fd::AsRawFd;
+        [self.requests.as_raw_fd(), self.events.as_raw_fd()]
+    }
+
     pub(crate) fn open_count(&self) -> usize {
         self.book.pinholes.len()
     }

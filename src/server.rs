@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -180,10 +181,29 @@ impl Worker {
         }
     }
 
+    /// The descriptors this loop opened before its thread started and
+    /// that no other thread uses: its epoll, its control listeners, its
+    /// conntrack sockets. Every other descriptor table closes its copies
+    /// (`fdtable`).
+    pub(crate) fn own_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.poll.as_raw_fd()];
+        fds.extend(self.listeners.iter().map(|l| l.listener.as_raw_fd()));
+        fds.extend(self.pinholes.iter().flat_map(|p| p.raw_fds()));
+        fds
+    }
+
     /// Runs until the drain asked for by a signal is over: every session
     /// of the process has ended (a data listener of this loop may serve
     /// another loop's session until then), or the deadline passed.
     pub(crate) fn run(mut self) -> io::Result<()> {
+        let result = self.serve();
+        // The data listeners this loop opened are in its descriptor table
+        // (`fdtable`): no other thread can close them.
+        self.shared.data_listeners.lock().close_all_of(self.index);
+        result
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
@@ -391,7 +411,14 @@ impl Worker {
                 "to_worker" => handover.channel.worker, "session" => handover.channel.serial,
                 "data" => handover.channel.data.0
             );
-            self.shared.post(handover);
+            let (worker, serial, data) =
+                (handover.channel.worker, handover.channel.serial, handover.channel.data.0);
+            if let Err(e) = self.shared.post(handover) {
+                error!(
+                    self.log, "cannot pass a data connection to its session's event loop; closed";
+                    "to_worker" => worker, "session" => serial, "data" => data, "error" => %e
+                );
+            }
         }
         self.deliver(mine)
     }
@@ -402,8 +429,9 @@ impl Worker {
     /// until they are delivered).
     fn take_mail(&self) -> Vec<Handover> {
         let mut mail = self.shared.take_mail(self.index);
+        let mut table = self.shared.data_listeners.lock();
+        table.close_orphans(self.index);
         if !mail.is_empty() {
-            let table = self.shared.data_listeners.lock();
             mail.retain(|h| matches!(h.arrival, Arrival::AcceptFailed(_)) || table.expects(h.channel));
         }
         mail

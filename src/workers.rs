@@ -19,21 +19,24 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ftpgate_proto::Config;
+use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use slog::{crit, error, info, warn, Logger};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use slog::{crit, debug, error, info, warn, Logger};
 
 use crate::limits::{DataChannels, Rate, SessionRate};
-use crate::listeners::{Handover, Listeners, SharedListeners};
+use crate::listeners::{Arrival, Channel, Handover, Listeners, SharedListeners};
 use crate::logins::{self, LoginFailures, LoginTable};
 use crate::server::{self, StartError, Worker, FIRST_DATA_LISTENER};
 
@@ -113,9 +116,85 @@ impl PauseEpisode {
 
 /// Handovers from the other loops' data listeners to one loop, and the
 /// waker that tells it so. Also woken for a drain.
+///
+/// Each loop has a descriptor table of its own (`fdtable`): a connection's
+/// descriptor cannot be passed as a number. It travels on a datagram
+/// socket pair as SCM_RIGHTS, tagged with the number of its posting; the
+/// rest of the handover waits in `posted`. Both ends were opened before the
+/// loops started, so every table has them under the same numbers.
 pub(crate) struct Mailbox {
-    handovers: Mutex<Vec<Handover>>,
-    waker: Waker,
+    posted: Mutex<Vec<Posted>>,
+    waker: Arc<Waker>,
+    /// Other loops send on it.
+    to: UnixDatagram,
+    /// This loop receives on it.
+    from: UnixDatagram,
+}
+
+/// A handover without its connection's descriptor.
+struct Posted {
+    /// Tags the descriptor's message; 0 for an `AcceptFailed`, which has none.
+    tag: u64,
+    channel: Channel,
+    arrival: PostedArrival,
+}
+
+enum PostedArrival {
+    Connection { peer: SocketAddr },
+    AcceptFailed(io::ErrorKind),
+}
+
+/// Descriptor messages read per `take_mail`: each is one connection, and
+/// what stays queued is read at the next wake.
+const MAIL_PER_TAKE: usize = 256;
+
+impl Mailbox {
+    fn new(waker: Waker) -> io::Result<Self> {
+        let (to, from) = UnixDatagram::pair()?;
+        to.set_nonblocking(true)?;
+        from.set_nonblocking(true)?;
+        Ok(Self { posted: Mutex::new(Vec::new()), waker: Arc::new(waker), to, from })
+    }
+
+    /// Sends a connection's descriptor, tagged, to this mailbox's loop.
+    fn send_descriptor(&self, tag: u64, fd: RawFd) -> io::Result<()> {
+        let bytes = tag.to_ne_bytes();
+        let iov = [io::IoSlice::new(&bytes)];
+        let fds = [fd];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(self.to.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_DONTWAIT, None)?;
+        Ok(())
+    }
+
+    /// The descriptors that arrived, by tag, now in the calling thread's
+    /// table.
+    fn receive_descriptors(&self) -> HashMap<u64, OwnedFd> {
+        let mut got = HashMap::new();
+        for _ in 0..MAIL_PER_TAKE {
+            let mut bytes = [0u8; 8];
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+            let (len, mut fds) = {
+                let mut iov = [io::IoSliceMut::new(&mut bytes)];
+                let Ok(msg) = recvmsg::<()>(self.from.as_raw_fd(), &mut iov, Some(&mut space), flags) else {
+                    break;
+                };
+                let mut fds = Vec::new();
+                for c in msg.cmsgs().into_iter().flatten() {
+                    if let ControlMessageOwned::ScmRights(received) = c {
+                        // SAFETY: SCM_RIGHTS installed these in this
+                        // thread's table; nothing else owns them.
+                        fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    }
+                }
+                (msg.bytes, fds)
+            };
+            if let (8, Some(fd)) = (len, fds.pop()) {
+                got.insert(u64::from_ne_bytes(bytes), fd);
+            }
+        }
+        got
+    }
 }
 
 /// The state of the whole process, shared by the loops.
@@ -145,6 +224,8 @@ pub(crate) struct Shared {
     /// new policy to its open sessions (`Worker::follow_policy`).
     policy_epoch: AtomicU64,
     mailboxes: Vec<Mailbox>,
+    /// Tags of the descriptors `post` sends.
+    next_tag: AtomicU64,
     /// Wakes the supervisor when a loop ends.
     supervisor: Waker,
 }
@@ -285,16 +366,63 @@ impl Shared {
         );
     }
 
-    /// Passes a data connection to the loop that owns its session.
-    pub(crate) fn post(&self, handover: Handover) {
-        let Some(mailbox) = self.mailboxes.get(handover.channel.worker) else { return };
-        lock(&mailbox.handovers).push(handover);
+    /// Passes a data connection to the loop that owns its session. Err:
+    /// its descriptor could not be sent (the connection is closed; the
+    /// session's data deadline then ends its channel).
+    pub(crate) fn post(&self, handover: Handover) -> io::Result<()> {
+        let Some(mailbox) = self.mailboxes.get(handover.channel.worker) else { return Ok(()) };
+        let channel = handover.channel;
+        match handover.arrival {
+            Arrival::AcceptFailed(kind) => lock(&mailbox.posted).push(Posted {
+                tag: 0,
+                channel,
+                arrival: PostedArrival::AcceptFailed(kind),
+            }),
+            Arrival::Connection { stream, peer } => {
+                let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+                // Posted before the descriptor is sent: whoever receives
+                // the descriptor finds its posting.
+                lock(&mailbox.posted).push(Posted {
+                    tag,
+                    channel,
+                    arrival: PostedArrival::Connection { peer },
+                });
+                if let Err(e) = mailbox.send_descriptor(tag, stream.as_raw_fd()) {
+                    lock(&mailbox.posted).retain(|p| p.tag != tag);
+                    return Err(e);
+                }
+                // The message holds the socket now; this table's copy goes.
+                drop(stream);
+            }
+        }
         let _ = mailbox.waker.wake();
+        Ok(())
     }
 
-    /// What other loops passed to `worker`.
+    /// What other loops passed to `worker`. A posting whose descriptor is
+    /// still on its way waits for the next wake (the poster wakes us once
+    /// it has sent it).
     pub(crate) fn take_mail(&self, worker: usize) -> Vec<Handover> {
-        self.mailboxes.get(worker).map(|m| std::mem::take(&mut *lock(&m.handovers))).unwrap_or_default()
+        let Some(mailbox) = self.mailboxes.get(worker) else { return Vec::new() };
+        // Received before the postings are looked at: a descriptor that
+        // arrived has its posting there already.
+        let mut descriptors = mailbox.receive_descriptors();
+        let mut posted = lock(&mailbox.posted);
+        let mut mail = Vec::new();
+        posted.retain_mut(|p| {
+            let arrival = match p.arrival {
+                PostedArrival::AcceptFailed(kind) => Arrival::AcceptFailed(kind),
+                PostedArrival::Connection { peer } => match descriptors.remove(&p.tag) {
+                    Some(fd) => Arrival::Connection { stream: TcpStream::from(fd), peer },
+                    None => return true,
+                },
+            };
+            mail.push(Handover { channel: p.channel, arrival });
+            false
+        });
+        // A descriptor without a posting cannot come (see `post`); were
+        // one to, dropping it closes the connection.
+        mail
     }
 
     /// The drain's deadline, once a signal asked for one.
@@ -393,7 +521,8 @@ impl Daemon {
         let mut mailboxes = Vec::with_capacity(count);
         for l in &loops {
             registries.push(l.registry().map_err(|e| StartError::Setup("sharing an epoll", e))?);
-            mailboxes.push(Mailbox { handovers: Mutex::new(Vec::new()), waker: l.waker()? });
+            mailboxes
+                .push(Mailbox::new(l.waker()?).map_err(|e| StartError::Setup("a mailbox socket pair", e))?);
         }
         let shared = Arc::new(Shared {
             settings: RwLock::new(Settings {
@@ -410,12 +539,17 @@ impl Daemon {
             session_rate: Mutex::new(SessionRate::new(opts.session_rate)),
             data_channels: DataChannels::new(opts.max_data_channels),
             relay_threads: opts.relay_threads,
-            data_listeners: SharedListeners::new(Listeners::new(FIRST_DATA_LISTENER, registries)),
+            data_listeners: SharedListeners::new(Listeners::new(
+                FIRST_DATA_LISTENER,
+                registries,
+                mailboxes.iter().map(|m| m.waker.clone()).collect(),
+            )),
             logins: LoginTable::new(opts.login_failures),
             pause: Mutex::new(None),
             drain_until: Mutex::new(None),
             policy_epoch: AtomicU64::new(0),
             mailboxes,
+            next_tag: AtomicU64::new(1),
             supervisor,
         });
         let workers = loops.into_iter().map(|l| Worker::new(l, shared.clone(), &log)).collect();
@@ -428,13 +562,35 @@ impl Daemon {
     }
 
     /// Starts the loops and serves signals until every loop has ended.
+    ///
+    /// Each loop takes a descriptor table of its own as it starts
+    /// (`fdtable`) and closes its copies of the other loops' own
+    /// descriptors; once every loop has said so, this thread closes its
+    /// copies of them all. Until a loop has its table, closing them here
+    /// would close its only copies.
     pub(crate) fn run(mut self) -> io::Result<()> {
         let mut running: Vec<Option<JoinHandle<io::Result<()>>>> = Vec::new();
         let (ended, ends) = mpsc::channel();
+        let (entered, entries) = mpsc::channel::<(usize, bool)>();
+        let owned: Vec<Vec<RawFd>> = self.workers.iter().map(Worker::own_fds).collect();
         for (index, worker) in std::mem::take(&mut self.workers).into_iter().enumerate() {
             let guard = Ended { index, to: ended.clone(), shared: self.shared.clone() };
+            let (to_main, all_owned, log) = (entered.clone(), owned.clone(), self.log.clone());
             let spawned = std::thread::Builder::new().name(format!("ftpgate-w{index}")).spawn(move || {
                 let _guard = guard;
+                let private = match crate::fdtable::enter(index) {
+                    Ok(()) => {
+                        let others = all_owned.iter().enumerate().filter(|&(i, _)| i != index);
+                        crate::fdtable::close_copies(&others.flat_map(|(_, fds)| fds.clone()).collect::<Vec<_>>());
+                        true
+                    }
+                    Err(e) => {
+                        warn!(log, "event loop shares the process's descriptor table"; "worker" => index, "error" => %e);
+                        false
+                    }
+                };
+                let _ = to_main.send((index, private));
+                drop(to_main);
                 worker.run()
             });
             match spawned {
@@ -444,12 +600,32 @@ impl Daemon {
                     crit!(self.log, "cannot start an event loop"; "worker" => index, "error" => %e);
                     self.drain(Instant::now(), None);
                     // The spawn error is the one to report.
+                    drop(entered);
+                    self.close_loop_copies(&entries, &owned);
                     let _ = self.supervise(running, &ends);
                     return Err(e);
                 }
             }
         }
+        drop(entered);
+        self.close_loop_copies(&entries, &owned);
         self.supervise(running, &ends)
+    }
+
+    /// Closes this thread's copies of the own descriptors of every loop
+    /// that has a table of its own, as each says so. Returns when every
+    /// started loop has said (or ended).
+    fn close_loop_copies(&self, entries: &mpsc::Receiver<(usize, bool)>, owned: &[Vec<RawFd>]) {
+        let mut private = 0;
+        // Ends when every loop's sender is gone: each sends before its
+        // loop runs, or drops it unsent if its thread never ran.
+        for (index, is_private) in entries.iter() {
+            if is_private {
+                crate::fdtable::close_copies(&owned[index]);
+                private += 1;
+            }
+        }
+        debug!(self.log, "event loops have their descriptor tables"; "private" => private, "workers" => owned.len());
     }
 
     /// Signals in, loops joined as they end. The first loop to fail
@@ -549,4 +725,67 @@ impl Drop for Ended {
 /// The default of `--workers`: one loop per core the process may use.
 pub(crate) fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn mailbox() -> (Poll, Mailbox) {
+        let poll = Poll::new().unwrap();
+        let waker = Waker::new(poll.registry(), Token(0)).unwrap();
+        (poll, Mailbox::new(waker).unwrap())
+    }
+
+    #[test]
+    fn a_connection_crosses_from_one_loop_table_to_another() {
+        let (_poll, mailbox) = mailbox();
+        let mailbox = Arc::new(mailbox);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        // The accepting loop: its own table; its copy goes once sent.
+        let sender = Arc::clone(&mailbox);
+        let sent = std::thread::spawn(move || {
+            crate::fdtable::enter(0).unwrap();
+            let raw = accepted.as_raw_fd();
+            sender.send_descriptor(42, raw).unwrap();
+            drop(accepted);
+            raw
+        });
+        let sent_raw = sent.join().unwrap();
+        // The owning loop: another table, where the number means nothing.
+        let receiver = Arc::clone(&mailbox);
+        let got = std::thread::spawn(move || {
+            crate::fdtable::enter(1).unwrap();
+            let mut got = receiver.receive_descriptors();
+            assert_eq!(got.len(), 1);
+            let fd = got.remove(&42).expect("the tag names the descriptor");
+            let mut stream = std::net::TcpStream::from(fd);
+            stream.write_all(b"through").unwrap();
+            // Nothing more queued.
+            assert!(receiver.receive_descriptors().is_empty());
+        });
+        got.join().unwrap();
+        let _ = sent_raw;
+        let mut buf = [0u8; 7];
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"through");
+    }
+
+    #[test]
+    fn mail_is_bounded_per_take() {
+        let (_poll, mailbox) = mailbox();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        for tag in 0..(MAIL_PER_TAKE as u64 + 5) {
+            if mailbox.send_descriptor(tag, r.as_raw_fd()).is_err() {
+                // The socket's buffer is full: what is queued is the test.
+                break;
+            }
+        }
+        let first = mailbox.receive_descriptors().len();
+        assert!(first <= MAIL_PER_TAKE);
+        assert!(first > 0);
+    }
 }

@@ -42,7 +42,7 @@ fn gateway_pid(lab: &Lab) -> u32 {
 }
 
 fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    common::gateway_fds(pid)
 }
 
 /// What must be the same before and after: the gateway's open descriptors

@@ -31,13 +31,18 @@ use common::{repo_root, run_bounded, text, Lab, Ns, Rules, CLIENT_IP, SERVER_IP}
 /// two-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Mirrors `limits::FDS_PER_SESSION`, `RESERVED_FDS`, `FDS_PER_WORKER`
-/// and `relay_threads::FDS_PER_RELAY` (the formula `--max-sessions`
-/// documents).
-const FDS_PER_SESSION: u64 = 9;
+/// Mirrors `limits::FDS_PER_SESSION`, `FDS_PER_DATA_CHANNEL`,
+/// `SESSIONS_PER_DATA_CHANNEL`, `RESERVED_FDS`, `FDS_PER_WORKER`,
+/// `SHARED_FDS_PER_WORKER` and `relay_threads::FDS_PER_RELAY` (the formula
+/// `--max-sessions` documents).
+const FDS_PER_SESSION: u64 = 2;
+const FDS_PER_DATA_CHANNEL: u64 = 7;
+const SESSIONS_PER_DATA_CHANNEL: u64 = 4;
 const RESERVED_FDS: u64 = 64;
-/// 3 of the loop's own and the two ends of the 8 pipes its pool may keep.
-const FDS_PER_WORKER: u64 = 3 + 2 * 8;
+/// The loop's epoll and the two ends of the 8 pipes its pool may keep.
+const FDS_PER_WORKER: u64 = 1 + 2 * 8;
+/// Each loop's waker, epoll copy and mailbox pair, in every table.
+const SHARED_FDS_PER_WORKER: u64 = 4;
 const FDS_PER_RELAY: u64 = 3;
 
 /// Sessions per client address in the idle test: above the old per-client
@@ -88,7 +93,21 @@ fn slab_kib() -> u64 {
 }
 
 fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    common::gateway_fds(pid)
+}
+
+/// The descriptors open in the table of the thread named `name`.
+fn loop_table(pid: u32, name: &str) -> Vec<usize> {
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        if fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim() == name {
+            return fs::read_dir(task.path().join("fd"))
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect();
+        }
+    }
+    panic!("no thread {name} in {pid}");
 }
 
 /// lab/greeter.py in the server namespace in place of vsftpd, which is
@@ -205,25 +224,32 @@ fn idle_sessions_up_to_ten_thousand_with_default_settings_all_greeted() {
     let hard = hard_nofile();
     assert_eq!(log_value(&log, "descriptor limit", "nofile"), Some(hard), "{log}");
     let max_sessions = log_value(&log, "INFO limits", "max_sessions").expect("limits record");
-    // One --listen address: each event loop has its listener on it.
+    // One --listen address: each event loop has its listener on it, and a
+    // descriptor table of its own (fdtable.rs), where the limit holds.
     let workers = log_value(&log, "INFO limits", "workers").expect("workers in the limits record");
     assert_eq!(workers, std::thread::available_parallelism().map_or(1, |n| n.get() as u64), "{log}");
+    assert_eq!(log_value(&log, "INFO limits", "descriptor_tables"), Some(workers), "{log}");
     // And each relay that may run on threads 3 more.
     let relay_threads = log_value(&log, "INFO limits", "relay_threads").expect("relay_threads in the record");
-    let per_workers = (1 + FDS_PER_WORKER) * workers + FDS_PER_RELAY * relay_threads;
-    assert_eq!(max_sessions, (hard - RESERVED_FDS - per_workers) / FDS_PER_SESSION, "{log}");
+    let fixed = 1 + FDS_PER_WORKER + SHARED_FDS_PER_WORKER * workers + FDS_PER_RELAY * relay_threads;
+    let spare = hard - RESERVED_FDS - fixed;
+    let per_table = spare * SESSIONS_PER_DATA_CHANNEL
+        / (FDS_PER_SESSION * SESSIONS_PER_DATA_CHANNEL + FDS_PER_DATA_CHANNEL);
+    assert_eq!(max_sessions, workers * per_table, "{log}");
     assert_eq!(log_value(&log, "INFO limits", "max_sessions_per_client"), Some(0), "per-client cap off");
 
     let want = max_sessions.min(10_000) as usize;
     if want < 10_000 {
         eprintln!(
-            "note: hard RLIMIT_NOFILE {hard} carries {max_sessions} sessions by default; \
-             10,000 need a hard limit of at least {}: testing {want}",
-            10_000 * FDS_PER_SESSION + RESERVED_FDS + per_workers
+            "note: hard RLIMIT_NOFILE {hard} carries {max_sessions} sessions by default in {workers} \
+             descriptor tables; testing {want}"
         );
     }
-    let addresses = want.div_ceil(MAX_PER_SOURCE);
-    let per_source = want / addresses;
+    // All `want` when a per-source count above 64 divides it (10,000:
+    // 125 addresses of 80), else as near as whole addresses get.
+    let per_source = (65..=MAX_PER_SOURCE).rev().find(|&p| want.is_multiple_of(p));
+    let addresses = per_source.map_or(want.div_ceil(MAX_PER_SOURCE), |p| want / p);
+    let per_source = per_source.unwrap_or(want / addresses);
     assert!(per_source > 64, "{per_source} sessions per address would not show the per-client cap is off");
     let total = per_source * addresses;
     let sources = client_sources(&lab, addresses - 1);
@@ -394,12 +420,16 @@ fn out_of_descriptors_accept_pauses_with_one_record_per_episode() {
     let _serial = serial();
     let mut lab = Lab::new("limfd", Rules::Nft);
     let _greeter = Greeter::start(&lab);
-    lab.start_gateway(&[]);
+    // One event loop: the limit bounds each descriptor table, and its
+    // sessions are all in that loop's.
+    lab.start_gateway(&["--workers", "1"]);
     lab.expect_log_errors(&["accept failed"]);
     let pid = gateway_pid(&lab);
     // Room for exactly 10 idle sessions (2 descriptors each): the 11th
-    // accept() fails with EMFILE, and so does every retry.
-    let limit = fd_count(pid) + 20;
+    // accept() fails with EMFILE, and so does every retry. The limit
+    // bounds the numbers: 20 free ones below it.
+    let open = loop_table(pid, "ftpgate-w0");
+    let limit = (0..).find(|&l| l - open.iter().filter(|&&fd| fd < l).count() == 20).unwrap();
     let prlimit = |soft: u64| {
         let out = run_bounded(10, &["prlimit", "--pid", &pid.to_string(), &format!("--nofile={soft}:")]);
         assert!(out.status.success(), "prlimit: {}", text(&out.stderr));

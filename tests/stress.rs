@@ -70,7 +70,7 @@ fn short_transfers_all_modes_iptables() {
 /// Threads and open descriptors of process `pid`.
 fn threads_and_fds(pid: u32) -> (usize, usize) {
     let count = |dir: String| std::fs::read_dir(dir).map_or(0, |d| d.count());
-    (count(format!("/proc/{pid}/task")), count(format!("/proc/{pid}/fd")))
+    (count(format!("/proc/{pid}/task")), common::gateway_fds(pid))
 }
 
 #[test]

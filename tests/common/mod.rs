@@ -244,6 +244,24 @@ pub fn run_bounded(secs: u64, argv: &[&str]) -> Output {
     out
 }
 
+/// Descriptors process `pid` holds, over all its descriptor tables: the
+/// main thread's and each event loop's (ftpgate's threads named
+/// ftpgate-wN each have a table of their own, src/fdtable.rs; the relay
+/// threads a loop starts share it). /proc/PID/fd shows the main thread's
+/// alone.
+pub fn gateway_fds(pid: u32) -> usize {
+    let count = |task: &str| fs::read_dir(format!("/proc/{pid}/task/{task}/fd")).map_or(0, |d| d.count());
+    let mut total = count(&pid.to_string());
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return total };
+    for task in tasks.flatten() {
+        let comm = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("ftpgate-w") {
+            total += count(&task.file_name().to_string_lossy());
+        }
+    }
+    total
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
