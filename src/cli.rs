@@ -79,12 +79,13 @@ pub(crate) struct Args {
     pub(crate) drain_timeout: u64,
 
     /// Most control sessions at once; further clients wait in the backlog.
-    /// Default (or 0): what the descriptor limit allows, each session
-    /// holding up to 9: (RLIMIT_NOFILE - 64 - (addresses + 19) × workers -
-    /// 3 × relay-threads) / 9, each event loop holding a listener per
-    /// --listen address, 3 descriptors of its own and up to 8 empty pipes
-    /// kept for its next relays, each relay on threads 3 more. A larger
-    /// value is lowered to that, with a warning.
+    /// Default (or 0): what the descriptor limit allows. RLIMIT_NOFILE
+    /// bounds each event loop's descriptor table, which spares S =
+    /// RLIMIT_NOFILE - 64 - (addresses + 17) - 4 × workers - 3 ×
+    /// relay-threads; a session holds 2 descriptors, an open data channel
+    /// 7 more, and the default, workers × S × 4 / 15, leaves room for one
+    /// data channel per 4 sessions. A larger value is lowered, with a
+    /// warning.
     #[arg(long, value_name = "N")]
     pub(crate) max_sessions: Option<usize>,
 
@@ -113,7 +114,9 @@ pub(crate) struct Args {
     /// Most data channels open at once, over all sessions; a PASV/PORT
     /// beyond it gets 425. Each relaying channel holds two pipes of up to
     /// 256 KiB. Default: a quarter of physical memory in pipes
-    /// (MemTotal / 4 / 512 KiB), at most --max-sessions.
+    /// (MemTotal / 4 / 512 KiB), at most --max-sessions and what the
+    /// descriptors left by the sessions carry (7 each); a larger value is
+    /// lowered to the latter, with a warning.
     #[arg(long, value_name = "N")]
     pub(crate) max_data_channels: Option<usize>,
 

@@ -22,7 +22,12 @@
 //!
 //! What a loop opened before it unshared (its control listeners, its
 //! epoll, its conntrack sockets) is closed in every other table, so that,
-//! for example, a listener a loop closes at a drain stops listening.
+//! for example, a listener a loop closes at a drain stops listening. The
+//! main thread keeps its copies of the control listeners until the drain
+//! (`workers::Daemon::drain`): `ss -ltnp` and `lsof` read the main
+//! thread's table only, and so still name ftpgate as their owner. The
+//! sessions' sockets are in the loops' tables, which they do not read:
+//! `ls -l /proc/PID/task/*/fd` shows them.
 
 use std::cell::Cell;
 use std::io;
@@ -36,16 +41,13 @@ thread_local! {
     static LOOP: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// Whether this thread may take a table of its own: asked once at start,
-/// from a short-lived thread, before the caps are sized. A seccomp filter
-/// may refuse `unshare`; the loops then share the process's table.
+/// Whether a thread may take a table of its own (a seccomp filter may
+/// refuse `unshare`; the loops then share the process's table). Asked
+/// once at start, while the process has one thread: the table is then
+/// not shared, and the kernel leaves it as it is. No thread is started
+/// for it: privileges are dropped later only in a process of one thread.
 pub(crate) fn available() -> bool {
-    std::thread::Builder::new()
-        .name("ftpgate-probe".into())
-        .spawn(|| nix::sched::unshare(CloneFlags::CLONE_FILES).is_ok())
-        .ok()
-        .and_then(|t| t.join().ok())
-        .unwrap_or(false)
+    nix::sched::unshare(CloneFlags::CLONE_FILES).is_ok()
 }
 
 /// The calling thread becomes event loop `index` with a descriptor table of

@@ -560,7 +560,7 @@ impl Collector for Descriptors {
             let open = ConstGauge::new(i64::try_from(open).unwrap_or(i64::MAX));
             let m = encoder.encode_descriptor(
                 "process_open_fds",
-                "Descriptors open now, counted in /proc/self/fd",
+                "Descriptors open now in the fullest descriptor table (each event loop has its own)",
                 None,
                 open.metric_type(),
             )?;
@@ -570,12 +570,22 @@ impl Collector for Descriptors {
     }
 }
 
-/// The number of open descriptors, not counting the one that reads the
-/// directory; `None` without /proc.
+/// Open descriptors in the fullest descriptor table: the main thread's
+/// (less the one reading the directory) or an event loop's (`fdtable`:
+/// each loop has its own, and RLIMIT_NOFILE holds per table, so the
+/// fullest is the one to compare with `process_max_fds`). `None` without
+/// /proc.
 fn open_fds() -> Option<usize> {
-    let dir = std::fs::read_dir("/proc/self/fd").ok()?;
-    let seen = dir.take(MAX_FDS_COUNTED).count();
-    Some(seen.saturating_sub(1))
+    let count = |dir: String| std::fs::read_dir(dir).ok().map(|d| d.take(MAX_FDS_COUNTED).count());
+    let mut fullest = count("/proc/self/fd".into())?.saturating_sub(1);
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("ftpgate-w") {
+            let fd = task.path().join("fd");
+            fullest = fullest.max(count(fd.to_string_lossy().into_owned()).unwrap_or(0));
+        }
+    }
+    Some(fullest)
 }
 
 // -- the endpoint ------------------------------------------------------------

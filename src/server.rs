@@ -192,6 +192,11 @@ impl Worker {
         fds
     }
 
+    /// Its control listeners (among `own_fds`).
+    pub(crate) fn control_listener_fds(&self) -> Vec<RawFd> {
+        self.listeners.iter().map(|l| l.listener.as_raw_fd()).collect()
+    }
+
     /// Runs until the drain asked for by a signal is over: every session
     /// of the process has ended (a data listener of this loop may serve
     /// another loop's session until then), or the deadline passed.

@@ -483,6 +483,11 @@ pub(crate) struct Daemon {
     signals: SignalFd,
     reloader: crate::config::Reloader,
     listen: usize,
+    /// This thread's copies of the control listeners of the loops that
+    /// have tables of their own. Kept until the drain, so that `ss -ltnp`
+    /// names ftpgate as their owner (it reads the main thread's table
+    /// only); closed there, with the loops' own.
+    listener_copies: Vec<RawFd>,
     log: Logger,
 }
 
@@ -554,7 +559,16 @@ impl Daemon {
         });
         let workers = loops.into_iter().map(|l| Worker::new(l, shared.clone(), &log)).collect();
         let listen = opts.listen.len();
-        Ok(Self { workers, shared, poll, signals, reloader: opts.reloader, listen, log })
+        Ok(Self {
+            workers,
+            shared,
+            poll,
+            signals,
+            reloader: opts.reloader,
+            listen,
+            listener_copies: Vec::new(),
+            log,
+        })
     }
 
     pub(crate) fn workers(&self) -> usize {
@@ -573,6 +587,7 @@ impl Daemon {
         let (ended, ends) = mpsc::channel();
         let (entered, entries) = mpsc::channel::<(usize, bool)>();
         let owned: Vec<Vec<RawFd>> = self.workers.iter().map(Worker::own_fds).collect();
+        let listeners: Vec<Vec<RawFd>> = self.workers.iter().map(Worker::control_listener_fds).collect();
         for (index, worker) in std::mem::take(&mut self.workers).into_iter().enumerate() {
             let guard = Ended { index, to: ended.clone(), shared: self.shared.clone() };
             let (to_main, all_owned, log) = (entered.clone(), owned.clone(), self.log.clone());
@@ -598,30 +613,39 @@ impl Daemon {
                 Err(e) => {
                     // The loops already running stop as at SIGTERM.
                     crit!(self.log, "cannot start an event loop"; "worker" => index, "error" => %e);
+                    drop(entered);
+                    self.close_loop_copies(&entries, &owned, &listeners);
                     self.drain(Instant::now(), None);
                     // The spawn error is the one to report.
-                    drop(entered);
-                    self.close_loop_copies(&entries, &owned);
                     let _ = self.supervise(running, &ends);
                     return Err(e);
                 }
             }
         }
         drop(entered);
-        self.close_loop_copies(&entries, &owned);
+        self.close_loop_copies(&entries, &owned, &listeners);
         self.supervise(running, &ends)
     }
 
     /// Closes this thread's copies of the own descriptors of every loop
-    /// that has a table of its own, as each says so. Returns when every
-    /// started loop has said (or ended).
-    fn close_loop_copies(&self, entries: &mpsc::Receiver<(usize, bool)>, owned: &[Vec<RawFd>]) {
+    /// that has a table of its own, as each says so, but for its control
+    /// listeners (`listener_copies`). Returns when every started loop has
+    /// said (or ended).
+    fn close_loop_copies(
+        &mut self,
+        entries: &mpsc::Receiver<(usize, bool)>,
+        owned: &[Vec<RawFd>],
+        listeners: &[Vec<RawFd>],
+    ) {
         let mut private = 0;
         // Ends when every loop's sender is gone: each sends before its
         // loop runs, or drops it unsent if its thread never ran.
         for (index, is_private) in entries.iter() {
             if is_private {
-                crate::fdtable::close_copies(&owned[index]);
+                let (kept, rest): (Vec<RawFd>, Vec<RawFd>) =
+                    owned[index].iter().partition(|fd| listeners[index].contains(fd));
+                crate::fdtable::close_copies(&rest);
+                self.listener_copies.extend(kept);
                 private += 1;
             }
         }
@@ -690,7 +714,7 @@ impl Daemon {
     }
 
     /// Every loop stops accepting and drains its sessions.
-    fn drain(&self, now: Instant, signo: Option<u32>) {
+    fn drain(&mut self, now: Instant, signo: Option<u32>) {
         let log = &self.log;
         match signo {
             Some(signal) => {
@@ -699,7 +723,9 @@ impl Daemon {
             None => warn!(log, "draining the other event loops"; "sessions" => self.shared.sessions()),
         }
         crate::service::notify_stopping(&self.log);
-        // The loops close their control listeners at once.
+        // The loops close their control listeners at once, and this
+        // thread its copies of them.
+        crate::fdtable::close_copies(&std::mem::take(&mut self.listener_copies));
         for _ in 0..self.listen {
             crate::metrics::get().control_listener_closed();
         }
