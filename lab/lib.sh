@@ -75,6 +75,27 @@ ns_s() { echo "$1-s"; }
 
 ns_exists() { [ -e "/run/netns/$1" ]; }
 
+# stop_ns_procs NS [TENTHS]: ends what still runs inside namespace NS
+# before it is deleted: the daemons' pidfiles cover the daemons, not what
+# they forked (a vsftpd session whose client vanished with a failed
+# gateway waits out its 300 s timeouts, and outlives the namespace).
+# Everything in a lab namespace is the lab's: SIGTERM by PID, then SIGKILL
+# after TENTHS tenths of a second (default 20).
+stop_ns_procs() {
+    local ns=$1 tenths=${2:-20} pids i
+    ns_exists "$ns" || return 0
+    read -ra pids <<<"$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
+    [ "${#pids[@]}" -gt 0 ] || return 0
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for ((i = 0; i < tenths; i++)); do
+        [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && return 0
+        sleep 0.1
+    done
+    read -ra pids <<<"$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
+    [ "${#pids[@]}" -gt 0 ] && kill -KILL "${pids[@]}" 2>/dev/null
+    return 0
+}
+
 # write a /proc/sys value inside a namespace (no dependency on sysctl(8))
 ns_sysctl() {
     local ns=$1 key=$2 val=$3

@@ -131,6 +131,7 @@ down() {
         done
     fi
     for ns in "$(ns_c "$name")" "$(ns_g "$name")" "$(ns_s "$name")"; do
+        stop_ns_procs "$ns"
         if ns_exists "$ns"; then ip netns del "$ns" || log "could not delete netns $ns"; fi
     done
     if [ -d "$run" ] && [ "${FTPGATE_LAB_KEEP:-0}" != 1 ]; then rm -rf "$run"; fi
