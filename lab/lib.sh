@@ -79,21 +79,46 @@ ns_exists() { [ -e "/run/netns/$1" ]; }
 # before it is deleted: the daemons' pidfiles cover the daemons, not what
 # they forked (a vsftpd session whose client vanished with a failed
 # gateway waits out its 300 s timeouts, and outlives the namespace).
-# Everything in a lab namespace is the lab's: SIGTERM by PID, then SIGKILL
-# after TENTHS tenths of a second (default 20).
+# Everything in a lab namespace is the lab's, and so is what it forked,
+# even in a namespace of its own (vsftpd's isolate_network): SIGTERM by
+# PID, then SIGKILL after TENTHS tenths of a second (default 20).
 stop_ns_procs() {
     local ns=$1 tenths=${2:-20} pids i
     ns_exists "$ns" || return 0
-    read -ra pids <<<"$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
+    read -ra pids <<<"$(ns_procs "$ns")"
     [ "${#pids[@]}" -gt 0 ] || return 0
     kill -TERM "${pids[@]}" 2>/dev/null || true
     for ((i = 0; i < tenths; i++)); do
-        [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && return 0
+        read -ra pids <<<"$(alive "${pids[@]}")"
+        [ "${#pids[@]}" -gt 0 ] || return 0
         sleep 0.1
     done
-    read -ra pids <<<"$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
-    [ "${#pids[@]}" -gt 0 ] && kill -KILL "${pids[@]}" 2>/dev/null
+    kill -KILL "${pids[@]}" 2>/dev/null
     return 0
+}
+
+# ns_procs NS: the PIDs in namespace NS and all their descendants, on one
+# line
+ns_procs() {
+    ip netns pids "$1" 2>/dev/null | awk -v table="$(ps -e -o pid=,ppid= 2>/dev/null)" '
+        BEGIN { n = split(table, f, " "); for (i = 1; i < n; i += 2) kids[f[i + 1]] = kids[f[i + 1]] " " f[i] }
+        { todo[$1] = 1 }
+        END {
+            while (length(todo) > 0) {
+                for (p in todo) { delete todo[p]; if (p in seen) continue; seen[p] = 1
+                    m = split(kids[p], c, " "); for (j = 1; j <= m; j++) todo[c[j]] = 1 }
+            }
+            for (p in seen) printf "%s ", p
+        }'
+}
+
+# alive PID...: those of the PIDs that still run (not zombies), on one line
+alive() {
+    local p st
+    for p in "$@"; do
+        st=$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) || continue
+        [ -n "$st" ] && [ "$st" != Z ] && printf '%s ' "$p"
+    done
 }
 
 # write a /proc/sys value inside a namespace (no dependency on sysctl(8))
