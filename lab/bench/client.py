@@ -173,7 +173,7 @@ def small(a):
     moved = 0
     t0 = time.monotonic()
     for i in range(a.count):
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or stall["since"] is not None:
             break
         d = ftp.transfer("RETR", "%s%04d" % (a.prefix, i), "pasv")
         moved += drain(d, deadline)
@@ -222,6 +222,11 @@ def sessions(a):
     return {"sessions": n, "seconds": time.monotonic() - t0, "errors": bad}
 
 
+# The idle workload gives up when no reply came for this long: 10,000
+# sessions take a few seconds where they work at all.
+IDLE_STALL_SECONDS = 10
+
+
 def idle(a):
     """Opens --count logged-in sessions at once, tells the driver (stdout
     'held N'), waits for its 'go' on stdin, then NOOPs every session and
@@ -243,12 +248,23 @@ def idle(a):
         conns.pop(s, None)
         s.close()
 
+    stall = {"since": None}
+
     def pump(until_state, t_end):
+        """Reads replies until every session reached until_state, t_end,
+        or nothing moved for IDLE_STALL_SECONDS (then `stall` says so and
+        no more sessions are opened: a system that has stopped answering
+        gets no more of them, and the run does not wait out its bound)."""
+        last = time.monotonic()
         while time.monotonic() < t_end:
             pending = [s for s, st in conns.items() if st[0] < until_state]
             if not pending:
                 return
+            if time.monotonic() - last > IDLE_STALL_SECONDS:
+                stall["since"] = last
+                return
             for key, _ in sel.select(0.2):
+                last = time.monotonic()
                 s = key.fileobj
                 st = conns.get(s)
                 if st is None:
@@ -280,7 +296,7 @@ def idle(a):
                         s.send(script[st[0] - 1])
 
     for i in range(a.count):
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or stall["since"] is not None:
             break
         try:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -311,6 +327,8 @@ def idle(a):
     for s in list(conns):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()
+    if stall["since"] is not None and opened < a.count:
+        failed["not opened: no reply for %d s" % IDLE_STALL_SECONDS] = a.count - opened
     return {"opened": opened, "held": held, "noop_ok": answered, "noop_seconds": noop_secs,
             "failed": failed}
 
