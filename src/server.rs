@@ -187,7 +187,7 @@ impl Worker {
     /// (`fdtable`).
     pub(crate) fn own_fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.poll.as_raw_fd()];
-        fds.extend(self.listeners.iter().map(|l| l.listener.as_raw_fd()));
+        fds.extend(self.control_listener_fds());
         fds.extend(self.pinholes.iter().flat_map(|p| p.raw_fds()));
         fds
     }

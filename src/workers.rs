@@ -409,7 +409,7 @@ impl Shared {
         let mut descriptors = mailbox.receive_descriptors();
         let mut posted = lock(&mailbox.posted);
         let mut mail = Vec::new();
-        posted.retain_mut(|p| {
+        posted.retain(|p| {
             let arrival = match p.arrival {
                 PostedArrival::AcceptFailed(kind) => Arrival::AcceptFailed(kind),
                 PostedArrival::Connection { peer } => match descriptors.remove(&p.tag) {
@@ -595,8 +595,13 @@ impl Daemon {
                 let _guard = guard;
                 let private = match crate::fdtable::enter(index) {
                     Ok(()) => {
-                        let others = all_owned.iter().enumerate().filter(|&(i, _)| i != index);
-                        crate::fdtable::close_copies(&others.flat_map(|(_, fds)| fds.clone()).collect::<Vec<_>>());
+                        let others: Vec<RawFd> = all_owned
+                            .iter()
+                            .enumerate()
+                            .filter(|&(i, _)| i != index)
+                            .flat_map(|(_, fds)| fds.iter().copied())
+                            .collect();
+                        crate::fdtable::close_copies(&others);
                         true
                     }
                     Err(e) => {
