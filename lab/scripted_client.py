@@ -16,6 +16,14 @@ Prints one JSON report on stdout; the Rust test judges it.
              data connection with a reset (SO_LINGER 0) instead of a FIN;
              report the final reply, then a NOOP.
 
+  control reset
+             log in, NOOP, then end the control connection with a reset
+             (SO_LINGER 0); report {"noop", "sent": "reset"}.
+  control VERB
+             log in, send VERB and report how the control connection
+             answered: {"end": "reset" | "eof" | "timeout" | "error: ...",
+             "reply"} (a reply line, if one came before the end).
+
 --mode passive|active (PASV/PORT, or EPSV/EPRT with --extended). Every wait
 has a deadline; the process gives up after --lifetime seconds.
 """
@@ -35,7 +43,7 @@ CHUNK = 64 * 1024
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["get", "put"])
+    p.add_argument("what", choices=["get", "put", "control"])
     p.add_argument("path")
     p.add_argument("--host", default="198.51.100.10")
     p.add_argument("--mode", choices=["passive", "active"], default="passive")
@@ -235,11 +243,44 @@ def put(ctl, path, args):
     return out
 
 
+def control_end(ctl, verb):
+    """How the control connection ends after `verb` (or after our reset)."""
+    if verb == "reset":
+        out = {"noop": ctl.cmd("NOOP")}
+        ctl.f.close()  # it holds a reference: the socket closes with the last one
+        reset_close(ctl.sock)
+        out["sent"] = "reset"
+        return out
+    ctl.sock.sendall(verb.encode("latin-1") + b"\r\n")
+    out = {"reply": None}
+    for _ in range(100):
+        try:
+            raw = ctl.f.readline(8192)
+        except ConnectionResetError:
+            out["end"] = "reset"
+            return out
+        except socket.timeout:
+            out["end"] = "timeout"
+            return out
+        except OSError as e:
+            out["end"] = "error: %s" % e
+            return out
+        if not raw:
+            out["end"] = "eof"
+            return out
+        out["reply"] = raw.decode("latin-1").rstrip("\r\n")
+    out["end"] = "still open"
+    return out
+
+
 def main():
     args = parse_args()
     signal.alarm(int(args.lifetime))  # default action ends the process
     ctl = Control(args)
     ctl.login()
+    if args.what == "control":
+        print(json.dumps(control_end(ctl, args.path)), flush=True)
+        return
     if args.what == "get":
         out = get(ctl, args.path, args)
     else:

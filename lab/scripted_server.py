@@ -31,6 +31,15 @@ end of a data connection saw through ftpgate:
                         time). Each PASV/EPSV reply sent is reported as
                         {"cmd": "PASV"|"EPSV", "reply", "peer"}.
 
+  --reset-control-on VERB
+                        answer VERB by ending the control connection with
+                        a reset (SO_LINGER 0), no reply.
+
+Every control connection appends {"cmd": "control", "end", "peer"} when it
+ends: end is "quit" (221 sent, then closed), "eof" (the client closed),
+"reset" (ConnectionResetError), "reset_sent" (--reset-control-on), or
+"error: ...".
+
 Every transfer appends one JSON line to --report: {"cmd", "path", "mode",
 "bytes", "end", "data_peer"} where end is "eof" (clean end of data), "reset"
 (ConnectionResetError), "timeout", "sent" (RETR sent everything and closed
@@ -69,6 +78,7 @@ def parse_args():
     p.add_argument("--stall-seconds", type=float, default=30.0)
     p.add_argument("--ftps-echo", action="store_true")
     p.add_argument("--pasv-port", type=int, metavar="N", help="announce port N for every PASV/EPSV")
+    p.add_argument("--reset-control-on", metavar="VERB", help="reset the control connection on VERB")
     return p.parse_args()
 
 
@@ -307,6 +317,8 @@ class Session:
         return s.getsockname()[1]
 
     def handle(self, verb, arg):
+        if ARGS.reset_control_on and verb == ARGS.reset_control_on.upper():
+            return "reset"
         if verb == "USER":
             self.send("331 Please specify the password.")
         elif verb == "PASS":
@@ -390,20 +402,32 @@ class Session:
     def run(self):
         self.conn.settimeout(ARGS.lifetime)
         self.send("220 scripted server ready")
-        for _ in range(10_000):
-            raw = self.rfile.readline(8192)
-            if not raw:
-                break
-            line = raw.decode("latin-1").rstrip("\r\n")
-            verb, _, arg = line.partition(" ")
-            what = self.handle(verb.upper(), arg)
-            if what == "quit":
-                break
-            if what == "echo":
-                self.echo()
-                break
+        end = "eof"
+        try:
+            for _ in range(10_000):
+                raw = self.rfile.readline(8192)
+                if not raw:
+                    break
+                line = raw.decode("latin-1").rstrip("\r\n")
+                verb, _, arg = line.partition(" ")
+                what = self.handle(verb.upper(), arg)
+                if what in ("quit", "reset"):
+                    end = what if what == "quit" else "reset_sent"
+                    break
+                if what == "echo":
+                    self.echo()
+                    break
+        except ConnectionResetError:
+            end = "reset"
+        except OSError as e:
+            end = "error: %s" % e
         self.close_data_setup()
-        self.conn.close()
+        self.rfile.close()  # it holds a reference: the socket closes with the last one
+        if end == "reset_sent":
+            reset_close(self.conn)
+        else:
+            self.conn.close()
+        report({"cmd": "control", "end": end, "peer": self.peer[0]})
 
 
 def serve_one(conn, peer):

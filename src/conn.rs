@@ -184,11 +184,15 @@ struct Control {
     closed_reported: bool,
     /// The core asked for `Shutdown`: flush, then close.
     closing: bool,
+    /// The other control connection ended abortively (a reset, or a read
+    /// or write error): this one ends with a reset too, whenever the core
+    /// closes it, and never with a FIN that would read as an orderly end.
+    reset_on_close: bool,
 }
 
 impl Control {
     fn new(leg: Option<Leg>, connecting: bool) -> Self {
-        Self { leg, connecting, closed_reported: false, closing: false }
+        Self { leg, connecting, closed_reported: false, closing: false, reset_on_close: false }
     }
 }
 
@@ -1165,10 +1169,37 @@ impl Conn {
     }
 
     fn close_control(&mut self, ctx: &mut Ctx<'_>, side: Side) {
-        if let Some(mut leg) = self.control(side).leg.take() {
-            let _ = leg.stream.shutdown(Shutdown::Both);
+        let control = self.control(side);
+        let abortive = control.reset_on_close;
+        if let Some(mut leg) = control.leg.take() {
+            // Armed with SO_LINGER 0 (`pass_reset`), the close below sends
+            // the reset; a shutdown first would send a FIN before it.
+            if !abortive {
+                let _ = leg.stream.shutdown(Shutdown::Both);
+            }
             ctx.deregister(&mut leg.stream, leg.token);
         }
+    }
+
+    /// A control connection ended abortively on `from`'s side: the other
+    /// one will end with a reset, as it would over a router. The core
+    /// still decides when (it may first deliver what is owed, or wait for
+    /// a transfer the kernel carries); only the manner of the close is
+    /// fixed here. Without this the gateway would close the server's
+    /// connection with a FIN after a client's reset, and hold its
+    /// transparent socket in TIME_WAIT: a client that reconnects from the
+    /// same port, as a reset lets it, would then find that 4-tuple taken.
+    fn pass_reset(&mut self, from: Side, error: &io::Error) {
+        let other = self.control(from.peer());
+        if other.reset_on_close {
+            return;
+        }
+        other.reset_on_close = true;
+        if let Some(leg) = &other.leg {
+            relay::reset_on_close(&leg.stream);
+        }
+        info!(self.log, "control connection ended abortively; its peer gets a reset";
+              "side" => ?from, "error" => %error);
     }
 
     /// Completes the non-blocking connect to the server.
@@ -1237,8 +1268,8 @@ impl Conn {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                debug!(self.log, "control read failed"; "side" => ?side, "error" => %e);
                 control.closed_reported = true;
+                self.pass_reset(side, &e);
                 self.tell(ctx, Input::Closed { from: side });
             }
         }
@@ -1278,12 +1309,12 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => leg.ready.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!(self.log, "control write failed"; "side" => ?side, "error" => %e);
                     let n = pending.len();
                     self.session.consume(side, n);
                     // A failed write ends the connection; the core hears
                     // of it unless a read already told it.
                     let already = std::mem::replace(&mut control.closed_reported, true);
+                    self.pass_reset(side, &e);
                     self.close_control(ctx, side);
                     if !already {
                         self.tell(ctx, Input::Closed { from: side });

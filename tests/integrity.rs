@@ -419,3 +419,61 @@ fn stalled_download_active_reset_after_data_idle_timeout() {
 fn stalled_download_on_relay_threads_reset_after_data_idle_timeout() {
     stalled_download("idlet", Rules::Nft, Mode::Eprt, ON_THREADS_AFTER);
 }
+
+// -- a control connection's reset is passed on as a reset ---------------------
+
+/// What the scripted server recorded of its control connections.
+fn control_ends(server: &ScriptedServer, min: usize) -> Vec<String> {
+    server.transfers("control", min, 10).iter().filter_map(|l| json_raw(l, "end")).collect()
+}
+
+/// Sockets in TIME_WAIT in the gateway's namespace.
+fn gateway_time_wait(lab: &Lab) -> Vec<String> {
+    let out = lab.exec(Ns::Gateway, 10, &["ss", "-Htan", "state", "time-wait"]);
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// The client resets its control connection: the server's connection ends
+/// with a reset too, not a FIN that reads as an orderly end, and the
+/// gateway keeps no transparent socket of it in TIME_WAIT (where it would
+/// take the 4-tuple from a client that reconnects from the same port, as
+/// a reset allows).
+#[test]
+fn client_reset_control_server_sees_reset() {
+    let mut lab = Lab::new("rstcc", Rules::Nft);
+    let server = ScriptedServer::start(&lab, &[]);
+    lab.start_gateway(&[]);
+    let report = scripted_client(&lab, &["control", "reset"]);
+    let ctx = || format!("client report: {report}\nserver: {}\n{}", server.report_text(), lab.diagnostics());
+    assert!(json_raw(&report, "noop").unwrap_or_default().starts_with("200"), "{}", ctx());
+    assert_eq!(json_raw(&report, "sent").as_deref(), Some("reset"), "{}", ctx());
+
+    assert_eq!(control_ends(&server, 1), ["reset"], "the server must see the client's reset: {}", ctx());
+    lab.wait_for_log("session end", 1, 10);
+    assert!(lab.gateway_log().contains("ended abortively"), "{}", ctx());
+    let waiting = gateway_time_wait(&lab);
+    assert!(waiting.is_empty(), "the gateway holds sockets in TIME_WAIT: {waiting:?}\n{}", ctx());
+    assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
+    drop(server);
+}
+
+/// The server resets the control connection (in place of a reply): the
+/// client sees a reset, not an orderly close and not a reply the gateway
+/// made up.
+#[test]
+fn server_reset_control_client_sees_reset() {
+    let mut lab = Lab::new("rstcs", Rules::Iptables);
+    let server = ScriptedServer::start(&lab, &["--reset-control-on", "SYST"]);
+    lab.start_gateway(&[]);
+    let report = scripted_client(&lab, &["control", "SYST"]);
+    let ctx = || format!("client report: {report}\nserver: {}\n{}", server.report_text(), lab.diagnostics());
+    assert_eq!(control_ends(&server, 1), ["reset_sent"], "{}", ctx());
+    assert_eq!(json_raw(&report, "end").as_deref(), Some("reset"), "the client must see a reset: {}", ctx());
+    assert_eq!(json_raw(&report, "reply").as_deref(), Some("null"), "no reply may come before it: {}", ctx());
+    lab.wait_for_log("session end", 1, 10);
+    assert!(lab.gateway_log().contains("ended abortively"), "{}", ctx());
+    let waiting = gateway_time_wait(&lab);
+    assert!(waiting.is_empty(), "the gateway holds sockets in TIME_WAIT: {waiting:?}\n{}", ctx());
+    assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
+    drop(server);
+}
