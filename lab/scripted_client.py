@@ -19,6 +19,11 @@ Prints one JSON report on stdout; the Rust test judges it.
   control reset
              log in, NOOP, then end the control connection with a reset
              (SO_LINGER 0); report {"noop", "sent": "reset"}.
+  control half-close --lines A,B
+             log in, send the commands A, B, ... in one write, then close
+             the sending side (shutdown SHUT_WR, a FIN) and read until the
+             end: {"replies": [...], "end": "eof" | "reset" | ...}. Over a
+             router the server answers every command sent before the FIN.
   control VERB
              log in, send VERB and report how the control connection
              answered: {"end": "reset" | "eof" | "timeout" | "error: ...",
@@ -55,6 +60,7 @@ def parse_args():
     p.add_argument("--read-pause", type=float, default=0.0, metavar="S", help="get: seconds before the first read")
     p.add_argument("--data-deadline", type=float, default=30.0, help="seconds a data connection may last")
     p.add_argument("--reply-timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    p.add_argument("--lines", default="", help="control half-close: commands, comma-separated")
     p.add_argument("--lifetime", type=float, default=120.0)
     return p.parse_args()
 
@@ -250,6 +256,26 @@ def control_end(ctl, verb):
         ctl.f.close()  # it holds a reference: the socket closes with the last one
         reset_close(ctl.sock)
         out["sent"] = "reset"
+        return out
+    if verb == "half-close":
+        lines = [x for x in ctl.args.lines.split(",") if x]
+        ctl.sock.sendall("".join(x + "\r\n" for x in lines).encode("latin-1"))
+        ctl.sock.shutdown(socket.SHUT_WR)
+        out = {"replies": []}
+        for _ in range(100):
+            try:
+                raw = ctl.f.readline(8192)
+            except ConnectionResetError:
+                out["end"] = "reset"
+                return out
+            except OSError as e:
+                out["end"] = "error: %s" % e
+                return out
+            if not raw:
+                out["end"] = "eof"
+                return out
+            out["replies"].append(raw.decode("latin-1").rstrip("\r\n"))
+        out["end"] = "still open"
         return out
     ctl.sock.sendall(verb.encode("latin-1") + b"\r\n")
     out = {"reply": None}

@@ -178,9 +178,9 @@ struct Control {
     leg: Option<Leg>,
     /// The non-blocking connect (server side) has not completed yet.
     connecting: bool,
-    /// The core was told that this connection ended (`Input::Closed`), by
-    /// EOF, a read error or a write error: it is told once, and nothing
-    /// more is read.
+    /// The core was told that this connection ended: `Input::Closed` at
+    /// EOF, `Input::Aborted` at a read or write error. It is told once,
+    /// and nothing more is read.
     closed_reported: bool,
     /// The core asked for `Shutdown`: flush, then close.
     closing: bool,
@@ -1270,7 +1270,7 @@ impl Conn {
             Err(e) => {
                 control.closed_reported = true;
                 self.pass_reset(side, &e);
-                self.tell(ctx, Input::Closed { from: side });
+                self.tell(ctx, Input::Aborted { from: side });
             }
         }
         true
@@ -1317,7 +1317,7 @@ impl Conn {
                     self.pass_reset(side, &e);
                     self.close_control(ctx, side);
                     if !already {
-                        self.tell(ctx, Input::Closed { from: side });
+                        self.tell(ctx, Input::Aborted { from: side });
                     }
                     return true;
                 }

@@ -477,3 +477,50 @@ fn server_reset_control_client_sees_reset() {
     assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
     drop(server);
 }
+
+// -- a client's FIN on the control connection is a half-close -----------------
+
+/// The positions of `codes` in `report`, which must come in this order.
+fn assert_replies_in_order(report: &str, codes: &[&str], ctx: &dyn Fn() -> String) {
+    let mut from = 0;
+    for code in codes {
+        let needle = format!("\"{code} ");
+        match report[from..].find(&needle) {
+            Some(at) => from += at + needle.len(),
+            None => panic!("reply {code} missing or out of order: {}", ctx()),
+        }
+    }
+}
+
+/// A client sends its last commands and closes its sending side at once,
+/// as a batch client may. Over a router the server still answers each of
+/// them; through ftpgate too (vsftpd here), and the session then ends.
+#[test]
+fn client_half_close_gets_every_reply_vsftpd() {
+    let mut lab = Lab::new("hclv", Rules::Nft);
+    lab.start_gateway(&[]);
+    let report = scripted_client(&lab, &["control", "half-close", "--lines", "SYST,PWD,QUIT"]);
+    let ctx = || format!("client report: {report}\n{}", lab.diagnostics());
+    assert_replies_in_order(&report, &["215", "257", "221"], &ctx);
+    assert_eq!(json_raw(&report, "end").as_deref(), Some("eof"), "{}", ctx());
+    lab.wait_for_log("session end", 1, 10);
+    assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
+}
+
+/// The same without QUIT: the replies come, and the client's FIN reaches
+/// the server (which sees an orderly end, not a reset), after them.
+#[test]
+fn client_half_close_without_quit_passes_the_fin_on() {
+    let mut lab = Lab::new("hcls", Rules::Iptables);
+    let server = ScriptedServer::start(&lab, &[]);
+    lab.start_gateway(&[]);
+    let report = scripted_client(&lab, &["control", "half-close", "--lines", "SYST,PWD"]);
+    let ctx = || format!("client report: {report}\nserver: {}\n{}", server.report_text(), lab.diagnostics());
+    assert_replies_in_order(&report, &["215", "257"], &ctx);
+    assert_eq!(json_raw(&report, "end").as_deref(), Some("eof"), "{}", ctx());
+    assert_eq!(control_ends(&server, 1), ["eof"], "the server must see the client's FIN: {}", ctx());
+    lab.wait_for_log("session end", 1, 10);
+    assert!(!lab.gateway_log().contains("ended abortively"), "{}", ctx());
+    assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
+    drop(server);
+}

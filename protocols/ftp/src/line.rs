@@ -120,6 +120,12 @@ impl LineReader {
         self.buf.is_empty()
     }
 
+    /// A complete line (or one to refuse) is buffered: `next_line` has
+    /// something to hand out.
+    pub fn has_line(&self) -> bool {
+        !self.broken && self.buf.contains(&b'\n')
+    }
+
     /// The decoded bytes buffered so far: the start of the line being
     /// received (and any complete lines not taken yet).
     pub fn partial(&self) -> &[u8] {

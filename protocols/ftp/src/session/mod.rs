@@ -85,8 +85,18 @@ pub enum Input<'a> {
         /// The bytes.
         data: &'a [u8],
     },
-    /// A control socket reached EOF or was reset.
+    /// A control socket reached EOF: the peer closed its sending side in
+    /// order (a FIN). From the client this is a half-close: what it sent
+    /// before is still forwarded and answered, as over a router, and the
+    /// session ends once nothing is owed to it.
     Closed {
+        /// Which control socket.
+        from: Side,
+    },
+    /// A control socket was reset, or a read or write on it failed: it is
+    /// gone both ways, and the session ends without waiting for replies
+    /// (the daemon passes the reset on to the other end).
+    Aborted {
         /// Which control socket.
         from: Side,
     },
@@ -386,6 +396,10 @@ pub struct Session {
     rest: Option<String>,
     epsv_all: bool,
     server_eof: bool,
+    /// The client half-closed its control connection (`Input::Closed`):
+    /// nothing more comes from it, and the session ends once what it sent
+    /// is answered (`owes_client`).
+    client_eof: bool,
     server_spoke: bool,
     draining: bool,
     shutdown: [bool; 2],
@@ -473,6 +487,7 @@ impl Session {
             rest: None,
             epsv_all: false,
             server_eof: false,
+            client_eof: false,
             server_spoke: false,
             draining: false,
             shutdown: [false; 2],
@@ -506,7 +521,11 @@ impl Session {
         }
         match input {
             Input::Received { from, data } => {
-                if self.shutdown[idx(from)] || (from == Side::Server && self.server_eof) {
+                let eof = match from {
+                    Side::Server => self.server_eof,
+                    Side::Client => self.client_eof,
+                };
+                if self.shutdown[idx(from)] || eof {
                     return;
                 }
                 if from == Side::Server && !data.is_empty() {
@@ -517,14 +536,19 @@ impl Session {
                 let answers = reader.take_answers();
                 self.out[idx(from)].extend_from_slice(&answers);
             }
-            Input::Closed { from: Side::Client } if self.kernel_carries_a_transfer() => {
+            Input::Closed { from: Side::Client } | Input::Aborted { from: Side::Client }
+                if self.kernel_carries_a_transfer() =>
+            {
                 self.client_gone(now);
             }
-            Input::Closed { from: Side::Client } => {
+            Input::Closed { from: Side::Client } => self.client_eof = true,
+            Input::Aborted { from: Side::Client } => {
                 self.teardown(Side::Server, "client closed");
                 return;
             }
-            Input::Closed { from: Side::Server } => self.server_eof = true,
+            Input::Closed { from: Side::Server } | Input::Aborted { from: Side::Server } => {
+                self.server_eof = true
+            }
             Input::ServerUnreachable { .. } => {
                 self.send_client_now(REPLY_UNREACHABLE);
                 self.teardown(Side::Client, "server unreachable");
@@ -625,6 +649,10 @@ impl Session {
             // The server went away: a transfer it cut failed, the client
             // did not abort it.
             self.teardown_cutting(Side::Client, "server closed", Cut::Failed(TransferFailure::ServerClosed));
+        } else if self.client_eof && !self.owes_client() {
+            // Everything the client sent before its FIN is answered (and
+            // any transfer it started is over): its close passes on.
+            self.teardown(Side::Server, "client closed");
         } else if self.client_gone_until.is_some_and(|by| !self.transfer_outstanding() || now >= by) {
             // The kernel's transfer is over and its reply in (or the wait
             // is): its record is written, the client's close passes on.
@@ -640,6 +668,19 @@ impl Session {
             // The 421 is out (queued in order); nothing is owed any more.
             self.teardown(Side::Client, "denied by the reloaded policy");
         }
+    }
+
+    /// Something the client sent is not answered yet: a line not yet
+    /// taken, a command held or forwarded without its final reply, a held
+    /// server reply, or a transfer still running.
+    fn owes_client(&self) -> bool {
+        self.readers[idx(Side::Client)].has_line()
+            || self.stash.is_some()
+            || self.port_hold.is_some()
+            || !self.pending.is_empty()
+            || self.server_hold.is_some()
+            || !self.backlog.is_empty()
+            || self.transfer_outstanding()
     }
 
     /// The next action, if any.
@@ -705,6 +746,7 @@ impl Session {
                     || self.stash.is_some()
                     || self.pending.len() >= MAX_PENDING
                     || self.server_eof
+                    || self.client_eof
                     || self.auth_pending()
             }
             // Behind a held reply, read on (a 421 must get through) up to
@@ -824,6 +866,7 @@ impl std::fmt::Debug for Session {
             .field("data", &self.data.values().map(|d| (d.id, d.state)).collect::<Vec<_>>())
             .field("current_data", &self.current_data)
             .field("server_eof", &self.server_eof)
+            .field("client_eof", &self.client_eof)
             .field("draining", &self.draining)
             .field("shutdown", &self.shutdown)
             .finish_non_exhaustive()

@@ -1208,10 +1208,12 @@ fn relaying_next_pasv_waits_for_running_transfer() {
 
 // ---- 9. closes ----------------------------------------------------------------
 
+/// A reset (or a failed read or write) ends the session at once: nothing
+/// owed to the client can reach it any more.
 #[test]
-fn relaying_client_closed_shuts_everything() {
+fn relaying_client_aborted_shuts_everything() {
     let mut t = passive_relaying_retr();
-    t.input(Input::Closed { from: Side::Client });
+    t.input(Input::Aborted { from: Side::Client });
     let actions = t.actions();
     assert_eq!(
         actions[..3],
@@ -1230,6 +1232,79 @@ fn relaying_client_closed_shuts_everything() {
     assert!(t.s.is_closed());
     t.input(Input::Received { from: Side::Server, data: b"226 x\r\n" });
     assert_eq!(t.actions(), vec![]);
+}
+
+/// A client's FIN on the control connection is a half-close, as over a
+/// router: the transfer it started runs to its end, its final reply is
+/// delivered, and only then does the close pass on to the server.
+#[test]
+fn relaying_client_half_close_lets_the_transfer_finish() {
+    let mut t = passive_relaying_retr();
+    t.input(Input::Closed { from: Side::Client });
+    expect!(t, work: vec![]);
+    assert!(!t.s.is_closed());
+    server!(t, b"226 Transfer complete.\r\n");
+    expect!(t, work: vec![]);
+    t.input(Input::Relayed { data: DataId(0), to_client: 3, to_server: 0 });
+    expect!(t, to_client: b"226 Transfer complete.\r\n");
+    let actions = t.actions();
+    let work: Vec<&Action> = actions.iter().filter(|a| !matches!(a, Action::Audit(_))).collect();
+    assert_eq!(
+        work,
+        [
+            &Action::CloseData { data: DataId(0) },
+            &Action::Shutdown { side: Side::Server },
+            &Action::Shutdown { side: Side::Client }
+        ]
+    );
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Audit(AuditEvent::Transfer { result: TransferResult::Ok, reply: Some(226), .. })
+    )));
+    assert!(t.s.is_closed());
+}
+
+/// Commands the client sent before its FIN are forwarded and answered in
+/// order, even those the core had to hold; then the session ends.
+#[test]
+fn client_half_close_after_commands_gets_their_replies() {
+    let mut t = T::logged_in();
+    client!(t, b"SYST\r\nPWD\r\n");
+    t.input(Input::Closed { from: Side::Client });
+    expect!(t, to_server: b"SYST\r\nPWD\r\n");
+    expect!(t, work: vec![]);
+    server!(t, b"215 UNIX Type: L8\r\n");
+    expect!(t, to_client: b"215 UNIX Type: L8\r\n");
+    expect!(t, work: vec![]);
+    server!(t, b"257 \"/\"\r\n");
+    expect!(t, to_client: b"257 \"/\"\r\n");
+    expect!(t, work: vec![Action::Shutdown { side: Side::Server }, Action::Shutdown { side: Side::Client }]);
+    assert!(t.s.is_closed());
+}
+
+/// A half-close with nothing owed ends the session at once, as before.
+#[test]
+fn client_half_close_at_rest_ends_the_session() {
+    let mut t = T::logged_in();
+    t.input(Input::Closed { from: Side::Client });
+    expect!(t, work: vec![Action::Shutdown { side: Side::Server }, Action::Shutdown { side: Side::Client }]);
+    assert!(t.s.is_closed());
+}
+
+/// A half-closed client whose server never answers: the idle timeout still
+/// ends the session (it must not wait forever for a reply).
+#[test]
+fn client_half_close_unanswered_ends_at_idle_timeout() {
+    let mut t = T::logged_in();
+    client!(t, b"SYST\r\n");
+    t.input(Input::Closed { from: Side::Client });
+    expect!(t, to_server: b"SYST\r\n");
+    expect!(t, work: vec![]);
+    let when = t.s.poll_timeout().expect("a deadline while a reply is owed");
+    t.now = when;
+    t.input(Input::Timeout);
+    t.actions();
+    assert!(t.s.is_closed());
 }
 
 #[test]
@@ -2872,10 +2947,10 @@ fn expect_connect_port_refused_after_server_connected_resets() {
 }
 
 #[test]
-fn relaying_client_closes_with_226_held_record_says_client_got_no_reply() {
+fn relaying_client_aborts_with_226_held_record_says_client_got_no_reply() {
     let mut t = passive_relaying_retr();
     server!(t, b"226 Transfer complete.\r\n");
-    t.input(Input::Closed { from: Side::Client });
+    t.input(Input::Aborted { from: Side::Client });
     assert!(matches!(
         transfer_record(&mut t),
         AuditEvent::Transfer {
