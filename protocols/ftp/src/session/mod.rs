@@ -671,8 +671,12 @@ impl Session {
     }
 
     /// Something the client sent is not answered yet: a line not yet
-    /// taken, a command held or forwarded without its final reply, a held
-    /// server reply, or a transfer still running.
+    /// taken, a command held or forwarded without its final reply (a
+    /// transfer command's stays pending until then), or a held server
+    /// reply (a final reply held until its relay ends). A data channel
+    /// that no transfer command owns is not owed: a client that connected
+    /// one and then closed its control connection (ftplib after a refused
+    /// STOR) would otherwise hold the session until the data deadline.
     fn owes_client(&self) -> bool {
         self.readers[idx(Side::Client)].has_line()
             || self.stash.is_some()
@@ -680,7 +684,6 @@ impl Session {
             || !self.pending.is_empty()
             || self.server_hold.is_some()
             || !self.backlog.is_empty()
-            || self.transfer_outstanding()
     }
 
     /// The next action, if any.

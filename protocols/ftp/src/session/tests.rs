@@ -1282,6 +1282,20 @@ fn client_half_close_after_commands_gets_their_replies() {
     assert!(t.s.is_closed());
 }
 
+/// A data channel that no transfer command owns is not owed: ftplib, on
+/// a refused STOR, has connected the channel and then closes the control
+/// connection. The session ends at once, not at the data deadline.
+#[test]
+fn client_half_close_with_an_unused_channel_ends_the_session() {
+    let mut t = passive_listening();
+    t.input(Input::Accepted { data: DataId(0), peer: sa("192.0.2.10:40001") });
+    t.input(Input::Connected { data: DataId(0), local: sa("192.0.2.10:41000") });
+    t.work();
+    t.input(Input::Closed { from: Side::Client });
+    t.actions();
+    assert!(t.s.is_closed());
+}
+
 /// A half-close with nothing owed ends the session at once, as before.
 #[test]
 fn client_half_close_at_rest_ends_the_session() {
