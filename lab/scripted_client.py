@@ -10,7 +10,10 @@ Prints one JSON report on stdout; the Rust test judges it.
              session (does the session go on after a failed transfer?).
              --rcvbuf N sets the data socket's SO_RCVBUF, --read-pause S
              waits S seconds before the first read: the client's window
-             closes while the server sends.
+             closes while the server sends. --half-close closes the control
+             connection's sending side (a FIN) right after the 150, then
+             reads the data, the final reply and the control connection to
+             its end ("control_end"); no NOOP or QUIT follows.
   put PATH   upload --size bytes to PATH; with --reset-after N, send N bytes,
              wait (bounded) until the peer acknowledged them, then end the
              data connection with a reset (SO_LINGER 0) instead of a FIN;
@@ -60,6 +63,7 @@ def parse_args():
     p.add_argument("--read-pause", type=float, default=0.0, metavar="S", help="get: seconds before the first read")
     p.add_argument("--data-deadline", type=float, default=30.0, help="seconds a data connection may last")
     p.add_argument("--reply-timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    p.add_argument("--half-close", action="store_true", help="get: FIN on the control connection after the 150")
     p.add_argument("--lines", default="", help="control half-close: commands, comma-separated")
     p.add_argument("--lifetime", type=float, default=120.0)
     return p.parse_args()
@@ -210,12 +214,17 @@ def get(ctl, path, args):
         if d is not None:
             d.close()
         return out
+    if args.half_close:
+        ctl.sock.shutdown(socket.SHUT_WR)
     time.sleep(args.read_pause)
     n, end = read_to_end(d, args.data_deadline)
     d.close()
     out.update(bytes=n, end=end, data_s=round(time.monotonic() - t0, 2))
     out["final"] = ctl.reply()
     out["seconds"] = round(time.monotonic() - t0, 2)
+    if args.half_close:
+        rest = ctl.reply()
+        out["control_end"] = "eof" if rest == "closed" else rest
     return out
 
 
@@ -311,6 +320,9 @@ def main():
         out = get(ctl, args.path, args)
     else:
         out = put(ctl, args.path, args)
+    if args.half_close:
+        print(json.dumps(out), flush=True)
+        return
     out["noop"] = ctl.cmd("NOOP")
     if args.then_get:
         out["then"] = get(ctl, args.then_get, args)

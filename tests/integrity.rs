@@ -17,6 +17,13 @@
 //!
 //! Each runs twice: cut before the relay's first MiB (the event loop
 //! relays it) and after (it runs on relay threads, src/relay_threads.rs).
+//!
+//! The control connection keeps the same rules:
+//! - a reset from either end reaches the other as a reset, and the
+//!   gateway keeps no socket of it in TIME_WAIT;
+//! - a client's FIN is a half-close: commands sent before it are answered,
+//!   a download it started runs to its end with its 226, then the close
+//!   passes on.
 mod common;
 use std::fs;
 use std::time::{Duration, Instant};
@@ -523,4 +530,38 @@ fn client_half_close_without_quit_passes_the_fin_on() {
     assert!(!lab.gateway_log().contains("ended abortively"), "{}", ctx());
     assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
     drop(server);
+}
+
+/// The client closes the control connection's sending side right after
+/// the 150 of a download (vsftpd): the transfer runs to its end, every
+/// byte arrives, the 226 is delivered, and then the session ends, as over
+/// a router. Before, the FIN ended the session and cut the transfer.
+fn half_close_during_download(tag: &str, rules: Rules, mode: Mode) {
+    let mut lab = Lab::new(tag, rules);
+    lab.server_file("whole.bin", BIG_FILE);
+    lab.start_gateway(&[]);
+    let mut args = vec!["get", "/pub/whole.bin", "--half-close"];
+    args.extend_from_slice(mode.client_args());
+    let report = scripted_client(&lab, &args);
+    let ctx = || format!("client report: {report}\n{}", lab.diagnostics());
+    assert!(json_raw(&report, "pre").unwrap_or_default().starts_with("150"), "{}", ctx());
+    assert_eq!(json_raw(&report, "end").as_deref(), Some("eof"), "data connection: {}", ctx());
+    assert_eq!(json_num(&report, "bytes"), Some(BIG_FILE), "bytes: {}", ctx());
+    assert!(json_raw(&report, "final").unwrap_or_default().starts_with("226"), "final reply: {}", ctx());
+    assert_eq!(json_raw(&report, "control_end").as_deref(), Some("eof"), "{}", ctx());
+    let record = assert_record(&lab, mode, "RETR", "/pub/whole.bin", "ok", "226");
+    assert_eq!(record.to_client, Some(BIG_FILE as u64), "{record}");
+    lab.wait_for_log("session end", 1, 10);
+    assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
+    lab.assert_no_data_listeners();
+}
+
+#[test]
+fn client_half_close_during_passive_download_gets_all_and_226() {
+    half_close_during_download("hcdp", Rules::Nft, Mode::Pasv);
+}
+
+#[test]
+fn client_half_close_during_active_download_gets_all_and_226() {
+    half_close_during_download("hcda", Rules::Iptables, Mode::Eprt);
 }
