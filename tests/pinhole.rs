@@ -390,6 +390,29 @@ fn pinhole_client_closing_control_mid_download_still_gets_every_byte() {
     lab.assert_transfer_result(TransferMode::Passive, "RETR", "big.bin", "ok", None);
 }
 
+/// The client half-closes its control connection right after the 150 (a
+/// FIN, not a reset): the kernel carries the download to its end, and the
+/// server's 226 still reaches the client, as over routing. Then the
+/// session ends, with a whole record.
+#[test]
+fn pinhole_client_half_close_mid_download_still_gets_the_226() {
+    let lab = pinhole_lab("phhcl");
+    let size: usize = 8 << 20;
+    lab.server_file("half.bin", size);
+    let script = repo_root().join("lab/scripted_client.py");
+    let out = lab.client_ok(
+        150,
+        &["python3", script.to_str().unwrap(), "get", "/pub/half.bin", "--half-close", "--mode", "passive"],
+    );
+    let report = text(&out.stdout);
+    let ctx = || format!("{report}\n{}", lab.diagnostics());
+    assert_eq!(json_raw(&report, "end").as_deref(), Some("eof"), "{}", ctx());
+    assert_eq!(json_raw(&report, "bytes").and_then(|b| b.parse().ok()), Some(size), "{}", ctx());
+    assert!(json_raw(&report, "final").unwrap_or_default().starts_with("226"), "{}", ctx());
+    assert_eq!(json_raw(&report, "control_end").as_deref(), Some("eof"), "{}", ctx());
+    lab.assert_transfer_result(TransferMode::Passive, "RETR", "half.bin", "ok", None);
+}
+
 /// `[protocol] data-path = "pinhole"` in the configuration file does what
 /// the flag does: the kernel carries the data (the record counts IP bytes,
 /// headers included, where the relay counts payload exactly).

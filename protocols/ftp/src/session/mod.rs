@@ -536,10 +536,11 @@ impl Session {
                 let answers = reader.take_answers();
                 self.out[idx(from)].extend_from_slice(&answers);
             }
-            Input::Closed { from: Side::Client } | Input::Aborted { from: Side::Client }
-                if self.kernel_carries_a_transfer() =>
-            {
-                self.client_gone(now);
+            Input::Closed { from: Side::Client } if self.kernel_carries_a_transfer() => {
+                self.client_gone(now, false);
+            }
+            Input::Aborted { from: Side::Client } if self.kernel_carries_a_transfer() => {
+                self.client_gone(now, true);
             }
             Input::Closed { from: Side::Client } => self.client_eof = true,
             Input::Aborted { from: Side::Client } => {
@@ -586,10 +587,16 @@ impl Session {
     /// (tests/pinhole.rs): ftpgate stops reading the client and stays with
     /// the server, at most one idle timeout, for the end the kernel reports
     /// and the server's final reply, so that the record says how the
-    /// transfer ended and not "aborted". Then the close passes on.
-    fn client_gone(&mut self, now: Instant) {
+    /// transfer ended and not "aborted". Then the close passes on. After a
+    /// FIN (a half-close) the client still gets the replies, as over
+    /// routing; after a reset there is nobody to deliver them to.
+    fn client_gone(&mut self, now: Instant, abortive: bool) {
         self.client_gone_until = Some(after(now, self.config.idle_timeout));
-        self.shut(Side::Client);
+        if abortive {
+            self.shut(Side::Client);
+        } else {
+            self.client_eof = true;
+        }
     }
 
     /// `Shutdown` for `side`, once: the client's side may already be shut
@@ -649,11 +656,14 @@ impl Session {
             // The server went away: a transfer it cut failed, the client
             // did not abort it.
             self.teardown_cutting(Side::Client, "server closed", Cut::Failed(TransferFailure::ServerClosed));
-        } else if self.client_eof && !self.owes_client() {
+        } else if self.client_eof && self.client_gone_until.is_none() && !self.owes_client() {
             // Everything the client sent before its FIN is answered (and
             // any transfer it started is over): its close passes on.
             self.teardown(Side::Server, "client closed");
-        } else if self.client_gone_until.is_some_and(|by| !self.transfer_outstanding() || now >= by) {
+        } else if self
+            .client_gone_until
+            .is_some_and(|by| (!self.transfer_outstanding() && !self.owes_client()) || now >= by)
+        {
             // The kernel's transfer is over and its reply in (or the wait
             // is): its record is written, the client's close passes on.
             self.teardown(Side::Server, "client closed");

@@ -932,13 +932,21 @@ fn kernel_data_path_relaying_reset_after_226_logged_failed_with_226() {
 /// download: over routing the data connection goes on, so ftpgate neither
 /// cuts it nor ends the session at once. It stops reading the client and
 /// waits for the kernel's end and the server's reply, in either order;
-/// then the record is whole and the close passes on to the server.
+/// then the record is whole and the close passes on to the server. After
+/// a FIN the client still gets the reply; after a reset its side is shut
+/// at once.
 #[test]
 fn kernel_data_path_client_close_mid_transfer_waits_for_the_end_then_closes() {
-    for reply_first in [true, false] {
+    for (reply_first, abortive) in [(true, false), (false, false), (true, true), (false, true)] {
         let mut t = passive_relaying_retr_with(kernel());
-        t.input(Input::Closed { from: Side::Client });
-        assert_eq!(t.actions(), vec![Action::Shutdown { side: Side::Client }], "reply_first {reply_first}");
+        let ctx = format!("reply_first {reply_first}, abortive {abortive}");
+        if abortive {
+            t.input(Input::Aborted { from: Side::Client });
+            assert_eq!(t.actions(), vec![Action::Shutdown { side: Side::Client }], "{ctx}");
+        } else {
+            t.input(Input::Closed { from: Side::Client });
+            assert_eq!(t.actions(), vec![], "{ctx}");
+        }
         assert!(!t.s.is_closed());
         client!(t, b"DELE file.bin\r\n");
         expect!(t, to_server: b"");
@@ -954,7 +962,15 @@ fn kernel_data_path_client_close_mid_transfer_waits_for_the_end_then_closes() {
         }
         let actions = t.actions();
         assert!(actions.contains(&Action::Shutdown { side: Side::Server }), "{actions:?}");
+        assert_eq!(
+            actions.contains(&Action::Shutdown { side: Side::Client }),
+            !abortive,
+            "{ctx}: {actions:?}"
+        );
         assert!(!actions.iter().any(|a| matches!(a, Action::ResetData { .. })), "{actions:?}");
+        if !abortive {
+            expect!(t, to_client: b"226 Transfer complete\r\n");
+        }
         let audits: Vec<&AuditEvent> = actions
             .iter()
             .filter_map(|a| match a {
@@ -983,7 +999,7 @@ fn kernel_data_path_client_close_mid_transfer_waits_for_the_end_then_closes() {
 #[test]
 fn kernel_data_path_teardown_after_client_left_shuts_each_side_once() {
     let mut t = passive_relaying_retr_with(kernel());
-    t.input(Input::Closed { from: Side::Client });
+    t.input(Input::Aborted { from: Side::Client });
     assert_eq!(t.actions(), vec![Action::Shutdown { side: Side::Client }]);
     server!(t, b"\r\n");
     let actions = t.actions();
