@@ -565,3 +565,37 @@ fn client_half_close_during_passive_download_gets_all_and_226() {
 fn client_half_close_during_active_download_gets_all_and_226() {
     half_close_during_download("hcda", Rules::Iptables, Mode::Eprt);
 }
+
+/// A health check that connects and closes its sending side at once
+/// (`nc host 21 </dev/null`) gets the server's banner, as over a router;
+/// one that sends QUIT first gets the 221 as well. (The banner held
+/// before the half-close too, since the daemon reads nothing from the
+/// client until the greeting; the 221 did not.)
+#[test]
+fn client_half_close_before_the_greeting_still_gets_it() {
+    const PROBE: &str = r#"
+import json, socket, sys
+s = socket.create_connection((sys.argv[1], 21), timeout=10)
+if sys.argv[2]:
+    s.sendall(sys.argv[2].encode() + b"\r\n")
+s.shutdown(socket.SHUT_WR)
+got = b""
+for _ in range(100):
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+print(json.dumps({"lines": got.decode("latin-1").splitlines()}))
+"#;
+    let mut lab = Lab::new("hcgr", Rules::Nft);
+    lab.start_gateway(&[]);
+    for send in ["", "QUIT"] {
+        let out = lab.client_ok(30, &["python3", "-c", PROBE, common::SERVER_IP, send]);
+        let report = text(&out.stdout);
+        let ctx = || format!("sent {send:?}: {report}\n{}", lab.diagnostics());
+        assert!(report.contains("\"220 "), "no banner: {}", ctx());
+        assert_eq!(report.contains("\"221 "), send == "QUIT", "{}", ctx());
+    }
+    lab.wait_for_log("session end", 2, 10);
+    assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
+}

@@ -688,7 +688,13 @@ impl Session {
     /// one and then closed its control connection (ftplib after a refused
     /// STOR) would otherwise hold the session until the data deadline.
     fn owes_client(&self) -> bool {
-        self.readers[idx(Side::Client)].has_line()
+        // The greeting too: a health check that connects and closes at
+        // once (`nc host 21 </dev/null`) gets the banner over a router.
+        // The daemon reads nothing from the client before the greeting
+        // (`read_budget`), so it never reports that EOF earlier; the core
+        // does not rely on it. The greeting deadline bounds the wait.
+        matches!(self.phase, Phase::ExpectGreeting { .. })
+            || self.readers[idx(Side::Client)].has_line()
             || self.stash.is_some()
             || self.port_hold.is_some()
             || !self.pending.is_empty()

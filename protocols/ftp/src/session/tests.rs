@@ -1312,6 +1312,30 @@ fn client_half_close_with_an_unused_channel_ends_the_session() {
     assert!(t.s.is_closed());
 }
 
+/// A client that closes before the greeting (a health check) still gets
+/// it, then the session ends; a line it sent first is answered too.
+#[test]
+fn client_half_close_before_the_greeting_gets_it() {
+    for line in [&b""[..], b"QUIT\r\n"] {
+        let mut t = T::with(Config::default());
+        client!(t, line);
+        t.input(Input::Closed { from: Side::Client });
+        expect!(t, work: vec![]);
+        server!(t, b"220 ready\r\n");
+        expect!(t, to_client: b"220 ready\r\n");
+        if line.is_empty() {
+            expect!(t, work: vec![Action::Shutdown { side: Side::Server }, Action::Shutdown { side: Side::Client }]);
+        } else {
+            expect!(t, to_server: b"QUIT\r\n");
+            expect!(t, work: vec![]);
+            server!(t, b"221 bye\r\n");
+            expect!(t, to_client: b"221 bye\r\n");
+            expect!(t, work: vec![Action::Shutdown { side: Side::Server }, Action::Shutdown { side: Side::Client }]);
+        }
+        assert!(t.s.is_closed());
+    }
+}
+
 /// A half-close with nothing owed ends the session at once, as before.
 #[test]
 fn client_half_close_at_rest_ends_the_session() {
