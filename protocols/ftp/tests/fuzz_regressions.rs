@@ -125,3 +125,26 @@ fn passive_cap_refusals_inside_a_refused_run_are_not_line_records() {
     assert_eq!(audits(&actions), [("command-syntax", "R150".to_string())]);
     assert!(s.is_closed());
 }
+
+/// fuzz/seeds/session/crash-530-split-by-telnet-dm-regression: a 530 whose
+/// digits a Telnet command splits ("53", IAC DM, "0"). The core decodes the
+/// line as any Telnet peer would and records the failed login; the fuzz
+/// driver had counted 530s in the raw bytes, found none, and called the
+/// record spurious. This pins the core's side.
+#[test]
+fn telnet_split_530_is_a_failed_login() {
+    let now = Instant::now();
+    let mut s = Session::new(Arc::new(Config::default()), ends(), now);
+    step(&mut s, now, Input::Received { from: Side::Server, data: b"220 ready\r\n" });
+    let (_, _, to_server) = step(&mut s, now, Input::Received { from: Side::Client, data: b"USER anna\r\n" });
+    assert_eq!(to_server, b"USER anna\r\n");
+    let (actions, to_client, _) =
+        step(&mut s, now, Input::Received { from: Side::Server, data: b"53\xff\xf20 Login incorrect.\r\n" });
+    assert_eq!(to_client, b"530 Login incorrect.\r\n");
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Audit(AuditEvent::LoginFailed { user: Some(u) }) if u == "anna")),
+        "{actions:?}"
+    );
+}

@@ -114,6 +114,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ftpgate_proto::line::LineReader;
 use ftpgate_proto::rules::{Action as RuleAction, Net, PolicySet, Rule, ServerData};
 use ftpgate_proto::{
     Action, AuditEvent, Config, ControlEnds, DataId, DataStep, FtpsPolicy, Input, PassiveAddressPolicy,
@@ -189,8 +190,10 @@ pub struct Driver {
     refusals: usize,
     /// Lines sent toward the server while actions were still queued.
     forwarded: usize,
-    /// `530` reply lines the server sent; `LoginFailed` records seen.
+    /// `530` reply lines the server sent, framed and Telnet-decoded as the
+    /// core frames them (`server_lines`); `LoginFailed` records seen.
     server_530: usize,
+    server_lines: LineReader,
     login_failed: usize,
     /// The last reload denied every client network.
     denied_by_reload: bool,
@@ -241,6 +244,7 @@ impl Driver {
             refusals: 0,
             forwarded: 0,
             server_530: 0,
+            server_lines: LineReader::new(),
             login_failed: 0,
             denied_by_reload: false,
             dual: BTreeSet::new(),
@@ -254,8 +258,16 @@ impl Driver {
         if let Input::Received { from, data } = input {
             assert!(data.len() <= self.session.read_budget(from), "harness fed over budget");
             if from == Side::Server {
-                // A line starting 530 (a cheap upper bound on 530 replies).
-                self.server_530 += data.windows(3).filter(|w| *w == b"530").count();
+                // Lines starting 530, an upper bound on 530 replies. Raw
+                // bytes would miss one that Telnet commands split ("53",
+                // IAC DM, "0") or that two reads split.
+                self.server_lines.feed(data);
+                self.server_lines.take_answers();
+                while let Some(line) = self.server_lines.next_line() {
+                    if line.is_ok_and(|l| l.starts_with(b"530")) {
+                        self.server_530 += 1;
+                    }
+                }
             }
         }
         let pending_before =
