@@ -113,6 +113,7 @@ impl Session {
         mode: DataMode,
     ) {
         self.actions.push_back(Action::Listen { data, local, accept_from, peer });
+        self.announce(data);
         self.actions.push_back(Action::Audit(AuditEvent::DataOpened { data, mode, local, accept_from }));
     }
 
@@ -326,6 +327,7 @@ impl Session {
         ch.state = DataState::ExpectTransfer { expires_at: after(now, self.config.data_accept_timeout) };
         let local = SocketAddr::new(self.ends.client.ip(), 0);
         self.actions.push_back(Action::Dial { data, leg: Side::Server, local, remote });
+        self.announce(data);
         self.send_client_now(if conv.extended { REPLY_EPRT_OK } else { REPLY_PORT_OK });
     }
 

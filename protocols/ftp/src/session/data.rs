@@ -104,6 +104,11 @@ pub(super) struct DataChan {
     /// The reply the client got while the data was still moving
     /// (`Config::kernel_data_path`: final replies are not held).
     pub(super) final_sent: Option<u16>,
+    /// The daemon was asked for this channel (a `Listen` or a `Dial`):
+    /// before that it has no channel to apply a `DataDirection` to. A
+    /// PORT converted to PASV (`server-data = "passive"`) waits for the
+    /// server's 227 before its first `Dial`.
+    pub(super) announced: bool,
 }
 
 impl DataChan {
@@ -208,6 +213,7 @@ impl Session {
         let id = self.new_data(now, mode, local, accept_from, remote_port)?;
         let peer = self.data.get(&id).map_or(Side::Client, DataChan::peer_side);
         self.actions.push_back(Action::Listen { data: id, local, accept_from, peer });
+        self.announce(id);
         self.actions.push_back(Action::Audit(AuditEvent::DataOpened { data: id, mode, local, accept_from }));
         Some(id)
     }
@@ -254,6 +260,7 @@ impl Session {
             final_code: None,
             final_dropped: false,
             final_sent: None,
+            announced: false,
         };
         self.data.insert(id, chan);
         self.set_current_data(Some(id));
@@ -283,11 +290,29 @@ impl Session {
     /// A transfer command got its first reply: it uses this channel.
     pub(super) fn bind_transfer(&mut self, data: Option<DataId>, label: TransferCommand) {
         let Some(ch) = data.and_then(|id| self.data.get_mut(&id)) else { return };
-        let toward = data_direction(&label.verb);
         ch.command = Some(label);
+        if ch.announced {
+            let id = ch.id;
+            self.direct(id);
+        }
+    }
+
+    /// The daemon is asked for `data` from now on; a direction its
+    /// transfer command set before that is sent now.
+    pub(super) fn announce(&mut self, data: DataId) {
+        let Some(ch) = self.data.get_mut(&data) else { return };
+        if !std::mem::replace(&mut ch.announced, true) && ch.command.is_some() {
+            self.direct(data);
+        }
+    }
+
+    /// `DataDirection` for the channel's transfer command, when enforced.
+    fn direct(&mut self, data: DataId) {
+        let Some(ch) = self.data.get(&data) else { return };
+        let toward = ch.command.as_ref().and_then(|label| data_direction(&label.verb));
         if self.config.enforce_data_direction && !ch.is_closed() {
             if let Some(toward) = toward {
-                self.actions.push_back(Action::DataDirection { data: ch.id, toward });
+                self.actions.push_back(Action::DataDirection { data, toward });
             }
         }
     }
