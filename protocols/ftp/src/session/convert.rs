@@ -754,4 +754,28 @@ mod tests {
         assert!(a.contains(&Action::ResetData { data: d }), "{a:?}");
         assert_eq!(take(&mut s, Side::Client), "426 Connection closed; transfer aborted.\r\n");
     }
+
+    /// fuzz seed crash-direction-before-announce-regression (minimized):
+    /// under `--enforce-data-direction`, a RETR and an ABOR's Telnet Synch
+    /// pipelined behind a converted PORT, before the server answered the
+    /// gateway's PASV. The daemon has not been asked for that channel, so
+    /// no `DataDirection` may name it; one did, and the daemon dropped it.
+    #[test]
+    fn converted_port_not_yet_dialed_gets_no_direction() {
+        let policy = toml::from_str("[[rule]]\naction = \"allow\"\nserver-data = \"passive\"\n").unwrap();
+        let config = Config { policy: Arc::new(policy), enforce_data_direction: true, ..Config::default() };
+        let ends = ControlEnds { client: sa("192.0.2.10:40000"), server: sa("198.51.100.10:21") };
+        let mut s = Session::new(Arc::new(config), ends, Instant::now());
+        step(&mut s, Input::Received { from: Side::Server, data: b"220 ready\r\n" });
+        step(&mut s, Input::Received { from: Side::Client, data: b"USER anna\r\n" });
+        step(&mut s, Input::Received { from: Side::Server, data: b"230 ok\r\n" });
+        let mut all =
+            step(&mut s, Input::Received { from: Side::Client, data: b"PORT 192,0,2,10,156,64\r\n" });
+        all.extend(step(&mut s, Input::Received { from: Side::Client, data: b"RETR f\r\n\xff\xf2ABOR\r\n" }));
+        assert!(!all.iter().any(|a| matches!(a, Action::Dial { .. } | Action::Listen { .. })), "{all:?}");
+        assert!(
+            !all.iter().any(|a| matches!(a, Action::DataDirection { .. })),
+            "a direction for a channel the daemon was never asked for: {all:?}"
+        );
+    }
 }
