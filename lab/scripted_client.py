@@ -270,42 +270,30 @@ def control_end(ctl, verb):
         lines = [x for x in ctl.args.lines.split(",") if x]
         ctl.sock.sendall("".join(x + "\r\n" for x in lines).encode("latin-1"))
         ctl.sock.shutdown(socket.SHUT_WR)
-        out = {"replies": []}
-        for _ in range(100):
-            try:
-                raw = ctl.f.readline(8192)
-            except ConnectionResetError:
-                out["end"] = "reset"
-                return out
-            except OSError as e:
-                out["end"] = "error: %s" % e
-                return out
-            if not raw:
-                out["end"] = "eof"
-                return out
-            out["replies"].append(raw.decode("latin-1").rstrip("\r\n"))
-        out["end"] = "still open"
-        return out
+        replies, end = read_control_to_end(ctl)
+        return {"replies": replies, "end": end}
     ctl.sock.sendall(verb.encode("latin-1") + b"\r\n")
-    out = {"reply": None}
+    replies, end = read_control_to_end(ctl)
+    return {"reply": replies[-1] if replies else None, "end": end}
+
+
+def read_control_to_end(ctl):
+    """(lines read, how the control connection ended): "eof", "reset",
+    "timeout", "error: ..." or, after 100 lines, "still open"."""
+    replies = []
     for _ in range(100):
         try:
             raw = ctl.f.readline(8192)
         except ConnectionResetError:
-            out["end"] = "reset"
-            return out
+            return replies, "reset"
         except socket.timeout:
-            out["end"] = "timeout"
-            return out
+            return replies, "timeout"
         except OSError as e:
-            out["end"] = "error: %s" % e
-            return out
+            return replies, "error: %s" % e
         if not raw:
-            out["end"] = "eof"
-            return out
-        out["reply"] = raw.decode("latin-1").rstrip("\r\n")
-    out["end"] = "still open"
-    return out
+            return replies, "eof"
+        replies.append(raw.decode("latin-1").rstrip("\r\n"))
+    return replies, "still open"
 
 
 def main():

@@ -440,6 +440,15 @@ fn gateway_time_wait(lab: &Lab) -> Vec<String> {
     text(&out.stdout).lines().map(str::to_string).collect()
 }
 
+/// After a control connection's reset: the session ended, the gateway said
+/// why, and it holds no socket of it in TIME_WAIT.
+fn assert_reset_passed_on(lab: &Lab, ctx: &dyn Fn() -> String) {
+    lab.wait_for_log("session end", 1, 10);
+    assert!(lab.gateway_log().contains("ended abortively"), "{}", ctx());
+    let waiting = gateway_time_wait(lab);
+    assert!(waiting.is_empty(), "the gateway holds sockets in TIME_WAIT: {waiting:?}\n{}", ctx());
+}
+
 /// The client resets its control connection: the server's connection ends
 /// with a reset too, not a FIN that reads as an orderly end, and the
 /// gateway keeps no transparent socket of it in TIME_WAIT (where it would
@@ -456,10 +465,7 @@ fn client_reset_control_server_sees_reset() {
     assert_eq!(json_raw(&report, "sent").as_deref(), Some("reset"), "{}", ctx());
 
     assert_eq!(control_ends(&server, 1), ["reset"], "the server must see the client's reset: {}", ctx());
-    lab.wait_for_log("session end", 1, 10);
-    assert!(lab.gateway_log().contains("ended abortively"), "{}", ctx());
-    let waiting = gateway_time_wait(&lab);
-    assert!(waiting.is_empty(), "the gateway holds sockets in TIME_WAIT: {waiting:?}\n{}", ctx());
+    assert_reset_passed_on(&lab, &ctx);
     assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
     drop(server);
 }
@@ -477,10 +483,7 @@ fn server_reset_control_client_sees_reset() {
     assert_eq!(control_ends(&server, 1), ["reset_sent"], "{}", ctx());
     assert_eq!(json_raw(&report, "end").as_deref(), Some("reset"), "the client must see a reset: {}", ctx());
     assert_eq!(json_raw(&report, "reply").as_deref(), Some("null"), "no reply may come before it: {}", ctx());
-    lab.wait_for_log("session end", 1, 10);
-    assert!(lab.gateway_log().contains("ended abortively"), "{}", ctx());
-    let waiting = gateway_time_wait(&lab);
-    assert!(waiting.is_empty(), "the gateway holds sockets in TIME_WAIT: {waiting:?}\n{}", ctx());
+    assert_reset_passed_on(&lab, &ctx);
     assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
     drop(server);
 }
