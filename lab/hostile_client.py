@@ -9,7 +9,8 @@ the lab's client namespace. Prints one JSON report; the Rust test judges it.
             the real client's RETR still works
   linger    PASV and never connect: the listener must close by itself
   greeting  connect to HOST:21 and print the first reply (a 421 from the
-            gateway when the server is unreachable or is the gateway itself)
+            gateway when the server is unreachable or is the gateway itself),
+            or "refused" (the connect) or "reset" (the read)
   abort     ftplib's ABOR (sent as TCP urgent data) in the middle of a RETR,
             passive or active: the transfer's 426 and the ABOR's own reply
             must both arrive, in that order, and the session goes on
@@ -366,9 +367,16 @@ if __name__ == "__main__":
         print(json.dumps(theft(sys.argv[2])))
     elif what == "greeting":
         t0 = time.time()
-        s = socket.create_connection((sys.argv[2], 21), timeout=30)
-        first = reply(s.makefile("rb"))
-        print(json.dumps({"greeting": first, "seconds": round(time.time() - t0, 1)}))
+        out = {}
+        try:
+            s = socket.create_connection((sys.argv[2], 21), timeout=30)
+            out["greeting"] = reply(s.makefile("rb"))
+        except ConnectionRefusedError:
+            out["refused"] = True
+        except ConnectionResetError:
+            out["reset"] = True
+        out["seconds"] = round(time.time() - t0, 1)
+        print(json.dumps(out))
     elif what == "abort":
         print(json.dumps(abort(sys.argv[2], sys.argv[3] == "active")))
     elif what == "close-mid":

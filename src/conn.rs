@@ -378,6 +378,7 @@ impl Conn {
                 } else {
                     warn!(conn.log, "server connect failed"; "error" => %e);
                 }
+                conn.pass_refusal(e.io());
                 conn.queue(Input::ServerUnreachable { error: e.kind() });
             }
         }
@@ -1202,6 +1203,17 @@ impl Conn {
               "side" => ?from, "error" => %error);
     }
 
+    /// The server refused the control connection (a reset, or an ICMP
+    /// port unreachable): the client, whose connection the gateway has
+    /// already accepted, gets a reset, as its own connect would have been
+    /// refused over a router. The core sends no reply then
+    /// (`Input::ServerUnreachable`).
+    fn pass_refusal(&mut self, error: &io::Error) {
+        if error.kind() == io::ErrorKind::ConnectionRefused {
+            self.pass_reset(Side::Server, error);
+        }
+    }
+
     /// Completes the non-blocking connect to the server.
     fn connect_server(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let server = &mut self.server;
@@ -1234,6 +1246,7 @@ impl Conn {
                 warn!(self.log, "server unreachable"; "error" => %e);
                 server.connecting = false;
                 self.close_control(ctx, Side::Server);
+                self.pass_refusal(&e);
                 self.tell(ctx, Input::ServerUnreachable { error: e.kind() });
                 true
             }

@@ -10,7 +10,8 @@
 //! - ABOR sent as urgent data mid-RETR: the transfer's 426, then the ABOR's
 //!   own reply, in order, and the session goes on (passive and active);
 //! - an unreachable server, or the gateway's own address, gets the client a
-//!   clean 421 (ATTACKS.md 32).
+//!   clean 421 (ATTACKS.md 32); a server that refuses the connection (a
+//!   reset) gets the client a reset and no reply in the server's name.
 mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -146,4 +147,32 @@ fn unreachable_server_and_gateway_itself_get_421() {
     let report = hostile(&lab, &["greeting", common::GW_SERVER_IP]);
     assert!(report.contains("\"greeting\": \"421"), "no 421 for the gateway itself: {report}");
     assert!(lab.gateway_log().contains("the destination is the gateway itself"));
+}
+
+/// Over a router a client whose server refuses port 21 gets a reset. The
+/// gateway has already accepted the client's connection, so it passes the
+/// server's reset on as one, and says nothing in the server's name.
+#[test]
+fn refused_server_connection_client_gets_a_reset() {
+    let lab = Lab::with_gateway("refuse", Rules::Nft);
+    // A second server address whose host refuses FTP with a reset (vsftpd
+    // listens on every address, so the server's own firewall refuses).
+    let refusing = "198.51.100.12";
+    for argv in [
+        &["ip", "addr", "add", "198.51.100.12/24", "dev", "eth0"][..],
+        &["nft", "add table inet refuse"],
+        &["nft", "add chain inet refuse input { type filter hook input priority 0 ; }"],
+        &["nft", "add rule inet refuse input ip daddr 198.51.100.12 tcp dport 21 reject with tcp reset"],
+    ] {
+        let out = lab.exec(Ns::Server, 10, argv);
+        assert!(out.status.success(), "{argv:?}: {}", text(&out.stderr));
+    }
+    let report = hostile(&lab, &["greeting", refusing]);
+    assert!(report.contains("\"reset\": true"), "no reset for a refused connection: {report}");
+    assert!(!report.contains("\"greeting\""), "a reply the server never sent: {report}");
+    let log = lab.gateway_log();
+    assert!(log.contains("server refused the connection"), "no record of the refusal:\n{log}");
+    // The gateway still serves the real server.
+    let report = hostile(&lab, &["greeting", SERVER_IP]);
+    assert!(report.contains("\"greeting\": \"220"), "then: {report}");
 }

@@ -21,6 +21,7 @@ import argparse
 import re
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -134,10 +135,16 @@ def session(c, caddr):
         s.settimeout(10)
         s.connect((sip, sport))
     except OSError as e:
-        # like ftpgate: the client gets a clean 421, the log says why
-        log("server unreachable", error=e, server="%s:%d" % (sip, sport))
+        # like ftpgate: a refusal passes on as a reset; otherwise the
+        # client gets a clean 421; the log says why
+        refused = isinstance(e, ConnectionRefusedError)
+        log("server refused the connection" if refused else "server unreachable",
+            error=e, server="%s:%d" % (sip, sport))
         try:
-            c.sendall(b"421 Service not available.\r\n")
+            if refused:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                c.sendall(b"421 Service not available.\r\n")
         except OSError:
             pass
         c.close(); s.close()

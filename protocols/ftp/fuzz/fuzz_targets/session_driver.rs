@@ -36,7 +36,7 @@
 //! | `G` id a b        | `Progress { to_client: a, to_server: b }` (KiB)                   |
 //! | `E` id leg err    | `RelayFailed` (leg even: client, odd: server; err as for `F`, and 5 = `WRONG_DIRECTION` under enforcement), counts 1 KiB / 0 |
 //! | `X` side          | `Closed { from }` (even: client, odd: server)                     |
-//! | `U`               | `ServerUnreachable`                                               |
+//! | `U` n             | `ServerUnreachable`: n even `ConnectionRefused`, odd `TimedOut`   |
 //! | `D`               | `Drain`                                                           |
 //! | `T` d             | advance the clock by d (≤199: seconds, else hours) and feed `Timeout` |
 //! | `+` d             | advance the clock only                                            |
@@ -796,7 +796,10 @@ impl Driver {
                 let side = if arg() % 2 == 0 { Side::Client } else { Side::Server };
                 self.feed(Input::Closed { from: side });
             }
-            b'U' => self.feed(Input::ServerUnreachable { error: ErrorKind::ConnectionRefused }),
+            b'U' => {
+                let error = if arg() % 2 == 0 { ErrorKind::ConnectionRefused } else { ErrorKind::TimedOut };
+                self.feed(Input::ServerUnreachable { error });
+            }
             b'D' => self.feed(Input::Drain),
             b'Y' => {
                 let k = arg();

@@ -100,7 +100,11 @@ pub enum Input<'a> {
         /// Which control socket.
         from: Side,
     },
-    /// The control connection to the server could not be made.
+    /// The control connection to the server could not be made. With
+    /// `ConnectionRefused` (a reset, or an ICMP port unreachable) the
+    /// client's connection ends with nothing sent and the daemon resets it,
+    /// as a router would pass the refusal on; otherwise (no answer, host or
+    /// network unreachable) the client gets a 421 first.
     ServerUnreachable {
         /// Why.
         error: io::ErrorKind,
@@ -550,7 +554,16 @@ impl Session {
             Input::Closed { from: Side::Server } | Input::Aborted { from: Side::Server } => {
                 self.server_eof = true
             }
+            Input::ServerUnreachable { error: io::ErrorKind::ConnectionRefused } => {
+                // The server (or a firewall before it) answered with a
+                // reset: the client gets that reset, not a reply in the
+                // server's name (the daemon arms it; nothing is sent).
+                self.teardown(Side::Client, "server refused the connection");
+                return;
+            }
             Input::ServerUnreachable { .. } => {
+                // Nothing came back to pass on, and the client's connection
+                // is already accepted: a 421 says why it ends.
                 self.send_client_now(REPLY_UNREACHABLE);
                 self.teardown(Side::Client, "server unreachable");
                 return;

@@ -219,25 +219,40 @@ fn relaying_partial_line_waits_for_rest() {
 
 #[test]
 fn expect_greeting_server_unreachable_421_and_close() {
+    for error in [ErrorKind::TimedOut, ErrorKind::HostUnreachable, ErrorKind::NetworkUnreachable] {
+        let mut t = T::new();
+        t.input(Input::ServerUnreachable { error });
+        expect!(t, to_client: b"421 Service not available: ftpgate could not reach the server.\r\n");
+        assert_eq!(t.actions(), unreachable_end("server unreachable"), "{error:?}");
+        assert!(t.s.is_closed());
+    }
+}
+
+/// A refused connect is a reset from the server's side: passed on as one
+/// (the daemon resets the client's connection), with no reply in the
+/// server's name that the server never sent.
+#[test]
+fn expect_greeting_server_refused_no_reply_and_close() {
     let mut t = T::new();
     t.input(Input::ServerUnreachable { error: ErrorKind::ConnectionRefused });
-    expect!(t, to_client: b"421 Service not available: ftpgate could not reach the server.\r\n");
-    assert_eq!(
-        t.actions(),
-        vec![
-            Action::Shutdown { side: Side::Client },
-            Action::Shutdown { side: Side::Server },
-            Action::Audit(AuditEvent::SessionEnded {
-                reason: "server unreachable",
-                user: None,
-                duration: Duration::ZERO,
-                transfers: 0,
-                to_client: 0,
-                to_server: 0,
-            }),
-        ]
-    );
+    assert_eq!(t.actions(), unreachable_end("server refused the connection"));
     assert!(t.s.is_closed());
+    expect!(t, to_client: b"");
+}
+
+fn unreachable_end(reason: &'static str) -> Vec<Action> {
+    vec![
+        Action::Shutdown { side: Side::Client },
+        Action::Shutdown { side: Side::Server },
+        Action::Audit(AuditEvent::SessionEnded {
+            reason,
+            user: None,
+            duration: Duration::ZERO,
+            transfers: 0,
+            to_client: 0,
+            to_server: 0,
+        }),
+    ]
 }
 
 #[test]
