@@ -889,4 +889,214 @@ pub(crate) mod tests {
         }
         assert_eq!(pool.len(), POOLED_PIPES);
     }
+
+    /// The relay as the event loop runs it: legs registered with mio
+    /// (edge-triggered), readiness set only from events and cleared only by
+    /// the relay on EAGAIN, a budget per wakeup, and a relay that ran out
+    /// of budget run again without a new event (`more`). The examples
+    /// above mark both legs ready every round, so they cannot see a lost
+    /// wakeup; these properties can: a relay that waits for an edge that
+    /// never comes fails them on the deadline.
+    mod under_epoll {
+        use super::*;
+        use mio::{Events, Interest, Poll, Token};
+        use proptest::prelude::*;
+
+        const CLIENT: Token = Token(0);
+        const SERVER: Token = Token(1);
+
+        /// How one far end behaves: what it sends, in which pieces and
+        /// pauses, and how fast it reads what comes to it.
+        #[derive(Debug, Clone)]
+        struct Far {
+            send: usize,
+            write_chunk: usize,
+            read_chunk: usize,
+            /// A 1 ms pause after every this many writes (0: none).
+            write_pause_every: usize,
+            read_pause_every: usize,
+        }
+
+        fn far() -> impl Strategy<Value = Far> {
+            (
+                prop_oneof![Just(0usize), 1usize..4096, 4096usize..1_500_000],
+                1usize..200_000,
+                1usize..200_000,
+                0usize..8,
+                0usize..8,
+            )
+                .prop_map(
+                    |(send, write_chunk, read_chunk, write_pause_every, read_pause_every)| Far {
+                        send,
+                        write_chunk,
+                        read_chunk,
+                        write_pause_every,
+                        read_pause_every,
+                    },
+                )
+        }
+
+        fn payload(len: usize, salt: u8) -> Vec<u8> {
+            (0..len).map(|i| (i % 251) as u8 ^ salt).collect()
+        }
+
+        /// Runs `far` on its end of the pair: a writer (its payload, then
+        /// its FIN) and a reader (until the relay's FIN), side by side.
+        /// The handle returns what it read.
+        fn play(stream: StdStream, far: Far, salt: u8) -> std::thread::JoinHandle<Vec<u8>> {
+            std::thread::spawn(move || {
+                let mut writing = stream.try_clone().unwrap();
+                let writer = std::thread::spawn(move || {
+                    let data = payload(far.send, salt);
+                    for (n, piece) in data.chunks(far.write_chunk.max(1)).enumerate() {
+                        writing.write_all(piece).unwrap();
+                        if far.write_pause_every != 0 && n % far.write_pause_every == 0 {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    writing.shutdown(Shutdown::Write).unwrap();
+                });
+                let mut reading = stream;
+                let mut got = Vec::new();
+                let mut buf = vec![0; far.read_chunk.max(1)];
+                for n in 0.. {
+                    match reading.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(k) => got.extend_from_slice(&buf[..k]),
+                        Err(e) => panic!("far end read failed after {} bytes: {e}", got.len()),
+                    }
+                    if far.read_pause_every != 0 && n % far.read_pause_every == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                writer.join().unwrap();
+                got
+            })
+        }
+
+        /// The event loop's part, bounded by time and wakeups.
+        fn relay_under_epoll(
+            mut client: TcpStream,
+            mut server: TcpStream,
+            budget: (usize, usize),
+        ) -> RelayStatus {
+            let mut poll = Poll::new().unwrap();
+            let both = Interest::READABLE | Interest::WRITABLE;
+            poll.registry().register(&mut client, CLIENT, both).unwrap();
+            poll.registry().register(&mut server, SERVER, both).unwrap();
+            let mut events = Events::with_capacity(8);
+            let (mut c, mut s) = (Readiness::default(), Readiness::default());
+            let mut relay = Relay::new(Direction::Both, &mut PipePool::default()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut more = false;
+            for _ in 0..1_000_000 {
+                if !more {
+                    // As the loop: block until an event, unless the relay
+                    // asked to run again.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    assert!(!left.is_zero(), "no end before the deadline: a lost wakeup? {relay:?}");
+                    poll.poll(&mut events, Some(left)).unwrap();
+                    for event in &events {
+                        let ready = if event.token() == CLIENT { &mut c } else { &mut s };
+                        ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                        ready.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+                    }
+                }
+                let mut budget = Budget { bytes: budget.0, calls: budget.1 };
+                match relay.run(&client, &mut c, &server, &mut s, &mut budget) {
+                    RelayStatus::Running { more: again } => more = again,
+                    status => return status,
+                }
+            }
+            panic!("relay did not end within its wakeups");
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Every byte both ways, in order, then a FIN both ways, and
+            /// counts that say so: whatever the sizes, pieces, pauses, slow
+            /// readers and budgets.
+            #[test]
+            fn every_byte_both_ways_then_both_fins(
+                client_far in far(),
+                server_far in far(),
+                budget_bytes in prop_oneof![1usize..4096, Just(BYTES_PER_WAKEUP)],
+                budget_calls in prop_oneof![1usize..4, Just(CALLS_PER_WAKEUP)],
+            ) {
+                let (client_end, client) = pair();
+                let (server_end, server) = pair();
+                let (up, down) = (client_far.send, server_far.send);
+                let client_side = play(client_end, client_far, 0);
+                let server_side = play(server_end, server_far, 0x5a);
+                let status = relay_under_epoll(client, server, (budget_bytes, budget_calls));
+                let to_client = client_side.join().unwrap();
+                let to_server = server_side.join().unwrap();
+                prop_assert_eq!(status, RelayStatus::Done { to_client: down as u64, to_server: up as u64 });
+                prop_assert!(to_client == payload(down, 0x5a), "client got {} of {} bytes, or others", to_client.len(), down);
+                prop_assert!(to_server == payload(up, 0), "server got {} of {} bytes, or others", to_server.len(), up);
+            }
+
+            /// One end sends, then resets: the relay fails on that leg, and
+            /// the other end reads a prefix of what was sent and then a
+            /// reset, never a clean end (the rule that a cut transfer never
+            /// looks complete).
+            #[test]
+            fn a_reset_midstream_reaches_the_other_end_as_a_reset(
+                sender in far(),
+                reader_chunk in 1usize..200_000,
+                reader_pause_every in 0usize..8,
+                server_sends in any::<bool>(),
+                budget_bytes in prop_oneof![1usize..4096, Just(BYTES_PER_WAKEUP)],
+            ) {
+                let (client_end, client) = pair();
+                let (server_end, server) = pair();
+                let (mut sending, receiving) =
+                    if server_sends { (server_end, client_end) } else { (client_end, server_end) };
+                let sent = payload(sender.send, 7);
+                let to_send = sent.clone();
+                let chunk = sender.write_chunk.max(1);
+                let pause = sender.write_pause_every;
+                let cutter = std::thread::spawn(move || {
+                    for (n, piece) in to_send.chunks(chunk).enumerate() {
+                        // The relay may already have failed (a slow reader
+                        // and a small budget never do; a reset does).
+                        if sending.write_all(piece).is_err() {
+                            break;
+                        }
+                        if pause != 0 && n % pause == 0 {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    reset(sending);
+                });
+                let reader = std::thread::spawn(move || {
+                    let mut far = receiving;
+                    let mut got = Vec::new();
+                    let mut buf = vec![0; reader_chunk];
+                    for n in 0.. {
+                        match far.read(&mut buf) {
+                            Ok(0) => return (got, Ok(())),
+                            Ok(k) => got.extend_from_slice(&buf[..k]),
+                            Err(e) => return (got, Err(e.kind())),
+                        }
+                        if reader_pause_every != 0 && n % reader_pause_every == 0 {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    unreachable!()
+                });
+                let status = relay_under_epoll(client, server, (budget_bytes, CALLS_PER_WAKEUP));
+                cutter.join().unwrap();
+                let (got, end) = reader.join().unwrap();
+                let cut_leg = if server_sends { Side::Server } else { Side::Client };
+                prop_assert!(
+                    matches!(status, RelayStatus::Failed { leg, .. } if leg == cut_leg),
+                    "relay ended {:?}, wanted a failure on the {:?} leg", status, cut_leg
+                );
+                prop_assert_eq!(end, Err(io::ErrorKind::ConnectionReset), "after {} of {} bytes", got.len(), sent.len());
+                prop_assert!(got.len() <= sent.len() && got[..] == sent[..got.len()], "not a prefix of what was sent");
+            }
+        }
+    }
 }
