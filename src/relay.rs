@@ -917,11 +917,27 @@ pub(crate) mod tests {
             read_pause_every: usize,
         }
 
+        /// Each far end pauses at most this often, and writes at most
+        /// `MAX_WRITES` pieces, so that a case ends in well under a second
+        /// or two whatever was drawn.
+        const MAX_PAUSES: usize = 200;
+        const MAX_WRITES: usize = 4096;
+
+        /// Whether the `n`th write or read is followed by a pause.
+        fn pause_after(n: usize, every: usize) -> bool {
+            every != 0 && n.is_multiple_of(every) && n / every < MAX_PAUSES
+        }
+
+        /// The pieces `len` bytes are written in.
+        fn piece(len: usize, chunk: usize) -> usize {
+            chunk.max(len / MAX_WRITES + 1)
+        }
+
         fn far() -> impl Strategy<Value = Far> {
             (
                 prop_oneof![Just(0usize), 1usize..4096, 4096usize..1_500_000],
                 1usize..200_000,
-                1usize..200_000,
+                512usize..200_000,
                 0usize..8,
                 0usize..8,
             )
@@ -948,9 +964,9 @@ pub(crate) mod tests {
                 let mut writing = stream.try_clone().unwrap();
                 let writer = std::thread::spawn(move || {
                     let data = payload(far.send, salt);
-                    for (n, piece) in data.chunks(far.write_chunk.max(1)).enumerate() {
-                        writing.write_all(piece).unwrap();
-                        if far.write_pause_every != 0 && n % far.write_pause_every == 0 {
+                    for (n, bytes) in data.chunks(piece(far.send, far.write_chunk)).enumerate() {
+                        writing.write_all(bytes).unwrap();
+                        if pause_after(n, far.write_pause_every) {
                             std::thread::sleep(Duration::from_millis(1));
                         }
                     }
@@ -958,14 +974,14 @@ pub(crate) mod tests {
                 });
                 let mut reading = stream;
                 let mut got = Vec::new();
-                let mut buf = vec![0; far.read_chunk.max(1)];
+                let mut buf = vec![0; far.read_chunk];
                 for n in 0.. {
                     match reading.read(&mut buf) {
                         Ok(0) => break,
                         Ok(k) => got.extend_from_slice(&buf[..k]),
                         Err(e) => panic!("far end read failed after {} bytes: {e}", got.len()),
                     }
-                    if far.read_pause_every != 0 && n % far.read_pause_every == 0 {
+                    if pause_after(n, far.read_pause_every) {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                 }
@@ -974,11 +990,16 @@ pub(crate) mod tests {
             })
         }
 
-        /// The event loop's part, bounded by time and wakeups.
+        /// The event loop's part, bounded by time and wakeups. With
+        /// `promote_at`, a relay that has moved that many bytes both ways
+        /// together moves onto relay threads, as `Conn::maybe_promote` does
+        /// after its first MiB: its legs leave the poll, and the threads'
+        /// eventfd says when they are done.
         fn relay_under_epoll(
             mut client: TcpStream,
             mut server: TcpStream,
             budget: (usize, usize),
+            promote_at: Option<u64>,
         ) -> RelayStatus {
             let mut poll = Poll::new().unwrap();
             let both = Interest::READABLE | Interest::WRITABLE;
@@ -986,7 +1007,8 @@ pub(crate) mod tests {
             poll.registry().register(&mut server, SERVER, both).unwrap();
             let mut events = Events::with_capacity(8);
             let (mut c, mut s) = (Readiness::default(), Readiness::default());
-            let mut relay = Relay::new(Direction::Both, &mut PipePool::default()).unwrap();
+            let mut relay = Some(Relay::new(Direction::Both, &mut PipePool::default()).unwrap());
+            let mut threaded: Option<crate::relay_threads::ThreadedRelay> = None;
             let deadline = Instant::now() + Duration::from_secs(10);
             let mut more = false;
             for _ in 0..1_000_000 {
@@ -1002,17 +1024,44 @@ pub(crate) mod tests {
                         ready.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
                     }
                 }
+                if let Some(on_threads) = &threaded {
+                    match on_threads.status() {
+                        RelayStatus::Running { .. } => continue,
+                        status => return status,
+                    }
+                }
+                let running = relay.as_mut().unwrap();
                 let mut budget = Budget { bytes: budget.0, calls: budget.1 };
-                match relay.run(&client, &mut c, &server, &mut s, &mut budget) {
+                match running.run(&client, &mut c, &server, &mut s, &mut budget) {
                     RelayStatus::Running { more: again } => more = again,
                     status => return status,
+                }
+                let (to_client, to_server) = running.counts();
+                if promote_at.is_some_and(|at| to_client + to_server >= at) {
+                    let pumps = relay.take().unwrap().into_pumps();
+                    match crate::relay_threads::ThreadedRelay::start(usize::MAX, &client, &server, pumps) {
+                        Ok(on_threads) => {
+                            poll.registry().deregister(&mut client).unwrap();
+                            poll.registry().deregister(&mut server).unwrap();
+                            let done = on_threads.done_fd();
+                            poll.registry()
+                                .register(&mut mio::unix::SourceFd(&done), CLIENT, Interest::READABLE)
+                                .unwrap();
+                            threaded = Some(on_threads);
+                            more = false;
+                        }
+                        Err((_, pumps)) => panic!(
+                            "relay threads did not start ({:?})",
+                            Relay::from_pumps(Direction::Both, pumps)
+                        ),
+                    }
                 }
             }
             panic!("relay did not end within its wakeups");
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
             /// Every byte both ways, in order, then a FIN both ways, and
             /// counts that say so: whatever the sizes, pieces, pauses, slow
@@ -1023,13 +1072,14 @@ pub(crate) mod tests {
                 server_far in far(),
                 budget_bytes in prop_oneof![1usize..4096, Just(BYTES_PER_WAKEUP)],
                 budget_calls in prop_oneof![1usize..4, Just(CALLS_PER_WAKEUP)],
+                promote_at in prop::option::of(0u64..2_000_000),
             ) {
                 let (client_end, client) = pair();
                 let (server_end, server) = pair();
                 let (up, down) = (client_far.send, server_far.send);
                 let client_side = play(client_end, client_far, 0);
                 let server_side = play(server_end, server_far, 0x5a);
-                let status = relay_under_epoll(client, server, (budget_bytes, budget_calls));
+                let status = relay_under_epoll(client, server, (budget_bytes, budget_calls), promote_at);
                 let to_client = client_side.join().unwrap();
                 let to_server = server_side.join().unwrap();
                 prop_assert_eq!(status, RelayStatus::Done { to_client: down as u64, to_server: up as u64 });
@@ -1044,10 +1094,11 @@ pub(crate) mod tests {
             #[test]
             fn a_reset_midstream_reaches_the_other_end_as_a_reset(
                 sender in far(),
-                reader_chunk in 1usize..200_000,
+                reader_chunk in 512usize..200_000,
                 reader_pause_every in 0usize..8,
                 server_sends in any::<bool>(),
                 budget_bytes in prop_oneof![1usize..4096, Just(BYTES_PER_WAKEUP)],
+                promote_at in prop::option::of(0u64..2_000_000),
             ) {
                 let (client_end, client) = pair();
                 let (server_end, server) = pair();
@@ -1055,7 +1106,7 @@ pub(crate) mod tests {
                     if server_sends { (server_end, client_end) } else { (client_end, server_end) };
                 let sent = payload(sender.send, 7);
                 let to_send = sent.clone();
-                let chunk = sender.write_chunk.max(1);
+                let chunk = piece(sender.send, sender.write_chunk);
                 let pause = sender.write_pause_every;
                 let cutter = std::thread::spawn(move || {
                     for (n, piece) in to_send.chunks(chunk).enumerate() {
@@ -1064,7 +1115,7 @@ pub(crate) mod tests {
                         if sending.write_all(piece).is_err() {
                             break;
                         }
-                        if pause != 0 && n % pause == 0 {
+                        if pause_after(n, pause) {
                             std::thread::sleep(Duration::from_millis(1));
                         }
                     }
@@ -1080,13 +1131,13 @@ pub(crate) mod tests {
                             Ok(k) => got.extend_from_slice(&buf[..k]),
                             Err(e) => return (got, Err(e.kind())),
                         }
-                        if reader_pause_every != 0 && n % reader_pause_every == 0 {
+                        if pause_after(n, reader_pause_every) {
                             std::thread::sleep(Duration::from_millis(1));
                         }
                     }
                     unreachable!()
                 });
-                let status = relay_under_epoll(client, server, (budget_bytes, CALLS_PER_WAKEUP));
+                let status = relay_under_epoll(client, server, (budget_bytes, CALLS_PER_WAKEUP), promote_at);
                 cutter.join().unwrap();
                 let (got, end) = reader.join().unwrap();
                 let cut_leg = if server_sends { Side::Server } else { Side::Client };
