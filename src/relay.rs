@@ -990,24 +990,40 @@ pub(crate) mod tests {
             })
         }
 
-        /// The event loop's part, bounded by time and wakeups. With
-        /// `promote_at`, a relay that has moved that many bytes both ways
-        /// together moves onto relay threads, as `Conn::maybe_promote` does
-        /// after its first MiB: its legs leave the poll, and the threads'
-        /// eventfd says when they are done.
-        fn relay_under_epoll(
-            mut client: TcpStream,
-            mut server: TcpStream,
+        /// How the loop runs the relay.
+        struct Run {
+            /// Bytes and calls per wakeup.
             budget: (usize, usize),
+            /// A relay that has moved this many bytes both ways together
+            /// moves onto relay threads, as `Conn::maybe_promote` does after
+            /// its first MiB: its legs leave the poll, and the threads'
+            /// eventfd says when they are done.
             promote_at: Option<u64>,
-        ) -> RelayStatus {
+            /// Direction enforcement (ATTACKS.md 34): the relay starts
+            /// `Held`, and learns its direction after this many wakeups
+            /// (each at most 2 ms), as the core's `DataDirection` may come
+            /// after the data.
+            enforce: Option<(Side, usize)>,
+        }
+
+        impl Run {
+            fn plain(budget: (usize, usize), promote_at: Option<u64>) -> Self {
+                Self { budget, promote_at, enforce: None }
+            }
+        }
+
+        /// The event loop's part, bounded by time and wakeups.
+        fn relay_under_epoll(mut client: TcpStream, mut server: TcpStream, run: Run) -> RelayStatus {
+            let Run { budget, promote_at, enforce } = run;
             let mut poll = Poll::new().unwrap();
             let both = Interest::READABLE | Interest::WRITABLE;
             poll.registry().register(&mut client, CLIENT, both).unwrap();
             poll.registry().register(&mut server, SERVER, both).unwrap();
             let mut events = Events::with_capacity(8);
             let (mut c, mut s) = (Readiness::default(), Readiness::default());
-            let mut relay = Some(Relay::new(Direction::Both, &mut PipePool::default()).unwrap());
+            let start = if enforce.is_some() { Direction::Held } else { Direction::Both };
+            let mut relay = Some(Relay::new(start, &mut PipePool::default()).unwrap());
+            let mut held_for = enforce.map(|(_, wakeups)| wakeups);
             let mut threaded: Option<crate::relay_threads::ThreadedRelay> = None;
             let deadline = Instant::now() + Duration::from_secs(10);
             let mut more = false;
@@ -1017,7 +1033,8 @@ pub(crate) mod tests {
                     // asked to run again.
                     let left = deadline.saturating_duration_since(Instant::now());
                     assert!(!left.is_zero(), "no end before the deadline: a lost wakeup? {relay:?}");
-                    poll.poll(&mut events, Some(left)).unwrap();
+                    let wait = if held_for.is_some() { left.min(Duration::from_millis(2)) } else { left };
+                    poll.poll(&mut events, Some(wait)).unwrap();
                     for event in &events {
                         let ready = if event.token() == CLIENT { &mut c } else { &mut s };
                         ready.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
@@ -1031,13 +1048,21 @@ pub(crate) mod tests {
                     }
                 }
                 let running = relay.as_mut().unwrap();
+                match (held_for, enforce) {
+                    (Some(0), Some((toward, _))) => {
+                        running.set_direction(toward);
+                        held_for = None;
+                    }
+                    (Some(n), _) => held_for = Some(n - 1),
+                    _ => {}
+                }
                 let mut budget = Budget { bytes: budget.0, calls: budget.1 };
                 match running.run(&client, &mut c, &server, &mut s, &mut budget) {
                     RelayStatus::Running { more: again } => more = again,
                     status => return status,
                 }
                 let (to_client, to_server) = running.counts();
-                if promote_at.is_some_and(|at| to_client + to_server >= at) {
+                if running.unrestricted() && promote_at.is_some_and(|at| to_client + to_server >= at) {
                     let pumps = relay.take().unwrap().into_pumps();
                     match crate::relay_threads::ThreadedRelay::start(usize::MAX, &client, &server, pumps) {
                         Ok(on_threads) => {
@@ -1061,7 +1086,14 @@ pub(crate) mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+            // A failing case (a stall) takes its 10 s deadline each time it
+            // is shrunk: a minute of shrinking is enough to read the case.
+            #![proptest_config(ProptestConfig {
+                cases: 64,
+                failure_persistence: None,
+                max_shrink_time: 60_000,
+                ..ProptestConfig::default()
+            })]
 
             /// Every byte both ways, in order, then a FIN both ways, and
             /// counts that say so: whatever the sizes, pieces, pauses, slow
@@ -1079,7 +1111,7 @@ pub(crate) mod tests {
                 let (up, down) = (client_far.send, server_far.send);
                 let client_side = play(client_end, client_far, 0);
                 let server_side = play(server_end, server_far, 0x5a);
-                let status = relay_under_epoll(client, server, (budget_bytes, budget_calls), promote_at);
+                let status = relay_under_epoll(client, server, Run::plain((budget_bytes, budget_calls), promote_at));
                 let to_client = client_side.join().unwrap();
                 let to_server = server_side.join().unwrap();
                 prop_assert_eq!(status, RelayStatus::Done { to_client: down as u64, to_server: up as u64 });
@@ -1137,7 +1169,7 @@ pub(crate) mod tests {
                     }
                     unreachable!()
                 });
-                let status = relay_under_epoll(client, server, (budget_bytes, CALLS_PER_WAKEUP), promote_at);
+                let status = relay_under_epoll(client, server, Run::plain((budget_bytes, CALLS_PER_WAKEUP), promote_at));
                 cutter.join().unwrap();
                 let (got, end) = reader.join().unwrap();
                 let cut_leg = if server_sends { Side::Server } else { Side::Client };
@@ -1147,6 +1179,71 @@ pub(crate) mod tests {
                 );
                 prop_assert_eq!(end, Err(io::ErrorKind::ConnectionReset), "after {} of {} bytes", got.len(), sent.len());
                 prop_assert!(got.len() <= sent.len() && got[..] == sent[..got.len()], "not a prefix of what was sent");
+            }
+
+            /// With direction enforcement, the relay moves nothing until it
+            /// learns the direction, then the data one way and the FINs both
+            /// ways; a byte from the receiving end fails it on that leg and
+            /// resets the sender, after a prefix of the data.
+            #[test]
+            fn enforced_relay_moves_one_way_and_fails_on_a_byte_the_other(
+                sender in far(),
+                toward_client in any::<bool>(),
+                wrong_bytes in prop_oneof![Just(0usize), 1usize..5000],
+                held_wakeups in 0usize..6,
+                budget_bytes in prop_oneof![1usize..4096, Just(BYTES_PER_WAKEUP)],
+            ) {
+                let (client_end, client) = pair();
+                let (server_end, server) = pair();
+                let toward = if toward_client { Side::Client } else { Side::Server };
+                let (mut sending, receiving) =
+                    if toward_client { (server_end, client_end) } else { (client_end, server_end) };
+                let sent = payload(sender.send, 3);
+                let to_send = sent.clone();
+                let chunk = piece(sender.send, sender.write_chunk);
+                let pause = sender.write_pause_every;
+                let sender_side = std::thread::spawn(move || {
+                    for (n, bytes) in to_send.chunks(chunk).enumerate() {
+                        // A violation resets this end: its writes may fail.
+                        if sending.write_all(bytes).is_err() {
+                            return;
+                        }
+                        if pause_after(n, pause) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    let _ = sending.shutdown(Shutdown::Write);
+                    let _ = read_until_end(&mut sending);
+                });
+                let receiver_side = std::thread::spawn(move || {
+                    let mut far = receiving;
+                    // After a wrong byte the relay may reset this end
+                    // before its FIN: a failed write or shutdown is its due.
+                    let _ = far.write_all(&vec![b'x'; wrong_bytes]);
+                    let _ = far.shutdown(Shutdown::Write);
+                    let (got, end) = read_until_end(&mut far);
+                    (got, end.map_err(|e| e.kind()))
+                });
+                let run = Run { budget: (budget_bytes, CALLS_PER_WAKEUP), promote_at: None, enforce: Some((toward, held_wakeups)) };
+                let status = relay_under_epoll(client, server, run);
+                sender_side.join().unwrap();
+                let (got, end) = receiver_side.join().unwrap();
+                if wrong_bytes == 0 {
+                    let done = if toward_client {
+                        RelayStatus::Done { to_client: sent.len() as u64, to_server: 0 }
+                    } else {
+                        RelayStatus::Done { to_client: 0, to_server: sent.len() as u64 }
+                    };
+                    prop_assert_eq!(status, done);
+                    prop_assert_eq!(end, Ok(()));
+                    prop_assert!(got == sent, "{} of {} bytes, or others", got.len(), sent.len());
+                } else {
+                    prop_assert!(
+                        matches!(status, RelayStatus::Failed { leg, error, .. } if leg == toward && error == WRONG_DIRECTION),
+                        "relay ended {:?}, wanted a direction failure on the {:?} leg", status, toward
+                    );
+                    prop_assert!(got.len() <= sent.len() && got[..] == sent[..got.len()], "not a prefix of what was sent");
+                }
             }
         }
     }
