@@ -905,6 +905,10 @@ pub(crate) mod tests {
         const CLIENT: Token = Token(0);
         const SERVER: Token = Token(1);
 
+        thread_local! {
+            static POOL: std::cell::RefCell<PipePool> = std::cell::RefCell::new(PipePool::default());
+        }
+
         /// How one far end behaves: what it sends, in which pieces and
         /// pauses, and how fast it reads what comes to it.
         #[derive(Debug, Clone)]
@@ -1022,7 +1026,9 @@ pub(crate) mod tests {
             let mut events = Events::with_capacity(8);
             let (mut c, mut s) = (Readiness::default(), Readiness::default());
             let start = if enforce.is_some() { Direction::Held } else { Direction::Both };
-            let mut relay = Some(Relay::new(start, &mut PipePool::default()).unwrap());
+            // One pool for every case, as one loop's: a relay that ended
+            // whole gives its pipes back and a later case takes them.
+            let mut relay = Some(POOL.with(|pool| Relay::new(start, &mut pool.borrow_mut())).unwrap());
             let mut held_for = enforce.map(|(_, wakeups)| wakeups);
             let mut threaded: Option<crate::relay_threads::ThreadedRelay> = None;
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -1059,7 +1065,16 @@ pub(crate) mod tests {
                 let mut budget = Budget { bytes: budget.0, calls: budget.1 };
                 match running.run(&client, &mut c, &server, &mut s, &mut budget) {
                     RelayStatus::Running { more: again } => more = again,
-                    status => return status,
+                    status => {
+                        // As the loop: a relay that is done gives its pipes
+                        // back (`close_data`), a failed one drops them with
+                        // its legs (`reset_data`).
+                        if matches!(status, RelayStatus::Done { .. }) {
+                            let done = relay.take().unwrap();
+                            POOL.with(|pool| done.recycle(&mut pool.borrow_mut()));
+                        }
+                        return status;
+                    }
                 }
                 let (to_client, to_server) = running.counts();
                 if running.unrestricted() && promote_at.is_some_and(|at| to_client + to_server >= at) {
