@@ -1243,7 +1243,11 @@ impl Conn {
             }
             Err(e) => {
                 metrics::get().error(metrics::Channel::Control, Step::Connect);
-                warn!(self.log, "server unreachable"; "error" => %e);
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    warn!(self.log, "server refused the connection"; "error" => %e);
+                } else {
+                    warn!(self.log, "server unreachable"; "error" => %e);
+                }
                 server.connecting = false;
                 self.close_control(ctx, Side::Server);
                 self.pass_refusal(&e);
