@@ -1380,3 +1380,91 @@ pub fn ftplib_peers(report: &str) -> Vec<(String, u16)> {
     }
     v
 }
+
+// -- the router's own firewall --------------------------------------------------
+
+/// What most router rule sets do besides ftpgate's: drop every packet that
+/// conntrack finds INVALID, in every hook the gateway's packets pass
+/// (prerouting, input, forward, output), counting what each drops. Added
+/// in the gateway's namespace, beside ftpgate's own rules.
+pub fn add_invalid_drop(lab: &Lab, rules: Rules) {
+    let script = match rules {
+        Rules::Nft => {
+            let mut s = String::from("table inet routerfw {\n");
+            for (chain, hook, prio) in [
+                ("c_prerouting", "prerouting", "-150"),
+                ("c_input", "input", "0"),
+                ("c_forward", "forward", "0"),
+                ("c_output", "output", "0"),
+            ] {
+                s += &format!(
+                    "  chain {chain} {{\n    type filter hook {hook} priority {prio}; policy accept;\n    ct state invalid counter drop\n  }}\n"
+                );
+            }
+            s += "}\n";
+            let path = lab.run.join("routerfw.nft");
+            fs::write(&path, s).unwrap();
+            vec![vec!["nft".to_string(), "-f".to_string(), path.display().to_string()]]
+        }
+        Rules::Iptables => {
+            [("mangle", "PREROUTING"), ("filter", "INPUT"), ("filter", "FORWARD"), ("filter", "OUTPUT")]
+                .iter()
+                .flat_map(|(table, chain)| {
+                    ["iptables", "ip6tables"].map(|tool| {
+                        [
+                            tool,
+                            "-t",
+                            table,
+                            "-I",
+                            chain,
+                            "1",
+                            "-m",
+                            "conntrack",
+                            "--ctstate",
+                            "INVALID",
+                            "-j",
+                            "DROP",
+                        ]
+                        .map(String::from)
+                        .to_vec()
+                    })
+                })
+                .collect()
+        }
+        Rules::None => panic!("no firewall to add to"),
+    };
+    for argv in script {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = lab.exec(Ns::Gateway, 20, &argv);
+        assert!(out.status.success(), "{argv:?}: {}", text(&out.stderr));
+    }
+}
+
+/// Packets the rules of `add_invalid_drop` dropped so far.
+pub fn invalid_dropped(lab: &Lab, rules: Rules) -> u64 {
+    let listings: Vec<Vec<&str>> = match rules {
+        Rules::Nft => vec![vec!["nft", "list", "table", "inet", "routerfw"]],
+        _ => ["iptables", "ip6tables"]
+            .iter()
+            .flat_map(|tool| {
+                ["mangle", "filter"].map(|table| vec![*tool, "-t", table, "-L", "-v", "-x", "-n"])
+            })
+            .collect(),
+    };
+    let mut dropped = 0;
+    for argv in listings {
+        let out = lab.exec(Ns::Gateway, 20, &argv);
+        assert!(out.status.success(), "{argv:?}: {}", text(&out.stderr));
+        for line in text(&out.stdout).lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if rules == Rules::Nft {
+                if let Some(i) = words.iter().position(|w| *w == "packets") {
+                    dropped += words[i + 1].parse::<u64>().unwrap();
+                }
+            } else if line.contains("INVALID") {
+                dropped += words[0].parse::<u64>().unwrap();
+            }
+        }
+    }
+    dropped
+}
