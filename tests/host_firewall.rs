@@ -11,17 +11,48 @@
 //!   share one conntrack entry, whose window tracking then finds the
 //!   second one's segments out of window: without the sysctl, about half
 //!   of active transfers stalled on INVALID drops in the output hook.
-//!   With it the round trip works and nothing is dropped.
+//!   With it the round trip works and nothing is dropped. `ftpgate
+//!   doctor` asks for it, and its fix is what sets it here.
 mod common;
 use common::*;
+
+const DOCTOR_CHECK: &str = "active mode beside ct state invalid drop";
+
+/// `ftpgate doctor`'s line for `DOCTOR_CHECK`, with the lab's plan.
+fn doctor_line(lab: &Lab) -> String {
+    let bin = gateway_bin();
+    let argv = [
+        bin.to_str().unwrap(),
+        "--listen",
+        "0.0.0.0:2121",
+        "--listen",
+        "[::]:2121",
+        "doctor",
+        "--profile",
+        "strict",
+        "--client-interface",
+        "gw-c",
+    ];
+    let out = lab.exec(Ns::Gateway, 30, &argv);
+    let report = text(&out.stdout);
+    report
+        .lines()
+        .find(|l| l.contains(&format!("{DOCTOR_CHECK}:")))
+        .unwrap_or_else(|| panic!("no {DOCTOR_CHECK} line:\n{report}"))
+        .to_string()
+}
 
 fn round_trips_beside_invalid_drop(tag: &str, rules: Rules, modes: &[Mode], be_liberal: bool) {
     let lab = Lab::with_gateway(tag, rules);
     add_invalid_drop(&lab, rules);
     if be_liberal {
-        let out =
-            lab.exec(Ns::Gateway, 10, &["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_be_liberal=1"]);
-        assert!(out.status.success(), "sysctl: {}", text(&out.stderr));
+        let line = doctor_line(&lab);
+        let fix = line.strip_prefix(&format!("WRONG  {DOCTOR_CHECK}:")).and_then(|l| l.split_once("  fix: "));
+        let Some((_, fix)) = fix else { panic!("doctor did not ask for the sysctl: {line}") };
+        let out = lab.exec(Ns::Gateway, 10, &["sh", "-c", fix]);
+        assert!(out.status.success(), "{fix}: {}", text(&out.stderr));
+        let line = doctor_line(&lab);
+        assert!(line.starts_with(&format!("ok     {DOCTOR_CHECK}:")), "after {fix}: {line}");
     }
     let mut files = 0;
     for (i, &mode) in modes.iter().enumerate() {
