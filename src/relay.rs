@@ -960,35 +960,54 @@ pub(crate) mod tests {
             (0..len).map(|i| (i % 251) as u8 ^ salt).collect()
         }
 
+        /// Writes `data` in `far`'s pieces and pauses; stops at the first
+        /// write that fails (the relay may have reset this end).
+        fn send_paced(stream: &mut StdStream, data: &[u8], far: &Far) -> io::Result<()> {
+            for (n, bytes) in data.chunks(piece(data.len(), far.write_chunk)).enumerate() {
+                stream.write_all(bytes)?;
+                if pause_after(n, far.write_pause_every) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Ok(())
+        }
+
+        /// Reads until the stream ends, `chunk` bytes at a time with
+        /// pauses: the bytes, and how it ended (`Ok` for a clean FIN).
+        fn read_paced(
+            stream: &mut StdStream,
+            chunk: usize,
+            pause_every: usize,
+        ) -> (Vec<u8>, Result<(), io::ErrorKind>) {
+            let mut got = Vec::new();
+            let mut buf = vec![0; chunk];
+            for n in 0.. {
+                match stream.read(&mut buf) {
+                    Ok(0) => return (got, Ok(())),
+                    Ok(k) => got.extend_from_slice(&buf[..k]),
+                    Err(e) => return (got, Err(e.kind())),
+                }
+                if pause_after(n, pause_every) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            unreachable!()
+        }
+
         /// Runs `far` on its end of the pair: a writer (its payload, then
         /// its FIN) and a reader (until the relay's FIN), side by side.
         /// The handle returns what it read.
         fn play(stream: StdStream, far: Far, salt: u8) -> std::thread::JoinHandle<Vec<u8>> {
             std::thread::spawn(move || {
                 let mut writing = stream.try_clone().unwrap();
+                let (read_chunk, read_pause_every) = (far.read_chunk, far.read_pause_every);
                 let writer = std::thread::spawn(move || {
-                    let data = payload(far.send, salt);
-                    for (n, bytes) in data.chunks(piece(far.send, far.write_chunk)).enumerate() {
-                        writing.write_all(bytes).unwrap();
-                        if pause_after(n, far.write_pause_every) {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                    }
+                    send_paced(&mut writing, &payload(far.send, salt), &far).unwrap();
                     writing.shutdown(Shutdown::Write).unwrap();
                 });
                 let mut reading = stream;
-                let mut got = Vec::new();
-                let mut buf = vec![0; far.read_chunk];
-                for n in 0.. {
-                    match reading.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(k) => got.extend_from_slice(&buf[..k]),
-                        Err(e) => panic!("far end read failed after {} bytes: {e}", got.len()),
-                    }
-                    if pause_after(n, far.read_pause_every) {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
+                let (got, end) = read_paced(&mut reading, read_chunk, read_pause_every);
+                assert!(end.is_ok(), "far end read failed after {} bytes: {end:?}", got.len());
                 writer.join().unwrap();
                 got
             })
@@ -1153,36 +1172,15 @@ pub(crate) mod tests {
                     if server_sends { (server_end, client_end) } else { (client_end, server_end) };
                 let sent = payload(sender.send, 7);
                 let to_send = sent.clone();
-                let chunk = piece(sender.send, sender.write_chunk);
-                let pause = sender.write_pause_every;
                 let cutter = std::thread::spawn(move || {
-                    for (n, piece) in to_send.chunks(chunk).enumerate() {
-                        // The relay may already have failed (a slow reader
-                        // and a small budget never do; a reset does).
-                        if sending.write_all(piece).is_err() {
-                            break;
-                        }
-                        if pause_after(n, pause) {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                    }
+                    // The relay may already have failed (a slow reader and
+                    // a small budget never do; a reset does).
+                    let _ = send_paced(&mut sending, &to_send, &sender);
                     reset(sending);
                 });
                 let reader = std::thread::spawn(move || {
                     let mut far = receiving;
-                    let mut got = Vec::new();
-                    let mut buf = vec![0; reader_chunk];
-                    for n in 0.. {
-                        match far.read(&mut buf) {
-                            Ok(0) => return (got, Ok(())),
-                            Ok(k) => got.extend_from_slice(&buf[..k]),
-                            Err(e) => return (got, Err(e.kind())),
-                        }
-                        if pause_after(n, reader_pause_every) {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                    }
-                    unreachable!()
+                    read_paced(&mut far, reader_chunk, reader_pause_every)
                 });
                 let status = relay_under_epoll(client, server, Run::plain((budget_bytes, CALLS_PER_WAKEUP), promote_at));
                 cutter.join().unwrap();
@@ -1215,17 +1213,10 @@ pub(crate) mod tests {
                     if toward_client { (server_end, client_end) } else { (client_end, server_end) };
                 let sent = payload(sender.send, 3);
                 let to_send = sent.clone();
-                let chunk = piece(sender.send, sender.write_chunk);
-                let pause = sender.write_pause_every;
                 let sender_side = std::thread::spawn(move || {
-                    for (n, bytes) in to_send.chunks(chunk).enumerate() {
-                        // A violation resets this end: its writes may fail.
-                        if sending.write_all(bytes).is_err() {
-                            return;
-                        }
-                        if pause_after(n, pause) {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
+                    // A violation resets this end: its writes may fail.
+                    if send_paced(&mut sending, &to_send, &sender).is_err() {
+                        return;
                     }
                     let _ = sending.shutdown(Shutdown::Write);
                     let _ = read_until_end(&mut sending);

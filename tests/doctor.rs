@@ -7,19 +7,7 @@
 //! Not breakable here: the kernel pieces (modules are the host's, not the
 //! namespace's); the unit tests in src/doctor.rs cover their lines.
 mod common;
-use common::{gateway_bin, text, Lab, Ns, Rules};
-
-/// The flags the lab gives `ftpgate rules` (lab/netns.sh `rules_args`).
-const PLAN: [&str; 8] = [
-    "--listen",
-    "0.0.0.0:2121",
-    "--listen",
-    "[::]:2121",
-    "doctor",
-    "--profile",
-    "strict",
-    "--client-interface",
-];
+use common::{gateway_bin, lab_doctor, text, Lab, Ns, Rules};
 
 struct Report {
     code: Option<i32>,
@@ -46,12 +34,7 @@ impl Report {
 }
 
 fn doctor_with(lab: &Lab, prefix: &[&str]) -> Report {
-    let bin = gateway_bin();
-    let mut argv: Vec<&str> = prefix.to_vec();
-    argv.push(bin.to_str().unwrap());
-    argv.extend(PLAN);
-    argv.push("gw-c");
-    let out = lab.exec(Ns::Gateway, 30, &argv);
+    let out = lab_doctor(lab, prefix);
     assert!(out.stderr.is_empty(), "doctor wrote to stderr: {}", text(&out.stderr));
     Report { code: out.status.code(), lines: text(&out.stdout).lines().map(str::to_string).collect() }
 }

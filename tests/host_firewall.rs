@@ -20,20 +20,7 @@ const DOCTOR_CHECK: &str = "active mode beside ct state invalid drop";
 
 /// `ftpgate doctor`'s line for `DOCTOR_CHECK`, with the lab's plan.
 fn doctor_line(lab: &Lab) -> String {
-    let bin = gateway_bin();
-    let argv = [
-        bin.to_str().unwrap(),
-        "--listen",
-        "0.0.0.0:2121",
-        "--listen",
-        "[::]:2121",
-        "doctor",
-        "--profile",
-        "strict",
-        "--client-interface",
-        "gw-c",
-    ];
-    let out = lab.exec(Ns::Gateway, 30, &argv);
+    let out = lab_doctor(lab, &[]);
     let report = text(&out.stdout);
     report
         .lines()

@@ -1381,6 +1381,29 @@ pub fn ftplib_peers(report: &str) -> Vec<(String, u16)> {
     v
 }
 
+// -- ftpgate doctor ---------------------------------------------------------------
+
+/// `ftpgate doctor` in the gateway namespace with the flags the lab gives
+/// `ftpgate rules` (lab/netns.sh `rules_args`), after `prefix` (a command
+/// to run it under, such as setpriv).
+pub fn lab_doctor(lab: &Lab, prefix: &[&str]) -> Output {
+    let bin = gateway_bin();
+    let mut argv: Vec<&str> = prefix.to_vec();
+    argv.push(bin.to_str().unwrap());
+    argv.extend([
+        "--listen",
+        "0.0.0.0:2121",
+        "--listen",
+        "[::]:2121",
+        "doctor",
+        "--profile",
+        "strict",
+        "--client-interface",
+        "gw-c",
+    ]);
+    lab.exec(Ns::Gateway, 30, &argv)
+}
+
 // -- the router's own firewall --------------------------------------------------
 
 /// What most router rule sets do besides ftpgate's: drop every packet that
