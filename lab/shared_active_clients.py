@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Several active-mode FTP sessions from one client address, each to its own
 server, that all announce the same data port (PORT SRC,P) before any of
-them sends RETR: ftpgate must then hold one data listener on SRC:P for all
-of them, each expecting a connection from its own server. Python 3 stdlib
-only; runs in the lab's client namespace.
+them sends RETR: each server connects to the port ftpgate told it, and
+ftpgate connects to SRC:P for every one of them, from that server's
+address. Python 3 stdlib only; runs in the lab's client namespace.
 
   shared_active_clients.py --src SRC --port P SERVER:REMOTE:LOCAL ...
 

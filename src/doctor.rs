@@ -123,7 +123,6 @@ impl Facts {
             "net.ipv4.conf.all.rp_filter".to_string(),
             "net.netfilter.nf_conntrack_helper".to_string(),
             "net.netfilter.nf_conntrack_acct".to_string(),
-            "net.netfilter.nf_conntrack_tcp_be_liberal".to_string(),
         ];
         keys.extend(facts.interfaces.iter().map(|i| format!("net.ipv4.conf.{i}.rp_filter")));
         for key in keys {
@@ -479,9 +478,6 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
         if helpers.is_empty() { "not attached to any traffic".to_string() } else { helpers.join("; ") },
         fixes.join(" && "),
     ));
-    if !plan.related {
-        checks.push(invalid_drop_check(&rules, facts));
-    }
     if plan.related {
         checks.push(related_check(&rules, facts, &fix_rules));
         let acct = facts.sysctl.get("net.netfilter.nf_conntrack_acct").map_or("unreadable", String::as_str);
@@ -493,49 +489,6 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
         ));
     }
     checks
-}
-
-/// Relay mode beside a rule set that drops `ct state invalid`: ftpgate's
-/// active-mode connection to the client (from the server's port 20) has
-/// the tuple of the server's own connection to ftpgate, the two share a
-/// conntrack entry, and its window tracking finds the second one's
-/// segments INVALID unless conntrack is liberal (README, "Deploying on a
-/// router"; tests/host_firewall.rs). In pinhole mode the kernel forwards
-/// that connection itself: one connection, one entry.
-fn invalid_drop_check(rules: &[NftRule<'_>], facts: &Facts) -> Check {
-    let mut drops: Vec<String> = rules
-        .iter()
-        .filter(|r| r.text.contains("ct state invalid") && r.text.contains("drop"))
-        .map(|r| format!("nft {} {} {}: {}", r.family, r.table, r.chain, r.text))
-        .collect();
-    for (family, save) in [Family::V4, Family::V6].into_iter().zip(&facts.xt_save) {
-        drops.extend(
-            save.iter()
-                .flat_map(|s| s.lines())
-                .filter(|l| l.starts_with("-A ") && l.contains("INVALID") && l.contains("-j DROP"))
-                .map(|l| format!("{}: {l}", family.iptables())),
-        );
-    }
-    let liberal =
-        facts.sysctl.get("net.netfilter.nf_conntrack_tcp_be_liberal").map_or("unreadable", String::as_str);
-    let what = "active mode beside ct state invalid drop";
-    if drops.is_empty() {
-        return Check::new(what, true, "no rule drops ct state invalid", "");
-    }
-    Check::new(
-        what,
-        liberal == "1",
-        format!(
-            "net.netfilter.nf_conntrack_tcp_be_liberal = {liberal}; {} (the first: {})",
-            if drops.len() == 1 {
-                "1 rule drops INVALID".to_string()
-            } else {
-                format!("{} rules drop INVALID", drops.len())
-            },
-            drops[0]
-        ),
-        "sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1",
-    )
 }
 
 /// `--data-path pinhole`: some forward chain must accept the RELATED
@@ -670,41 +623,8 @@ mod tests {
                 "IP_TRANSPARENT IPv6",
                 "rp_filter",
                 "nf_conntrack_ftp",
-                "active mode beside ct state invalid drop",
             ]
         );
-    }
-
-    #[test]
-    fn a_rule_dropping_invalid_wants_liberal_conntrack_in_relay_mode_only() {
-        let mut facts = healthy();
-        let with_drop = LAB_RULESET.replace(
-            "\t\tiifname \"gw-c\" tcp dport 21 reject",
-            "\t\tct state invalid counter packets 0 bytes 0 drop # handle 9\n\t\tiifname \"gw-c\" tcp dport 21 reject",
-        );
-        assert_ne!(with_drop, LAB_RULESET);
-        facts.nft_ruleset = Some(Ok(with_drop));
-        facts.sysctl.insert("net.netfilter.nf_conntrack_tcp_be_liberal".into(), "0".into());
-        let what = "active mode beside ct state invalid drop";
-        let c = evaluate(&lab_plan(), &facts);
-        assert_eq!(wrong(&c), [what]);
-        let check = find(&c, what);
-        assert_eq!(check.fix, "sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1");
-        assert!(
-            check.detail.contains("be_liberal = 0") && check.detail.contains("ftpgate forward"),
-            "{}",
-            check.detail
-        );
-        facts.sysctl.insert("net.netfilter.nf_conntrack_tcp_be_liberal".into(), "1".into());
-        assert!(find(&evaluate(&lab_plan(), &facts), what).ok());
-        // iptables' form counts too.
-        let mut facts = healthy();
-        facts.xt_save[0] = Some("*filter\n-A INPUT -m conntrack --ctstate INVALID -j DROP\nCOMMIT\n".into());
-        assert_eq!(wrong(&evaluate(&lab_plan(), &facts)), [what]);
-        // In pinhole mode the kernel carries the data connection: no check.
-        let mut plan = lab_plan();
-        plan.related = true;
-        assert!(!evaluate(&plan, &facts).iter().any(|c| c.what == what));
     }
 
     #[test]

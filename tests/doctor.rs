@@ -46,7 +46,7 @@ fn doctor(lab: &Lab) -> Report {
 fn assert_healthy(lab: &Lab, after: &str) {
     let r = doctor(lab);
     assert!(r.wrong().is_empty() && r.code == Some(0), "after {after}: {:#?} (exit {:?})", r.lines, r.code);
-    assert_eq!(r.lines.len(), 19, "{:#?}", r.lines);
+    assert_eq!(r.lines.len(), 18, "{:#?}", r.lines);
 }
 
 /// Runs a shell command in the gateway namespace, with ftpgate in PATH

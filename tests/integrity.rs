@@ -28,7 +28,10 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::{json_raw, repo_root, text, Lab, Ns, Rules, ScriptedServer, TransferMode, TransferRecord};
+use common::{
+    add_invalid_drop, invalid_dropped, json_raw, repo_root, text, Lab, Ns, Rules, ScriptedServer,
+    TransferMode, TransferRecord,
+};
 
 const KIB: usize = 1024;
 /// Where the scripted server cuts a download.
@@ -137,7 +140,17 @@ fn assert_relay_place(lab: &Lab, cut_after: usize) {
 
 /// The server resets a download after `cut_after` bytes and then says 226.
 fn server_resets_download(tag: &str, rules: Rules, mode: Mode, cut_after: usize) {
+    server_resets_download_beside(tag, rules, mode, cut_after, false)
+}
+
+/// The same, and with `invalid_drop` every hook of the gateway drops what
+/// conntrack finds INVALID (`add_invalid_drop`), as most routers' rule sets
+/// do: the reset must still get through, and nothing may be dropped.
+fn server_resets_download_beside(tag: &str, rules: Rules, mode: Mode, cut_after: usize, invalid_drop: bool) {
     let mut lab = Lab::new(tag, rules);
+    if invalid_drop {
+        add_invalid_drop(&lab, rules);
+    }
     lab.server_file("cut.bin", BIG_FILE);
     lab.server_file("after.bin", SMALL_FILE);
     let server = ScriptedServer::start(&lab, &["--retr-reset-after", &cut_after.to_string()]);
@@ -196,6 +209,9 @@ fn server_resets_download(tag: &str, rules: Rules, mode: Mode, cut_after: usize)
     let whole = assert_record(&lab, mode, "RETR", "/pub/after.bin", "ok", "226");
     assert_eq!(whole.to_client, Some(SMALL_FILE as u64), "second download's record: {whole}");
     assert_relay_place(&lab, cut_after);
+    if invalid_drop {
+        assert_eq!(invalid_dropped(&lab, rules), 0, "INVALID drops: {}", ctx());
+    }
 
     assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
     lab.assert_no_data_listeners();
@@ -390,6 +406,20 @@ fn server_reset_download_lost_rst_is_answered_again() {
 #[test]
 fn server_reset_download_active_client_sees_reset_and_426() {
     server_resets_download("rstdla", Rules::Iptables, Mode::Eprt, RETR_RESET_AFTER);
+}
+
+/// Active mode beside `ct state invalid drop`: the gateway's leg to the
+/// client has a conntrack entry of its own, so its reset is valid and
+/// reaches the client (when it shared the server's entry, the client often
+/// saw no reset and waited out its deadline).
+#[test]
+fn server_reset_download_active_beside_invalid_drop_client_sees_reset_and_426() {
+    server_resets_download_beside("rstinva", Rules::Nft, Mode::Port, RETR_RESET_AFTER, true);
+}
+
+#[test]
+fn server_reset_download_passive_beside_invalid_drop_client_sees_reset_and_426() {
+    server_resets_download_beside("rstinvp", Rules::Iptables, Mode::Pasv, RETR_RESET_AFTER, true);
 }
 
 #[test]

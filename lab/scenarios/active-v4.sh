@@ -3,10 +3,12 @@
 # shellcheck shell=bash
 # machines: yes
 # summary: PORT download and upload through ftpgate (IPv4): the server's data connection meets a listener wearing the client's address
-# The client (python's ftplib) downloads and uploads in active mode. The
-# server connects back to the PORT address; ftpgate listens there with the
-# client's address (a foreign listener, reached through the socket-match
-# divert) and connects on to the client from the server's port 20.
+# The client (python's ftplib) downloads and uploads in active mode.
+# ftpgate listens on the client's address at a port of its own (a foreign
+# listener, reached through the socket-match divert) and tells the server
+# that port in the PORT; the server connects back there, and ftpgate
+# connects on to the client's own port from the server's port 20. Two
+# ports, so the two legs are two conntrack entries.
 scenario_main() {
     need_cmds tcpdump python3
     round_trip_up
@@ -15,8 +17,8 @@ scenario_main() {
     ftplib_round_trip "$SERVER_IP" active || res=$?
     round_trip_collect
     ladder_std "active-v4: PORT through ftpgate" \
-        --caption "The server connects to the PORT address: ftpgate's foreign listener wears the client's address there," \
-        --caption "and ftpgate's connection on to the client leaves from the server's address and port 20."
+        --caption "The server connects to the PORT it was told: ftpgate's foreign listener, with the client's address and a port of ftpgate's;" \
+        --caption "ftpgate's connection on to the client's own port leaves from the server's address and port 20."
     step "what happened"
     say "  client: $(cat "$OUT/client.json")"
     say "  server saw clients: $(server_saw | tr '\n' ' ')"

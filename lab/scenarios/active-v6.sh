@@ -4,11 +4,12 @@
 # machines: yes
 # summary: EPRT download and upload through ftpgate over IPv6: the server's data connection from [2001:db8:2::10]:20 meets a listener wearing the client's IPv6 address
 # The client (python's ftplib, which sends EPRT |2|...| on an IPv6
-# connection) downloads and uploads in active mode. The server connects
-# back from port 20 to the EPRT address; ftpgate listens there with the
-# client's IPv6 address (a foreign listener, reached through the ip6
-# socket-match divert) and connects on to the client from the server's
-# address and port 20.
+# connection) downloads and uploads in active mode. ftpgate listens with
+# the client's IPv6 address at a port of its own (a foreign listener,
+# reached through the ip6 socket-match divert) and tells the server that
+# port in the EPRT; the server connects back there from port 20, and
+# ftpgate connects on to the client's own port from the server's address
+# and port 20.
 # shellcheck disable=SC2034  # the lifelines' names (ladder_std)
 CLIENT_LABEL="client $CLIENT_IP6"
 # shellcheck disable=SC2034
@@ -21,8 +22,8 @@ scenario_main() {
     ftplib_round_trip "$SERVER_IP6" active || res=$?
     round_trip_collect
     ladder_std "active-v6: EPRT through ftpgate over IPv6" \
-        --caption "The server connects to the EPRT address: ftpgate's foreign listener wears $CLIENT_IP6 there," \
-        --caption "and ftpgate's connection on to the client leaves from [$SERVER_IP6]:20."
+        --caption "The server connects to the EPRT it was told: ftpgate's foreign listener, wearing $CLIENT_IP6 at a port of ftpgate's;" \
+        --caption "ftpgate's connection on to the client's own port leaves from [$SERVER_IP6]:20."
     step "what happened"
     say "  client: $(cat "$OUT/client.json")"
     say "  server saw clients: $(server_saw | tr '\n' ' ')"

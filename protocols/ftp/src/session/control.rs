@@ -410,7 +410,17 @@ impl Session {
             }
             return;
         }
-        let local = SocketAddr::new(client_ip, port);
+        // The server is told a port of the gateway's choosing on the
+        // client's address, not the client's own: its connection and the
+        // gateway's to the client must not share one 4-tuple (server:20 to
+        // client:port). On one tuple, the gateway's own connection tracking
+        // sees the second SYN inside the first connection and marks its
+        // packets invalid, which a router's `ct state invalid drop` drops.
+        // Passive mode has the same rule (the leg to the server leaves from
+        // a port the kernel chose). The kernel data path forwards the
+        // server's connection itself, to the port the client announced.
+        let listen_port = if self.config.kernel_data_path { port } else { 0 };
+        let local = SocketAddr::new(client_ip, listen_port);
         let Some(data) = self.open_data(now, DataMode::Active, local, self.ends.server.ip(), port) else {
             return self.refuse_local(Violation::TooManyDataChannels, line, REPLY_TOO_MANY);
         };
@@ -936,7 +946,10 @@ impl Session {
                         }
                     }
                     self.forward(&line, Pending::Active { data });
-                    self.audit_rewrite(data, SocketAddr::new(hold.ip, hold.port), local);
+                    // A fresh port is the rule (see `active`), not news.
+                    if self.config.kernel_data_path {
+                        self.audit_rewrite(data, SocketAddr::new(hold.ip, hold.port), local);
+                    }
                 }
             }
             other => self.port_hold = other,

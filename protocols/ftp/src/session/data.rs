@@ -386,6 +386,7 @@ impl Session {
         if step == DataStep::Bind
             && in_use
             && ch.is_expecting_listening()
+            && ch.listen_local.port() != 0
             && !ch.retried
             && ch.to_active.is_none()
         {

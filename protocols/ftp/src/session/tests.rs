@@ -170,7 +170,7 @@ fn passive_relaying_retr_with(config: Config) -> T {
 fn active_listening() -> T {
     let mut t = T::logged_in();
     client!(t, b"PORT 192,0,2,10,156,65\r\n");
-    expect!(t, work: vec![listen(0, "192.0.2.10:40001", "198.51.100.10", Side::Server)]);
+    expect!(t, work: vec![listen(0, "192.0.2.10:0", "198.51.100.10", Side::Server)]);
     expect!(t, to_server: b"");
     t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:40001") });
     expect!(t, to_server: b"PORT 192,0,2,10,156,65\r\n");
@@ -598,26 +598,77 @@ fn expect_listening_port_held_and_later_lines_wait() {
     expect!(t, to_server: b"PORT 192,0,2,10,156,65\r\nNOOP\r\n");
 }
 
+/// Relay mode: the server is told a port of the gateway's choosing on the
+/// client's address, so that its data connection and the gateway's to the
+/// client are two 4-tuples to the gateway's own connection tracking. Not a
+/// rewrite worth a record: it is the rule.
 #[test]
-fn expect_listening_port_addr_in_use_rewritten() {
+fn expect_listening_port_server_told_the_gateways_port_client_connected_at_its_own() {
+    let mut t = T::logged_in();
+    client!(t, b"PORT 192,0,2,10,156,65\r\n");
+    expect!(t, work: vec![listen(0, "192.0.2.10:0", "198.51.100.10", Side::Server)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:50002") });
+    expect!(t, to_server: b"PORT 192,0,2,10,195,82\r\n");
+    let audits = t.audits();
+    assert!(!audits.iter().any(|a| matches!(a, AuditEvent::ReplyRewritten { .. })), "{audits:?}");
+    server!(t, b"200 PORT ok\r\n");
+    expect!(t, to_client: b"200 PORT ok\r\n");
+    client!(t, b"RETR f\r\n");
+    expect!(t, to_server: b"RETR f\r\n");
+    t.input(Input::Accepted { data: DataId(0), peer: sa("198.51.100.10:20") });
+    expect!(t, work: vec![Action::Connect {
+        data: DataId(0),
+        local: sa("198.51.100.10:20"),
+        remote: sa("192.0.2.10:40001"),
+    }]);
+}
+
+#[test]
+fn expect_listening_eprt_server_told_the_gateways_port() {
+    let mut t = T::logged_in();
+    client!(t, b"EPRT |1|192.0.2.10|40001|\r\n");
+    expect!(t, work: vec![listen(0, "192.0.2.10:0", "198.51.100.10", Side::Server)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:50002") });
+    expect!(t, to_server: b"EPRT |1|192.0.2.10|50002|\r\n");
+}
+
+/// A port of the kernel's own that cannot be had is not retried: the
+/// PORT fails as any set-up failure does.
+#[test]
+fn expect_listening_port_no_port_left_425_not_retried() {
     let mut t = T::logged_in();
     client!(t, b"PORT 192,0,2,10,156,65\r\n");
     t.work();
     t.input(Input::Failed { data: DataId(0), step: DataStep::Bind, error: ErrorKind::AddrInUse });
-    expect!(t, work: vec![listen(0, "192.0.2.10:0", "198.51.100.10", Side::Server)]);
-    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:50002") });
-    expect!(t, to_server: b"PORT 192,0,2,10,195,82\r\n");
+    expect!(t, to_server: b"");
+    expect!(t, to_client: b"425 Can't open data connection.\r\n");
+    assert!(!t.actions().iter().any(|a| matches!(a, Action::Listen { .. })));
 }
 
+/// The kernel data path forwards the server's connection to the port the
+/// client announced: the PORT passes unchanged. If that port is taken here,
+/// any port is asked for, and the rewrite is logged.
 #[test]
-fn expect_listening_eprt_forwarded_and_rewritten() {
-    let mut t = T::logged_in();
-    client!(t, b"EPRT |1|192.0.2.10|40001|\r\n");
+fn kernel_data_path_expect_listening_port_unchanged_or_rewritten_when_in_use() {
+    let mut t = T::logged_in_with(kernel());
+    client!(t, b"PORT 192,0,2,10,156,65\r\n");
     expect!(t, work: vec![listen(0, "192.0.2.10:40001", "198.51.100.10", Side::Server)]);
-    t.input(Input::Failed { data: DataId(0), step: DataStep::Bind, error: ErrorKind::AddrInUse });
+    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:40001") });
+    expect!(t, to_server: b"PORT 192,0,2,10,156,65\r\n");
+    server!(t, b"200 PORT ok\r\n");
+    expect!(t, to_client: b"200 PORT ok\r\n");
+
+    client!(t, b"EPRT |1|192.0.2.10|40002|\r\n");
     t.work();
-    t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:50002") });
+    t.input(Input::Failed { data: DataId(1), step: DataStep::Bind, error: ErrorKind::AddrInUse });
+    expect!(t, work: vec![listen(1, "192.0.2.10:0", "198.51.100.10", Side::Server)]);
+    t.input(Input::Listening { data: DataId(1), local: sa("192.0.2.10:50002") });
     expect!(t, to_server: b"EPRT |1|192.0.2.10|50002|\r\n");
+    assert!(t.audits().contains(&AuditEvent::ReplyRewritten {
+        data: DataId(1),
+        announced: sa("192.0.2.10:40002"),
+        local: sa("192.0.2.10:50002"),
+    }));
 }
 
 #[test]
@@ -685,7 +736,7 @@ fn attack_03_relaying_port_malformed_501_and_eprt_family_522() {
 fn attack_04_relaying_eprt_v4_mapped_client_address_accepted() {
     let mut t = T::logged_in();
     client!(t, b"EPRT |2|::ffff:192.0.2.10|40001|\r\n");
-    expect!(t, work: vec![listen(0, "192.0.2.10:40001", "198.51.100.10", Side::Server)]);
+    expect!(t, work: vec![listen(0, "192.0.2.10:0", "198.51.100.10", Side::Server)]);
 }
 
 #[test]
@@ -764,7 +815,7 @@ fn expect_listening_pasv_reply_replaces_held_port_with_425() {
     let mut t = T::logged_in();
     client!(t, b"PASV\r\nPORT 192,0,2,10,156,65\r\n");
     expect!(t, to_server: b"PASV\r\n");
-    expect!(t, work: vec![listen(0, "192.0.2.10:40001", "198.51.100.10", Side::Server)]);
+    expect!(t, work: vec![listen(0, "192.0.2.10:0", "198.51.100.10", Side::Server)]);
     server!(t, b"227 (198,51,100,10,195,80)\r\n");
     expect!(t, work: vec![
         Action::CloseData { data: DataId(0) },
@@ -782,7 +833,7 @@ fn attack_20_expect_accept_new_port_closes_previous_listener() {
     client!(t, b"PORT 192,0,2,10,156,70\r\n");
     expect!(t, work: vec![
         Action::CloseData { data: DataId(0) },
-        listen(1, "192.0.2.10:40006", "198.51.100.10", Side::Server),
+        listen(1, "192.0.2.10:0", "198.51.100.10", Side::Server),
     ]);
 }
 
@@ -2196,7 +2247,7 @@ fn attack_04_relaying_eprt_any_printable_delimiter_accepted() {
         let mut t = T::logged_in();
         let line = format!("EPRT {0}1{0}192.0.2.10{0}40001{0}\r\n", d as char);
         client!(t, line.as_bytes());
-        expect!(t, work: vec![listen(0, "192.0.2.10:40001", "198.51.100.10", Side::Server)]);
+        expect!(t, work: vec![listen(0, "192.0.2.10:0", "198.51.100.10", Side::Server)]);
         t.input(Input::Listening { data: DataId(0), local: sa("192.0.2.10:40001") });
         expect!(t, to_server: line.as_bytes());
     }
