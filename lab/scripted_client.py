@@ -10,7 +10,9 @@ Prints one JSON report on stdout; the Rust test judges it.
              session (does the session go on after a failed transfer?).
              --rcvbuf N sets the data socket's SO_RCVBUF, --read-pause S
              waits S seconds before the first read: the client's window
-             closes while the server sends. --half-close closes the control
+             closes while the server sends; --read-every S waits S seconds
+             before every later read too, so that the window is closed
+             whenever data is on its way. --half-close closes the control
              connection's sending side (a FIN) right after the 150, then
              reads the data, the final reply and the control connection to
              its end ("control_end"); no NOOP or QUIT follows.
@@ -61,6 +63,7 @@ def parse_args():
     p.add_argument("--reset-after", type=int, metavar="N", help="put: reset the data connection after N bytes")
     p.add_argument("--rcvbuf", type=int, metavar="N", help="get: SO_RCVBUF of the data socket")
     p.add_argument("--read-pause", type=float, default=0.0, metavar="S", help="get: seconds before the first read")
+    p.add_argument("--read-every", type=float, default=0.0, metavar="S", help="get: seconds before each later read")
     p.add_argument("--data-deadline", type=float, default=30.0, help="seconds a data connection may last")
     p.add_argument("--reply-timeout", type=float, default=30.0, help="seconds to wait for a reply")
     p.add_argument("--half-close", action="store_true", help="get: FIN on the control connection after the 150")
@@ -183,11 +186,14 @@ class Control:
         return d, self.reply()
 
 
-def read_to_end(d, seconds):
-    """(bytes, end) of a download's data connection."""
+def read_to_end(d, seconds, every=0.0):
+    """(bytes, end) of a download's data connection; `every` seconds pass
+    between reads."""
     n = 0
     deadline = time.monotonic() + seconds
     while True:
+        if n and every:
+            time.sleep(every)
         left = deadline - time.monotonic()
         if left <= 0:
             return n, "timeout"
@@ -217,7 +223,7 @@ def get(ctl, path, args):
     if args.half_close:
         ctl.sock.shutdown(socket.SHUT_WR)
     time.sleep(args.read_pause)
-    n, end = read_to_end(d, args.data_deadline)
+    n, end = read_to_end(d, args.data_deadline, args.read_every)
     d.close()
     out.update(bytes=n, end=end, data_s=round(time.monotonic() - t0, 2))
     out["final"] = ctl.reply()
