@@ -11,11 +11,31 @@
 //!   and shared one entry, whose window tracking then found the second
 //!   connection's segments out of window: about half of active transfers
 //!   stalled on INVALID drops in the output hook.
+//! - The `server-data` conversions likewise: each of their legs is a
+//!   connection of its own too.
 mod common;
 use common::*;
 
 fn round_trips_beside_invalid_drop(tag: &str, rules: Rules, modes: &[Mode]) {
-    let lab = Lab::with_gateway(tag, rules);
+    round_trips_beside_invalid_drop_with(tag, rules, modes, None);
+}
+
+/// With `policy`, the gateway runs with that `[policy]` section.
+fn round_trips_beside_invalid_drop_with(
+    tag: &str,
+    rules: Rules,
+    modes: &[Mode],
+    policy: Option<&str>,
+) -> Lab {
+    let mut lab = Lab::new(tag, rules);
+    match policy {
+        Some(policy) => {
+            let path = lab.run.join("ftpgate.toml");
+            std::fs::write(&path, format!("[policy]\n{policy}")).unwrap();
+            lab.start_gateway(&["--config", path.to_str().unwrap()]);
+        }
+        None => lab.start_gateway(&[]),
+    }
     add_invalid_drop(&lab, rules);
     let mut files = 0;
     for (i, &mode) in modes.iter().enumerate() {
@@ -37,6 +57,7 @@ fn round_trips_beside_invalid_drop(tag: &str, rules: Rules, modes: &[Mode]) {
         "conntrack found ftpgate's packets INVALID\n{}",
         lab.diagnostics()
     );
+    lab
 }
 
 #[test]
@@ -57,4 +78,19 @@ fn invalid_drop_everywhere_nft_active() {
 #[test]
 fn invalid_drop_everywhere_iptables_active() {
     round_trips_beside_invalid_drop("invipa", Rules::Iptables, &[Mode::Port]);
+}
+
+#[test]
+fn invalid_drop_everywhere_server_data_conversions() {
+    let to = |mode: &str| {
+        format!("[[policy.rule]]\nname = \"to-{mode}\"\naction = \"allow\"\nserver-data = \"{mode}\"\n")
+    };
+    // Active clients, passive toward the server; then the reverse.
+    let lab = round_trips_beside_invalid_drop_with("invcvp", Rules::Nft, &[Mode::Port], Some(&to("passive")));
+    let log = lab.vsftpd_log();
+    assert!(log.contains("\"PASV\"") && !log.contains("\"PORT "), "not converted:\n{log}");
+    drop(lab);
+    let lab = round_trips_beside_invalid_drop_with("invcva", Rules::Nft, &[Mode::Pasv], Some(&to("active")));
+    let log = lab.vsftpd_log();
+    assert!(log.contains("\"PORT ") && !log.contains("\"PASV\""), "not converted:\n{log}");
 }
