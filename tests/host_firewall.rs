@@ -11,6 +11,7 @@
 //!   and shared one entry, whose window tracking then found the second
 //!   connection's segments out of window: about half of active transfers
 //!   stalled on INVALID drops in the output hook.
+//! - IPv6 (EPRT, EPSV) likewise.
 //! - The `server-data` conversions likewise: each of their legs is a
 //!   connection of its own too.
 mod common;
@@ -93,4 +94,40 @@ fn invalid_drop_everywhere_server_data_conversions() {
     let lab = round_trips_beside_invalid_drop_with("invcva", Rules::Nft, &[Mode::Pasv], Some(&to("active")));
     let log = lab.vsftpd_log();
     assert!(log.contains("\"PORT ") && !log.contains("\"PASV\""), "not converted:\n{log}");
+}
+
+/// IPv6: EPRT and EPSV beside the same rules (the nft table is `inet`, the
+/// iptables form has an ip6tables twin).
+fn ipv6_beside_invalid_drop(tag: &str, rules: Rules) {
+    let mut lab = Lab::new(tag, rules);
+    lab.start_gateway_on(&["0.0.0.0:2121", "[::]:2121"], &[]);
+    add_invalid_drop(&lab, rules);
+    for (i, mode) in [Mode::Eprt, Mode::Epsv].into_iter().enumerate() {
+        let name = format!("v6-{i}.bin");
+        let src = lab.server_file(&name, 1_500_000 + i * 7_919);
+        let local = lab.client_path(&name);
+        let up = format!("up-{name}");
+        curl_get_at(&lab, SERVER_IP6, mode, &name, &local);
+        curl_put_at(&lab, SERVER_IP6, mode, &local, &up);
+        assert_same_file(&format!("download of {name}"), &src, std::path::Path::new(&local));
+        assert_same_file(&format!("upload of {name}"), &src, &lab.upload_dir().join(&up));
+    }
+    let seen = lab.server_transfer_clients();
+    assert!(seen.len() == 4 && seen.iter().all(|a| a == CLIENT_IP6), "server saw {seen:?}");
+    assert_eq!(
+        invalid_dropped(&lab, rules),
+        0,
+        "conntrack found ftpgate's packets INVALID\n{}",
+        lab.diagnostics()
+    );
+}
+
+#[test]
+fn invalid_drop_everywhere_ipv6_nft() {
+    ipv6_beside_invalid_drop("invv6n", Rules::Nft);
+}
+
+#[test]
+fn invalid_drop_everywhere_ipv6_iptables() {
+    ipv6_beside_invalid_drop("invv6i", Rules::Iptables);
 }
