@@ -392,12 +392,22 @@ fn passive_and_active_v4_across_machines() {
 }
 
 /// The other scenarios written for machines: each must pass its own checks
-/// there too (IPv6, curl's EPSV, the attacks, the kernel helper).
+/// there too (IPv6, curl's EPSV, the attacks, the kernel helper, the
+/// router's own firewall).
 #[test]
 fn other_scenarios_across_machines() {
     let _one = ONE_SET.lock().unwrap_or_else(|p| p.into_inner());
     let m = Machines::up();
-    for name in ["passive-v6", "active-v6", "epsv", "bounce", "port-theft", "hostile-227", "kernel-helper"] {
+    for name in [
+        "passive-v6",
+        "active-v6",
+        "epsv",
+        "bounce",
+        "port-theft",
+        "hostile-227",
+        "kernel-helper",
+        "router-firewall",
+    ] {
         let r = m.scenario(name);
         assert!(r.text("ladder.txt").contains("gateway"), "{name}: no ladder");
     }

@@ -274,6 +274,32 @@ fn kernel_helper() {
 }
 
 #[test]
+fn router_firewall() {
+    let r = scenario("router-firewall", 120);
+    for mode in ["passive", "active"] {
+        r.assert_same(&format!("{mode}.bin"), "scen.bin");
+        r.assert_same(&format!("server-{mode}.bin"), "scen.bin");
+    }
+    assert_eq!(r.server_saw(), [CLIENT]);
+    assert!(r.stdout.contains("INVALID packets dropped by the router's rules: 0"), "{}", r.stdout);
+    // active mode: the server's connection and ftpgate's on to the client,
+    // both from port 20, never on one tuple
+    let conns = r.conns("ladder.json");
+    let legs = |leg: &str| -> Vec<String> {
+        conns
+            .iter()
+            .filter(|c| c["leg"] == leg && c["initiator"].as_str().is_some_and(|i| i.ends_with(":20")))
+            .map(|c| c["responder"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (server_side, client_side) = (legs("server side"), legs("client side"));
+    assert_eq!((server_side.len(), client_side.len()), (2, 2), "{server_side:?} {client_side:?}");
+    assert!(server_side.iter().all(|r| !client_side.contains(r)), "{server_side:?} {client_side:?}");
+    assert_eq!(r.records("ftpgate.json", "transfer", &[("result", "ok")]), 4);
+    done(r);
+}
+
+#[test]
 fn scale_out() {
     let r = scenario("scale-out", 150);
     r.assert_same("low.bin", "small.bin");
