@@ -6,7 +6,8 @@
 //! Downloads and uploads in passive and active mode (contents compared,
 //! vsftpd's log shows the client's own address, ftpgate's transfer record
 //! counts the IP bytes the kernel forwarded); a second connection to a
-//! used pinhole and a connection nobody expected are dropped.
+//! used pinhole and a connection nobody expected are dropped. Beside a
+//! router rule set that drops `ct state invalid`, nothing is dropped.
 mod common;
 use common::*;
 
@@ -47,7 +48,18 @@ fn assert_kernel_transfer(lab: &Lab, mode: Mode, verb: &str, name: &str, len: u6
 }
 
 fn matrix(tag: &str, mode: Mode) {
+    matrix_beside(tag, mode, false);
+}
+
+/// With `invalid_drop`, every hook of the gateway drops what conntrack
+/// finds INVALID (`add_invalid_drop`), as most routers' rule sets do: the
+/// control legs ftpgate terminates and the data connections the kernel
+/// forwards must all stay valid.
+fn matrix_beside(tag: &str, mode: Mode, invalid_drop: bool) {
     let lab = pinhole_lab(tag);
+    if invalid_drop {
+        add_invalid_drop(&lab, Rules::Nft);
+    }
     let rt = RoundTrip::prepare(&lab, tag, mode.transfer_mode());
     for (r, l) in rt.gets(&lab) {
         curl_get(&lab, mode, &r, &l);
@@ -66,6 +78,9 @@ fn matrix(tag: &str, mode: Mode) {
     lab.assert_server_saw_only_client(n);
     lab.assert_transfers_from_client(n);
     lab.assert_no_data_listeners();
+    if invalid_drop {
+        assert_eq!(invalid_dropped(&lab, Rules::Nft), 0, "INVALID drops\n{}", lab.diagnostics());
+    }
 }
 
 #[test]
@@ -76,6 +91,12 @@ fn pinhole_passive_epsv_nft() {
 #[test]
 fn pinhole_active_port_nft() {
     matrix("phport", Mode::Port);
+}
+
+#[test]
+fn pinhole_beside_invalid_drop_passive_and_active() {
+    matrix_beside("phinvp", Mode::Pasv, true);
+    matrix_beside("phinva", Mode::Eprt, true);
 }
 
 /// IPv6: the expectation and its placeholder master in the other family.
