@@ -4,6 +4,7 @@ lab, on the relay-mode figures that issue 14 tunes.
 
   lab/bench/ab.py --variant A=/path/to/ftpgate --variant B=/path/to/other [--variant 'C=/path --workers 1']
                   [--variant R=routing] [--rounds 5] [--size MiB] [--small N] [--what get,small,noop,sessions]
+                  [--get-mode pasv|port]
 
 Each round restarts the gateway once per variant (the order rotates every
 round) and runs, through it: one large passive download (MiB/s, and the
@@ -83,6 +84,7 @@ def main():
     ap.add_argument("--size", type=int, default=1024, help="MiB")
     ap.add_argument("--small", type=int, default=500)
     ap.add_argument("--what", default="get,small,noop")
+    ap.add_argument("--get-mode", choices=("pasv", "port"), default="pasv", help="the large download's data mode")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("ab.py: needs root")
@@ -146,7 +148,7 @@ def measure(lab, a, what, pid, rec):
         return (fn(), None) if pid is None else perf_stat(pid, fn)
 
     if "get" in what:
-        get = ["bulk", "--dir", "get", "--mode", "pasv", "--path", "/pub/big.bin", "--max-seconds", "120"]
+        get = ["bulk", "--dir", "get", "--mode", a.get_mode, "--path", "/pub/big.bin", "--max-seconds", "120"]
         client(lab, get)  # warm-up
         r, c = counted(lambda: client(lab, get))
         if r.get("final") == "226":
