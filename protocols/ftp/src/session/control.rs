@@ -414,8 +414,9 @@ impl Session {
         // client's address, not the client's own: its connection and the
         // gateway's to the client must not share one 4-tuple (server:20 to
         // client:port). On one tuple, the gateway's own connection tracking
-        // sees the second SYN inside the first connection and marks its
-        // packets invalid, which a router's `ct state invalid drop` drops.
+        // folds both into one entry, whose window tracking finds the second
+        // connection's segments out of window and marks them invalid; a
+        // router's `ct state invalid drop` then drops them.
         // Passive mode has the same rule (the leg to the server leaves from
         // a port the kernel chose). The kernel data path forwards the
         // server's connection itself, to the port the client announced.
