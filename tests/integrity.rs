@@ -362,7 +362,18 @@ fn server_reset_download_passive_client_sees_reset_and_426() {
 /// the client waits until its own deadline.
 #[test]
 fn server_reset_download_lost_rst_is_answered_again() {
-    let mut lab = Lab::new("rstlost", Rules::Nft);
+    lost_rst_is_answered_again("rstlost", Mode::Pasv);
+}
+
+/// The same in active mode: the client's leg is then a connection ftpgate
+/// opened (from the server's port 20), not one it accepted.
+#[test]
+fn server_reset_download_active_lost_rst_is_answered_again() {
+    lost_rst_is_answered_again("rstlosta", Mode::Port);
+}
+
+fn lost_rst_is_answered_again(tag: &str, mode: Mode) {
+    let mut lab = Lab::new(tag, Rules::Nft);
     lab.server_file("cut.bin", BIG_FILE);
     lab.server_file("after.bin", SMALL_FILE);
     let server = ScriptedServer::start(&lab, &["--retr-reset-after", &RETR_RESET_AFTER.to_string()]);
@@ -372,26 +383,25 @@ fn server_reset_download_lost_rst_is_answered_again() {
     let out = lab.exec(Ns::Gateway, 10, &["nft", table]);
     assert!(out.status.success(), "nft: {}", text(&out.stderr));
     let t0 = Instant::now();
-    let report = scripted_client(
-        &lab,
-        &[
-            "get",
-            "/pub/cut.bin",
-            "--then-get",
-            "/pub/after.bin",
-            "--rcvbuf",
-            "4096",
-            "--read-pause",
-            "1",
-            // A closed window whenever the reset comes, however the
-            // machine's load spreads the transfer: then the client's next
-            // read sends a window update, which meets no socket.
-            "--read-every",
-            "0.005",
-            "--data-deadline",
-            "20",
-        ],
-    );
+    let mut args = vec![
+        "get",
+        "/pub/cut.bin",
+        "--then-get",
+        "/pub/after.bin",
+        "--rcvbuf",
+        "4096",
+        "--read-pause",
+        "1",
+        // A closed window whenever the reset comes, however the
+        // machine's load spreads the transfer: then the client's next
+        // read sends a window update, which meets no socket.
+        "--read-every",
+        "0.005",
+        "--data-deadline",
+        "20",
+    ];
+    args.extend_from_slice(mode.client_args());
+    let report = scripted_client(&lab, &args);
     let (cut, after) = split_then(&report);
     let rules = text(&lab.exec(Ns::Gateway, 10, &["nft", "list", "table", "inet", "lose_one_rst"]).stdout);
     let ctx = || format!("client report: {report}\nrules: {rules}\n{}", lab.diagnostics());
@@ -404,6 +414,7 @@ fn server_reset_download_lost_rst_is_answered_again() {
     assert!(t0.elapsed() < Duration::from_secs(15), "the client waited {:?}: {}", t0.elapsed(), ctx());
     assert!(json_raw(cut, "final").unwrap_or_default().starts_with("426"), "final reply: {}", ctx());
     assert_eq!(json_raw(after, "end").as_deref(), Some("eof"), "second download: {}", ctx());
+    assert_record(&lab, mode, "RETR", "/pub/cut.bin", "failed", "426");
     assert!(lab.gateway_running(), "gateway died:\n{}", lab.diagnostics());
     drop(server);
 }
