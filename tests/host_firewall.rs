@@ -30,11 +30,7 @@ fn round_trips_beside_invalid_drop_with(
 ) -> Lab {
     let mut lab = Lab::new(tag, rules);
     match policy {
-        Some(policy) => {
-            let path = lab.run.join("ftpgate.toml");
-            std::fs::write(&path, format!("[policy]\n{policy}")).unwrap();
-            lab.start_gateway(&["--config", path.to_str().unwrap()]);
-        }
+        Some(policy) => start_with_policy(&mut lab, policy),
         None => lab.start_gateway(&[]),
     }
     add_invalid_drop(&lab, rules);
@@ -52,12 +48,7 @@ fn round_trips_beside_invalid_drop_with(
     }
     lab.assert_server_saw_only_client(files * 2);
     lab.assert_transfers_from_client(files * 2);
-    assert_eq!(
-        invalid_dropped(&lab, rules),
-        0,
-        "conntrack found ftpgate's packets INVALID\n{}",
-        lab.diagnostics()
-    );
+    assert_no_invalid_drops(&lab, rules);
     lab
 }
 
@@ -114,12 +105,7 @@ fn ipv6_beside_invalid_drop(tag: &str, rules: Rules) {
     }
     let seen = lab.server_transfer_clients();
     assert!(seen.len() == 4 && seen.iter().all(|a| a == CLIENT_IP6), "server saw {seen:?}");
-    assert_eq!(
-        invalid_dropped(&lab, rules),
-        0,
-        "conntrack found ftpgate's packets INVALID\n{}",
-        lab.diagnostics()
-    );
+    assert_no_invalid_drops(&lab, rules);
 }
 
 #[test]

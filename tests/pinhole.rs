@@ -79,7 +79,7 @@ fn matrix_beside(tag: &str, mode: Mode, invalid_drop: bool) {
     lab.assert_transfers_from_client(n);
     lab.assert_no_data_listeners();
     if invalid_drop {
-        assert_eq!(invalid_dropped(&lab, Rules::Nft), 0, "INVALID drops\n{}", lab.diagnostics());
+        assert_no_invalid_drops(&lab, Rules::Nft);
     }
 }
 

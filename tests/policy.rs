@@ -17,16 +17,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_same_file, curl_get, curl_put, lftp_session, text, Lab, Mode, Ns, Rules, CLIENT_IP6, SERVER_IP,
-    SERVER_IP6,
+    assert_same_file, curl_get, curl_put, lftp_session, start_with_policy, text, Lab, Mode, Ns, Rules,
+    CLIENT_IP6, SERVER_IP, SERVER_IP6,
 };
-
-/// Starts the gateway with a configuration file holding `[policy]`.
-fn start_with_policy(lab: &mut Lab, policy: &str) {
-    let path = lab.run.join("ftpgate.toml");
-    std::fs::write(&path, format!("[policy]\n{policy}")).unwrap();
-    lab.start_gateway(&["--config", path.to_str().unwrap()]);
-}
 
 /// The gateway's `denied by policy` records.
 fn denials(lab: &Lab) -> Vec<String> {

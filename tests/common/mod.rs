@@ -1404,6 +1404,13 @@ pub fn lab_doctor(lab: &Lab, prefix: &[&str]) -> Output {
     lab.exec(Ns::Gateway, 30, &argv)
 }
 
+/// Starts the gateway with a configuration file holding `[policy]`.
+pub fn start_with_policy(lab: &mut Lab, policy: &str) {
+    let path = lab.run.join("ftpgate.toml");
+    fs::write(&path, format!("[policy]\n{policy}")).unwrap();
+    lab.start_gateway(&["--config", path.to_str().unwrap()]);
+}
+
 // -- the router's own firewall --------------------------------------------------
 
 /// What most router rule sets do besides ftpgate's: drop every packet that
@@ -1461,6 +1468,13 @@ pub fn add_invalid_drop(lab: &Lab, rules: Rules) {
         let out = lab.exec(Ns::Gateway, 20, &argv);
         assert!(out.status.success(), "{argv:?}: {}", text(&out.stderr));
     }
+}
+
+/// None of the packets so far was dropped by the rules of
+/// `add_invalid_drop`: conntrack found none of them INVALID.
+pub fn assert_no_invalid_drops(lab: &Lab, rules: Rules) {
+    let dropped = invalid_dropped(lab, rules);
+    assert_eq!(dropped, 0, "conntrack found ftpgate's packets INVALID\n{}", lab.diagnostics());
 }
 
 /// Packets the rules of `add_invalid_drop` dropped so far.

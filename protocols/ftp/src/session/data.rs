@@ -382,13 +382,13 @@ impl Session {
             return;
         }
         let in_use = matches!(error, io::ErrorKind::AddrInUse | io::ErrorKind::AddrNotAvailable);
-        // A converted channel listens on port 0 already: nothing to retry.
+        // A listener asked for at port 0 (a converted channel's, an active
+        // one's in relay mode) has nothing to retry.
         if step == DataStep::Bind
             && in_use
             && ch.is_expecting_listening()
             && ch.listen_local.port() != 0
             && !ch.retried
-            && ch.to_active.is_none()
         {
             // The announced port is taken here (another session, ATTACKS.md
             // 21): listen on any port and rewrite what the peer is told.
