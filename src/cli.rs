@@ -247,6 +247,12 @@ pub(crate) struct PlanArgs {
     #[arg(long, value_name = "MARK", default_value = "1", value_parser = parse_mark)]
     pub(crate) mark: u32,
 
+    /// The conntrack mark bit(s) put on forwarded connections, which the
+    /// divert rule then passes by: none of ftpgate's foreign listeners can
+    /// take a packet of a routed flow. Must share no bit with --mark.
+    #[arg(long, value_name = "MARK", default_value = "2", value_parser = parse_mark)]
+    pub(crate) forward_mark: u32,
+
     /// The route table that makes marked packets local.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub(crate) table: u32,

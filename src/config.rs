@@ -151,6 +151,7 @@ struct Privilege {
 struct Router {
     port: Option<Spanned<u16>>,
     mark: Option<Spanned<Mark>>,
+    forward_mark: Option<Spanned<Mark>>,
     table: Option<Spanned<u32>>,
     profile: Option<Spanned<Parsed<Profile>>>,
     client_interface: Option<Spanned<Vec<Parsed<Interface>>>>,
@@ -371,6 +372,9 @@ impl Router {
         set(&mut plan.port, g("port"), &self.port);
         if let (false, Some(mark)) = (g("mark"), &self.mark) {
             plan.mark = mark.get_ref().0;
+        }
+        if let (false, Some(mark)) = (g("forward_mark"), &self.forward_mark) {
+            plan.forward_mark = mark.get_ref().0;
         }
         set(&mut plan.table, g("table"), &self.table);
         if let (false, Some(profile)) = (g("profile"), &self.profile) {
@@ -984,7 +988,7 @@ group = "nogroup"
 
     #[test]
     fn router_section_reaches_rules_and_doctor_and_flags_win() {
-        let text = "[router]\nport = 2100\nmark = \"0x10\"\ntable = 7\nprofile = \"strict\"\n\
+        let text = "[router]\nport = 2100\nmark = \"0x10\"\nforward-mark = \"0x20\"\ntable = 7\nprofile = \"strict\"\n\
                     client-interface = [\"eth1\"]\nclient-net = [\"192.0.2.0/24\", \"2001:db8:1::/64\"]\n\
                     server-net = [\"198.51.100.0/24\"]\n";
         let file = TempFile::new("router.toml", text);
@@ -993,7 +997,7 @@ group = "nogroup"
             None => panic!("a subcommand"),
         };
         let p = plan(&["ftpgate", "--config", file.path(), "rules"]);
-        assert_eq!((p.port, p.mark, p.table, p.profile), (2100, 16, 7, Profile::Strict));
+        assert_eq!((p.port, p.mark, p.forward_mark, p.table, p.profile), (2100, 16, 32, 7, Profile::Strict));
         assert_eq!(p.client_interfaces, vec!["eth1".parse::<Interface>().unwrap()]);
         assert_eq!(p.client_nets.len(), 2);
         assert_eq!(p.server_nets, vec!["198.51.100.0/24".parse::<Net>().unwrap()]);

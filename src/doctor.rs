@@ -328,6 +328,56 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
         };
         checks.push(Check::new(format!("divert rule {name}"), ok, detail, fix));
 
+        // Routed flows pass the divert by: the forward chain marks their
+        // conntrack entries, and a rule before the socket match lets them
+        // go. Without it a data listener of ftpgate's on a foreign address
+        // takes the packets of a routed connection that uses its port, and
+        // its TCP resets that connection (tests/forwarded.rs). Rule sets of
+        // ftpgate before the forward mark lack both rules.
+        let fm = plan.forward_mark;
+        let fm_nft = format!("{fm:#010x}");
+        let nft_pass_at = rules
+            .iter()
+            .position(|r| in_family(&r) && r.text == format!("ct mark & {fm_nft} == {fm_nft} accept"));
+        let nft_divert_at = rules.iter().position(|r| in_family(&r) && is_nft_divert(r.text));
+        let nft_ok = match (nft_pass_at, nft_divert_at) {
+            (Some(p), Some(d)) => {
+                (rules[p].table, rules[p].chain) == (rules[d].table, rules[d].chain)
+                    && p < d
+                    && rules.iter().filter(in_family).any(|r| {
+                        r.text.contains(&format!("ct mark set ct mark | {fm_nft}"))
+                            && r.text.contains(&format!("ct mark & {fm_nft} == 0x00000000"))
+                    })
+            }
+            _ => false,
+        };
+        let xt_ok = {
+            let lines: Vec<&str> = xt.lines().collect();
+            let pass = lines
+                .iter()
+                .position(|l| l.contains(&format!("-m connmark --mark {fm:#x}/{fm:#x} -j RETURN")));
+            let divert = lines.iter().position(|l| l.contains("-m socket --transparent"));
+            matches!((pass, divert), (Some(p), Some(d)) if p < d)
+                && lines.iter().any(|l| {
+                    l.contains(&format!(
+                        "-m connmark ! --mark {fm:#x}/{fm:#x} -j CONNMARK --set-xmark {fm:#x}/{fm:#x}"
+                    ))
+                })
+        };
+        let ok = nft_ok || xt_ok;
+        let (detail, fix) = match (ok, readable) {
+            (true, _) => (format!("forwarded connections get ct mark {fm:#x} and pass the divert by"), String::new()),
+            (false, true) => (
+                format!(
+                    "no rules mark forwarded connections ({fm:#x}) and pass them by before the divert: a data \
+                     listener of ftpgate's can take a routed connection's packets and reset it"
+                ),
+                fix_rules.clone(),
+            ),
+            (false, false) => (UNREADABLE.to_string(), AS_ROOT.to_string()),
+        };
+        checks.push(Check::new(format!("routed flows {name}"), ok, detail, fix));
+
         if let Some(listener) = plan.listener_for(family) {
             let port = listener.port();
             let is_nft_tproxy = |text: &str| {
@@ -533,6 +583,7 @@ mod tests {
             listen: vec!["0.0.0.0:2121".parse().unwrap(), "[::]:2121".parse().unwrap()],
             port: 21,
             mark: 1,
+            forward_mark: 2,
             table: 100,
             profile: Profile::Strict,
             client_interfaces: vec!["gw-c".parse().unwrap()],
@@ -580,11 +631,13 @@ mod tests {
 		type filter hook prerouting priority mangle; policy accept;
 		iifname \"gw-c\" meta nfproto ipv4 tcp dport 21 tproxy ip to :2121 meta mark set 0x00000001 accept # handle 3
 		iifname \"gw-c\" meta nfproto ipv6 tcp dport 21 tproxy ip6 to :2121 meta mark set 0x00000001 accept # handle 4
+		ct mark & 0x00000002 == 0x00000002 accept # handle 6
 		meta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept # handle 2
 	}
 
 	chain forward { # handle 2
 		type filter hook forward priority filter; policy accept;
+		ct mark & 0x00000002 == 0x00000000 ct mark set ct mark | 0x00000002 # handle 7
 		iifname \"gw-c\" tcp dport 21 reject with tcp reset # handle 5
 	}
 }";
@@ -610,6 +663,7 @@ mod tests {
                 "local route IPv4",
                 "forwarding IPv4",
                 "divert rule IPv4",
+                "routed flows IPv4",
                 "tproxy rule IPv4",
                 "rule order IPv4",
                 "IP_TRANSPARENT IPv4",
@@ -618,6 +672,7 @@ mod tests {
                 "local route IPv6",
                 "forwarding IPv6",
                 "divert rule IPv6",
+                "routed flows IPv6",
                 "tproxy rule IPv6",
                 "rule order IPv6",
                 "IP_TRANSPARENT IPv6",
@@ -647,8 +702,8 @@ mod tests {
         assert_eq!(wrong(&evaluate(&plan, &acct_on())), ["forward accepts related (pinhole)"]);
         let mut f = acct_on();
         let with_rule = LAB_RULESET.replace(
-            "policy accept;\n\t\tiifname \"gw-c\" tcp dport 21 reject",
-            "policy accept;\n\t\tct state established,related accept # handle 9\n\t\tiifname \"gw-c\" tcp dport 21 reject",
+            "# handle 7\n\t\tiifname \"gw-c\" tcp dport 21 reject",
+            "# handle 7\n\t\tct state established,related accept # handle 9\n\t\tiifname \"gw-c\" tcp dport 21 reject",
         );
         assert_ne!(with_rule, LAB_RULESET);
         f.nft_ruleset = Some(Ok(with_rule));
@@ -720,7 +775,11 @@ mod tests {
         let mut f = healthy();
         f.nft_ruleset = Some(Ok(old));
         let c = evaluate(&lab_plan(), &f);
-        assert_eq!(wrong(&c), ["rule order IPv4", "rule order IPv6"]);
+        // The pass-by rule now comes after the divert too.
+        assert_eq!(
+            wrong(&c),
+            ["routed flows IPv4", "rule order IPv4", "routed flows IPv6", "rule order IPv6"]
+        );
         assert!(find(&c, "rule order IPv4").fix.ends_with(" | nft -f -"), "{c:#?}");
 
         let mut f = healthy();
@@ -731,7 +790,10 @@ mod tests {
             -A FTPGATE_PREROUTING -i gw-c -p tcp -m tcp --dport 21 -j TPROXY --on-port 2121 --on-ip 0.0.0.0 --tproxy-mark 0x1/0xffffffff\nCOMMIT\n";
         f.xt_save = [Some(save.into()), Some(save.replace("0.0.0.0", "::"))];
         let c = evaluate(&lab_plan(), &f);
-        assert_eq!(wrong(&c), ["rule order IPv4", "rule order IPv6"]);
+        assert_eq!(
+            wrong(&c),
+            ["routed flows IPv4", "rule order IPv4", "routed flows IPv6", "rule order IPv6"]
+        );
         assert!(find(&c, "rule order IPv6").fix.contains("--iptables"), "{c:#?}");
     }
 
@@ -742,7 +804,14 @@ mod tests {
         let c = evaluate(&lab_plan(), &f);
         assert_eq!(
             wrong(&c),
-            ["divert rule IPv4", "tproxy rule IPv4", "divert rule IPv6", "tproxy rule IPv6"]
+            [
+                "divert rule IPv4",
+                "routed flows IPv4",
+                "tproxy rule IPv4",
+                "divert rule IPv6",
+                "routed flows IPv6",
+                "tproxy rule IPv6"
+            ]
         );
         assert_eq!(
             find(&c, "tproxy rule IPv6").fix,
@@ -755,6 +824,35 @@ mod tests {
         assert!(find(&c, "divert rule IPv4").wrong && find(&c, "tproxy rule IPv6").wrong, "{c:#?}");
     }
 
+    /// A rule set of ftpgate before the forward mark: routed flows could be
+    /// taken by a data listener. Both rules are needed, the pass-by before
+    /// the divert, with the plan's bit.
+    #[test]
+    fn rules_without_the_forward_mark_are_wrong_and_fixed_by_reloading() {
+        let pass = "\t\tct mark & 0x00000002 == 0x00000002 accept # handle 6\n";
+        let mark = "\t\tct mark & 0x00000002 == 0x00000000 ct mark set ct mark | 0x00000002 # handle 7\n";
+        for broken in [
+            LAB_RULESET.replace(pass, "").replace(mark, ""),
+            LAB_RULESET.replace(pass, ""),
+            LAB_RULESET.replace(mark, ""),
+        ] {
+            assert_ne!(broken, LAB_RULESET);
+            let mut f = healthy();
+            f.nft_ruleset = Some(Ok(broken));
+            let c = evaluate(&lab_plan(), &f);
+            assert_eq!(wrong(&c), ["routed flows IPv4", "routed flows IPv6"]);
+            assert!(
+                find(&c, "routed flows IPv4").fix.ends_with("--client-interface gw-c | nft -f -"),
+                "{c:#?}"
+            );
+        }
+        let mut plan = lab_plan();
+        plan.forward_mark = 0x4;
+        let c = evaluate(&plan, &healthy());
+        assert_eq!(wrong(&c), ["routed flows IPv4", "routed flows IPv6"]);
+        assert!(find(&c, "routed flows IPv6").fix.contains(" --forward-mark 0x4"), "{c:#?}");
+    }
+
     #[test]
     fn iptables_form_is_recognised_and_fixed_with_iptables() {
         let mut f = healthy();
@@ -764,14 +862,26 @@ mod tests {
             -A PREROUTING -j FTPGATE_PREROUTING\n-A FTPGATE_DIVERT -j MARK --set-xmark 0x1/0xffffffff\n\
             -A FTPGATE_DIVERT -j ACCEPT\n\
             -A FTPGATE_PREROUTING -i gw-c -p tcp -m tcp --dport 21 -j TPROXY --on-port 2121 --on-ip 0.0.0.0 --tproxy-mark 0x1/0xffffffff\n\
-            -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT\nCOMMIT\n";
+            -A FTPGATE_PREROUTING -m connmark --mark 0x2/0x2 -j RETURN\n\
+            -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT\nCOMMIT\n\
+            *filter\n-A FTPGATE_FORWARD -m connmark ! --mark 0x2/0x2 -j CONNMARK --set-xmark 0x2/0x2\nCOMMIT\n";
         f.xt_save = [Some(save.into()), Some(save.replace("0.0.0.0", "::"))];
         let c = evaluate(&lab_plan(), &f);
         assert!(wrong(&c).is_empty(), "{c:#?}");
+        // Without the forward mark (an older ftpgate's rules): that line only.
+        let old = save.replace("-A FTPGATE_PREROUTING -m connmark --mark 0x2/0x2 -j RETURN\n", "");
+        let mut g = f.clone();
+        g.xt_save = [Some(old.clone()), Some(old.replace("0.0.0.0", "::"))];
+        let c = evaluate(&lab_plan(), &g);
+        assert_eq!(wrong(&c), ["routed flows IPv4", "routed flows IPv6"]);
+        assert!(find(&c, "routed flows IPv4").fix.ends_with("--iptables | sh"), "{c:#?}");
         f.xt_save[1] = Some(String::new());
         f.xt_socket_tproxy[1] = (true, false);
         let c = evaluate(&lab_plan(), &f);
-        assert_eq!(wrong(&c), ["kernel tproxy IPv6", "divert rule IPv6", "tproxy rule IPv6"]);
+        assert_eq!(
+            wrong(&c),
+            ["kernel tproxy IPv6", "divert rule IPv6", "routed flows IPv6", "tproxy rule IPv6"]
+        );
         assert!(find(&c, "divert rule IPv6").fix.ends_with("--iptables | sh"), "{c:#?}");
         assert_eq!(find(&c, "kernel tproxy IPv6").fix, "modprobe xt_socket xt_TPROXY");
     }

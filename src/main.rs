@@ -67,6 +67,7 @@ fn plan(args: &Args, p: &cli::PlanArgs) -> rules::Plan {
         listen: args.listen.clone(),
         port: p.port,
         mark: p.mark,
+        forward_mark: p.forward_mark,
         table: p.table,
         profile: p.profile,
         client_interfaces: p.client_interfaces.clone(),

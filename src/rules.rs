@@ -187,6 +187,8 @@ pub(crate) struct Plan {
     /// The FTP control port intercepted.
     pub(crate) port: u16,
     pub(crate) mark: u32,
+    /// The conntrack mark bit(s) the forward chain puts on routed flows.
+    pub(crate) forward_mark: u32,
     pub(crate) table: u32,
     pub(crate) profile: Profile,
     /// Where clients come from: interfaces, prefixes, or both (then both
@@ -205,6 +207,8 @@ pub(crate) struct Plan {
 pub(crate) enum PlanError {
     StrictWithoutClientSide,
     MarkZero,
+    ForwardMarkZero,
+    MarksOverlap { mark: u32, forward_mark: u32 },
     TableReserved(u32),
 }
 
@@ -216,6 +220,14 @@ impl fmt::Display for PlanError {
                  (or else every forwarded packet would be dropped)",
             ),
             Self::MarkZero => f.write_str("--mark 0 cannot work: unmarked packets have mark 0"),
+            Self::ForwardMarkZero => {
+                f.write_str("--forward-mark 0 cannot work: it must set a bit in forwarded connections' conntrack mark")
+            }
+            Self::MarksOverlap { mark, forward_mark } => write!(
+                f,
+                "--forward-mark {forward_mark:#x} shares a bit with --mark {mark:#x}: a forwarded connection would \
+                 look like one of ftpgate's; pick bits that do not overlap, like --mark 0x1 --forward-mark 0x2"
+            ),
             Self::TableReserved(t) => {
                 write!(f, "--table {t} is one of the kernel's own tables (253-255, 0): pick another, like 100")
             }
@@ -237,6 +249,12 @@ impl Plan {
     pub(crate) fn check(&self) -> Result<(), PlanError> {
         if self.mark == 0 {
             return Err(PlanError::MarkZero);
+        }
+        if self.forward_mark == 0 {
+            return Err(PlanError::ForwardMarkZero);
+        }
+        if self.mark & self.forward_mark != 0 {
+            return Err(PlanError::MarksOverlap { mark: self.mark, forward_mark: self.forward_mark });
         }
         if matches!(self.table, 0 | 253..=255) {
             return Err(PlanError::TableReserved(self.table));
@@ -304,9 +322,10 @@ impl Plan {
         );
         let _ = writeln!(
             out,
-            "{comment}   control port: {}, mark: {:#x}, route table: {}, profile: {}",
+            "{comment}   control port: {}, mark: {:#x}, forward mark: {:#x}, route table: {}, profile: {}",
             self.port,
             self.mark,
+            self.forward_mark,
             self.table,
             self.profile.name()
         );
@@ -340,6 +359,9 @@ impl Plan {
         }
         if self.mark != 1 {
             let _ = write!(s, " --mark {:#x}", self.mark);
+        }
+        if self.forward_mark != 2 {
+            let _ = write!(s, " --forward-mark {:#x}", self.forward_mark);
         }
         if self.table != 100 {
             let _ = write!(s, " --table {}", self.table);
@@ -411,6 +433,18 @@ impl Plan {
                 }
             }
         }
+        // A routed flow (the forward chain marked its conntrack entry) is
+        // never ftpgate's. Without this, a foreign listener of ftpgate's
+        // would take its packets: in active mode ftpgate listens on the
+        // client's address, at a port the kernel picks, which can be the
+        // source port of one of the client's routed connections; the
+        // listener would answer that connection's segments with a reset
+        // (tests/forwarded.rs). It also spares routed packets the socket
+        // lookup. A SYN of a new routed connection is not marked yet: only
+        // a listener can take it, on the address and port that listener
+        // expects a data connection on.
+        let fmark = format!("{:#x}", self.forward_mark);
+        let _ = writeln!(out, "        ct mark & {fmark} == {fmark} accept");
         // The flows of ftpgate's own sockets carry the mark in their
         // conntrack entry too, so that a segment of one whose socket is
         // gone (a reset leg whose RST the peer did not take: a challenge
@@ -437,6 +471,7 @@ impl Plan {
         out.push_str(
             "    chain forward {\n        type filter hook forward priority filter; policy accept;\n",
         );
+        let _ = writeln!(out, "        ct mark & {fmark} == 0 ct mark set ct mark | {fmark}");
         if self.related {
             out.push_str("        ct state established,related accept\n");
         }
@@ -549,6 +584,12 @@ impl Plan {
                     );
                 }
             }
+            // routed flows pass by (the nft form says why)
+            let _ = writeln!(
+                out,
+                "{ipt} -t mangle -A FTPGATE_PREROUTING -m connmark --mark {f:#x}/{f:#x} -j RETURN",
+                f = self.forward_mark
+            );
             let _ = writeln!(
                 out,
                 "{ipt} -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT"
@@ -564,6 +605,11 @@ impl Plan {
             }
             let _ = writeln!(out, "{ipt} -t mangle -I PREROUTING 1 -j FTPGATE_PREROUTING");
             let _ = writeln!(out, "{ipt} -t filter -N FTPGATE_FORWARD");
+            let _ = writeln!(
+                out,
+                "{ipt} -t filter -A FTPGATE_FORWARD -m connmark ! --mark {f:#x}/{f:#x} -j CONNMARK --or-mark {f:#x}",
+                f = self.forward_mark
+            );
             if self.related {
                 let _ = writeln!(
                     out,
@@ -752,9 +798,12 @@ const NFT_HEADER: &str = "\
 #    Their conntrack entries get the mark too: a later segment of such a
 #    flow whose socket is gone (after ftpgate reset it) goes to the listener,
 #    and the host's TCP answers it with a reset, as the real end would.
-#  * forward: profile port21 refuses only the control port; profile strict
-#    drops everything else between the client side and the server networks
-#    too: ftpgate carries every FTP byte, nothing else needs forwarding.
+#    Routed flows pass by first (the forward mark): a data listener on a
+#    foreign address and port never takes a forwarded connection's packets.
+#  * forward: puts the forward mark on every forwarded connection. Profile
+#    port21 refuses only the control port; profile strict drops everything
+#    else between the client side and the server networks too: ftpgate
+#    carries every FTP byte, nothing else needs forwarding.
 ";
 
 const IPTABLES_HEADER: &str = "\
@@ -770,9 +819,11 @@ const IPTABLES_HEADER: &str = "\
 #    mark; the policy route delivers them locally. Their conntrack entries
 #    get it too: a later segment of such a flow whose socket is gone (after
 #    ftpgate reset it) goes to the listener, whose TCP answers it with a reset.
-#  * FTPGATE_FORWARD: profile port21 refuses only the control port; profile
-#    strict drops everything else between the client side and the server
-#    networks too.
+#    Routed flows (the forward mark in their conntrack entry) pass by first:
+#    a data listener on a foreign address never takes their packets.
+#  * FTPGATE_FORWARD: puts the forward mark on every forwarded connection.
+#    Profile port21 refuses only the control port; profile strict drops
+#    everything else between the client side and the server networks too.
 ";
 
 const ROUTING_HEADER: &str = "\
@@ -796,6 +847,7 @@ mod tests {
             listen: listen.iter().map(|a| a.parse().unwrap()).collect(),
             port: 21,
             mark: 1,
+            forward_mark: 2,
             table: 100,
             profile,
             client_interfaces: Vec::new(),
@@ -942,6 +994,33 @@ mod tests {
         p.mark = 1;
         p.table = 254;
         assert_eq!(p.check(), Err(PlanError::TableReserved(254)));
+    }
+
+    #[test]
+    fn forward_mark_must_be_a_bit_of_its_own() {
+        let mut p = lab();
+        p.forward_mark = 0;
+        assert_eq!(p.check(), Err(PlanError::ForwardMarkZero));
+        p.forward_mark = 0x3;
+        assert_eq!(p.check(), Err(PlanError::MarksOverlap { mark: 1, forward_mark: 3 }));
+        assert!(PlanError::MarksOverlap { mark: 1, forward_mark: 3 }
+            .to_string()
+            .contains("--forward-mark 0x3"));
+        p.mark = 0x10;
+        p.forward_mark = 0x20;
+        assert_eq!(p.check(), Ok(()));
+        // Both forms: routed flows are marked in the forward hook and pass
+        // the divert before its socket lookup.
+        let nft = p.nft();
+        let pass = nft.find("ct mark & 0x20 == 0x20 accept").expect("pass-by rule");
+        assert!(pass < nft.find("socket transparent 1").unwrap(), "{nft}");
+        assert!(nft.contains("ct mark & 0x20 == 0 ct mark set ct mark | 0x20"), "{nft}");
+        let ipt = p.iptables();
+        let pass =
+            ipt.find("FTPGATE_PREROUTING -m connmark --mark 0x20/0x20 -j RETURN").expect("pass-by rule");
+        assert!(pass < ipt.find("-m socket --transparent").unwrap(), "{ipt}");
+        assert!(ipt.contains("FTPGATE_FORWARD -m connmark ! --mark 0x20/0x20 -j CONNMARK --or-mark 0x20"));
+        assert!(p.rules_command("").contains(" --forward-mark 0x20"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 #!/bin/sh
 # ftpgate rules --routing: policy routing and sysctls, generated for
 #   listeners: 0.0.0.0:2121 [::]:2121
-#   control port: 21, mark: 0x1, route table: 100, profile: strict
+#   control port: 21, mark: 0x1, forward mark: 0x2, route table: 100, profile: strict
 #   client side: interfaces gw-c, networks any; server networks: any
 #
 # Run: ftpgate rules ... --routing | sh    Remove: ftpgate rules ... --routing --undo | sh
