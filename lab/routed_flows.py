@@ -91,6 +91,9 @@ def flows(args):
                     if not d:
                         raise ConnectionError("closed by the peer")
                     got += d
+                if got != b"0123456789":
+                    # something else answered: not the echo service
+                    broken[str(p)] = "not an echo: %r" % got
             except OSError as e:
                 broken[str(p)] = repr(e)
     for _, s in socks:

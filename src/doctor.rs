@@ -328,26 +328,55 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
         };
         checks.push(Check::new(format!("divert rule {name}"), ok, detail, fix));
 
+        // ICMP errors about ftpgate's flows are diverted to its sockets: a
+        // port unreachable fails its connect at once, a fragmentation-
+        // needed lowers its leg's path MTU. Older rule sets divert TCP only.
+        let (icmp_nft, icmp_xt) = match family {
+            Family::V4 => (" icmp,", "-p icmp -m socket --transparent -j FTPGATE_DIVERT"),
+            Family::V6 => ("ipv6-icmp", "-p ipv6-icmp -m socket --transparent -j FTPGATE_DIVERT"),
+        };
+        let ok = rules.iter().filter(in_family).any(|r| is_nft_divert(r.text) && r.text.contains(icmp_nft))
+            || xt.contains(icmp_xt);
+        let (detail, fix) = match (ok, readable) {
+            (true, _) => ("the divert takes ICMP errors about ftpgate's flows".to_string(), String::new()),
+            (false, true) => (
+                "ICMP errors about ftpgate's flows are routed past it: a refused connect waits for its \
+                 timeout, a path MTU drop is never learnt"
+                    .to_string(),
+                fix_rules.clone(),
+            ),
+            (false, false) => (UNREADABLE.to_string(), AS_ROOT.to_string()),
+        };
+        checks.push(Check::new(format!("icmp errors {name}"), ok, detail, fix));
+
         // Routed flows pass the divert by: the forward chain marks their
-        // conntrack entries, and a rule before the socket match lets them
-        // go. Without it a data listener of ftpgate's on a foreign address
-        // takes the packets of a routed connection that uses its port, and
-        // its TCP resets that connection (tests/forwarded.rs). Rule sets of
-        // ftpgate before the forward mark lack both rules.
+        // conntrack entries (unless they were ftpgate's), and a rule before
+        // the socket match lets them go. Without it a data listener of
+        // ftpgate's on a foreign address takes the packets of a routed
+        // connection that uses its port, and its TCP resets that
+        // connection (tests/forwarded.rs). In the nft form a new connection
+        // that only the wildcard control listener would take passes by
+        // too; the xt match ignores wildcard sockets by itself. Rule sets
+        // of ftpgate before the forward mark lack these rules.
         let fm = plan.forward_mark;
         let fm_nft = format!("{fm:#010x}");
-        let nft_pass_at = rules
-            .iter()
-            .position(|r| in_family(&r) && r.text == format!("ct mark & {fm_nft} == {fm_nft} accept"));
-        let nft_divert_at = rules.iter().position(|r| in_family(&r) && is_nft_divert(r.text));
-        let nft_ok = match (nft_pass_at, nft_divert_at) {
-            (Some(p), Some(d)) => {
-                (rules[p].table, rules[p].chain) == (rules[d].table, rules[d].chain)
+        let both = fm | plan.mark;
+        let nft_at = |is: &dyn Fn(&str) -> bool| rules.iter().position(|r| in_family(&r) && is(r.text));
+        let nft_ok = match (
+            nft_at(&|t| t == format!("ct mark & {fm_nft} == {fm_nft} accept")),
+            nft_at(&|t| t.ends_with("socket wildcard 1 accept") && t.contains("syn")),
+            nft_at(&is_nft_divert),
+        ) {
+            (Some(p), Some(w), Some(d)) => {
+                let chain = |i: usize| (rules[i].table, rules[i].chain);
+                chain(p) == chain(d)
+                    && chain(w) == chain(d)
                     && p < d
-                    && rules.iter().filter(in_family).any(|r| {
-                        r.text.contains(&format!("ct mark set ct mark | {fm_nft}"))
-                            && r.text.contains(&format!("ct mark & {fm_nft} == 0x00000000"))
+                    && w < d
+                    && nft_at(&|t| {
+                        t == format!("ct mark & {both:#010x} == 0x00000000 ct mark set ct mark | {fm_nft}")
                     })
+                    .is_some()
             }
             _ => false,
         };
@@ -360,7 +389,7 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
             matches!((pass, divert), (Some(p), Some(d)) if p < d)
                 && lines.iter().any(|l| {
                     l.contains(&format!(
-                        "-m connmark ! --mark {fm:#x}/{fm:#x} -j CONNMARK --set-xmark {fm:#x}/{fm:#x}"
+                        "-m connmark --mark 0x0/{both:#x} -j CONNMARK --set-xmark {fm:#x}/{fm:#x}"
                     ))
                 })
         };
@@ -632,12 +661,13 @@ mod tests {
 		iifname \"gw-c\" meta nfproto ipv4 tcp dport 21 tproxy ip to :2121 meta mark set 0x00000001 accept # handle 3
 		iifname \"gw-c\" meta nfproto ipv6 tcp dport 21 tproxy ip6 to :2121 meta mark set 0x00000001 accept # handle 4
 		ct mark & 0x00000002 == 0x00000002 accept # handle 6
-		meta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept # handle 2
+		tcp flags syn / fin,syn,rst,ack socket wildcard 1 accept # handle 8
+		meta l4proto { icmp, tcp, ipv6-icmp } socket transparent 1 meta mark set 0x00000001 accept # handle 2
 	}
 
 	chain forward { # handle 2
 		type filter hook forward priority filter; policy accept;
-		ct mark & 0x00000002 == 0x00000000 ct mark set ct mark | 0x00000002 # handle 7
+		ct mark & 0x00000003 == 0x00000000 ct mark set ct mark | 0x00000002 # handle 7
 		iifname \"gw-c\" tcp dport 21 reject with tcp reset # handle 5
 	}
 }";
@@ -663,6 +693,7 @@ mod tests {
                 "local route IPv4",
                 "forwarding IPv4",
                 "divert rule IPv4",
+                "icmp errors IPv4",
                 "routed flows IPv4",
                 "tproxy rule IPv4",
                 "rule order IPv4",
@@ -672,6 +703,7 @@ mod tests {
                 "local route IPv6",
                 "forwarding IPv6",
                 "divert rule IPv6",
+                "icmp errors IPv6",
                 "routed flows IPv6",
                 "tproxy rule IPv6",
                 "rule order IPv6",
@@ -764,12 +796,12 @@ mod tests {
     #[test]
     fn divert_rule_before_tproxy_is_wrong_and_fixed_by_reloading_the_rules() {
         let old = LAB_RULESET.replace(
-            "\t\tmeta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept # handle 2\n",
+            "\t\tmeta l4proto { icmp, tcp, ipv6-icmp } socket transparent 1 meta mark set 0x00000001 accept # handle 2\n",
             "",
         );
         let old = old.replace(
             "policy accept;\n\t\tiifname \"gw-c\" meta nfproto ipv4",
-            "policy accept;\n\t\tmeta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept # handle 2\n\t\tiifname \"gw-c\" meta nfproto ipv4",
+            "policy accept;\n\t\tmeta l4proto { icmp, tcp, ipv6-icmp } socket transparent 1 meta mark set 0x00000001 accept # handle 2\n\t\tiifname \"gw-c\" meta nfproto ipv4",
         );
         assert_ne!(old, LAB_RULESET);
         let mut f = healthy();
@@ -788,11 +820,20 @@ mod tests {
         let save = "*mangle\n-A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT\n\
             -A FTPGATE_DIVERT -j MARK --set-xmark 0x1/0xffffffff\n\
             -A FTPGATE_PREROUTING -i gw-c -p tcp -m tcp --dport 21 -j TPROXY --on-port 2121 --on-ip 0.0.0.0 --tproxy-mark 0x1/0xffffffff\nCOMMIT\n";
-        f.xt_save = [Some(save.into()), Some(save.replace("0.0.0.0", "::"))];
+        f.xt_save =
+            [Some(save.into()), Some(save.replace("0.0.0.0", "::").replace("-p icmp", "-p ipv6-icmp"))];
         let c = evaluate(&lab_plan(), &f);
+        // (rule sets that old divert TCP only, and have no forward mark)
         assert_eq!(
             wrong(&c),
-            ["routed flows IPv4", "rule order IPv4", "routed flows IPv6", "rule order IPv6"]
+            [
+                "icmp errors IPv4",
+                "routed flows IPv4",
+                "rule order IPv4",
+                "icmp errors IPv6",
+                "routed flows IPv6",
+                "rule order IPv6"
+            ]
         );
         assert!(find(&c, "rule order IPv6").fix.contains("--iptables"), "{c:#?}");
     }
@@ -806,9 +847,11 @@ mod tests {
             wrong(&c),
             [
                 "divert rule IPv4",
+                "icmp errors IPv4",
                 "routed flows IPv4",
                 "tproxy rule IPv4",
                 "divert rule IPv6",
+                "icmp errors IPv6",
                 "routed flows IPv6",
                 "tproxy rule IPv6"
             ]
@@ -830,7 +873,7 @@ mod tests {
     #[test]
     fn rules_without_the_forward_mark_are_wrong_and_fixed_by_reloading() {
         let pass = "\t\tct mark & 0x00000002 == 0x00000002 accept # handle 6\n";
-        let mark = "\t\tct mark & 0x00000002 == 0x00000000 ct mark set ct mark | 0x00000002 # handle 7\n";
+        let mark = "\t\tct mark & 0x00000003 == 0x00000000 ct mark set ct mark | 0x00000002 # handle 7\n";
         for broken in [
             LAB_RULESET.replace(pass, "").replace(mark, ""),
             LAB_RULESET.replace(pass, ""),
@@ -853,6 +896,25 @@ mod tests {
         assert!(find(&c, "routed flows IPv6").fix.contains(" --forward-mark 0x4"), "{c:#?}");
     }
 
+    /// A divert of TCP only (rule sets of ftpgate before ICMP errors were
+    /// diverted): a refused connect waits for its timeout.
+    #[test]
+    fn divert_without_icmp_is_wrong_and_fixed_by_reloading() {
+        let tcp_only =
+            LAB_RULESET.replace("meta l4proto { icmp, tcp, ipv6-icmp } socket", "meta l4proto tcp socket");
+        assert_ne!(tcp_only, LAB_RULESET);
+        let mut f = healthy();
+        f.nft_ruleset = Some(Ok(tcp_only));
+        let c = evaluate(&lab_plan(), &f);
+        assert_eq!(wrong(&c), ["icmp errors IPv4", "icmp errors IPv6"]);
+        assert!(find(&c, "icmp errors IPv6").fix.ends_with("--client-interface gw-c | nft -f -"), "{c:#?}");
+        // One family's ICMP alone covers that family only.
+        let v4_only = LAB_RULESET.replace("{ icmp, tcp, ipv6-icmp }", "{ icmp, tcp }");
+        let mut f = healthy();
+        f.nft_ruleset = Some(Ok(v4_only));
+        assert_eq!(wrong(&evaluate(&lab_plan(), &f)), ["icmp errors IPv6"]);
+    }
+
     #[test]
     fn iptables_form_is_recognised_and_fixed_with_iptables() {
         let mut f = healthy();
@@ -863,15 +925,18 @@ mod tests {
             -A FTPGATE_DIVERT -j ACCEPT\n\
             -A FTPGATE_PREROUTING -i gw-c -p tcp -m tcp --dport 21 -j TPROXY --on-port 2121 --on-ip 0.0.0.0 --tproxy-mark 0x1/0xffffffff\n\
             -A FTPGATE_PREROUTING -m connmark --mark 0x2/0x2 -j RETURN\n\
-            -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT\nCOMMIT\n\
-            *filter\n-A FTPGATE_FORWARD -m connmark ! --mark 0x2/0x2 -j CONNMARK --set-xmark 0x2/0x2\nCOMMIT\n";
-        f.xt_save = [Some(save.into()), Some(save.replace("0.0.0.0", "::"))];
+            -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT\n\
+            -A FTPGATE_PREROUTING -p icmp -m socket --transparent -j FTPGATE_DIVERT\nCOMMIT\n\
+            *filter\n-A FTPGATE_FORWARD -m connmark --mark 0x0/0x3 -j CONNMARK --set-xmark 0x2/0x2\nCOMMIT\n";
+        f.xt_save =
+            [Some(save.into()), Some(save.replace("0.0.0.0", "::").replace("-p icmp", "-p ipv6-icmp"))];
         let c = evaluate(&lab_plan(), &f);
         assert!(wrong(&c).is_empty(), "{c:#?}");
         // Without the forward mark (an older ftpgate's rules): that line only.
         let old = save.replace("-A FTPGATE_PREROUTING -m connmark --mark 0x2/0x2 -j RETURN\n", "");
         let mut g = f.clone();
-        g.xt_save = [Some(old.clone()), Some(old.replace("0.0.0.0", "::"))];
+        g.xt_save =
+            [Some(old.clone()), Some(old.replace("0.0.0.0", "::").replace("-p icmp", "-p ipv6-icmp"))];
         let c = evaluate(&lab_plan(), &g);
         assert_eq!(wrong(&c), ["routed flows IPv4", "routed flows IPv6"]);
         assert!(find(&c, "routed flows IPv4").fix.ends_with("--iptables | sh"), "{c:#?}");
@@ -880,7 +945,13 @@ mod tests {
         let c = evaluate(&lab_plan(), &f);
         assert_eq!(
             wrong(&c),
-            ["kernel tproxy IPv6", "divert rule IPv6", "routed flows IPv6", "tproxy rule IPv6"]
+            [
+                "kernel tproxy IPv6",
+                "divert rule IPv6",
+                "icmp errors IPv6",
+                "routed flows IPv6",
+                "tproxy rule IPv6"
+            ]
         );
         assert!(find(&c, "divert rule IPv6").fix.ends_with("--iptables | sh"), "{c:#?}");
         assert_eq!(find(&c, "kernel tproxy IPv6").fix, "modprobe xt_socket xt_TPROXY");

@@ -445,15 +445,32 @@ impl Plan {
         // expects a data connection on.
         let fmark = format!("{:#x}", self.forward_mark);
         let _ = writeln!(out, "        ct mark & {fmark} == {fmark} accept");
+        // A new connection to any address at the control listener's port
+        // would find that listener, which is bound to the wildcard address:
+        // ftpgate would take every routed connection to port 2121 (an
+        // alternate FTP port) and refuse it. The xt socket match leaves
+        // wildcard sockets alone by itself; nft's needs this rule. Only a
+        // SYN needs it (later segments of a routed flow carry the forward
+        // mark), and only a full socket has the key: a TIME_WAIT or
+        // request socket found for a SYN fails it and goes on to the divert.
+        out.push_str(
+            "        tcp flags & (fin | syn | rst | ack) == syn socket wildcard 1 accept
+",
+        );
         // The flows of ftpgate's own sockets carry the mark in their
         // conntrack entry too, so that a segment of one whose socket is
         // gone (a reset leg whose RST the peer did not take: a challenge
         // ACK, a window update) still reaches the host's TCP, which
         // answers it with a reset, as the real end would; the forward
-        // chain would drop it, and the peer would wait forever.
+        // chain would drop it, and the peer would wait forever. ICMP
+        // errors about them are theirs too (the socket match looks up the
+        // quoted header): a port unreachable must fail ftpgate's connect
+        // at once, as it fails the client's over a router, and a
+        // fragmentation-needed must lower the path MTU of ftpgate's leg,
+        // not go on to the real client, which has no such connection.
         let _ = writeln!(
             out,
-            "        meta l4proto tcp socket transparent 1 meta mark set {mark} ct mark set ct mark | {mark} accept"
+            "        meta l4proto {{ tcp, icmp, ipv6-icmp }} socket transparent 1 meta mark set {mark} ct mark set ct mark | {mark} accept"
         );
         for family in Family::BOTH {
             if let Some(target) =
@@ -471,7 +488,11 @@ impl Plan {
         out.push_str(
             "    chain forward {\n        type filter hook forward priority filter; policy accept;\n",
         );
-        let _ = writeln!(out, "        ct mark & {fmark} == 0 ct mark set ct mark | {fmark}");
+        // Not on a flow that was ftpgate's (while ftpgate restarts, nft's
+        // tproxy finds no listener and its segments come here): once it
+        // runs again, they must reach the rule that resets them.
+        let both = format!("{:#x}", self.forward_mark | self.mark);
+        let _ = writeln!(out, "        ct mark & {both} == 0 ct mark set ct mark | {fmark}");
         if self.related {
             out.push_str("        ct state established,related accept\n");
         }
@@ -590,10 +611,19 @@ impl Plan {
                 "{ipt} -t mangle -A FTPGATE_PREROUTING -m connmark --mark {f:#x}/{f:#x} -j RETURN",
                 f = self.forward_mark
             );
-            let _ = writeln!(
-                out,
-                "{ipt} -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT"
-            );
+            // ICMP errors about ftpgate's flows are theirs (the nft form
+            // says why); the xt socket match leaves wildcard sockets alone
+            // by itself
+            let icmp = match family {
+                Family::V4 => "icmp",
+                Family::V6 => "ipv6-icmp",
+            };
+            for proto in ["tcp", icmp] {
+                let _ = writeln!(
+                    out,
+                    "{ipt} -t mangle -A FTPGATE_PREROUTING -p {proto} -m socket --transparent -j FTPGATE_DIVERT"
+                );
+            }
             if let Some(listener) = self.listener_for(family).filter(|_| sides) {
                 let on_ip = ipt_on_ip(listener);
                 let _ = writeln!(
@@ -607,8 +637,9 @@ impl Plan {
             let _ = writeln!(out, "{ipt} -t filter -N FTPGATE_FORWARD");
             let _ = writeln!(
                 out,
-                "{ipt} -t filter -A FTPGATE_FORWARD -m connmark ! --mark {f:#x}/{f:#x} -j CONNMARK --or-mark {f:#x}",
-                f = self.forward_mark
+                "{ipt} -t filter -A FTPGATE_FORWARD -m connmark --mark 0x0/{both:#x} -j CONNMARK --or-mark {f:#x}",
+                f = self.forward_mark,
+                both = self.forward_mark | self.mark
             );
             if self.related {
                 let _ = writeln!(
@@ -798,12 +829,15 @@ const NFT_HEADER: &str = "\
 #    Their conntrack entries get the mark too: a later segment of such a
 #    flow whose socket is gone (after ftpgate reset it) goes to the listener,
 #    and the host's TCP answers it with a reset, as the real end would.
-#    Routed flows pass by first (the forward mark): a data listener on a
-#    foreign address and port never takes a forwarded connection's packets.
-#  * forward: puts the forward mark on every forwarded connection. Profile
-#    port21 refuses only the control port; profile strict drops everything
-#    else between the client side and the server networks too: ftpgate
-#    carries every FTP byte, nothing else needs forwarding.
+#    ICMP errors about those flows are theirs too. Routed flows pass by
+#    first (the forward mark), and so does a new connection that only the
+#    wildcard control listener would take: ftpgate's listeners never take
+#    a forwarded connection's packets.
+#  * forward: puts the forward mark on every forwarded connection that
+#    was not ftpgate's. Profile port21 refuses only the control port;
+#    profile strict drops everything else between the client side and the
+#    server networks too: ftpgate carries every FTP byte, nothing else
+#    needs forwarding.
 ";
 
 const IPTABLES_HEADER: &str = "\
@@ -819,11 +853,13 @@ const IPTABLES_HEADER: &str = "\
 #    mark; the policy route delivers them locally. Their conntrack entries
 #    get it too: a later segment of such a flow whose socket is gone (after
 #    ftpgate reset it) goes to the listener, whose TCP answers it with a reset.
-#    Routed flows (the forward mark in their conntrack entry) pass by first:
-#    a data listener on a foreign address never takes their packets.
-#  * FTPGATE_FORWARD: puts the forward mark on every forwarded connection.
-#    Profile port21 refuses only the control port; profile strict drops
-#    everything else between the client side and the server networks too.
+#    ICMP errors about those flows are theirs too. Routed flows (the
+#    forward mark in their conntrack entry) pass by first: a data listener
+#    on a foreign address never takes their packets.
+#  * FTPGATE_FORWARD: puts the forward mark on every forwarded connection
+#    that was not ftpgate's. Profile port21 refuses only the control port;
+#    profile strict drops everything else between the client side and the
+#    server networks too.
 ";
 
 const ROUTING_HEADER: &str = "\
@@ -1014,12 +1050,18 @@ mod tests {
         let nft = p.nft();
         let pass = nft.find("ct mark & 0x20 == 0x20 accept").expect("pass-by rule");
         assert!(pass < nft.find("socket transparent 1").unwrap(), "{nft}");
-        assert!(nft.contains("ct mark & 0x20 == 0 ct mark set ct mark | 0x20"), "{nft}");
+        assert!(nft.contains("ct mark & 0x30 == 0 ct mark set ct mark | 0x20"), "{nft}");
+        let wildcard = nft.find("socket wildcard 1 accept").expect("wildcard rule");
+        assert!(pass < wildcard && wildcard < nft.find("socket transparent 1").unwrap(), "{nft}");
+        assert!(nft.contains("meta l4proto { tcp, icmp, ipv6-icmp } socket transparent 1"), "{nft}");
         let ipt = p.iptables();
         let pass =
             ipt.find("FTPGATE_PREROUTING -m connmark --mark 0x20/0x20 -j RETURN").expect("pass-by rule");
         assert!(pass < ipt.find("-m socket --transparent").unwrap(), "{ipt}");
-        assert!(ipt.contains("FTPGATE_FORWARD -m connmark ! --mark 0x20/0x20 -j CONNMARK --or-mark 0x20"));
+        assert!(ipt.contains("FTPGATE_FORWARD -m connmark --mark 0x0/0x30 -j CONNMARK --or-mark 0x20"));
+        assert!(ipt.contains("iptables -w 5 -t mangle -A FTPGATE_PREROUTING -p icmp -m socket --transparent"));
+        assert!(ipt
+            .contains("ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -p ipv6-icmp -m socket --transparent"));
         assert!(p.rules_command("").contains(" --forward-mark 0x20"));
     }
 

@@ -46,7 +46,7 @@ fn doctor(lab: &Lab) -> Report {
 fn assert_healthy(lab: &Lab, after: &str) {
     let r = doctor(lab);
     assert!(r.wrong().is_empty() && r.code == Some(0), "after {after}: {:#?} (exit {:?})", r.lines, r.code);
-    assert_eq!(r.lines.len(), 20, "{:#?}", r.lines);
+    assert_eq!(r.lines.len(), 22, "{:#?}", r.lines);
 }
 
 /// Runs a shell command in the gateway namespace, with ftpgate in PATH
@@ -90,7 +90,14 @@ fn doctor_healthy_lab_then_each_item_broken_and_fixed() {
         &lab,
         "nft delete rule inet ftpgate divert handle \
          $(nft -a list chain inet ftpgate divert | sed -n 's/.*socket transparent.*# handle //p')",
-        &["divert rule IPv4", "routed flows IPv4", "divert rule IPv6", "routed flows IPv6"],
+        &[
+            "divert rule IPv4",
+            "icmp errors IPv4",
+            "routed flows IPv4",
+            "divert rule IPv6",
+            "icmp errors IPv6",
+            "routed flows IPv6",
+        ],
     );
     // the forward mark's pass-by rule (rule sets of ftpgate before it): a
     // data listener could take a routed connection's packets
@@ -100,6 +107,14 @@ fn doctor_healthy_lab_then_each_item_broken_and_fixed() {
          $(nft -a list chain inet ftpgate divert | sed -n 's/^.*ct mark & 0x00000002 == 0x00000002 accept # handle //p')",
         &["routed flows IPv4", "routed flows IPv6"],
     );
+    // the nft form's wildcard rule: routed connections to port 2121 would
+    // be taken by the control listener
+    let _ = break_and_fix(
+        &lab,
+        "nft delete rule inet ftpgate divert handle \
+         $(nft -a list chain inet ftpgate divert | sed -n 's/^.*socket wildcard 1 accept # handle //p')",
+        &["routed flows IPv4", "routed flows IPv6"],
+    );
     // the divert rule moved before the TPROXY rules (rule sets of ftpgate
     // before 3546891): a reused 4-tuple would go to a TIME_WAIT socket
     let _ = break_and_fix(
@@ -107,7 +122,14 @@ fn doctor_healthy_lab_then_each_item_broken_and_fixed() {
         "nft delete rule inet ftpgate divert handle \
          $(nft -a list chain inet ftpgate divert | sed -n 's/.*socket transparent.*# handle //p') && \
          nft insert rule inet ftpgate divert meta l4proto tcp socket transparent 1 meta mark set 0x1 accept",
-        &["routed flows IPv4", "rule order IPv4", "routed flows IPv6", "rule order IPv6"],
+        &[
+            "icmp errors IPv4",
+            "routed flows IPv4",
+            "rule order IPv4",
+            "icmp errors IPv6",
+            "routed flows IPv6",
+            "rule order IPv6",
+        ],
     );
     // the TPROXY rule for IPv6 alone (not the rule for stray segments, which
     // also tproxies)
@@ -124,9 +146,11 @@ fn doctor_healthy_lab_then_each_item_broken_and_fixed() {
         r.wrong(),
         [
             "divert rule IPv4",
+            "icmp errors IPv4",
             "routed flows IPv4",
             "tproxy rule IPv4",
             "divert rule IPv6",
+            "icmp errors IPv6",
             "routed flows IPv6",
             "tproxy rule IPv6"
         ]
@@ -149,7 +173,7 @@ fn doctor_healthy_lab_then_each_item_broken_and_fixed() {
     let fix = break_and_fix(
         &lab,
         "ip6tables -w 5 -t mangle -F FTPGATE_PREROUTING",
-        &["divert rule IPv6", "routed flows IPv6", "tproxy rule IPv6"],
+        &["divert rule IPv6", "icmp errors IPv6", "routed flows IPv6", "tproxy rule IPv6"],
     );
     assert!(fix.ends_with(" --iptables | sh"), "the iptables form needs the iptables fix: {fix}");
     let out = lab.exec(Ns::Gateway, 10, &["nft", "list", "tables"]);

@@ -14,6 +14,13 @@
 //! on the server and keeps them busy, and active downloads run meanwhile.
 //! Every transfer's listener is then on the port of a live routed flow
 //! (checked from the transfer records), and every flow must survive.
+//!
+//! The control listener is bound to the wildcard address, so the socket
+//! lookup finds it for a new connection to *any* address at its port. The
+//! xt socket match ignores wildcard sockets by itself; nft's did not, and
+//! ftpgate took every routed connection to port 2121 (an alternate FTP
+//! port) and answered it with a 421. Routed connections to an echo
+//! service on the server's port 2121 must reach it.
 mod common;
 use common::*;
 
@@ -144,4 +151,71 @@ fn routed_flows_survive_active_listeners_on_their_ports_iptables() {
 #[test]
 fn routed_flows_survive_active_listeners_on_their_ports_ipv6() {
     routed_flows_survive_active_listeners("fwdv6", Rules::Nft, true);
+}
+
+/// Routed connections to the server's port `GW_PORT` reach the server.
+fn routed_flows_to_the_control_port_pass(tag: &str, rules: Rules, v6: bool) {
+    let (client_ip, server_ip) = if v6 { (CLIENT_IP6, SERVER_IP6) } else { (CLIENT_IP, SERVER_IP) };
+    let mut lab = Lab::new(tag, rules);
+    load_router_profile(&lab, rules);
+    lab.start_gateway_on(&["0.0.0.0:2121", "[::]:2121"], &[]);
+    let listen = format!("{}:{GW_PORT}", url_host(server_ip));
+    let echo = spawn_in(
+        &lab,
+        Ns::Server,
+        &["echo", "--listen", &listen, "--lifetime", "30"],
+        Stdio::null(),
+        "echo.err",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text(&lab.exec(Ns::Server, 5, &["ss", "-Hltn"]).stdout).contains(&format!(":{GW_PORT}")) {
+        assert!(Instant::now() < deadline, "echo service did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = lab.exec(
+        Ns::Client,
+        30,
+        &[
+            "python3",
+            repo_root().join("lab/routed_flows.py").to_str().unwrap(),
+            "flows",
+            "--server",
+            &listen,
+            "--source",
+            client_ip,
+            "--ports",
+            "41000,41001",
+            "--seconds",
+            "2",
+        ],
+    );
+    stop_child(echo);
+    let report = text(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("\"broken\": {}"),
+        "a routed connection to port {GW_PORT} did not reach the server: {report}{}\n{}",
+        text(&out.stderr),
+        lab.diagnostics()
+    );
+    assert!(
+        !lab.gateway_log().contains("not redirected by TPROXY"),
+        "ftpgate took it:\n{}",
+        lab.gateway_log()
+    );
+    lab.stop_gateway();
+}
+
+#[test]
+fn routed_flows_to_the_control_port_pass_nft() {
+    routed_flows_to_the_control_port_pass("fwcnft", Rules::Nft, false);
+}
+
+#[test]
+fn routed_flows_to_the_control_port_pass_iptables() {
+    routed_flows_to_the_control_port_pass("fwcipt", Rules::Iptables, false);
+}
+
+#[test]
+fn routed_flows_to_the_control_port_pass_ipv6() {
+    routed_flows_to_the_control_port_pass("fwcv6", Rules::Nft, true);
 }

@@ -176,3 +176,51 @@ fn refused_server_connection_client_gets_a_reset() {
     let report = hostile(&lab, &["greeting", SERVER_IP]);
     assert!(report.contains("\"greeting\": \"220"), "then: {report}");
 }
+
+/// The same refusal as an ICMP port unreachable, what a firewall's REJECT
+/// sends by default. The ICMP error is addressed to the client's address,
+/// about ftpgate's connect from it: the divert must hand it to ftpgate's
+/// socket (the socket match looks up the quoted header), whose connect
+/// then fails at once, as the client's own would over a router. Before the
+/// rule sets diverted ICMP, it was routed on (or dropped by the strict
+/// profile), ftpgate waited out its 10 s connect timeout and the client
+/// got a 421.
+fn refused_by_icmp(tag: &str, refusing: &str, prefix: &str, family: &str) {
+    let mut lab = Lab::new(tag, Rules::Nft);
+    lab.start_gateway_on(&["0.0.0.0:2121", "[::]:2121"], &[]);
+    let rule = format!("add rule inet refuse input {family} daddr {refusing} tcp dport 21 reject");
+    let addr = format!("{refusing}/{prefix}");
+    for argv in [
+        &["ip", "addr", "add", &addr, "dev", "eth0", "nodad"][..],
+        &["nft", "add table inet refuse"],
+        &["nft", "add chain inet refuse input { type filter hook input priority 0 ; }"],
+        &["nft", &rule],
+    ] {
+        let argv: Vec<&str> = if argv[0] == "ip" && family == "ip" {
+            argv.iter().copied().filter(|a| *a != "nodad").collect()
+        } else {
+            argv.to_vec()
+        };
+        let out = lab.exec(Ns::Server, 10, &argv);
+        assert!(out.status.success(), "{argv:?}: {}", text(&out.stderr));
+    }
+    let report = hostile(&lab, &["greeting", refusing]);
+    assert!(
+        report.contains("\"reset\": true"),
+        "no reset for a refused connection: {report}\n{}",
+        lab.diagnostics()
+    );
+    assert!(!report.contains("\"greeting\""), "a reply the server never sent: {report}");
+    let log = lab.gateway_log();
+    assert!(log.contains("server refused the connection"), "no record of the refusal:\n{log}");
+}
+
+#[test]
+fn refused_by_icmp_port_unreachable_client_gets_a_reset() {
+    refused_by_icmp("icmp4", "198.51.100.12", "24", "ip");
+}
+
+#[test]
+fn refused_by_icmpv6_port_unreachable_client_gets_a_reset() {
+    refused_by_icmp("icmp6", "2001:db8:2::12", "64", "ip6");
+}

@@ -16,11 +16,13 @@
 #    mark; the policy route delivers them locally. Their conntrack entries
 #    get it too: a later segment of such a flow whose socket is gone (after
 #    ftpgate reset it) goes to the listener, whose TCP answers it with a reset.
-#    Routed flows (the forward mark in their conntrack entry) pass by first:
-#    a data listener on a foreign address never takes their packets.
-#  * FTPGATE_FORWARD: puts the forward mark on every forwarded connection.
-#    Profile port21 refuses only the control port; profile strict drops
-#    everything else between the client side and the server networks too.
+#    ICMP errors about those flows are theirs too. Routed flows (the
+#    forward mark in their conntrack entry) pass by first: a data listener
+#    on a foreign address never takes their packets.
+#  * FTPGATE_FORWARD: puts the forward mark on every forwarded connection
+#    that was not ftpgate's. Profile port21 refuses only the control port;
+#    profile strict drops everything else between the client side and the
+#    server networks too.
 
 # IPv4
 iptables -w 5 -t filter -D FORWARD -j FTPGATE_FORWARD 2>/dev/null || true
@@ -56,10 +58,11 @@ iptables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan1 -s 192.0.2.0/24 -d 198.51.
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan1 -s 192.0.2.0/24 -d 203.0.113.0/24 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -m connmark --mark 0x2/0x2 -j RETURN
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT
+iptables -w 5 -t mangle -A FTPGATE_PREROUTING -p icmp -m socket --transparent -j FTPGATE_DIVERT
 iptables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp ! --syn -m connmark --mark 0x1/0x1 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 iptables -w 5 -t mangle -I PREROUTING 1 -j FTPGATE_PREROUTING
 iptables -w 5 -t filter -N FTPGATE_FORWARD
-iptables -w 5 -t filter -A FTPGATE_FORWARD -m connmark ! --mark 0x2/0x2 -j CONNMARK --or-mark 0x2
+iptables -w 5 -t filter -A FTPGATE_FORWARD -m connmark --mark 0x0/0x3 -j CONNMARK --or-mark 0x2
 iptables -w 5 -t filter -A FTPGATE_FORWARD -i lan0 -s 192.0.2.0/24 -d 198.51.100.0/24 -p tcp --dport 21 -j REJECT --reject-with tcp-reset
 iptables -w 5 -t filter -A FTPGATE_FORWARD -i lan0 -s 192.0.2.0/24 -d 203.0.113.0/24 -p tcp --dport 21 -j REJECT --reject-with tcp-reset
 iptables -w 5 -t filter -A FTPGATE_FORWARD -i lan1 -s 192.0.2.0/24 -d 198.51.100.0/24 -p tcp --dport 21 -j REJECT --reject-with tcp-reset
@@ -76,10 +79,11 @@ ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan0 -s 2001:db8:1::/64 -d 200
 ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -i lan1 -s 2001:db8:1::/64 -d 2001:db8:2::/64 -p tcp --dport 21 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -m connmark --mark 0x2/0x2 -j RETURN
 ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp -m socket --transparent -j FTPGATE_DIVERT
+ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -p ipv6-icmp -m socket --transparent -j FTPGATE_DIVERT
 ip6tables -w 5 -t mangle -A FTPGATE_PREROUTING -p tcp ! --syn -m connmark --mark 0x1/0x1 -j TPROXY --on-port 2121 --tproxy-mark 0x1
 ip6tables -w 5 -t mangle -I PREROUTING 1 -j FTPGATE_PREROUTING
 ip6tables -w 5 -t filter -N FTPGATE_FORWARD
-ip6tables -w 5 -t filter -A FTPGATE_FORWARD -m connmark ! --mark 0x2/0x2 -j CONNMARK --or-mark 0x2
+ip6tables -w 5 -t filter -A FTPGATE_FORWARD -m connmark --mark 0x0/0x3 -j CONNMARK --or-mark 0x2
 ip6tables -w 5 -t filter -A FTPGATE_FORWARD -i lan0 -s 2001:db8:1::/64 -d 2001:db8:2::/64 -p tcp --dport 21 -j REJECT --reject-with tcp-reset
 ip6tables -w 5 -t filter -A FTPGATE_FORWARD -i lan1 -s 2001:db8:1::/64 -d 2001:db8:2::/64 -p tcp --dport 21 -j REJECT --reject-with tcp-reset
 ip6tables -w 5 -t filter -I FORWARD 1 -j FTPGATE_FORWARD
