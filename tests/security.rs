@@ -185,8 +185,8 @@ fn refused_server_connection_client_gets_a_reset() {
 /// rule sets diverted ICMP, it was routed on (or dropped by the strict
 /// profile), ftpgate waited out its 10 s connect timeout and the client
 /// got a 421.
-fn refused_by_icmp(tag: &str, refusing: &str, prefix: &str, family: &str) {
-    let mut lab = Lab::new(tag, Rules::Nft);
+fn refused_by_icmp(tag: &str, rules: Rules, refusing: &str, prefix: &str, family: &str) {
+    let mut lab = Lab::new(tag, rules);
     lab.start_gateway_on(&["0.0.0.0:2121", "[::]:2121"], &[]);
     let rule = format!("add rule inet refuse input {family} daddr {refusing} tcp dport 21 reject");
     let addr = format!("{refusing}/{prefix}");
@@ -217,10 +217,12 @@ fn refused_by_icmp(tag: &str, refusing: &str, prefix: &str, family: &str) {
 
 #[test]
 fn refused_by_icmp_port_unreachable_client_gets_a_reset() {
-    refused_by_icmp("icmp4", "198.51.100.12", "24", "ip");
+    refused_by_icmp("icmp4", Rules::Nft, "198.51.100.12", "24", "ip");
+    refused_by_icmp("icmp4x", Rules::Iptables, "198.51.100.12", "24", "ip");
 }
 
 #[test]
 fn refused_by_icmpv6_port_unreachable_client_gets_a_reset() {
-    refused_by_icmp("icmp6", "2001:db8:2::12", "64", "ip6");
+    refused_by_icmp("icmp6", Rules::Nft, "2001:db8:2::12", "64", "ip6");
+    refused_by_icmp("icmp6x", Rules::Iptables, "2001:db8:2::12", "64", "ip6");
 }
