@@ -300,6 +300,41 @@ fn router_firewall() {
 }
 
 #[test]
+fn routed_neighbours() {
+    let r = scenario("routed-neighbours", 120);
+    for i in 1..=4 {
+        r.assert_same(&format!("active{i}.bin"), "scen.bin");
+    }
+    assert_eq!(r.server_saw(), [CLIENT]);
+    // every active listener sat on a routed flow's port, and no flow broke
+    let flows: Value = serde_json::from_str(r.text("flows.json").trim()).unwrap();
+    assert_eq!(flows["broken"], serde_json::json!({}), "{flows}");
+    assert!(flows["rounds"].as_u64().unwrap() > 100, "{flows}");
+    let log = r.text("ftpgate.json");
+    let ports: Vec<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["msg"] == "transfer")
+        .map(|v| v["server_data_local"].as_str().unwrap().rsplit(':').next().unwrap().to_string())
+        .collect();
+    assert_eq!(ports.len(), 4, "{ports:?}");
+    assert!(ports.iter().all(|p| ["40000", "40001", "40002", "40003"].contains(&p.as_str())), "{ports:?}");
+    // the routed connection to port 2121 reached the echo, not ftpgate
+    let to_2121: Value = serde_json::from_str(r.text("flows2121.json").trim()).unwrap();
+    assert_eq!(to_2121["broken"], serde_json::json!({}), "{to_2121}");
+    assert!(!log.contains("not redirected by TPROXY"), "ftpgate took the connection to port 2121");
+    // the ICMP refusal: a reset, at once, and ftpgate's record of it
+    let refused: Value = serde_json::from_str(r.text("refused.json").trim()).unwrap();
+    assert_eq!(refused["reset"], true, "{refused}");
+    assert!(refused["seconds"].as_f64().unwrap() < 3.0, "{refused}");
+    assert!(log.contains("server refused the connection"), "no record of the refusal");
+    // conntrack: the routed flows carry the forward mark
+    let ct = r.text("conntrack.txt");
+    assert!(ct.lines().any(|l| l.contains("dport=9999 ") && l.contains(" mark=2 ")), "{ct}");
+    done(r);
+}
+
+#[test]
 fn scale_out() {
     let r = scenario("scale-out", 150);
     r.assert_same("low.bin", "small.bin");
