@@ -591,6 +591,28 @@ pub(crate) fn core_config(args: &Args) -> Config {
     }
 }
 
+/// What the kernel data path cannot do: refused at start, by
+/// `--check-config`, and by a reload (which keeps the data path the
+/// process started with).
+pub(crate) fn data_path_conflicts(args: &Args, policy: &PolicySet) -> Result<(), &'static str> {
+    if args.data_path != cli::DataPath::Pinhole {
+        return Ok(());
+    }
+    if args.enforce_data_direction {
+        return Err("--data-path pinhole cannot enforce the data direction: the kernel forwards \
+                    the data; drop --enforce-data-direction or use --data-path relay");
+    }
+    if args.ftps == cli::Ftps::PassThrough {
+        return Err("--data-path pinhole cannot open pinholes for FTPS: the gateway does not see \
+                    the encrypted PASV/PORT; use --ftps refuse or --data-path relay");
+    }
+    if policy.rules.iter().any(|r| r.server_data != ftpgate_proto::rules::ServerData::Keep) {
+        return Err("--data-path pinhole cannot convert data modes (server-data in a policy rule): \
+                    both data connections would have to be ftpgate's; use --data-path relay");
+    }
+    Ok(())
+}
+
 /// What a reload changes for new sessions.
 #[derive(Debug)]
 pub(crate) struct Reloadable {
@@ -695,7 +717,7 @@ impl Reloader {
     /// `None` when the file is refused: the running configuration stays.
     /// `sessions`: how many are open, which a changed policy reaches.
     pub(crate) fn reload(&mut self, log: &Logger, sessions: usize) -> Option<Reloadable> {
-        let loaded = match self.loader.load() {
+        let mut loaded = match self.loader.load() {
             Ok(loaded) => loaded,
             Err(e) => {
                 error!(
@@ -706,6 +728,19 @@ impl Reloader {
             }
         };
         let fixed = changed(&self.started, &loaded.args, false).join(" ");
+        // The event loops carry the data the way they started: the core
+        // must go on deciding for that data path (in relay mode it holds
+        // the final reply until the relay is done, and listens on a port
+        // of its own in active mode), whatever the file says now; the
+        // record says that a restart is needed.
+        loaded.args.data_path = self.started.data_path;
+        if let Err(what) = data_path_conflicts(&loaded.args, &loaded.policy) {
+            error!(
+                log, "configuration not reloaded; the running one stays in force";
+                "error" => what, "hint" => "fix the file, then send SIGHUP again (ftpgate --check-config)"
+            );
+            return None;
+        }
         let policy_changed = loaded.policy != self.policy;
         let p = &loaded.policy;
         let changed_keys = changed(&self.current, &loaded.args, true).join(" ");
@@ -1190,6 +1225,35 @@ group = "nogroup"
 
     fn discard() -> Logger {
         Logger::root(slog::Discard, slog::o!())
+    }
+
+    /// The data path is the process's: a reload that names the other one
+    /// leaves the core deciding for the one the loops run (in relay mode
+    /// it holds the final reply), and a file the running data path cannot
+    /// carry out is refused as a whole.
+    #[test]
+    fn reload_keeps_the_data_path_and_refuses_what_it_cannot_do() {
+        let file = TempFile::new("datapath.toml", "[limits]\nidle-timeout = 60\n");
+        let first = loader(&["ftpgate", "--config", file.path()]);
+        let started = first.load().unwrap();
+        let mut reloader = Reloader::new(first, &started);
+        file.write("[limits]\nidle-timeout = 61\n[protocol]\ndata-path = \"pinhole\"\n");
+        let new = reloader.reload(&discard(), 0).expect("the rest of the file reloads");
+        assert!(!new.core.kernel_data_path, "the core still decides for the relay");
+        assert_eq!(new.core.idle_timeout, Duration::from_secs(61));
+
+        let file = TempFile::new("pinhole.toml", "[protocol]\ndata-path = \"pinhole\"\n");
+        let second = loader(&["ftpgate", "--config", file.path()]);
+        let started = second.load().unwrap();
+        let mut reloader = Reloader::new(second, &started);
+        file.write("[protocol]\ndata-path = \"pinhole\"\nenforce-data-direction = true\n");
+        assert!(reloader.reload(&discard(), 0).is_none(), "pinholes cannot enforce the direction");
+        file.write("[protocol]\ndata-path = \"relay\"\nenforce-data-direction = true\n");
+        assert!(reloader.reload(&discard(), 0).is_none(), "still pinholes: still refused");
+        file.write("[protocol]\ndata-path = \"pinhole\"\n[limits]\nidle-timeout = 7\n");
+        let new = reloader.reload(&discard(), 0).expect("valid again");
+        assert!(new.core.kernel_data_path);
+        assert_eq!(new.core.idle_timeout, Duration::from_secs(7));
     }
 
     #[test]

@@ -119,7 +119,7 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
     let log = log::build(args.log_level, args.log_format);
     info!(log, "configuration"; "file" => loaded.file_name());
     loaded.log_policy(&log);
-    if let Err(what) = pinhole_conflicts(args, &loaded.policy) {
+    if let Err(what) = config::data_path_conflicts(args, &loaded.policy) {
         crit!(log, "cannot start"; "error" => what);
         return ExitCode::from(2);
     }
@@ -256,29 +256,17 @@ fn size_limits(args: &Args, workers: usize, log: &Logger) -> (usize, usize) {
     (max_sessions, max_data_channels)
 }
 
-/// `--check-config`: the verdict on stdout, 0. (An invalid file never
-/// gets here: `main` exits 2 with the error on stderr.)
-/// What the kernel data path cannot do, refused at start.
-fn pinhole_conflicts(args: &Args, policy: &ftpgate_proto::rules::PolicySet) -> Result<(), &'static str> {
-    if args.data_path != cli::DataPath::Pinhole {
-        return Ok(());
-    }
-    if args.enforce_data_direction {
-        return Err("--data-path pinhole cannot enforce the data direction: the kernel forwards \
-                    the data; drop --enforce-data-direction or use --data-path relay");
-    }
-    if args.ftps == cli::Ftps::PassThrough {
-        return Err("--data-path pinhole cannot open pinholes for FTPS: the gateway does not see \
-                    the encrypted PASV/PORT; use --ftps refuse or --data-path relay");
-    }
-    if policy.rules.iter().any(|r| r.server_data != ftpgate_proto::rules::ServerData::Keep) {
-        return Err("--data-path pinhole cannot convert data modes (server-data in a policy rule): \
-                    both data connections would have to be ftpgate's; use --data-path relay");
-    }
-    Ok(())
-}
-
+/// `--check-config`: the verdict on stdout, 0. An invalid file never gets
+/// here (`main` exits 2 with the error on stderr); a valid one whose
+/// settings the data path cannot carry out exits 2 the same way, as the
+/// daemon would refuse to start with it.
 fn check_config(loaded: &config::Loaded) -> ExitCode {
+    if let Err(what) = config::data_path_conflicts(&loaded.args, &loaded.policy) {
+        let file =
+            loaded.file.as_ref().map_or_else(|| "the options".to_string(), |p| p.display().to_string());
+        eprintln!("ftpgate: invalid configuration: {file}: {what}");
+        return ExitCode::from(2);
+    }
     match &loaded.file {
         Some(path) => println!("{}: valid", path.display()),
         None => println!("no configuration file ({} absent); the options are valid", config::DEFAULT_PATH),

@@ -45,6 +45,20 @@ fn check_config_valid_file_exits_0() {
     let _ = fs::remove_file(path);
 }
 
+/// A file the daemon would refuse to start with is no valid file: the
+/// kernel data path cannot enforce the data direction.
+#[test]
+fn check_config_refuses_what_the_data_path_cannot_do() {
+    let path =
+        scratch("conflict.toml", "[protocol]\ndata-path = \"pinhole\"\nenforce-data-direction = true\n");
+    let out = ftpgate(&["--check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let want =
+        format!("ftpgate: invalid configuration: {}: --data-path pinhole cannot enforce", path.display());
+    assert!(text(&out.stderr).starts_with(&want), "{}", text(&out.stderr));
+    let _ = fs::remove_file(path);
+}
+
 #[test]
 fn check_config_invalid_file_exits_2_naming_file_line_and_key() {
     let path = scratch("typo.toml", "[limits]\nidle-timeout = 60\n\n[logging]\nlevle = \"debug\"\n");
