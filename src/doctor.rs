@@ -294,7 +294,7 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
             } else {
                 format!("table {table} has no local {everything} dev lo")
             },
-            format!("ip {ip} route replace local {everything} dev lo table {table}"),
+            format!("ip {ip} route add local {everything} dev lo table {table}"),
         ));
 
         // Forwarding.
@@ -761,7 +761,7 @@ mod tests {
         f.local_routes[0] = Some(String::new());
         let c = evaluate(&plan, &f);
         assert_eq!(wrong(&c), ["local route IPv4"]);
-        assert_eq!(find(&c, "local route IPv4").fix, "ip -4 route replace local 0.0.0.0/0 dev lo table 100");
+        assert_eq!(find(&c, "local route IPv4").fix, "ip -4 route add local 0.0.0.0/0 dev lo table 100");
 
         let mut f = healthy();
         f.sysctl.insert("net.ipv6.conf.all.forwarding".into(), "0".into());

@@ -761,7 +761,19 @@ impl Plan {
                 out,
                 "[ -n \"$(ip {ip} rule show fwmark {mark:#x} lookup {table})\" ] || ip {ip} rule add fwmark {mark:#x} lookup {table}"
             );
-            let _ = writeln!(out, "ip {ip} route replace local {} dev lo table {table}", family.everything());
+            // `add`, not `replace`: a default route that the table already
+            // holds (a second uplink's, on a multi-WAN router) would be
+            // replaced by this local one, and everything routed through
+            // the table delivered to the router itself.
+            let everything = family.everything();
+            let _ = writeln!(
+                out,
+                "ip {ip} route show table {table} type local 2>/dev/null | grep -q '^local default dev lo' \\
+    \
+                 || ip {ip} route add local {everything} dev lo table {table} \\
+    \
+                 || {{ echo \"ftpgate rules: route table {table} holds a default route already; give ftpgate a table of its own (--table)\" >&2; exit 1; }}"
+            );
         }
         out
     }
@@ -815,7 +827,7 @@ fn nft_set(nets: &[Net]) -> String {
 const NFT_HEADER: &str = "\
 #
 # Load: ftpgate rules ... | nft -f -      Remove: ftpgate rules ... --undo | nft -f -
-# Also needed, once: the policy routing and sysctls (ftpgate rules ... --routing | sh).
+# Also needed, at every boot: the policy routing and sysctls (ftpgate rules ... --routing | sh).
 #
 #  * tproxy: control connections from the client side go to ftpgate's
 #    listener (or its socket of the connection). When nothing listens there,
@@ -843,7 +855,7 @@ const NFT_HEADER: &str = "\
 const IPTABLES_HEADER: &str = "\
 #
 # Load: ftpgate rules --iptables ... | sh    Remove: ftpgate rules --iptables ... --undo | sh
-# Also needed, once: the policy routing and sysctls (ftpgate rules ... --routing | sh).
+# Also needed, at every boot: the policy routing and sysctls (ftpgate rules ... --routing | sh).
 #
 #  * TPROXY: control connections from the client side go to ftpgate's
 #    listener or socket (the TPROXY target drops them while nothing

@@ -198,3 +198,34 @@ fn doctor_healthy_lab_then_each_item_broken_and_fixed() {
         );
     }
 }
+
+/// `ftpgate rules --routing` never replaces a route the table already
+/// holds: on a multi-WAN router a table may carry a second uplink's default
+/// route, which a local one would turn into "deliver everything here". It
+/// refuses, naming `--table`, and leaves the route as it was; run twice on
+/// a table of its own, it changes nothing the second time.
+#[test]
+fn routing_refuses_a_table_in_use_and_runs_twice() {
+    let lab = Lab::new("rtable", Rules::Nft);
+    sh(&lab, "ip -4 route add default via 198.51.100.10 table 7");
+    let bin = gateway_bin();
+    let routing = |table: &str| {
+        let cmd = format!("{} rules --routing --table {table} | sh", bin.display());
+        lab.exec(Ns::Gateway, 30, &["sh", "-c", &cmd])
+    };
+    let out = routing("7");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("route table 7 holds a default route already"),
+        "{}",
+        text(&out.stderr)
+    );
+    let table = text(&lab.exec(Ns::Gateway, 10, &["ip", "-4", "route", "show", "table", "7"]).stdout);
+    assert_eq!(table.trim(), "default via 198.51.100.10 dev gw-s", "the uplink's route is untouched");
+    for run in 0..2 {
+        let out = routing("8");
+        assert!(out.status.success(), "run {run}: {}", text(&out.stderr));
+    }
+    let table = text(&lab.exec(Ns::Gateway, 10, &["ip", "-4", "route", "show", "table", "8"]).stdout);
+    assert_eq!(table.trim(), "local default dev lo scope host");
+}

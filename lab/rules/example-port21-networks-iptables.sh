@@ -6,7 +6,7 @@
 #   client side: interfaces lan0 lan1, networks 192.0.2.0/24 2001:db8:1::/64; server networks: 198.51.100.0/24 203.0.113.0/24 2001:db8:2::/64
 #
 # Load: ftpgate rules --iptables ... | sh    Remove: ftpgate rules --iptables ... --undo | sh
-# Also needed, once: the policy routing and sysctls (ftpgate rules ... --routing | sh).
+# Also needed, at every boot: the policy routing and sysctls (ftpgate rules ... --routing | sh).
 #
 #  * TPROXY: control connections from the client side go to ftpgate's
 #    listener or socket (the TPROXY target drops them while nothing

@@ -19,9 +19,13 @@ sysctl -qw net.ipv4.ip_forward=1
 sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
 sysctl -qw net/ipv4/conf/gw-c/rp_filter=0
 [ -n "$(ip -4 rule show fwmark 0x1 lookup 100)" ] || ip -4 rule add fwmark 0x1 lookup 100
-ip -4 route replace local 0.0.0.0/0 dev lo table 100
+ip -4 route show table 100 type local 2>/dev/null | grep -q '^local default dev lo' \
+    || ip -4 route add local 0.0.0.0/0 dev lo table 100 \
+    || { echo "ftpgate rules: route table 100 holds a default route already; give ftpgate a table of its own (--table)" >&2; exit 1; }
 
 # IPv6
 sysctl -qw net.ipv6.conf.all.forwarding=1
 [ -n "$(ip -6 rule show fwmark 0x1 lookup 100)" ] || ip -6 rule add fwmark 0x1 lookup 100
-ip -6 route replace local ::/0 dev lo table 100
+ip -6 route show table 100 type local 2>/dev/null | grep -q '^local default dev lo' \
+    || ip -6 route add local ::/0 dev lo table 100 \
+    || { echo "ftpgate rules: route table 100 holds a default route already; give ftpgate a table of its own (--table)" >&2; exit 1; }

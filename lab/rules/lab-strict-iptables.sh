@@ -6,7 +6,7 @@
 #   client side: interfaces gw-c, networks any; server networks: any
 #
 # Load: ftpgate rules --iptables ... | sh    Remove: ftpgate rules --iptables ... --undo | sh
-# Also needed, once: the policy routing and sysctls (ftpgate rules ... --routing | sh).
+# Also needed, at every boot: the policy routing and sysctls (ftpgate rules ... --routing | sh).
 #
 #  * TPROXY: control connections from the client side go to ftpgate's
 #    listener or socket (the TPROXY target drops them while nothing
