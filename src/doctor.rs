@@ -493,7 +493,8 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
             .filter(|i| {
                 let own =
                     facts.sysctl.get(&format!("net.ipv4.conf.{i}.rp_filter")).map_or("?", String::as_str);
-                own == "1" || all == "1"
+                // 2 (loose) on either side wins over 1: max(all, own).
+                (own == "1" && all != "2") || (all == "1" && own != "2")
             })
             .collect();
         let mut fix = String::from("sysctl -w");
@@ -774,6 +775,18 @@ mod tests {
         let c = evaluate(&plan, &f);
         assert_eq!(wrong(&c), ["rp_filter"]);
         assert_eq!(find(&c, "rp_filter").fix, "sysctl -w net/ipv4/conf/gw-c/rp_filter=0");
+        // The effective value is max(all, own): loose (2) on either side
+        // is not strict.
+        let mut f = healthy();
+        f.sysctl.insert("net.ipv4.conf.all.rp_filter".into(), "2".into());
+        f.sysctl.insert("net.ipv4.conf.gw-c.rp_filter".into(), "1".into());
+        assert!(wrong(&evaluate(&plan, &f)).is_empty(), "all = 2 makes gw-c's 1 loose");
+        let mut f = healthy();
+        f.sysctl.insert("net.ipv4.conf.all.rp_filter".into(), "1".into());
+        let c = evaluate(&plan, &f);
+        assert_eq!(wrong(&c), ["rp_filter"], "all = 1 makes gw-c's 0 strict; gw-s's 2 stays loose");
+        assert!(find(&c, "rp_filter").detail.starts_with("strict (1) on gw-c "), "{c:#?}");
+        assert_eq!(find(&c, "rp_filter").fix, "sysctl -w net.ipv4.conf.all.rp_filter=0");
 
         let mut f = healthy();
         f.transparent_refused[0] = Some("Operation not permitted (os error 1)".into());
