@@ -99,7 +99,9 @@ impl Facts {
             };
             facts.xt_socket_tproxy[i] = (has("matches", "socket"), has("targets", "TPROXY"));
             let flag = family.ip_flag();
-            facts.ip_rules[i] = run(&["ip", flag, "rule", "show"], None).and_then(Result::ok);
+            // Numeric (-N): a table named in /etc/iproute2/rt_tables would
+            // otherwise show as `lookup NAME`, not `lookup 100`.
+            facts.ip_rules[i] = run(&["ip", "-N", flag, "rule", "show"], None).and_then(Result::ok);
             let table = plan.table.to_string();
             facts.local_routes[i] =
                 run(&["ip", flag, "route", "show", "table", &table], None).and_then(Result::ok);
