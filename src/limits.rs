@@ -198,6 +198,25 @@ pub(crate) fn default_max_data_channels(mem_total: u64, max_sessions: usize) -> 
     usize::try_from(by_memory).unwrap_or(usize::MAX).clamp(1, max_sessions.max(1))
 }
 
+/// The size of the kernel's conntrack expectation table
+/// (`nf_conntrack_expect_max`). It is the router's, shared by every helper
+/// (SIP, TFTP, the kernel's FTP helper) and by ftpgate's pinholes, one
+/// expectation each.
+pub(crate) fn expect_max() -> io::Result<usize> {
+    let text = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_expect_max")?;
+    text.trim().parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The pinholes ftpgate may hold at once in a table of `expect_max`: three
+/// quarters of it. Sized only by memory, the data-channel cap can exceed
+/// the table (1536 channels with 3 GiB, against 1024 expectations), and a
+/// client that holds a PASV open in many sessions would then fill it: every
+/// new pinhole would fail, and so would every other helper's expectations
+/// on the router. The quarter left is theirs.
+pub(crate) fn pinhole_cap(expect_max: usize) -> usize {
+    (expect_max / 4 * 3).max(1)
+}
+
 /// Physical memory in bytes (MemTotal of /proc/meminfo).
 pub(crate) fn mem_total() -> io::Result<u64> {
     let text = std::fs::read_to_string("/proc/meminfo")?;
@@ -749,5 +768,14 @@ mod tests {
             assert_eq!(soft, hard);
         }
         assert!(got.now >= got.was);
+    }
+
+    #[test]
+    fn pinholes_leave_a_quarter_of_the_expectation_table() {
+        assert_eq!(pinhole_cap(4096), 3072);
+        assert_eq!(pinhole_cap(1024), 768);
+        assert_eq!(pinhole_cap(64), 48);
+        assert_eq!(pinhole_cap(1), 1);
+        assert_eq!(pinhole_cap(0), 1);
     }
 }

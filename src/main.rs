@@ -242,7 +242,27 @@ fn size_limits(args: &Args, workers: usize, log: &Logger) -> (usize, usize) {
             "hint" => "raise the hard RLIMIT_NOFILE (systemd LimitNOFILE=) or lower --max-sessions"
         );
     }
-    let (max_sessions, max_data_channels) = (caps.max_sessions, caps.max_data_channels);
+    let (max_sessions, mut max_data_channels) = (caps.max_sessions, caps.max_data_channels);
+    if args.data_path == cli::DataPath::Pinhole {
+        match limits::expect_max() {
+            Ok(table) if max_data_channels > limits::pinhole_cap(table) => {
+                let to = limits::pinhole_cap(table);
+                warn!(
+                    log, "--max-data-channels lowered to what the kernel's expectation table allows";
+                    "requested" => max_data_channels, "max_data_channels" => to,
+                    "nf_conntrack_expect_max" => table,
+                    "hint" => "a quarter stays for the router's other helpers; raise \
+                               net.netfilter.nf_conntrack_expect_max for more pinholes"
+                );
+                max_data_channels = to;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(
+                log, "cannot read nf_conntrack_expect_max; pinholes capped by --max-data-channels alone";
+                "error" => %e
+            ),
+        }
+    }
     let pipe_mib = max_data_channels as u64 * limits::PIPE_BYTES_PER_CHANNEL / (1024 * 1024);
     info!(
         log, "limits";
