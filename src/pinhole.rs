@@ -15,8 +15,12 @@
 //! the real control connection would let it open its own expectations for
 //! every PORT and 227 it reads, past ftpgate's checks. So each pinhole gets
 //! a placeholder master of its own, created over ctnetlink with the `ftp`
-//! helper: a TCP entry `peer:N -> target:0` that no packet can bring to
-//! ESTABLISHED (nothing answers on port 0), so the helper never parses a
+//! helper: a TCP entry `peer:N -> target:0`. The rule set drops TCP port
+//! 0 before conntrack (`ftpgate rules --data-path pinhole`, its raw
+//! chain), so no packet reaches that entry: crafted segments on port 0
+//! from both ends could otherwise bring it to ESTABLISHED (an ACK from the
+//! peer's side alone moved it out of NONE, tests/pinhole.rs
+//! `port_0_never_reaches_the_placeholder_*`), and the helper never parses a
 //! byte. The placeholder is deleted with the channel, taking an unused
 //! expectation with it, and times out by itself if ftpgate dies.
 //!

@@ -485,6 +485,19 @@ impl Plan {
             }
         }
         out.push_str("    }\n");
+        if self.related {
+            // Each pinhole's placeholder master is a conntrack entry
+            // peer:N -> target:0 with the kernel's ftp helper. Segments to
+            // or from TCP port 0 could move it to ESTABLISHED (conntrack
+            // updates it before the forward chain drops them), and the
+            // helper would then parse what comes through it and open
+            // expectations of its own, past ftpgate's checks. Port 0 is
+            // never a real TCP port: drop it before conntrack sees it.
+            out.push_str(
+                "    chain raw {\n        type filter hook prerouting priority raw; policy accept;\n\
+                 \x20       tcp sport 0 drop\n        tcp dport 0 drop\n    }\n",
+            );
+        }
         out.push_str(
             "    chain forward {\n        type filter hook forward priority filter; policy accept;\n",
         );
@@ -634,6 +647,14 @@ impl Plan {
                 );
             }
             let _ = writeln!(out, "{ipt} -t mangle -I PREROUTING 1 -j FTPGATE_PREROUTING");
+            if self.related {
+                // TCP port 0 dropped before conntrack (the nft form says why)
+                let _ = writeln!(out, "{ipt} -t raw -N FTPGATE_RAW");
+                for dir in ["sport", "dport"] {
+                    let _ = writeln!(out, "{ipt} -t raw -A FTPGATE_RAW -p tcp --{dir} 0 -j DROP");
+                }
+                let _ = writeln!(out, "{ipt} -t raw -I PREROUTING 1 -j FTPGATE_RAW");
+            }
             let _ = writeln!(out, "{ipt} -t filter -N FTPGATE_FORWARD");
             let _ = writeln!(
                 out,
@@ -714,6 +735,7 @@ impl Plan {
             for (table, hook, chains) in [
                 ("filter", "FORWARD", &["FTPGATE_FORWARD"][..]),
                 ("mangle", "PREROUTING", &["FTPGATE_PREROUTING", "FTPGATE_DIVERT"][..]),
+                ("raw", "PREROUTING", &["FTPGATE_RAW"][..]),
             ] {
                 let _ = writeln!(out, "{ipt} -t {table} -D {hook} -j {} 2>/dev/null || true", chains[0]);
                 for chain in chains {
@@ -917,8 +939,20 @@ mod tests {
         assert!(!lab().routing().contains("nf_conntrack_acct"));
         let ipt = p.iptables();
         let accept = ipt.find("--ctstate ESTABLISHED,RELATED -j ACCEPT").unwrap();
-        assert!(accept < ipt.find("-j DROP").unwrap(), "{ipt}");
+        assert!(accept < ipt.find("FTPGATE_FORWARD -i gw-c -j DROP").unwrap(), "{ipt}");
         assert!(!lab().nft().contains("related") && !lab().iptables().contains("RELATED"));
+        // TCP port 0 dropped before conntrack: the placeholder masters'
+        // port (tests/pinhole.rs)
+        assert!(nft.contains("type filter hook prerouting priority raw;"), "{nft}");
+        assert!(nft.contains("tcp sport 0 drop\n        tcp dport 0 drop\n"), "{nft}");
+        for v in ["iptables", "ip6tables"] {
+            assert!(
+                ipt.contains(&format!("{v} -w 5 -t raw -A FTPGATE_RAW -p tcp --dport 0 -j DROP")),
+                "{ipt}"
+            );
+            assert!(ipt.contains(&format!("{v} -w 5 -t raw -I PREROUTING 1 -j FTPGATE_RAW")), "{ipt}");
+        }
+        assert!(!lab().nft().contains("priority raw") && !lab().iptables().contains("-N FTPGATE_RAW"));
     }
 
     /// The lab's plan (lab/netns.sh `rules`).

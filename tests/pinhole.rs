@@ -594,3 +594,117 @@ fn pinhole_gateway_exit_mid_download_leaves_the_transfer_to_the_kernel() {
     let diagnostics = ctx();
     assert!(!lab.gateway_running(), "the gateway did not exit: {diagnostics}");
 }
+
+/// Logs in, sends PASV, prints the 227 and holds the session until the
+/// flag file appears (20 s at most).
+const HOLD_PASV: &str = r#"
+import os, socket, sys, time
+s = socket.create_connection((sys.argv[1], 21), timeout=10)
+f = s.makefile("rb")
+def reply():
+    while True:
+        line = f.readline().decode()
+        if line[3:4] != "-":
+            return line.strip()
+reply()
+for cmd in ("USER anonymous", "PASS x@", "PASV"):
+    s.sendall((cmd + "\r\n").encode())
+    last = reply()
+print(last, flush=True)
+t0 = time.time()
+while not os.path.exists(sys.argv[2]) and time.time() - t0 < 20:
+    time.sleep(0.05)
+s.sendall(b"QUIT\r\n")
+"#;
+
+/// Sends 5 bare TCP ACKs from our address, port sys.argv[2], to
+/// sys.argv[1] port 0 (a raw socket: the kernel adds the IP header).
+const ACKS_TO_PORT_0: &str = r#"
+import socket, struct, sys
+dst, sport = sys.argv[1], int(sys.argv[2])
+src = "192.0.2.10"
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+for i in range(5):
+    hdr = struct.pack("!HHIIBBHHH", sport, 0, 1000 + i, 2000, 5 << 4, 0x10, 65535, 0, 0)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(hdr))
+    hdr = hdr[:16] + struct.pack("!H", csum(pseudo + hdr)) + hdr[18:]
+    r.sendto(hdr, (dst, 0))
+print("sent")
+"#;
+
+/// The conntrack line of the pinhole's placeholder master (to the server's
+/// port 0), if there is one.
+fn placeholder(lab: &Lab) -> Option<String> {
+    let out = lab.exec(Ns::Gateway, 10, &["cat", "/proc/net/nf_conntrack"]);
+    // (/proc/net/nf_conntrack names no helper: the one entry to a port 0
+    // is the placeholder)
+    text(&out.stdout).lines().find(|l| l.contains(" dport=0 ")).map(str::to_string)
+}
+
+/// TCP port 0 never reaches conntrack. A pinhole's placeholder master is
+/// the entry client:N -> server:0 with the kernel's ftp helper, which no
+/// segment must move out of its first state: once ESTABLISHED (an ACK
+/// from the client's side and a reply from the server's, both on port 0,
+/// which conntrack follows before the forward chain drops them), the
+/// helper would parse what passes and open expectations past ftpgate's
+/// checks. The rule set drops port 0 in a raw-priority chain, so the
+/// client's crafted ACKs leave the entry as it was. On the build before,
+/// they moved it out of NONE.
+fn port_0_never_reaches_the_placeholder(tag: &str, rules: Rules) {
+    let lab = pinhole_lab_with(tag, rules);
+    let flag = lab.run.join("quit-now");
+    let mut client = std::process::Command::new("timeout")
+        .args([
+            "-k",
+            "5",
+            "40",
+            "ip",
+            "netns",
+            "exec",
+            &lab.ns(Ns::Client),
+            "python3",
+            "-c",
+            HOLD_PASV,
+            SERVER_IP,
+        ])
+        .arg(&flag)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the client");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(client.stdout.as_mut().unwrap()), &mut first)
+        .unwrap();
+    assert!(first.starts_with("227"), "client: {first}\n{}", lab.diagnostics());
+    let before = placeholder(&lab).unwrap_or_else(|| {
+        let ct = text(&lab.exec(Ns::Gateway, 10, &["cat", "/proc/net/nf_conntrack"]).stdout);
+        panic!("no placeholder master in:\n{ct}\n{}", lab.diagnostics())
+    });
+    let state = |line: &str| line.split_whitespace().nth(5).unwrap_or("").to_string();
+    let sport = before
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sport="))
+        .expect("the placeholder's client port")
+        .to_string();
+    let out = lab.exec(Ns::Client, 10, &["python3", "-c", ACKS_TO_PORT_0, SERVER_IP, &sport]);
+    assert!(text(&out.stdout).contains("sent"), "{}", text(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = placeholder(&lab).unwrap_or_default();
+    std::fs::write(&flag, b"").unwrap();
+    let _ = client.wait();
+    assert_eq!(state(&after), state(&before), "the placeholder moved:\nbefore {before}\nafter  {after}");
+}
+
+#[test]
+fn port_0_never_reaches_the_placeholder_nft() {
+    port_0_never_reaches_the_placeholder("ph0nft", Rules::Nft);
+}
+
+#[test]
+fn port_0_never_reaches_the_placeholder_iptables() {
+    port_0_never_reaches_the_placeholder("ph0ipt", Rules::Iptables);
+}
