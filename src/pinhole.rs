@@ -103,6 +103,10 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
 
+/// The receive buffer asked for the conntrack event socket (the kernel
+/// doubles it for its bookkeeping).
+const EVENT_BUFFER: usize = 8 << 20;
+
 /// The placeholder master outlives its channel's accept deadline by this
 /// much, so that it ends by itself if ftpgate does not delete it.
 const MASTER_GRACE: Duration = Duration::from_secs(10);
@@ -277,6 +281,11 @@ impl Book {
 impl Pinholes {
     /// Opens the sockets, turns conntrack accounting on in this network
     /// namespace and proves that a placeholder master can be made.
+    /// The event socket's receive buffer, as the kernel granted it.
+    pub(crate) fn event_buffer(&self) -> usize {
+        nix::sys::socket::getsockopt(&self.events, nix::sys::socket::sockopt::RcvBuf).unwrap_or(0)
+    }
+
     pub(crate) fn open() -> Result<Self, Unavailable> {
         let un = |what| move |error| Unavailable { what, error };
         let mut requests =
@@ -294,8 +303,16 @@ impl Pinholes {
             events.add_membership(group).map_err(un("joining the conntrack event groups"))?;
         }
         event_filter::attach(events.as_raw_fd()).map_err(un("filtering the conntrack events"))?;
-        // Bursts of events must not overflow (ENOBUFS loses them).
-        let _ = events.set_rx_buf_sz(8 << 20);
+        // Bursts of events must not overflow (ENOBUFS loses them, and a
+        // channel whose DESTROY is lost counts as running until its
+        // session ends). SO_RCVBUF is capped at net.core.rmem_max (Debian:
+        // 212992, so about 416 KiB); SO_RCVBUFFORCE, which CAP_NET_ADMIN
+        // allows, is not.
+        let force =
+            nix::sys::socket::setsockopt(&events, nix::sys::socket::sockopt::RcvBufForce, &EVENT_BUFFER);
+        if force.is_err() {
+            let _ = events.set_rx_buf_sz(EVENT_BUFFER);
+        }
         events.set_non_blocking(true).map_err(un("making the event socket non-blocking"))?;
         // `ftpgate rules --routing --data-path pinhole` sets it; a service
         // with ProtectKernelTunables= cannot, so only write it when off.

@@ -105,7 +105,9 @@ impl Loop {
         }
         // The event socket is not in the poll set (see PINHOLE_TICK).
         let pinholes = if kernel_data_path {
-            Some(crate::pinhole::Pinholes::open().map_err(StartError::Pinhole)?)
+            let p = crate::pinhole::Pinholes::open().map_err(StartError::Pinhole)?;
+            debug!(log, "conntrack event socket"; "worker" => index, "receive_buffer" => p.event_buffer());
+            Some(p)
         } else {
             None
         };

@@ -708,3 +708,27 @@ fn port_0_never_reaches_the_placeholder_nft() {
 fn port_0_never_reaches_the_placeholder_iptables() {
     port_0_never_reaches_the_placeholder("ph0ipt", Rules::Iptables);
 }
+
+/// The conntrack event socket gets its 8 MiB receive buffer whatever
+/// net.core.rmem_max says (SO_RCVBUFFORCE): with SO_RCVBUF a router at
+/// Debian's default (212992) would hold about 416 KiB of events, and a
+/// burst beyond it loses DESTROYs (ENOBUFS). The kernel doubles what is
+/// asked: 16 MiB, more than twice this lab's rmem_max (4 MiB), which is
+/// all that SO_RCVBUF could give.
+#[test]
+fn event_socket_buffer_passes_rmem_max() {
+    let lab = pinhole_lab("phbuf");
+    let log = lab.wait_for_log("conntrack event socket", 1, 10);
+    let granted: usize = log
+        .lines()
+        .filter(|l| l.contains("conntrack event socket"))
+        .filter_map(|l| l.split("receive_buffer: ").nth(1))
+        .filter_map(|v| v.split(',').next()?.trim().parse().ok())
+        .min()
+        .unwrap_or_else(|| panic!("no receive_buffer in:\n{log}"));
+    let rmem_max: usize = text(&lab.exec(Ns::Gateway, 5, &["cat", "/proc/sys/net/core/rmem_max"]).stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(granted >= 16 << 20, "event socket buffer {granted} bytes (rmem_max {rmem_max})");
+}
