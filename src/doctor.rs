@@ -333,12 +333,11 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
         // ICMP errors about ftpgate's flows are diverted to its sockets: a
         // port unreachable fails its connect at once, a fragmentation-
         // needed lowers its leg's path MTU. Older rule sets divert TCP only.
-        let (icmp_nft, icmp_xt) = match family {
-            Family::V4 => (" icmp,", "-p icmp -m socket --transparent -j FTPGATE_DIVERT"),
-            Family::V6 => ("ipv6-icmp", "-p ipv6-icmp -m socket --transparent -j FTPGATE_DIVERT"),
+        let names_icmp = |text: &str| {
+            text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).any(|w| w == family.icmp())
         };
-        let ok = rules.iter().filter(in_family).any(|r| is_nft_divert(r.text) && r.text.contains(icmp_nft))
-            || xt.contains(icmp_xt);
+        let ok = rules.iter().filter(in_family).any(|r| is_nft_divert(r.text) && names_icmp(r.text))
+            || xt.contains(&format!("-p {} -m socket --transparent -j FTPGATE_DIVERT", family.icmp()));
         let (detail, fix) = match (ok, readable) {
             (true, _) => ("the divert takes ICMP errors about ftpgate's flows".to_string(), String::new()),
             (false, true) => (
@@ -362,7 +361,7 @@ pub(crate) fn evaluate(plan: &Plan, facts: &Facts) -> Vec<Check> {
         // of ftpgate before the forward mark lack these rules.
         let fm = plan.forward_mark;
         let fm_nft = format!("{fm:#010x}");
-        let both = fm | plan.mark;
+        let both = plan.both_marks();
         let nft_at = |is: &dyn Fn(&str) -> bool| rules.iter().position(|r| in_family(&r) && is(r.text));
         let nft_ok = match (
             nft_at(&|t| t == format!("ct mark & {fm_nft} == {fm_nft} accept")),

@@ -244,9 +244,8 @@ fn size_limits(args: &Args, workers: usize, log: &Logger) -> (usize, usize) {
     }
     let (max_sessions, mut max_data_channels) = (caps.max_sessions, caps.max_data_channels);
     if args.data_path == cli::DataPath::Pinhole {
-        match limits::expect_max() {
-            Ok(table) if max_data_channels > limits::pinhole_cap(table) => {
-                let to = limits::pinhole_cap(table);
+        match limits::expect_max().map(|table| (table, limits::pinhole_cap(table))) {
+            Ok((table, to)) if max_data_channels > to => {
                 warn!(
                     log, "--max-data-channels lowered to what the kernel's expectation table allows";
                     "requested" => max_data_channels, "max_data_channels" => to,

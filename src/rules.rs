@@ -57,6 +57,14 @@ impl Family {
         }
     }
 
+    /// The ICMP protocol's name in nft and iptables (`-p`).
+    pub(crate) fn icmp(self) -> &'static str {
+        match self {
+            Self::V4 => "icmp",
+            Self::V6 => "ipv6-icmp",
+        }
+    }
+
     pub(crate) fn iptables(self) -> &'static str {
         match self {
             Self::V4 => "iptables",
@@ -246,6 +254,12 @@ enum Dir {
 }
 
 impl Plan {
+    /// ftpgate's own mark and the forward mark together: a conntrack
+    /// entry with neither was never ftpgate's nor seen forwarded.
+    pub(crate) fn both_marks(&self) -> u32 {
+        self.mark | self.forward_mark
+    }
+
     pub(crate) fn check(&self) -> Result<(), PlanError> {
         if self.mark == 0 {
             return Err(PlanError::MarkZero);
@@ -504,8 +518,8 @@ impl Plan {
         // Not on a flow that was ftpgate's (while ftpgate restarts, nft's
         // tproxy finds no listener and its segments come here): once it
         // runs again, they must reach the rule that resets them.
-        let both = format!("{:#x}", self.forward_mark | self.mark);
-        let _ = writeln!(out, "        ct mark & {both} == 0 ct mark set ct mark | {fmark}");
+        let _ =
+            writeln!(out, "        ct mark & {:#x} == 0 ct mark set ct mark | {fmark}", self.both_marks());
         if self.related {
             out.push_str("        ct state established,related accept\n");
         }
@@ -627,11 +641,7 @@ impl Plan {
             // ICMP errors about ftpgate's flows are theirs (the nft form
             // says why); the xt socket match leaves wildcard sockets alone
             // by itself
-            let icmp = match family {
-                Family::V4 => "icmp",
-                Family::V6 => "ipv6-icmp",
-            };
-            for proto in ["tcp", icmp] {
+            for proto in ["tcp", family.icmp()] {
                 let _ = writeln!(
                     out,
                     "{ipt} -t mangle -A FTPGATE_PREROUTING -p {proto} -m socket --transparent -j FTPGATE_DIVERT"
@@ -660,7 +670,7 @@ impl Plan {
                 out,
                 "{ipt} -t filter -A FTPGATE_FORWARD -m connmark --mark 0x0/{both:#x} -j CONNMARK --or-mark {f:#x}",
                 f = self.forward_mark,
-                both = self.forward_mark | self.mark
+                both = self.both_marks()
             );
             if self.related {
                 let _ = writeln!(

@@ -58,6 +58,25 @@ fn spawn_in(lab: &Lab, ns: Ns, args: &[&str], stdout: Stdio, err_name: &str) -> 
         .expect("spawn lab/routed_flows.py")
 }
 
+/// The echo service on `server_ip`:`port` in the server namespace, for
+/// `lifetime` seconds; returns it once it listens, and its address.
+fn start_echo(lab: &Lab, server_ip: &str, port: u16, lifetime: &str) -> (Child, String) {
+    let listen = format!("{}:{port}", url_host(server_ip));
+    let echo = spawn_in(
+        lab,
+        Ns::Server,
+        &["echo", "--listen", &listen, "--lifetime", lifetime],
+        Stdio::null(),
+        "echo.err",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text(&lab.exec(Ns::Server, 5, &["ss", "-Hltn"]).stdout).contains(&format!(":{port}")) {
+        assert!(Instant::now() < deadline, "echo service did not listen on {listen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (echo, listen)
+}
+
 /// Waits (bounded) until `file` holds `what`.
 fn wait_for_text(file: &std::path::Path, what: &str, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -78,19 +97,7 @@ fn routed_flows_survive_active_listeners(tag: &str, rules: Rules, v6: bool) {
     assert!(out.status.success(), "{}", text(&out.stderr));
     lab.start_gateway_on(&["0.0.0.0:2121", "[::]:2121"], &[]);
 
-    let listen = format!("{}:{ECHO_PORT}", url_host(server_ip));
-    let echo = spawn_in(
-        &lab,
-        Ns::Server,
-        &["echo", "--listen", &listen, "--lifetime", "60"],
-        Stdio::null(),
-        "echo.err",
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !text(&lab.exec(Ns::Server, 5, &["ss", "-Hltn"]).stdout).contains(&format!(":{ECHO_PORT}")) {
-        assert!(Instant::now() < deadline, "echo service did not listen");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (echo, listen) = start_echo(&lab, server_ip, ECHO_PORT, "60");
     let ports = PORTS.map(|p| p.to_string()).join(",");
     let flows = spawn_in(
         &lab,
@@ -159,19 +166,7 @@ fn routed_flows_to_the_control_port_pass(tag: &str, rules: Rules, v6: bool) {
     let mut lab = Lab::new(tag, rules);
     load_router_profile(&lab, rules);
     lab.start_gateway_on(&["0.0.0.0:2121", "[::]:2121"], &[]);
-    let listen = format!("{}:{GW_PORT}", url_host(server_ip));
-    let echo = spawn_in(
-        &lab,
-        Ns::Server,
-        &["echo", "--listen", &listen, "--lifetime", "30"],
-        Stdio::null(),
-        "echo.err",
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !text(&lab.exec(Ns::Server, 5, &["ss", "-Hltn"]).stdout).contains(&format!(":{GW_PORT}")) {
-        assert!(Instant::now() < deadline, "echo service did not listen");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (echo, listen) = start_echo(&lab, server_ip, GW_PORT, "30");
     let out = lab.exec(
         Ns::Client,
         30,
