@@ -49,11 +49,17 @@ impl Manager {
     /// `ftpgate ARGS` under `wrapper` (each part execs, so the child's PID
     /// ends up as ftpgate's) with NOTIFY_SOCKET set; stderr to a file.
     fn spawn(&self, wrapper: &[&str], bin: &std::path::Path) -> Child {
+        self.spawn_with(wrapper, bin, &[])
+    }
+
+    /// The same, with `extra` flags after the test's own.
+    fn spawn_with(&self, wrapper: &[&str], bin: &std::path::Path, extra: &[String]) -> Child {
         let log = fs::File::create(self.dir.join("ftpgate.log")).unwrap();
         Command::new(wrapper[0])
             .args(&wrapper[1..])
             .arg(bin)
             .args(["--listen", "0.0.0.0:2121", "--drain-timeout", "5"])
+            .args(extra)
             .env("NOTIFY_SOCKET", self.dir.join("notify"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -148,20 +154,12 @@ fn started_as_root_listener_bound_ready_then_sigterm_stopping_exit_0() {
     sigterm_stops_cleanly(&manager, gateway);
 }
 
-#[test]
-fn started_as_the_unit_does_ready_after_the_privileges_are_narrowed() {
-    require_root();
-    let manager = Manager::new("unit");
-    // the build tree may sit where `nobody` cannot enter
-    let bin = manager.dir.join("ftpgate");
-    fs::copy(common::gateway_bin(), &bin).unwrap();
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-    // User=nobody, AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE,
-    // CapabilityBoundingSet= the same, NoNewPrivileges=yes
+/// What systemd runs the unit's commands as: User=nobody here,
+/// AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE,
+/// CapabilityBoundingSet= the same, NoNewPrivileges=yes.
+fn as_the_unit() -> Vec<String> {
     let caps = "+net_admin,+net_bind_service";
-    let setpriv = [
-        "unshare",
-        "--net",
+    [
         "setpriv",
         "--reuid=nobody",
         "--regid=nogroup",
@@ -170,7 +168,28 @@ fn started_as_the_unit_does_ready_after_the_privileges_are_narrowed() {
         &format!("--ambient-caps=-all,{caps}"),
         &format!("--bounding-set=-all,{caps}"),
         "--no-new-privs",
-    ];
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A copy of the binary where `nobody` can run it: the build tree may
+/// sit where `nobody` cannot enter.
+fn binary_for_nobody(manager: &Manager) -> PathBuf {
+    let bin = manager.dir.join("ftpgate");
+    fs::copy(common::gateway_bin(), &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[test]
+fn started_as_the_unit_does_ready_after_the_privileges_are_narrowed() {
+    require_root();
+    let manager = Manager::new("unit");
+    let bin = binary_for_nobody(&manager);
+    let unit = as_the_unit();
+    let setpriv: Vec<&str> =
+        ["unshare", "--net"].into_iter().chain(unit.iter().map(String::as_str)).collect();
     let mut gateway = manager.spawn(&setpriv, &bin);
     let pid = gateway.id();
     manager.expect(&mut gateway, "READY=1");
@@ -180,5 +199,105 @@ fn started_as_the_unit_does_ready_after_the_privileges_are_narrowed() {
     let cap = |key| u64::from_str_radix(&status_field(pid, key), 16).unwrap();
     assert_eq!(cap("CapEff"), TWO_CAPS, "at READY=1\n{}", manager.log());
     assert_eq!(cap("CapAmb"), 0, "ambient set not cleared at READY=1\n{}", manager.log());
+    sigterm_stops_cleanly(&manager, gateway);
+}
+
+/// The unit's ExecReload= lines, in order, as argument vectors:
+/// `$FTPGATE_ARGS` split on white space (as systemd does for an unquoted
+/// `$VAR`), `$MAINPID` the gateway's PID and /usr/bin/ftpgate the binary
+/// under test.
+fn exec_reload(bin: &std::path::Path, ftpgate_args: &[String], pid: u32) -> Vec<Vec<String>> {
+    let unit = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/ftpgate.service")).unwrap();
+    let lines: Vec<Vec<String>> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecReload="))
+        .map(|cmd| {
+            cmd.split_whitespace()
+                .flat_map(|word| match word {
+                    "$FTPGATE_ARGS" => ftpgate_args.to_vec(),
+                    "$MAINPID" => vec![pid.to_string()],
+                    "/usr/bin/ftpgate" => vec![bin.display().to_string()],
+                    w => vec![w.to_string()],
+                })
+                .collect()
+        })
+        .collect();
+    assert!(!lines.is_empty(), "packaging/ftpgate.service has no ExecReload=");
+    lines
+}
+
+/// `systemctl reload` as systemd carries it out: each ExecReload= line in
+/// turn, as the unit's user, until one fails. Returns whether the reload
+/// succeeded, and the failing line's stderr.
+fn systemctl_reload(commands: &[Vec<String>]) -> (bool, String) {
+    for argv in commands {
+        let full: Vec<String> = as_the_unit().into_iter().chain(argv.iter().cloned()).collect();
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let out = run_bounded(10, &full);
+        if !out.status.success() {
+            return (false, text(&out.stderr));
+        }
+    }
+    (true, String::new())
+}
+
+/// The gateway's log holds `want` `times` times, within 5 s.
+fn log_counts(manager: &Manager, want: &str, times: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if manager.log().matches(want).count() >= times {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn systemctl_reload_fails_when_the_daemon_would_refuse_the_file() {
+    require_root();
+    let manager = Manager::new("reload");
+    let bin = binary_for_nobody(&manager);
+    let file = manager.dir.join("ftpgate.toml");
+    fs::write(&file, "[limits]\nidle-timeout = 60\n").unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    // FTPGATE_ARGS of /etc/default/ftpgate: the file to read.
+    let ftpgate_args = vec!["--config".to_string(), file.display().to_string()];
+    let unit = as_the_unit();
+    let setpriv: Vec<&str> =
+        ["unshare", "--net"].into_iter().chain(unit.iter().map(String::as_str)).collect();
+    let mut gateway = manager.spawn_with(&setpriv, &bin, &ftpgate_args);
+    manager.expect(&mut gateway, "READY=1");
+    let reload = exec_reload(&bin, &ftpgate_args, gateway.id());
+
+    // A valid change: the reload succeeds and the daemon applies it.
+    fs::write(&file, "[limits]\nidle-timeout = 90\n").unwrap();
+    let (ok, stderr) = systemctl_reload(&reload);
+    assert!(ok, "a valid file: the reload failed: {stderr}\n{}", manager.log());
+    assert!(
+        log_counts(&manager, "configuration reloaded", 1),
+        "the daemon did not reload\n{}",
+        manager.log()
+    );
+
+    // An invalid file: the reload fails with the checker's message, and
+    // the daemon is never signalled (nothing else is logged).
+    fs::write(&file, "[limits]\nidle-timeot = 90\n").unwrap();
+    let (ok, stderr) = systemctl_reload(&reload);
+    assert!(!ok, "an invalid file: the reload reported success\n{}", manager.log());
+    assert!(stderr.contains("idle-timeot"), "the reload's error names the key: {stderr}");
+
+    // A file the unit's user cannot read, as after `chmod 0600`: the
+    // daemon would refuse it at the reload, so the reload fails.
+    fs::write(&file, "[limits]\nidle-timeout = 120\n").unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, stderr) = systemctl_reload(&reload);
+    assert!(!ok, "an unreadable file: the reload reported success\n{}", manager.log());
+    assert!(stderr.contains("ermission denied"), "the reload's error says why: {stderr}");
+
+    std::thread::sleep(Duration::from_millis(300));
+    let log = manager.log();
+    assert_eq!(log.matches("configuration reloaded").count(), 1, "{log}");
+    assert_eq!(log.matches("not reloaded").count(), 0, "the daemon was signalled: {log}");
     sigterm_stops_cleanly(&manager, gateway);
 }
