@@ -4,6 +4,8 @@
 # Topology of lab NAME (three network namespaces, documentation addresses,
 # dual-stack):
 #
+#   NAME-n  eth0 192.0.2.77/32    2001:db8:1::77/128 (only after `netns.sh
+#     |     narrow`: a client behind NAME-c over a narrow link, narrow0)
 #   NAME-c  eth0 192.0.2.10/24    2001:db8:1::10/64  (default via .1 / ::1)
 #     |
 #   NAME-g  gw-c 192.0.2.1/24     2001:db8:1::1/64   (router + ftpgate)
@@ -27,6 +29,10 @@ SERVER_IP6=2001:db8:2::10
 CLIENT_NET=192.0.2.0/24
 SERVER_NET=198.51.100.0/24
 CLIENT_NET6=2001:db8:1::/64
+# `netns.sh narrow`: a host in NAME-n, behind the client namespace acting
+# as a router whose link to it is narrower than the rest of the path
+NARROW_IP=192.0.2.77
+NARROW_IP6=2001:db8:1::77
 SERVER_NET6=2001:db8:2::/64
 GW_PORT=2121
 GW_CLIENT_IF=gw-c
@@ -72,6 +78,7 @@ run_dir() { echo "$LAB_RUN_BASE/$1"; }
 ns_c() { echo "$1-c"; }
 ns_g() { echo "$1-g"; }
 ns_s() { echo "$1-s"; }
+ns_n() { echo "$1-n"; }
 
 ns_exists() { [ -e "/run/netns/$1" ]; }
 

@@ -22,7 +22,14 @@
 #   netns.sh record-pid NAME WHAT PID CMD  write RUN/WHAT.pid for PID, which
 #                                          runs the program CMD (lib.sh)
 #   netns.sh fetch-vsftpd                  fetch + unpack vsftpd into lab/.cache
-#   netns.sh exec NAME c|g|s CMD...        run CMD in one of the namespaces
+#   netns.sh narrow NAME [MTU]             add NAME-n: a client host (192.0.2.77,
+#                                          2001:db8:1::77) behind NAME-c, which
+#                                          routes for it over a link of MTU
+#                                          bytes (default 1280) on its own side:
+#                                          the host announces a full MSS, so
+#                                          only path MTU discovery (ICMP) can
+#                                          find the limit
+#   netns.sh exec NAME c|g|s|n CMD...      run CMD in one of the namespaces
 #   netns.sh rundir NAME                   print the lab's run directory
 #   netns.sh list                          labs with a run directory
 #   netns.sh gc                            tear down labs whose owner process
@@ -130,7 +137,7 @@ down() {
             if [ -e "$f" ]; then stop_pidfile "$f" 50 || true; fi
         done
     fi
-    for ns in "$(ns_c "$name")" "$(ns_g "$name")" "$(ns_s "$name")"; do
+    for ns in "$(ns_n "$name")" "$(ns_c "$name")" "$(ns_g "$name")" "$(ns_s "$name")"; do
         stop_ns_procs "$ns"
         if ns_exists "$ns"; then ip netns del "$ns" || log "could not delete netns $ns"; fi
     done
@@ -201,8 +208,37 @@ gc() {
     done
 }
 
+# narrow NAME MTU: a client host behind a narrow link (see the usage). Its
+# router is the client namespace, which forwards for it and sends the
+# ICMP "fragmentation needed" / "packet too big" errors toward the server's
+# address, that is through the gateway: the error is about a flow that
+# ftpgate terminates (relay) or a pinhole the kernel forwards.
+narrow() {
+    local name=$1 mtu=$2 c g n
+    c=$(ns_c "$name"); g=$(ns_g "$name"); n=$(ns_n "$name")
+    ns_exists "$c" || die "lab '$name' is not up"
+    ! ns_exists "$n" || die "lab '$name' already has its narrow host"
+    ip netns add "$n"
+    ip -n "$c" link add narrow0 type veth peer name eth0 netns "$n"
+    ip -n "$c" link set narrow0 mtu "$mtu" up
+    ip -n "$c" addr add fe80::1/64 dev narrow0 nodad
+    ip -n "$c" route add "$NARROW_IP/32" dev narrow0
+    ip -n "$c" -6 route add "$NARROW_IP6/128" dev narrow0
+    ip netns exec "$c" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+    ip -n "$n" link set lo up
+    ip -n "$n" link set eth0 up
+    ip -n "$n" addr add "$NARROW_IP/32" dev eth0
+    ip -n "$n" addr add "$NARROW_IP6/128" dev eth0 nodad
+    ip -n "$n" route add "$CLIENT_IP" dev eth0
+    ip -n "$n" route add default via "$CLIENT_IP" dev eth0
+    ip -n "$n" -6 route add default via fe80::1 dev eth0
+    ip -n "$g" route add "$NARROW_IP/32" via "$CLIENT_IP"
+    ip -n "$g" -6 route add "$NARROW_IP6/128" via "$CLIENT_IP6"
+    log "lab '$name': host $NARROW_IP, $NARROW_IP6 in $n, behind $c over a ${mtu}-byte link"
+}
+
 cmd=${1:-}
-[ -n "$cmd" ] || { sed -n '2,36p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] || { sed -n '2,39p' "$0" >&2; exit 2; }
 shift
 case "$cmd" in
 up)      need_root; check_name "${1:?NAME}"; up "$1" "${2:-nft}" ;;
@@ -213,14 +249,15 @@ gateway) need_root; check_name "${1:?NAME}"; start_gateway "$@" ;;
 stop-gateway) need_root; check_name "${1:?NAME}"; stop_gateway "$1" ;;
 record-pid) need_root; check_name "${1:?NAME}"; record_pid "$1" "${2:?WHAT}" "${3:?PID}" "${4:?CMD}" ;;
 fetch-vsftpd) need_root; fetch_vsftpd; echo "$VSFTPD_BIN" ;;
+narrow)  need_root; check_name "${1:?NAME}"; narrow "$1" "${2:-1280}" ;;
 exec)
     need_root; check_name "${1:?NAME}"
-    name=$1; which=${2:?c|g|s}; shift 2
-    case "$which" in c|g|s) ;; *) die "namespace must be c, g or s" ;; esac
+    name=$1; which=${2:?c|g|s|n}; shift 2
+    case "$which" in c|g|s|n) ;; *) die "namespace must be c, g, s or n" ;; esac
     exec ip netns exec "$name-$which" "$@"
     ;;
 rundir)  check_name "${1:?NAME}"; run_dir "$1" ;;
 gc)      need_root; gc ;;
 list)    ls -1 "$LAB_RUN_BASE" 2>/dev/null || true ;;
-*) die "unknown command '$cmd' (up|down|rules|vsftpd|gateway|stop-gateway|record-pid|fetch-vsftpd|exec|rundir|list|gc)" ;;
+*) die "unknown command '$cmd' (up|down|rules|vsftpd|gateway|stop-gateway|record-pid|fetch-vsftpd|narrow|exec|rundir|list|gc)" ;;
 esac

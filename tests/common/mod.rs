@@ -39,6 +39,10 @@ pub const CLIENT_IP6: &str = "2001:db8:1::10";
 pub const GW_CLIENT_IP6: &str = "2001:db8:1::1";
 pub const GW_SERVER_IP6: &str = "2001:db8:2::1";
 pub const SERVER_IP6: &str = "2001:db8:2::10";
+/// `Lab::add_narrow_host`: a client behind the client namespace, over a
+/// narrow link (lab/lib.sh).
+pub const NARROW_IP: &str = "192.0.2.77";
+pub const NARROW_IP6: &str = "2001:db8:1::77";
 /// A multi-MiB size that is not a multiple of any buffer size.
 pub const BIG: usize = 4 * 1024 * 1024 + 12_345;
 
@@ -107,6 +111,8 @@ pub enum Ns {
     Client,
     Gateway,
     Server,
+    /// Only after `Lab::add_narrow_host`.
+    Narrow,
 }
 
 pub fn repo_root() -> PathBuf {
@@ -454,8 +460,16 @@ impl Lab {
             Ns::Client => "c",
             Ns::Gateway => "g",
             Ns::Server => "s",
+            Ns::Narrow => "n",
         };
         format!("{}-{suffix}", self.name)
+    }
+
+    /// `lab/netns.sh narrow NAME MTU`: a client host (`Ns::Narrow`,
+    /// NARROW_IP and NARROW_IP6) behind the client namespace, which routes
+    /// for it over a link of `mtu` bytes on its side; removed with the lab.
+    pub fn add_narrow_host(&self, mtu: u16) {
+        self.script_ok(30, &["narrow", &self.name, &mtu.to_string()]);
     }
 
     /// Run a command inside a namespace, bounded by `secs`.
