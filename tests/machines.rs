@@ -506,7 +506,7 @@ fn two_gateway_scenarios_are_refused_on_machines() {
         &common::run_bounded(30, &[&common::repo_root().join("lab/scenario").to_string_lossy(), "--list"])
             .stdout,
     );
-    assert_eq!(list.matches("(namespaces only)").count(), 3, "{list}");
+    assert_eq!(list.matches("(namespaces only)").count(), 4, "{list}");
 }
 
 /// lab/Vagrantfile is valid Ruby (Vagrant itself cannot run here).

@@ -300,6 +300,26 @@ fn router_firewall() {
 }
 
 #[test]
+fn path_mtu() {
+    let r = scenario("path-mtu", 120);
+    for got in ["v4-passive.bin", "v4-active.bin", "v6-passive.bin", "again.bin"] {
+        r.assert_same(got, "big.bin");
+    }
+    assert_eq!(r.server_saw(), ["192.0.2.77", "2001:db8:1::77"]);
+    for v in ["v4", "v6"] {
+        let route = r.text(&format!("route-cache-{v}.txt"));
+        assert!(route.contains("mtu 1280"), "the gateway learned no path MTU ({v}): {route}");
+    }
+    let icmp = r.text("icmp.txt");
+    assert!(icmp.contains("need to frag (mtu 1280)") && icmp.contains("packet too big, mtu 1280"), "{icmp}");
+    // without the ICMP divert: nothing within curl's 10 s
+    let blackhole = r.text("blackhole.bin.curl");
+    assert!(blackhole.contains("exit 28") && blackhole.contains(" 0 out of "), "{blackhole}");
+    assert_eq!(r.records("ftpgate.json", "transfer", &[("result", "ok")]), 4);
+    done(r);
+}
+
+#[test]
 fn routed_neighbours() {
     let r = scenario("routed-neighbours", 120);
     for i in 1..=4 {
