@@ -213,17 +213,115 @@ pub(crate) fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     stream.local_addr().map(canonical)
 }
 
-/// Whether `ip` is one of this host's own addresses: a plain (not
-/// transparent) bind to it succeeds only then. A client that asks the router
-/// itself for FTP must not be proxied: the gateway would connect to itself
-/// from a foreign address and the answer would leave toward the client.
+/// Whether `ip` is one of this host's own addresses (ATTACKS.md 32). A
+/// client that asks the router itself for FTP must not be proxied: the
+/// gateway would connect to itself from a foreign address and the answer
+/// would leave toward the client.
+///
+/// Asked of the routing table, as for a packet this host sends: a route
+/// of type `local` (an address of an interface, a `local` subnet route
+/// such as 127/8) or `anycast` (IPv6's subnet-router anycast) means
+/// delivered here. A bind to the address cannot tell: with
+/// `net.ipv4.ip_nonlocal_bind=1` (common beside keepalived) it succeeds
+/// for any address, and every session was refused
+/// (tests/security.rs `gateway_itself_found_with_ip_nonlocal_bind`). An
+/// answer that cannot be had counts as not local: the connect to the
+/// server then fails or reaches a real server.
 pub(crate) fn is_local_address(ip: IpAddr) -> bool {
-    let addr = canonical(SocketAddr::new(ip, 0));
-    let Ok(socket) = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))
-    else {
-        return false;
-    };
-    socket.bind(&SockAddr::from(addr)).is_ok()
+    route_type(canonical(SocketAddr::new(ip, 0)).ip())
+        .is_ok_and(|kind| kind == route::RTN_LOCAL || kind == route::RTN_ANYCAST)
+}
+
+/// rtnetlink's answer to RTM_GETROUTE for `ip`: the route's type.
+fn route_type(ip: IpAddr) -> io::Result<u8> {
+    thread_local! {
+        /// One route socket per event loop (each loop has a descriptor
+        /// table of its own): a lookup is one send and one receive.
+        static SOCKET: std::cell::RefCell<Option<(netlink_sys::Socket, u32)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    SOCKET.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+            socket.bind_auto()?;
+            *cell = Some((socket, 0));
+        }
+        let Some((socket, seq)) = cell.as_mut() else { unreachable!() };
+        *seq = seq.wrapping_add(1);
+        socket.send(&route::get_request(ip, *seq), 0)?;
+        // rtnetlink answers within the send: the reply is queued already.
+        // Bounded: a reply to an earlier request that was not read (none
+        // should be left) is skipped by its sequence number.
+        let mut buf = [0u8; 1024];
+        for _ in 0..8 {
+            let n = socket.recv(&mut &mut buf[..], libc::MSG_DONTWAIT)?;
+            if let Some(answer) = route::parse_reply(&buf[..n], *seq) {
+                return answer;
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::InvalidData, "no answer to RTM_GETROUTE"))
+    })
+}
+
+/// An RTM_GETROUTE request and its answer, by hand: two fixed structures
+/// and one attribute (include/uapi/linux/rtnetlink.h, netlink.h).
+mod route {
+    use std::io;
+    use std::net::IpAddr;
+
+    const RTM_NEWROUTE: u16 = 24;
+    const RTM_GETROUTE: u16 = 26;
+    const NLMSG_ERROR: u16 = 2;
+    const NLM_F_REQUEST: u16 = 1;
+    const RTA_DST: u16 = 1;
+    pub(super) const RTN_LOCAL: u8 = 2;
+    pub(super) const RTN_ANYCAST: u8 = 4;
+    /// struct nlmsghdr, then struct rtmsg.
+    const NLMSG_HDR: usize = 16;
+    const RTMSG: usize = 12;
+
+    pub(super) fn get_request(ip: IpAddr, seq: u32) -> Vec<u8> {
+        let (family, octets): (i32, Vec<u8>) = match ip {
+            IpAddr::V4(a) => (libc::AF_INET, a.octets().to_vec()),
+            IpAddr::V6(a) => (libc::AF_INET6, a.octets().to_vec()),
+        };
+        let attr_len = 4 + octets.len();
+        let len = NLMSG_HDR + RTMSG + attr_len;
+        let mut m = Vec::with_capacity(len);
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&RTM_GETROUTE.to_ne_bytes());
+        m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        // rtm_family, rtm_dst_len (a host), src_len, tos, table, protocol,
+        // scope, type; rtm_flags
+        m.extend_from_slice(&[family as u8, (octets.len() * 8) as u8, 0, 0, 0, 0, 0, 0]);
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        m.extend_from_slice(&RTA_DST.to_ne_bytes());
+        m.extend_from_slice(&octets);
+        m
+    }
+
+    /// The route's type from a reply to request `seq`; `None` when the
+    /// datagram answers another request.
+    pub(super) fn parse_reply(buf: &[u8], seq: u32) -> Option<io::Result<u8>> {
+        let field = |at: usize| buf.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        let kind = buf.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]))?;
+        if field(8)? != seq {
+            return None;
+        }
+        Some(match kind {
+            RTM_NEWROUTE => buf
+                .get(NLMSG_HDR + 7)
+                .copied()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short RTM_NEWROUTE")),
+            // No route (ENETUNREACH), or any other refusal.
+            NLMSG_ERROR => Err(io::Error::from_raw_os_error(-(field(NLMSG_HDR)? as i32))),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected rtnetlink reply")),
+        })
+    }
 }
 
 /// Whether this process may make an IPv4 (`v6` false) or IPv6 socket
@@ -251,6 +349,17 @@ pub(crate) fn send_urgent(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_addresses_are_the_routing_tables_own() {
+        assert!(is_local_address("127.0.0.1".parse().unwrap()));
+        // the whole of 127/8 is a `local` route
+        assert!(is_local_address("127.0.0.2".parse().unwrap()));
+        assert!(is_local_address("::ffff:127.0.0.1".parse().unwrap()));
+        for remote in ["192.0.2.123", "203.0.113.7", "2001:db8:ffff::7"] {
+            assert!(!is_local_address(remote.parse().unwrap()), "{remote}");
+        }
+    }
 
     #[test]
     fn canonical_v4_mapped_becomes_ipv4_others_unchanged() {

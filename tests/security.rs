@@ -149,6 +149,31 @@ fn unreachable_server_and_gateway_itself_get_421() {
     assert!(lab.gateway_log().contains("the destination is the gateway itself"));
 }
 
+/// Routers beside keepalived often set `ip_nonlocal_bind`, with which a
+/// bind to any address succeeds. ftpgate once told its own addresses by
+/// such a bind, and then refused every session as "the gateway itself".
+/// It now asks the routing table: the real server is served, the gateway's
+/// own addresses (and 127/8's) are still refused, in both families.
+#[test]
+fn gateway_itself_found_with_ip_nonlocal_bind() {
+    let mut lab = Lab::new("nonlocal", Rules::Nft);
+    for key in ["net.ipv4.ip_nonlocal_bind=1", "net.ipv6.ip_nonlocal_bind=1"] {
+        let out = lab.exec(Ns::Gateway, 10, &["sysctl", "-qw", key]);
+        assert!(out.status.success(), "sysctl {key}: {}", text(&out.stderr));
+    }
+    lab.start_gateway_on(&["0.0.0.0:2121", "[::]:2121"], &[]);
+    for server in [SERVER_IP, common::SERVER_IP6] {
+        let report = hostile(&lab, &["greeting", server]);
+        assert!(report.contains("\"greeting\": \"220"), "the real server {server}: {report}");
+    }
+    for own in [common::GW_SERVER_IP, common::GW_CLIENT_IP, common::GW_SERVER_IP6] {
+        let report = hostile(&lab, &["greeting", own]);
+        assert!(report.contains("\"greeting\": \"421"), "the gateway's own {own}: {report}");
+    }
+    let log = lab.gateway_log();
+    assert_eq!(log.matches("the destination is the gateway itself").count(), 3, "{log}");
+}
+
 /// Over a router a client whose server refuses port 21 gets a reset. The
 /// gateway has already accepted the client's connection, so it passes the
 /// server's reset on as one, and says nothing in the server's name.
