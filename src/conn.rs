@@ -545,6 +545,13 @@ impl Conn {
             self.close_control(ctx, side);
         }
         for id in self.data.iter().map(|c| c.id).collect::<Vec<_>>() {
+            // A channel whose relay has not ended is cut here, without the
+            // core: its legs end with a reset, as the core's ResetData
+            // would, never with a FIN that would tell the server an upload
+            // (or the client a download) was whole.
+            if self.chan(id).is_some_and(|c| !c.relay_ended) {
+                self.reset_data(ctx, id);
+            }
             self.close_data(ctx, id);
         }
         if let Some(pinholes) = ctx.pinholes.as_deref_mut() {

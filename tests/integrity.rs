@@ -473,6 +473,104 @@ fn stalled_download_on_relay_threads_reset_after_data_idle_timeout() {
     stalled_download("idlet", Rules::Nft, Mode::Eprt, ON_THREADS_AFTER);
 }
 
+// -- the drain deadline cuts what still runs with resets -----------------------
+
+/// The gateway is stopped (SIGTERM) during an upload that outlives
+/// `--drain-timeout`, so the daemon ends the session at the deadline,
+/// without the core. The server's data connection must end with a reset:
+/// with a FIN vsftpd stores the prefix it got as a whole upload ("OK
+/// UPLOAD" with a short size), as the gateway did for relays still in the
+/// event loop (`--relay-threads 0` here; relay threads already reset).
+/// vsftpd is held to 300 KB/s so that the client is still sending.
+fn drain_deadline_cuts_an_upload(tag: &str, threads: bool) {
+    let mut lab = Lab::with_vsftpd_settings(tag, Rules::Nft, &["anon_max_rate=300000"]);
+    let mut flags = vec!["--drain-timeout", "1"];
+    if !threads {
+        flags.extend(["--relay-threads", "0"]);
+    }
+    lab.start_gateway(&flags);
+    let size = (64 << 20).to_string();
+    let report = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            scripted_client(&lab, &["put", "upload/drained.bin", "--size", &size, "--data-deadline", "20"])
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        lab.signal_gateway("TERM");
+        client.join().unwrap()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut log = lab.vsftpd_log();
+    while !log.contains(" UPLOAD:") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        log = lab.vsftpd_log();
+    }
+    let ctx = || format!("{report}\n{}\n{}", lab.gateway_log(), lab.diagnostics());
+    assert!(lab.gateway_log().contains("drain deadline"), "the upload ended before the deadline: {}", ctx());
+    assert!(log.contains("FAIL UPLOAD"), "vsftpd did not see the upload fail: {}", ctx());
+    assert!(!log.contains("OK UPLOAD"), "vsftpd took a cut upload for whole: {}", ctx());
+    assert!(!report.contains("\"226"), "the client got a 226: {}", ctx());
+}
+
+/// The same for a download to a slow reader: the client's data connection
+/// ends with a reset, never a clean end after the bytes in flight.
+fn drain_deadline_cuts_a_download(tag: &str, threads: bool) {
+    let mut lab = Lab::new(tag, Rules::Nft);
+    let mut flags = vec!["--drain-timeout", "1"];
+    if !threads {
+        flags.extend(["--relay-threads", "0"]);
+    }
+    lab.start_gateway(&flags);
+    lab.server_file("drained.bin", 64 << 20);
+    let report = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            scripted_client(
+                &lab,
+                &[
+                    "get",
+                    "pub/drained.bin",
+                    "--rcvbuf",
+                    "65536",
+                    "--read-every",
+                    "0.02",
+                    "--data-deadline",
+                    "20",
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        lab.signal_gateway("TERM");
+        client.join().unwrap()
+    });
+    let ctx = || format!("{report}\n{}\n{}", lab.gateway_log(), lab.diagnostics());
+    assert!(
+        lab.gateway_log().contains("drain deadline"),
+        "the download ended before the deadline: {}",
+        ctx()
+    );
+    assert_eq!(json_raw(&report, "end").as_deref(), Some("reset"), "{}", ctx());
+    assert!(!report.contains("\"226"), "the client got a 226: {}", ctx());
+}
+
+#[test]
+fn drain_deadline_resets_an_upload_in_the_event_loop() {
+    drain_deadline_cuts_an_upload("drainul", false);
+}
+
+#[test]
+fn drain_deadline_resets_an_upload_on_relay_threads() {
+    drain_deadline_cuts_an_upload("drainut", true);
+}
+
+#[test]
+fn drain_deadline_resets_a_download_in_the_event_loop() {
+    drain_deadline_cuts_a_download("draindl", false);
+}
+
+#[test]
+fn drain_deadline_resets_a_download_on_relay_threads() {
+    drain_deadline_cuts_a_download("draindt", true);
+}
+
 // -- a control connection's reset is passed on as a reset ---------------------
 
 /// What the scripted server recorded of its control connections.
