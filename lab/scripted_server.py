@@ -15,6 +15,11 @@ end of a data connection saw through ftpgate:
                         data connection (control stays open) until the data
                         connection ends or --stall-seconds pass; then the
                         same "226" lie.
+  --retr-urgent-after N RETR of a file longer than N bytes: send N bytes,
+                        then the next byte as TCP urgent data (MSG_OOB),
+                        then the rest, then the FIN and "226". Over a
+                        router the client gets every byte (the urgent one
+                        inline or out of band, as it chooses).
   --ftps-echo           FEAT also lists AUTH TLS, PBSZ and PROT; AUTH TLS is
                         answered "234" and from then on every byte read is
                         sent back as it came (a stand-in for a TLS peer: no
@@ -73,6 +78,7 @@ def parse_args():
     p.add_argument("--pidfile", help="write our PID here (netns.sh down stops *.pid of the run dir)")
     p.add_argument("--lifetime", type=float, default=180.0, help="exit after this many seconds")
     p.add_argument("--retr-reset-after", type=int, metavar="N")
+    p.add_argument("--retr-urgent-after", type=int, metavar="N")
     p.add_argument("--retr-stall", action="store_true")
     p.add_argument("--stall-after", type=int, default=64 * 1024, metavar="BYTES")
     p.add_argument("--stall-seconds", type=float, default=30.0)
@@ -258,6 +264,15 @@ class Session:
                 entry["acked"] = wait_acked(d, 10)
                 reset_close(d)
                 entry.update(bytes=ARGS.retr_reset_after, end="reset_sent")
+            elif ARGS.retr_urgent_after is not None and len(content) > ARGS.retr_urgent_after:
+                n = ARGS.retr_urgent_after
+                d.sendall(content[:n])
+                d.send(content[n : n + 1], socket.MSG_OOB)
+                d.sendall(content[n + 1 :])
+                d.shutdown(socket.SHUT_WR)
+                _, end, _ = read_to_end(d, time.monotonic() + 10)
+                d.close()
+                entry.update(bytes=len(content), end="sent_with_urgent", peer_end=end)
             elif ARGS.retr_stall:
                 head = content[: ARGS.stall_after]
                 d.sendall(head)

@@ -91,6 +91,9 @@ fn why(r: TransferResult) -> (&'static str, &'static str, &'static str, String) 
             TransferFailure::NoDataConnection => ("no data connection", "-", "-", none()),
             TransferFailure::ServerClosed => ("server closed the control connection", "-", "-", none()),
             TransferFailure::WrongDirection { from } => ("data sent the wrong way", side(from), "-", none()),
+            TransferFailure::UrgentData { from } => {
+                ("urgent data on a data connection", side(from), "-", none())
+            }
         },
         TransferResult::Aborted(AbortCause::ClientAbor) => ("client ABOR", "-", "-", none()),
         TransferResult::Aborted(AbortCause::SessionEnded) => ("session ended", "-", "-", none()),

@@ -260,6 +260,7 @@ impl Pump {
             let room = CHUNK - self.in_pipe;
             match splice(src, None, &self.pipe_w, None, room, flags) {
                 Ok(0) => {
+                    not_urgent_mark(src).map_err(Fault::Source)?;
                     self.source_eof = true;
                     moved = true;
                 }
@@ -298,6 +299,27 @@ impl Pump {
         }
         Ok(moved)
     }
+}
+
+/// `splice` from a TCP socket returns 0 at the end of its stream, but also
+/// at TCP urgent data (MSG_OOB) once the sender's FIN has come:
+/// tcp_read_sock stops at the urgent mark, and no splice gets past it
+/// (tcp_splice_read). Taken for the end, a prefix would pass as the whole
+/// transfer, with a FIN and the server's 226. Urgent data has no place in
+/// an FTP data connection, so it fails the relay (a reset both ways, 426);
+/// one ioctl at each end of a stream tells the two apart
+/// (tests/integrity.rs `urgent_data_*`).
+pub(crate) fn not_urgent_mark(src: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    /// include/uapi/linux/sockios.h (libc does not export it for Linux).
+    const SIOCATMARK: libc::c_ulong = 0x8905;
+    let mut at_mark: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one c_int through the pointer, which
+    // points at a live c_int; the fd is open for the call (borrowed).
+    let rc = unsafe { libc::ioctl(src.as_raw_fd(), SIOCATMARK, &mut at_mark) };
+    if rc == 0 && at_mark != 0 {
+        return Err(io::Error::new(ftpgate_proto::URGENT_DATA, "urgent data (MSG_OOB) on a data connection"));
+    }
+    Ok(())
 }
 
 /// Which way a relay may move data.

@@ -295,7 +295,10 @@ fn pump(
             return Ok(());
         }
         match splice(src, None, &pipe_w, None, CHUNK, SpliceFFlags::SPLICE_F_MOVE) {
-            Ok(0) => eof = true,
+            Ok(0) => {
+                crate::relay::not_urgent_mark(src).map_err(|e| (from, e.kind()))?;
+                eof = true;
+            }
             Ok(n) => in_pipe = n,
             Err(Errno::EINTR) => {}
             Err(e) => return Err((from, io::Error::from(e).kind())),

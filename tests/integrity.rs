@@ -473,6 +473,60 @@ fn stalled_download_on_relay_threads_reset_after_data_idle_timeout() {
     stalled_download("idlet", Rules::Nft, Mode::Eprt, ON_THREADS_AFTER);
 }
 
+// -- urgent data on a data connection is a failure, never an end --------------
+
+/// The server sends a download with one byte as TCP urgent data
+/// (MSG_OOB) after `urgent_after` bytes, then the rest and its FIN.
+/// `splice` stops at the urgent mark and, with the FIN in, returns 0 as at
+/// the end: the gateway once took that for the end and passed a FIN and
+/// the 226 after a prefix, so a cut download looked whole. Now the relay
+/// fails: a reset both ways, 426, a `failed` record; the session goes on.
+fn urgent_data_in_download(tag: &str, mode: Mode, urgent_after: usize) {
+    let mut lab = Lab::new(tag, Rules::Nft);
+    // the rest behind the mark fits the gateway's receive buffer, so the
+    // server's FIN comes in behind it
+    lab.server_file("urgent.bin", urgent_after + 48 * KIB);
+    lab.server_file("after.bin", SMALL_FILE);
+    let server = ScriptedServer::start(&lab, &["--retr-urgent-after", &urgent_after.to_string()]);
+    lab.start_gateway(&[]);
+    let mut args = vec!["get", "/pub/urgent.bin", "--then-get", "/pub/after.bin"];
+    args.extend_from_slice(mode.client_args());
+    let report = scripted_client(&lab, &args);
+    let (cut, after) = split_then(&report);
+    let ctx = || {
+        format!(
+            "client report: {report}\nserver: {:?}\n{}",
+            server.transfers("RETR", 0, 0),
+            lab.diagnostics()
+        )
+    };
+    let end = json_raw(cut, "end").unwrap_or_default();
+    assert_eq!(end, "reset", "the client's data connection must end with a reset, not {end:?}: {}", ctx());
+    let fin = json_raw(cut, "final").unwrap_or_default();
+    assert!(fin.starts_with("426"), "426 in place of the server's 226, got {fin:?}: {}", ctx());
+    assert!(json_raw(cut, "noop").unwrap_or_default().starts_with("200"), "NOOP after: {}", ctx());
+    assert_eq!(json_num(after, "bytes"), Some(SMALL_FILE), "second download: {}", ctx());
+    assert_record(&lab, mode, "RETR", "/pub/urgent.bin", "failed", "426");
+    assert_record(&lab, mode, "RETR", "/pub/after.bin", "ok", "226");
+    assert_relay_place(&lab, urgent_after);
+    let record =
+        lab.transfer_records().into_iter().find(|r| r.get("path") == Some("/pub/urgent.bin")).unwrap();
+    assert_eq!(record.get("why"), Some("urgent data on a data connection"), "{record}");
+    assert_eq!(record.get("leg"), Some("server"), "{record}");
+    lab.assert_no_data_listeners();
+    drop(server);
+}
+
+#[test]
+fn urgent_data_in_a_download_in_the_event_loop_fails_it() {
+    urgent_data_in_download("urgloop", Mode::Pasv, 96 * KIB);
+}
+
+#[test]
+fn urgent_data_in_a_download_on_relay_threads_fails_it() {
+    urgent_data_in_download("urgthr", Mode::Eprt, ON_THREADS_AFTER + 512 * KIB);
+}
+
 // -- the drain deadline cuts what still runs with resets -----------------------
 
 /// The gateway is stopped (SIGTERM) during an upload that outlives

@@ -82,6 +82,13 @@ pub enum TransferFailure {
         /// Who sent it.
         from: Side,
     },
+    /// `from` sent TCP urgent data (MSG_OOB) on its data connection: not
+    /// FTP, and a relay cannot pass the urgent mark in order; both legs
+    /// were reset.
+    UrgentData {
+        /// Who sent it.
+        from: Side,
+    },
 }
 
 /// One data connection of a transfer, as the gateway's socket saw it.

@@ -135,4 +135,6 @@ pub use audit::{
 };
 pub use policy::{Config, FtpsPolicy, PassiveAddressPolicy};
 pub use rules::PolicySet;
-pub use session::{Action, ControlEnds, DataId, DataStep, Input, Session, Side, WRONG_DIRECTION};
+pub use session::{
+    Action, ControlEnds, DataId, DataStep, Input, Session, Side, URGENT_DATA, WRONG_DIRECTION,
+};

@@ -448,6 +448,7 @@ impl Session {
         }
         let why = match error {
             super::WRONG_DIRECTION => TransferFailure::WrongDirection { from: leg },
+            super::URGENT_DATA => TransferFailure::UrgentData { from: leg },
             io::ErrorKind::ConnectionReset => TransferFailure::Reset { leg },
             error => TransferFailure::RelayError { leg, error },
         };

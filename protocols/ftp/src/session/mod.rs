@@ -209,6 +209,11 @@ pub enum Input<'a> {
 /// cannot be mistaken for a socket error.
 pub const WRONG_DIRECTION: io::ErrorKind = io::ErrorKind::InvalidData;
 
+/// The `error` of [`Input::RelayFailed`] when `leg`'s peer sent TCP urgent
+/// data (MSG_OOB) on its data connection. No OS error maps to
+/// `UnexpectedEof` either.
+pub const URGENT_DATA: io::ErrorKind = io::ErrorKind::UnexpectedEof;
+
 /// Work the core asks the shell to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

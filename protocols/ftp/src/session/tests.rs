@@ -3192,6 +3192,36 @@ fn attack_34_direction_is_not_told_when_not_enforcing() {
 }
 
 #[test]
+fn urgent_data_from_the_server_fails_the_retr_with_426_and_its_own_why() {
+    let mut t = passive_relaying_retr_with(Config::default());
+    t.actions();
+    let failed = Input::RelayFailed {
+        data: DataId(0),
+        leg: Side::Server,
+        error: URGENT_DATA,
+        to_client: 8192,
+        to_server: 0,
+    };
+    t.input(failed);
+    let actions = t.actions();
+    assert_eq!(
+        actions.iter().filter(|a| !matches!(a, Action::Audit(_))).cloned().collect::<Vec<_>>(),
+        reset_close(0)
+    );
+    server!(t, b"226 Transfer complete.\r\n");
+    expect!(t, to_client: REPLY_426);
+    assert!(matches!(
+        transfer_record(&mut t),
+        AuditEvent::Transfer {
+            reply: Some(426),
+            server_reply: Some(226),
+            result: TransferResult::Failed(TransferFailure::UrgentData { from: Side::Server }),
+            ..
+        }
+    ));
+}
+
+#[test]
 fn attack_34_client_bytes_into_retr_reset_426_refusal_and_record() {
     let mut t = passive_relaying_retr_with(enforcing());
     t.actions();
