@@ -229,6 +229,9 @@ struct DataChan {
     /// Byte counts (to client, to server) the core last heard of
     /// (`Input::Progress`).
     reported_counts: (u64, u64),
+    /// Bytes its receivers had acknowledged (client, server: TCP_INFO) when
+    /// the idle deadline last looked (`report_delivered`).
+    acked_seen: Option<(u64, u64)>,
     /// The core was told how the relay ended (`Relayed` or `RelayFailed`).
     relay_ended: bool,
     /// Counts the channel as open in the metrics while it exists.
@@ -477,6 +480,7 @@ impl Conn {
             // Relay threads move bytes without waking the loop: the data
             // idle deadline must see them first.
             self.report_progress(ctx);
+            self.report_delivered(ctx);
             self.queue(Input::Timeout);
         }
         self.feed_facts(ctx);
@@ -631,6 +635,39 @@ impl Conn {
         }
         self.feed_facts(ctx);
         told
+    }
+
+    /// At the idle deadline: tells the core of each running relay whose
+    /// receivers acknowledged bytes since the last look. The counts say
+    /// what was written into a socket; a slow receiver may take long to
+    /// drain a send buffer after the last write (the last megabytes of a
+    /// transfer), and is not idle while it does (tests/integrity.rs
+    /// `slow_reader_*`). The kernel counts what each socket's peer
+    /// acknowledged (TCP_INFO); at the first look, bytes still
+    /// unacknowledged (SIOCOUTQ) count as a drain in progress, so a
+    /// receiver that stopped reading is cut at the deadline after: at most
+    /// twice `--data-idle-timeout` after its last acknowledgement.
+    fn report_delivered(&mut self, ctx: &mut Ctx<'_>) {
+        for chan in &mut self.data {
+            if chan.relay_ended || (chan.relay.is_none() && chan.threaded.is_none()) {
+                continue;
+            }
+            let (Some(accepted), Some(outbound)) = (&chan.accepted, &chan.outbound) else { continue };
+            let (client, server) = match chan.peer {
+                Side::Client => (accepted, outbound),
+                Side::Server => (outbound, accepted),
+            };
+            let acked = (relay::acknowledged(&client.stream), relay::acknowledged(&server.stream));
+            let draining = match chan.acked_seen {
+                Some(seen) => acked.0 > seen.0 || acked.1 > seen.1,
+                None => relay::unacknowledged(&client.stream) + relay::unacknowledged(&server.stream) > 0,
+            };
+            chan.acked_seen = Some(acked);
+            if draining {
+                self.facts.push_back(Fact::Input(Input::Delivered { data: chan.id }));
+            }
+        }
+        self.feed_facts(ctx);
     }
 
     /// Ends a session whose socket could not join the event loop: the
@@ -931,6 +968,7 @@ impl Conn {
                 relay: None,
                 threaded: None,
                 reported_counts: (0, 0),
+                acked_seen: None,
                 direction: None,
                 relay_ended: false,
                 _open: metrics::get().data_channel_opened(peer, local),
@@ -1097,6 +1135,7 @@ impl Conn {
                 relay: None,
                 threaded: None,
                 reported_counts: (0, 0),
+                acked_seen: None,
                 relay_ended: false,
                 direction: None,
                 _open: metrics::get().data_channel_opened(Side::Server, local),

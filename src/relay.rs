@@ -322,6 +322,45 @@ pub(crate) fn not_urgent_mark(src: &impl std::os::fd::AsRawFd) -> io::Result<()>
     Ok(())
 }
 
+/// Bytes of `stream`'s sending side its peer has acknowledged, since the
+/// connection began (TCP_INFO `tcpi_bytes_acked`); 0 when the kernel
+/// cannot say.
+pub(crate) fn acknowledged(stream: &impl std::os::fd::AsRawFd) -> u64 {
+    // SAFETY: tcp_info is plain data, valid all zero.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`, which is
+    // that large; the fd is open for the call (borrowed).
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::addr_of_mut!(info).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        info.tcpi_bytes_acked
+    } else {
+        0
+    }
+}
+
+/// Bytes written into `stream` that its peer has not acknowledged yet
+/// (SIOCOUTQ); 0 when the kernel cannot say.
+pub(crate) fn unacknowledged(stream: &impl std::os::fd::AsRawFd) -> u64 {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one c_int through the pointer,
+    // which points at a live c_int; the fd is open for the call (borrowed).
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if rc == 0 {
+        u64::try_from(queued).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 /// Which way a relay may move data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Direction {

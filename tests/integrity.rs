@@ -473,6 +473,47 @@ fn stalled_download_on_relay_threads_reset_after_data_idle_timeout() {
     stalled_download("idlet", Rules::Nft, Mode::Eprt, ON_THREADS_AFTER);
 }
 
+// -- a slow receiver is not idle ------------------------------------------------
+
+/// A client that reads at about 400 KiB/s with a 64 KiB window, under
+/// `--data-idle-timeout 2`. Bytes flow the whole time, so the transfer must
+/// not be cut as idle. On relay threads a blocking splice queued a whole
+/// MiB before its count grew, longer than 2 s at that rate, and the
+/// download was cut with 426; a send timeout now reports progress at least
+/// every half second. The event loop's relay counts partial writes.
+fn slow_reader_is_not_idle(tag: &str, threads: bool) {
+    let mut lab = Lab::new(tag, Rules::Nft);
+    let size = 4 << 20;
+    lab.server_file("slow.bin", size);
+    let mut flags = vec!["--data-idle-timeout", "2"];
+    if !threads {
+        flags.extend(["--relay-threads", "0"]);
+    }
+    lab.start_gateway(&flags);
+    let report = scripted_client(
+        &lab,
+        &["get", "/pub/slow.bin", "--rcvbuf", "65536", "--read-every", "0.16", "--data-deadline", "60"],
+    );
+    let ctx = || format!("client report: {report}\n{}", lab.diagnostics());
+    assert_eq!(json_raw(&report, "end").as_deref(), Some("eof"), "{}", ctx());
+    assert_eq!(json_num(&report, "bytes"), Some(size), "{}", ctx());
+    assert!(json_raw(&report, "final").unwrap_or_default().starts_with("226"), "{}", ctx());
+    let data_s: f64 = json_raw(&report, "data_s").and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    assert!(data_s > 5.0, "not slow enough to test anything ({data_s} s): {}", ctx());
+    assert_record(&lab, Mode::Pasv, "RETR", "/pub/slow.bin", "ok", "226");
+    assert_eq!(lab.gateway_log().contains("relay on threads"), threads, "{}", ctx());
+}
+
+#[test]
+fn slow_reader_on_relay_threads_is_not_idle() {
+    slow_reader_is_not_idle("slowthr", true);
+}
+
+#[test]
+fn slow_reader_in_the_event_loop_is_not_idle() {
+    slow_reader_is_not_idle("slowloop", false);
+}
+
 // -- urgent data on a data connection is a failure, never an end --------------
 
 /// The server sends a download with one byte as TCP urgent data

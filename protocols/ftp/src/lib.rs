@@ -38,8 +38,10 @@
 //! inline, where the framer strips the Telnet commands.
 //!
 //! While a data channel relays, feed [`Input::Progress`] with its running
-//! byte counts when they grew (once per wakeup is enough): a channel that
-//! moves no byte for `Config::data_idle_timeout` is cut. A relay ends with
+//! byte counts when they grew (once per wakeup is enough), and at the idle
+//! deadline [`Input::Delivered`] when a receiver acknowledged bytes written
+//! earlier: a channel that moves no byte, and has none acknowledged, for
+//! `Config::data_idle_timeout` is cut. A relay ends with
 //! [`Input::Relayed`] (both directions ended clean) or
 //! [`Input::RelayFailed`] (a reset or error on one leg; the shell has reset
 //! the other). [`Action::ResetData`] asks to end both legs with a reset

@@ -34,7 +34,8 @@
 //! | `F` id step err   | `Failed` (step % 5, err: AddrInUse, AddrNotAvailable, ConnectionRefused, TimedOut, ConnectionReset) |
 //! | `R` id a b        | `Relayed { to_client: a, to_server: b }` (KiB)                    |
 //! | `G` id a b        | `Progress { to_client: a, to_server: b }` (KiB)                   |
-//! | `E` id leg err    | `RelayFailed` (leg even: client, odd: server; err as for `F`, and 5 = `WRONG_DIRECTION` under enforcement), counts 1 KiB / 0 |
+//! | `E` id leg err    | `RelayFailed` (leg even: client, odd: server; err as for `F`, 5 = `WRONG_DIRECTION` under enforcement, 6 = `URGENT_DATA`), counts 1 KiB / 0 |
+//! | `V` id            | `Delivered`                                                       |
 //! | `X` side          | `Closed { from }` (even: client, odd: server)                     |
 //! | `U` n             | `ServerUnreachable`: n even `ConnectionRefused`, odd `TimedOut`   |
 //! | `D`               | `Drain`                                                           |
@@ -118,7 +119,7 @@ use ftpgate_proto::line::LineReader;
 use ftpgate_proto::rules::{Action as RuleAction, Net, PolicySet, Rule, ServerData};
 use ftpgate_proto::{
     Action, AuditEvent, Config, ControlEnds, DataId, DataStep, FtpsPolicy, Input, PassiveAddressPolicy,
-    Session, Side, TransferFailure, TransferResult, WRONG_DIRECTION,
+    Session, Side, TransferFailure, TransferResult, URGENT_DATA, WRONG_DIRECTION,
 };
 
 const ERRORS: [ErrorKind; 5] = [
@@ -785,9 +786,10 @@ impl Driver {
                 let leg = if leg % 2 == 0 { Side::Client } else { Side::Server };
                 // The daemon reports WRONG_DIRECTION only while it
                 // enforces a direction.
-                let error = match usize::from(err) % (ERRORS.len() + 1) {
+                let error = match usize::from(err) % (ERRORS.len() + 2) {
                     5 if self.config.enforce_data_direction => WRONG_DIRECTION,
                     5 => ErrorKind::ConnectionReset,
+                    6 => URGENT_DATA,
                     e => ERRORS[e],
                 };
                 self.feed(Input::RelayFailed { data: id, leg, error, to_client: 1024, to_server: 0 });
@@ -801,6 +803,10 @@ impl Driver {
                 self.feed(Input::ServerUnreachable { error });
             }
             b'D' => self.feed(Input::Drain),
+            b'V' => {
+                let id = self.pick(arg());
+                self.feed(Input::Delivered { data: id });
+            }
             b'Y' => {
                 let k = arg();
                 let policy = Arc::new(reload_policy(k));

@@ -414,6 +414,15 @@ impl Session {
         ch.to_server = ch.to_server.max(to_server);
     }
 
+    /// Bytes written earlier reached their receiver: activity, as a count
+    /// that grew is.
+    pub(super) fn on_delivered(&mut self, now: Instant, data: DataId) {
+        let Some(ch) = self.data.get_mut(&data) else { return };
+        if let DataState::Relaying { idle_at } = &mut ch.state {
+            *idle_at = after(now, self.config.data_idle_timeout);
+        }
+    }
+
     pub(super) fn on_relayed(&mut self, now: Instant, data: DataId, to_client: u64, to_server: u64) {
         let Some(ch) = self.data.get_mut(&data) else { return };
         if !matches!(ch.state, DataState::Relaying { .. }) {

@@ -170,6 +170,16 @@ pub enum Input<'a> {
         /// Bytes written toward the server so far.
         to_server: u64,
     },
+    /// Bytes the relay had already written toward a receiver were
+    /// acknowledged by it since the shell last looked: the channel is not
+    /// idle, though its counts stand still. The last bytes of a transfer
+    /// can sit in a send buffer for long (megabytes, on a slow link), and
+    /// a slow receiver draining them must not be cut as idle. Feed it at
+    /// the idle deadline (before `Timeout`), not per wakeup.
+    Delivered {
+        /// The data channel.
+        data: DataId,
+    },
     /// The relay ended abnormally: a read error or reset on `leg`'s data
     /// connection, or a write error toward it. The shell has already ended
     /// the other leg with a reset (never a FIN), so neither end mistakes
@@ -582,6 +592,7 @@ impl Session {
             Input::Progress { data, to_client, to_server } => {
                 self.on_progress(now, data, to_client, to_server)
             }
+            Input::Delivered { data } => self.on_delivered(now, data),
             Input::RelayFailed { data, leg, error, to_client, to_server } => {
                 self.on_relay_failed(now, data, leg, error, (to_client, to_server))
             }
