@@ -229,9 +229,13 @@ pub enum Profile {
 pub const ALWAYS_ALLOWED: [&str; 4] = ["USER", "PASS", "QUIT", "ABOR"];
 
 /// The built-in `read-only` profile: nothing that writes, renames or
-/// removes, and no SITE (whose subcommands can: CHMOD, SYMLINK, ...).
-pub const READ_ONLY: [&str; 11] =
-    ["STOR", "STOU", "APPE", "DELE", "RMD", "XRMD", "MKD", "XMKD", "RNFR", "RNTO", "SITE"];
+/// removes, no SITE (whose subcommands can: CHMOD, SYMLINK, ...), and none
+/// of the verbs that change a file's facts (MFMT, MFCT, MFF:
+/// draft-somers-ftp-mfxx; proftpd and pure-ftpd take MFMT).
+pub const READ_ONLY: [&str; 14] = [
+    "STOR", "STOU", "APPE", "DELE", "RMD", "XRMD", "MKD", "XMKD", "RNFR", "RNTO", "SITE", "MFMT", "MFCT",
+    "MFF",
+];
 
 /// The built-in `no-site` profile.
 pub const NO_SITE: [&str; 1] = ["SITE"];

@@ -28,6 +28,8 @@ const COMMANDS: &[&str] = &[
     "RNFR g",
     "RNTO h",
     "SITE CHMOD 777 x",
+    "MFMT 20260101000000 x",
+    "mff modify=20260101000000; x",
     "site x",
     "RETR f",
     "LIST",
