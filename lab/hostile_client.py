@@ -26,8 +26,11 @@ the lab's client namespace. Prints one JSON report; the Rust test judges it.
   close-mid PATH passive|active  close the control connection mid-RETR,
             then read the data connection to its end
   feat      log in, FEAT (every line of the reply), then AUTH TLS's reply
-  badlogin N USER  N sessions that each try USER (a name the server
-            refuses with 530), then one more connection: its first reply
+  badlogin N USER [SERVER [SOURCES]]
+            N sessions that each try USER (a name the server refuses with
+            530), then one more connection: its first reply. SOURCES: a
+            comma-separated list of client addresses, taken in turn for
+            each connection (one client rotating its IPv6 addresses)
   ftps      AUTH TLS; after a 234, binary bytes (TLS-like records with
             CR/LF, 0xFF and FTP-looking text inside) must come back
             byte for byte from the scripted server's echo: the control
@@ -311,10 +314,14 @@ def feat():
     return {"feat": lines, "auth": auth, "noop": noop}
 
 
-def badlogin(n, user):
+def badlogin(n, user, server=SERVER, sources=()):
+    def connect(i):
+        source = (sources[i % len(sources)], 0) if sources else None
+        return socket.create_connection((server, 21), timeout=10, source_address=source)
+
     replies = []
-    for _ in range(n):
-        s = socket.create_connection((SERVER, 21), timeout=10)
+    for i in range(n):
+        s = connect(i)
         f = s.makefile("rb")
         greeting = reply(f)
         if not greeting.startswith("220"):
@@ -327,7 +334,7 @@ def badlogin(n, user):
             r = reply(f)
         replies.append(r)
         s.close()
-    s = socket.create_connection((SERVER, 21), timeout=10)
+    s = connect(n)
     after = reply(s.makefile("rb"))
     return {"replies": replies, "after": after}
 
@@ -392,6 +399,8 @@ if __name__ == "__main__":
     elif what == "feat":
         print(json.dumps(feat()))
     elif what == "badlogin":
-        print(json.dumps(badlogin(int(sys.argv[2]), sys.argv[3])))
+        server = sys.argv[4] if len(sys.argv) > 4 else SERVER
+        sources = sys.argv[5].split(",") if len(sys.argv) > 5 else ()
+        print(json.dumps(badlogin(int(sys.argv[2]), sys.argv[3], server, sources)))
     elif what == "ftps":
         print(json.dumps(ftps()))

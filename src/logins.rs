@@ -1,7 +1,11 @@
-//! Failed logins per client address (RFC 2577 §5, ATTACKS.md 33).
+//! Failed logins per client (RFC 2577 §5, ATTACKS.md 33).
 //!
-//! The core reports every `530` to USER or PASS (`AuditEvent::LoginFailed`);
-//! the event loop hands the counts here. An address with `limit` failures
+//! A client is an IPv4 address, or an IPv6 /64 (`limits::ClientKey`, as
+//! for the session rate): keyed by the IPv6 address, a host could try
+//! passwords from a fresh address of its own prefix each time and never
+//! cool down. The core reports every `530` to USER or PASS
+//! (`AuditEvent::LoginFailed`); the event loop hands the counts here. A
+//! client with `limit` failures
 //! within `window` starts a cool-down: its new sessions are refused with
 //! `421` before the gateway connects to the server. Sessions already open
 //! go on. One record when a cool-down starts, not one per refused session.
@@ -16,6 +20,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use slog::{warn, Logger};
+
+use crate::limits::ClientKey;
 
 /// What a client cooling down hears instead of the server's greeting.
 pub(crate) const REPLY_COOLING_DOWN: &[u8] =
@@ -62,7 +68,7 @@ pub(crate) struct CoolDown {
 #[derive(Debug)]
 pub(crate) struct LoginFailures {
     limits: Limits,
-    table: HashMap<IpAddr, Entry>,
+    table: HashMap<ClientKey, Entry>,
     next_sweep: Option<Instant>,
     cap: usize,
 }
@@ -89,12 +95,13 @@ impl LoginFailures {
             return None;
         }
         self.sweep(now);
-        if !self.table.contains_key(&ip) && self.table.len() >= self.cap {
+        let key = ClientKey::of(ip);
+        if !self.table.contains_key(&key) && self.table.len() >= self.cap {
             return None;
         }
         let Limits { limit, window, cooldown } = self.limits;
         let entry =
-            self.table.entry(ip).or_insert(Entry { window_start: now, failures: 0, cool_until: None });
+            self.table.entry(key).or_insert(Entry { window_start: now, failures: 0, cool_until: None });
         if entry.cool_until.is_some_and(|t| now < t) {
             // Already cooling down: the episode was recorded when it began.
             return None;
@@ -113,7 +120,7 @@ impl LoginFailures {
     /// Whether a new session from `ip` must be refused now.
     pub(crate) fn cooling_down(&mut self, ip: IpAddr, now: Instant) -> bool {
         self.sweep(now);
-        self.table.get(&ip).and_then(|e| e.cool_until).is_some_and(|t| now < t)
+        self.table.get(&ClientKey::of(ip)).and_then(|e| e.cool_until).is_some_and(|t| now < t)
     }
 
     fn sweep(&mut self, now: Instant) {
@@ -154,6 +161,7 @@ impl LoginTable {
         let Some(c) = self.lock().failed(ip, 1, now) else { return };
         warn!(
             log, "failed logins: refusing new sessions from this client";
+            "counted_as" => ClientKey::of(ip).to_string(),
             "failures" => c.failures, "cooldown_s" => c.cooldown.as_secs(),
             "rule" => "login-cooldown", "attack" => crate::audit::attack(Some(33))
         );
@@ -192,6 +200,20 @@ mod tests {
         assert!(!t.cooling_down(ip(B), now + Duration::from_secs(21)));
         // more failures during the cool-down: no second record
         assert_eq!(t.failed(ip(A), 5, now + Duration::from_secs(30)), None);
+    }
+
+    #[test]
+    fn an_ipv6_prefix_counts_as_one_client_and_mapped_ipv4_as_ipv4() {
+        let mut t = tracker();
+        let now = Instant::now();
+        for host in ["2001:db8:1::11", "2001:db8:1::12"] {
+            assert_eq!(t.failed(ip(host), 1, now), None);
+        }
+        assert!(t.failed(ip("2001:db8:1:0:ffff::1"), 1, now).is_some(), "the third failure in one /64");
+        assert!(t.cooling_down(ip("2001:db8:1::99"), now), "a fresh address of that /64");
+        assert!(!t.cooling_down(ip("2001:db8:2::11"), now), "another /64");
+        assert!(t.failed(ip("::ffff:192.0.2.10"), 3, now).is_some());
+        assert!(t.cooling_down(ip(A), now), "the mapped form is the IPv4 client");
     }
 
     #[test]

@@ -204,10 +204,11 @@ pub(crate) struct Shared {
     /// Sessions open (and accept()s under way that reserved a place).
     sessions: AtomicUsize,
     next_serial: AtomicU64,
-    /// Open sessions per client address (ATTACKS.md 22). Counted whether
-    /// or not the cap is on, so that a reload turning it on applies it to
-    /// the sessions already open without stopping the loops to count.
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// Open sessions per client (ATTACKS.md 22): an IPv4 address or an
+    /// IPv6 /64, as for the rate (`ClientKey`). Counted whether or not the
+    /// cap is on, so that a reload turning it on applies it to the sessions
+    /// already open without stopping the loops to count.
+    per_client: Mutex<HashMap<crate::limits::ClientKey, usize>>,
     /// The per-client rate of new sessions; `None` while it is off.
     session_rate: Mutex<Option<SessionRate>>,
     pub(crate) data_channels: DataChannels,
@@ -275,11 +276,12 @@ impl Shared {
     /// Counts a new session of `ip` against the per-client cap. False:
     /// refuse it (nothing was counted).
     pub(crate) fn admit_client(&self, ip: IpAddr, cap: usize) -> bool {
+        let key = crate::limits::ClientKey::of(ip);
         let mut per_client = lock(&self.per_client);
-        let count = per_client.entry(ip).or_insert(0);
+        let count = per_client.entry(key).or_insert(0);
         if cap > 0 && *count >= cap {
             if *count == 0 {
-                per_client.remove(&ip);
+                per_client.remove(&key);
             }
             return false;
         }
@@ -289,11 +291,12 @@ impl Shared {
 
     /// A session of `ip` counted by `admit_client` ended.
     pub(crate) fn forget_client(&self, ip: IpAddr) {
+        let key = crate::limits::ClientKey::of(ip);
         let mut per_client = lock(&self.per_client);
-        if let Some(count) = per_client.get_mut(&ip) {
+        if let Some(count) = per_client.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
-                per_client.remove(&ip);
+                per_client.remove(&key);
             }
         }
     }

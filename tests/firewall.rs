@@ -14,7 +14,7 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::{Lab, Rules, ScriptedServer, GW_CLIENT_IP};
+use common::{Lab, Ns, Rules, ScriptedServer, GW_CLIENT_IP};
 use serde_json::{Map, Value};
 
 fn hostile(lab: &Lab, args: &[&str]) -> String {
@@ -138,6 +138,34 @@ fn failed_login_burst_puts_the_client_in_a_cooldown() {
     let log = lab.gateway_log();
     assert_eq!(log.matches("login failed").count(), 3, "{log}");
     assert_eq!(log.matches("failed logins: refusing new sessions").count(), 1, "{log}");
+    let server_log = lab.vsftpd_log();
+    assert_eq!(server_log.matches("USER mallory").count(), 3, "refused sessions reached the server");
+}
+
+/// An IPv6 client that tries each password from a fresh address of its
+/// /64 is still one client: its fourth address finds the cool-down that
+/// the failures from the first three started. Keyed by address, it never
+/// cooled down.
+#[test]
+fn failed_logins_from_one_ipv6_prefix_share_a_cooldown() {
+    let mut lab = Lab::new("logins6", Rules::Nft);
+    let hosts = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13", "2001:db8:1::14"];
+    for host in hosts {
+        let addr = format!("{host}/64");
+        let out = lab.exec(Ns::Client, 10, &["ip", "addr", "add", &addr, "dev", "eth0", "nodad"]);
+        assert!(out.status.success(), "ip addr add {addr}: {}", common::text(&out.stderr));
+    }
+    lab.start_gateway_on(&["[::]:2121"], &["--max-login-failures", "3", "--login-cooldown", "60"]);
+    let sources = hosts.join(",");
+    let report = hostile(&lab, &["badlogin", "3", "mallory", common::SERVER_IP6, &sources]);
+    assert_eq!(report.matches(r#""530"#).count(), 3, "three 530 from the server: {report}");
+    assert!(
+        report.contains(r#""after": "421 ftpgate: too many failed logins from your address"#),
+        "the fourth address of the /64 was not cooling down: {report}\n{}",
+        lab.diagnostics()
+    );
+    let log = lab.gateway_log();
+    assert!(log.contains("counted_as: 2001:db8:1::/64"), "{log}");
     let server_log = lab.vsftpd_log();
     assert_eq!(server_log.matches("USER mallory").count(), 3, "refused sessions reached the server");
 }
