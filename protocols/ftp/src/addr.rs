@@ -59,6 +59,30 @@ fn six_fields(input: &[u8]) -> IResult<&[u8], [u8; 6]> {
     Ok((rest, f))
 }
 
+/// Six numbers of at most 255, leading zeros allowed, separated by commas
+/// with optional blanks around them (a 227's text, read leniently).
+fn lenient_six_fields(input: &[u8]) -> Option<(&[u8], [u8; 6])> {
+    let blanks = |s: &[u8]| s.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+    let mut rest = input;
+    let mut f = [0u8; 6];
+    for (i, slot) in f.iter_mut().enumerate() {
+        if i > 0 {
+            rest = &rest[blanks(rest)..];
+            rest = rest.strip_prefix(b",")?;
+            rest = &rest[blanks(rest)..];
+        }
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        // Bounded: more digits than "000255" name no byte anyway.
+        if digits == 0 || digits > 6 {
+            return None;
+        }
+        let n = rest[..digits].iter().fold(0u32, |n, &b| n * 10 + u32::from(b - b'0'));
+        *slot = u8::try_from(n).ok()?;
+        rest = &rest[digits..];
+    }
+    Some((rest, f))
+}
+
 impl HostPort {
     /// Parse a PORT argument strictly: exactly six fields of 1–3 digits,
     /// each at most 255, no signs or whitespace, port not 0.
@@ -71,15 +95,35 @@ impl HostPort {
         }
     }
 
-    /// Find the host-port in a 227 reply text (RFC 1123 §4.1.2.6: scan to the
-    /// first digit; with or without parentheses; trailing text allowed).
+    /// Find the host-port in a 227 reply text (RFC 1123 §4.1.2.6: scan for
+    /// the numbers; with or without parentheses; trailing text allowed).
+    /// Leniently, as the most lenient client would (an sscanf("%d,%d,...")
+    /// skips blanks and takes leading zeros): the address a client may
+    /// connect to must be the one the gateway checks (ATTACKS.md 7). The
+    /// first run of six numbers wins.
     pub fn parse_227(text: &[u8]) -> Option<Self> {
-        let start = text.iter().position(u8::is_ascii_digit)?;
-        let (rest, f) = six_fields(&text[start..]).ok()?;
-        if rest.first().is_some_and(u8::is_ascii_digit) {
-            return None;
+        (0..text.len())
+            .filter(|&i| text[i].is_ascii_digit() && (i == 0 || !text[i - 1].is_ascii_digit()))
+            .find_map(|i| {
+                let (rest, f) = lenient_six_fields(&text[i..])?;
+                if rest.first().is_some_and(u8::is_ascii_digit) {
+                    return None;
+                }
+                Self::from_fields(f).ok()
+            })
+    }
+
+    /// Whether a 227 text says its host-port plainly: six comma-separated
+    /// fields of one to three digits, no blanks, and no other digit
+    /// anywhere in the text. Only such a text is passed on as the server
+    /// wrote it; any other is rewritten to the plain form, so that no
+    /// client can read another address from it than the gateway did.
+    pub fn is_plain_227(text: &[u8]) -> bool {
+        let Some(start) = text.iter().position(u8::is_ascii_digit) else { return false };
+        match six_fields(&text[start..]) {
+            Ok((rest, f)) => Self::from_fields(f).is_ok() && !rest.iter().any(u8::is_ascii_digit),
+            Err(_) => false,
         }
-        Self::from_fields(f).ok()
     }
 
     fn from_fields(f: [u8; 6]) -> Result<Self, AddrError> {
@@ -205,6 +249,30 @@ mod tests {
             Ok(HostPort { ip: Ipv4Addr::new(192, 0, 2, 10), port: 40000 })
         );
         assert_eq!(HostPort::parse(b"010,0,2,10,0,1").map(|h| h.port), Ok(1));
+    }
+
+    #[test]
+    fn reply_227_read_as_leniently_as_any_client_plain_only_when_strict() {
+        let third = Some(HostPort { ip: Ipv4Addr::new(203, 0, 113, 5), port: 25 });
+        for text in [
+            &b"Entering Passive Mode (203, 0, 113, 5, 0, 25)"[..],
+            b"(203 ,0 ,113 ,5 ,0 ,25)",
+            b"(0203,000,113,5,0,25)",
+            b"Mode v2 (203,0,113,5,0,25)",
+            b"(203,\t0,113,5,0,25) port 25",
+        ] {
+            assert_eq!(HostPort::parse_227(text), third, "{:?}", String::from_utf8_lossy(text));
+            assert!(!HostPort::is_plain_227(text), "{:?}", String::from_utf8_lossy(text));
+        }
+        for plain in
+            [&b"Entering Passive Mode (203,0,113,5,0,25)."[..], b"=203,0,113,5,0,25", b"203,0,113,5,0,25"]
+        {
+            assert_eq!(HostPort::parse_227(plain), third);
+            assert!(HostPort::is_plain_227(plain), "{:?}", String::from_utf8_lossy(plain));
+        }
+        for none in [&b"(203,0,113,5,0,256)"[..], b"(203,0,113,5,0)", b"(1,2,3,4,5,0000006789)", b"(,,,,,)"] {
+            assert_eq!(HostPort::parse_227(none), None, "{:?}", String::from_utf8_lossy(none));
+        }
     }
 
     #[test]

@@ -187,7 +187,7 @@ pub(super) struct PortHold {
 #[allow(clippy::enum_variant_names)]
 pub(super) enum ServerHold {
     /// A 227/229 until its listener is up (`Listening`).
-    ExpectListening { data: DataId, reply: Reply, announced: SocketAddr, extended: bool },
+    ExpectListening { data: DataId, reply: Reply, announced: SocketAddr, extended: bool, plain: bool },
     /// The 227/229 the gateway makes for a client's PASV/EPSV under
     /// `server-data = "active"` (`convert.rs`), until the listener for the
     /// client's connection is up; it names that listener.
@@ -857,25 +857,35 @@ impl Session {
     /// hold the reply until it is up.
     fn passive_reply(&mut self, now: Instant, reply: Reply) {
         let server_ip = self.ends.server.ip();
-        let (announced, extended) = match reply.code {
+        let code = format!("{}", reply.code.0);
+        // Passed on as written only when a single line says it plainly
+        // (`is_plain_227`); else rewritten, so that the client reads the
+        // address the gateway checked, not another line's or another
+        // parse's (ATTACKS.md 7).
+        let single = reply.lines.len() == 1;
+        let (announced, extended, plain) = match reply.code {
             Code::ENTERING_PASSIVE => (
                 reply
                     .texts()
                     .find_map(HostPort::parse_227)
                     .map(|hp| SocketAddr::new(IpAddr::V4(hp.ip), hp.port)),
                 false,
+                single && reply.texts().all(HostPort::is_plain_227),
             ),
             Code::ENTERING_EXT_PASSIVE => (
                 reply.texts().find_map(ExtAddr::parse_229).map(|port| SocketAddr::new(server_ip, port)),
                 true,
+                single,
             ),
-            _ => (None, false),
+            // A refusal (425, 500...): the client hears it as it is.
+            _ => return self.send_reply(&reply),
         };
         let Some(announced) = announced else {
-            // Not a passive reply we understand: relay it, open nothing.
-            return self.send_reply(&reply);
+            // A 227/229 whose address cannot be read cannot be checked, and
+            // no listener could be opened for it: relayed, it would send
+            // the client wherever its own parse points (a third host).
+            return self.refuse_passive(Violation::ReplyMalformed, &code);
         };
-        let code = format!("{}", reply.code.0);
         let same_ip = canonical_ip(announced.ip()) == canonical_ip(server_ip);
         if !same_ip && self.config.passive_address_mismatch == PassiveAddressPolicy::Refuse
             || !extended && !matches!(canonical_ip(server_ip), IpAddr::V4(_))
@@ -890,7 +900,7 @@ impl Session {
         let Some(data) = self.open_data(now, DataMode::Passive, local, accept_from, announced.port()) else {
             return self.refuse_passive(Violation::TooManyDataChannels, &code);
         };
-        self.server_hold = Some(ServerHold::ExpectListening { data, reply, announced, extended });
+        self.server_hold = Some(ServerHold::ExpectListening { data, reply, announced, extended, plain });
     }
 
     fn refuse_passive(&mut self, v: Violation, code: &str) {
@@ -899,17 +909,22 @@ impl Session {
     }
 
     /// The listener of a held PASV reply or PORT command is up: release it,
-    /// rewritten if the bound address differs from the announced one.
+    /// rewritten if the bound address differs from the announced one, or
+    /// if the reply did not say it plainly (then in the plain form).
     pub(super) fn listener_up(&mut self, data: DataId, local: SocketAddr) {
         match self.server_hold.take() {
-            Some(ServerHold::ExpectListening { data: held, reply, announced, extended }) if held == data => {
-                if canonical_ip(local.ip()) == canonical_ip(announced.ip())
-                    && local.port() == announced.port()
-                {
+            Some(ServerHold::ExpectListening { data: held, reply, announced, extended, plain })
+                if held == data =>
+            {
+                let same = canonical_ip(local.ip()) == canonical_ip(announced.ip())
+                    && local.port() == announced.port();
+                if same && plain {
                     self.send_reply(&reply);
                 } else if let Some(rewritten) = self.passive_rewrite(local, extended) {
                     self.send_reply(&rewritten);
-                    self.audit_rewrite(data, announced, local);
+                    if !same {
+                        self.audit_rewrite(data, announced, local);
+                    }
                 } else {
                     // No 227 can name this address (an IPv6 listener).
                     self.send_client_now(REPLY_CANT_OPEN);

@@ -849,12 +849,42 @@ fn attack_08_relaying_unsolicited_227_relayed_opens_nothing() {
 }
 
 #[test]
-fn attack_09_expect_passive_reply_unparseable_227_relayed_no_stall() {
+fn attack_09_expect_passive_reply_unparseable_227_refused_no_stall() {
+    // A 227 whose address cannot be read cannot be checked: relayed, the
+    // client would go wherever its own parse points.
     let mut t = T::logged_in();
     client!(t, b"PASV\r\nNOOP\r\n");
     server!(t, b"227 Logout.\r\n200 ok\r\n");
-    expect!(t, to_client: b"227 Logout.\r\n200 ok\r\n");
+    expect!(t, to_client: b"425 ftpgate: passive reply refused by gateway policy.\r\n200 ok\r\n");
     expect!(t, work: vec![]);
+    client!(t, b"EPSV\r\n");
+    server!(t, b"229 Entering Extended Passive Mode (|||x|)\r\n");
+    expect!(t, to_client: b"425 ftpgate: passive reply refused by gateway policy.\r\n");
+    // A refusal is the client's to hear as it is.
+    client!(t, b"PASV\r\n");
+    server!(t, b"425 Cannot open passive connection.\r\n");
+    expect!(t, to_client: b"425 Cannot open passive connection.\r\n");
+}
+
+#[test]
+fn attack_07_expect_passive_reply_blanks_and_zeros_are_read_as_a_lenient_client_would() {
+    // A client that reads "(203, 0, 113, 5, 0, 25)" with sscanf would go
+    // to 203.0.113.5:25: the gateway reads the same address, finds it is
+    // not the server's, and rewrites it (the default policy).
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    server!(t, b"227 Entering Passive Mode (203, 0, 113, 005, 0195, 80).\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
+    // The server's own address with blanks: the same address, said plainly.
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    server!(t, b"227 (198, 51, 100, 10, 195, 80)\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
+    assert!(!t.actions().iter().any(|a| matches!(a, Action::Audit(AuditEvent::ReplyRewritten { .. }))));
 }
 
 #[test]
@@ -2028,7 +2058,15 @@ fn attack_09_expect_passive_reply_multiline_227_parsed() {
     server!(t, b"227-Entering Passive Mode\r\n227 =198,51,100,10,195,80\r\n");
     expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
     t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
-    expect!(t, to_client: b"227-Entering Passive Mode\r\n227 =198,51,100,10,195,80\r\n");
+    // Passed on in one plain line: a client reading another line of a
+    // multi-line 227 could find another address.
+    expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
+    let mut t = T::logged_in();
+    client!(t, b"PASV\r\n");
+    server!(t, b"227-(198,51,100,10,195,80)\r\n227 (203,0,113,5,0,25)\r\n");
+    expect!(t, work: vec![listen(0, "198.51.100.10:50000", "192.0.2.10", Side::Client)]);
+    t.input(Input::Listening { data: DataId(0), local: sa("198.51.100.10:50000") });
+    expect!(t, to_client: b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n");
 }
 
 #[test]
@@ -2329,7 +2367,7 @@ fn attack_11_relaying_one_byte_segments_same_outcome() {
     };
     let whole = exchange(false);
     assert_eq!(exchange(true), whole);
-    assert_eq!(whole.1, b"227-x\r\n227 (198,51,100,10,195,80)\r\n150 go\r\n226 done\r\n");
+    assert_eq!(whole.1, b"227 Entering Passive Mode (198,51,100,10,195,80).\r\n150 go\r\n226 done\r\n");
     assert_eq!(whole.2, b"PASV\r\nRETR a\xff\xffb\r\n");
 }
 
