@@ -608,7 +608,14 @@ impl Worker {
         if server.port() == self.listeners[listener].addr.port() {
             return refuse(&log, stream, Refusal::NotRedirected, true);
         }
-        if tproxy::is_local_address(server.ip()) {
+        let (own, unasked) = tproxy::is_local_address(server.ip());
+        if let Some(e) = unasked {
+            warn!(
+                log, "cannot ask the routing table whether a destination is the gateway itself; a bind decides";
+                "error" => %e, "hint" => "allow AF_NETLINK; with net.ipv4.ip_nonlocal_bind=1 the bind finds every address local"
+            );
+        }
+        if own {
             return refuse(&log, stream, Refusal::GatewayItself, true);
         }
         let settings = self.shared.settings();

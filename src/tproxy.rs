@@ -224,12 +224,34 @@ pub(crate) fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
 /// delivered here. A bind to the address cannot tell: with
 /// `net.ipv4.ip_nonlocal_bind=1` (common beside keepalived) it succeeds
 /// for any address, and every session was refused
-/// (tests/security.rs `gateway_itself_found_with_ip_nonlocal_bind`). An
-/// answer that cannot be had counts as not local: the connect to the
-/// server then fails or reaches a real server.
-pub(crate) fn is_local_address(ip: IpAddr) -> bool {
-    route_type(canonical(SocketAddr::new(ip, 0)).ip())
-        .is_ok_and(|kind| kind == route::RTN_LOCAL || kind == route::RTN_ANYCAST)
+/// (tests/security.rs `gateway_itself_found_with_ip_nonlocal_bind`).
+///
+/// When the routing table cannot be asked (AF_NETLINK refused by a
+/// seccomp filter, say), the bind decides, as before; the error is
+/// returned the first time in the process, for one warning.
+pub(crate) fn is_local_address(ip: IpAddr) -> (bool, Option<io::Error>) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let ip = canonical(SocketAddr::new(ip, 0)).ip();
+    match route_type(ip) {
+        Ok(kind) => (kind == route::RTN_LOCAL || kind == route::RTN_ANYCAST, None),
+        // No route to it: not an address of this host.
+        Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => (false, None),
+        Err(e) => {
+            let first = !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed);
+            (binds_locally(ip), first.then_some(e))
+        }
+    }
+}
+
+/// A plain (not transparent) bind succeeds only on a local address, unless
+/// `ip_nonlocal_bind` is set.
+fn binds_locally(ip: IpAddr) -> bool {
+    let addr = SocketAddr::new(ip, 0);
+    let Ok(socket) = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))
+    else {
+        return false;
+    };
+    socket.bind(&SockAddr::from(addr)).is_ok()
 }
 
 /// rtnetlink's answer to RTM_GETROUTE for `ip`: the route's type.
@@ -352,12 +374,24 @@ mod tests {
 
     #[test]
     fn local_addresses_are_the_routing_tables_own() {
-        assert!(is_local_address("127.0.0.1".parse().unwrap()));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         // the whole of 127/8 is a `local` route
-        assert!(is_local_address("127.0.0.2".parse().unwrap()));
-        assert!(is_local_address("::ffff:127.0.0.1".parse().unwrap()));
+        for local in ["127.0.0.1", "127.0.0.2", "::ffff:127.0.0.1"] {
+            assert_eq!(route_type(canonical(SocketAddr::new(ip(local), 0)).ip()).unwrap(), route::RTN_LOCAL);
+            assert!(is_local_address(ip(local)).0, "{local}");
+        }
         for remote in ["192.0.2.123", "203.0.113.7", "2001:db8:ffff::7"] {
-            assert!(!is_local_address(remote.parse().unwrap()), "{remote}");
+            // asked and answered (a route of another type, or none)
+            match route_type(ip(remote)) {
+                Ok(kind) => assert_ne!(kind, route::RTN_LOCAL, "{remote}"),
+                Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENETUNREACH), "{remote}: {e}"),
+            }
+            assert!(!is_local_address(ip(remote)).0, "{remote}");
+        }
+        // the fallback, where rtnetlink cannot be asked
+        assert!(binds_locally(ip("127.0.0.1")));
+        if std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind").is_ok_and(|v| v.trim() == "0") {
+            assert!(!binds_locally(ip("203.0.113.7")));
         }
     }
 
