@@ -71,6 +71,9 @@ pub(crate) struct Args {
 
     /// Seconds a data transfer may move no byte in either direction before
     /// it is ended: both data connections are reset and the client gets 426.
+    /// Bytes a receiver acknowledges from the send buffer count as moving
+    /// (4 KiB a period at least): a receiver that stops reading with bytes
+    /// in flight is cut after at most twice this.
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = at_least_one_second())]
     pub(crate) data_idle_timeout: u64,
 

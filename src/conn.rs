@@ -32,6 +32,10 @@ use crate::tproxy;
 
 /// How long a closed session may take to flush its last reply to a peer
 /// that does not read.
+
+/// Bytes a relay's receivers must acknowledge between two idle deadlines
+/// to count as activity there (`report_delivered`).
+const MIN_DELIVERED: u64 = 4096;
 const LINGER: Duration = Duration::from_secs(5);
 
 /// Rounds of control work per wakeup, so one busy session cannot starve
@@ -659,7 +663,9 @@ impl Conn {
             };
             let acked = (relay::acknowledged(&client.stream), relay::acknowledged(&server.stream));
             let draining = match chan.acked_seen {
-                Some(seen) => acked.0 > seen.0 || acked.1 > seen.1,
+                // A receiver that opens its window a byte a period must
+                // not hold a channel forever (a slowloris on data).
+                Some(seen) => acked.0 + acked.1 >= seen.0 + seen.1 + MIN_DELIVERED,
                 None => relay::unacknowledged(&client.stream) + relay::unacknowledged(&server.stream) > 0,
             };
             chan.acked_seen = Some(acked);

@@ -477,10 +477,11 @@ fn stalled_download_on_relay_threads_reset_after_data_idle_timeout() {
 
 /// A client that reads at about 400 KiB/s with a 64 KiB window, under
 /// `--data-idle-timeout 2`. Bytes flow the whole time, so the transfer must
-/// not be cut as idle. On relay threads a blocking splice queued a whole
-/// MiB before its count grew, longer than 2 s at that rate, and the
-/// download was cut with 426; a send timeout now reports progress at least
-/// every half second. The event loop's relay counts partial writes.
+/// not be cut as idle. The relay's counts stand still while the last bytes
+/// wait in the gateway's send buffer (and, on relay threads, while a
+/// blocking splice queues a whole MiB); both cases were cut with 426. At
+/// the idle deadline the gateway now asks the kernel what the client
+/// acknowledged (`Input::Delivered`).
 fn slow_reader_is_not_idle(tag: &str, threads: bool) {
     let mut lab = Lab::new(tag, Rules::Nft);
     let size = 4 << 20;
