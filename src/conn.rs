@@ -32,11 +32,11 @@ use crate::tproxy;
 
 /// How long a closed session may take to flush its last reply to a peer
 /// that does not read.
+const LINGER: Duration = Duration::from_secs(5);
 
 /// Bytes a relay's receivers must acknowledge between two idle deadlines
 /// to count as activity there (`report_delivered`).
 const MIN_DELIVERED: u64 = 4096;
-const LINGER: Duration = Duration::from_secs(5);
 
 /// Rounds of control work per wakeup, so one busy session cannot starve
 /// the others. Splice work has its own, smaller bound: `relay::Budget`.
