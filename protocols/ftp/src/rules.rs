@@ -231,7 +231,9 @@ pub const ALWAYS_ALLOWED: [&str; 4] = ["USER", "PASS", "QUIT", "ABOR"];
 /// The built-in `read-only` profile: nothing that writes, renames or
 /// removes, no SITE (whose subcommands can: CHMOD, SYMLINK, ...), and none
 /// of the verbs that change a file's facts (MFMT, MFCT, MFF:
-/// draft-somers-ftp-mfxx; proftpd and pure-ftpd take MFMT).
+/// draft-somers-ftp-mfxx; proftpd and pure-ftpd take MFMT). MDTM's
+/// setting form (`MDTM YYYYMMDDHHMMSS path`, vsftpd's mdtm_write) is
+/// judged as MFMT (session/access.rs).
 pub const READ_ONLY: [&str; 14] = [
     "STOR", "STOU", "APPE", "DELE", "RMD", "XRMD", "MKD", "XMKD", "RNFR", "RNTO", "SITE", "MFMT", "MFCT",
     "MFF",

@@ -71,7 +71,10 @@ impl Session {
                 false
             }
             _ => {
-                let reply = match self.decision.check(verb) {
+                // `MDTM YYYYMMDDHHMMSS path` sets the time where a server
+                // allows it (vsftpd's mdtm_write): judged as MFMT is.
+                let judged: &[u8] = if sets_time(line) { b"MFMT" } else { verb };
+                let reply = match self.decision.check(judged) {
                     Verdict::Pass => return true,
                     Verdict::NotAllowed => REPLY_SESSION_DENIED.to_string(),
                     Verdict::Refused => format!("550 ftpgate: {} denied by policy.\r\n", upper(verb)),
@@ -146,6 +149,21 @@ impl Session {
 fn verb_of(line: &[u8]) -> &[u8] {
     let end = line.iter().position(|&b| b == b' ').unwrap_or(line.len()).min(4);
     &line[..end]
+}
+
+/// Whether `line` is MDTM's setting form: a 14-digit time (with optional
+/// fraction) and then a path.
+fn sets_time(line: &[u8]) -> bool {
+    let Some(arg) = line.get(5..).filter(|_| line.len() > 5 && line[..5].eq_ignore_ascii_case(b"MDTM "))
+    else {
+        return false;
+    };
+    let digits = arg.iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut rest = &arg[digits..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        rest = &fraction[fraction.iter().take_while(|b| b.is_ascii_digit()).count()..];
+    }
+    digits == 14 && rest.first() == Some(&b' ')
 }
 
 fn upper(verb: &[u8]) -> String {
@@ -243,6 +261,26 @@ mod tests {
             AuditEvent::PolicyDenied { stage: PolicyStage::Command, rule, user: Some(u), verb: Some(v), profile: Some(p) }
                 if rule == "rule 1" && u == "ftp" && v == "STOR" && p == "read-only"
         ));
+    }
+
+    #[test]
+    fn relaying_read_only_refuses_mdtm_that_sets_a_time_passes_mdtm_that_reads_one() {
+        let mut s =
+            session("[[rule]]\nuser = [\"anonymous\"]\naction = \"allow\"\nprofile = \"read-only\"\n");
+        feed(&mut s, Side::Client, b"USER ftp\r\n");
+        feed(&mut s, Side::Server, b"230 ok\r\n");
+        take(&mut s, Side::Server);
+        take(&mut s, Side::Client);
+        feed(
+            &mut s,
+            Side::Client,
+            b"MDTM 20260101000000 f\r\nmdtm 20260101000000.123 g\r\nMFMT 20260101000000 f\r\nMDTM 20260101000000\r\nMDTM f\r\nMDTM 2026 f\r\n",
+        );
+        assert_eq!(take(&mut s, Side::Server), "MDTM 20260101000000\r\nMDTM f\r\nMDTM 2026 f\r\n");
+        assert_eq!(
+            take(&mut s, Side::Client),
+            "550 ftpgate: MDTM denied by policy.\r\n550 ftpgate: MDTM denied by policy.\r\n550 ftpgate: MFMT denied by policy.\r\n"
+        );
     }
 
     #[test]
