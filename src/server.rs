@@ -203,6 +203,10 @@ impl Worker {
     /// of the process has ended (a data listener of this loop may serve
     /// another loop's session until then), or the deadline passed.
     pub(crate) fn run(mut self) -> io::Result<()> {
+        if let Err(e) = tproxy::open_route_socket() {
+            warn!(self.log, "cannot open a route socket; whether a destination is the gateway itself is told by a bind";
+                "error" => %e, "hint" => "allow AF_NETLINK");
+        }
         let result = self.serve();
         // The data listeners this loop opened are in its descriptor table
         // (`fdtable`): no other thread can close them.

@@ -254,22 +254,35 @@ fn binds_locally(ip: IpAddr) -> bool {
     socket.bind(&SockAddr::from(addr)).is_ok()
 }
 
-/// rtnetlink's answer to RTM_GETROUTE for `ip`: the route's type.
-fn route_type(ip: IpAddr) -> io::Result<u8> {
-    thread_local! {
-        /// One route socket per event loop (each loop has a descriptor
-        /// table of its own): a lookup is one send and one receive.
-        static SOCKET: std::cell::RefCell<Option<(netlink_sys::Socket, u32)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    SOCKET.with(|cell| {
+thread_local! {
+    /// One route socket per event loop (each loop has a descriptor table
+    /// of its own, `fdtable`), with its last sequence number: a lookup is
+    /// one send and one receive.
+    static ROUTE_SOCKET: std::cell::RefCell<Option<(netlink_sys::Socket, u32)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Opens this thread's route socket, if it has none: an event loop does so
+/// as it starts, so that the descriptor is there before any session (and
+/// counted in `limits::FDS_PER_WORKER`).
+pub(crate) fn open_route_socket() -> io::Result<()> {
+    ROUTE_SOCKET.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
             let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
             socket.bind_auto()?;
             *cell = Some((socket, 0));
         }
-        let Some((socket, seq)) = cell.as_mut() else { unreachable!() };
+        Ok(())
+    })
+}
+
+/// rtnetlink's answer to RTM_GETROUTE for `ip`: the route's type.
+fn route_type(ip: IpAddr) -> io::Result<u8> {
+    open_route_socket()?;
+    ROUTE_SOCKET.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let Some((socket, seq)) = cell.as_mut() else { unreachable!("opened above") };
         *seq = seq.wrapping_add(1);
         socket.send(&route::get_request(ip, *seq), 0)?;
         // rtnetlink answers within the send: the reply is queued already.
