@@ -55,16 +55,25 @@ invalid_dropped() {
 
 # legs_apart LADDER_JSON: prints the active data connections, both legs,
 # and fails if a server-side one has the tuple of a client-side one
+# (each channel's two legs, paired by session and data id: the kernel may
+# give a later channel's listener the port an earlier channel's client used,
+# a tuple whose conntrack entry is over; only one channel's own legs must
+# differ)
 legs_apart() { python3 - "$1" <<'PY'
 import json, sys
 conns = json.load(open(sys.argv[1]))["connections"]
 active = [c for c in conns if c["initiator"].endswith(":20")]
-server = {(c["initiator"], c["responder"]) for c in active if c["leg"] == "server side"}
-client = {(c["initiator"], c["responder"]) for c in active if c["leg"] == "client side"}
-for leg, tuples in (("server's connection to ftpgate", server), ("ftpgate's connection to the client", client)):
-    for t in sorted(tuples):
-        print(f"  {leg}: {t[0]} -> {t[1]}")
-sys.exit(0 if len(server) == 2 and len(client) == 2 and not server & client else 1)
+legs = {}
+for c in active:
+    legs.setdefault((c.get("session"), c.get("data")), {})[c["leg"]] = (c["initiator"], c["responder"])
+ok = len(legs) == 2
+for key, pair in sorted(legs.items(), key=lambda kv: str(kv[0])):
+    server, client = pair.get("server side"), pair.get("client side")
+    for leg, t in (("server's connection to ftpgate", server), ("ftpgate's connection to the client", client)):
+        if t:
+            print(f"  {leg}: {t[0]} -> {t[1]}")
+    ok = ok and server is not None and client is not None and server != client
+sys.exit(0 if ok else 1)
 PY
 }
 
