@@ -114,6 +114,15 @@ pub(crate) struct Args {
     #[arg(long, value_name = "B", default_value_t = 100)]
     pub(crate) session_burst_per_client: u64,
 
+    /// What counts as one IPv6 client for the per-client limits (session
+    /// rate and cap, failed logins): its address's first LEN bits. 64: a
+    /// host owns its /64 and cannot mint a fresh client from it; 128: each
+    /// address on its own, for a router whose IPv6 clients share a LAN /64
+    /// (one of them can then rotate addresses). IPv4 clients are counted by
+    /// address.
+    #[arg(long, value_name = "LEN", default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub(crate) ipv6_client_prefix: u8,
+
     /// Most data channels open at once, over all sessions; a PASV/PORT
     /// beyond it gets 425. Each relaying channel holds two pipes of up to
     /// 256 KiB. Default: a quarter of physical memory in pipes

@@ -98,6 +98,7 @@ struct Limits {
     max_sessions_per_client: Option<Spanned<usize>>,
     session_rate_per_client: Option<Spanned<PerSecond>>,
     session_burst_per_client: Option<Spanned<u64>>,
+    ipv6_client_prefix: Option<Spanned<u8>>,
     max_data_channels: Option<Spanned<usize>>,
     max_refused_lines: Option<Spanned<usize>>,
     max_login_failures: Option<Spanned<u32>>,
@@ -338,6 +339,7 @@ impl File {
             args.session_rate_per_client = rate.get_ref().0;
         }
         set(&mut args.session_burst_per_client, g("session_burst_per_client"), &l.session_burst_per_client);
+        set(&mut args.ipv6_client_prefix, g("ipv6_client_prefix"), &l.ipv6_client_prefix);
         set_some(&mut args.max_data_channels, g("max_data_channels"), &l.max_data_channels);
         set(&mut args.max_refused_lines, g("max_refused_lines"), &l.max_refused_lines);
         set(&mut args.max_login_failures, g("max_login_failures"), &l.max_login_failures);
@@ -648,7 +650,7 @@ impl Reloadable {
 
 /// Every setting by its file key, its value as text and whether a reload
 /// applies it: what a reload compares.
-fn settings(a: &Args) -> [(&'static str, String, bool); 27] {
+fn settings(a: &Args) -> [(&'static str, String, bool); 28] {
     [
         ("listeners.listen", format!("{:?}", a.listen), false),
         ("listeners.workers", format!("{:?}", a.workers), false),
@@ -662,6 +664,8 @@ fn settings(a: &Args) -> [(&'static str, String, bool); 27] {
         ("limits.max-sessions-per-client", a.max_sessions_per_client.to_string(), true),
         ("limits.session-rate-per-client", a.session_rate_per_client.to_string(), true),
         ("limits.session-burst-per-client", a.session_burst_per_client.to_string(), true),
+        // The tables of the per-client limits are keyed by it.
+        ("limits.ipv6-client-prefix", a.ipv6_client_prefix.to_string(), false),
         ("limits.max-data-channels", format!("{:?}", a.max_data_channels), false),
         ("limits.max-refused-lines", a.max_refused_lines.to_string(), true),
         ("limits.max-login-failures", a.max_login_failures.to_string(), true),
@@ -842,6 +846,7 @@ max-sessions = 500
 max-sessions-per-client = 7
 session-rate-per-client = "5/s"
 session-burst-per-client = 50
+ipv6-client-prefix = 128
 max-data-channels = 99
 max-refused-lines = 4
 max-login-failures = 6
@@ -887,6 +892,7 @@ group = "nogroup"
             (Some(500), 7, Some(99))
         );
         assert_eq!((a.session_rate_per_client, a.session_burst_per_client), (5, 50));
+        assert_eq!(a.ipv6_client_prefix, 128);
         assert_eq!(
             (a.max_refused_lines, a.max_login_failures, a.login_failure_window, a.login_cooldown),
             (4, 6, 61, 301)
@@ -933,6 +939,8 @@ group = "nogroup"
             "10",
             "--session-burst-per-client",
             "12",
+            "--ipv6-client-prefix",
+            "56",
             "--max-data-channels",
             "13",
             "--max-refused-lines",

@@ -344,22 +344,38 @@ pub(crate) struct Rate {
     pub(crate) burst: u64,
 }
 
-/// Who a bucket belongs to. IPv4: the address (a NAT'd site shares one
-/// address, and shares its bucket). IPv6: the /64, which one host usually
-/// owns whole: keyed by address, one host could mint a fresh bucket per
-/// connection from its own prefix.
+/// `--ipv6-client-prefix`, set once at start (`set_ipv6_client_prefix`).
+static IPV6_CLIENT_PREFIX: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(64);
+
+/// What counts as one IPv6 client from now on: the first `len` bits
+/// (1..=128) of its address. Called at start, before any session.
+pub(crate) fn set_ipv6_client_prefix(len: u8) {
+    IPV6_CLIENT_PREFIX.store(len.clamp(1, 128), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Who a per-client count belongs to (session rate and cap, failed
+/// logins). IPv4: the address (a NAT'd site shares one address, and
+/// shares its count). IPv6: the `--ipv6-client-prefix` (64 by default),
+/// which one host usually owns whole: keyed by address, one host could
+/// mint a fresh count per connection from its own prefix. On a router
+/// whose IPv6 clients share a LAN /64 the operator sets 128.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct ClientKey(IpAddr);
+pub(crate) struct ClientKey(IpAddr, u8);
 
 impl ClientKey {
     pub(crate) fn of(ip: IpAddr) -> Self {
+        Self::with_prefix(ip, IPV6_CLIENT_PREFIX.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn with_prefix(ip: IpAddr, len: u8) -> Self {
         match ip {
-            IpAddr::V4(_) => Self(ip),
+            IpAddr::V4(_) => Self(ip, 32),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self(IpAddr::V4(v4)),
+                Some(v4) => Self(IpAddr::V4(v4), 32),
                 None => {
-                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                    Self(IpAddr::V6(Ipv6Addr::from(prefix)))
+                    let len = len.clamp(1, 128);
+                    let mask = u128::MAX << (128 - u32::from(len));
+                    Self(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask)), len)
                 }
             },
         }
@@ -370,7 +386,8 @@ impl std::fmt::Display for ClientKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             IpAddr::V4(v4) => write!(f, "{v4}"),
-            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+            IpAddr::V6(v6) if self.1 == 128 => write!(f, "{v6}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/{}", self.1),
         }
     }
 }
@@ -630,6 +647,19 @@ mod tests {
         let mapped = ClientKey::of("::ffff:192.0.2.10".parse().unwrap());
         assert_eq!(mapped, ClientKey::of("192.0.2.10".parse().unwrap()));
         assert_eq!(mapped.to_string(), "192.0.2.10");
+    }
+
+    #[test]
+    fn client_key_ipv6_prefix_is_the_operators() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let each = |s: &str| ClientKey::with_prefix(ip(s), 128);
+        assert_ne!(each("2001:db8:1::11"), each("2001:db8:1::12"));
+        assert_eq!(each("2001:db8:1::11").to_string(), "2001:db8:1::11");
+        let site = |s: &str| ClientKey::with_prefix(ip(s), 48);
+        assert_eq!(site("2001:db8:1:2::1"), site("2001:db8:1:ffff::1"));
+        assert_eq!(site("2001:db8:1:2::1").to_string(), "2001:db8:1::/48");
+        assert_eq!(ClientKey::with_prefix(ip("2001:db8::1"), 1).to_string(), "::/1");
+        assert_eq!(ClientKey::with_prefix(ip("192.0.2.10"), 128).to_string(), "192.0.2.10");
     }
 
     fn tables(nofile: u64, workers: usize, private: bool) -> FdTables {

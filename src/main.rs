@@ -124,6 +124,7 @@ fn run_daemon(loader: config::Loader, loaded: &config::Loaded) -> ExitCode {
         return ExitCode::from(2);
     }
     let workers = args.workers.map_or_else(workers::default_count, usize::from);
+    limits::set_ipv6_client_prefix(args.ipv6_client_prefix);
     let (max_sessions, max_data_channels) = size_limits(args, workers, &log);
     let reloadable = config::Reloadable::of(loaded);
     let opts = workers::Options {
@@ -270,7 +271,8 @@ fn size_limits(args: &Args, workers: usize, log: &Logger) -> (usize, usize) {
         "max_data_channels" => max_data_channels, "pipe_mib_at_most" => pipe_mib,
         "max_sessions_per_client" => args.max_sessions_per_client,
         "session_rate_per_client" => args.session_rate_per_client,
-        "session_burst_per_client" => args.session_burst_per_client
+        "session_burst_per_client" => args.session_burst_per_client,
+        "ipv6_client_prefix" => args.ipv6_client_prefix
     );
     (max_sessions, max_data_channels)
 }

@@ -145,20 +145,29 @@ fn failed_login_burst_puts_the_client_in_a_cooldown() {
 /// An IPv6 client that tries each password from a fresh address of its
 /// /64 is still one client: its fourth address finds the cool-down that
 /// the failures from the first three started. Keyed by address, it never
-/// cooled down.
-#[test]
-fn failed_logins_from_one_ipv6_prefix_share_a_cooldown() {
-    let mut lab = Lab::new("logins6", Rules::Nft);
+/// cooled down. With `--ipv6-client-prefix 128` (a router whose clients
+/// share a LAN /64) each address counts on its own.
+fn failed_logins_across_an_ipv6_prefix(tag: &str, prefix: &str) -> (Lab, String) {
+    let mut lab = Lab::new(tag, Rules::Nft);
     let hosts = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13", "2001:db8:1::14"];
     for host in hosts {
         let addr = format!("{host}/64");
         let out = lab.exec(Ns::Client, 10, &["ip", "addr", "add", &addr, "dev", "eth0", "nodad"]);
         assert!(out.status.success(), "ip addr add {addr}: {}", common::text(&out.stderr));
     }
-    lab.start_gateway_on(&["[::]:2121"], &["--max-login-failures", "3", "--login-cooldown", "60"]);
+    lab.start_gateway_on(
+        &["[::]:2121"],
+        &["--max-login-failures", "3", "--login-cooldown", "60", "--ipv6-client-prefix", prefix],
+    );
     let sources = hosts.join(",");
     let report = hostile(&lab, &["badlogin", "3", "mallory", common::SERVER_IP6, &sources]);
     assert_eq!(report.matches(r#""530"#).count(), 3, "three 530 from the server: {report}");
+    (lab, report)
+}
+
+#[test]
+fn failed_logins_from_one_ipv6_prefix_share_a_cooldown() {
+    let (lab, report) = failed_logins_across_an_ipv6_prefix("logins6", "64");
     assert!(
         report.contains(r#""after": "421 ftpgate: too many failed logins from your address"#),
         "the fourth address of the /64 was not cooling down: {report}\n{}",
@@ -168,6 +177,13 @@ fn failed_logins_from_one_ipv6_prefix_share_a_cooldown() {
     assert!(log.contains("counted_as: 2001:db8:1::/64"), "{log}");
     let server_log = lab.vsftpd_log();
     assert_eq!(server_log.matches("USER mallory").count(), 3, "refused sessions reached the server");
+}
+
+#[test]
+fn failed_logins_counted_per_ipv6_address_with_prefix_128() {
+    let (lab, report) = failed_logins_across_an_ipv6_prefix("logins128", "128");
+    assert!(report.contains(r#""after": "220"#), "a neighbour of the LAN /64 was refused: {report}");
+    assert!(!lab.gateway_log().contains("failed logins: refusing"), "{}", lab.gateway_log());
 }
 
 const METRICS: &str = "192.0.2.1:9122";
