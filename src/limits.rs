@@ -350,7 +350,7 @@ static IPV6_CLIENT_PREFIX: std::sync::atomic::AtomicU8 = std::sync::atomic::Atom
 /// What counts as one IPv6 client from now on: the first `len` bits
 /// (1..=128) of its address. Called at start, before any session.
 pub(crate) fn set_ipv6_client_prefix(len: u8) {
-    IPV6_CLIENT_PREFIX.store(len.clamp(1, 128), std::sync::atomic::Ordering::Relaxed);
+    IPV6_CLIENT_PREFIX.store(len.clamp(1, 128), Ordering::Relaxed);
 }
 
 /// Who a per-client count belongs to (session rate and cap, failed
@@ -364,7 +364,7 @@ pub(crate) struct ClientKey(IpAddr, u8);
 
 impl ClientKey {
     pub(crate) fn of(ip: IpAddr) -> Self {
-        Self::with_prefix(ip, IPV6_CLIENT_PREFIX.load(std::sync::atomic::Ordering::Relaxed))
+        Self::with_prefix(ip, IPV6_CLIENT_PREFIX.load(Ordering::Relaxed))
     }
 
     fn with_prefix(ip: IpAddr, len: u8) -> Self {
