@@ -81,6 +81,8 @@ scenario_main() {
     on gateway ip -4 route show cache "$NARROW_IP" >"$OUT/route-cache-v4.txt"
     flush_pmtu
     narrow_get v6-passive.bin "ftp://[$SERVER_IP6]/pub/big.bin"
+    flush_pmtu
+    narrow_get v6-active.bin "ftp://[$SERVER_IP6]/pub/big.bin" -P -
     on gateway ip -6 route show cache "$NARROW_IP6" >"$OUT/route-cache-v6.txt"
     say "  what the gateway learned: $(tr -s ' \n' ' ' <"$OUT/route-cache-v4.txt")/ $(tr -s ' \n' ' ' <"$OUT/route-cache-v6.txt")"
 
@@ -100,7 +102,7 @@ scenario_main() {
     step "what happened"
     say "  ICMP errors on the gateway's client side: $(grep -c 'need to frag' "$OUT/icmp.txt") fragmentation needed, $(grep -c 'packet too big' "$OUT/icmp.txt") packet too big ($OUT/icmp.txt)"
     local name
-    for name in v4-passive v4-active v6-passive again; do
+    for name in v4-passive v4-active v6-passive v6-active again; do
         check "$name download from the narrow host intact (sha256)" equals "$(sha "$OUT/$name.bin")" "$(sha "$(pub_src big.bin)")"
     done
     check "the gateway learned the path MTU (IPv4)" grep -q "mtu $NARROW_MTU" "$OUT/route-cache-v4.txt"
@@ -109,4 +111,5 @@ scenario_main() {
     check "and packet-too-big errors" grep -q "packet too big, mtu $NARROW_MTU" "$OUT/icmp.txt"
     check "with a TCP-only divert the download got nothing within 10 s (curl exit 28)" grep -q "^exit 28" "$OUT/blackhole.bin.curl"
     check "the server saw only the narrow host's addresses" equals "$(server_saw | tr '\n' ' ')" "$NARROW_IP $NARROW_IP6 "
+    check "ftpgate logged 5 transfers, ok" test "$(grep -c '"msg":"transfer".*"result":"ok"' "$OUT/ftpgate.json")" = 5
 }
