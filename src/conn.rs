@@ -35,8 +35,8 @@ use crate::tproxy;
 const LINGER: Duration = Duration::from_secs(5);
 
 /// Bytes a relay's receivers must acknowledge between two idle deadlines
-/// to count as activity there (`report_delivered`).
-const MIN_DELIVERED: u64 = 4096;
+/// to count as activity there (`report_acknowledged`).
+const MIN_ACKNOWLEDGED: u64 = 4096;
 
 /// Rounds of control work per wakeup, so one busy session cannot starve
 /// the others. Splice work has its own, smaller bound: `relay::Budget`.
@@ -234,7 +234,7 @@ struct DataChan {
     /// (`Input::Progress`).
     reported_counts: (u64, u64),
     /// Bytes its receivers had acknowledged (client, server: TCP_INFO) when
-    /// the idle deadline last looked (`report_delivered`).
+    /// the idle deadline last looked (`report_acknowledged`).
     acked_seen: Option<(u64, u64)>,
     /// The core was told how the relay ended (`Relayed` or `RelayFailed`).
     relay_ended: bool,
@@ -484,7 +484,7 @@ impl Conn {
             // Relay threads move bytes without waking the loop: the data
             // idle deadline must see them first.
             self.report_progress(ctx);
-            self.report_delivered(ctx);
+            self.report_acknowledged(ctx);
             self.queue(Input::Timeout);
         }
         self.feed_facts(ctx);
@@ -651,7 +651,7 @@ impl Conn {
     /// unacknowledged (SIOCOUTQ) count as a drain in progress, so a
     /// receiver that stopped reading is cut at the deadline after: at most
     /// twice `--data-idle-timeout` after its last acknowledgement.
-    fn report_delivered(&mut self, ctx: &mut Ctx<'_>) {
+    fn report_acknowledged(&mut self, ctx: &mut Ctx<'_>) {
         for chan in &mut self.data {
             if chan.relay_ended || (chan.relay.is_none() && chan.threaded.is_none()) {
                 continue;
@@ -665,12 +665,12 @@ impl Conn {
             let draining = match chan.acked_seen {
                 // A receiver that opens its window a byte a period must
                 // not hold a channel forever (a slowloris on data).
-                Some(seen) => acked.0 + acked.1 >= seen.0 + seen.1 + MIN_DELIVERED,
+                Some(seen) => acked.0 + acked.1 >= seen.0 + seen.1 + MIN_ACKNOWLEDGED,
                 None => relay::unacknowledged(&client.stream) + relay::unacknowledged(&server.stream) > 0,
             };
             chan.acked_seen = Some(acked);
             if draining {
-                self.facts.push_back(Fact::Input(Input::Delivered { data: chan.id }));
+                self.facts.push_back(Fact::Input(Input::Acknowledged { data: chan.id }));
             }
         }
         self.feed_facts(ctx);

@@ -481,7 +481,7 @@ fn stalled_download_on_relay_threads_reset_after_data_idle_timeout() {
 /// wait in the gateway's send buffer (and, on relay threads, while a
 /// blocking splice queues a whole MiB); both cases were cut with 426. At
 /// the idle deadline the gateway now asks the kernel what the client
-/// acknowledged (`Input::Delivered`).
+/// acknowledged (`Input::Acknowledged`).
 fn slow_reader_is_not_idle(tag: &str, threads: bool) {
     let mut lab = Lab::new(tag, Rules::Nft);
     let size = 4 << 20;

@@ -39,7 +39,7 @@
 //!
 //! While a data channel relays, feed [`Input::Progress`] with its running
 //! byte counts when they grew (once per wakeup is enough), and at the idle
-//! deadline [`Input::Delivered`] when a receiver acknowledged bytes written
+//! deadline [`Input::Acknowledged`] when a receiver acknowledged bytes written
 //! earlier: a channel that moves no byte, and has none acknowledged, for
 //! `Config::data_idle_timeout` is cut. A relay ends with
 //! [`Input::Relayed`] (both directions ended clean) or

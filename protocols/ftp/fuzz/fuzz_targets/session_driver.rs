@@ -35,7 +35,7 @@
 //! | `R` id a b        | `Relayed { to_client: a, to_server: b }` (KiB)                    |
 //! | `G` id a b        | `Progress { to_client: a, to_server: b }` (KiB)                   |
 //! | `E` id leg err    | `RelayFailed` (leg even: client, odd: server; err as for `F`, 5 = `WRONG_DIRECTION` under enforcement, 6 = `URGENT_DATA`), counts 1 KiB / 0 |
-//! | `V` id            | `Delivered`                                                       |
+//! | `V` id            | `Acknowledged`                                                    |
 //! | `X` side          | `Closed { from }` (even: client, odd: server)                     |
 //! | `U` n             | `ServerUnreachable`: n even `ConnectionRefused`, odd `TimedOut`   |
 //! | `D`               | `Drain`                                                           |
@@ -805,7 +805,7 @@ impl Driver {
             b'D' => self.feed(Input::Drain),
             b'V' => {
                 let id = self.pick(arg());
-                self.feed(Input::Delivered { data: id });
+                self.feed(Input::Acknowledged { data: id });
             }
             b'Y' => {
                 let k = arg();

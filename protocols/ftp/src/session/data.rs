@@ -416,7 +416,7 @@ impl Session {
 
     /// Bytes written earlier reached their receiver: activity, as a count
     /// that grew is.
-    pub(super) fn on_delivered(&mut self, now: Instant, data: DataId) {
+    pub(super) fn on_acknowledged(&mut self, now: Instant, data: DataId) {
         let Some(ch) = self.data.get_mut(&data) else { return };
         if let DataState::Relaying { idle_at } = &mut ch.state {
             *idle_at = after(now, self.config.data_idle_timeout);

@@ -176,7 +176,7 @@ pub enum Input<'a> {
     /// can sit in a send buffer for long (megabytes, on a slow link), and
     /// a slow receiver draining them must not be cut as idle. Feed it at
     /// the idle deadline (before `Timeout`), not per wakeup.
-    Delivered {
+    Acknowledged {
         /// The data channel.
         data: DataId,
     },
@@ -592,7 +592,7 @@ impl Session {
             Input::Progress { data, to_client, to_server } => {
                 self.on_progress(now, data, to_client, to_server)
             }
-            Input::Delivered { data } => self.on_delivered(now, data),
+            Input::Acknowledged { data } => self.on_acknowledged(now, data),
             Input::RelayFailed { data, leg, error, to_client, to_server } => {
                 self.on_relay_failed(now, data, leg, error, (to_client, to_server))
             }

@@ -2817,13 +2817,13 @@ fn relaying_data_idle_with_held_226_releases_426() {
 }
 
 #[test]
-fn relaying_delivered_bytes_keep_the_channel_from_its_idle_deadline() {
+fn relaying_acknowledged_bytes_keep_the_channel_from_its_idle_deadline() {
     let mut t = passive_relaying_retr();
     let idle = Config::default().data_idle_timeout;
     t.input(Input::Progress { data: DataId(0), to_client: 4 << 20, to_server: 0 });
     // Every byte is written; the receiver drains the send buffer slowly.
     t.advance(idle);
-    t.input(Input::Delivered { data: DataId(0) });
+    t.input(Input::Acknowledged { data: DataId(0) });
     t.input(Input::Timeout);
     expect!(t, work: vec![]);
     assert_eq!(t.s.poll_timeout(), Some(t.now + idle));
@@ -2832,8 +2832,8 @@ fn relaying_delivered_bytes_keep_the_channel_from_its_idle_deadline() {
     t.input(Input::Timeout);
     expect!(t, work: reset_close(0));
     // Not a relaying channel: ignored.
-    t.input(Input::Delivered { data: DataId(0) });
-    t.input(Input::Delivered { data: DataId(7) });
+    t.input(Input::Acknowledged { data: DataId(0) });
+    t.input(Input::Acknowledged { data: DataId(7) });
 }
 
 #[test]
