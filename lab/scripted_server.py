@@ -20,6 +20,9 @@ end of a data connection saw through ftpgate:
                         then the rest, then the FIN and "226". Over a
                         router the client gets every byte (the urgent one
                         inline or out of band, as it chooses).
+  --pasv-text TEXT      PASV is answered with this line (after opening its
+                        listener as usual); "PORT" in it becomes that
+                        listener's port as "p1, p2" (tests/security.rs).
   --ftps-echo           FEAT also lists AUTH TLS, PBSZ and PROT; AUTH TLS is
                         answered "234" and from then on every byte read is
                         sent back as it came (a stand-in for a TLS peer: no
@@ -79,6 +82,7 @@ def parse_args():
     p.add_argument("--lifetime", type=float, default=180.0, help="exit after this many seconds")
     p.add_argument("--retr-reset-after", type=int, metavar="N")
     p.add_argument("--retr-urgent-after", type=int, metavar="N")
+    p.add_argument("--pasv-text", metavar="TEXT", help="PASV's reply line (PORT: the real port as 'p1, p2')")
     p.add_argument("--retr-stall", action="store_true")
     p.add_argument("--stall-after", type=int, default=64 * 1024, metavar="BYTES")
     p.add_argument("--stall-seconds", type=float, default=30.0)
@@ -366,7 +370,11 @@ class Session:
             port = self.pasv_listen()
             self.mode = "passive"
             h = self.server_ip.replace(".", ",")
-            self.send_passive("PASV", "227 Entering Passive Mode (%s,%d,%d)." % (h, port >> 8, port & 255))
+            text = "227 Entering Passive Mode (%s,%d,%d)." % (h, port >> 8, port & 255)
+            if ARGS.pasv_text is not None:
+                # PORT: the real listener's port, so a rewrite can name it
+                text = ARGS.pasv_text.replace("PORT", "%d, %d" % (port >> 8, port & 255))
+            self.send_passive("PASV", text)
         elif verb == "EPSV":
             port = self.pasv_listen()
             self.mode = "passive"

@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, text, Lab, Ns, Rules, TransferMode, SERVER_IP};
+use common::{repo_root, text, Lab, Ns, Rules, ScriptedServer, TransferMode, SERVER_IP};
 
 fn hostile(lab: &Lab, args: &[&str]) -> String {
     common::hostile_client(lab, 60, args)
@@ -172,6 +172,41 @@ fn gateway_itself_found_with_ip_nonlocal_bind() {
     }
     let log = lab.gateway_log();
     assert_eq!(log.matches("the destination is the gateway itself").count(), 3, "{log}");
+}
+
+/// A 227 the gateway once could not read went to the client as written,
+/// unchecked: "(203, 0, 113, 5, p1, p2)" names a third host to a client
+/// that reads blanks (sscanf does). Now the gateway reads it as leniently,
+/// finds the address is not the server's and rewrites it to the plain
+/// form; a 227 with no address in it gets 425 and a record.
+fn passive_reply_through_the_gateway(tag: &str, pasv_text: &str) -> (Lab, String) {
+    let mut lab = Lab::new(tag, Rules::Nft);
+    let server = ScriptedServer::start(&lab, &["--pasv-text", pasv_text]);
+    lab.start_gateway(&[]);
+    let script = repo_root().join("lab/scripted_client.py");
+    let argv = ["python3", script.to_str().unwrap(), "control", "half-close", "--lines", "PASV,QUIT"];
+    let report = text(&lab.client_ok(60, &argv).stdout);
+    drop(server);
+    (lab, report)
+}
+
+#[test]
+fn passive_reply_with_blanks_naming_a_third_host_is_read_and_rewritten() {
+    let (lab, report) =
+        passive_reply_through_the_gateway("pasvblank", "227 Entering Passive Mode (203, 0, 113, 5, PORT).");
+    assert!(
+        report.contains("227 Entering Passive Mode (198,51,100,10,"),
+        "the third host's 227 was not rewritten to the server's address: {report}\n{}",
+        lab.diagnostics()
+    );
+    assert!(!report.contains("203"), "{report}");
+}
+
+#[test]
+fn passive_reply_without_an_address_gets_425() {
+    let (lab, report) = passive_reply_through_the_gateway("pasvnone", "227 Logout.");
+    assert!(report.contains("425 ftpgate: passive reply refused"), "{report}\n{}", lab.diagnostics());
+    assert!(lab.gateway_log().contains("malformed reply"), "{}", lab.gateway_log());
 }
 
 /// Over a router a client whose server refuses port 21 gets a reset. The
