@@ -15,6 +15,7 @@ mod listeners;
 mod log;
 mod logins;
 mod metrics;
+mod netlink;
 mod pinhole;
 mod privilege;
 mod relay;

@@ -52,6 +52,7 @@ use ftpgate_proto::DataId;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr as NlAddr};
 
 use crate::metrics;
+use crate::netlink::{self, messages, NLMSG_DONE, NLMSG_ERROR};
 
 mod event_filter;
 
@@ -95,12 +96,9 @@ const CTA_EXPECT_TIMEOUT: u16 = 4;
 const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
 const TCP_CONNTRACK_CLOSE: u8 = 8;
 
-const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
 
 /// The receive buffer asked for the conntrack event socket (the kernel
@@ -610,10 +608,9 @@ impl Pinholes {
                 }
                 match kind {
                     NLMSG_ERROR => {
-                        let code =
-                            payload.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        let code = netlink::error_code(payload);
                         if code != 0 {
-                            return Err(io::Error::from_raw_os_error(-code));
+                            return Err(io::Error::from_raw_os_error(code));
                         }
                         done = true;
                     }
@@ -633,15 +630,8 @@ impl Pinholes {
     fn send(&mut self, subsys: u16, msg: u16, family: u8, flags: u16, body: &[u8]) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let mut packet = Vec::with_capacity(20 + body.len());
-        let len = u32::try_from(20 + body.len()).unwrap_or(u32::MAX);
-        packet.extend_from_slice(&len.to_ne_bytes());
-        packet.extend_from_slice(&((subsys << 8) | msg).to_ne_bytes());
-        packet.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        packet.extend_from_slice(&seq.to_ne_bytes());
-        packet.extend_from_slice(&0u32.to_ne_bytes());
-        packet.extend_from_slice(&[family, 0, 0, 0]);
-        packet.extend_from_slice(body);
+        // struct nfgenmsg: family, version, resource id
+        let packet = netlink::request((subsys << 8) | msg, flags, seq, &[&[family, 0, 0, 0], body]);
         self.requests.send_to(&packet, &NlAddr::new(0, 0), 0)?;
         Ok(seq)
     }
@@ -700,22 +690,6 @@ fn v6(ip: IpAddr) -> [u8; 16] {
         IpAddr::V6(a) => a.octets(),
         IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
     }
-}
-
-/// Netlink messages in a datagram: (type, flags, sequence number, payload).
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = (u16, u16, u32, &[u8])> {
-    std::iter::from_fn(move || {
-        let len = u32::from_ne_bytes(buf.get(..4)?.try_into().ok()?) as usize;
-        if len < 16 || len > buf.len() {
-            return None;
-        }
-        let kind = u16::from_ne_bytes(buf[4..6].try_into().ok()?);
-        let flags = u16::from_ne_bytes(buf[6..8].try_into().ok()?);
-        let seq = u32::from_ne_bytes(buf[8..12].try_into().ok()?);
-        let payload = &buf[16..len];
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
-        Some((kind, flags, seq, payload))
-    })
 }
 
 /// Attributes: (type without flags, value).
@@ -951,24 +925,6 @@ mod tests {
             (Some(conn), Some(master), Some(TCP_CONNTRACK_TIME_WAIT))
         );
         assert_eq!((ct.orig_bytes, ct.reply_bytes), (123, 4_567_890));
-    }
-
-    #[test]
-    fn messages_of_a_datagram_with_their_sequence_numbers() {
-        let mut buf = Vec::new();
-        for (seq, body) in [(7u32, &[1u8, 2, 3][..]), (8, &[][..])] {
-            let len = 16 + body.len();
-            buf.extend_from_slice(&(len as u32).to_ne_bytes());
-            buf.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-            buf.extend_from_slice(&0u16.to_ne_bytes());
-            buf.extend_from_slice(&seq.to_ne_bytes());
-            buf.extend_from_slice(&0u32.to_ne_bytes());
-            buf.extend_from_slice(body);
-            buf.resize(buf.len() + (4 - len % 4) % 4, 0);
-        }
-        let got: Vec<(u16, u32, usize)> = messages(&buf).map(|(k, _, seq, p)| (k, seq, p.len())).collect();
-        assert_eq!(got, [(NLMSG_ERROR, 7, 3), (NLMSG_ERROR, 8, 0)]);
-        assert_eq!(messages(&buf[..10]).count(), 0);
     }
 
     #[test]

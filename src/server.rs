@@ -204,7 +204,7 @@ impl Worker {
     /// another loop's session until then), or the deadline passed.
     pub(crate) fn run(mut self) -> io::Result<()> {
         if let Err(e) = tproxy::open_route_socket() {
-            warn!(self.log, "cannot open a route socket; whether a destination is the gateway itself is told by a bind";
+            warn!(self.log, "cannot open a route socket; whether a destination is the gateway itself is told by a bind (wrong with ip_nonlocal_bind)";
                 "error" => %e, "hint" => "allow AF_NETLINK");
         }
         let result = self.serve();

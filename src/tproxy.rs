@@ -226,9 +226,10 @@ pub(crate) fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
 /// for any address, and every session was refused
 /// (tests/security.rs `gateway_itself_found_with_ip_nonlocal_bind`).
 ///
-/// When the routing table cannot be asked (AF_NETLINK refused by a
-/// seccomp filter, say), the bind decides, as before; the error is
-/// returned the first time in the process, for one warning.
+/// When the routing table cannot be asked, the bind decides, as before:
+/// without a route socket (the loop could not open one and said so as it
+/// started, `open_route_socket`) quietly; on a failed look-up, with the
+/// error returned the first time in the process, for one warning.
 pub(crate) fn is_local_address(ip: IpAddr) -> (bool, Option<io::Error>) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let ip = canonical(SocketAddr::new(ip, 0)).ip();
@@ -236,6 +237,7 @@ pub(crate) fn is_local_address(ip: IpAddr) -> (bool, Option<io::Error>) {
         Ok(kind) => (kind == route::RTN_LOCAL || kind == route::RTN_ANYCAST, None),
         // No route to it: not an address of this host.
         Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => (false, None),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => (binds_locally(ip), None),
         Err(e) => {
             let first = !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed);
             (binds_locally(ip), first.then_some(e))
@@ -278,11 +280,13 @@ pub(crate) fn open_route_socket() -> io::Result<()> {
 }
 
 /// rtnetlink's answer to RTM_GETROUTE for `ip`: the route's type.
+/// `NotConnected` when this thread has no route socket.
 fn route_type(ip: IpAddr) -> io::Result<u8> {
-    open_route_socket()?;
     ROUTE_SOCKET.with(|cell| {
         let mut cell = cell.borrow_mut();
-        let Some((socket, seq)) = cell.as_mut() else { unreachable!("opened above") };
+        let Some((socket, seq)) = cell.as_mut() else {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "no route socket"));
+        };
         *seq = seq.wrapping_add(1);
         socket.send(&route::get_request(ip, *seq), 0)?;
         // rtnetlink answers within the send: the reply is queued already.
@@ -299,61 +303,46 @@ fn route_type(ip: IpAddr) -> io::Result<u8> {
     })
 }
 
-/// An RTM_GETROUTE request and its answer, by hand: two fixed structures
-/// and one attribute (include/uapi/linux/rtnetlink.h, netlink.h).
+/// An RTM_GETROUTE request and its answer (include/uapi/linux/rtnetlink.h):
+/// a `struct rtmsg` and one attribute, the destination.
 mod route {
     use std::io;
     use std::net::IpAddr;
 
+    use crate::netlink::{self, NLMSG_ERROR};
+
     const RTM_NEWROUTE: u16 = 24;
     const RTM_GETROUTE: u16 = 26;
-    const NLMSG_ERROR: u16 = 2;
-    const NLM_F_REQUEST: u16 = 1;
     const RTA_DST: u16 = 1;
     pub(super) const RTN_LOCAL: u8 = 2;
     pub(super) const RTN_ANYCAST: u8 = 4;
-    /// struct nlmsghdr, then struct rtmsg.
-    const NLMSG_HDR: usize = 16;
-    const RTMSG: usize = 12;
 
     pub(super) fn get_request(ip: IpAddr, seq: u32) -> Vec<u8> {
         let (family, octets): (i32, Vec<u8>) = match ip {
             IpAddr::V4(a) => (libc::AF_INET, a.octets().to_vec()),
             IpAddr::V6(a) => (libc::AF_INET6, a.octets().to_vec()),
         };
-        let attr_len = 4 + octets.len();
-        let len = NLMSG_HDR + RTMSG + attr_len;
-        let mut m = Vec::with_capacity(len);
-        m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&RTM_GETROUTE.to_ne_bytes());
-        m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
         // rtm_family, rtm_dst_len (a host), src_len, tos, table, protocol,
-        // scope, type; rtm_flags
-        m.extend_from_slice(&[family as u8, (octets.len() * 8) as u8, 0, 0, 0, 0, 0, 0]);
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-        m.extend_from_slice(&RTA_DST.to_ne_bytes());
-        m.extend_from_slice(&octets);
-        m
+        // scope, type; rtm_flags (4 bytes)
+        let rtmsg = [family as u8, (octets.len() * 8) as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let attr_len = (4 + octets.len()) as u16;
+        let [l0, l1] = attr_len.to_ne_bytes();
+        let [t0, t1] = RTA_DST.to_ne_bytes();
+        netlink::request(RTM_GETROUTE, 0, seq, &[&rtmsg, &[l0, l1, t0, t1], &octets])
     }
 
     /// The route's type from a reply to request `seq`; `None` when the
     /// datagram answers another request.
     pub(super) fn parse_reply(buf: &[u8], seq: u32) -> Option<io::Result<u8>> {
-        let field = |at: usize| buf.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-        let kind = buf.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]))?;
-        if field(8)? != seq {
-            return None;
-        }
+        let (kind, _, _, payload) = netlink::messages(buf).find(|m| m.2 == seq)?;
         Some(match kind {
-            RTM_NEWROUTE => buf
-                .get(NLMSG_HDR + 7)
+            // rtm_type, the last byte of struct rtmsg's first eight
+            RTM_NEWROUTE => payload
+                .get(7)
                 .copied()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short RTM_NEWROUTE")),
             // No route (ENETUNREACH), or any other refusal.
-            NLMSG_ERROR => Err(io::Error::from_raw_os_error(-(field(NLMSG_HDR)? as i32))),
+            NLMSG_ERROR => Err(io::Error::from_raw_os_error(netlink::error_code(payload))),
             _ => Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected rtnetlink reply")),
         })
     }
@@ -388,6 +377,10 @@ mod tests {
     #[test]
     fn local_addresses_are_the_routing_tables_own() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // without a route socket the bind decides
+        assert_eq!(route_type(ip("127.0.0.1")).unwrap_err().kind(), io::ErrorKind::NotConnected);
+        assert!(is_local_address(ip("127.0.0.1")).0);
+        open_route_socket().unwrap();
         // the whole of 127/8 is a `local` route
         for local in ["127.0.0.1", "127.0.0.2", "::ffff:127.0.0.1"] {
             assert_eq!(route_type(canonical(SocketAddr::new(ip(local), 0)).ip()).unwrap(), route::RTN_LOCAL);

@@ -80,6 +80,26 @@ fn scripted_client(lab: &Lab, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// The scripted server (with `server_flags`, in vsftpd's place) serves
+/// pub/`first` and then, in the same session, pub/after.bin
+/// (SMALL_FILE bytes) through the gateway; the client's report and the
+/// server.
+fn get_then_after(lab: &mut Lab, server_flags: &[&str], first: &str, mode: Mode) -> (String, ScriptedServer) {
+    lab.server_file("after.bin", SMALL_FILE);
+    let server = ScriptedServer::start(lab, server_flags);
+    lab.start_gateway(&[]);
+    let first = format!("/pub/{first}");
+    let mut args = vec!["get", first.as_str(), "--then-get", "/pub/after.bin"];
+    args.extend_from_slice(mode.client_args());
+    (scripted_client(lab, &args), server)
+}
+
+/// What a failed assertion shows: the client's report, the server's
+/// records of `verb` and the lab's diagnostics.
+fn context(report: &str, server: &ScriptedServer, verb: &str, lab: &Lab) -> String {
+    format!("client report: {report}\nserver: {:?}\n{}", server.transfers(verb, 0, 0), lab.diagnostics())
+}
+
 // -- small JSON and log readers (local helpers; the harness may grow its own)
 
 fn json_num(obj: &str, key: &str) -> Option<usize> {
@@ -152,20 +172,10 @@ fn server_resets_download_beside(tag: &str, rules: Rules, mode: Mode, cut_after:
         add_invalid_drop(&lab, rules);
     }
     lab.server_file("cut.bin", BIG_FILE);
-    lab.server_file("after.bin", SMALL_FILE);
-    let server = ScriptedServer::start(&lab, &["--retr-reset-after", &cut_after.to_string()]);
-    lab.start_gateway(&[]);
-    let mut args = vec!["get", "/pub/cut.bin", "--then-get", "/pub/after.bin"];
-    args.extend_from_slice(mode.client_args());
-    let report = scripted_client(&lab, &args);
+    let (report, server) =
+        get_then_after(&mut lab, &["--retr-reset-after", &cut_after.to_string()], "cut.bin", mode);
     let (cut, after) = split_then(&report);
-    let ctx = || {
-        format!(
-            "client report: {report}\nserver: {:?}\n{}",
-            server.transfers("RETR", 0, 0),
-            lab.diagnostics()
-        )
-    };
+    let ctx = || context(&report, &server, "RETR", &lab);
 
     // the server did its part: cut_after bytes, acknowledged, then a reset
     let retrs = server.transfers("RETR", 2, 5);
@@ -229,13 +239,7 @@ fn client_resets_upload(tag: &str, rules: Rules, mode: Mode, cut_after: usize) {
     let mut args = vec!["put", "/upload/cut.bin", "--size", &size, "--reset-after", &cut];
     args.extend_from_slice(mode.client_args());
     let report = scripted_client(&lab, &args);
-    let ctx = || {
-        format!(
-            "client report: {report}\nserver: {:?}\n{}",
-            server.transfers("STOR", 0, 0),
-            lab.diagnostics()
-        )
-    };
+    let ctx = || context(&report, &server, "STOR", &lab);
 
     assert_eq!(json_raw(&report, "end").as_deref(), Some("reset_sent"), "client did not reset: {}", ctx());
     assert_eq!(
@@ -296,13 +300,7 @@ fn stalled_download(tag: &str, rules: Rules, mode: Mode, stall_after: usize) {
     args.extend_from_slice(mode.client_args());
     let t0 = Instant::now();
     let report = scripted_client(&lab, &args);
-    let ctx = || {
-        format!(
-            "client report: {report}\nserver: {:?}\n{}",
-            server.transfers("RETR", 0, 0),
-            lab.diagnostics()
-        )
-    };
+    let ctx = || context(&report, &server, "RETR", &lab);
 
     let end = json_raw(&report, "end").unwrap_or_default();
     assert_eq!(end, "reset", "client's data connection must end with a reset, not {end:?}: {}", ctx());
@@ -528,20 +526,10 @@ fn urgent_data_in_download(tag: &str, mode: Mode, urgent_after: usize) {
     // the rest behind the mark fits the gateway's receive buffer, so the
     // server's FIN comes in behind it
     lab.server_file("urgent.bin", urgent_after + 48 * KIB);
-    lab.server_file("after.bin", SMALL_FILE);
-    let server = ScriptedServer::start(&lab, &["--retr-urgent-after", &urgent_after.to_string()]);
-    lab.start_gateway(&[]);
-    let mut args = vec!["get", "/pub/urgent.bin", "--then-get", "/pub/after.bin"];
-    args.extend_from_slice(mode.client_args());
-    let report = scripted_client(&lab, &args);
+    let (report, server) =
+        get_then_after(&mut lab, &["--retr-urgent-after", &urgent_after.to_string()], "urgent.bin", mode);
     let (cut, after) = split_then(&report);
-    let ctx = || {
-        format!(
-            "client report: {report}\nserver: {:?}\n{}",
-            server.transfers("RETR", 0, 0),
-            lab.diagnostics()
-        )
-    };
+    let ctx = || context(&report, &server, "RETR", &lab);
     let end = json_raw(cut, "end").unwrap_or_default();
     assert_eq!(end, "reset", "the client's data connection must end with a reset, not {end:?}: {}", ctx());
     let fin = json_raw(cut, "final").unwrap_or_default();

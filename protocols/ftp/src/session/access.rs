@@ -244,14 +244,21 @@ mod tests {
         assert!(!s.is_closed());
     }
 
-    #[test]
-    fn relaying_read_only_stor_550_never_forwarded_retr_passes() {
+    /// Logged in as anonymous (`ftp`) under the read-only profile, both
+    /// sides' output taken.
+    fn read_only_logged_in() -> Session {
         let mut s =
             session("[[rule]]\nuser = [\"anonymous\"]\naction = \"allow\"\nprofile = \"read-only\"\n");
         feed(&mut s, Side::Client, b"USER ftp\r\n");
         feed(&mut s, Side::Server, b"230 ok\r\n");
         take(&mut s, Side::Server);
         take(&mut s, Side::Client);
+        s
+    }
+
+    #[test]
+    fn relaying_read_only_stor_550_never_forwarded_retr_passes() {
+        let mut s = read_only_logged_in();
         let audits = feed(&mut s, Side::Client, b"STOR x\r\nDELE y\r\nsite chmod 777 z\r\nRETR f\r\n");
         assert_eq!(take(&mut s, Side::Server), "RETR f\r\n");
         assert_eq!(take(&mut s, Side::Client), "550 ftpgate: STOR denied by policy.\r\n550 ftpgate: DELE denied by policy.\r\n550 ftpgate: SITE denied by policy.\r\n");
@@ -265,12 +272,7 @@ mod tests {
 
     #[test]
     fn relaying_read_only_refuses_mdtm_that_sets_a_time_passes_mdtm_that_reads_one() {
-        let mut s =
-            session("[[rule]]\nuser = [\"anonymous\"]\naction = \"allow\"\nprofile = \"read-only\"\n");
-        feed(&mut s, Side::Client, b"USER ftp\r\n");
-        feed(&mut s, Side::Server, b"230 ok\r\n");
-        take(&mut s, Side::Server);
-        take(&mut s, Side::Client);
+        let mut s = read_only_logged_in();
         feed(
             &mut s,
             Side::Client,
